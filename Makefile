@@ -1,0 +1,48 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_FILES := $(shell find protos -name '*.proto')
+PROTO_STAMP := tokenforge/.protos-generated
+
+.PHONY: install protos run test test-unit lint fmt clean bench
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) $(PROTO_STAMP)
+
+# Python code from protos/, made with grpcio-tools; not committed (see .gitignore).
+$(PROTO_STAMP): $(PROTO_FILES) $(STAMP)
+	$(BIN)/python -m tokenforge.tools.genprotos
+	touch $(PROTO_STAMP)
+
+protos: $(STAMP)
+	$(BIN)/python -m tokenforge.tools.genprotos
+	touch $(PROTO_STAMP)
+
+run: install
+	$(BIN)/tokenforge dev --port $${PORT:-8080} --state-dir $${STATE_DIR:-.dev}
+
+test: install
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/pytest -q tests/unit
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy tokenforge services
+	cd protos && ../$(BIN)/buf lint
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) $(PROTO_STAMP) .pytest_cache .mypy_cache .ruff_cache

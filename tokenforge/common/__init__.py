@@ -1,0 +1,1 @@
+"""Generated from protos/tokenforge/common/v1 by `make protos`."""

@@ -1,0 +1,65 @@
+"""Configuration: environment variables prefixed `TOKENFORGE_`.
+
+Telemetry is configured by the standard `OTEL_*` variables instead (see
+tokenforge.runtime.telemetry).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(f"TOKENFORGE_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every service reads at start. Build it with `Settings.from_env()`."""
+
+    database_url: str = ""
+    nats_url: str = ""
+    # Held by the services themselves: allows internal-only calls (Credit, Hold...).
+    internal_token: str = ""
+    # Held by operators (the CLI): allows operator-only calls (Adjust, review...).
+    admin_token: str = ""
+    # Where each service's gRPC server is, "host:port".
+    routing_addr: str = ""
+    wallet_addr: str = ""
+    payments_addr: str = ""
+    usage_addr: str = ""
+    gateway_addr: str = ""
+    catalog_path: str = ""
+    grpc_port: int = 0
+    http_port: int = 0
+    metrics_port: int = 0
+    # Bucket labels and symbols are configuration; one set is used everywhere.
+    bucket_labels: dict[str, tuple[str, str]] = field(default_factory=dict)
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        labels: dict[str, tuple[str, str]] = {}
+        for bucket in ("credit", "routed"):
+            label = _env(f"BUCKET_{bucket.upper()}_LABEL")
+            symbol = _env(f"BUCKET_{bucket.upper()}_SYMBOL")
+            if label or symbol:
+                labels[bucket] = (label, symbol)
+        return cls(
+            database_url=_env("DATABASE_URL"),
+            nats_url=_env("NATS_URL"),
+            internal_token=_env("INTERNAL_TOKEN"),
+            admin_token=_env("ADMIN_TOKEN"),
+            routing_addr=_env("ROUTING_ADDR"),
+            wallet_addr=_env("WALLET_ADDR"),
+            payments_addr=_env("PAYMENTS_ADDR"),
+            usage_addr=_env("USAGE_ADDR"),
+            gateway_addr=_env("GATEWAY_ADDR"),
+            catalog_path=_env("CATALOG_PATH"),
+            grpc_port=int(_env("GRPC_PORT", "0")),
+            http_port=int(_env("HTTP_PORT", "0")),
+            metrics_port=int(_env("METRICS_PORT", "0")),
+            bucket_labels=labels,
+            log_level=_env("LOG_LEVEL", "INFO"),
+        )

@@ -1,0 +1,119 @@
+"""Errors are part of the API: one reason code per domain error, one table to gRPC
+status codes, one table to HTTP status and OpenAI error objects.
+
+A message tells the user what to do next.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import grpc
+
+
+class Reason(enum.StrEnum):
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    UNKNOWN_API_KEY = "UNKNOWN_API_KEY"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    SCOPE_MISSING = "SCOPE_MISSING"
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+    MODEL_NOT_ALLOWED = "MODEL_NOT_ALLOWED"
+    NOT_FOUND = "NOT_FOUND"
+    ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
+    INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
+    IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
+    HOLD_NOT_OPEN = "HOLD_NOT_OPEN"
+    HOLD_EXPIRED = "HOLD_EXPIRED"
+    SETTLE_ABOVE_HOLD = "SETTLE_ABOVE_HOLD"
+    INVALID_TRANSITION = "INVALID_TRANSITION"
+    PROVIDER_NOT_ALLOWED = "PROVIDER_NOT_ALLOWED"
+    UPSTREAM_FAILED = "UPSTREAM_FAILED"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    INTERNAL = "INTERNAL"
+
+
+ERROR_DOMAIN = "tokenforge.dev"
+
+
+@dataclass
+class DomainError(Exception):
+    """A refusal the caller can act on. `metadata` carries machine-readable details."""
+
+    reason: Reason
+    message: str
+    metadata: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+        if self.metadata is None:
+            self.metadata = {}
+
+    def __str__(self) -> str:
+        return self.message
+
+
+GRPC_STATUS: dict[Reason, grpc.StatusCode] = {
+    Reason.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.UNKNOWN_API_KEY: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.SCOPE_MISSING: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.MODEL_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Reason.MODEL_NOT_ALLOWED: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Reason.ACCOUNT_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Reason.INSUFFICIENT_BALANCE: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.IDEMPOTENCY_CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
+    Reason.HOLD_NOT_OPEN: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.HOLD_EXPIRED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.SETTLE_ABOVE_HOLD: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.INVALID_TRANSITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.PROVIDER_NOT_ALLOWED: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.UPSTREAM_FAILED: grpc.StatusCode.UNAVAILABLE,
+    Reason.SERVICE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+# HTTP status, OpenAI error `type`, OpenAI error `code`.
+HTTP_ERROR: dict[Reason, tuple[int, str, str]] = {
+    Reason.INVALID_ARGUMENT: (400, "invalid_request_error", "invalid_request"),
+    Reason.UNAUTHENTICATED: (401, "invalid_request_error", "invalid_api_key"),
+    Reason.UNKNOWN_API_KEY: (401, "invalid_request_error", "invalid_api_key"),
+    Reason.PERMISSION_DENIED: (403, "permission_error", "permission_denied"),
+    Reason.SCOPE_MISSING: (403, "permission_error", "scope_missing"),
+    Reason.MODEL_NOT_FOUND: (404, "invalid_request_error", "model_not_found"),
+    Reason.MODEL_NOT_ALLOWED: (403, "permission_error", "model_not_allowed"),
+    Reason.NOT_FOUND: (404, "invalid_request_error", "not_found"),
+    Reason.ACCOUNT_NOT_FOUND: (404, "invalid_request_error", "account_not_found"),
+    # 402, not 429: SDKs retry 429, and retrying does not add money.
+    Reason.INSUFFICIENT_BALANCE: (402, "insufficient_balance", "insufficient_balance"),
+    Reason.IDEMPOTENCY_CONFLICT: (409, "invalid_request_error", "idempotency_conflict"),
+    Reason.HOLD_NOT_OPEN: (409, "invalid_request_error", "hold_not_open"),
+    Reason.HOLD_EXPIRED: (409, "invalid_request_error", "hold_expired"),
+    Reason.SETTLE_ABOVE_HOLD: (409, "invalid_request_error", "settle_above_hold"),
+    Reason.INVALID_TRANSITION: (409, "invalid_request_error", "invalid_transition"),
+    Reason.PROVIDER_NOT_ALLOWED: (400, "invalid_request_error", "provider_not_allowed"),
+    Reason.UPSTREAM_FAILED: (502, "api_error", "upstream_failed"),
+    Reason.SERVICE_UNAVAILABLE: (503, "api_error", "service_unavailable"),
+    Reason.INTERNAL: (500, "api_error", "internal_error"),
+}
+
+
+def openai_error_body(error: DomainError, param: str | None = None) -> dict[str, object]:
+    """The OpenAI error object for a domain error (plus our details under `details`)."""
+    _, err_type, code = HTTP_ERROR[error.reason]
+    body: dict[str, object] = {
+        "message": error.message,
+        "type": err_type,
+        "param": param,
+        "code": code,
+    }
+    if error.metadata:
+        body["details"] = dict(error.metadata)
+    return {"error": body}
+
+
+def http_status(error: DomainError) -> int:
+    return HTTP_ERROR[error.reason][0]

@@ -1,0 +1,1 @@
+"""Generated from protos/tokenforge/gateway/v1 by `make protos`."""

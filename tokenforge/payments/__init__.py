@@ -1,0 +1,1 @@
+"""Generated from protos/tokenforge/payments/v1 by `make protos`."""

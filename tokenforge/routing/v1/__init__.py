@@ -1,0 +1,1 @@
+"""Generated from protos/tokenforge/routing/v1 by `make protos`."""

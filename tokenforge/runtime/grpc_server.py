@@ -1,0 +1,190 @@
+"""Start a service's async gRPC server with health, reflection and graceful shutdown.
+
+`create_server()` binds port 0 when asked, so tests learn the port; interceptors
+check the caller's credential, map domain errors to rich gRPC statuses and trace
+every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from tokenforge.errors import ERROR_DOMAIN, GRPC_STATUS, DomainError, Reason
+
+log = logging.getLogger(__name__)
+
+
+class Role(enum.StrEnum):
+    """Who may call a method: the services themselves, or operators (the CLI)."""
+
+    INTERNAL = "internal"
+    OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    internal_token: str
+    admin_token: str
+
+    def role_of(self, token: str) -> Role | None:
+        import hmac
+
+        if self.admin_token and hmac.compare_digest(token, self.admin_token):
+            return Role.OPERATOR
+        if self.internal_token and hmac.compare_digest(token, self.internal_token):
+            return Role.INTERNAL
+        return None
+
+
+@dataclass
+class AccessPolicy:
+    """Which roles may call which method; methods not listed accept both roles."""
+
+    rules: Mapping[str, frozenset[Role]] = field(default_factory=dict)
+
+    def allows(self, method: str, role: Role) -> bool:
+        allowed = self.rules.get(method.rsplit("/", 1)[-1])
+        return role in allowed if allowed is not None else True
+
+
+def rich_status(error: DomainError) -> status_pb2.Status:
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason.value, domain=ERROR_DOMAIN, metadata=error.metadata or {}
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    code = GRPC_STATUS[error.reason]
+    return status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+
+
+def _wrap_unary(
+    handler: grpc.RpcMethodHandler,
+    behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Checks the caller's credential and maps DomainError to a rich status."""
+
+    def __init__(self, credentials: Credentials | None, policy: AccessPolicy) -> None:
+        self._credentials = credentials
+        self._policy = policy
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or handler.unary_unary is None or method.startswith("/grpc."):
+            return handler
+        inner = handler.unary_unary
+        denial = self._check(method, details.invocation_metadata or ())
+
+        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if denial is not None:
+                await context.abort_with_status(rpc_status.to_status(rich_status(denial)))
+            try:
+                return await inner(request, context)
+            except DomainError as error:
+                await context.abort_with_status(rpc_status.to_status(rich_status(error)))
+
+        return _wrap_unary(handler, behaviour)
+
+    def _check(self, method: str, metadata: Iterable[tuple[str, Any]]) -> DomainError | None:
+        if self._credentials is None:
+            return None
+        token = ""
+        for key, value in metadata:
+            if key == "authorization" and isinstance(value, str):
+                token = value.removeprefix("Bearer ").strip()
+        role = self._credentials.role_of(token) if token else None
+        if role is None:
+            return DomainError(
+                Reason.UNAUTHENTICATED,
+                "This call needs a service or operator credential "
+                "(authorization: Bearer <token>).",
+            )
+        if not self._policy.allows(method, role):
+            return DomainError(
+                Reason.PERMISSION_DENIED,
+                f"{method.rsplit('/', 1)[-1]} is not open to the {role.value} credential.",
+            )
+        return None
+
+
+@dataclass
+class Server:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: list[str]
+
+    async def set_serving(self) -> None:
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def create_server(
+    registrations: Iterable[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
+    *,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    credentials: Credentials | None = None,
+    policy: AccessPolicy | None = None,
+) -> Server:
+    """Build a server. `registrations` are (add_XServicer_to_server, servicer, full name).
+
+    Health starts NOT_SERVING; call `Server.set_serving()` once the service is ready.
+    """
+    server = grpc.aio.server(
+        interceptors=[aio_server_interceptor(), GuardInterceptor(credentials, policy or AccessPolicy())],
+        options=[("grpc.so_reuseport", 0)],
+    )
+    names: list[str] = []
+    for add, servicer, name in registrations:
+        add(servicer, server)
+        names.append(name)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    return Server(server=server, port=bound, health=health_servicer, service_names=names)
+
+
+async def run_until_signal(stop: Callable[[], Awaitable[None]]) -> None:
+    """Wait for SIGTERM or SIGINT, then run `stop` (graceful shutdown)."""
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, event.set)
+    await event.wait()
+    log.info("shutting down")
+    await stop()

@@ -1,0 +1,43 @@
+"""OpenTelemetry set-up, configured only by the standard OTEL_* variables.
+
+Spans are exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, and
+nowhere otherwise. Tests add an in-memory exporter with `add_span_processor`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+_provider: TracerProvider | None = None
+
+
+def setup_telemetry(service_name: str) -> TracerProvider:
+    """Install the tracer provider once per process (later calls return it)."""
+    global _provider
+    if _provider is not None:
+        return _provider
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    provider = TracerProvider(resource=resource)
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return provider
+
+
+def add_span_processor(processor: SpanProcessor) -> None:
+    setup_telemetry("tokenforge").add_span_processor(processor)
+
+
+def current_trace_id() -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""

@@ -1,0 +1,1 @@
+"""Generated from protos/tokenforge/usage/v1 by `make protos`."""

@@ -1,0 +1,1 @@
+"""Generated from protos/tokenforge/wallet/v1 by `make protos`."""
