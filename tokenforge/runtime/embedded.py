@@ -94,30 +94,68 @@ class EmbeddedPostgres:
         user = self._user()
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
-                [self._bin("initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                 "--auth=trust", "--encoding=UTF8", "--no-instructions"],
-                check=True, capture_output=True, user=user,
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+                check=True,
+                capture_output=True,
+                user=user,
             )
         stale = self.data_dir / "postmaster.pid"
         if stale.exists():
             stale.unlink()
         args = [
-            self._bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-            "-h", "127.0.0.1", "-k", str(self.data_dir),
-            "-c", "max_connections=400", "-c", "shared_buffers=128MB",
+            self._bin("postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(self.data_dir),
+            "-c",
+            "max_connections=400",
+            "-c",
+            "shared_buffers=128MB",
         ]
         if not self.durable:
-            args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+            args += [
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
         logfile = open(self.data_dir / "server.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             args, stdout=logfile, stderr=subprocess.STDOUT, user=user, start_new_session=True
         )
         wait_for_port("127.0.0.1", self.port, timeout, self.proc)
         deadline = time.monotonic() + timeout
-        while subprocess.run(
-            [self._bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"],
-            capture_output=True,
-        ).returncode != 0:
+        while (
+            subprocess.run(
+                [
+                    self._bin("pg_isready"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                ],
+                capture_output=True,
+            ).returncode
+            != 0
+        ):
             if time.monotonic() > deadline:
                 raise TimeoutError("PostgreSQL did not become ready")
             time.sleep(0.1)
@@ -129,7 +167,10 @@ class EmbeddedPostgres:
 
 
 def nats_server_binary() -> str:
-    candidates = [Path(sys.prefix) / "bin" / "nats-server", Path(sys.executable).parent / "nats-server"]
+    candidates = [
+        Path(sys.prefix) / "bin" / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
     for candidate in candidates:
         if candidate.exists():
             return str(candidate)
@@ -155,9 +196,21 @@ class EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         logfile = open(self.store_dir / "server.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
-             "-sd", str(self.store_dir), "--server_name", "tokenforge-dev"],
-            stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                nats_server_binary(),
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-sd",
+                str(self.store_dir),
+                "--server_name",
+                "tokenforge-dev",
+            ],
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_for_port("127.0.0.1", self.port, timeout, self.proc)
         log.info("nats ready on port %s", self.port)

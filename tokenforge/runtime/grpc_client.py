@@ -23,7 +23,7 @@ def open_channel(address: str) -> grpc.aio.Channel:
     """One channel per peer, reused for every call (traced)."""
     return grpc.aio.insecure_channel(
         address,
-        interceptors=aio_client_interceptors(),
+        interceptors=aio_client_interceptors(),  # type: ignore[no-untyped-call]
         options=[("grpc.keepalive_time_ms", 30_000)],
     )
 
@@ -67,7 +67,7 @@ def to_domain_error(err: grpc.aio.AioRpcError, peer: str) -> DomainError:
             "Try again in a moment.",
             {"service": peer},
         )
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    status = rpc_status.from_call(err)
     if status is not None:
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()

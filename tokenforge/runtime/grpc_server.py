@@ -122,8 +122,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if role is None:
             return DomainError(
                 Reason.UNAUTHENTICATED,
-                "This call needs a service or operator credential "
-                "(authorization: Bearer <token>).",
+                "This call needs a service or operator credential (authorization: Bearer <token>).",
             )
         if not self._policy.allows(method, role):
             return DomainError(
@@ -162,7 +161,10 @@ def create_server(
     Health starts NOT_SERVING; call `Server.set_serving()` once the service is ready.
     """
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), GuardInterceptor(credentials, policy or AccessPolicy())],
+        interceptors=[
+            aio_server_interceptor(),  # type: ignore[no-untyped-call]
+            GuardInterceptor(credentials, policy or AccessPolicy()),
+        ],
         options=[("grpc.so_reuseport", 0)],
     )
     names: list[str] = []
@@ -172,7 +174,11 @@ def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     bound = server.add_insecure_port(f"{host}:{port}")
