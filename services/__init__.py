@@ -1,0 +1,1 @@
+"""The bounded contexts, one package each: routing, wallet, payments, usage, gateway."""

@@ -1,0 +1,51 @@
+"""The services the gateway calls, one reused gRPC channel each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from tokenforge.config import Settings
+from tokenforge.payments.v1 import payments_pb2_grpc
+from tokenforge.routing.v1 import routing_pb2_grpc
+from tokenforge.runtime.grpc_client import Peer
+from tokenforge.usage.v1 import usage_pb2_grpc
+from tokenforge.wallet.v1 import wallet_pb2_grpc
+
+
+@dataclass
+class Peers:
+    routing: Peer
+    wallet: Peer
+    payments: Peer
+    usage: Peer
+
+    @cached_property
+    def routing_stub(self) -> routing_pb2_grpc.RoutingServiceStub:
+        return routing_pb2_grpc.RoutingServiceStub(self.routing.channel)
+
+    @cached_property
+    def wallet_stub(self) -> wallet_pb2_grpc.WalletServiceStub:
+        return wallet_pb2_grpc.WalletServiceStub(self.wallet.channel)
+
+    @cached_property
+    def payments_stub(self) -> payments_pb2_grpc.PaymentsServiceStub:
+        return payments_pb2_grpc.PaymentsServiceStub(self.payments.channel)
+
+    @cached_property
+    def usage_stub(self) -> usage_pb2_grpc.UsageServiceStub:
+        return usage_pb2_grpc.UsageServiceStub(self.usage.channel)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Peers:
+        token = settings.internal_token
+        return cls(
+            routing=Peer("routing", settings.routing_addr, token),
+            wallet=Peer("wallet", settings.wallet_addr, token),
+            payments=Peer("payments", settings.payments_addr, token),
+            usage=Peer("usage", settings.usage_addr, token),
+        )
+
+    async def close(self) -> None:
+        for peer in (self.routing, self.wallet, self.payments, self.usage):
+            await peer.close()

@@ -1,0 +1,85 @@
+"""Wires the gateway: peers (gRPC), the upstream client, the HTTP app (uvicorn) and
+the gRPC server (health, reflection, GatewayService).
+
+The gateway owns no tables yet: it keeps request-scoped state only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+from services.gateway.adapters.peers import Peers
+from services.gateway.adapters.upstream import Upstream
+from services.gateway.transport.grpc import GatewayServicer
+from services.gateway.transport.http import create_app
+from tokenforge.config import Settings
+from tokenforge.gateway.v1 import gateway_pb2_grpc
+from tokenforge.runtime.grpc_server import Credentials, create_server
+from tokenforge.runtime.service import RunningService
+
+SCHEMA = "gateway"
+
+
+def migrate(database_url: str) -> None:
+    """Nothing to migrate: the gateway keeps no tables (request-scoped state only)."""
+
+
+async def start_http(app: object, port: int, host: str = "127.0.0.1") -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the HTTP server stopped during start-up")
+        await asyncio.sleep(0.01)
+    server.task = task  # type: ignore[attr-defined]
+    return server
+
+
+def bound_port(server: uvicorn.Server) -> int:
+    sockets = [s for srv in server.servers for s in srv.sockets]
+    return int(sockets[0].getsockname()[1])
+
+
+async def start(settings: Settings, port: int = 0, host: str = "127.0.0.1") -> RunningService:
+    peers = Peers.from_settings(settings)
+    upstream = Upstream()
+    app = create_app(peers, upstream)
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz")
+    grpc_server = create_server(
+        [
+            (
+                gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
+                GatewayServicer(peers),
+                "tokenforge.gateway.v1.GatewayService",
+            )
+        ],
+        port=port,
+        host=host,
+        credentials=Credentials(settings.internal_token, settings.admin_token)
+        if settings.internal_token or settings.admin_token
+        else None,
+    )
+    await grpc_server.server.start()
+    http = await start_http(app, settings.http_port, host)
+
+    async def stop_http() -> None:
+        http.should_exit = True
+        await http.task  # type: ignore[attr-defined]
+        await upstream.close()
+        await peers.close()
+
+    await grpc_server.set_serving()
+    return RunningService("gateway", grpc_server, http_port=bound_port(http), on_stop=[stop_http])

@@ -1,0 +1,202 @@
+"""How money reads for a person: receipts, balances, ledger rows and top-ups in the
+glossary's words (see GLOSSARY.md). Plain Python over the wire messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from tokenforge.money import Bucket, format_amount
+from tokenforge.payments.v1 import payments_pb2
+from tokenforge.routing.v1 import routing_pb2
+from tokenforge.usage.v1 import usage_pb2
+from tokenforge.wallet.v1 import wallet_pb2
+from tokenforge.wire import bucket_from_proto, iso, route_kind_from_proto
+
+RECEIPT_STATUS = {
+    usage_pb2.RECEIPT_STATUS_SUCCEEDED: ("succeeded", "Completed"),
+    usage_pb2.RECEIPT_STATUS_PARTIAL: ("partial", "Stopped early: charged for what was generated"),
+    usage_pb2.RECEIPT_STATUS_FAILED: ("failed", "Failed: see the charge policy"),
+    usage_pb2.RECEIPT_STATUS_REJECTED: ("rejected", "Not run: nothing charged"),
+}
+
+ENTRY_KIND = {
+    wallet_pb2.ENTRY_KIND_TOPUP_CREDIT: "topup_credit",
+    wallet_pb2.ENTRY_KIND_REQUEST_CHARGE: "request_charge",
+    wallet_pb2.ENTRY_KIND_ADJUSTMENT: "adjustment",
+    wallet_pb2.ENTRY_KIND_REVERSAL: "reversal",
+}
+
+TOPUP_STATUS = {
+    payments_pb2.TOP_UP_STATUS_PENDING: "pending",
+    payments_pb2.TOP_UP_STATUS_AWAITING_REVIEW: "awaiting_review",
+    payments_pb2.TOP_UP_STATUS_SUCCEEDED: "succeeded",
+    payments_pb2.TOP_UP_STATUS_FAILED: "failed",
+    payments_pb2.TOP_UP_STATUS_EXPIRED: "expired",
+    payments_pb2.TOP_UP_STATUS_REJECTED: "rejected",
+    payments_pb2.TOP_UP_STATUS_CANCELED: "canceled",
+}
+
+
+def amount(micros: int, bucket: Bucket) -> dict[str, Any]:
+    return {"micros": micros, "display": format_amount(micros, bucket)}
+
+
+def balance_json(b: wallet_pb2.BucketBalance) -> dict[str, Any]:
+    bucket = bucket_from_proto(b.bucket)
+    return {
+        "bucket": bucket.value,
+        "label": bucket.label,
+        "symbol": bucket.symbol,
+        "pays_for": bucket.pays_for,
+        "posted": amount(b.posted_micros, bucket),
+        "held": amount(b.held_micros, bucket),
+        "available": amount(b.available_micros, bucket),
+    }
+
+
+def ledger_entry_json(e: wallet_pb2.LedgerEntry) -> dict[str, Any]:
+    bucket = bucket_from_proto(e.bucket)
+    row: dict[str, Any] = {
+        "entry_id": e.entry_id,
+        "kind": ENTRY_KIND.get(e.kind, "unspecified"),
+        "bucket": bucket.value,
+        "amount": amount(e.amount_micros, bucket),
+        "balance_after": amount(e.balance_after_micros, bucket),
+        "created_at": iso(e.created_at),
+        "trace_id": e.trace_id or None,
+    }
+    if e.request_id:
+        row["request_id"] = e.request_id
+        row["receipt_url"] = f"/v1/usage/{e.request_id}"
+    if e.order_id:
+        row["order_id"] = e.order_id
+        row["topup_url"] = f"/v1/topups/{e.order_id}"
+    if e.reason:
+        row["reason"] = e.reason
+    return row
+
+
+def receipt_json(r: usage_pb2.Receipt) -> dict[str, Any]:
+    bucket = bucket_from_proto(r.bucket)
+    status, words = RECEIPT_STATUS.get(r.status, ("unspecified", ""))
+    return {
+        "request_id": r.request_id,
+        "status": status,
+        "status_text": words,
+        "selected_model": r.selected_model,
+        "upstream_model": r.upstream_model,
+        "route": route_kind_from_proto(r.route_kind),
+        "bucket": bucket.value,
+        "bucket_label": bucket.label,
+        "attempts": [
+            {"channel": a.channel_id, "outcome": a.outcome, "latency_ms": a.latency_ms}
+            for a in r.attempts
+        ],
+        "fallback_used": r.fallback_used,
+        "tokens": {
+            "prompt": r.prompt_tokens,
+            "cached": r.cached_tokens,
+            "completion": r.completion_tokens,
+            "reported_by_upstream": r.tokens_reported,
+        },
+        "prices": {
+            "input_per_million": amount(r.prices.input_per_million_micros, bucket),
+            "cached_input_per_million": amount(r.prices.cached_input_per_million_micros, bucket),
+            "output_per_million": amount(r.prices.output_per_million_micros, bucket),
+            "request_fee": amount(r.prices.request_fee_micros, bucket),
+        },
+        "charge": amount(r.charge_micros, bucket),
+        "hold_id": r.hold_id,
+        "ledger_entry_id": r.entry_id or None,
+        "ledger_url": f"/v1/wallet/ledger?request_id={r.request_id}",
+        "trace_id": r.trace_id,
+        "catalog_version": r.catalog_version,
+        "run_id": r.run_id or None,
+        "error": r.error_code or None,
+        "started_at": iso(r.started_at),
+        "finished_at": iso(r.finished_at),
+    }
+
+
+def topup_status_text(t: payments_pb2.TopUp, now: datetime | None = None) -> str:
+    bucket = bucket_from_proto(t.bucket)
+    status = TOPUP_STATUS.get(t.status, "unspecified")
+    if status == "pending":
+        now = now or datetime.now(UTC)
+        left = int((t.expires_at.ToDatetime(tzinfo=UTC) - now).total_seconds() // 60)
+        return f"Waiting for payment (expires in {max(left, 0)} min)"
+    received = format_amount(t.received_micros, bucket)
+    return {
+        "awaiting_review": "Waiting for review: we received your transfer details",
+        "succeeded": f"Paid: {received} added to {bucket.label}",
+        "expired": "Expired before payment: nothing was charged, no balance added",
+        "failed": "Payment failed: no balance was added",
+        "rejected": "Not approved: no balance was added",
+        "canceled": "Canceled: no balance was added",
+    }.get(status, status)
+
+
+def topup_json(t: payments_pb2.TopUp) -> dict[str, Any]:
+    bucket = bucket_from_proto(t.bucket)
+    return {
+        "order_id": t.order_id,
+        "status": TOPUP_STATUS.get(t.status, "unspecified"),
+        "status_text": topup_status_text(t),
+        "bucket": bucket.value,
+        "bucket_label": bucket.label,
+        "provider": t.provider,
+        "topup_amount": {
+            "minor": t.paid_amount_minor,
+            "currency": t.currency,
+            "display": f"{t.paid_amount_minor / 100:.2f} {t.currency}",
+        },
+        "received_balance": amount(t.received_micros, bucket),
+        "created_at": iso(t.created_at),
+        "expires_at": iso(t.expires_at),
+        "ledger_url": f"/v1/wallet/ledger?order_id={t.order_id}",
+        "transitions": [
+            {
+                "from": TOPUP_STATUS.get(x.from_status, "none"),
+                "to": TOPUP_STATUS.get(x.to_status, "none"),
+                "reason": x.reason,
+                "actor": x.actor,
+                "at": iso(x.at),
+            }
+            for x in t.transitions
+        ],
+    }
+
+
+def model_json(m: routing_pb2.Model, created: int) -> dict[str, Any]:
+    routes = []
+    for r in m.routes:
+        bucket = bucket_from_proto(r.bucket)
+        routes.append(
+            {
+                "kind": route_kind_from_proto(r.kind),
+                "bucket": bucket.value,
+                "bucket_label": bucket.label,
+                "symbol": bucket.symbol,
+                "upstream_model": r.upstream_model,
+                "prices": {
+                    "input_per_million": amount(r.prices.input_per_million_micros, bucket),
+                    "cached_input_per_million": amount(
+                        r.prices.cached_input_per_million_micros, bucket
+                    ),
+                    "output_per_million": amount(r.prices.output_per_million_micros, bucket),
+                    "request_fee": amount(r.prices.request_fee_micros, bucket),
+                },
+                "channels": [c.channel_id for c in r.channels],
+            }
+        )
+    return {
+        "id": m.id,
+        "object": "model",
+        "created": created,
+        "owned_by": "tokenforge",
+        "display_name": m.display_name,
+        "context_length": m.context_length,
+        "max_output_tokens": m.max_output_tokens,
+        "routes": routes,
+    }

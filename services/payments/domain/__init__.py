@@ -1,0 +1,1 @@
+"""The payments domain: plain Python, no I/O."""

@@ -1,0 +1,1 @@
+"""Payments storage: tables, repository, unit of work, migrations."""

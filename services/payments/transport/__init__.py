@@ -1,0 +1,1 @@
+"""Payments transport: the gRPC servicer and the outbox relay to NATS JetStream."""

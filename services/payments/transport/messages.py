@@ -1,0 +1,78 @@
+"""Mapping between payments' protobuf messages and its domain types."""
+
+from __future__ import annotations
+
+from tokenforge.errors import DomainError, Reason
+from tokenforge.payments.v1 import payments_pb2
+from tokenforge.wire import bucket_to_proto, timestamp
+
+from services.payments.domain.model import Order, OrderEvent, TopUpStatus, Transition
+
+_STATUS_TO_PROTO: dict[TopUpStatus, int] = {
+    TopUpStatus.PENDING: payments_pb2.TOP_UP_STATUS_PENDING,
+    TopUpStatus.AWAITING_REVIEW: payments_pb2.TOP_UP_STATUS_AWAITING_REVIEW,
+    TopUpStatus.SUCCEEDED: payments_pb2.TOP_UP_STATUS_SUCCEEDED,
+    TopUpStatus.FAILED: payments_pb2.TOP_UP_STATUS_FAILED,
+    TopUpStatus.EXPIRED: payments_pb2.TOP_UP_STATUS_EXPIRED,
+    TopUpStatus.REJECTED: payments_pb2.TOP_UP_STATUS_REJECTED,
+    TopUpStatus.CANCELED: payments_pb2.TOP_UP_STATUS_CANCELED,
+}
+_STATUS_FROM_PROTO = {v: k for k, v in _STATUS_TO_PROTO.items()}
+
+
+def status_to_proto(status: TopUpStatus) -> int:
+    return _STATUS_TO_PROTO[status]
+
+
+def status_from_proto(value: int) -> TopUpStatus:
+    try:
+        return _STATUS_FROM_PROTO[value]
+    except KeyError:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT, f"Unknown top-up status {value}.", {"param": "status"}
+        ) from None
+
+
+def transition_to_proto(transition: Transition) -> payments_pb2.TopUpTransition:
+    return payments_pb2.TopUpTransition(
+        from_status=status_to_proto(transition.from_status),
+        to_status=status_to_proto(transition.to_status),
+        reason=transition.reason,
+        actor=transition.actor,
+        at=timestamp(transition.at),
+    )
+
+
+def order_to_proto(order: Order) -> payments_pb2.TopUp:
+    return payments_pb2.TopUp(
+        order_id=order.order_id,
+        account_id=order.account_id,
+        bucket=bucket_to_proto(order.bucket),
+        provider=order.provider,
+        paid_amount_minor=order.paid_amount_minor,
+        currency=order.currency,
+        received_micros=order.received_micros,
+        status=status_to_proto(order.status),
+        created_at=timestamp(order.created_at),
+        expires_at=timestamp(order.expires_at),
+        provider_reference=order.provider_reference,
+        transitions=[transition_to_proto(t) for t in order.transitions],
+    )
+
+
+def event_to_proto(event: OrderEvent) -> payments_pb2.TopUpEvent:
+    return payments_pb2.TopUpEvent(
+        event_id=event.event_id,
+        order_id=event.order_id,
+        account_id=event.account_id,
+        bucket=bucket_to_proto(event.bucket),
+        received_micros=event.received_micros,
+        status=status_to_proto(event.status),
+        occurred_at=timestamp(event.occurred_at),
+    )
+
+
+def encode_event(event: OrderEvent) -> bytes:
+    """The outbox payload: a serialized TopUpEvent."""
+    data: bytes = event_to_proto(event).SerializeToString()
+    return data

@@ -1,0 +1,1 @@
+"""Routing: the model catalog, channels, routes, and access (projects and API keys)."""

@@ -1,0 +1,1 @@
+"""Usage: receipts, the after-story of every request."""

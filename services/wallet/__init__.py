@@ -1,0 +1,1 @@
+"""The wallet: accounts' buckets, the double-entry ledger, holds, credits and adjustments."""

@@ -1,0 +1,79 @@
+"""What callers ask the wallet to do: one imperative dataclass per use case."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.wallet.domain.model import EntryKind
+from tokenforge.money import Bucket
+
+
+@dataclass(frozen=True)
+class OpenAccount:
+    account_id: str
+
+
+@dataclass(frozen=True)
+class GetBalances:
+    account_id: str
+
+
+@dataclass(frozen=True)
+class PlaceHold:
+    account_id: str
+    bucket: Bucket
+    amount: int
+    request_id: str
+    ttl_seconds: int = 0
+    trace_id: str = ""
+
+
+@dataclass(frozen=True)
+class SettleHold:
+    hold_id: str
+    amount: int
+    trace_id: str = ""
+
+
+@dataclass(frozen=True)
+class ReleaseHold:
+    hold_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CreditTopUp:
+    account_id: str
+    bucket: Bucket
+    amount: int
+    order_id: str
+    # Set when the credit comes from a NATS event: recorded in the same transaction.
+    event_id: str = ""
+    trace_id: str = ""
+
+
+@dataclass(frozen=True)
+class AdjustBalance:
+    account_id: str
+    bucket: Bucket
+    amount: int
+    reason: str
+    operator: str
+    idempotency_key: str
+    trace_id: str = ""
+
+
+@dataclass(frozen=True)
+class ListLedger:
+    account_id: str
+    bucket: Bucket | None = None
+    kind: EntryKind | None = None
+    request_id: str = ""
+    order_id: str = ""
+    page_size: int = 0
+    page_token: str = ""
+
+
+@dataclass(frozen=True)
+class ExpireHolds:
+    limit: int = 500

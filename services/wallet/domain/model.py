@@ -1,0 +1,438 @@
+"""The wallet's rules: balances, holds and double-entry journal entries. No I/O.
+
+Money rules enforced here (see DESIGN.md):
+- W1 every journal entry's postings sum to zero (`JournalEntry.__post_init__`);
+- W2 a hold is placed only when available = posted - held covers it (`Balance.reserve`);
+- W3 a hold ends exactly once: settled, released or expired (`Hold`);
+- W6 an entry moves money within one bucket only.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket, format_amount
+
+DEFAULT_HOLD_TTL_S = 300
+MAX_HOLD_TTL_S = 3600
+
+
+class HoldStatus(enum.StrEnum):
+    OPEN = "open"
+    SETTLED = "settled"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+class EntryKind(enum.StrEnum):
+    TOPUP_CREDIT = "topup_credit"
+    REQUEST_CHARGE = "request_charge"
+    ADJUSTMENT = "adjustment"
+    REVERSAL = "reversal"
+
+
+# The other side of every user posting.
+REVENUE = "revenue"
+TOPUP_CLEARING = "topup_clearing"
+ADJUSTMENTS = "adjustments"
+
+
+def user_ledger_account(account_id: str, bucket: Bucket) -> str:
+    return f"user:{account_id}:{bucket.value}"
+
+
+def system_ledger_account(name: str, bucket: Bucket) -> str:
+    return f"system:{name}:{bucket.value}"
+
+
+def hold_ttl(ttl_seconds: int) -> timedelta:
+    """0 means the default TTL; a hold never lives longer than MAX_HOLD_TTL_S."""
+    if ttl_seconds < 0 or ttl_seconds > MAX_HOLD_TTL_S:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            f"A hold lives between 1 and {MAX_HOLD_TTL_S} seconds (0 for the default "
+            f"{DEFAULT_HOLD_TTL_S}); got {ttl_seconds}.",
+            {"field": "ttl_seconds"},
+        )
+    return timedelta(seconds=ttl_seconds or DEFAULT_HOLD_TTL_S)
+
+
+def require_positive(amount: int, what: str) -> None:
+    if amount <= 0:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            f"{what} must be a positive number of micro-units; got {amount}.",
+            {"field": "amount_micros"},
+        )
+
+
+@dataclass
+class Balance:
+    """One bucket of one account: `posted` money, `held` for requests in progress."""
+
+    account_id: str
+    bucket: Bucket
+    posted: int = 0
+    held: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.posted - self.held
+
+    def _refuse(self, requested: int, what: str) -> DomainError:
+        label = self.bucket.label
+        return DomainError(
+            Reason.INSUFFICIENT_BALANCE,
+            f"{label} too low: {format_amount(self.available, self.bucket)} available, "
+            f"{what} {format_amount(requested, self.bucket)}. "
+            f"Top up the {label} ({self.bucket.symbol}) to keep building.",
+            {
+                "bucket": self.bucket.value,
+                "available_micros": str(self.available),
+                "requested_micros": str(requested),
+            },
+        )
+
+    def reserve(self, amount: int) -> None:
+        """W2: hold `amount` only if it is available."""
+        require_positive(amount, "A hold")
+        if self.available < amount:
+            raise self._refuse(amount, "this request may cost up to")
+        self.held += amount
+
+    def unreserve(self, amount: int) -> None:
+        self.held -= amount
+
+    def capture(self, held: int, charge: int) -> int:
+        """End a hold of `held`, taking `charge` from posted; returns the balance after."""
+        self.held -= held
+        self.posted -= charge
+        return self.posted
+
+    def post(self, amount: int) -> int:
+        """Add a signed amount to posted; a debit may not take available below zero."""
+        if amount < 0 and self.available < -amount:
+            raise self._refuse(-amount, "this takes")
+        self.posted += amount
+        return self.posted
+
+
+@dataclass
+class Hold:
+    """Money set aside for a request's worst case; it ends exactly once (W3)."""
+
+    hold_id: uuid.UUID
+    account_id: str
+    bucket: Bucket
+    amount: int
+    request_id: str
+    created_at: datetime
+    expires_at: datetime
+    status: HoldStatus = HoldStatus.OPEN
+    captured: int = 0
+    entry_id: uuid.UUID | None = None
+    ended_at: datetime | None = None
+    trace_id: str = ""
+
+    @classmethod
+    def place(
+        cls,
+        balance: Balance,
+        amount: int,
+        request_id: str,
+        ttl_seconds: int,
+        now: datetime,
+        trace_id: str = "",
+    ) -> Hold:
+        ttl = hold_ttl(ttl_seconds)
+        balance.reserve(amount)
+        return cls(
+            hold_id=uuid.uuid4(),
+            account_id=balance.account_id,
+            bucket=balance.bucket,
+            amount=amount,
+            request_id=request_id,
+            created_at=now,
+            expires_at=now + ttl,
+            trace_id=trace_id,
+        )
+
+    def same_request(self, bucket: Bucket, amount: int) -> bool:
+        return self.bucket is bucket and self.amount == amount
+
+    @property
+    def is_open(self) -> bool:
+        return self.status is HoldStatus.OPEN
+
+    def is_past_expiry(self, now: datetime) -> bool:
+        return now >= self.expires_at
+
+    def check_settle(self, amount: int, now: datetime) -> None:
+        """Refuse a settle that must change nothing (for an open hold)."""
+        if amount < 0:
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                f"A charge is never negative; got {amount}.",
+                {"field": "amount_micros"},
+            )
+        if self.status is HoldStatus.EXPIRED or (self.is_open and self.is_past_expiry(now)):
+            raise DomainError(
+                Reason.HOLD_EXPIRED,
+                f"Hold {self.hold_id} expired at {self.expires_at.isoformat()}; its money "
+                "went back to the balance. Place a new hold for a new request.",
+                {"hold_id": str(self.hold_id)},
+            )
+        if not self.is_open:
+            raise self._not_open()
+        if amount > self.amount:
+            raise DomainError(
+                Reason.SETTLE_ABOVE_HOLD,
+                f"A settle never exceeds its hold: the hold is "
+                f"{format_amount(self.amount, self.bucket)}, the charge "
+                f"{format_amount(amount, self.bucket)}. Charge at most the held amount.",
+                {
+                    "hold_id": str(self.hold_id),
+                    "held_micros": str(self.amount),
+                    "requested_micros": str(amount),
+                },
+            )
+
+    def settle(self, amount: int, balance: Balance, now: datetime) -> int:
+        """Capture `amount`, give the rest back; returns the posted balance after."""
+        self.check_settle(amount, now)
+        self.status = HoldStatus.SETTLED
+        self.captured = amount
+        self.ended_at = now
+        return balance.capture(self.amount, amount)
+
+    def is_replay_of_settle(self, amount: int) -> bool:
+        return self.status is HoldStatus.SETTLED and self.captured == amount
+
+    def release(self, balance: Balance, now: datetime) -> bool:
+        """Give the hold back whole; False when it had already ended without a charge."""
+        if self.status in (HoldStatus.RELEASED, HoldStatus.EXPIRED):
+            return False
+        if self.status is HoldStatus.SETTLED:
+            raise self._not_open()
+        self.status = HoldStatus.RELEASED
+        self.ended_at = now
+        balance.unreserve(self.amount)
+        return True
+
+    def expire(self, balance: Balance, now: datetime) -> bool:
+        """End an open hold whose TTL has passed; False when there is nothing to do."""
+        if not self.is_open or not self.is_past_expiry(now):
+            return False
+        self.status = HoldStatus.EXPIRED
+        self.ended_at = now
+        balance.unreserve(self.amount)
+        return True
+
+    def _not_open(self) -> DomainError:
+        return DomainError(
+            Reason.HOLD_NOT_OPEN,
+            f"Hold {self.hold_id} is already {self.status.value}; it cannot be settled or "
+            "released again. Place a new hold for a new request.",
+            {"hold_id": str(self.hold_id), "status": self.status.value},
+        )
+
+
+@dataclass(frozen=True)
+class Posting:
+    ledger_account: str
+    bucket: Bucket
+    amount: int
+    # Set on the user's posting: the bucket's posted balance after this entry.
+    balance_after: int | None = None
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One immutable ledger entry; its postings sum to zero (W1) within one bucket (W6)."""
+
+    entry_id: uuid.UUID
+    kind: EntryKind
+    account_id: str
+    bucket: Bucket
+    idempotency_key: str
+    postings: tuple[Posting, ...]
+    created_at: datetime
+    request_id: str = ""
+    order_id: str = ""
+    hold_id: uuid.UUID | None = None
+    reason: str = ""
+    operator: str = ""
+    trace_id: str = ""
+    seq: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.postings) < 2:
+            raise ValueError("a journal entry has at least two postings")
+        if sum(p.amount for p in self.postings) != 0:
+            raise ValueError(f"postings of entry {self.entry_id} do not sum to zero (W1)")
+        if any(p.bucket is not self.bucket for p in self.postings):
+            raise ValueError(f"entry {self.entry_id} mixes buckets (W6)")
+
+    @property
+    def user_posting(self) -> Posting:
+        name = user_ledger_account(self.account_id, self.bucket)
+        return next(p for p in self.postings if p.ledger_account == name)
+
+    @property
+    def amount(self) -> int:
+        """The signed change of the user's bucket."""
+        return self.user_posting.amount
+
+    @property
+    def balance_after(self) -> int:
+        return self.user_posting.balance_after or 0
+
+
+def _entry(
+    kind: EntryKind,
+    balance: Balance,
+    user_amount: int,
+    balance_after: int,
+    counter_account: str,
+    idempotency_key: str,
+    now: datetime,
+    **details: object,
+) -> JournalEntry:
+    bucket = balance.bucket
+    return JournalEntry(
+        entry_id=uuid.uuid4(),
+        kind=kind,
+        account_id=balance.account_id,
+        bucket=bucket,
+        idempotency_key=idempotency_key,
+        postings=(
+            Posting(
+                user_ledger_account(balance.account_id, bucket), bucket, user_amount, balance_after
+            ),
+            Posting(system_ledger_account(counter_account, bucket), bucket, -user_amount),
+        ),
+        created_at=now,
+        **details,  # type: ignore[arg-type]
+    )
+
+
+def settle_key(hold_id: uuid.UUID) -> str:
+    return f"settle:{hold_id}"
+
+
+def topup_key(order_id: str) -> str:
+    return f"topup:{order_id}"
+
+
+def adjustment_key(key: str) -> str:
+    return f"adjust:{key}"
+
+
+def request_charge(
+    hold: Hold, balance: Balance, balance_after: int, now: datetime, trace_id: str
+) -> JournalEntry:
+    """The ledger row of a settled request: the user pays revenue."""
+    return _entry(
+        EntryKind.REQUEST_CHARGE,
+        balance,
+        -hold.captured,
+        balance_after,
+        REVENUE,
+        settle_key(hold.hold_id),
+        now,
+        request_id=hold.request_id,
+        hold_id=hold.hold_id,
+        trace_id=trace_id or hold.trace_id,
+    )
+
+
+def topup_credit(
+    balance: Balance, amount: int, order_id: str, now: datetime, trace_id: str
+) -> JournalEntry:
+    """A paid top-up: the bucket the order named gets `amount` from top-up clearing."""
+    require_positive(amount, "A top-up credit")
+    balance_after = balance.post(amount)
+    return _entry(
+        EntryKind.TOPUP_CREDIT,
+        balance,
+        amount,
+        balance_after,
+        TOPUP_CLEARING,
+        topup_key(order_id),
+        now,
+        order_id=order_id,
+        trace_id=trace_id,
+    )
+
+
+def adjustment(
+    balance: Balance,
+    amount: int,
+    reason: str,
+    operator: str,
+    idempotency_key: str,
+    now: datetime,
+    trace_id: str = "",
+) -> JournalEntry:
+    """An operator's signed entry, always with a reason; never an edit of the past."""
+    if amount == 0:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            "An adjustment moves money: give a positive or negative amount.",
+            {"field": "amount_micros"},
+        )
+    if not reason.strip():
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            "An adjustment needs a reason: say why the balance changes.",
+            {"field": "reason"},
+        )
+    if not idempotency_key.strip():
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            "An adjustment needs an idempotency key, so a retry never applies it twice.",
+            {"field": "idempotency_key"},
+        )
+    balance_after = balance.post(amount)
+    return _entry(
+        EntryKind.ADJUSTMENT,
+        balance,
+        amount,
+        balance_after,
+        ADJUSTMENTS,
+        adjustment_key(idempotency_key),
+        now,
+        reason=reason.strip(),
+        operator=operator,
+        trace_id=trace_id,
+    )
+
+
+def idempotency_conflict(key_name: str, key: str) -> DomainError:
+    return DomainError(
+        Reason.IDEMPOTENCY_CONFLICT,
+        f"{key_name} {key!r} was already used with other arguments; use a new "
+        f"{key_name} for a new operation.",
+        {key_name: key},
+    )
+
+
+def account_not_found(account_id: str) -> DomainError:
+    return DomainError(
+        Reason.ACCOUNT_NOT_FOUND,
+        f"Account {account_id!r} has no wallet. Open the account first "
+        "(`tokenforge accounts open`).",
+        {"account_id": account_id},
+    )
+
+
+def hold_not_found(hold_id: str) -> DomainError:
+    return DomainError(
+        Reason.NOT_FOUND,
+        f"No hold {hold_id!r}. Check the hold id returned by Hold.",
+        {"hold_id": hold_id},
+    )

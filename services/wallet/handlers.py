@@ -1,0 +1,309 @@
+"""The wallet's use cases: plain async functions of (command, unit of work).
+
+Each runs in one transaction. The balance row is locked (`SELECT ... FOR UPDATE`)
+before any money rule is checked, so rules hold under any concurrency (W2); the
+idempotency key is looked up after the lock, and a unique index catches the rare
+race between two keys that lock different rows (the use case then runs once more
+and replays the winner's result).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from services.wallet.domain import commands
+from services.wallet.domain.model import (
+    Balance,
+    Hold,
+    HoldStatus,
+    JournalEntry,
+    account_not_found,
+    adjustment,
+    adjustment_key,
+    hold_not_found,
+    idempotency_conflict,
+    request_charge,
+    require_positive,
+    topup_credit,
+    topup_key,
+)
+from services.wallet.storage.repository import DuplicateKey, LedgerQuery
+from services.wallet.storage.unit_of_work import UnitOfWork
+from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+T = TypeVar("T")
+
+
+async def _replaying_duplicates(run: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await run()
+    except DuplicateKey:
+        log.info("idempotency key raced with another transaction; replaying")
+        return await run()
+
+
+def _require(value: str, name: str) -> None:
+    if not value.strip():
+        raise DomainError(Reason.INVALID_ARGUMENT, f"{name} is required.", {"field": name})
+
+
+async def _locked_balance(uow: UnitOfWork, account_id: str, bucket: Bucket) -> Balance:
+    balance = await uow.wallet.lock_balance(account_id, bucket)
+    if balance is None:
+        raise account_not_found(account_id)
+    return balance
+
+
+async def open_account(cmd: commands.OpenAccount, uow: UnitOfWork) -> list[Balance]:
+    """Open the account's two buckets; opening an open account changes nothing."""
+    _require(cmd.account_id, "account_id")
+    async with uow:
+        await uow.wallet.open_account(cmd.account_id)
+        found = await uow.wallet.balances(cmd.account_id)
+        await uow.commit()
+    return found
+
+
+async def get_balances(cmd: commands.GetBalances, uow: UnitOfWork) -> list[Balance]:
+    async with uow:
+        found = await uow.wallet.balances(cmd.account_id)
+    if not found:
+        raise account_not_found(cmd.account_id)
+    return found
+
+
+async def place_hold(cmd: commands.PlaceHold, uow: UnitOfWork) -> Hold:
+    """Reserve the worst case of a request (W2), once per (account, request_id) (W4)."""
+    _require(cmd.request_id, "request_id")
+    require_positive(cmd.amount, "A hold")
+
+    async def run() -> Hold:
+        async with uow:
+            balance = await _locked_balance(uow, cmd.account_id, cmd.bucket)
+            first = await uow.wallet.hold_by_request(cmd.account_id, cmd.request_id)
+            if first is not None:
+                if first.same_request(cmd.bucket, cmd.amount):
+                    return first
+                raise idempotency_conflict("request_id", cmd.request_id)
+            hold = Hold.place(
+                balance, cmd.amount, cmd.request_id, cmd.ttl_seconds, uow.now(), cmd.trace_id
+            )
+            await uow.wallet.add_hold(hold)
+            await uow.wallet.save_balance(balance)
+            await uow.commit()
+            return hold
+
+    return await _replaying_duplicates(run)
+
+
+@dataclass(frozen=True)
+class Settled:
+    hold: Hold
+    # The request_charge ledger row; None when the charge was zero.
+    entry: JournalEntry | None
+
+
+def _hold_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise hold_not_found(text) from None
+
+
+async def settle_hold(cmd: commands.SettleHold, uow: UnitOfWork) -> Settled:
+    """Charge up to the held amount, give the rest back, end the hold (W3)."""
+    hold_id = _hold_id(cmd.hold_id)
+    async with uow:
+        hold = await uow.wallet.lock_hold(hold_id)
+        if hold is None:
+            raise hold_not_found(cmd.hold_id)
+        if hold.is_replay_of_settle(cmd.amount):
+            entry = await uow.wallet.entry(hold.entry_id) if hold.entry_id else None
+            return Settled(hold, entry)
+        now = uow.now()
+        hold.check_settle(cmd.amount, now)
+        balance = await _locked_balance(uow, hold.account_id, hold.bucket)
+        balance_after = hold.settle(cmd.amount, balance, now)
+        charge: JournalEntry | None = None
+        if cmd.amount > 0:
+            charge = request_charge(hold, balance, balance_after, now, cmd.trace_id)
+            await uow.wallet.add_entry(charge)
+            hold.entry_id = charge.entry_id
+        await uow.wallet.save_hold(hold)
+        await uow.wallet.save_balance(balance)
+        await uow.commit()
+    return Settled(hold, charge)
+
+
+async def release_hold(cmd: commands.ReleaseHold, uow: UnitOfWork) -> Hold:
+    """Give a hold back whole; releasing a released (or expired) hold changes nothing."""
+    hold_id = _hold_id(cmd.hold_id)
+    async with uow:
+        hold = await uow.wallet.lock_hold(hold_id)
+        if hold is None:
+            raise hold_not_found(cmd.hold_id)
+        if hold.status is not HoldStatus.OPEN:
+            hold.release(Balance(hold.account_id, hold.bucket), uow.now())  # refuses if settled
+            return hold
+        balance = await _locked_balance(uow, hold.account_id, hold.bucket)
+        hold.release(balance, uow.now())
+        await uow.wallet.save_hold(hold)
+        await uow.wallet.save_balance(balance)
+        await uow.commit()
+    if cmd.reason:
+        log.info("hold %s released: %s", hold.hold_id, cmd.reason)
+    return hold
+
+
+async def expire_holds(cmd: commands.ExpireHolds, uow: UnitOfWork) -> int:
+    """Expire open holds past their TTL, one transaction each; returns how many ended."""
+    async with uow:
+        due = await uow.wallet.expired_hold_ids(uow.now(), cmd.limit)
+    expired = 0
+    for hold_id in due:
+        async with uow:
+            hold = await uow.wallet.lock_hold(hold_id)
+            now = uow.now()
+            if hold is None or not hold.is_open or not hold.is_past_expiry(now):
+                continue  # settled or released meanwhile: it already ended once (W3)
+            balance = await _locked_balance(uow, hold.account_id, hold.bucket)
+            hold.expire(balance, now)
+            await uow.wallet.save_hold(hold)
+            await uow.wallet.save_balance(balance)
+            await uow.commit()
+            expired += 1
+    return expired
+
+
+async def credit_topup(cmd: commands.CreditTopUp, uow: UnitOfWork) -> JournalEntry:
+    """Credit a paid top-up to the bucket its order named, exactly once per order (P2).
+
+    A top-up for an account whose wallet is not open yet opens it: paid money is
+    never refused. When the credit comes from an event, the event id is recorded in
+    the same transaction.
+    """
+    _require(cmd.order_id, "order_id")
+    _require(cmd.account_id, "account_id")
+    require_positive(cmd.amount, "A top-up credit")
+    key = topup_key(cmd.order_id)
+
+    async def run() -> JournalEntry:
+        async with uow:
+            await uow.wallet.open_account(cmd.account_id)
+            balance = await _locked_balance(uow, cmd.account_id, cmd.bucket)
+            entry = await uow.wallet.entry_by_key(key)
+            if entry is not None:
+                if (entry.account_id, entry.bucket, entry.amount) != (
+                    cmd.account_id,
+                    cmd.bucket,
+                    cmd.amount,
+                ):
+                    raise idempotency_conflict("order_id", cmd.order_id)
+            else:
+                entry = topup_credit(balance, cmd.amount, cmd.order_id, uow.now(), cmd.trace_id)
+                await uow.wallet.add_entry(entry)
+                await uow.wallet.save_balance(balance)
+            if cmd.event_id:
+                await uow.wallet.record_event(cmd.event_id, entry.entry_id)
+            await uow.commit()
+            return entry
+
+    return await _replaying_duplicates(run)
+
+
+async def adjust_balance(cmd: commands.AdjustBalance, uow: UnitOfWork) -> JournalEntry:
+    """An operator's signed entry with a reason, once per idempotency key (W4, W5)."""
+    _require(cmd.idempotency_key, "idempotency_key")
+    _require(cmd.reason, "reason")
+    key = adjustment_key(cmd.idempotency_key)
+
+    async def run() -> JournalEntry:
+        async with uow:
+            balance = await _locked_balance(uow, cmd.account_id, cmd.bucket)
+            first = await uow.wallet.entry_by_key(key)
+            if first is not None:
+                if (first.account_id, first.bucket, first.amount, first.reason) != (
+                    cmd.account_id,
+                    cmd.bucket,
+                    cmd.amount,
+                    cmd.reason.strip(),
+                ):
+                    raise idempotency_conflict("idempotency_key", cmd.idempotency_key)
+                return first
+            entry = adjustment(
+                balance,
+                cmd.amount,
+                cmd.reason,
+                cmd.operator,
+                cmd.idempotency_key,
+                uow.now(),
+                cmd.trace_id,
+            )
+            await uow.wallet.add_entry(entry)
+            await uow.wallet.save_balance(balance)
+            await uow.commit()
+            return entry
+
+    return await _replaying_duplicates(run)
+
+
+@dataclass(frozen=True)
+class LedgerPage:
+    entries: list[JournalEntry]
+    next_page_token: str
+
+
+def _encode_token(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        version, _, seq = raw.partition(":")
+        if version != "v1":
+            raise ValueError(version)
+        return int(seq)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            "page_token is not one this ledger gave out; pass next_page_token as returned.",
+            {"field": "page_token"},
+        ) from None
+
+
+async def list_ledger(cmd: commands.ListLedger, uow: UnitOfWork) -> LedgerPage:
+    """The account's ledger rows newest first, filtered, one page at a time."""
+    if cmd.page_size < 0:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT, "page_size is never negative.", {"field": "page_size"}
+        )
+    size = min(cmd.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    before = _decode_token(cmd.page_token) if cmd.page_token else None
+    query = LedgerQuery(
+        account_id=cmd.account_id,
+        limit=size + 1,
+        bucket=cmd.bucket,
+        kind=cmd.kind,
+        request_id=cmd.request_id,
+        order_id=cmd.order_id,
+        before_seq=before,
+    )
+    async with uow:
+        if not await uow.wallet.account_exists(cmd.account_id):
+            raise account_not_found(cmd.account_id)
+        rows = await uow.wallet.ledger(query)
+    page, more = rows[:size], len(rows) > size
+    return LedgerPage(page, _encode_token(page[-1].seq) if more else "")

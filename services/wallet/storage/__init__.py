@@ -1,0 +1,1 @@
+"""The wallet's storage: tables, repository, unit of work, migrations."""

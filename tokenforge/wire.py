@@ -1,0 +1,93 @@
+"""Mapping between the shared protobuf types and the kernel's Python types."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tokenforge.common.v1 import common_pb2
+from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket, Price
+
+_BUCKET_TO_PROTO = {
+    Bucket.CREDIT: common_pb2.BUCKET_CREDIT,
+    Bucket.ROUTED: common_pb2.BUCKET_ROUTED,
+}
+_BUCKET_FROM_PROTO = {v: k for k, v in _BUCKET_TO_PROTO.items()}
+_KIND_TO_PROTO = {
+    "official": common_pb2.ROUTE_KIND_OFFICIAL,
+    "routed": common_pb2.ROUTE_KIND_ROUTED,
+}
+_KIND_FROM_PROTO = {v: k for k, v in _KIND_TO_PROTO.items()}
+
+
+def bucket_to_proto(bucket: Bucket) -> common_pb2.Bucket:
+    return _BUCKET_TO_PROTO[bucket]
+
+
+def bucket_from_proto(value: int) -> Bucket:
+    try:
+        return _BUCKET_FROM_PROTO[value]  # type: ignore[index]
+    except KeyError:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT, "bucket must be `credit` or `routed`.", {"param": "bucket"}
+        ) from None
+
+
+def bucket_from_name(name: str) -> Bucket:
+    try:
+        return Bucket(name)
+    except ValueError:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            f"Unknown balance {name!r}: use `credit` (Credit) or `routed` (Routed balance).",
+            {"param": "bucket"},
+        ) from None
+
+
+def route_kind_to_proto(kind: str) -> common_pb2.RouteKind:
+    return _KIND_TO_PROTO[kind]
+
+
+def route_kind_from_proto(value: int) -> str:
+    return str(_KIND_FROM_PROTO.get(value, "unspecified"))  # type: ignore[call-overload]
+
+
+def price_from_proto(bucket: Bucket, prices: common_pb2.Prices) -> Price:
+    return Price(
+        bucket=bucket,
+        input_per_million=prices.input_per_million_micros,
+        output_per_million=prices.output_per_million_micros,
+        cached_input_per_million=prices.cached_input_per_million_micros,
+        request_fee=prices.request_fee_micros,
+    )
+
+
+def price_to_proto(price: Price) -> common_pb2.Prices:
+    return common_pb2.Prices(
+        input_per_million_micros=price.input_per_million,
+        cached_input_per_million_micros=price.cached_input_per_million,
+        output_per_million_micros=price.output_per_million,
+        request_fee_micros=price.request_fee,
+    )
+
+
+def timestamp(dt: datetime | None) -> Timestamp | None:
+    if dt is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(dt.astimezone(UTC))
+    return ts
+
+
+def from_timestamp(ts: Timestamp) -> datetime | None:
+    if ts.seconds == 0 and ts.nanos == 0:
+        return None
+    value: datetime = ts.ToDatetime(tzinfo=UTC)
+    return value
+
+
+def iso(ts: Timestamp) -> str | None:
+    dt = from_timestamp(ts)
+    return dt.isoformat() if dt else None
