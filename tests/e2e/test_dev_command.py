@@ -1,0 +1,157 @@
+"""`tokenforge dev` as a user runs it (what `make run` calls): real processes, real
+servers, dev.json, the openai SDK, Ctrl-C, and a second start that keeps the data."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tokenforge.runtime.embedded import free_port
+
+
+def start_dev(state_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    (state_dir / "dev.json").unlink(missing_ok=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tokenforge.cli",
+            "dev",
+            "--port",
+            str(port),
+            "--state-dir",
+            str(state_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_for_dev_json(proc: subprocess.Popen[bytes], state_dir: Path, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    path = state_dir / "dev.json"
+    while time.monotonic() < deadline:
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            pytest.fail(f"tokenforge dev exited with {proc.returncode}:\n{out}")
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail("dev.json was not written in time")
+
+
+def stop_dev(proc: subprocess.Popen[bytes]) -> str:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    return out.decode()
+
+
+def health(address: str) -> str:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio,sys; from tokenforge.admin import health_status; "
+            "print(asyncio.run(health_status(sys.argv[1])))",
+            address,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("devstate")
+
+
+def test_dev_serves_a_paid_request_and_a_topup_then_stops_everything(state_dir: Path) -> None:
+    port = free_port()
+    proc = start_dev(state_dir, port)
+    try:
+        info = wait_for_dev_json(proc, state_dir)
+        assert set(info) >= {
+            "gateway_url",
+            "api_key",
+            "account_id",
+            "admin_token",
+            "mock_upstream_url",
+            "services",
+        }
+        assert set(info["services"]) == {"routing", "wallet", "payments", "usage", "gateway"}
+        for address in info["services"].values():
+            assert health(address) == "SERVING"
+
+        sdk = openai.OpenAI(
+            base_url=info["gateway_url"] + "/v1", api_key=info["api_key"], max_retries=0
+        )
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="demo-chat", messages=[{"role": "user", "content": "hello from dev"}]
+        )
+        request_id = raw.headers["x-request-id"]
+        assert raw.parse().choices[0].message.content
+
+        http = httpx.Client(
+            base_url=info["gateway_url"], headers={"authorization": f"Bearer {info['api_key']}"}
+        )
+        receipt = http.get(f"/v1/usage/{request_id}").json()
+        [row] = http.get("/v1/wallet/ledger", params={"request_id": request_id}).json()["data"]
+        assert row["entry_id"] == receipt["ledger_entry_id"]
+        assert row["amount"]["micros"] == -receipt["charge"]["micros"]
+        wallet = {b["bucket"]: b for b in http.get("/v1/wallet").json()["balances"]}
+        assert (
+            wallet["credit"]["label"] == "Credit" and wallet["routed"]["label"] == "Routed balance"
+        )
+        assert wallet["credit"]["available"]["micros"] > 0
+        assert wallet["routed"]["available"]["micros"] > 0
+
+        order = http.post("/v1/topups", json={"bucket": "credit", "amount": "3.00"}).json()
+        http.post(f"/v1/topups/{order['order_id']}/sandbox", json={"outcome": "pay"})
+        for _ in range(100):
+            credited = http.get("/v1/wallet/ledger", params={"order_id": order["order_id"]}).json()
+            if credited["data"]:
+                break
+            time.sleep(0.1)
+        assert credited["data"][0]["amount"]["micros"] == 3_000_000
+        posted_before_stop = {
+            b["bucket"]: b["posted"]["micros"] for b in http.get("/v1/wallet").json()["balances"]
+        }
+    finally:
+        out = stop_dev(proc)
+    assert proc.returncode == 0, out
+    assert not port_open(port)
+    for address in info["services"].values():
+        assert not port_open(int(address.rsplit(":", 1)[1]))
+
+    # A second start reuses the state dir: same account, same key, same balances.
+    proc = start_dev(state_dir, port)
+    try:
+        again = wait_for_dev_json(proc, state_dir)
+        assert again["api_key"] == info["api_key"]
+        http = httpx.Client(
+            base_url=again["gateway_url"], headers={"authorization": f"Bearer {again['api_key']}"}
+        )
+        posted = {
+            b["bucket"]: b["posted"]["micros"] for b in http.get("/v1/wallet").json()["balances"]
+        }
+        assert posted == posted_before_stop
+    finally:
+        stop_dev(proc)

@@ -1,0 +1,51 @@
+"""One trace per request: gateway, routing, wallet, the upstream call and usage."""
+
+from __future__ import annotations
+
+import openai
+
+from .conftest import System
+
+
+async def test_one_trace_spans_gateway_routing_wallet_upstream_and_usage(system: System) -> None:
+    _, key = await system.new_account()
+    system.spans.clear()
+    sdk = openai.AsyncOpenAI(base_url=system.gateway_url + "/v1", api_key=key, max_retries=0)
+    raw = await sdk.chat.completions.with_raw_response.create(
+        model="demo-chat", messages=[{"role": "user", "content": "trace me"}]
+    )
+    trace_id = raw.headers["x-trace-id"]
+    spans = [
+        s
+        for s in system.spans.get_finished_spans()
+        if format(s.context.trace_id, "032x") == trace_id
+    ]
+    rpc_methods = {
+        (s.attributes or {}).get("rpc.method")
+        for s in spans
+        if (s.attributes or {}).get("rpc.service")
+    }
+    services = {
+        (s.attributes or {}).get("rpc.service")
+        for s in spans
+        if (s.attributes or {}).get("rpc.service")
+    }
+    assert {"Resolve", "Hold", "Settle", "RecordReceipt"} <= rpc_methods
+    assert {
+        "tokenforge.routing.v1.RoutingService",
+        "tokenforge.wallet.v1.WalletService",
+        "tokenforge.usage.v1.UsageService",
+    } <= services
+    upstream = [s for s in spans if s.name.startswith("POST") and s.kind.name == "CLIENT"]
+    assert upstream, "the upstream HTTP call is in the trace"
+    assert any(
+        s.name.startswith("POST /v1/chat/completions") for s in spans if s.kind.name == "SERVER"
+    )
+    assert any(
+        (s.attributes or {}).get("db.system") or (s.attributes or {}).get("db.system.name")
+        for s in spans
+    )
+    receipt_trace = (await system.http(key).get(f"/v1/usage/{raw.headers['x-request-id']}")).json()[
+        "trace_id"
+    ]
+    assert receipt_trace == trace_id
