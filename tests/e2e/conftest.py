@@ -6,53 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-import httpx
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.e2e.harness import ADMIN, INTERNAL, SPANS, System
 from tokenforge.admin import Operator
 from tokenforge.config import Settings
-from tokenforge.money import Bucket
 from tokenforge.runtime.service import SERVICES, RunningService, load
 from tokenforge.runtime.telemetry import add_span_processor, setup_telemetry
-
-INTERNAL = "e2e-internal-token"
-ADMIN = "e2e-admin-token"
-
-SPANS = InMemorySpanExporter()
-
-
-@dataclass
-class System:
-    gateway_url: str
-    services: dict[str, str]
-    operator: Operator
-    spans: InMemorySpanExporter
-    mock_url: str
-
-    async def new_account(
-        self, credit: int = 10_000_000, routed: int = 10_000_000
-    ) -> tuple[str, str]:
-        """A fresh account with money in both buckets; answers (account_id, api_key)."""
-        import uuid
-
-        account_id = "acct_" + uuid.uuid4().hex[:12]
-        project = await self.operator.open_account(account_id, "e2e")
-        for bucket, micros in ((Bucket.CREDIT, credit), (Bucket.ROUTED, routed)):
-            if micros:
-                await self.operator.adjust(
-                    account_id, bucket, micros, "e2e grant", f"grant-{bucket.value}", "e2e"
-                )
-        key = await self.operator.create_key(account_id, project, "e2e key")
-        return account_id, key
-
-    def http(self, api_key: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.gateway_url, headers={"authorization": f"Bearer {api_key}"}, timeout=30
-        )
 
 
 @pytest.fixture(scope="session")

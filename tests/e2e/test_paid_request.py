@@ -7,11 +7,10 @@ import asyncio
 import openai
 import pytest
 
+from tests.e2e.harness import ADMIN, INTERNAL, System
 from tokenforge.config import Settings
 from tokenforge.runtime.embedded import free_port
 from tokenforge.runtime.service import load
-
-from .conftest import ADMIN, INTERNAL, System
 
 CREDIT_PRICES = (2_500_000, 10_000_000)  # demo-chat official: 2.5 CR in, 10 CR out per 1M
 ROUTED_PRICES = (1_000_000, 4_000_000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 
-from .conftest import System
+from tests.e2e.harness import System
 
 
 async def test_one_trace_spans_gateway_routing_wallet_upstream_and_usage(system: System) -> None:
