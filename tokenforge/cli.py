@@ -51,7 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             from prometheus_client import start_http_server
 
             start_http_server(settings.metrics_port, addr="0.0.0.0")
-        running = await app.start(settings, port=port, host=args.host)
+        running = await app.start(settings, port=port)
         import logging
 
         logging.getLogger(args.service).info(
@@ -215,7 +215,6 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run one service")
     serve.add_argument("service", choices=SERVICES)
     serve.add_argument("--port", type=int, default=None, help="gRPC port (default env or 0)")
-    serve.add_argument("--host", default=os.environ.get("TOKENFORGE_HOST", "127.0.0.1"))
     serve.set_defaults(func=cmd_serve)
 
     migrate = sub.add_parser("migrate", help="apply database migrations")

@@ -47,7 +47,9 @@ class DevSystem:
         self.mock_url = ""
 
     def previous(self) -> dict[str, Any]:
-        path = self.state / "dev.json"
+        """The demo account and key of an earlier start (the key is stored only as a
+        digest by routing, so this file is the one place it can be found again)."""
+        path = self.state / "demo-account.json"
         if path.exists():
             try:
                 data: dict[str, Any] = json.loads(path.read_text())
@@ -169,6 +171,8 @@ async def run(port: int, state_dir: Path) -> int:
         sys.stderr.write(f"Port {port} is in use; start with `tokenforge dev --port <other>`.\n")
         return 2
     system = DevSystem(port, state_dir)
+    # dev.json appears only once everything is SERVING; an old one names dead ports.
+    (system.state / "dev.json").unlink(missing_ok=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -178,6 +182,8 @@ async def run(port: int, state_dir: Path) -> int:
         system.start_processes(database_url, nats_url)
         await system.wait_serving()
         info = await system.bootstrap_demo()
+        demo = {"account_id": info["account_id"], "api_key": info["api_key"]}
+        (system.state / "demo-account.json").write_text(json.dumps(demo, indent=2) + "\n")
         (system.state / "dev.json").write_text(json.dumps(info, indent=2) + "\n")
         sys.stdout.write(
             f"tokenforge is up.\n  gateway:  {info['gateway_url']}\n"

@@ -7,6 +7,7 @@ The gateway owns no tables yet: it keeps request-scoped state only.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import uvicorn
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -27,10 +28,10 @@ def migrate(database_url: str) -> None:
     """Nothing to migrate: the gateway keeps no tables (request-scoped state only)."""
 
 
-async def start_http(app: object, port: int, host: str = "127.0.0.1") -> uvicorn.Server:
+async def start_http(app: object, port: int) -> uvicorn.Server:
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
-        host=host,
+        host=os.environ.get("TOKENFORGE_BIND_HOST", "127.0.0.1"),
         port=port,
         log_config=None,
         access_log=False,
@@ -53,7 +54,7 @@ def bound_port(server: uvicorn.Server) -> int:
     return int(sockets[0].getsockname()[1])
 
 
-async def start(settings: Settings, port: int = 0, host: str = "127.0.0.1") -> RunningService:
+async def start(settings: Settings, port: int = 0) -> RunningService:
     peers = Peers.from_settings(settings)
     upstream = Upstream()
     app = create_app(peers, upstream)
@@ -67,13 +68,12 @@ async def start(settings: Settings, port: int = 0, host: str = "127.0.0.1") -> R
             )
         ],
         port=port,
-        host=host,
         credentials=Credentials(settings.internal_token, settings.admin_token)
         if settings.internal_token or settings.admin_token
         else None,
     )
     await grpc_server.server.start()
-    http = await start_http(app, settings.http_port, host)
+    http = await start_http(app, settings.http_port)
 
     async def stop_http() -> None:
         http.should_exit = True

@@ -5,17 +5,18 @@ A knob comes from a request header `x-mock-<name>: <value>` or from a path prefi
 them (`http://127.0.0.1:9000/knobs/status=503,latency-ms=50/v1`). A header wins over the
 same knob in the path. A bare name in the path (`/knobs/no-usage/v1`) means `1`.
 
-| knob | effect |
-| --- | --- |
-| `latency-ms` | wait before answering anything (errors included) |
-| `ttfb-ms` | wait after the response headers, before the first body byte or stream chunk |
-| `chunk-gap-ms` | wait between stream chunks |
-| `status` | answer this HTTP status (>= 400) with an OpenAI-style error body |
-| `cut-after` | close the connection abruptly after N content chunks (no finish chunk, no usage, no `[DONE]`); without `stream`, close before the body |
-| `no-usage` | leave `usage` out (and no usage chunk in a stream) |
-| `reply-tokens` | reply length in words (default 16) |
-| `fail-first` | the first N requests under this path prefix answer 503, the next succeed |
-| `require-key` | refuse with 401 unless an `Authorization` header is sent; a value other than `1`/`true` must equal the bearer key |
+- `latency-ms`: wait before answering anything (errors included).
+- `ttfb-ms`: wait after the response headers, before the body or the first stream chunk.
+- `chunk-gap-ms`: wait between stream chunks.
+- `status`: answer this HTTP status (>= 400) with an OpenAI-style error body.
+- `cut-after`: close the connection abruptly after N content chunks (no finish chunk, no
+  usage, no `[DONE]`); without `stream`, close after the headers, before the body.
+- `no-usage`: leave `usage` out (and send no usage chunk in a stream).
+- `reply-tokens`: the reply length in words (default 16).
+- `fail-first`: the first N requests under this path prefix (or without a prefix) answer
+  503, the next ones succeed; `POST /mock/reset` restarts the counts.
+- `require-key`: refuse with 401 unless an `Authorization` header is sent; a value other
+  than `1`/`true` must equal the bearer key.
 """
 
 from __future__ import annotations

@@ -228,8 +228,7 @@ def stream_frames(
         arguments = {"index": 0, "function": {"arguments": call.arguments}}
         for tool_delta in (opening, arguments):
             frames.extend(
-                Frame(chunk([delta(i, {"tool_calls": [tool_delta]})]), "content")
-                for i in choices
+                Frame(chunk([delta(i, {"tool_calls": [tool_delta]})]), "content") for i in choices
             )
     for position, word in enumerate(plan.words):
         text = word if position == 0 else f" {word}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -152,7 +153,7 @@ def create_server(
     registrations: Iterable[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
     *,
     port: int = 0,
-    host: str = "127.0.0.1",
+    host: str | None = None,
     credentials: Credentials | None = None,
     policy: AccessPolicy | None = None,
 ) -> Server:
@@ -181,6 +182,8 @@ def create_server(
         ],
         server,
     )
+    # TOKENFORGE_BIND_HOST=0.0.0.0 in containers; loopback by default.
+    host = host or os.environ.get("TOKENFORGE_BIND_HOST", "127.0.0.1")
     bound = server.add_insecure_port(f"{host}:{port}")
     return Server(server=server, port=bound, health=health_servicer, service_names=names)
 
