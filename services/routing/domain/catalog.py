@@ -241,7 +241,12 @@ class _Parser:
         return text
 
     def integer(
-        self, obj: dict[str, Any], key: str, path: Path, default: int | None = None, minimum: int = 0
+        self,
+        obj: dict[str, Any],
+        key: str,
+        path: Path,
+        default: int | None = None,
+        minimum: int = 0,
     ) -> int:
         if key not in obj or obj[key] is None:
             if default is None:

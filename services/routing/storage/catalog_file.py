@@ -58,8 +58,12 @@ class CatalogFile:
         try:
             stamp = self._stat()
         except OSError as err:
-            log.error("catalog %s cannot be read, keeping version %s: %s",
-                      self.path, self._catalog.version, err)
+            log.error(
+                "catalog %s cannot be read, keeping version %s: %s",
+                self.path,
+                self._catalog.version,
+                err,
+            )
             return
         if stamp == self._stamp:
             return
@@ -70,6 +74,10 @@ class CatalogFile:
             log.error("catalog edit refused, keeping version %s: %s", self._catalog.version, err)
             return
         if catalog.version != self._catalog.version:
-            log.info("catalog %s reloaded: version %s -> %s",
-                     self.path, self._catalog.version, catalog.version)
+            log.info(
+                "catalog %s reloaded: version %s -> %s",
+                self.path,
+                self._catalog.version,
+                catalog.version,
+            )
         self._catalog = catalog

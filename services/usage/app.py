@@ -1,0 +1,54 @@
+"""Wires the usage service: database, gRPC server."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from services.usage.storage.unit_of_work import SqlAlchemyUnitOfWork
+from services.usage.transport.grpc import UsageServicer
+from tokenforge.config import Settings
+from tokenforge.runtime.db import create_engine, sessionmaker, upgrade
+from tokenforge.runtime.grpc_server import AccessPolicy, Credentials, Role, create_server
+from tokenforge.runtime.service import RunningService
+from tokenforge.usage.v1 import usage_pb2_grpc
+
+SCHEMA = "usage"
+MIGRATIONS = Path(__file__).parent / "storage" / "migrations"
+SERVICE_NAME = "tokenforge.usage.v1.UsageService"
+
+log = logging.getLogger(__name__)
+
+# Receipts are written by the gateway only; operators (the CLI) may read them.
+POLICY = AccessPolicy(
+    {
+        "RecordReceipt": frozenset({Role.INTERNAL}),
+        "GetReceipt": frozenset({Role.INTERNAL, Role.OPERATOR}),
+        "ListReceipts": frozenset({Role.INTERNAL, Role.OPERATOR}),
+    }
+)
+
+
+def migrate(database_url: str) -> None:
+    upgrade(MIGRATIONS, database_url, SCHEMA)
+
+
+async def start(settings: Settings, port: int = 0) -> RunningService:
+    engine = create_engine(settings.database_url)
+    sessions = sessionmaker(engine)
+    servicer = UsageServicer(lambda: SqlAlchemyUnitOfWork(sessions))
+    credentials = (
+        Credentials(settings.internal_token, settings.admin_token)
+        if settings.internal_token or settings.admin_token
+        else None
+    )
+    server = create_server(
+        [(usage_pb2_grpc.add_UsageServiceServicer_to_server, servicer, SERVICE_NAME)],
+        port=port,
+        credentials=credentials,
+        policy=POLICY,
+    )
+    await server.server.start()
+    await server.set_serving()
+    log.info("usage serving on port %s", server.port)
+    return RunningService("usage", server, on_stop=[engine.dispose])

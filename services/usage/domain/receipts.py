@@ -1,0 +1,189 @@
+"""Receipts: the after-story of one request, and the rules for recording and listing them.
+
+One receipt per `request_id`. Recording the same receipt again answers the first;
+recording a different one under the same `request_id` is an idempotency conflict.
+An account sees only its own receipts; another account's is "not found".
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+class ReceiptStatus(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    # Stopped early (the client went away): charged for what was generated.
+    PARTIAL = "partial"
+    FAILED = "failed"
+    # Not run: nothing charged.
+    REJECTED = "rejected"
+
+
+class RouteKind(enum.StrEnum):
+    OFFICIAL = "official"
+    ROUTED = "routed"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    channel_id: str
+    # "ok", "http_502", "timeout", "connect_error", ...
+    outcome: str
+    latency_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Prices:
+    """The prices applied, in micro-units of the bucket per million tokens (fee per request)."""
+
+    input_per_million: int = 0
+    cached_input_per_million: int = 0
+    output_per_million: int = 0
+    request_fee: int = 0
+
+
+@dataclass(frozen=True)
+class Receipt:
+    request_id: str
+    account_id: str
+    status: ReceiptStatus
+    project_id: str = ""
+    key_id: str = ""
+    selected_model: str = ""
+    upstream_model: str = ""
+    route_kind: RouteKind | None = None
+    # None only for a request rejected before a route paid for it.
+    bucket: Bucket | None = None
+    attempts: tuple[Attempt, ...] = ()
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    tokens_reported: bool = False
+    prices: Prices = Prices()
+    charge_micros: int = 0
+    hold_id: str = ""
+    entry_id: str = ""
+    trace_id: str = ""
+    catalog_version: str = ""
+    run_id: str = ""
+    endpoint: str = ""
+    fallback_used: bool = False
+    started_at: datetime | None = None
+    # Set to the time of recording when the sender leaves it empty.
+    finished_at: datetime | None = None
+    error_code: str = ""
+
+    def same_as(self, stored: Receipt) -> bool:
+        """Is this the receipt already stored (a replay), not a different one?
+
+        A replay that left `finished_at` empty matches the time the store filled in.
+        """
+        mine = self if self.finished_at is not None else replace(self, finished_at=None)
+        theirs = stored if self.finished_at is not None else replace(stored, finished_at=None)
+        return mine == theirs
+
+
+def validate(receipt: Receipt) -> None:
+    problems: list[str] = []
+    if not receipt.request_id:
+        problems.append("request_id is required")
+    if not receipt.account_id:
+        problems.append("account_id is required")
+    if receipt.charge_micros < 0:
+        problems.append(f"charge_micros is never negative (got {receipt.charge_micros})")
+    if min(receipt.prompt_tokens, receipt.cached_tokens, receipt.completion_tokens) < 0:
+        problems.append("token counts are never negative")
+    prices = receipt.prices
+    if (
+        min(
+            prices.input_per_million,
+            prices.cached_input_per_million,
+            prices.output_per_million,
+            prices.request_fee,
+        )
+        < 0
+    ):
+        problems.append("prices are never negative")
+    if receipt.charge_micros > 0 and receipt.bucket is None:
+        problems.append("a receipt with a charge names the bucket that paid it")
+    if problems:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            "The receipt cannot be recorded: " + "; ".join(problems) + ".",
+            {"request_id": receipt.request_id},
+        )
+
+
+def conflict(request_id: str) -> DomainError:
+    return DomainError(
+        Reason.IDEMPOTENCY_CONFLICT,
+        f"A different receipt is already recorded for request {request_id}; a request id "
+        "has one receipt. Use a new request id for a new request.",
+        {"request_id": request_id},
+    )
+
+
+def not_found(request_id: str) -> DomainError:
+    return DomainError(
+        Reason.NOT_FOUND,
+        f"No receipt for request {request_id} in this account. Check the request id "
+        "(the x-request-id header of the answer).",
+        {"request_id": request_id},
+    )
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended: the last receipt's (finished_at, request_id)."""
+
+    finished_at: datetime
+    request_id: str
+
+    def encode(self) -> str:
+        raw = json.dumps([self.finished_at.isoformat(), self.request_id]).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Cursor:
+        try:
+            padded = token + "=" * (-len(token) % 4)
+            finished_at, request_id = json.loads(base64.urlsafe_b64decode(padded))
+            cursor = cls(datetime.fromisoformat(finished_at), str(request_id))
+        except (ValueError, TypeError, binascii.Error):
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                "page_token is not one this service gave; pass next_page_token back as is, "
+                "or leave it empty for the first page.",
+            ) from None
+        if cursor.finished_at.tzinfo is None:
+            raise DomainError(Reason.INVALID_ARGUMENT, "page_token is not valid.")
+        return cursor
+
+
+def page_size(requested: int) -> int:
+    """0 means the default (50); above 500 is capped at 500."""
+    if requested < 0:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT, f"page_size is never negative (got {requested})."
+        )
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+@dataclass(frozen=True)
+class ReceiptFilter:
+    account_id: str
+    # A model id matches its suffixed forms too: "demo-chat" finds "demo-chat@routed".
+    model: str = ""
+    bucket: Bucket | None = None
+    status: ReceiptStatus | None = None

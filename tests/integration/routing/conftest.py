@@ -1,0 +1,93 @@
+"""Routing started once against the real PostgreSQL of the session (demo catalog)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.routing import app
+from services.routing.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
+from tokenforge.config import Settings
+from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
+from tokenforge.runtime.db import create_engine, sessionmaker
+from tokenforge.runtime.grpc_client import Peer
+from tokenforge.runtime.service import RunningService
+
+INTERNAL = "t-internal"
+ADMIN = "t-admin"
+
+
+class Routing:
+    """The stub plus the peer that attaches a credential and maps errors."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.stub = routing_pb2_grpc.RoutingServiceStub(peer.channel)
+
+    async def call(self, method: str, request: Any) -> Any:
+        return await self.peer.call(getattr(self.stub, method), request)
+
+    async def open_account(self) -> tuple[str, str]:
+        account = f"acct-{uuid.uuid4()}"
+        opened = await self.call(
+            "OpenAccount", routing_pb2.OpenAccountRequest(account_id=account, display_name="Test")
+        )
+        return account, opened.project_id
+
+    async def new_key(self, account: str = "", scopes: list[int] | None = None) -> str:
+        if not account:
+            account, _ = await self.open_account()
+        created = await self.call(
+            "CreateApiKey",
+            routing_pb2.CreateApiKeyRequest(account_id=account, name="test", scopes=scopes or []),
+        )
+        return str(created.api_key)
+
+    async def resolve(self, api_key: str, model: str, endpoint: int = 1) -> Any:
+        return await self.call(
+            "Resolve", routing_pb2.ResolveRequest(api_key=api_key, model=model, endpoint=endpoint)
+        )
+
+
+@pytest.fixture(scope="session")
+async def routing_app(database_url: str) -> AsyncIterator[RunningService]:
+    await asyncio.to_thread(app.migrate, database_url)
+    running = await app.start(
+        Settings(database_url=database_url, internal_token=INTERNAL, admin_token=ADMIN), port=0
+    )
+    yield running
+    await running.stop()
+
+
+@pytest.fixture(scope="session")
+async def routing(routing_app: RunningService) -> AsyncIterator[Routing]:
+    peer = Peer("routing", routing_app.address, INTERNAL)
+    yield Routing(peer)
+    await peer.close()
+
+
+@pytest.fixture(scope="session")
+async def routing_operator(routing_app: RunningService) -> AsyncIterator[Routing]:
+    peer = Peer("routing", routing_app.address, ADMIN)
+    yield Routing(peer)
+    await peer.close()
+
+
+@pytest.fixture(scope="session")
+async def routing_engine(
+    routing_app: RunningService, database_url: str
+) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url, pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def routing_uow(routing_engine: AsyncEngine) -> Callable[[], UnitOfWork]:
+    sessions = sessionmaker(routing_engine)
+    return lambda: SqlAlchemyUnitOfWork(sessions)

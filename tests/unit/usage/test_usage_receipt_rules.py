@@ -1,0 +1,200 @@
+"""Receipt rules and use cases against an in-memory repository: validation, replays,
+conflicts, privacy and cursors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.usage import handlers
+from services.usage.domain.receipts import (
+    MAX_PAGE_SIZE,
+    Attempt,
+    Cursor,
+    Prices,
+    Receipt,
+    ReceiptFilter,
+    ReceiptStatus,
+    RouteKind,
+    page_size,
+    validate,
+)
+from services.usage.storage.repository import ReceiptRepository
+from services.usage.storage.unit_of_work import UnitOfWork
+from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket
+
+NOW = datetime(2026, 2, 1, 9, 30, tzinfo=UTC)
+
+
+def a_receipt(request_id: str = "req-1", **changes: object) -> Receipt:
+    receipt = Receipt(
+        request_id=request_id,
+        account_id="acct-1",
+        status=ReceiptStatus.SUCCEEDED,
+        selected_model="demo-chat",
+        upstream_model="mock-gpt-official",
+        route_kind=RouteKind.OFFICIAL,
+        bucket=Bucket.CREDIT,
+        attempts=(Attempt("mock-primary", "ok", 40),),
+        prompt_tokens=10,
+        completion_tokens=20,
+        prices=Prices(2_500_000, 2_500_000, 10_000_000, 0),
+        charge_micros=225,
+        finished_at=NOW,
+    )
+    return replace(receipt, **changes)  # type: ignore[arg-type]
+
+
+class FakeReceiptRepository(ReceiptRepository):
+    def __init__(self) -> None:
+        self.rows: dict[str, Receipt] = {}
+
+    async def add(self, receipt: Receipt) -> Receipt | None:
+        if receipt.request_id in self.rows:
+            return None
+        self.rows[receipt.request_id] = receipt
+        return receipt
+
+    async def get(self, request_id: str) -> Receipt | None:
+        return self.rows.get(request_id)
+
+    async def list(self, where: ReceiptFilter, after: Cursor | None, limit: int) -> list[Receipt]:
+        def key(r: Receipt) -> tuple[datetime, str]:
+            assert r.finished_at is not None
+            return r.finished_at, r.request_id
+
+        mine = sorted(
+            (r for r in self.rows.values() if r.account_id == where.account_id),
+            key=key,
+            reverse=True,
+        )
+        if after is not None:
+            mine = [r for r in mine if key(r) < (after.finished_at, after.request_id)]
+        return mine[:limit]
+
+
+class FakeUnitOfWork(UnitOfWork):
+    def __init__(self, repo: FakeReceiptRepository) -> None:
+        super().__init__(lambda: NOW)
+        self.receipts = repo
+
+    async def commit(self) -> None:
+        pass
+
+    async def rollback(self) -> None:
+        pass
+
+
+@pytest.fixture
+def repo() -> FakeReceiptRepository:
+    return FakeReceiptRepository()
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"request_id": ""}, "request_id is required"),
+        ({"account_id": ""}, "account_id is required"),
+        ({"charge_micros": -1}, "charge_micros is never negative"),
+        ({"completion_tokens": -5}, "token counts"),
+        ({"bucket": None}, "names the bucket"),
+    ],
+)
+def test_an_incomplete_receipt_is_refused_saying_what_is_missing(
+    changes: dict[str, object], words: str
+) -> None:
+    with pytest.raises(DomainError) as caught:
+        validate(a_receipt(**changes))  # type: ignore[arg-type]
+
+    assert caught.value.reason is Reason.INVALID_ARGUMENT
+    assert words in caught.value.message
+
+
+def test_a_rejected_request_needs_no_bucket() -> None:
+    validate(
+        a_receipt(status=ReceiptStatus.REJECTED, bucket=None, route_kind=None, charge_micros=0)
+    )
+
+
+async def test_a_replay_answers_the_first_and_another_receipt_conflicts(
+    repo: FakeReceiptRepository,
+) -> None:
+    first = await handlers.record_receipt(handlers.RecordReceipt(a_receipt()), FakeUnitOfWork(repo))
+    replay = await handlers.record_receipt(
+        handlers.RecordReceipt(a_receipt()), FakeUnitOfWork(repo)
+    )
+
+    with pytest.raises(DomainError) as caught:
+        await handlers.record_receipt(
+            handlers.RecordReceipt(a_receipt(charge_micros=1)), FakeUnitOfWork(repo)
+        )
+
+    assert first == replay
+    assert caught.value.reason is Reason.IDEMPOTENCY_CONFLICT
+    assert repo.rows["req-1"].charge_micros == 225
+
+
+async def test_a_receipt_without_finish_time_is_stamped_and_its_replay_still_matches(
+    repo: FakeReceiptRepository,
+) -> None:
+    unstamped = a_receipt(finished_at=None)
+
+    first = await handlers.record_receipt(handlers.RecordReceipt(unstamped), FakeUnitOfWork(repo))
+    replay = await handlers.record_receipt(handlers.RecordReceipt(unstamped), FakeUnitOfWork(repo))
+
+    assert first.finished_at == NOW
+    assert replay == first
+
+
+async def test_another_accounts_receipt_reads_as_not_found(repo: FakeReceiptRepository) -> None:
+    await handlers.record_receipt(handlers.RecordReceipt(a_receipt()), FakeUnitOfWork(repo))
+
+    with pytest.raises(DomainError) as caught:
+        await handlers.get_receipt(handlers.GetReceipt("acct-2", "req-1"), FakeUnitOfWork(repo))
+    with pytest.raises(DomainError) as missing:
+        await handlers.get_receipt(handlers.GetReceipt("acct-1", "req-404"), FakeUnitOfWork(repo))
+
+    assert caught.value.reason is missing.value.reason is Reason.NOT_FOUND
+    assert caught.value.message.replace("req-1", "X") == missing.value.message.replace(
+        "req-404", "X"
+    )
+
+
+async def test_pages_follow_the_cursor_without_gaps_or_repeats(repo: FakeReceiptRepository) -> None:
+    for n in range(7):
+        receipt = a_receipt(f"req-{n}", finished_at=NOW + timedelta(seconds=n // 3))
+        await handlers.record_receipt(handlers.RecordReceipt(receipt), FakeUnitOfWork(repo))
+
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await handlers.list_receipts(
+            handlers.ListReceipts(ReceiptFilter("acct-1"), 3, token), FakeUnitOfWork(repo)
+        )
+        seen += [r.request_id for r in page.receipts]
+        token = page.next_page_token
+        if not token:
+            break
+
+    assert seen == ["req-6", "req-5", "req-4", "req-3", "req-2", "req-1", "req-0"]
+
+
+def test_a_cursor_survives_its_round_trip_and_a_forged_one_is_refused() -> None:
+    cursor = Cursor(NOW, "req-1")
+
+    assert Cursor.decode(cursor.encode()) == cursor
+    for forged in ("###", "bm90IGpzb24", "WyJub3QgYSBkYXRlIiwgInIiXQ"):
+        with pytest.raises(DomainError) as caught:
+            Cursor.decode(forged)
+        assert caught.value.reason is Reason.INVALID_ARGUMENT
+
+
+def test_page_size_defaults_to_50_and_is_capped_at_500() -> None:
+    assert page_size(0) == 50
+    assert page_size(7) == 7
+    assert page_size(10_000) == MAX_PAGE_SIZE == 500
+    with pytest.raises(DomainError):
+        page_size(-1)
