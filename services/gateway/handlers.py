@@ -1,21 +1,31 @@
 """The gateway's use cases: one request through resolve, hold, upstream, settle, receipt.
 
-Every step is keyed by the request id the gateway made first.
+Every step is keyed by the request id the gateway made first. A charge or a receipt
+id is only shown to the client once the settle and the receipt are recorded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
+import orjson
+
 from services.gateway.adapters.peers import Peers
-from services.gateway.adapters.upstream import Attempt, Upstream, retryable
+from services.gateway.adapters.upstream import Attempt, Upstream, UpstreamAnswer, retryable
+from services.gateway.adapters.upstream_stream import open_stream
 from services.gateway.domain.planning import (
     Plan,
+    Usage,
     charge_for,
+    counted_usage,
     plan_chat,
+    plan_embeddings,
     shrink_to_budget,
     usage_from_response,
 )
@@ -36,6 +46,13 @@ from tokenforge.wire import (
 log = logging.getLogger(__name__)
 
 HOLD_MARGIN_S = 30
+CHAT = routing_pb2.ENDPOINT_CHAT_COMPLETIONS
+EMBEDDINGS = routing_pb2.ENDPOINT_EMBEDDINGS
+ENDPOINT_PATH = {CHAT: "/chat/completions", EMBEDDINGS: "/embeddings"}
+ENDPOINT_NAME = {CHAT: "chat.completions", EMBEDDINGS: "embeddings"}
+
+# Settlements started while a client went away: kept referenced until done.
+_background: set[asyncio.Task[Any]] = set()
 
 
 @dataclass
@@ -49,12 +66,35 @@ class ChatCommand:
 
 @dataclass
 class ChatOutcome:
-    """What the client gets back: the upstream body (or an error) and the receipt."""
+    """What the client gets back: the upstream body and the receipt."""
 
     status: int
     payload: dict[str, Any]
     receipt: usage_pb2.Receipt
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """A request resolved and held for, ready to call upstream."""
+
+    cmd: ChatCommand
+    endpoint: routing_pb2.Endpoint
+    resolved: routing_pb2.ResolveResponse
+    price: Price
+    plan: Plan
+    hold: wallet_pb2.Hold
+    upstream_body: dict[str, Any]
+    started: datetime
+
+    @property
+    def route(self) -> routing_pb2.Route:
+        route: routing_pb2.Route = self.resolved.route
+        return route
+
+    @property
+    def held(self) -> Money:
+        return Money(self.hold.amount_micros, self.price.bucket)
 
 
 async def resolve(
@@ -66,10 +106,7 @@ async def resolve(
     endpoint: routing_pb2.Endpoint,
 ) -> routing_pb2.ResolveResponse:
     request = routing_pb2.ResolveRequest(
-        api_key=api_key,
-        model=model,
-        endpoint=endpoint,
-        client_ip=client_ip,
+        api_key=api_key, model=model, endpoint=endpoint, client_ip=client_ip
     )
     return await peers.routing.call(peers.routing_stub.Resolve, request, request_id=request_id)
 
@@ -101,13 +138,13 @@ async def place_hold(
             )
             smaller = shrink_to_budget(plan, price, available)
             if smaller is None or smaller == plan:
-                raise _insufficient(price.bucket, available, plan.worst_case) from None
+                raise insufficient(price.bucket, available, plan.worst_case) from None
             # A refused hold leaves no record, so the same request id may ask again.
             plan = smaller
-    raise _insufficient(price.bucket, Money(0, price.bucket), plan.worst_case)
+    raise insufficient(price.bucket, Money(0, price.bucket), plan.worst_case)
 
 
-def _insufficient(bucket: Bucket, available: Money, worst: Money) -> DomainError:
+def insufficient(bucket: Bucket, available: Money, worst: Money) -> DomainError:
     other = "official" if bucket is Bucket.ROUTED else "routed"
     return DomainError(
         Reason.INSUFFICIENT_BALANCE,
@@ -122,123 +159,155 @@ def _insufficient(bucket: Bucket, available: Money, worst: Money) -> DomainError
     )
 
 
-async def complete_chat(peers: Peers, upstream: Upstream, cmd: ChatCommand) -> ChatOutcome:
-    started = datetime.now(UTC)
-    model = cmd.body.get("model")
+def _require_model(body: dict[str, Any]) -> str:
+    model = body.get("model")
     if not isinstance(model, str) or not model:
         raise DomainError(
             Reason.INVALID_ARGUMENT,
             "`model` is required: a model id from GET /v1/models.",
             {"param": "model"},
         )
-    messages = cmd.body.get("messages")
+    return model
+
+
+def _require_messages(body: dict[str, Any]) -> None:
+    messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise DomainError(
             Reason.INVALID_ARGUMENT,
             "`messages` must be a non-empty list of chat messages.",
             {"param": "messages"},
         )
-    if cmd.body.get("stream"):
-        raise DomainError(
-            Reason.INVALID_ARGUMENT,
-            "Streaming is not available yet on this gateway; send `stream: false`.",
-            {"param": "stream"},
-        )
 
-    resolved = await resolve(
-        peers,
-        cmd.api_key,
-        model,
-        cmd.client_ip,
-        cmd.request_id,
-        routing_pb2.ENDPOINT_CHAT_COMPLETIONS,
-    )
+
+async def prepare(peers: Peers, cmd: ChatCommand, endpoint: routing_pb2.Endpoint) -> Prepared:
+    """Validate, resolve the route, plan the worst case and hold it."""
+    started = datetime.now(UTC)
+    model = _require_model(cmd.body)
+    if endpoint == CHAT:
+        _require_messages(cmd.body)
+    resolved = await resolve(peers, cmd.api_key, model, cmd.client_ip, cmd.request_id, endpoint)
     route = resolved.route
-    bucket = bucket_from_proto(route.bucket)
-    price = price_from_proto(bucket, route.prices)
-    plan = plan_chat(cmd.body, price, resolved.max_output_tokens)
+    price = price_from_proto(bucket_from_proto(route.bucket), route.prices)
+    if endpoint == CHAT:
+        plan = plan_chat(cmd.body, price, resolved.max_output_tokens)
+    else:
+        plan = plan_embeddings(cmd.body, price)
     total_timeout_s = sum((c.total_timeout_ms or 60_000) for c in route.channels) // 1000
     hold, plan = await place_hold(
         peers, resolved.principal.account_id, price, plan, cmd, total_timeout_s + HOLD_MARGIN_S
     )
-    held = Money(hold.amount_micros, bucket)
-
     body = dict(cmd.body)
     body["model"] = route.upstream_model
-    if plan.output_cap_set_by_gateway:
+    if endpoint == CHAT and plan.output_cap_set_by_gateway:
         body["max_tokens"] = plan.max_output_tokens
-    attempts: list[Attempt] = []
-    answer = None
-    max_attempts = max(route.retry.max_attempts, 1)
-    for channel in list(route.channels)[:max_attempts]:
-        answer = await upstream.post_json(channel, "/chat/completions", body)
-        attempts.append(answer.attempt)
-        if answer.attempt.outcome == "ok" or not retryable(
-            answer.attempt.outcome, list(route.retry.retry_on)
-        ):
-            break
+    return Prepared(cmd, endpoint, resolved, price, plan, hold, body, started)
 
+
+def channels_to_try(p: Prepared) -> list[routing_pb2.Channel]:
+    return list(p.route.channels)[: max(p.route.retry.max_attempts, 1)]
+
+
+def new_receipt(p: Prepared, attempts: list[Attempt]) -> usage_pb2.Receipt:
     receipt = usage_pb2.Receipt(
-        request_id=cmd.request_id,
-        account_id=resolved.principal.account_id,
-        project_id=resolved.principal.project_id,
-        key_id=resolved.principal.key_id,
-        selected_model=resolved.selected_model or model,
-        upstream_model=route.upstream_model,
-        route_kind=route.kind,
-        bucket=route.bucket,
+        request_id=p.cmd.request_id,
+        account_id=p.resolved.principal.account_id,
+        project_id=p.resolved.principal.project_id,
+        key_id=p.resolved.principal.key_id,
+        selected_model=p.resolved.selected_model or str(p.cmd.body.get("model")),
+        upstream_model=p.route.upstream_model,
+        route_kind=p.route.kind,
+        bucket=p.route.bucket,
         attempts=[
             usage_pb2.Attempt(channel_id=a.channel_id, outcome=a.outcome, latency_ms=a.latency_ms)
             for a in attempts
         ],
-        prices=price_to_proto(price),
-        hold_id=hold.hold_id,
-        trace_id=cmd.trace_id,
-        catalog_version=resolved.catalog_version,
-        endpoint="chat.completions",
+        prices=price_to_proto(p.price),
+        hold_id=p.hold.hold_id,
+        trace_id=p.cmd.trace_id,
+        catalog_version=p.resolved.catalog_version,
+        endpoint=ENDPOINT_NAME[p.endpoint],
         fallback_used=len(attempts) > 1,
     )
-    receipt.started_at.CopyFrom(timestamp(started))
+    receipt.started_at.CopyFrom(timestamp(p.started))
+    return receipt
 
-    usage = usage_from_response(answer.payload) if answer and answer.payload else None
-    if answer is None or answer.attempt.outcome != "ok" or usage is None:
+
+async def finish(
+    peers: Peers,
+    p: Prepared,
+    attempts: list[Attempt],
+    usage: Usage | None,
+    status: usage_pb2.ReceiptStatus,
+    error_code: str = "",
+) -> tuple[usage_pb2.Receipt, Money]:
+    """Settle the charge (or release the hold), then record the receipt."""
+    receipt = new_receipt(p, attempts)
+    charge = Money(0, p.price.bucket)
+    if usage is not None and status != usage_pb2.RECEIPT_STATUS_FAILED:
+        charge, capped = charge_for(p.price, usage, p.held)
+        settled = await peers.wallet.call(
+            peers.wallet_stub.Settle,
+            wallet_pb2.SettleRequest(
+                hold_id=p.hold.hold_id, amount_micros=charge.micros, trace_id=p.cmd.trace_id
+            ),
+            request_id=p.cmd.request_id,
+        )
+        receipt.entry_id = settled.entry.entry_id if settled.HasField("entry") else ""
+        receipt.prompt_tokens = usage.prompt_tokens
+        receipt.completion_tokens = usage.completion_tokens
+        receipt.cached_tokens = usage.cached_tokens
+        receipt.tokens_reported = usage.reported
+        if capped:
+            error_code = error_code or "charge_capped_at_hold"
+    else:
         await peers.wallet.call(
             peers.wallet_stub.Release,
-            wallet_pb2.ReleaseRequest(hold_id=hold.hold_id, reason="upstream failed"),
-            request_id=cmd.request_id,
+            wallet_pb2.ReleaseRequest(hold_id=p.hold.hold_id, reason=error_code or "released"),
+            request_id=p.cmd.request_id,
         )
-        receipt.status = usage_pb2.RECEIPT_STATUS_FAILED
-        receipt.error_code = attempts[-1].outcome if attempts else "no_channel"
-        receipt.finished_at.CopyFrom(timestamp(datetime.now(UTC)))
-        await _record(peers, receipt)
-        tried = ", ".join(f"{a.channel_id}: {a.outcome}" for a in attempts)
-        raise DomainError(
-            Reason.UPSTREAM_FAILED,
-            f"The upstream did not answer ({tried}). Nothing was charged "
-            f"(if the request fails: {_policy_words(route.charge_policy)}). Try again.",
-            {"request_id": cmd.request_id},
-        )
-
-    charge, capped = charge_for(price, usage, held)
-    settled = await peers.wallet.call(
-        peers.wallet_stub.Settle,
-        wallet_pb2.SettleRequest(
-            hold_id=hold.hold_id, amount_micros=charge.micros, trace_id=cmd.trace_id
-        ),
-        request_id=cmd.request_id,
-    )
-    receipt.prompt_tokens = usage.prompt_tokens
-    receipt.completion_tokens = usage.completion_tokens
-    receipt.cached_tokens = usage.cached_tokens
-    receipt.tokens_reported = usage.reported
     receipt.charge_micros = charge.micros
-    receipt.entry_id = settled.entry.entry_id if settled.HasField("entry") else ""
-    receipt.status = usage_pb2.RECEIPT_STATUS_SUCCEEDED
-    if capped:
-        receipt.error_code = "charge_capped_at_hold"
+    receipt.status = status
+    receipt.error_code = error_code
     receipt.finished_at.CopyFrom(timestamp(datetime.now(UTC)))
-    await _record(peers, receipt)
+    await peers.usage.call(
+        peers.usage_stub.RecordReceipt,
+        usage_pb2.RecordReceiptRequest(receipt=receipt),
+        request_id=receipt.request_id,
+    )
+    return receipt, charge
 
+
+def upstream_failed(p: Prepared, attempts: list[Attempt]) -> DomainError:
+    tried = ", ".join(f"{a.channel_id}: {a.outcome}" for a in attempts) or "no channel"
+    return DomainError(
+        Reason.UPSTREAM_FAILED,
+        f"The upstream did not answer ({tried}). Nothing was charged "
+        f"(if the request fails: {policy_words(p.route.charge_policy)}). Try again.",
+        {"request_id": p.cmd.request_id},
+    )
+
+
+async def complete(
+    peers: Peers, upstream: Upstream, cmd: ChatCommand, endpoint: routing_pb2.Endpoint
+) -> ChatOutcome:
+    """A non-streaming chat completion or embeddings request."""
+    p = await prepare(peers, cmd, endpoint)
+    attempts: list[Attempt] = []
+    answer: UpstreamAnswer | None = None
+    for channel in channels_to_try(p):
+        answer = await upstream.post_json(channel, ENDPOINT_PATH[endpoint], p.upstream_body)
+        attempts.append(answer.attempt)
+        if answer.attempt.outcome == "ok" or not retryable(
+            answer.attempt.outcome, list(p.route.retry.retry_on)
+        ):
+            break
+    usage = usage_from_response(answer.payload) if answer and answer.payload else None
+    if answer is None or answer.attempt.outcome != "ok" or usage is None:
+        code = attempts[-1].outcome if attempts else "no_channel"
+        await finish(peers, p, attempts, None, usage_pb2.RECEIPT_STATUS_FAILED, code)
+        raise upstream_failed(p, attempts)
+    receipt, charge = await finish(peers, p, attempts, usage, usage_pb2.RECEIPT_STATUS_SUCCEEDED)
     payload = dict(answer.payload or {})
     payload["model"] = receipt.selected_model
     payload["usage"] = {**payload.get("usage", {}), **cost_fields(charge)}
@@ -246,15 +315,140 @@ async def complete_chat(peers: Peers, upstream: Upstream, cmd: ChatCommand) -> C
     return ChatOutcome(200, payload, receipt, receipt_headers(receipt))
 
 
-async def _record(peers: Peers, receipt: usage_pb2.Receipt) -> None:
-    await peers.usage.call(
-        peers.usage_stub.RecordReceipt,
-        usage_pb2.RecordReceiptRequest(receipt=receipt),
-        request_id=receipt.request_id,
-    )
+async def complete_chat(peers: Peers, upstream: Upstream, cmd: ChatCommand) -> ChatOutcome:
+    return await complete(peers, upstream, cmd, CHAT)
 
 
-def _policy_words(policy: int) -> str:
+@dataclass
+class ChatStream:
+    """An open upstream stream, passed through chunk by chunk, settled at its end."""
+
+    peers: Peers
+    prepared: Prepared
+    response: httpx.Response
+    attempts: list[Attempt]
+    headers: dict[str, str]
+    client_wants_usage: bool
+    settled: bool = False
+
+    async def events(self) -> AsyncIterator[bytes]:
+        p = self.prepared
+        usage: Usage | None = None
+        usage_chunk: dict[str, Any] | None = None
+        content_chunks = 0
+        done = False
+        cut = False
+        try:
+            try:
+                async for line in self.response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    chunk = orjson.loads(data)
+                    if isinstance(chunk.get("usage"), dict):
+                        usage = usage_from_response(chunk)
+                        if not chunk.get("choices"):
+                            usage_chunk = chunk
+                            continue
+                    for choice in chunk.get("choices") or []:
+                        if (choice.get("delta") or {}).get("content"):
+                            content_chunks += 1
+                    chunk["model"] = p.resolved.selected_model
+                    yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            except (httpx.HTTPError, orjson.JSONDecodeError) as error:
+                log.warning("upstream stream broke: %s", type(error).__name__)
+                cut = True
+            if usage is None:
+                usage = counted_usage(p.cmd.body, content_chunks)
+            status = (
+                usage_pb2.RECEIPT_STATUS_SUCCEEDED
+                if done and not cut
+                else usage_pb2.RECEIPT_STATUS_PARTIAL
+            )
+            receipt, charge = await finish(
+                self.peers, p, self.attempts, usage, status, "" if done else "upstream_cut"
+            )
+            self.settled = True
+            if self.client_wants_usage:
+                final = usage_chunk or {
+                    "id": f"chatcmpl-{p.cmd.request_id}",
+                    "object": "chat.completion.chunk",
+                    "choices": [],
+                }
+                final["model"] = receipt.selected_model
+                final["usage"] = {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                    **(usage_chunk or {}).get("usage", {}),
+                    **cost_fields(charge),
+                }
+                final["tokenforge"] = receipt_summary(receipt)
+                yield b"data: " + orjson.dumps(final) + b"\n\n"
+            if cut:
+                notice = {
+                    "error": {
+                        "message": "The upstream stream ended early; you were charged only "
+                        "for what was generated.",
+                        "type": "api_error",
+                        "code": "upstream_cut",
+                    }
+                }
+                yield b"data: " + orjson.dumps(notice) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        finally:
+            await self.response.aclose()
+            if not self.settled:
+                # The client went away mid-stream: settle what was generated, off the
+                # cancelled task, and say `partial` on the receipt.
+                task = asyncio.create_task(
+                    finish(
+                        self.peers,
+                        p,
+                        self.attempts,
+                        usage or counted_usage(p.cmd.body, content_chunks),
+                        usage_pb2.RECEIPT_STATUS_PARTIAL,
+                        "client_disconnected",
+                    )
+                )
+                _background.add(task)
+                task.add_done_callback(_background.discard)
+
+
+async def start_chat_stream(peers: Peers, upstream: Upstream, cmd: ChatCommand) -> ChatStream:
+    """Resolve, hold, and open the upstream stream, moving to backup channels on
+    retryable failures while nothing has reached the client yet."""
+    p = await prepare(peers, cmd, CHAT)
+    options = p.upstream_body.get("stream_options")
+    client_wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    p.upstream_body["stream_options"] = {**(options or {}), "include_usage": True}
+    attempts: list[Attempt] = []
+    for channel in channels_to_try(p):
+        response, attempt = await open_stream(
+            upstream, channel, "/chat/completions", p.upstream_body
+        )
+        attempts.append(attempt)
+        if response is not None:
+            receipt = new_receipt(p, attempts)
+            return ChatStream(
+                peers,
+                p,
+                response,
+                attempts,
+                receipt_headers(receipt, final=False),
+                client_wants_usage,
+            )
+        if not retryable(attempt.outcome, list(p.route.retry.retry_on)):
+            break
+    code = attempts[-1].outcome if attempts else "no_channel"
+    await finish(peers, p, attempts, None, usage_pb2.RECEIPT_STATUS_FAILED, code)
+    raise upstream_failed(p, attempts)
+
+
+def policy_words(policy: int) -> str:
     words = {
         routing_pb2.CHARGE_POLICY_PROMPT_ONLY: "the prompt is charged",
         routing_pb2.CHARGE_POLICY_AS_REPORTED: "what the upstream reports is charged",
@@ -291,15 +485,19 @@ def receipt_summary(receipt: usage_pb2.Receipt) -> dict[str, Any]:
     }
 
 
-def receipt_headers(receipt: usage_pb2.Receipt) -> dict[str, str]:
+def receipt_headers(receipt: usage_pb2.Receipt, final: bool = True) -> dict[str, str]:
+    """Route and bucket are known before the first byte; the charge only at the end."""
     bucket = bucket_from_proto(receipt.bucket)
-    return {
+    headers = {
         "x-tokenforge-route": route_kind_from_proto(receipt.route_kind),
         "x-tokenforge-bucket": bucket.value,
-        "x-tokenforge-charge": format_amount(receipt.charge_micros, bucket),
-        "x-tokenforge-charge-micros": str(receipt.charge_micros),
+        "x-tokenforge-upstream-model": receipt.upstream_model,
         "x-tokenforge-receipt": f"/v1/usage/{receipt.request_id}",
     }
+    if final:
+        headers["x-tokenforge-charge"] = format_amount(receipt.charge_micros, bucket)
+        headers["x-tokenforge-charge-micros"] = str(receipt.charge_micros)
+    return headers
 
 
 @dataclass
@@ -313,20 +511,15 @@ class Preview:
 
 
 async def preview(peers: Peers, api_key: str, body: dict[str, Any], request_id: str) -> Preview:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise DomainError(
-            Reason.INVALID_ARGUMENT, "`model` is required: a model id from GET /v1/models."
-        )
-    endpoint = (
-        routing_pb2.ENDPOINT_EMBEDDINGS
-        if "input" in body
-        else routing_pb2.ENDPOINT_CHAT_COMPLETIONS
-    )
+    model = _require_model(body)
+    endpoint = EMBEDDINGS if "input" in body else CHAT
     resolved = await resolve(peers, api_key, model, "", request_id, endpoint)
     bucket = bucket_from_proto(resolved.route.bucket)
     price = price_from_proto(bucket, resolved.route.prices)
-    plan = plan_chat(body, price, resolved.max_output_tokens)
+    if endpoint == CHAT:
+        plan = plan_chat(body, price, resolved.max_output_tokens)
+    else:
+        plan = plan_embeddings(body, price)
     balances = await peers.wallet.call(
         peers.wallet_stub.GetBalances,
         wallet_pb2.GetBalancesRequest(account_id=resolved.principal.account_id),

@@ -21,7 +21,6 @@ from services.wallet.domain import commands
 from services.wallet.domain.model import (
     Balance,
     Hold,
-    HoldStatus,
     JournalEntry,
     account_not_found,
     adjustment,
@@ -154,9 +153,9 @@ async def release_hold(cmd: commands.ReleaseHold, uow: UnitOfWork) -> Hold:
         hold = await uow.wallet.lock_hold(hold_id)
         if hold is None:
             raise hold_not_found(cmd.hold_id)
-        if hold.status is not HoldStatus.OPEN:
-            hold.release(Balance(hold.account_id, hold.bucket), uow.now())  # refuses if settled
-            return hold
+        hold.check_release()
+        if not hold.is_open:
+            return hold  # released or expired already: the money is back (W3)
         balance = await _locked_balance(uow, hold.account_id, hold.bucket)
         hold.release(balance, uow.now())
         await uow.wallet.save_hold(hold)

@@ -48,26 +48,16 @@ class Upstream:
         self, channel: routing_pb2.Channel, path: str, body: dict[str, Any]
     ) -> UpstreamAnswer:
         """POST to one channel; network failures become an answer with status 0."""
-        timeout = httpx.Timeout(
-            (channel.total_timeout_ms or 60_000) / 1000,
-            connect=(channel.connect_timeout_ms or 5_000) / 1000,
-            read=(channel.first_byte_timeout_ms or channel.total_timeout_ms or 60_000) / 1000,
-        )
-        headers = {"content-type": "application/json"}
-        if secret := channel_secret(channel.secret_name):
-            headers["authorization"] = f"Bearer {secret}"
+        url, headers, timeout = channel_request(channel, path)
         started = time.monotonic()
         try:
             response = await self.client.post(
-                channel.base_url.rstrip("/") + path,
-                content=orjson.dumps(body),
-                headers=headers,
-                timeout=timeout,
+                url, content=orjson.dumps(body), headers=headers, timeout=timeout
             )
         except httpx.TimeoutException:
-            return UpstreamAnswer(0, None, _attempt(channel, "timeout", started))
+            return UpstreamAnswer(0, None, attempt_of(channel, "timeout", started))
         except httpx.TransportError:
-            return UpstreamAnswer(0, None, _attempt(channel, "connect_error", started))
+            return UpstreamAnswer(0, None, attempt_of(channel, "connect_error", started))
         payload: dict[str, Any] | None
         try:
             parsed = orjson.loads(response.content)
@@ -76,13 +66,31 @@ class Upstream:
             payload = None
         ok = response.status_code == 200 and payload is not None
         outcome = "ok" if ok else f"http_{response.status_code}"
-        return UpstreamAnswer(response.status_code, payload, _attempt(channel, outcome, started))
+        return UpstreamAnswer(response.status_code, payload, attempt_of(channel, outcome, started))
 
     async def close(self) -> None:
         await self.client.aclose()
 
 
-def _attempt(channel: routing_pb2.Channel, outcome: str, started: float) -> Attempt:
+def channel_request(
+    channel: routing_pb2.Channel, path: str
+) -> tuple[str, dict[str, str], httpx.Timeout]:
+    """URL, headers (with the channel's key) and the per-channel timeouts.
+
+    `read` is the time to the first byte and then between bytes of a stream.
+    """
+    timeout = httpx.Timeout(
+        (channel.total_timeout_ms or 60_000) / 1000,
+        connect=(channel.connect_timeout_ms or 5_000) / 1000,
+        read=(channel.first_byte_timeout_ms or channel.total_timeout_ms or 60_000) / 1000,
+    )
+    headers = {"content-type": "application/json"}
+    if secret := channel_secret(channel.secret_name):
+        headers["authorization"] = f"Bearer {secret}"
+    return channel.base_url.rstrip("/") + path, headers, timeout
+
+
+def attempt_of(channel: routing_pb2.Channel, outcome: str, started: float) -> Attempt:
     return Attempt(channel.channel_id, outcome, int((time.monotonic() - started) * 1000))
 
 

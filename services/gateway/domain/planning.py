@@ -152,3 +152,24 @@ def charge_for(price: Price, usage: Usage, hold: Money) -> tuple[Money, bool]:
     if charge.micros > hold.micros:
         return Money(hold.micros, hold.bucket), True
     return charge, False
+
+
+def plan_embeddings(body: dict[str, Any], price: Price) -> Plan:
+    """Embeddings produce no output tokens: the worst case is the input estimate."""
+    inputs = body.get("input")
+    if inputs is None or inputs == "" or inputs == []:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            "`input` is required: a string or a list of strings to embed.",
+            {"param": "input"},
+        )
+    prompt = estimate_prompt_tokens({"input": inputs})
+    return Plan(prompt, 0, False, price.charge(prompt, 0), 1)
+
+
+def counted_usage(body: dict[str, Any], completion_chunks: int) -> Usage:
+    """Token counts when the upstream reported none: the prompt at about four bytes
+    per token (not the hold's one-per-byte bound) and one token per streamed content
+    chunk. The receipt says they were counted, not reported."""
+    prompt_bytes = estimate_prompt_tokens(body)
+    return Usage(-(-prompt_bytes // 4), completion_chunks, 0, False)

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,7 +28,15 @@ from services.gateway.domain.presenting import (
     receipt_json,
     topup_json,
 )
-from services.gateway.handlers import ChatCommand, charge_policy_name, complete_chat, preview
+from services.gateway.handlers import (
+    CHAT,
+    EMBEDDINGS,
+    ChatCommand,
+    charge_policy_name,
+    complete,
+    preview,
+    start_chat_stream,
+)
 from tokenforge.errors import DomainError, Reason, http_status, openai_error_body
 from tokenforge.money import MoneyError, parse_amount
 from tokenforge.payments.v1 import payments_pb2
@@ -152,31 +160,51 @@ def create_app(peers: Peers, upstream: Upstream) -> FastAPI:
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
-    @app.post("/v1/chat/completions", tags=["openai"])
-    async def chat_completions(request: Request) -> Response:
-        """Chat completion (OpenAI wire format) with `usage.cost` and a `tokenforge` receipt."""
-        body = await json_body(request)
-        cmd = ChatCommand(
+    def command(request: Request, body: dict[str, Any]) -> ChatCommand:
+        return ChatCommand(
             request_id=request.state.request_id,
             api_key=api_key_of(request),
             body=body,
             trace_id=current_trace_id(),
             client_ip=request.client.host if request.client else "",
         )
-        outcome = await complete_chat(peers, upstream, cmd)
-        span = trace.get_current_span()
-        r = outcome.receipt
-        span.set_attributes(
+
+    def annotate(outcome_receipt: Any, headers: dict[str, str]) -> None:
+        r = outcome_receipt
+        trace.get_current_span().set_attributes(
             {
                 "gen_ai.request.model": r.selected_model,
                 "gen_ai.response.model": r.upstream_model,
                 "gen_ai.usage.input_tokens": r.prompt_tokens,
                 "gen_ai.usage.output_tokens": r.completion_tokens,
-                "tokenforge.route": outcome.headers.get("x-tokenforge-route", ""),
-                "tokenforge.bucket": outcome.headers.get("x-tokenforge-bucket", ""),
+                "tokenforge.route": headers.get("x-tokenforge-route", ""),
+                "tokenforge.bucket": headers.get("x-tokenforge-bucket", ""),
                 "tokenforge.charge_micros": r.charge_micros,
             }
         )
+
+    @app.post("/v1/chat/completions", tags=["openai"])
+    async def chat_completions(request: Request) -> Response:
+        """Chat completion (OpenAI wire format, `stream` included) with `usage.cost` and a
+        `tokenforge` receipt summary; the receipt is at GET /v1/usage/{x-request-id}."""
+        body = await json_body(request)
+        if body.get("stream") is True:
+            stream = await start_chat_stream(peers, upstream, command(request, body))
+            return StreamingResponse(
+                stream.events(),
+                media_type="text/event-stream",
+                headers={**stream.headers, "cache-control": "no-cache"},
+            )
+        outcome = await complete(peers, upstream, command(request, body), CHAT)
+        annotate(outcome.receipt, outcome.headers)
+        return json_response(outcome.payload, outcome.status, outcome.headers)
+
+    @app.post("/v1/embeddings", tags=["openai"])
+    async def embeddings(request: Request) -> Response:
+        """Embeddings (OpenAI wire format) with `usage.cost` and a receipt."""
+        body = await json_body(request)
+        outcome = await complete(peers, upstream, command(request, body), EMBEDDINGS)
+        annotate(outcome.receipt, outcome.headers)
         return json_response(outcome.payload, outcome.status, outcome.headers)
 
     @app.post("/v1/routes/preview", tags=["routes"])

@@ -212,12 +212,16 @@ class Hold:
     def is_replay_of_settle(self, amount: int) -> bool:
         return self.status is HoldStatus.SETTLED and self.captured == amount
 
-    def release(self, balance: Balance, now: datetime) -> bool:
-        """Give the hold back whole; False when it had already ended without a charge."""
-        if self.status in (HoldStatus.RELEASED, HoldStatus.EXPIRED):
-            return False
+    def check_release(self) -> None:
+        """A settled hold was charged: it can not be given back."""
         if self.status is HoldStatus.SETTLED:
             raise self._not_open()
+
+    def release(self, balance: Balance, now: datetime) -> bool:
+        """Give the hold back whole; False when it had already ended without a charge."""
+        self.check_release()
+        if self.status in (HoldStatus.RELEASED, HoldStatus.EXPIRED):
+            return False
         self.status = HoldStatus.RELEASED
         self.ended_at = now
         balance.unreserve(self.amount)

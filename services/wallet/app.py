@@ -1,0 +1,108 @@
+"""Wires the wallet: engine, servicer, gRPC server, hold-expiry sweeper, top-up consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from services.wallet import handlers
+from services.wallet.domain import commands
+from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
+from services.wallet.transport.grpc import WalletServicer
+from services.wallet.transport.nats_consumer import TopUpConsumer
+from tokenforge.config import Settings
+from tokenforge.money import configure_labels
+from tokenforge.runtime import nats as tf_nats
+from tokenforge.runtime.db import create_engine, sessionmaker, upgrade
+from tokenforge.runtime.grpc_server import AccessPolicy, Credentials, Role, create_server
+from tokenforge.runtime.service import RunningService
+from tokenforge.wallet.v1 import wallet_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "wallet"
+MIGRATIONS = Path(__file__).parent / "storage" / "migrations"
+SERVICE_NAME = "tokenforge.wallet.v1.WalletService"
+SWEEP_INTERVAL_S = 1.0
+
+POLICY = AccessPolicy(
+    {
+        # Money in from paid top-ups: only the services (the payments consumer path).
+        "Credit": frozenset({Role.INTERNAL}),
+        # Operators' corrections, always with a reason.
+        "Adjust": frozenset({Role.OPERATOR}),
+    }
+)
+
+
+def migrate(database_url: str) -> None:
+    upgrade(MIGRATIONS, database_url, SCHEMA)
+
+
+async def sweep_expired_holds(uow: UnitOfWork) -> int:
+    """Expire every open hold past its TTL now (the sweeper's one pass; tests call it)."""
+    total = 0
+    while True:
+        ended = await handlers.expire_holds(commands.ExpireHolds(limit=500), uow)
+        total += ended
+        if ended < 500:
+            return total
+
+
+async def _sweep_forever(uow: UnitOfWork) -> None:
+    while True:
+        try:
+            ended = await sweep_expired_holds(uow)
+            if ended:
+                log.info("expired %s holds past their TTL", ended)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("hold expiry sweep failed; retrying")
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+
+
+async def start(settings: Settings, port: int = 0) -> RunningService:
+    configure_labels(settings.bucket_labels)
+    engine = create_engine(settings.database_url)
+    sessions = sessionmaker(engine)
+
+    def uow_factory() -> UnitOfWork:
+        return SqlAlchemyUnitOfWork(sessions)
+
+    server = create_server(
+        [
+            (
+                wallet_pb2_grpc.add_WalletServiceServicer_to_server,
+                WalletServicer(uow_factory),
+                SERVICE_NAME,
+            )
+        ],
+        port=port,
+        credentials=Credentials(settings.internal_token, settings.admin_token)
+        if settings.internal_token or settings.admin_token
+        else None,
+        policy=POLICY,
+    )
+    await server.server.start()
+
+    sweeper = asyncio.create_task(_sweep_forever(uow_factory()), name="wallet-hold-sweeper")
+
+    async def stop_sweeper() -> None:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+
+    on_stop: list[Callable[[], Awaitable[None]]] = [engine.dispose, stop_sweeper]
+    if settings.nats_url:
+        nc = await tf_nats.connect(settings.nats_url, "wallet")
+        consumer = TopUpConsumer(nc, uow_factory)
+        await consumer.start()
+        on_stop += [nc.close, consumer.stop]
+
+    await server.set_serving()
+    log.info("wallet serving on port %s", server.port)
+    return RunningService("wallet", server, on_stop=on_stop)

@@ -1,0 +1,1 @@
+"""The wallet's transports: the gRPC servicer and the NATS top-up consumer."""

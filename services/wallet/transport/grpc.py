@@ -1,0 +1,201 @@
+"""WalletService over gRPC: translate the wire types, call the use case, answer.
+
+DomainError raised by a use case is turned into a rich status by the server's
+GuardInterceptor, so the servicer lets it raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from services.wallet import handlers
+from services.wallet.domain import commands
+from services.wallet.domain.model import Balance, EntryKind, Hold, HoldStatus, JournalEntry
+from services.wallet.storage.unit_of_work import UnitOfWork
+from tokenforge.common.v1 import common_pb2
+from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket
+from tokenforge.runtime.telemetry import current_trace_id
+from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+
+BUCKET_TO_PB: dict[Bucket, common_pb2.Bucket] = {
+    Bucket.CREDIT: common_pb2.BUCKET_CREDIT,
+    Bucket.ROUTED: common_pb2.BUCKET_ROUTED,
+}
+BUCKET_FROM_PB: dict[int, Bucket] = {v: k for k, v in BUCKET_TO_PB.items()}
+
+KIND_TO_PB: dict[EntryKind, wallet_pb2.EntryKind] = {
+    EntryKind.TOPUP_CREDIT: wallet_pb2.ENTRY_KIND_TOPUP_CREDIT,
+    EntryKind.REQUEST_CHARGE: wallet_pb2.ENTRY_KIND_REQUEST_CHARGE,
+    EntryKind.ADJUSTMENT: wallet_pb2.ENTRY_KIND_ADJUSTMENT,
+    EntryKind.REVERSAL: wallet_pb2.ENTRY_KIND_REVERSAL,
+}
+KIND_FROM_PB: dict[int, EntryKind] = {v: k for k, v in KIND_TO_PB.items()}
+
+STATUS_TO_PB: dict[HoldStatus, wallet_pb2.HoldStatus] = {
+    HoldStatus.OPEN: wallet_pb2.HOLD_STATUS_OPEN,
+    HoldStatus.SETTLED: wallet_pb2.HOLD_STATUS_SETTLED,
+    HoldStatus.RELEASED: wallet_pb2.HOLD_STATUS_RELEASED,
+    HoldStatus.EXPIRED: wallet_pb2.HOLD_STATUS_EXPIRED,
+}
+
+
+def bucket_from_pb(value: int, *, required: bool = True) -> Bucket | None:
+    bucket = BUCKET_FROM_PB.get(value)
+    if bucket is None and required:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            "bucket is required: BUCKET_CREDIT (Credit) or BUCKET_ROUTED (Routed balance).",
+            {"field": "bucket"},
+        )
+    return bucket
+
+
+def _required_bucket(value: int) -> Bucket:
+    bucket = bucket_from_pb(value)
+    assert bucket is not None
+    return bucket
+
+
+def _timestamp(when: datetime | None) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    if when is not None:
+        stamp.FromDatetime(when)
+    return stamp
+
+
+def balance_pb(balance: Balance) -> Any:
+    return wallet_pb2.BucketBalance(
+        bucket=BUCKET_TO_PB[balance.bucket],
+        label=balance.bucket.label,
+        symbol=balance.bucket.symbol,
+        posted_micros=balance.posted,
+        held_micros=balance.held,
+        available_micros=balance.available,
+    )
+
+
+def hold_pb(hold: Hold) -> Any:
+    return wallet_pb2.Hold(
+        hold_id=str(hold.hold_id),
+        account_id=hold.account_id,
+        bucket=BUCKET_TO_PB[hold.bucket],
+        amount_micros=hold.amount,
+        captured_micros=hold.captured,
+        status=STATUS_TO_PB[hold.status],
+        request_id=hold.request_id,
+        expires_at=_timestamp(hold.expires_at),
+        entry_id=str(hold.entry_id) if hold.entry_id else "",
+    )
+
+
+def entry_pb(entry: JournalEntry) -> Any:
+    return wallet_pb2.LedgerEntry(
+        entry_id=str(entry.entry_id),
+        account_id=entry.account_id,
+        bucket=BUCKET_TO_PB[entry.bucket],
+        kind=KIND_TO_PB[entry.kind],
+        amount_micros=entry.amount,
+        balance_after_micros=entry.balance_after,
+        request_id=entry.request_id,
+        order_id=entry.order_id,
+        hold_id=str(entry.hold_id) if entry.hold_id else "",
+        reason=entry.reason,
+        operator=entry.operator,
+        trace_id=entry.trace_id,
+        created_at=_timestamp(entry.created_at),
+    )
+
+
+def _balances_pb(found: list[Balance]) -> list[Any]:
+    order = list(Bucket)
+    return [balance_pb(b) for b in sorted(found, key=lambda b: order.index(b.bucket))]
+
+
+class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc]
+    """Each call gets a fresh unit of work from `uow_factory`."""
+
+    def __init__(self, uow_factory: Callable[[], UnitOfWork]) -> None:
+        self._uow = uow_factory
+
+    async def OpenAccount(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        found = await handlers.open_account(commands.OpenAccount(request.account_id), self._uow())
+        return wallet_pb2.OpenAccountResponse(balances=_balances_pb(found))
+
+    async def GetBalances(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        found = await handlers.get_balances(commands.GetBalances(request.account_id), self._uow())
+        return wallet_pb2.GetBalancesResponse(balances=_balances_pb(found))
+
+    async def Hold(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        cmd = commands.PlaceHold(
+            account_id=request.account_id,
+            bucket=_required_bucket(request.bucket),
+            amount=request.amount_micros,
+            request_id=request.request_id,
+            ttl_seconds=request.ttl_seconds,
+            trace_id=request.trace_id or current_trace_id(),
+        )
+        hold = await handlers.place_hold(cmd, self._uow())
+        return wallet_pb2.HoldResponse(hold=hold_pb(hold))
+
+    async def Settle(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        cmd = commands.SettleHold(
+            hold_id=request.hold_id,
+            amount=request.amount_micros,
+            trace_id=request.trace_id or current_trace_id(),
+        )
+        settled = await handlers.settle_hold(cmd, self._uow())
+        response = wallet_pb2.SettleResponse(hold=hold_pb(settled.hold))
+        if settled.entry is not None:
+            response.entry.CopyFrom(entry_pb(settled.entry))
+        return response
+
+    async def Release(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        cmd = commands.ReleaseHold(hold_id=request.hold_id, reason=request.reason)
+        hold = await handlers.release_hold(cmd, self._uow())
+        return wallet_pb2.ReleaseResponse(hold=hold_pb(hold))
+
+    async def Credit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        cmd = commands.CreditTopUp(
+            account_id=request.account_id,
+            bucket=_required_bucket(request.bucket),
+            amount=request.amount_micros,
+            order_id=request.order_id,
+            event_id=request.event_id,
+            trace_id=request.trace_id or current_trace_id(),
+        )
+        entry = await handlers.credit_topup(cmd, self._uow())
+        return wallet_pb2.CreditResponse(entry=entry_pb(entry))
+
+    async def Adjust(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        cmd = commands.AdjustBalance(
+            account_id=request.account_id,
+            bucket=_required_bucket(request.bucket),
+            amount=request.amount_micros,
+            reason=request.reason,
+            operator=request.operator or "operator",
+            idempotency_key=request.idempotency_key,
+            trace_id=current_trace_id(),
+        )
+        entry = await handlers.adjust_balance(cmd, self._uow())
+        return wallet_pb2.AdjustResponse(entry=entry_pb(entry))
+
+    async def ListLedger(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        cmd = commands.ListLedger(
+            account_id=request.account_id,
+            bucket=bucket_from_pb(request.bucket, required=False),
+            kind=KIND_FROM_PB.get(request.kind),
+            request_id=request.request_id,
+            order_id=request.order_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        page = await handlers.list_ledger(cmd, self._uow())
+        return wallet_pb2.ListLedgerResponse(
+            entries=[entry_pb(e) for e in page.entries], next_page_token=page.next_page_token
+        )

@@ -1,0 +1,172 @@
+"""Credits paid top-ups from the PAYMENTS stream, exactly once per order (P2).
+
+A durable pull consumer reads `tokenforge.payments.v1.topup.succeeded`; each event
+is credited in one transaction that also records its event id, and acked only after
+that commit. A redelivery or a duplicate publish finds the event (or the order's
+credit) already there and changes nothing. A message that can never succeed (not
+a TopUpEvent, or conflicting with the order's first credit) is terminated and
+logged, never retried forever; anything else (database down) is retried later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
+
+from services.wallet import handlers
+from services.wallet.domain import commands
+from services.wallet.storage.unit_of_work import UnitOfWork
+from services.wallet.transport.grpc import BUCKET_FROM_PB
+from tokenforge.errors import DomainError, Reason
+from tokenforge.payments.v1 import payments_pb2
+from tokenforge.runtime.nats import (
+    PAYMENTS_STREAM,
+    context_from_headers,
+    ensure_payments_stream,
+    topup_subject,
+)
+from tokenforge.runtime.telemetry import current_trace_id
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+DURABLE = "wallet-topup-credits"
+SUBJECT = topup_subject("succeeded")
+# Reasons that no retry can fix: terminate the message (it stays in the stream).
+PERMANENT = frozenset({Reason.IDEMPOTENCY_CONFLICT, Reason.INVALID_ARGUMENT})
+
+
+class PoisonMessage(Exception):
+    """A message that can never be credited."""
+
+
+def decode(msg: Msg) -> commands.CreditTopUp:
+    try:
+        event = payments_pb2.TopUpEvent.FromString(msg.data)
+    except DecodeError as error:
+        raise PoisonMessage(f"not a TopUpEvent: {error}") from error
+    bucket = BUCKET_FROM_PB.get(event.bucket)
+    event_id = event.event_id or (msg.headers or {}).get("Nats-Msg-Id", "")
+    if (
+        bucket is None
+        or not event.order_id
+        or not event.account_id
+        or not event_id
+        or event.received_micros <= 0
+        or event.status
+        not in (payments_pb2.TOP_UP_STATUS_UNSPECIFIED, payments_pb2.TOP_UP_STATUS_SUCCEEDED)
+    ):
+        raise PoisonMessage(f"not a creditable top-up event: {event!r}")
+    return commands.CreditTopUp(
+        account_id=event.account_id,
+        bucket=bucket,
+        amount=event.received_micros,
+        order_id=event.order_id,
+        event_id=event_id,
+    )
+
+
+class TopUpConsumer:
+    def __init__(self, nc: Client, uow_factory: Callable[[], UnitOfWork]) -> None:
+        self._nc = nc
+        self._uow = uow_factory
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        js = self._nc.jetstream()
+        await ensure_payments_stream(js)
+        self._sub = await js.pull_subscribe(
+            SUBJECT,
+            durable=DURABLE,
+            stream=PAYMENTS_STREAM,
+            config=ConsumerConfig(
+                durable_name=DURABLE,
+                filter_subject=SUBJECT,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=30.0,
+            ),
+        )
+        self._task = asyncio.create_task(self._run(), name="wallet-topup-credits")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                msgs = await self._sub.fetch(batch=16, timeout=1.0)
+            except (TimeoutError, NatsTimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fetching top-up events failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                await self.handle(msg)
+
+    async def handle(self, msg: Msg) -> None:
+        """Credit one message and ack it after the commit (or term it, or nak it)."""
+        try:
+            cmd = decode(msg)
+        except PoisonMessage as error:
+            log.error("terminating poison message on %s: %s", msg.subject, error)
+            await msg.term()
+            return
+        parent = context_from_headers(msg.headers)
+        with tracer.start_as_current_span(
+            "wallet credit top-up", context=parent, kind=trace.SpanKind.CONSUMER
+        ) as span:
+            span.set_attribute("tokenforge.order_id", cmd.order_id)
+            span.set_attribute("tokenforge.event_id", cmd.event_id)
+            try:
+                entry = await handlers.credit_topup(
+                    commands.CreditTopUp(
+                        account_id=cmd.account_id,
+                        bucket=cmd.bucket,
+                        amount=cmd.amount,
+                        order_id=cmd.order_id,
+                        event_id=cmd.event_id,
+                        trace_id=current_trace_id(),
+                    ),
+                    self._uow(),
+                )
+            except DomainError as error:
+                if error.reason in PERMANENT:
+                    log.error(
+                        "terminating top-up event %s of order %s: %s",
+                        cmd.event_id,
+                        cmd.order_id,
+                        error.message,
+                    )
+                    await msg.term()
+                    return
+                log.warning("top-up event %s not credited yet: %s", cmd.event_id, error)
+                await msg.nak(delay=1.0)
+                return
+            except Exception:
+                log.exception("top-up event %s not credited yet; will retry", cmd.event_id)
+                await msg.nak(delay=1.0)
+                return
+        await msg.ack()
+        log.info(
+            "credited order %s (event %s) as entry %s",
+            cmd.order_id,
+            cmd.event_id,
+            entry.entry_id,
+        )

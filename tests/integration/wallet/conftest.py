@@ -1,0 +1,119 @@
+"""The wallet started once against the real PostgreSQL and NATS of the session."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.wallet import app
+from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork, utcnow
+from tokenforge.common.v1 import common_pb2
+from tokenforge.config import Settings
+from tokenforge.runtime.db import create_engine, sessionmaker
+from tokenforge.runtime.grpc_client import Peer
+from tokenforge.runtime.service import RunningService
+from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+
+INTERNAL = "t-internal"
+ADMIN = "t-admin"
+
+
+@pytest.fixture(scope="session")
+async def wallet_app(database_url: str, nats_url: str) -> AsyncIterator[RunningService]:
+    await asyncio.to_thread(app.migrate, database_url)
+    running = await app.start(
+        Settings(
+            database_url=database_url,
+            nats_url=nats_url,
+            internal_token=INTERNAL,
+            admin_token=ADMIN,
+        ),
+        port=0,
+    )
+    yield running
+    await running.stop()
+
+
+@pytest.fixture(scope="session")
+async def internal_peer(wallet_app: RunningService) -> AsyncIterator[Peer]:
+    peer = Peer("wallet", wallet_app.address, INTERNAL)
+    yield peer
+    await peer.close()
+
+
+@pytest.fixture(scope="session")
+async def admin_peer(wallet_app: RunningService) -> AsyncIterator[Peer]:
+    peer = Peer("wallet", wallet_app.address, ADMIN)
+    yield peer
+    await peer.close()
+
+
+class Wallet:
+    """The stub plus the peer that attaches a credential and maps errors."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.stub = wallet_pb2_grpc.WalletServiceStub(peer.channel)
+
+    async def call(self, method: str, request: Any) -> Any:
+        return await self.peer.call(getattr(self.stub, method), request)
+
+    async def open_funded(self, credit: int = 0, routed: int = 0) -> str:
+        account = f"acct-{uuid.uuid4()}"
+        await self.call("OpenAccount", wallet_pb2.OpenAccountRequest(account_id=account))
+        for bucket, amount in (
+            (common_pb2.BUCKET_CREDIT, credit),
+            (common_pb2.BUCKET_ROUTED, routed),
+        ):
+            if amount:
+                await self.call(
+                    "Credit",
+                    wallet_pb2.CreditRequest(
+                        account_id=account,
+                        bucket=bucket,
+                        amount_micros=amount,
+                        order_id=f"order-{uuid.uuid4()}",
+                    ),
+                )
+        return account
+
+    async def balance(self, account: str, bucket: int = common_pb2.BUCKET_CREDIT) -> Any:
+        response = await self.call("GetBalances", wallet_pb2.GetBalancesRequest(account_id=account))
+        return next(b for b in response.balances if b.bucket == bucket)
+
+
+@pytest.fixture(scope="session")
+def wallet(internal_peer: Peer) -> Wallet:
+    return Wallet(internal_peer)
+
+
+@pytest.fixture(scope="session")
+def operator(admin_peer: Peer) -> Wallet:
+    return Wallet(admin_peer)
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str, wallet_app: RunningService) -> AsyncIterator[AsyncEngine]:
+    eng = create_engine(database_url, pool_size=5)
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def uow_at(engine: AsyncEngine) -> Callable[[timedelta], UnitOfWork]:
+    """A unit of work whose clock runs `shift` ahead of now (to pass a hold's TTL)."""
+    sessions = sessionmaker(engine)
+
+    def make(shift: timedelta = timedelta()) -> UnitOfWork:
+        def clock() -> datetime:
+            return utcnow() + shift
+
+        return SqlAlchemyUnitOfWork(sessions, clock)
+
+    return make

@@ -1,0 +1,303 @@
+"""The wallet's use cases against an in-memory repository (idempotency, not-found,
+commit discipline) and the top-up consumer's handling of one message."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.wallet import handlers
+from services.wallet.domain import commands
+from services.wallet.domain.model import Balance, EntryKind, Hold, HoldStatus, JournalEntry
+from services.wallet.storage.repository import LedgerQuery, WalletRepository
+from services.wallet.storage.unit_of_work import UnitOfWork
+from services.wallet.transport.nats_consumer import TopUpConsumer
+from tokenforge.common.v1 import common_pb2
+from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket
+from tokenforge.payments.v1 import payments_pb2
+
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+class FakeWalletRepository(WalletRepository):
+    def __init__(self) -> None:
+        self.accounts: set[str] = set()
+        self.balances_: dict[tuple[str, Bucket], Balance] = {}
+        self.holds: dict[uuid.UUID, Hold] = {}
+        self.entries: list[JournalEntry] = []
+        self.events: dict[str, uuid.UUID | None] = {}
+
+    async def open_account(self, account_id: str) -> None:
+        self.accounts.add(account_id)
+        for bucket in Bucket:
+            self.balances_.setdefault((account_id, bucket), Balance(account_id, bucket))
+
+    async def account_exists(self, account_id: str) -> bool:
+        return account_id in self.accounts
+
+    async def balances(self, account_id: str) -> list[Balance]:
+        return [copy.copy(b) for (a, _), b in self.balances_.items() if a == account_id]
+
+    async def lock_balance(self, account_id: str, bucket: Bucket) -> Balance | None:
+        found = self.balances_.get((account_id, bucket))
+        return copy.copy(found) if found else None
+
+    async def save_balance(self, balance: Balance) -> None:
+        self.balances_[(balance.account_id, balance.bucket)] = copy.copy(balance)
+
+    async def hold_by_request(self, account_id: str, request_id: str) -> Hold | None:
+        return next(
+            (
+                copy.copy(h)
+                for h in self.holds.values()
+                if (h.account_id, h.request_id) == (account_id, request_id)
+            ),
+            None,
+        )
+
+    async def lock_hold(self, hold_id: uuid.UUID) -> Hold | None:
+        found = self.holds.get(hold_id)
+        return copy.copy(found) if found else None
+
+    async def add_hold(self, hold: Hold) -> None:
+        self.holds[hold.hold_id] = copy.copy(hold)
+
+    async def save_hold(self, hold: Hold) -> None:
+        self.holds[hold.hold_id] = copy.copy(hold)
+
+    async def expired_hold_ids(self, now: datetime, limit: int) -> list[uuid.UUID]:
+        return [h.hold_id for h in self.holds.values() if h.is_open and now >= h.expires_at]
+
+    async def entry(self, entry_id: uuid.UUID) -> JournalEntry | None:
+        return next((e for e in self.entries if e.entry_id == entry_id), None)
+
+    async def entry_by_key(self, idempotency_key: str) -> JournalEntry | None:
+        return next((e for e in self.entries if e.idempotency_key == idempotency_key), None)
+
+    async def add_entry(self, entry: JournalEntry) -> None:
+        self.entries.append(entry)
+
+    async def event_processed(self, event_id: str) -> bool:
+        return event_id in self.events
+
+    async def record_event(self, event_id: str, entry_id: uuid.UUID | None) -> None:
+        self.events.setdefault(event_id, entry_id)
+
+    async def ledger(self, query: LedgerQuery) -> list[JournalEntry]:
+        rows = [e for e in reversed(self.entries) if e.account_id == query.account_id]
+        return rows[: query.limit]
+
+
+class FakeUnitOfWork(UnitOfWork):
+    """Applies changes only on commit, like the real one."""
+
+    def __init__(self, now: datetime = NOW) -> None:
+        super().__init__(lambda: self.clock)
+        self.clock = now
+        self.committed = FakeWalletRepository()
+        self.commits = 0
+
+    async def __aenter__(self) -> FakeUnitOfWork:
+        self.wallet = copy.deepcopy(self.committed)
+        return self
+
+    async def commit(self) -> None:
+        assert isinstance(self.wallet, FakeWalletRepository)
+        self.committed = self.wallet
+        self.commits += 1
+
+    async def rollback(self) -> None:
+        pass
+
+
+@pytest.fixture
+async def uow() -> FakeUnitOfWork:
+    fake = FakeUnitOfWork()
+    await handlers.open_account(commands.OpenAccount("acct-1"), fake)
+    await handlers.credit_topup(
+        commands.CreditTopUp("acct-1", Bucket.CREDIT, 1_000_000, "order-0"), fake
+    )
+    return fake
+
+
+async def test_open_account_is_idempotent(uow: FakeUnitOfWork) -> None:
+    again = await handlers.open_account(commands.OpenAccount("acct-1"), uow)
+    assert sorted((b.bucket.value, b.posted) for b in again) == [
+        ("credit", 1_000_000),
+        ("routed", 0),
+    ]
+
+
+async def test_hold_replays_by_request_id_and_conflicts_on_other_args(
+    uow: FakeUnitOfWork,
+) -> None:
+    cmd = commands.PlaceHold("acct-1", Bucket.CREDIT, 100, "req-1")
+    first = await handlers.place_hold(cmd, uow)
+    again = await handlers.place_hold(cmd, uow)
+    assert again.hold_id == first.hold_id
+    for other in (
+        commands.PlaceHold("acct-1", Bucket.CREDIT, 101, "req-1"),
+        commands.PlaceHold("acct-1", Bucket.ROUTED, 100, "req-1"),
+    ):
+        with pytest.raises(DomainError) as caught:
+            await handlers.place_hold(other, uow)
+        assert caught.value.reason is Reason.IDEMPOTENCY_CONFLICT
+    assert uow.committed.balances_[("acct-1", Bucket.CREDIT)].held == 100
+
+
+async def test_hold_on_unknown_account_is_account_not_found(uow: FakeUnitOfWork) -> None:
+    with pytest.raises(DomainError) as caught:
+        await handlers.place_hold(commands.PlaceHold("ghost", Bucket.CREDIT, 1, "r"), uow)
+    assert caught.value.reason is Reason.ACCOUNT_NOT_FOUND
+
+
+async def test_a_refused_settle_commits_nothing(uow: FakeUnitOfWork) -> None:
+    hold = await handlers.place_hold(commands.PlaceHold("acct-1", Bucket.CREDIT, 100, "r"), uow)
+    commits = uow.commits
+    with pytest.raises(DomainError):
+        await handlers.settle_hold(commands.SettleHold(str(hold.hold_id), 101), uow)
+    uow.clock = NOW + timedelta(seconds=301)
+    with pytest.raises(DomainError) as caught:
+        await handlers.settle_hold(commands.SettleHold(str(hold.hold_id), 50), uow)
+    assert caught.value.reason is Reason.HOLD_EXPIRED
+    assert uow.commits == commits
+    assert uow.committed.holds[hold.hold_id].status is HoldStatus.OPEN
+
+
+async def test_settle_replays_its_first_result(uow: FakeUnitOfWork) -> None:
+    hold = await handlers.place_hold(commands.PlaceHold("acct-1", Bucket.CREDIT, 100, "r"), uow)
+    first = await handlers.settle_hold(commands.SettleHold(str(hold.hold_id), 60), uow)
+    again = await handlers.settle_hold(commands.SettleHold(str(hold.hold_id), 60), uow)
+    assert first.entry is not None and again.entry is not None
+    assert again.entry.entry_id == first.entry.entry_id
+    assert len([e for e in uow.committed.entries if e.kind is EntryKind.REQUEST_CHARGE]) == 1
+
+
+async def test_expire_holds_ends_only_holds_past_their_ttl(uow: FakeUnitOfWork) -> None:
+    short = await handlers.place_hold(
+        commands.PlaceHold("acct-1", Bucket.CREDIT, 100, "r1", ttl_seconds=10), uow
+    )
+    await handlers.place_hold(
+        commands.PlaceHold("acct-1", Bucket.CREDIT, 200, "r2", ttl_seconds=60), uow
+    )
+    uow.clock = NOW + timedelta(seconds=30)
+    assert await handlers.expire_holds(commands.ExpireHolds(), uow) == 1
+    assert await handlers.expire_holds(commands.ExpireHolds(), uow) == 0
+    assert uow.committed.holds[short.hold_id].status is HoldStatus.EXPIRED
+    assert uow.committed.balances_[("acct-1", Bucket.CREDIT)].held == 200
+
+
+async def test_credit_is_once_per_order_and_records_the_event(uow: FakeUnitOfWork) -> None:
+    cmd = commands.CreditTopUp("acct-1", Bucket.ROUTED, 500, "order-1", event_id="e-1")
+    first = await handlers.credit_topup(cmd, uow)
+    again = await handlers.credit_topup(
+        commands.CreditTopUp("acct-1", Bucket.ROUTED, 500, "order-1", event_id="e-2"), uow
+    )
+    assert again.entry_id == first.entry_id
+    assert uow.committed.events == {"e-1": first.entry_id, "e-2": first.entry_id}
+    with pytest.raises(DomainError) as caught:
+        await handlers.credit_topup(
+            commands.CreditTopUp("acct-2", Bucket.ROUTED, 500, "order-1"), uow
+        )
+    assert caught.value.reason is Reason.IDEMPOTENCY_CONFLICT
+    assert uow.committed.balances_[("acct-1", Bucket.ROUTED)].posted == 500
+
+
+async def test_credit_opens_the_wallet_of_a_new_account(uow: FakeUnitOfWork) -> None:
+    entry = await handlers.credit_topup(
+        commands.CreditTopUp("acct-new", Bucket.CREDIT, 42, "order-new"), uow
+    )
+    assert entry.balance_after == 42
+    assert "acct-new" in uow.committed.accounts
+
+
+async def test_adjust_replays_by_key_and_conflicts_on_other_args(uow: FakeUnitOfWork) -> None:
+    cmd = commands.AdjustBalance("acct-1", Bucket.CREDIT, -5, "refund", "ops", "k-1")
+    first = await handlers.adjust_balance(cmd, uow)
+    assert (await handlers.adjust_balance(cmd, uow)).entry_id == first.entry_id
+    with pytest.raises(DomainError) as caught:
+        await handlers.adjust_balance(
+            commands.AdjustBalance("acct-1", Bucket.CREDIT, -5, "other", "ops", "k-1"), uow
+        )
+    assert caught.value.reason is Reason.IDEMPOTENCY_CONFLICT
+    assert uow.committed.balances_[("acct-1", Bucket.CREDIT)].posted == 999_995
+
+
+async def test_ledger_pages_carry_an_opaque_cursor(uow: FakeUnitOfWork) -> None:
+    page = await handlers.list_ledger(commands.ListLedger("acct-1", page_size=600), uow)
+    assert len(page.entries) == 1 and page.next_page_token == ""
+    with pytest.raises(DomainError) as caught:
+        await handlers.list_ledger(commands.ListLedger("ghost"), uow)
+    assert caught.value.reason is Reason.ACCOUNT_NOT_FOUND
+    with pytest.raises(DomainError) as caught:
+        await handlers.list_ledger(commands.ListLedger("acct-1", page_token="!!"), uow)
+    assert caught.value.reason is Reason.INVALID_ARGUMENT
+
+
+@dataclass
+class FakeMsg:
+    data: bytes
+    subject: str = "tokenforge.payments.v1.topup.succeeded"
+    headers: dict[str, str] | None = None
+    outcome: list[str] = field(default_factory=list)
+
+    async def ack(self) -> None:
+        self.outcome.append("ack")
+
+    async def term(self) -> None:
+        self.outcome.append("term")
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.outcome.append("nak")
+
+
+def event(**overrides: object) -> bytes:
+    fields: dict[str, object] = {
+        "event_id": "evt-1",
+        "order_id": "order-9",
+        "account_id": "acct-1",
+        "bucket": common_pb2.BUCKET_CREDIT,
+        "received_micros": 7,
+        "status": payments_pb2.TOP_UP_STATUS_SUCCEEDED,
+        **overrides,
+    }
+    return payments_pb2.TopUpEvent(**fields).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x0a\x05ab",
+        event(bucket=common_pb2.BUCKET_UNSPECIFIED),
+        event(received_micros=0),
+        event(order_id=""),
+        event(status=payments_pb2.TOP_UP_STATUS_FAILED),
+    ],
+)
+async def test_a_message_that_can_never_credit_is_terminated(
+    uow: FakeUnitOfWork, data: bytes
+) -> None:
+    msg = FakeMsg(data)
+    await TopUpConsumer(None, lambda: uow).handle(msg)  # type: ignore[arg-type]
+    assert msg.outcome == ["term"]
+    assert len(uow.committed.entries) == 1
+
+
+async def test_a_message_is_acked_after_its_credit_and_a_conflict_is_terminated(
+    uow: FakeUnitOfWork,
+) -> None:
+    consumer = TopUpConsumer(None, lambda: uow)  # type: ignore[arg-type]
+    first, again, conflicting = (
+        FakeMsg(event()),
+        FakeMsg(event()),
+        FakeMsg(event(received_micros=8)),
+    )
+    for msg in (first, again, conflicting):
+        await consumer.handle(msg)  # type: ignore[arg-type]
+    assert (first.outcome, again.outcome, conflicting.outcome) == (["ack"], ["ack"], ["term"])
+    assert uow.committed.balances_[("acct-1", Bucket.CREDIT)].posted == 1_000_007
