@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -28,7 +29,11 @@ async def system(database_url: str, nats_url: str) -> AsyncIterator[System]:
     mock = await start_mock()
     os.environ["TOKENFORGE_MOCK_UPSTREAM_URL"] = mock.url
     base = Settings(
-        database_url=database_url, nats_url=nats_url, internal_token=INTERNAL, admin_token=ADMIN
+        database_url=database_url,
+        nats_url=nats_url,
+        internal_token=INTERNAL,
+        admin_token=ADMIN,
+        catalog_path=str(Path(__file__).parent / "catalog.yaml"),
     )
     running: dict[str, RunningService] = {}
     for name in ("routing", "wallet", "payments", "usage"):

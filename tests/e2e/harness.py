@@ -34,7 +34,12 @@ class System:
         for bucket, micros in ((Bucket.CREDIT, credit), (Bucket.ROUTED, routed)):
             if micros:
                 await self.operator.adjust(
-                    account_id, bucket, micros, "e2e grant", f"grant-{account_id}-{bucket.value}", "e2e"
+                    account_id,
+                    bucket,
+                    micros,
+                    "e2e grant",
+                    f"grant-{account_id}-{bucket.value}",
+                    "e2e",
                 )
         key = await self.operator.create_key(account_id, project, "e2e key")
         return account_id, key
