@@ -4,7 +4,8 @@ A provider says which buckets and currencies it takes and what a confirmed payme
 means for an order. Today only `sandbox` exists (dev and demos, driven by
 SimulateSandboxOutcome). Adding one is a subclass plus a line in `PROVIDERS`:
 `manual_transfer` would set `needs_review` (a bank transfer is checked by an
-operator), `stripe` would not (a card payment never needs review) and its webhook verification would live in the transport layer.
+operator), `stripe` would not (a card payment never needs review); webhook signature
+checks belong to the transport layer, not here.
 """
 
 from __future__ import annotations

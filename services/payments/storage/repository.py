@@ -12,16 +12,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select, tuple_, update
+from sqlalchemy import Row, literal, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.payments.domain.model import Order, TopUpStatus, Transition
+from services.payments.transport.messages import encode_event
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
 from tokenforge.runtime.nats import topup_subject, trace_headers
-
-from services.payments.domain.model import Order, TopUpStatus, Transition
-from services.payments.transport.messages import encode_event
 
 from .tables import order_transitions, orders, outbox
 
@@ -141,7 +140,11 @@ class SqlAlchemyOrderRepository(OrderRepository):
         if after is not None:
             created_at, order_id = after
             stmt = stmt.where(
-                tuple_(orders.c.created_at, orders.c.order_id) < tuple_(created_at, order_id)
+                tuple_(orders.c.created_at, orders.c.order_id)
+                < tuple_(
+                    literal(created_at, orders.c.created_at.type),
+                    literal(order_id, orders.c.order_id.type),
+                )
             )
         stmt = stmt.order_by(orders.c.created_at.desc(), orders.c.order_id.desc()).limit(limit)
         rows = (await self.session.execute(stmt)).all()
@@ -244,4 +247,3 @@ class SqlAlchemyOrderRepository(OrderRepository):
                 )
             )
         return [_order_from_row(r, by_order[str(r.order_id)]) for r in rows]
-

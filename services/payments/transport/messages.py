@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from services.payments.domain.model import Order, OrderEvent, TopUpStatus, Transition
 from tokenforge.errors import DomainError, Reason
 from tokenforge.payments.v1 import payments_pb2
 from tokenforge.wire import bucket_to_proto, timestamp
 
-from services.payments.domain.model import Order, OrderEvent, TopUpStatus, Transition
-
-_STATUS_TO_PROTO: dict[TopUpStatus, int] = {
+_STATUS_TO_PROTO: dict[TopUpStatus, payments_pb2.TopUpStatus] = {
     TopUpStatus.PENDING: payments_pb2.TOP_UP_STATUS_PENDING,
     TopUpStatus.AWAITING_REVIEW: payments_pb2.TOP_UP_STATUS_AWAITING_REVIEW,
     TopUpStatus.SUCCEEDED: payments_pb2.TOP_UP_STATUS_SUCCEEDED,
@@ -20,13 +19,13 @@ _STATUS_TO_PROTO: dict[TopUpStatus, int] = {
 _STATUS_FROM_PROTO = {v: k for k, v in _STATUS_TO_PROTO.items()}
 
 
-def status_to_proto(status: TopUpStatus) -> int:
+def status_to_proto(status: TopUpStatus) -> payments_pb2.TopUpStatus:
     return _STATUS_TO_PROTO[status]
 
 
 def status_from_proto(value: int) -> TopUpStatus:
     try:
-        return _STATUS_FROM_PROTO[value]
+        return _STATUS_FROM_PROTO[value]  # type: ignore[index]
     except KeyError:
         raise DomainError(
             Reason.INVALID_ARGUMENT, f"Unknown top-up status {value}.", {"param": "status"}

@@ -1,5 +1,4 @@
-from tokenforge.runtime.db import run_env
-
 from services.payments.storage.tables import metadata
+from tokenforge.runtime.db import run_env
 
 run_env(metadata)

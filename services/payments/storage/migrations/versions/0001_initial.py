@@ -38,9 +38,7 @@ def upgrade() -> None:
         sa.Column("provider_reference", sa.Text, nullable=False, server_default=""),
         sa.Column("idempotency_key", sa.Text, nullable=True),
         sa.Column("version", sa.Integer, nullable=False, server_default="0"),
-        sa.UniqueConstraint(
-            "account_id", "idempotency_key", name="orders_account_idempotency_key"
-        ),
+        sa.UniqueConstraint("account_id", "idempotency_key", name="orders_account_idempotency_key"),
         sa.CheckConstraint("bucket IN ('credit', 'routed')", name="orders_bucket"),
         sa.CheckConstraint(f"status IN ({STATUSES})", name="orders_status"),
         sa.CheckConstraint("paid_amount_minor > 0", name="orders_paid_positive"),

@@ -1,0 +1,116 @@
+"""The outbox relay: moves committed order events from `payments.outbox` to JetStream.
+
+At-least-once: a row is marked published only after JetStream acknowledged it, in the
+same transaction that locked it (`FOR UPDATE SKIP LOCKED`, so two relays never send
+the same batch at once). A crash between the publish and the commit sends the event
+again on the next round; the stream drops the copy by its `Nats-Msg-Id` (the event id)
+within its duplicate window, so consumers see it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Protocol
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.payments.storage.tables import outbox
+from tokenforge.runtime.nats import ensure_payments_stream
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+POLL_INTERVAL_S = 0.5
+PUBLISH_TIMEOUT_S = 5.0
+
+
+class Publisher(Protocol):
+    """The part of nats.js.JetStreamContext the relay uses."""
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        timeout: float | None = None,
+        stream: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> Any: ...
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        js: Publisher,
+        *,
+        poll_interval_s: float = POLL_INTERVAL_S,
+        batch: int = BATCH,
+    ) -> None:
+        self._engine = engine
+        self._js = js
+        self._poll_interval_s = poll_interval_s
+        self._batch = batch
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Called after a commit that wrote events: publish them now, not at the next poll."""
+        self._wake.set()
+
+    async def publish_pending(self) -> int:
+        """One round: publish up to a batch of unpublished events; returns how many left."""
+        async with self._engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(outbox.c.event_id, outbox.c.subject, outbox.c.payload, outbox.c.headers)
+                    .where(outbox.c.published_at.is_(None))
+                    .order_by(outbox.c.created_at, outbox.c.event_id)
+                    .limit(self._batch)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            sent: list[str] = []
+            for row in rows:
+                event_id = str(row.event_id)
+                headers = {**(row.headers or {}), "Nats-Msg-Id": event_id}
+                try:
+                    await self._js.publish(
+                        row.subject, row.payload, timeout=PUBLISH_TIMEOUT_S, headers=headers
+                    )
+                except Exception as error:  # any failure: this row and later ones wait
+                    log.warning("outbox event %s not published (%s); will retry", event_id, error)
+                    break
+                sent.append(event_id)
+            if sent:
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.event_id.in_(sent))
+                    .values(published_at=func.now())
+                )
+        return len(sent)
+
+    async def run(self) -> None:
+        """Publish forever: right after each commit that wrote events, and every poll."""
+        while True:
+            try:
+                sent = await self.publish_pending()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay round failed; retrying")
+                sent = 0
+            if sent >= self._batch:
+                continue  # a full batch: there may be more waiting
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+            self._wake.clear()
+
+
+async def start_relay(engine: AsyncEngine, js: Any) -> tuple[OutboxRelay, asyncio.Task[None]]:
+    """Ensure the PAYMENTS stream exists, then run the relay in the background."""
+    await ensure_payments_stream(js)
+    relay = OutboxRelay(engine, js)
+    task = asyncio.create_task(relay.run(), name="payments-outbox-relay")
+    return relay, task

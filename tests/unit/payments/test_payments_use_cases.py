@@ -1,0 +1,202 @@
+"""Use cases against an in-memory repository: idempotency, ownership, replays, paging."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.payments import handlers
+from services.payments.domain.model import Order, OrderEvent, TopUpStatus
+from services.payments.storage.repository import Cursor, OrderRepository
+from services.payments.storage.unit_of_work import UnitOfWork
+from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket
+
+NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class FakeOrderRepository(OrderRepository):
+    def __init__(self) -> None:
+        self.rows: dict[str, Order] = {}
+        self.outbox: list[OrderEvent] = []
+
+    def _copy(self, order: Order) -> Order:
+        clone = copy.deepcopy(order)
+        clone.events = []
+        return clone
+
+    async def add(self, order: Order) -> bool:
+        if order.idempotency_key and any(
+            o.account_id == order.account_id and o.idempotency_key == order.idempotency_key
+            for o in self.rows.values()
+        ):
+            return False
+        self.rows[order.order_id] = self._copy(order)
+        return True
+
+    async def get(self, order_id: str, *, for_update: bool = False) -> Order | None:
+        found = self.rows.get(order_id)
+        return self._copy(found) if found else None
+
+    async def get_by_idempotency_key(self, account_id: str, key: str) -> Order | None:
+        for o in self.rows.values():
+            if o.account_id == account_id and o.idempotency_key == key:
+                return self._copy(o)
+        return None
+
+    async def list_for_account(
+        self, account_id: str, limit: int, after: Cursor | None = None
+    ) -> list[Order]:
+        mine = sorted(
+            (o for o in self.rows.values() if o.account_id == account_id),
+            key=lambda o: (o.created_at, o.order_id),
+            reverse=True,
+        )
+        if after is not None:
+            mine = [o for o in mine if (o.created_at, o.order_id) < after]
+        return [self._copy(o) for o in mine[:limit]]
+
+    async def lock_due(self, now: datetime, limit: int) -> list[Order]:
+        due = [
+            o for o in self.rows.values() if o.status is TopUpStatus.PENDING and o.expires_at <= now
+        ]
+        return [self._copy(o) for o in due[:limit]]
+
+    async def save(self, order: Order) -> None:
+        self.outbox.extend(order.events)
+        order.events.clear()
+        self.rows[order.order_id] = self._copy(order)
+
+
+class FakeUnitOfWork(UnitOfWork):
+    def __init__(self) -> None:
+        self.orders = FakeOrderRepository()
+        self.commits = 0
+
+    async def commit(self) -> None:
+        self.commits += 1
+
+    async def rollback(self) -> None:
+        pass
+
+
+@pytest.fixture
+def uow() -> FakeUnitOfWork:
+    return FakeUnitOfWork()
+
+
+def create(account: str = "acct-1", key: str = "k1", amount: int = 500) -> handlers.CreateTopUp:
+    return handlers.CreateTopUp(
+        account_id=account,
+        bucket=Bucket.CREDIT,
+        provider="sandbox",
+        paid_amount_minor=amount,
+        currency="USD",
+        idempotency_key=key,
+    )
+
+
+async def test_same_key_and_arguments_return_the_first_order(uow: FakeUnitOfWork) -> None:
+    first = await handlers.create_top_up(create(), uow, now=NOW)
+    again = await handlers.create_top_up(create(), uow, now=NOW + timedelta(seconds=5))
+
+    assert again.order_id == first.order_id
+    assert again.expires_at == first.expires_at
+    assert len(uow.orders.rows) == 1 and uow.commits == 1
+
+
+async def test_same_key_with_other_arguments_is_an_idempotency_conflict(
+    uow: FakeUnitOfWork,
+) -> None:
+    first = await handlers.create_top_up(create(amount=500), uow, now=NOW)
+
+    with pytest.raises(DomainError) as caught:
+        await handlers.create_top_up(create(amount=900), uow, now=NOW)
+
+    assert caught.value.reason is Reason.IDEMPOTENCY_CONFLICT
+    assert first.order_id in caught.value.message
+    assert len(uow.orders.rows) == 1
+
+
+async def test_same_key_on_another_account_opens_another_order(uow: FakeUnitOfWork) -> None:
+    a = await handlers.create_top_up(create(account="a"), uow, now=NOW)
+    b = await handlers.create_top_up(create(account="b"), uow, now=NOW)
+
+    assert a.order_id != b.order_id
+
+
+async def test_another_accounts_order_is_not_found_for_reads_and_outcomes(
+    uow: FakeUnitOfWork,
+) -> None:
+    order = await handlers.create_top_up(create(account="owner"), uow, now=NOW)
+
+    with pytest.raises(DomainError) as read:
+        await handlers.get_top_up(handlers.GetTopUp("intruder", order.order_id), uow)
+    with pytest.raises(DomainError) as pay:
+        await handlers.simulate_sandbox_outcome(
+            handlers.SimulateSandboxOutcome(
+                "intruder", order.order_id, handlers.SandboxOutcome.PAY
+            ),
+            uow,
+            now=NOW,
+        )
+
+    assert read.value.reason is Reason.NOT_FOUND and pay.value.reason is Reason.NOT_FOUND
+    assert uow.orders.rows[order.order_id].status is TopUpStatus.PENDING
+    assert uow.orders.outbox == []
+
+
+async def test_replayed_pay_returns_the_order_unchanged_and_writes_no_second_event(
+    uow: FakeUnitOfWork,
+) -> None:
+    order = await handlers.create_top_up(create(), uow, now=NOW)
+    pay = handlers.SimulateSandboxOutcome("acct-1", order.order_id, handlers.SandboxOutcome.PAY)
+
+    first = await handlers.simulate_sandbox_outcome(pay, uow, now=NOW)
+    second = await handlers.simulate_sandbox_outcome(pay, uow, now=NOW + timedelta(seconds=1))
+
+    assert first.status is second.status is TopUpStatus.SUCCEEDED
+    assert second.version == first.version
+    assert [e.status for e in uow.orders.outbox] == [TopUpStatus.SUCCEEDED]
+
+
+async def test_sweeper_expires_only_pending_orders_past_their_time(uow: FakeUnitOfWork) -> None:
+    due = await handlers.create_top_up(create(key="due"), uow, now=NOW - timedelta(hours=1))
+    fresh = await handlers.create_top_up(create(key="fresh"), uow, now=NOW)
+    paid = await handlers.create_top_up(create(key="paid"), uow, now=NOW - timedelta(hours=1))
+    paid.confirm_payment(at=NOW - timedelta(hours=1), actor="t")
+    await uow.orders.save(paid)
+
+    expired = await handlers.expire_due_orders(uow, now=NOW)
+
+    assert expired == [due.order_id]
+    assert uow.orders.rows[due.order_id].status is TopUpStatus.EXPIRED
+    assert uow.orders.rows[fresh.order_id].status is TopUpStatus.PENDING
+    assert uow.orders.rows[paid.order_id].status is TopUpStatus.SUCCEEDED
+
+
+async def test_list_pages_newest_first_until_the_token_is_empty(uow: FakeUnitOfWork) -> None:
+    made = [
+        await handlers.create_top_up(create(key=f"k{i}"), uow, now=NOW + timedelta(minutes=i))
+        for i in range(5)
+    ]
+
+    seen: list[str] = []
+    token = ""
+    for _ in range(5):
+        page = await handlers.list_top_ups(handlers.ListTopUps("acct-1", 2, token), uow)
+        seen += [o.order_id for o in page.orders]
+        token = page.next_page_token
+        if not token:
+            break
+
+    assert seen == [o.order_id for o in reversed(made)]
+
+
+async def test_a_page_token_not_given_out_is_refused(uow: FakeUnitOfWork) -> None:
+    with pytest.raises(DomainError) as caught:
+        await handlers.list_top_ups(handlers.ListTopUps("acct-1", 2, "garbage!"), uow)
+
+    assert caught.value.reason is Reason.INVALID_ARGUMENT
