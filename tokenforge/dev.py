@@ -124,7 +124,12 @@ class DevSystem:
             project_id = await operator.open_account(account_id, "Demo account")
             for bucket, micros in DEMO_GRANTS.items():
                 await operator.adjust(
-                    account_id, bucket, micros, "demo grant", f"demo-grant-{account_id}-{bucket.value}", "dev"
+                    account_id,
+                    bucket,
+                    micros,
+                    "demo grant",
+                    f"demo-grant-{account_id}-{bucket.value}",
+                    "dev",
                 )
             api_key = str(before.get("api_key") or "")
             if not api_key:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tokenforge.errors import DomainError, Reason
-from tokenforge.money import Bucket, Money, Price
-
 from services.gateway.domain.planning import (
     Usage,
     charge_for,
@@ -14,6 +11,8 @@ from services.gateway.domain.planning import (
     plan_chat,
     shrink_to_budget,
 )
+from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket, Money, Price
 
 PRICE = Price(Bucket.CREDIT, input_per_million=2_500_000, output_per_million=10_000_000)
 
