@@ -2,86 +2,19 @@
 
 from __future__ import annotations
 
-import abc
-from collections.abc import Callable
-from datetime import UTC, datetime
-from types import TracebackType
-from typing import Self
-
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.wallet.storage.repository import SqlAlchemyWalletRepository, WalletRepository
+from tokenforge.runtime import unit_of_work as base
+from tokenforge.runtime.unit_of_work import utcnow
+
+__all__ = ["SqlAlchemyUnitOfWork", "UnitOfWork", "utcnow"]
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class UnitOfWork(abc.ABC):
-    """`async with uow:` opens a transaction; leaving without `commit()` rolls it back.
-
-    `now()` is the clock every rule of the use case reads (injected for tests).
-    """
-
+class UnitOfWork(base.UnitOfWork):
     wallet: WalletRepository
 
-    def __init__(self, clock: Callable[[], datetime] = utcnow) -> None:
-        self._clock = clock
 
-    def now(self) -> datetime:
-        return self._clock()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.rollback()
-
-    @abc.abstractmethod
-    async def commit(self) -> None: ...
-
-    @abc.abstractmethod
-    async def rollback(self) -> None: ...
-
-
-class SqlAlchemyUnitOfWork(UnitOfWork):
-    def __init__(
-        self,
-        session_factory: async_sessionmaker[AsyncSession],
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        super().__init__(clock)
-        self._session_factory = session_factory
-        self._session: AsyncSession | None = None
-
-    async def __aenter__(self) -> Self:
-        self._session = self._session_factory()
-        await self._session.begin()
-        self.wallet = SqlAlchemyWalletRepository(self._session)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            try:
-                await session.rollback()
-            finally:
-                await session.close()
-
-    async def commit(self) -> None:
-        assert self._session is not None, "commit() outside `async with uow`"
-        await self._session.commit()
-
-    async def rollback(self) -> None:
-        if self._session is not None:
-            await self._session.rollback()
+class SqlAlchemyUnitOfWork(base.SqlAlchemyUnitOfWork, UnitOfWork):
+    def bind(self, session: AsyncSession) -> None:
+        self.wallet = SqlAlchemyWalletRepository(session)
