@@ -1,0 +1,96 @@
+"""The HTTP front: the OpenAI-compatible API and the user API.
+
+Handlers translate HTTP to use-case calls and map DomainError to the OpenAI error
+object through tokenforge.errors.HTTP_ERROR. Every answer carries x-request-id.
+One router per area (openai, routes, wallet, usage, topups); `create_app` wires them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.gateway.adapters.peers import Peers
+from services.gateway.adapters.upstream import Upstream
+from services.gateway.domain.planning import new_request_id
+from services.gateway.transport.http import openai, routes, topups, usage, wallet
+from services.gateway.transport.http.common import (
+    Deps,
+    error_response,
+    json_response,
+)
+from tokenforge.errors import DomainError, Reason, openai_error_body
+from tokenforge.runtime.logging import request_id_var
+from tokenforge.runtime.telemetry import current_trace_id
+
+log = logging.getLogger(__name__)
+
+ROUTERS = (openai, routes, wallet, usage, topups)
+
+
+def create_app(peers: Peers, upstream: Upstream) -> FastAPI:
+    app = FastAPI(
+        title="tokenforge gateway",
+        version="1",
+        description="One OpenAI-compatible API; the money story of each request, before and after.",
+    )
+
+    @app.middleware("http")
+    async def request_id_middleware(request: Request, call_next: Any) -> Response:
+        request_id = new_request_id()
+        request.state.request_id = request_id
+        token = request_id_var.set(request_id)
+        try:
+            response: Response = await call_next(request)
+        finally:
+            request_id_var.reset(token)
+        response.headers["x-request-id"] = request_id
+        if trace_id := current_trace_id():
+            response.headers["x-trace-id"] = trace_id
+        return response
+
+    @app.exception_handler(DomainError)
+    async def on_domain_error(request: Request, error: DomainError) -> Response:
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, error: RequestValidationError) -> Response:
+        return error_response(
+            DomainError(Reason.INVALID_ARGUMENT, f"Invalid request: {error.errors()}")
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, error: StarletteHTTPException) -> Response:
+        reason = Reason.NOT_FOUND if error.status_code == 404 else Reason.INVALID_ARGUMENT
+        message = (
+            f"No such endpoint: {request.method} {request.url.path}. See /openapi.json."
+            if error.status_code in (404, 405)
+            else str(error.detail)
+        )
+        return json_response(openai_error_body(DomainError(reason, message)), error.status_code)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, error: Exception) -> Response:
+        log.exception("unexpected error")
+        return error_response(
+            DomainError(
+                Reason.INTERNAL,
+                "Something went wrong on our side; nothing was charged for an unfinished "
+                f"request. Quote request id {getattr(request.state, 'request_id', '')}.",
+            )
+        )
+
+    deps = Deps(peers, upstream)
+    for module in ROUTERS:
+        app.include_router(module.router(deps))
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    return app

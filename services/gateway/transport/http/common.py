@@ -1,0 +1,68 @@
+"""What every HTTP handler shares: JSON answers, OpenAI error objects, the API key,
+the JSON body, and the caller's principal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+
+from services.gateway.adapters.peers import Peers
+from services.gateway.adapters.upstream import Upstream
+from tokenforge.errors import DomainError, Reason, http_status, openai_error_body
+from tokenforge.routing.v1 import routing_pb2
+
+
+def json_response(
+    payload: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(payload), status, headers=headers, media_type="application/json")
+
+
+def error_response(error: DomainError) -> Response:
+    return json_response(
+        openai_error_body(error, (error.metadata or {}).get("param")), http_status(error)
+    )
+
+
+def api_key_of(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise DomainError(
+            Reason.UNAUTHENTICATED,
+            "Send your API key as `Authorization: Bearer tf_...`; create one in the console.",
+        )
+    return key.strip()
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise DomainError(Reason.INVALID_ARGUMENT, "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise DomainError(Reason.INVALID_ARGUMENT, "The request body must be a JSON object.")
+    return body
+
+
+@dataclass
+class Deps:
+    """What the routers need: the peers and the upstream client."""
+
+    peers: Peers
+    upstream: Upstream
+
+    async def principal(self, request: Request, scope: int) -> routing_pb2.Principal:
+        """Authenticate the request's API key for one scope."""
+        answer = await self.peers.routing.call(
+            self.peers.routing_stub.Authenticate,
+            routing_pb2.AuthenticateRequest(api_key=api_key_of(request), scope=scope),  # type: ignore[arg-type]
+            request_id=request.state.request_id,
+        )
+        principal: routing_pb2.Principal = answer.principal
+        return principal

@@ -1,0 +1,74 @@
+"""The user API for the wallet: both balances and the ledger."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from services.gateway.adapters.peers import Peers
+from services.gateway.domain.presenting import (
+    balance_json,
+    ledger_entry_json,
+)
+from services.gateway.transport.http.common import Deps, json_response
+from tokenforge.routing.v1 import routing_pb2
+from tokenforge.wallet.v1 import wallet_pb2
+from tokenforge.wire import (
+    bucket_from_name,
+    bucket_to_proto,
+)
+
+log = logging.getLogger(__name__)
+
+
+def router(deps: Deps) -> APIRouter:
+    r = APIRouter()
+    peers: Peers = deps.peers
+
+    @r.get("/v1/wallet", tags=["wallet"])
+    async def wallet(request: Request) -> Response:
+        """Both balances side by side: posted, reserved for requests in progress, available."""
+        who = await deps.principal(request, routing_pb2.SCOPE_WALLET_READ)
+        answer = await peers.wallet.call(
+            peers.wallet_stub.GetBalances,
+            wallet_pb2.GetBalancesRequest(account_id=who.account_id),
+            request_id=request.state.request_id,
+        )
+        return json_response(
+            {"account_id": who.account_id, "balances": [balance_json(b) for b in answer.balances]}
+        )
+
+    @r.get("/v1/wallet/ledger", tags=["wallet"])
+    async def ledger(
+        request: Request,
+        bucket: str | None = None,
+        request_id: str | None = None,
+        order_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Response:
+        """Ledger rows, newest first, each with the balance after it."""
+        who = await deps.principal(request, routing_pb2.SCOPE_WALLET_READ)
+        answer = await peers.wallet.call(
+            peers.wallet_stub.ListLedger,
+            wallet_pb2.ListLedgerRequest(
+                account_id=who.account_id,
+                bucket=bucket_to_proto(bucket_from_name(bucket)) if bucket else 0,  # type: ignore[arg-type]
+                request_id=request_id or "",
+                order_id=order_id or "",
+                page_size=limit,
+                page_token=cursor or "",
+            ),
+            request_id=request.state.request_id,
+        )
+        return json_response(
+            {
+                "object": "list",
+                "data": [ledger_entry_json(e) for e in answer.entries],
+                "next_cursor": answer.next_page_token or None,
+            }
+        )
+
+    return r

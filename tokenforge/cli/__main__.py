@@ -1,0 +1,5 @@
+"""`python -m tokenforge.cli` is the `tokenforge` command."""
+
+from tokenforge.cli import main
+
+raise SystemExit(main())

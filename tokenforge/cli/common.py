@@ -1,0 +1,60 @@
+"""What every CLI module shares: output, the connection to the services (from
+dev.json or TOKENFORGE_* variables), and running an operator action."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from tokenforge.config import Settings
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def add_state_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", default=".dev", help="read dev.json from here")
+
+
+def connection(args: argparse.Namespace) -> tuple[dict[str, str], str]:
+    """Service addresses and the admin token: dev.json if present, else the env."""
+    dev_json = Path(args.state_dir) / "dev.json"
+    if dev_json.exists():
+        info = json.loads(dev_json.read_text())
+        return dict(info["services"]), str(info["admin_token"])
+    settings = Settings.from_env()
+    services = {
+        "routing": settings.routing_addr,
+        "wallet": settings.wallet_addr,
+        "payments": settings.payments_addr,
+        "usage": settings.usage_addr,
+        "gateway": settings.gateway_addr,
+    }
+    return services, settings.admin_token or os.environ.get("TOKENFORGE_ADMIN_TOKEN", "")
+
+
+def operator_call(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]) -> int:
+    """Run `action(operator)` with the operator's credential; refusals exit 1."""
+    from tokenforge.admin import Operator
+    from tokenforge.errors import DomainError
+
+    services, token = connection(args)
+
+    async def main() -> int:
+        operator = Operator.connect(services, token)
+        try:
+            return await action(operator)
+        except DomainError as error:
+            sys.stderr.write(f"refused ({error.reason.value}): {error.message}\n")
+            return 1
+        finally:
+            await operator.close()
+
+    return asyncio.run(main())

@@ -1,0 +1,110 @@
+"""Running the system: dev, serve, migrate, mock-upstream, health."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from tokenforge.cli.common import add_state_dir, connection, out
+from tokenforge.config import Settings
+from tokenforge.runtime.service import SERVICES
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tokenforge.money import configure_labels
+    from tokenforge.runtime.grpc_server import run_until_signal
+    from tokenforge.runtime.logging import setup_logging
+    from tokenforge.runtime.service import load
+    from tokenforge.runtime.telemetry import setup_telemetry
+
+    settings = Settings.from_env()
+    setup_logging(args.service, settings.log_level)
+    setup_telemetry(f"tokenforge-{args.service}")
+    configure_labels(settings.bucket_labels)
+    app = load(args.service)
+    port = args.port if args.port is not None else settings.grpc_port
+
+    async def main() -> None:
+        if settings.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(settings.metrics_port, addr="0.0.0.0")
+        running = await app.start(settings, port=port)
+        import logging
+
+        logging.getLogger(args.service).info(
+            "serving gRPC on %s (http port %s)", running.address, running.http_port or "-"
+        )
+        await run_until_signal(running.stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from tokenforge.runtime.service import load
+
+    url = Settings.from_env().database_url
+    if not url:
+        sys.stderr.write("Set TOKENFORGE_DATABASE_URL to the PostgreSQL to migrate.\n")
+        return 2
+    for name in args.services or SERVICES:
+        load(name).migrate(url)
+        out(f"migrated {name}")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from tokenforge.dev import run
+
+    return asyncio.run(run(args.port, Path(args.state_dir)))
+
+
+def cmd_mock_upstream(args: argparse.Namespace) -> int:
+    from tokenforge.mock_upstream.server import main
+
+    main(args.port)
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from tokenforge.admin import health_status
+
+    services, _ = connection(args)
+
+    async def main() -> int:
+        worst = 0
+        for name, address in services.items():
+            status = await health_status(address) if address else "UNKNOWN ADDRESS"
+            out(f"{name:<9} {address:<22} {status}")
+            worst = worst or int(status != "SERVING")
+        return worst
+
+    return asyncio.run(main())
+
+
+def register(sub: Any) -> None:
+    dev = sub.add_parser("dev", help="run the whole system on embedded defaults")
+    dev.add_argument("--port", type=int, default=8080, help="gateway HTTP port (default 8080)")
+    dev.add_argument("--state-dir", default=".dev", help="data and dev.json (default .dev)")
+    dev.set_defaults(func=cmd_dev)
+
+    serve = sub.add_parser("serve", help="run one service")
+    serve.add_argument("service", choices=SERVICES)
+    serve.add_argument("--port", type=int, default=None, help="gRPC port (default env or 0)")
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("services", nargs="*", default=[], help="default: all")
+    migrate.set_defaults(func=cmd_migrate)
+
+    mock = sub.add_parser("mock-upstream", help="the bundled OpenAI-compatible mock upstream")
+    mock.add_argument("--port", type=int, default=9999)
+    mock.set_defaults(func=cmd_mock_upstream)
+
+    health = sub.add_parser("health", help="grpc.health.v1 of every service")
+    add_state_dir(health)
+    health.set_defaults(func=cmd_health)
