@@ -29,7 +29,11 @@ class Reason(enum.StrEnum):
     SETTLE_ABOVE_HOLD = "SETTLE_ABOVE_HOLD"
     INVALID_TRANSITION = "INVALID_TRANSITION"
     PROVIDER_NOT_ALLOWED = "PROVIDER_NOT_ALLOWED"
+    RATE_LIMITED = "RATE_LIMITED"
+    SPEND_CAP_REACHED = "SPEND_CAP_REACHED"
+    REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
     UPSTREAM_FAILED = "UPSTREAM_FAILED"
+    UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
@@ -71,7 +75,11 @@ GRPC_STATUS: dict[Reason, grpc.StatusCode] = {
     Reason.SETTLE_ABOVE_HOLD: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.INVALID_TRANSITION: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.PROVIDER_NOT_ALLOWED: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.SPEND_CAP_REACHED: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.REQUEST_TOO_LARGE: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.UPSTREAM_FAILED: grpc.StatusCode.UNAVAILABLE,
+    Reason.UPSTREAM_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
     Reason.SERVICE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Reason.INTERNAL: grpc.StatusCode.INTERNAL,
 }
@@ -95,7 +103,12 @@ HTTP_ERROR: dict[Reason, tuple[int, str, str]] = {
     Reason.SETTLE_ABOVE_HOLD: (409, "invalid_request_error", "settle_above_hold"),
     Reason.INVALID_TRANSITION: (409, "invalid_request_error", "invalid_transition"),
     Reason.PROVIDER_NOT_ALLOWED: (400, "invalid_request_error", "provider_not_allowed"),
+    # 429 only for limits that clear with time; `Retry-After` says when.
+    Reason.RATE_LIMITED: (429, "rate_limit_error", "rate_limit_exceeded"),
+    Reason.SPEND_CAP_REACHED: (403, "permission_error", "spend_cap_reached"),
+    Reason.REQUEST_TOO_LARGE: (413, "invalid_request_error", "request_too_large"),
     Reason.UPSTREAM_FAILED: (502, "api_error", "upstream_failed"),
+    Reason.UPSTREAM_TIMEOUT: (504, "api_error", "upstream_timeout"),
     Reason.SERVICE_UNAVAILABLE: (503, "api_error", "service_unavailable"),
     Reason.INTERNAL: (500, "api_error", "internal_error"),
 }

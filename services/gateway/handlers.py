@@ -22,13 +22,13 @@ from services.gateway.adapters.upstream_stream import open_stream
 from services.gateway.domain.planning import (
     Plan,
     Usage,
-    charge_for,
     counted_usage,
     plan_chat,
     plan_embeddings,
     shrink_to_budget,
     usage_from_response,
 )
+from services.gateway.domain.settlement import Rule, Status, settle
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket, Money, Price, format_amount
 from tokenforge.routing.v1 import routing_pb2
@@ -233,56 +233,87 @@ def new_receipt(p: Prepared, attempts: list[Attempt]) -> usage_pb2.Receipt:
     return receipt
 
 
+RECEIPT_STATUS = {
+    Status.SUCCEEDED: usage_pb2.RECEIPT_STATUS_SUCCEEDED,
+    Status.FAILED: usage_pb2.RECEIPT_STATUS_FAILED,
+    Status.PARTIAL: usage_pb2.RECEIPT_STATUS_PARTIAL,
+}
+
+
 async def finish(
     peers: Peers,
     p: Prepared,
     attempts: list[Attempt],
-    usage: Usage | None,
-    status: usage_pb2.ReceiptStatus,
+    rule: Rule,
+    reported: Usage | None,
+    counted: Usage,
     error_code: str = "",
 ) -> tuple[usage_pb2.Receipt, Money]:
-    """Settle the charge (or release the hold), then record the receipt."""
+    """Apply the settlement table, settle the charge (or release the hold), then
+    record the receipt. Only then may the client see the charge."""
+    outcome = settle(
+        rule,
+        p.price,
+        p.held,
+        max_output_tokens=p.plan.max_output_tokens * p.plan.choices,
+        reported=reported,
+        counted=counted,
+        charge_policy=charge_policy_name(p.route.charge_policy),
+    )
     receipt = new_receipt(p, attempts)
-    charge = Money(0, p.price.bucket)
-    if usage is not None and status != usage_pb2.RECEIPT_STATUS_FAILED:
-        charge, capped = charge_for(p.price, usage, p.held)
+    if outcome.usage is not None:
         settled = await peers.wallet.call(
             peers.wallet_stub.Settle,
             wallet_pb2.SettleRequest(
-                hold_id=p.hold.hold_id, amount_micros=charge.micros, trace_id=p.cmd.trace_id
+                hold_id=p.hold.hold_id,
+                amount_micros=outcome.charge.micros,
+                trace_id=p.cmd.trace_id,
             ),
             request_id=p.cmd.request_id,
         )
         receipt.entry_id = settled.entry.entry_id if settled.HasField("entry") else ""
-        receipt.prompt_tokens = usage.prompt_tokens
-        receipt.completion_tokens = usage.completion_tokens
-        receipt.cached_tokens = usage.cached_tokens
-        receipt.tokens_reported = usage.reported
-        if capped:
+        receipt.prompt_tokens = outcome.usage.prompt_tokens
+        receipt.completion_tokens = outcome.usage.completion_tokens
+        receipt.cached_tokens = outcome.usage.cached_tokens
+        receipt.tokens_reported = outcome.usage.reported
+        if outcome.capped_at_hold:
             error_code = error_code or "charge_capped_at_hold"
     else:
         await peers.wallet.call(
             peers.wallet_stub.Release,
-            wallet_pb2.ReleaseRequest(hold_id=p.hold.hold_id, reason=error_code or "released"),
+            wallet_pb2.ReleaseRequest(hold_id=p.hold.hold_id, reason=error_code or rule.value),
             request_id=p.cmd.request_id,
         )
-    receipt.charge_micros = charge.micros
-    receipt.status = status
+    receipt.charge_micros = outcome.charge.micros
+    receipt.status = RECEIPT_STATUS[outcome.status]
     receipt.error_code = error_code
+    receipt.settlement_rule = rule.value
     receipt.finished_at.CopyFrom(timestamp(datetime.now(UTC)))
     await peers.usage.call(
         peers.usage_stub.RecordReceipt,
         usage_pb2.RecordReceiptRequest(receipt=receipt),
         request_id=receipt.request_id,
     )
-    return receipt, charge
+    return receipt, outcome.charge
 
 
-def upstream_failed(p: Prepared, attempts: list[Attempt]) -> DomainError:
+def failure_rule(attempts: list[Attempt]) -> Rule:
+    if attempts and attempts[-1].outcome == "timeout":
+        return Rule.TIMEOUT_BEFORE_FIRST_BYTE
+    return Rule.ERROR_BEFORE_FIRST_BYTE
+
+
+def upstream_failed(p: Prepared, attempts: list[Attempt], charged: Money) -> DomainError:
     tried = ", ".join(f"{a.channel_id}: {a.outcome}" for a in attempts) or "no channel"
+    timed_out = failure_rule(attempts) is Rule.TIMEOUT_BEFORE_FIRST_BYTE
+    charge_words = (
+        "Nothing was charged"
+        if charged.micros == 0
+        else f"Charged {format_amount(charged.micros, charged.bucket)} by the route's policy"
+    )
     return DomainError(
-        Reason.UPSTREAM_FAILED,
-        f"The upstream did not answer ({tried}). Nothing was charged "
+        Reason.UPSTREAM_TIMEOUT if timed_out else Reason.UPSTREAM_FAILED,
+        f"The upstream did not answer ({tried}). {charge_words} "
         f"(if the request fails: {policy_words(p.route.charge_policy)}). Try again.",
         {"request_id": p.cmd.request_id},
     )
@@ -302,17 +333,33 @@ async def complete(
             answer.attempt.outcome, list(p.route.retry.retry_on)
         ):
             break
-    usage = usage_from_response(answer.payload) if answer and answer.payload else None
-    if answer is None or answer.attempt.outcome != "ok" or usage is None:
+    reported = usage_from_response(answer.payload) if answer and answer.payload else None
+    if answer is None or answer.attempt.outcome != "ok":
         code = attempts[-1].outcome if attempts else "no_channel"
-        await finish(peers, p, attempts, None, usage_pb2.RECEIPT_STATUS_FAILED, code)
-        raise upstream_failed(p, attempts)
-    receipt, charge = await finish(peers, p, attempts, usage, usage_pb2.RECEIPT_STATUS_SUCCEEDED)
+        counted = counted_usage(p.cmd.body, 0)
+        _, charged = await finish(
+            peers, p, attempts, failure_rule(attempts), reported, counted, code
+        )
+        raise upstream_failed(p, attempts, charged)
+    rule = Rule.FINISHED_WITH_USAGE if reported else Rule.FINISHED_WITHOUT_USAGE
+    counted = counted_usage(p.cmd.body, answer_text_tokens(answer.payload or {}))
+    receipt, charge = await finish(peers, p, attempts, rule, reported, counted)
     payload = dict(answer.payload or {})
     payload["model"] = receipt.selected_model
     payload["usage"] = {**payload.get("usage", {}), **cost_fields(charge)}
-    payload["tokenforge"] = receipt_summary(receipt)
+    payload["receipt"] = receipt_summary(receipt)
     return ChatOutcome(200, payload, receipt, receipt_headers(receipt))
+
+
+def answer_text_tokens(payload: dict[str, Any]) -> int:
+    """Counted completion tokens of a finished answer: about four characters a token."""
+    chars = 0
+    for choice in payload.get("choices") or []:
+        message = choice.get("message") or {}
+        chars += len(str(message.get("content") or ""))
+        if message.get("tool_calls"):
+            chars += len(orjson.dumps(message["tool_calls"]))
+    return -(-chars // 4)
 
 
 async def complete_chat(peers: Peers, upstream: Upstream, cmd: ChatCommand) -> ChatOutcome:
@@ -361,17 +408,22 @@ class ChatStream:
             except (httpx.HTTPError, orjson.JSONDecodeError) as error:
                 log.warning("upstream stream broke: %s", type(error).__name__)
                 cut = True
-            if usage is None:
-                usage = counted_usage(p.cmd.body, content_chunks)
-            status = (
-                usage_pb2.RECEIPT_STATUS_SUCCEEDED
-                if done and not cut
-                else usage_pb2.RECEIPT_STATUS_PARTIAL
-            )
+            counted = counted_usage(p.cmd.body, content_chunks)
+            if done and not cut:
+                rule = Rule.FINISHED_WITH_USAGE if usage else Rule.FINISHED_WITHOUT_USAGE
+            else:
+                rule = Rule.ERROR_MID_STREAM
             receipt, charge = await finish(
-                self.peers, p, self.attempts, usage, status, "" if done else "upstream_cut"
+                self.peers,
+                p,
+                self.attempts,
+                rule,
+                usage,
+                counted,
+                "" if done and not cut else "upstream_cut",
             )
             self.settled = True
+            charged = receipt.prompt_tokens, receipt.completion_tokens
             if self.client_wants_usage:
                 final = usage_chunk or {
                     "id": f"chatcmpl-{p.cmd.request_id}",
@@ -380,13 +432,13 @@ class ChatStream:
                 }
                 final["model"] = receipt.selected_model
                 final["usage"] = {
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                    "prompt_tokens": charged[0],
+                    "completion_tokens": charged[1],
+                    "total_tokens": charged[0] + charged[1],
                     **(usage_chunk or {}).get("usage", {}),
                     **cost_fields(charge),
                 }
-                final["tokenforge"] = receipt_summary(receipt)
+                final["receipt"] = receipt_summary(receipt)
                 yield b"data: " + orjson.dumps(final) + b"\n\n"
             if cut:
                 notice = {
@@ -409,8 +461,9 @@ class ChatStream:
                         self.peers,
                         p,
                         self.attempts,
-                        usage or counted_usage(p.cmd.body, content_chunks),
-                        usage_pb2.RECEIPT_STATUS_PARTIAL,
+                        Rule.CLIENT_DISCONNECT,
+                        usage,
+                        counted_usage(p.cmd.body, content_chunks),
                         "client_disconnected",
                     )
                 )
@@ -444,8 +497,10 @@ async def start_chat_stream(peers: Peers, upstream: Upstream, cmd: ChatCommand) 
         if not retryable(attempt.outcome, list(p.route.retry.retry_on)):
             break
     code = attempts[-1].outcome if attempts else "no_channel"
-    await finish(peers, p, attempts, None, usage_pb2.RECEIPT_STATUS_FAILED, code)
-    raise upstream_failed(p, attempts)
+    _, charged = await finish(
+        peers, p, attempts, failure_rule(attempts), None, counted_usage(p.cmd.body, 0), code
+    )
+    raise upstream_failed(p, attempts, charged)
 
 
 def policy_words(policy: int) -> str:
@@ -480,6 +535,18 @@ def receipt_summary(receipt: usage_pb2.Receipt) -> dict[str, Any]:
         "charge_micros": receipt.charge_micros,
         "ledger_entry_id": receipt.entry_id,
         "fallback_used": receipt.fallback_used,
+        "attempts": [
+            {"channel": a.channel_id, "outcome": a.outcome, "latency_ms": a.latency_ms}
+            for a in receipt.attempts
+        ],
+        "prices": {
+            "input_per_million": format_amount(receipt.prices.input_per_million_micros, bucket),
+            "cached_input_per_million": format_amount(
+                receipt.prices.cached_input_per_million_micros, bucket
+            ),
+            "output_per_million": format_amount(receipt.prices.output_per_million_micros, bucket),
+        },
+        "settlement_rule": receipt.settlement_rule,
         "receipt_url": f"/v1/usage/{receipt.request_id}",
         "trace_id": receipt.trace_id,
     }

@@ -52,6 +52,7 @@ async def test_stream_passes_chunks_through_and_ends_with_usage_and_cost(system:
     cost = (last.usage.model_extra or {})["cost_micros"]
     receipt = await receipt_of(system, key, request_id)
     assert receipt["status"] == "succeeded"
+    assert receipt["settlement_rule"] == "finished_with_usage"
     assert receipt["tokens"]["reported_by_upstream"] is True
     assert receipt["charge"]["micros"] == cost > 0
     assert (await ledger_row(system, key, request_id))["amount"]["micros"] == -cost
@@ -99,6 +100,7 @@ async def test_all_channels_down_is_502_failed_receipt_and_nothing_charged(
     assert answer.json()["error"]["code"] == "upstream_failed"
     receipt = await receipt_of(system, key, answer.headers["x-request-id"])
     assert receipt["status"] == "failed" and receipt["charge"]["micros"] == 0
+    assert receipt["settlement_rule"] == "error_before_first_byte"
     assert after == before
 
 
@@ -121,6 +123,7 @@ async def test_upstream_cut_mid_stream_is_partial_and_charged_for_what_was_gener
     assert content_chunks == 3
     receipt = await receipt_of(system, key, request_id)
     assert receipt["status"] == "partial"
+    assert receipt["settlement_rule"] == "error_mid_stream"
     assert receipt["tokens"]["completion"] == 3
     assert receipt["tokens"]["reported_by_upstream"] is False
     assert (await ledger_row(system, key, request_id))["amount"]["micros"] == -receipt["charge"][
@@ -153,6 +156,7 @@ async def test_client_disconnect_mid_stream_settles_partial(system: System) -> N
     receipt = await receipt_of(system, key, request_id)
     assert receipt["status"] == "partial"
     assert receipt["error"] == "client_disconnected"
+    assert receipt["settlement_rule"] == "client_disconnect"
     assert 0 < receipt["tokens"]["completion"] < 200
     async with system.http(key) as http:
         wallet = {b["bucket"]: b for b in (await http.get("/v1/wallet")).json()["balances"]}

@@ -114,6 +114,7 @@ def receipt_json(r: usage_pb2.Receipt) -> dict[str, Any]:
         "catalog_version": r.catalog_version,
         "run_id": r.run_id or None,
         "error": r.error_code or None,
+        "settlement_rule": r.settlement_rule or None,
         "started_at": iso(r.started_at),
         "finished_at": iso(r.finished_at),
     }

@@ -83,6 +83,8 @@ class Receipt:
     # Set to the time of recording when the sender leaves it empty.
     finished_at: datetime | None = None
     error_code: str = ""
+    # Which row of the gateway's settlement table decided the charge.
+    settlement_rule: str = ""
 
     def same_as(self, stored: Receipt) -> bool:
         """Is this the receipt already stored (a replay), not a different one?

@@ -68,6 +68,7 @@ def to_row(receipt: Receipt) -> dict[str, Any]:
         "endpoint": receipt.endpoint,
         "fallback_used": receipt.fallback_used,
         "error_code": receipt.error_code,
+        "settlement_rule": receipt.settlement_rule,
         "started_at": receipt.started_at,
         "finished_at": receipt.finished_at,
     }
@@ -108,6 +109,7 @@ def from_row(row: Any) -> Receipt:
         started_at=row.started_at,
         finished_at=row.finished_at,
         error_code=row.error_code,
+        settlement_rule=row.settlement_rule,
     )
 
 

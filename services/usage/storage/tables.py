@@ -49,6 +49,7 @@ receipts = Table(
     Column("endpoint", Text, nullable=False),
     Column("fallback_used", Boolean, nullable=False),
     Column("error_code", Text, nullable=False),
+    Column("settlement_rule", Text, nullable=False, server_default=""),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True), nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),

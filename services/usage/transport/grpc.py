@@ -94,6 +94,7 @@ def receipt_from_wire(wire: usage_pb2.Receipt) -> Receipt:
         started_at=from_timestamp(wire.started_at),
         finished_at=from_timestamp(wire.finished_at),
         error_code=wire.error_code,
+        settlement_rule=wire.settlement_rule,
     )
 
 
@@ -133,6 +134,7 @@ def receipt_to_wire(receipt: Receipt) -> usage_pb2.Receipt:
         started_at=timestamp(receipt.started_at),
         finished_at=timestamp(receipt.finished_at),
         error_code=receipt.error_code,
+        settlement_rule=receipt.settlement_rule,
     )
 
 
