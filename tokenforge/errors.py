@@ -24,6 +24,7 @@ class Reason(enum.StrEnum):
     ACCOUNT_NOT_FOUND = "ACCOUNT_NOT_FOUND"
     INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
+    REQUEST_IN_PROGRESS = "REQUEST_IN_PROGRESS"
     HOLD_NOT_OPEN = "HOLD_NOT_OPEN"
     HOLD_EXPIRED = "HOLD_EXPIRED"
     SETTLE_ABOVE_HOLD = "SETTLE_ABOVE_HOLD"
@@ -70,6 +71,7 @@ GRPC_STATUS: dict[Reason, grpc.StatusCode] = {
     Reason.ACCOUNT_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     Reason.INSUFFICIENT_BALANCE: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.IDEMPOTENCY_CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
+    Reason.REQUEST_IN_PROGRESS: grpc.StatusCode.ABORTED,
     Reason.HOLD_NOT_OPEN: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.HOLD_EXPIRED: grpc.StatusCode.FAILED_PRECONDITION,
     Reason.SETTLE_ABOVE_HOLD: grpc.StatusCode.FAILED_PRECONDITION,
@@ -98,6 +100,7 @@ HTTP_ERROR: dict[Reason, tuple[int, str, str]] = {
     # 402, not 429: SDKs retry 429, and retrying does not add money.
     Reason.INSUFFICIENT_BALANCE: (402, "insufficient_balance", "insufficient_balance"),
     Reason.IDEMPOTENCY_CONFLICT: (409, "invalid_request_error", "idempotency_conflict"),
+    Reason.REQUEST_IN_PROGRESS: (409, "invalid_request_error", "request_in_progress"),
     Reason.HOLD_NOT_OPEN: (409, "invalid_request_error", "hold_not_open"),
     Reason.HOLD_EXPIRED: (409, "invalid_request_error", "hold_expired"),
     Reason.SETTLE_ABOVE_HOLD: (409, "invalid_request_error", "settle_above_hold"),

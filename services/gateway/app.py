@@ -8,24 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import uvicorn
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
+from services.gateway.storage.idempotency import IdempotencyStore
 from services.gateway.transport.grpc import GatewayServicer
 from services.gateway.transport.http import create_app
 from tokenforge.config import Settings
 from tokenforge.gateway.v1 import gateway_pb2_grpc
+from tokenforge.runtime.db import create_engine, upgrade
 from tokenforge.runtime.grpc_server import Credentials, create_server
 from tokenforge.runtime.service import RunningService
 
 SCHEMA = "gateway"
+MIGRATIONS = Path(__file__).parent / "storage" / "migrations"
 
 
 def migrate(database_url: str) -> None:
-    """Nothing to migrate: the gateway keeps no tables (request-scoped state only)."""
+    """The gateway's schema holds request-scoped state only (idempotency records)."""
+    upgrade(MIGRATIONS, database_url, SCHEMA)
 
 
 async def start_http(app: object, port: int) -> uvicorn.Server:
@@ -57,7 +62,8 @@ def bound_port(server: uvicorn.Server) -> int:
 async def start(settings: Settings, port: int = 0) -> RunningService:
     peers = Peers.from_settings(settings)
     upstream = Upstream()
-    app = create_app(peers, upstream)
+    engine = create_engine(settings.database_url, pool_size=5) if settings.database_url else None
+    app = create_app(peers, upstream, IdempotencyStore(engine) if engine else None)
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz")
     grpc_server = create_server(
         [
@@ -80,6 +86,8 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
         await http.task  # type: ignore[attr-defined]
         await upstream.close()
         await peers.close()
+        if engine is not None:
+            await engine.dispose()
 
     await grpc_server.set_serving()
     return RunningService("gateway", grpc_server, http_port=bound_port(http), on_stop=[stop_http])

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
 from services.gateway.domain.planning import new_request_id
+from services.gateway.storage.idempotency import IdempotencyStore
 from services.gateway.transport.http import openai, routes, topups, usage, wallet
 from services.gateway.transport.http.common import (
     Deps,
@@ -33,7 +34,9 @@ log = logging.getLogger(__name__)
 ROUTERS = (openai, routes, wallet, usage, topups)
 
 
-def create_app(peers: Peers, upstream: Upstream) -> FastAPI:
+def create_app(
+    peers: Peers, upstream: Upstream, idempotency: IdempotencyStore | None = None
+) -> FastAPI:
     app = FastAPI(
         title="tokenforge gateway",
         version="1",
@@ -85,7 +88,7 @@ def create_app(peers: Peers, upstream: Upstream) -> FastAPI:
             )
         )
 
-    deps = Deps(peers, upstream)
+    deps = Deps(peers, upstream, idempotency)
     for module in ROUTERS:
         app.include_router(module.router(deps))
 

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
+from services.gateway.storage.idempotency import IdempotencyStore
 from tokenforge.errors import DomainError, Reason, http_status, openai_error_body
 from tokenforge.routing.v1 import routing_pb2
 
@@ -23,8 +24,11 @@ def json_response(
 
 
 def error_response(error: DomainError) -> Response:
+    """The OpenAI error object; `Retry-After` when the refusal clears with time."""
+    metadata = error.metadata or {}
+    headers = {"retry-after": metadata["retry_after_s"]} if "retry_after_s" in metadata else None
     return json_response(
-        openai_error_body(error, (error.metadata or {}).get("param")), http_status(error)
+        openai_error_body(error, metadata.get("param")), http_status(error), headers
     )
 
 
@@ -39,8 +43,17 @@ def api_key_of(request: Request) -> str:
     return key.strip()
 
 
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
 async def json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise DomainError(
+            Reason.REQUEST_TOO_LARGE,
+            f"The request body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES} bytes. "
+            "Send a shorter prompt or split the input.",
+        )
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -52,10 +65,11 @@ async def json_body(request: Request) -> dict[str, Any]:
 
 @dataclass
 class Deps:
-    """What the routers need: the peers and the upstream client."""
+    """What the routers need: the peers, the upstream client, the idempotency store."""
 
     peers: Peers
     upstream: Upstream
+    idempotency: IdempotencyStore | None = None
 
     async def principal(self, request: Request, scope: int) -> routing_pb2.Principal:
         """Authenticate the request's API key for one scope."""

@@ -1,0 +1,127 @@
+"""What an OpenAI client relies on: Idempotency-Key, limits, tools, the sync SDK, and
+receipts on every answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+
+from tests.e2e.harness import System
+
+CHAT = {"model": "demo-chat", "messages": [{"role": "user", "content": "count me once"}]}
+
+
+async def ledger_rows(system: System, key: str) -> list[dict]:
+    async with system.http(key) as http:
+        answer = await http.get("/v1/wallet/ledger", params={"limit": 500})
+    return [r for r in answer.json()["data"] if r["kind"] == "request_charge"]
+
+
+async def test_idempotency_key_repeat_returns_the_first_answer_and_charges_once(
+    system: System,
+) -> None:
+    _, key = await system.new_account()
+    async with system.http(key) as http:
+        headers = {"idempotency-key": "click-1"}
+        first = await http.post("/v1/chat/completions", json=CHAT, headers=headers)
+        again = await http.post("/v1/chat/completions", json=CHAT, headers=headers)
+        other = await http.post(
+            "/v1/chat/completions", json={**CHAT, "max_tokens": 5}, headers=headers
+        )
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["x-tokenforge-charge"] == first.headers["x-tokenforge-charge"]
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "idempotency_conflict"
+    assert len(await ledger_rows(system, key)) == 1
+
+
+async def test_concurrent_repeats_of_one_idempotency_key_charge_once(system: System) -> None:
+    _, key = await system.new_account()
+    async with system.http(key) as http:
+        answers = await asyncio.gather(
+            *[
+                http.post("/v1/chat/completions", json=CHAT, headers={"idempotency-key": "k"})
+                for _ in range(8)
+            ]
+        )
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses.count(200) >= 1
+    assert set(statuses) <= {200, 409}
+    in_progress = [a for a in answers if a.status_code == 409]
+    assert all(a.json()["error"]["code"] == "request_in_progress" for a in in_progress)
+    assert all("retry-after" in a.headers for a in in_progress)
+    assert len(await ledger_rows(system, key)) == 1
+
+
+async def test_a_body_too_large_is_413_and_charges_nothing(system: System) -> None:
+    _, key = await system.new_account()
+    huge = "word " * (2 * 1024 * 1024)
+    async with system.http(key) as http:
+        answer = await http.post(
+            "/v1/chat/completions",
+            json={"model": "demo-chat", "messages": [{"role": "user", "content": huge}]},
+        )
+    assert answer.status_code == 413
+    assert answer.json()["error"]["code"] == "request_too_large"
+    assert await ledger_rows(system, key) == []
+
+
+async def test_tools_pass_through_and_come_back_as_tool_calls(system: System) -> None:
+    _, key = await system.new_account()
+    client = openai.AsyncOpenAI(base_url=system.gateway_url + "/v1", api_key=key, max_retries=0)
+    completion = await client.chat.completions.create(
+        model="demo-chat",
+        messages=[{"role": "user", "content": "please call a tool"}],
+        tools=[
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_price",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"ticker": {"type": "string"}},
+                        "required": ["ticker"],
+                    },
+                },
+            }
+        ],
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls and choice.message.tool_calls[0].function.name == "get_price"
+    receipt = (completion.model_extra or {})["receipt"]
+    assert receipt["charge_micros"] > 0 and receipt["attempts"][0]["outcome"] == "ok"
+
+
+async def test_unknown_fields_are_passed_on_not_refused(system: System) -> None:
+    _, key = await system.new_account()
+    async with system.http(key) as http:
+        answer = await http.post(
+            "/v1/chat/completions", json={**CHAT, "some_future_parameter": {"x": 1}}
+        )
+    assert answer.status_code == 200
+
+
+async def test_the_sync_sdk_lists_models_with_routes_and_completes(system: System) -> None:
+    _, api_key = await system.new_account()
+
+    def run_sync() -> tuple[list[str], object, str | None]:
+        client = openai.OpenAI(base_url=system.gateway_url + "/v1", api_key=api_key, max_retries=0)
+        models = client.models.list()
+        completion = client.chat.completions.create(
+            model="demo-chat", messages=[{"role": "user", "content": "sync hello"}]
+        )
+        return (
+            sorted(m.id for m in models.data),
+            (models.data[0].model_extra or {}).get("routes"),
+            completion.choices[0].message.content,
+        )
+
+    # The system serves on this event loop; the sync client runs in a thread.
+    ids, routes, text = await asyncio.to_thread(run_sync)
+    assert "demo-chat" in ids
+    assert routes
+    assert text
