@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from services.gateway.domain.settlement import Rule, Status, settle
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket, Money, Price, format_amount
 from tokenforge.routing.v1 import routing_pb2
+from tokenforge.runtime import metrics
 from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wallet.v1 import wallet_pb2
 from tokenforge.wire import (
@@ -289,6 +291,11 @@ async def finish(
     receipt.error_code = error_code
     receipt.settlement_rule = rule.value
     receipt.finished_at.CopyFrom(timestamp(datetime.now(UTC)))
+    metrics.RECEIPTS.labels(outcome.status.value, rule.value).inc()
+    if outcome.charge.micros:
+        metrics.CHARGES.labels(
+            outcome.charge.bucket.value, route_kind_from_proto(p.route.kind)
+        ).inc(outcome.charge.micros)
     await peers.usage.call(
         peers.usage_stub.RecordReceipt,
         usage_pb2.RecordReceiptRequest(receipt=receipt),
@@ -377,6 +384,7 @@ class ChatStream:
     headers: dict[str, str]
     client_wants_usage: bool
     settled: bool = False
+    opened_at: float = field(default_factory=time.monotonic)
 
     async def events(self) -> AsyncIterator[bytes]:
         p = self.prepared
@@ -402,6 +410,10 @@ class ChatStream:
                             continue
                     for choice in chunk.get("choices") or []:
                         if (choice.get("delta") or {}).get("content"):
+                            if content_chunks == 0:
+                                metrics.UPSTREAM_TTFT.labels(self.attempts[-1].channel_id).observe(
+                                    time.monotonic() - self.opened_at
+                                )
                             content_chunks += 1
                     chunk["model"] = p.resolved.selected_model
                     yield b"data: " + orjson.dumps(chunk) + b"\n\n"

@@ -12,6 +12,7 @@ import orjson
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
 from tokenforge.routing.v1 import routing_pb2
+from tokenforge.runtime import metrics
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,11 @@ def channel_request(
 
 
 def attempt_of(channel: routing_pb2.Channel, outcome: str, started: float) -> Attempt:
-    return Attempt(channel.channel_id, outcome, int((time.monotonic() - started) * 1000))
+    elapsed = time.monotonic() - started
+    metrics.UPSTREAM_LATENCY.labels(channel.channel_id, outcome).observe(elapsed)
+    if outcome != "ok":
+        metrics.UPSTREAM_ERRORS.labels(channel.channel_id, outcome).inc()
+    return Attempt(channel.channel_id, outcome, int(elapsed * 1000))
 
 
 def retryable(outcome: str, retry_on: list[str]) -> bool:

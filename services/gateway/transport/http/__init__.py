@@ -8,6 +8,7 @@ One router per area (openai, routes, wallet, usage, topups); `create_app` wires 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,6 +27,7 @@ from services.gateway.transport.http.common import (
     json_response,
 )
 from tokenforge.errors import DomainError, Reason, openai_error_body
+from tokenforge.runtime import metrics
 from tokenforge.runtime.logging import request_id_var
 from tokenforge.runtime.telemetry import current_trace_id
 
@@ -48,10 +50,14 @@ def create_app(
         request_id = new_request_id()
         request.state.request_id = request_id
         token = request_id_var.set(request_id)
+        started = time.perf_counter()
         try:
             response: Response = await call_next(request)
         finally:
             request_id_var.reset(token)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        metrics.HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
         response.headers["x-request-id"] = request_id
         if trace_id := current_trace_id():
             response.headers["x-trace-id"] = trace_id

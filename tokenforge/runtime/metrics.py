@@ -1,0 +1,113 @@
+"""Prometheus metrics every service shares: gRPC calls by method, HTTP requests by
+route, and the gateway's upstream calls by channel. Each process serves them on
+TOKENFORGE_METRICS_PORT (`tokenforge serve` starts the endpoint).
+
+Service-specific metrics (holds, charges, orders, outbox) live next to the code that
+moves them, named `tokenforge_<context>_...`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+GRPC_HANDLED = Counter(
+    "tokenforge_grpc_server_handled_total",
+    "gRPC calls handled, by method and status code.",
+    ["method", "code"],
+)
+GRPC_LATENCY = Histogram(
+    "tokenforge_grpc_server_handling_seconds",
+    "gRPC handling time, by method.",
+    ["method"],
+    buckets=LATENCY_BUCKETS,
+)
+HTTP_REQUESTS = Counter(
+    "tokenforge_http_requests_total",
+    "HTTP requests answered by the gateway, by route template and status.",
+    ["method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "tokenforge_http_request_seconds",
+    "HTTP time to the response headers, by route template.",
+    ["method", "route"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_LATENCY = Histogram(
+    "tokenforge_upstream_seconds",
+    "Upstream call time (to the status line for streams), by channel and outcome.",
+    ["channel", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_TTFT = Histogram(
+    "tokenforge_upstream_time_to_first_token_seconds",
+    "Time from a stream's status line to its first content chunk, by channel.",
+    ["channel"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_ERRORS = Counter(
+    "tokenforge_upstream_errors_total",
+    "Upstream attempts that failed, by channel and outcome.",
+    ["channel", "outcome"],
+)
+CHARGES = Counter(
+    "tokenforge_charges_micros_total",
+    "Micro-units charged to users, by bucket and route kind.",
+    ["bucket", "route"],
+)
+RECEIPTS = Counter(
+    "tokenforge_receipts_total",
+    "Receipts recorded by the gateway, by status and settlement rule.",
+    ["status", "rule"],
+)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Counts and times every unary call by its full method name."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or handler.unary_unary is None or method.startswith("/grpc."):
+            return handler
+        inner = handler.unary_unary
+
+        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                return await inner(request, context)
+            except BaseException:
+                code = _code_name(context) or "UNKNOWN"
+                raise
+            finally:
+                if code == "OK":
+                    code = _code_name(context) or "OK"
+                GRPC_HANDLED.labels(method, code).inc()
+                GRPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _code_name(context: grpc.aio.ServicerContext) -> str | None:
+    try:
+        code = context.code()
+    except Exception:  # noqa: BLE001 - older grpc has no code() on the aio context
+        return None
+    if code is None:
+        return None
+    return str(code.name) if isinstance(code, grpc.StatusCode) else str(code)
