@@ -138,6 +138,14 @@ def test_dev_serves_a_paid_request_and_a_topup_then_stops_everything(state_dir: 
         out = stop_dev(proc)
     assert proc.returncode == 0, out
     assert not port_open(port)
+    logs = {p.name: p.read_text(errors="replace") for p in (state_dir / "logs").glob("*.log")}
+    assert set(logs) >= {"gateway.log", "wallet.log", "routing.log", "payments.log", "usage.log"}
+    for name, text in logs.items():
+        assert info["api_key"] not in text, f"the API key leaked into {name}"
+        assert info["admin_token"] not in text, f"the admin token leaked into {name}"
+        assert "hello from dev" not in text, f"a prompt leaked into {name}"
+    structured = [line for line in logs["gateway.log"].splitlines() if line.startswith("{")]
+    assert structured and all('"service":"gateway"' in line for line in structured)
     for address in info["services"].values():
         assert not port_open(int(address.rsplit(":", 1)[1]))
 

@@ -20,7 +20,7 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
 from services.gateway.domain.planning import new_request_id
 from services.gateway.storage.idempotency import IdempotencyStore
-from services.gateway.transport.http import openai, routes, topups, usage, wallet
+from services.gateway.transport.http import openai, routes, topups, usage, wallet, webhooks
 from services.gateway.transport.http.common import (
     Deps,
     error_response,
@@ -33,7 +33,7 @@ from tokenforge.runtime.telemetry import current_trace_id
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (openai, routes, wallet, usage, topups)
+ROUTERS = (openai, routes, wallet, usage, topups, webhooks)
 
 
 def create_app(
@@ -56,8 +56,22 @@ def create_app(
         finally:
             request_id_var.reset(token)
         route = getattr(request.scope.get("route"), "path", "unmatched")
+        elapsed = time.perf_counter() - started
         metrics.HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        metrics.HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+        metrics.HTTP_LATENCY.labels(request.method, route).observe(elapsed)
+        token = request_id_var.set(request_id)
+        try:
+            log.info(
+                "%s %s -> %s in %.1f ms (bucket %s, charge %s)",
+                request.method,
+                route,
+                response.status_code,
+                elapsed * 1000,
+                response.headers.get("x-tokenforge-bucket", "-"),
+                response.headers.get("x-tokenforge-charge", "-"),
+            )
+        finally:
+            request_id_var.reset(token)
         response.headers["x-request-id"] = request_id
         if trace_id := current_trace_id():
             response.headers["x-trace-id"] = trace_id
