@@ -26,6 +26,7 @@ from services.gateway.transport.http.common import (
     error_response,
     json_response,
 )
+from services.gateway.transport.http.schemas import ERROR_RESPONSES
 from tokenforge.errors import DomainError, Reason, openai_error_body
 from tokenforge.runtime import metrics
 from tokenforge.runtime.logging import request_id_var
@@ -43,6 +44,7 @@ def create_app(
         title="tokenforge gateway",
         version="1",
         description="One OpenAI-compatible API; the money story of each request, before and after.",
+        responses=ERROR_RESPONSES,
     )
 
     @app.middleware("http")

@@ -4,10 +4,10 @@ the JSON body, and the caller's principal."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import Request
+from fastapi import Query, Request
 from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
@@ -44,6 +44,9 @@ def api_key_of(request: Request) -> str:
 
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+
+# A page size: 1 to 500 (a 400 outside, never a 500 from an out-of-range integer).
+PageSize = Annotated[int, Query(ge=1, le=500, description="Page size, 1 to 500.")]
 
 
 async def json_body(request: Request) -> dict[str, Any]:

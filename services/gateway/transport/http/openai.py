@@ -31,6 +31,11 @@ from services.gateway.transport.http.common import (
     json_body,
     json_response,
 )
+from services.gateway.transport.http.schemas import (
+    ChatCompletionRequest,
+    EmbeddingsRequest,
+    body_of,
+)
 from tokenforge.errors import DomainError, Reason, http_status
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.runtime.telemetry import current_trace_id
@@ -126,7 +131,7 @@ def router(deps: Deps) -> APIRouter:
         await store.complete(api_key, key, response.status_code, bytes(response.body), kept)
         return response
 
-    @r.post("/v1/chat/completions", tags=["openai"])
+    @r.post("/v1/chat/completions", tags=["openai"], openapi_extra=body_of(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
         """Chat completion (OpenAI wire format, `stream` included) with `usage.cost` and a
         `receipt` summary; the full receipt is at GET /v1/usage/{x-request-id}."""
@@ -146,7 +151,7 @@ def router(deps: Deps) -> APIRouter:
 
         return await idempotent(request, run)
 
-    @r.post("/v1/embeddings", tags=["openai"])
+    @r.post("/v1/embeddings", tags=["openai"], openapi_extra=body_of(EmbeddingsRequest))
     async def embeddings(request: Request) -> Response:
         """Embeddings (OpenAI wire format) with `usage.cost` and a receipt."""
         body = await json_body(request)

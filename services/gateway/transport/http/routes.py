@@ -16,6 +16,7 @@ from services.gateway.handlers import (
     preview,
 )
 from services.gateway.transport.http.common import Deps, api_key_of, json_body, json_response
+from services.gateway.transport.http.schemas import ChatCompletionRequest, body_of
 from tokenforge.wire import (
     bucket_from_proto,
     route_kind_from_proto,
@@ -28,7 +29,7 @@ def router(deps: Deps) -> APIRouter:
     r = APIRouter()
     peers: Peers = deps.peers
 
-    @r.post("/v1/routes/preview", tags=["routes"])
+    @r.post("/v1/routes/preview", tags=["routes"], openapi_extra=body_of(ChatCompletionRequest))
     async def route_preview(request: Request) -> Response:
         """The "before" list of a chat or embeddings body, without calling upstream."""
         body = await json_body(request)

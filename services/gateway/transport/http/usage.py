@@ -11,7 +11,7 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.domain.presenting import (
     receipt_json,
 )
-from services.gateway.transport.http.common import Deps, json_response
+from services.gateway.transport.http.common import Deps, PageSize, json_response
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.usage.v1 import usage_pb2
 
@@ -35,7 +35,7 @@ def router(deps: Deps) -> APIRouter:
 
     @r.get("/v1/usage", tags=["usage"])
     async def list_receipts(
-        request: Request, model: str | None = None, limit: int = 50, cursor: str | None = None
+        request: Request, model: str | None = None, limit: PageSize = 50, cursor: str | None = None
     ) -> Response:
         who = await deps.principal(request, routing_pb2.SCOPE_WALLET_READ)
         answer = await peers.usage.call(

@@ -12,7 +12,7 @@ from services.gateway.domain.presenting import (
     balance_json,
     ledger_entry_json,
 )
-from services.gateway.transport.http.common import Deps, json_response
+from services.gateway.transport.http.common import Deps, PageSize, json_response
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.wallet.v1 import wallet_pb2
 from tokenforge.wire import (
@@ -46,7 +46,7 @@ def router(deps: Deps) -> APIRouter:
         bucket: str | None = None,
         request_id: str | None = None,
         order_id: str | None = None,
-        limit: int = 50,
+        limit: PageSize = 50,
         cursor: str | None = None,
     ) -> Response:
         """Ledger rows, newest first, each with the balance after it."""

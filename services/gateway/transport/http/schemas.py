@@ -1,0 +1,78 @@
+"""Request body schemas for /openapi.json (the handlers read the raw body so unknown
+OpenAI parameters pass through untouched; these describe what is understood)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChatCompletionRequest(BaseModel):
+    """An OpenAI chat completion request; other OpenAI parameters pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(
+        min_length=1, description="A model id from GET /v1/models, optionally @official/@routed."
+    )
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=16)
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+class EmbeddingsRequest(BaseModel):
+    """An OpenAI embeddings request."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+
+
+def body_of(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` for a route whose JSON body follows `model`."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+    details: dict[str, str] | None = None
+
+
+class OpenAIError(BaseModel):
+    """The OpenAI error object every refusal uses."""
+
+    error: OpenAIErrorBody
+
+
+_STATUS_WORDS = {
+    400: "Invalid request: the message names the field.",
+    401: "Missing, unknown, revoked or expired API key.",
+    402: "insufficient_balance: names the bucket, what is available and the worst case.",
+    403: "The key may not do this (scope, model, route kind, spend cap, IP).",
+    404: "Unknown model, or an object that is not this account's.",
+    409: "Idempotency conflict, a request still in progress, or a refused state change.",
+    413: "The request body is too large.",
+    429: "A rate limit; Retry-After says when to try again.",
+    500: "A bug on our side; quote the x-request-id.",
+    502: "Every allowed upstream attempt failed; nothing charged unless the route says so.",
+    503: "One of our services is not answering; nothing charged.",
+    504: "The upstream timed out.",
+}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": OpenAIError, "description": words} for status, words in _STATUS_WORDS.items()
+}
