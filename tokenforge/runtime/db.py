@@ -73,9 +73,22 @@ def run_env(metadata: MetaData) -> None:
     async def run_async() -> None:
         engine = create_async_engine(url, poolclass=pool.NullPool)
         async with engine.connect() as conn:
-            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            # Replicas starting together migrate one at a time: the others wait here,
+            # then find the schema at head and do nothing.
+            await conn.execute(
+                text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": f"migrate:{schema}"}
+            )
             await conn.commit()
-            await conn.run_sync(do_run)
+            try:
+                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                await conn.commit()
+                await conn.run_sync(do_run)
+            finally:
+                await conn.execute(
+                    text("SELECT pg_advisory_unlock(hashtext(:name))"),
+                    {"name": f"migrate:{schema}"},
+                )
+                await conn.commit()
         await engine.dispose()
 
     asyncio.run(run_async())
