@@ -11,7 +11,7 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.domain.presenting import (
     topup_json,
 )
-from services.gateway.transport.http.common import Deps, json_body, json_response
+from services.gateway.transport.http.common import Deps, PageSize, json_body, json_response
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import MoneyError, parse_amount
 from tokenforge.payments.v1 import payments_pb2
@@ -66,7 +66,9 @@ def router(deps: Deps) -> APIRouter:
         return json_response(topup_json(answer.top_up), 201)
 
     @r.get("/v1/topups", tags=["topups"])
-    async def list_topups(request: Request, limit: int = 20, cursor: str | None = None) -> Response:
+    async def list_topups(
+        request: Request, limit: PageSize = 20, cursor: str | None = None
+    ) -> Response:
         who = await deps.principal(request, routing_pb2.SCOPE_WALLET_READ)
         answer = await peers.payments.call(
             peers.payments_stub.ListTopUps,
