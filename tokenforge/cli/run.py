@@ -66,7 +66,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
     from tokenforge.mock_upstream.server import main
 
-    main(args.port)
+    main(args.port, args.host)
     return 0
 
 
@@ -103,6 +103,7 @@ def register(sub: Any) -> None:
 
     mock = sub.add_parser("mock-upstream", help="the bundled OpenAI-compatible mock upstream")
     mock.add_argument("--port", type=int, default=9999)
+    mock.add_argument("--host", default="127.0.0.1", help="0.0.0.0 in a container")
     mock.set_defaults(func=cmd_mock_upstream)
 
     health = sub.add_parser("health", help="grpc.health.v1 of every service")
