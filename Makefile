@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos -name '*.proto')
 PROTO_STAMP := tokenforge/.protos-generated
 
-.PHONY: install protos run test test-unit lint fmt clean bench
+.PHONY: install protos run test test-unit lint fmt clean bench browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,17 @@ protos: $(STAMP)
 run: install
 	$(BIN)/tokenforge dev --port $${PORT:-8080} --state-dir $${STATE_DIR:-.dev}
 
-test: install
+# Debian's chromium for the console's browser tests (tests/browser); playwright drives
+# it directly (`playwright install` downloads a browser build of its own, which we avoid).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: install browser
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# Benchmarks (not part of `make test`): figures go to bench-results/ and docs/PERFORMANCE.md.
+bench: install
+	$(BIN)/python bench/wallet_bench.py --seconds $${BENCH_SECONDS:-10} --clients $${BENCH_CLIENTS:-32}
 
 test-unit: install
 	$(BIN)/pytest -q tests/unit

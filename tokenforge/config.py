@@ -24,6 +24,12 @@ class Settings:
     internal_token: str = ""
     # Held by operators (the CLI): allows operator-only calls (Adjust, review...).
     admin_token: str = ""
+    # One token per calling service, name -> token (TOKENFORGE_CALLER_TOKENS,
+    # "gateway=tok1,payments=tok2"): servers know who calls and may refuse by name.
+    caller_tokens: dict[str, str] = field(default_factory=dict)
+    # The token this process presents to its peers (TOKENFORGE_SERVICE_TOKEN);
+    # empty means the shared internal token (see `peer_token`).
+    service_token: str = ""
     # Where each service's gRPC server is, "host:port".
     routing_addr: str = ""
     wallet_addr: str = ""
@@ -38,6 +44,11 @@ class Settings:
     bucket_labels: dict[str, tuple[str, str]] = field(default_factory=dict)
     log_level: str = "INFO"
 
+    @property
+    def peer_token(self) -> str:
+        """The credential this process presents when it calls another service."""
+        return self.service_token or self.internal_token
+
     @classmethod
     def from_env(cls) -> Settings:
         labels: dict[str, tuple[str, str]] = {}
@@ -51,6 +62,8 @@ class Settings:
             nats_url=_env("NATS_URL"),
             internal_token=_env("INTERNAL_TOKEN"),
             admin_token=_env("ADMIN_TOKEN"),
+            caller_tokens=parse_caller_tokens(_env("CALLER_TOKENS")),
+            service_token=_env("SERVICE_TOKEN") or _env("INTERNAL_TOKEN"),
             routing_addr=_env("ROUTING_ADDR"),
             wallet_addr=_env("WALLET_ADDR"),
             payments_addr=_env("PAYMENTS_ADDR"),
@@ -63,3 +76,16 @@ class Settings:
             bucket_labels=labels,
             log_level=_env("LOG_LEVEL", "INFO"),
         )
+
+
+def parse_caller_tokens(text: str) -> dict[str, str]:
+    """ "gateway=tok1,payments=tok2" -> {"gateway": "tok1", "payments": "tok2"}."""
+    tokens: dict[str, str] = {}
+    for item in text.split(","):
+        name, sep, token = item.strip().partition("=")
+        if not item.strip():
+            continue
+        if not sep or not name.strip() or not token.strip():
+            raise ValueError(f"TOKENFORGE_CALLER_TOKENS entry {item.strip()!r} is not name=token")
+        tokens[name.strip()] = token.strip()
+    return tokens

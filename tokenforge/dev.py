@@ -44,6 +44,10 @@ class DevSystem:
         self.addresses: dict[str, str] = {}
         self.internal_token = "int_" + secrets.token_urlsafe(24)
         self.admin_token = "adm_" + secrets.token_urlsafe(24)
+        # One credential per service, so a server knows which service calls it.
+        self.service_tokens = {
+            name: f"svc_{name}_" + secrets.token_urlsafe(24) for name in SERVICES
+        }
         self.mock_url = ""
 
     def previous(self) -> dict[str, Any]:
@@ -88,11 +92,16 @@ class DevSystem:
             "TOKENFORGE_NATS_URL": nats_url,
             "TOKENFORGE_INTERNAL_TOKEN": self.internal_token,
             "TOKENFORGE_ADMIN_TOKEN": self.admin_token,
+            "TOKENFORGE_CALLER_TOKENS": ",".join(
+                f"{name}={token}" for name, token in self.service_tokens.items()
+            ),
             "TOKENFORGE_MOCK_UPSTREAM_URL": self.mock_url,
             **{f"TOKENFORGE_{n.upper()}_ADDR": a for n, a in self.addresses.items()},
         }
         for name in SERVICES:
-            extra = {"TOKENFORGE_HTTP_PORT": str(self.port)} if name == "gateway" else {}
+            extra = {"TOKENFORGE_SERVICE_TOKEN": self.service_tokens[name]}
+            if name == "gateway":
+                extra["TOKENFORGE_HTTP_PORT"] = str(self.port)
             self.spawn(name, ["serve", name, "--port", str(ports[name])], {**env, **extra})
 
     def check_children(self) -> None:

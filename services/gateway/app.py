@@ -15,6 +15,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
+from services.gateway.runs import run_sweeper
 from services.gateway.storage.idempotency import IdempotencyStore
 from services.gateway.transport.grpc import GatewayServicer
 from services.gateway.transport.http import create_app
@@ -74,14 +75,18 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
             )
         ],
         port=port,
-        credentials=Credentials(settings.internal_token, settings.admin_token)
+        credentials=Credentials(
+            settings.internal_token, settings.admin_token, settings.caller_tokens
+        )
         if settings.internal_token or settings.admin_token
         else None,
     )
     await grpc_server.server.start()
     http = await start_http(app, settings.http_port)
+    sweeper = asyncio.create_task(run_sweeper(peers))  # forgotten runs release their hold
 
     async def stop_http() -> None:
+        sweeper.cancel()
         http.should_exit = True
         await http.task  # type: ignore[attr-defined]
         await upstream.close()

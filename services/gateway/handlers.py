@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import orjson
 
+from services.gateway.adapters.health import report_outcome, request_shape
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Attempt, Upstream, UpstreamAnswer, retryable
 from services.gateway.adapters.upstream_stream import open_stream
@@ -64,6 +65,8 @@ class ChatCommand:
     body: dict[str, Any]
     trace_id: str
     client_ip: str = ""
+    # `x-tokenforge-run`: draw from that run's hold instead of placing one.
+    run_id: str = ""
 
 
 @dataclass
@@ -106,9 +109,17 @@ async def resolve(
     client_ip: str,
     request_id: str,
     endpoint: routing_pb2.Endpoint,
+    shape: tuple[int, int] = (0, 0),
+    preview: bool = False,
 ) -> routing_pb2.ResolveResponse:
     request = routing_pb2.ResolveRequest(
-        api_key=api_key, model=model, endpoint=endpoint, client_ip=client_ip
+        api_key=api_key,
+        model=model,
+        endpoint=endpoint,
+        client_ip=client_ip,
+        estimated_prompt_tokens=shape[0],
+        output_tokens_cap=shape[1],
+        preview=preview,
     )
     return await peers.routing.call(peers.routing_stub.Resolve, request, request_id=request_id)
 
@@ -144,6 +155,87 @@ async def place_hold(
             # A refused hold leaves no record, so the same request id may ask again.
             plan = smaller
     raise insufficient(price.bucket, Money(0, price.bucket), plan.worst_case)
+
+
+async def draw_from_run(
+    peers: Peers, account_id: str, price: Price, plan: Plan, cmd: ChatCommand
+) -> tuple[wallet_pb2.Hold, Plan]:
+    """Reserve the worst case from the run's remaining budget (the run's wallet hold
+    already pays for it); when the gateway chose the output cap, lower it to the rest
+    of the budget rather than refuse. Answers the run's hold with the slice's amount,
+    so the settlement table caps the charge at the slice."""
+    for _ in range(2):
+        try:
+            answer = await peers.usage.call(
+                peers.usage_stub.ReserveFromRun,
+                usage_pb2.ReserveFromRunRequest(
+                    account_id=account_id,
+                    run_id=cmd.run_id,
+                    request_id=cmd.request_id,
+                    amount_micros=plan.worst_case.micros,
+                    bucket=bucket_to_proto(price.bucket),
+                ),
+                request_id=cmd.request_id,
+            )
+        except DomainError as error:
+            if error.reason is not Reason.INSUFFICIENT_BALANCE:
+                raise
+            left = Money(int((error.metadata or {}).get("available_micros", "0")), price.bucket)
+            smaller = shrink_to_budget(plan, price, left)
+            if smaller is None or smaller == plan:
+                raise
+            plan = smaller
+            continue
+        run = answer.run
+        hold = wallet_pb2.Hold(
+            hold_id=run.hold_id,
+            account_id=account_id,
+            bucket=run.bucket,
+            amount_micros=plan.worst_case.micros,
+            request_id=run.run_id,
+        )
+        return hold, plan
+    raise DomainError(Reason.INSUFFICIENT_BALANCE, f"Run {cmd.run_id} budget spent.")
+
+
+async def record_rejected(
+    peers: Peers,
+    cmd: ChatCommand,
+    resolved: routing_pb2.ResolveResponse,
+    endpoint: routing_pb2.Endpoint,
+    error: DomainError,
+    started: datetime,
+) -> None:
+    """A request refused for money gets a `rejected` receipt (nothing charged), so the
+    history shows it; best effort: the refusal reaches the client either way."""
+    route = resolved.route
+    receipt = usage_pb2.Receipt(
+        request_id=cmd.request_id,
+        account_id=resolved.principal.account_id,
+        project_id=resolved.principal.project_id,
+        key_id=resolved.principal.key_id,
+        selected_model=resolved.selected_model or str(cmd.body.get("model")),
+        upstream_model=route.upstream_model,
+        route_kind=route.kind,
+        bucket=route.bucket,
+        prices=route.prices,
+        status=usage_pb2.RECEIPT_STATUS_REJECTED,
+        trace_id=cmd.trace_id,
+        catalog_version=resolved.catalog_version,
+        endpoint=ENDPOINT_NAME[endpoint],
+        run_id=cmd.run_id,
+        error_code=error.reason.value.lower(),
+    )
+    receipt.started_at.CopyFrom(timestamp(started))
+    receipt.finished_at.CopyFrom(timestamp(datetime.now(UTC)))
+    try:
+        await peers.usage.call(
+            peers.usage_stub.RecordReceipt,
+            usage_pb2.RecordReceiptRequest(receipt=receipt),
+            request_id=cmd.request_id,
+        )
+    except DomainError as failure:
+        log.warning("rejected receipt not recorded: %s", failure.reason.value)
 
 
 def insufficient(bucket: Bucket, available: Money, worst: Money) -> DomainError:
@@ -188,7 +280,15 @@ async def prepare(peers: Peers, cmd: ChatCommand, endpoint: routing_pb2.Endpoint
     model = _require_model(cmd.body)
     if endpoint == CHAT:
         _require_messages(cmd.body)
-    resolved = await resolve(peers, cmd.api_key, model, cmd.client_ip, cmd.request_id, endpoint)
+    resolved = await resolve(
+        peers,
+        cmd.api_key,
+        model,
+        cmd.client_ip,
+        cmd.request_id,
+        endpoint,
+        request_shape(cmd.body),
+    )
     route = resolved.route
     price = price_from_proto(bucket_from_proto(route.bucket), route.prices)
     if endpoint == CHAT:
@@ -196,9 +296,23 @@ async def prepare(peers: Peers, cmd: ChatCommand, endpoint: routing_pb2.Endpoint
     else:
         plan = plan_embeddings(cmd.body, price)
     total_timeout_s = sum((c.total_timeout_ms or 60_000) for c in route.channels) // 1000
-    hold, plan = await place_hold(
-        peers, resolved.principal.account_id, price, plan, cmd, total_timeout_s + HOLD_MARGIN_S
-    )
+    try:
+        if cmd.run_id:
+            hold, plan = await draw_from_run(peers, resolved.principal.account_id, price, plan, cmd)
+        else:
+            hold, plan = await place_hold(
+                peers,
+                resolved.principal.account_id,
+                price,
+                plan,
+                cmd,
+                total_timeout_s + HOLD_MARGIN_S,
+            )
+    except DomainError as error:
+        report_outcome(peers, resolved, cmd.request_id, [], None)  # ends the lease
+        if error.reason is Reason.INSUFFICIENT_BALANCE:
+            await record_rejected(peers, cmd, resolved, endpoint, error, started)
+        raise
     body = dict(cmd.body)
     body["model"] = route.upstream_model
     if endpoint == CHAT and plan.output_cap_set_by_gateway:
@@ -230,6 +344,7 @@ def new_receipt(p: Prepared, attempts: list[Attempt]) -> usage_pb2.Receipt:
         catalog_version=p.resolved.catalog_version,
         endpoint=ENDPOINT_NAME[p.endpoint],
         fallback_used=len(attempts) > 1,
+        run_id=p.cmd.run_id,
     )
     receipt.started_at.CopyFrom(timestamp(p.started))
     return receipt
@@ -263,6 +378,10 @@ async def finish(
         charge_policy=charge_policy_name(p.route.charge_policy),
     )
     receipt = new_receipt(p, attempts)
+    report_outcome(peers, p.resolved, p.cmd.request_id, attempts, outcome.charge)
+    if p.cmd.run_id:
+        # A run's request: the run's hold pays; the receipt ends the draw (usage).
+        return await finish_run_request(peers, receipt, outcome, rule, error_code)
     if outcome.usage is not None:
         settled = await peers.wallet.call(
             peers.wallet_stub.Settle,
@@ -302,6 +421,47 @@ async def finish(
         request_id=receipt.request_id,
     )
     return receipt, outcome.charge
+
+
+async def finish_run_request(
+    peers: Peers,
+    receipt: usage_pb2.Receipt,
+    outcome: Any,
+    rule: Rule,
+    error_code: str,
+) -> tuple[usage_pb2.Receipt, Money]:
+    """Record the receipt of a run's request: usage adds its charge to the run in the
+    same transaction. If the run was settled first (it expired under the request),
+    the request is recorded with no charge."""
+    charge: Money = outcome.charge
+    if outcome.usage is not None:
+        receipt.prompt_tokens = outcome.usage.prompt_tokens
+        receipt.completion_tokens = outcome.usage.completion_tokens
+        receipt.cached_tokens = outcome.usage.cached_tokens
+        receipt.tokens_reported = outcome.usage.reported
+    receipt.charge_micros = charge.micros
+    receipt.status = RECEIPT_STATUS[outcome.status]
+    receipt.error_code = error_code
+    receipt.settlement_rule = rule.value
+    receipt.finished_at.CopyFrom(timestamp(datetime.now(UTC)))
+    try:
+        await peers.usage.call(
+            peers.usage_stub.RecordReceipt,
+            usage_pb2.RecordReceiptRequest(receipt=receipt),
+            request_id=receipt.request_id,
+        )
+    except DomainError as error:
+        if error.reason is not Reason.HOLD_NOT_OPEN:
+            raise
+        receipt.charge_micros = 0
+        receipt.error_code = "run_settled_first"
+        charge = Money(0, charge.bucket)
+        await peers.usage.call(
+            peers.usage_stub.RecordReceipt,
+            usage_pb2.RecordReceiptRequest(receipt=receipt),
+            request_id=receipt.request_id,
+        )
+    return receipt, charge
 
 
 def failure_rule(attempts: list[Attempt]) -> Rule:
@@ -592,7 +752,9 @@ class Preview:
 async def preview(peers: Peers, api_key: str, body: dict[str, Any], request_id: str) -> Preview:
     model = _require_model(body)
     endpoint = EMBEDDINGS if "input" in body else CHAT
-    resolved = await resolve(peers, api_key, model, "", request_id, endpoint)
+    resolved = await resolve(
+        peers, api_key, model, "", request_id, endpoint, request_shape(body), preview=True
+    )
     bucket = bucket_from_proto(resolved.route.bucket)
     price = price_from_proto(bucket, resolved.route.prices)
     if endpoint == CHAT:

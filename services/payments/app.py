@@ -11,7 +11,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from services.payments import handlers
-from services.payments.domain.orders import DEFAULT_ORDER_TTL
+from services.payments.adapters.stripe_checkout import StripeCheckout, StripeSettings
+from services.payments.domain.orders import OrderTtls
+from services.payments.domain.providers import PROVIDERS
 from services.payments.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
 from services.payments.transport.grpc import PaymentsServicer
 from services.payments.transport.outbox_relay import start_relay
@@ -29,12 +31,26 @@ MIGRATIONS = Path(__file__).parent / "storage" / "migrations"
 SERVICE_NAME = "tokenforge.payments.v1.PaymentsService"
 SWEEP_INTERVAL_S = 1.0
 
-# The gateway calls every method with the internal token on behalf of its users
-# (passing their account id); operators may call them all too.
+# The gateway calls the user's methods with the internal token on behalf of its users
+# (passing their account id) and hands webhooks in; operators may call those too.
+# Reviews and cross-account reads are for operators only.
+_BOTH = frozenset({Role.INTERNAL, Role.OPERATOR})
+_OPERATOR = frozenset({Role.OPERATOR})
 POLICY = AccessPolicy(
     {
-        method: frozenset({Role.INTERNAL, Role.OPERATOR})
-        for method in ("CreateTopUp", "GetTopUp", "ListTopUps", "SimulateSandboxOutcome")
+        **dict.fromkeys(
+            (
+                "CreateTopUp",
+                "GetTopUp",
+                "ListTopUps",
+                "SimulateSandboxOutcome",
+                "SubmitTransferProof",
+                "CancelTopUp",
+                "HandleProviderEvent",
+            ),
+            _BOTH,
+        ),
+        **dict.fromkeys(("ReviewTopUp", "ListAllTopUps", "InspectTopUp"), _OPERATOR),
     }
 )
 
@@ -43,10 +59,16 @@ def migrate(database_url: str) -> None:
     upgrade(MIGRATIONS, database_url, SCHEMA)
 
 
-def order_ttl_from_env() -> timedelta:
-    """TOKENFORGE_TOPUP_TTL_SECONDS, or 15 minutes."""
-    seconds = os.environ.get("TOKENFORGE_TOPUP_TTL_SECONDS", "")
-    return timedelta(seconds=int(seconds)) if seconds else DEFAULT_ORDER_TTL
+def order_ttls_from_env() -> OrderTtls:
+    """TOKENFORGE_TOPUP_TTL_SECONDS_<PROVIDER> (e.g. ..._MANUAL_TRANSFER=259200), else
+    TOKENFORGE_TOPUP_TTL_SECONDS for every provider, else each provider's own."""
+    per_provider = {}
+    for name in PROVIDERS:
+        seconds = os.environ.get(f"TOKENFORGE_TOPUP_TTL_SECONDS_{name.upper()}", "")
+        if seconds:
+            per_provider[name] = timedelta(seconds=int(seconds))
+    everyone = os.environ.get("TOKENFORGE_TOPUP_TTL_SECONDS", "")
+    return OrderTtls(per_provider, timedelta(seconds=int(everyone)) if everyone else None)
 
 
 async def sweep_forever(uow_factory: Callable[[], UnitOfWork], interval_s: float) -> None:
@@ -71,9 +93,11 @@ async def start(
     settings: Settings,
     port: int = 0,
     *,
-    order_ttl: timedelta | None = None,
+    order_ttl: timedelta | OrderTtls | None = None,
     sweep_interval_s: float = SWEEP_INTERVAL_S,
+    stripe: StripeSettings | None = None,
 ) -> RunningService:
+    """`order_ttl` and `stripe` override the environment (tests)."""
     engine = create_engine(settings.database_url)
     session_factory = sessionmaker(engine)
     on_stop: list[Callable[[], Awaitable[None]]] = [engine.dispose]
@@ -91,12 +115,18 @@ async def start(
     def uow_factory() -> UnitOfWork:
         return SqlAlchemyUnitOfWork(session_factory, wake_relay)
 
-    servicer = PaymentsServicer(uow_factory, order_ttl or order_ttl_from_env())
+    if isinstance(order_ttl, timedelta):
+        order_ttl = OrderTtls(everyone=order_ttl)
+    stripe = stripe or StripeSettings.from_env()
+    checkout = StripeCheckout(stripe) if stripe.configured else None
+    if checkout is None:
+        log.info("stripe is not configured (TOKENFORGE_STRIPE_API_KEY): card top-ups are off")
+    servicer = PaymentsServicer(uow_factory, order_ttl or order_ttls_from_env(), checkout)
     server = create_server(
         [(payments_pb2_grpc.add_PaymentsServiceServicer_to_server, servicer, SERVICE_NAME)],
         port=port,
         credentials=(
-            Credentials(settings.internal_token, settings.admin_token)
+            Credentials(settings.internal_token, settings.admin_token, settings.caller_tokens)
             if settings.internal_token or settings.admin_token
             else None
         ),

@@ -1,11 +1,19 @@
-"""Wires the routing service: catalog file, database, gRPC server."""
+"""Wires the routing service: the versioned catalog, database, gRPC server, and the
+background tasks (catalog poll every 2 s, counter sweep every minute)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
-from services.routing.storage.catalog_file import DEMO_CATALOG, CatalogFile
+from services.routing import handlers
+from services.routing.domain.health import HealthBoard
+from services.routing.storage.catalog_file import DEMO_CATALOG
+from services.routing.storage.catalog_store import CatalogStore
+from services.routing.storage.key_cache import KeyCache
 from services.routing.storage.unit_of_work import SqlAlchemyUnitOfWork
 from services.routing.transport.grpc import RoutingServicer
 from tokenforge.config import Settings
@@ -22,6 +30,7 @@ log = logging.getLogger(__name__)
 
 INTERNAL = frozenset({Role.INTERNAL})
 EITHER = frozenset({Role.INTERNAL, Role.OPERATOR})
+OPERATOR = frozenset({Role.OPERATOR})
 # Resolve and Authenticate take a customer's API key: only the gateway asks them.
 POLICY = AccessPolicy(
     {
@@ -30,21 +39,48 @@ POLICY = AccessPolicy(
         "ListModels": EITHER,
         "OpenAccount": EITHER,
         "CreateApiKey": EITHER,
+        # The gateway calls these for the user API after checking the key's scope.
+        "ListApiKeys": EITHER,
+        "RevokeApiKey": EITHER,
+        "RotateApiKey": EITHER,
+        "ReportOutcome": INTERNAL,
+        "GetHealth": EITHER,
+        "GetCatalog": OPERATOR,
+        "PutCatalog": OPERATOR,
+        "ListCatalogVersions": OPERATOR,
     }
 )
+SWEEP_EVERY_S = 60.0
 
 
 def migrate(database_url: str) -> None:
     upgrade(MIGRATIONS, database_url, SCHEMA)
 
 
+async def _sweep_forever(uow_factory: Callable[[], SqlAlchemyUnitOfWork]) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_EVERY_S)
+        try:
+            await handlers.sweep_counters(uow_factory())
+        except Exception:
+            log.exception("counter sweep failed; retrying")
+
+
 async def start(settings: Settings, port: int = 0) -> RunningService:
-    catalog = CatalogFile(Path(settings.catalog_path) if settings.catalog_path else DEMO_CATALOG)
     engine = create_engine(settings.database_url)
     sessions = sessionmaker(engine)
-    servicer = RoutingServicer(lambda: SqlAlchemyUnitOfWork(sessions), catalog.current)
+
+    def uow() -> SqlAlchemyUnitOfWork:
+        return SqlAlchemyUnitOfWork(sessions)
+
+    bootstrap = Path(settings.catalog_path) if settings.catalog_path else DEMO_CATALOG
+    catalog = CatalogStore(uow, bootstrap)
+    await catalog.start()
+    servicer = RoutingServicer(
+        uow, catalog.current, store=catalog, cache=KeyCache(), health=HealthBoard()
+    )
     credentials = (
-        Credentials(settings.internal_token, settings.admin_token)
+        Credentials(settings.internal_token, settings.admin_token, settings.caller_tokens)
         if settings.internal_token or settings.admin_token
         else None
     )
@@ -55,6 +91,18 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
         policy=POLICY,
     )
     await server.server.start()
+    tasks = [
+        asyncio.create_task(catalog.poll_forever(), name="routing-catalog-poll"),
+        asyncio.create_task(_sweep_forever(uow), name="routing-counter-sweep"),
+    ]
+
+    async def stop_tasks() -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     await server.set_serving()
     log.info("routing serving on port %s, catalog %s", server.port, catalog.current().version)
-    return RunningService("routing", server, on_stop=[engine.dispose])
+    return RunningService("routing", server, on_stop=[engine.dispose, stop_tasks])

@@ -1,9 +1,15 @@
-"""Routing use cases: plain async functions of (command, unit of work)."""
+"""Routing use cases: plain async functions of (command, unit of work).
+
+Resolve reads the key from the in-memory key cache (storage/key_cache.py), picks
+the route (domain/access.py), orders its channels by health (domain/health.py),
+and, only for a key with limits, checks and counts them in one transaction
+(domain/limits.py). ReportOutcome feeds health, spend and the in-flight leases.
+"""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from services.routing.domain import keys
@@ -17,17 +23,39 @@ from services.routing.domain.access import (
     Resolution,
     Scope,
     choose_route,
+    request_tokens,
     require_active,
     require_scope,
     unknown_key,
+    worst_case_micros,
 )
-from services.routing.domain.catalog import Catalog, Endpoint, RouteKind
+from services.routing.domain.catalog import Catalog, Endpoint, Route, RouteKind
+from services.routing.domain.health import HealthBoard
+from services.routing.domain.limits import (
+    REQUESTS,
+    TOKENS,
+    KeyLimits,
+    check_in_flight,
+    check_rate,
+    check_spend,
+    check_tokens_fit,
+    require_ip_allowed,
+    spend_day,
+    window_start,
+)
+from services.routing.storage.key_cache import KeyCache
 from services.routing.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket
 
 # last_used_at is written at most this often per key, so the request path stays a read.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 DEFAULT_PROJECT_NAME = "Default project"
+# A lease outlives the route's timeouts by this much; a crashed gateway's slot
+# comes back after it.
+LEASE_MARGIN = timedelta(seconds=60)
+# Counters older than this are swept.
+COUNTER_RETENTION = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -35,6 +63,54 @@ class ResolveRoute:
     api_key: str
     model: str
     endpoint: Endpoint | None = None
+    client_ip: str = ""
+    # The request's prompt estimate and output cap (0: the model's max output).
+    prompt_tokens: int = 0
+    output_cap: int = 0
+    # A preview checks the key but counts nothing and takes no lease.
+    preview: bool = False
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    channel_id: str
+    outcome: str
+    latency_ms: int
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    request_id: str
+    key_id: str
+    lease_id: str = ""
+    attempts: tuple[AttemptOutcome, ...] = ()
+    bucket: Bucket | None = None
+    charge_micros: int = 0
+
+
+@dataclass(frozen=True)
+class ListApiKeys:
+    account_id: str
+
+
+@dataclass(frozen=True)
+class RevokeApiKey:
+    account_id: str
+    key_id: str
+
+
+@dataclass(frozen=True)
+class RotateApiKey:
+    account_id: str
+    key_id: str
+    grace: timedelta = timedelta(0)
+
+
+@dataclass(frozen=True)
+class RotatedApiKey:
+    key: ApiKey
+    secret: str
+    revoked_key_id: str
 
 
 @dataclass(frozen=True)
@@ -67,6 +143,7 @@ class CreateApiKey:
     allowed_route_kinds: tuple[RouteKind, ...] = ALL_ROUTE_KINDS
     route_preference: tuple[RouteKind, ...] = ALL_ROUTE_KINDS
     fallback_allowed: bool = False
+    limits: KeyLimits = KeyLimits()
 
 
 @dataclass(frozen=True)
@@ -78,31 +155,147 @@ class CreatedApiKey:
     secret: str
 
 
-async def _active_key(api_key: str, uow: UnitOfWork) -> ApiKey:
+async def _active_key(api_key: str, uow: UnitOfWork, cache: KeyCache | None = None) -> ApiKey:
     # A typo fails the checksum here, without a database lookup.
     if not keys.is_well_formed(api_key):
         raise unknown_key()
     digest = keys.digest_of(api_key)
-    key = require_active(await uow.access.key_by_digest(digest), uow.now())
+    found, key = cache.get(digest) if cache is not None else (False, None)
+    if not found:
+        async with uow:
+            key = await uow.access.key_by_digest(digest)
+        if cache is not None:
+            cache.put(digest, key)
+    key = require_active(key, uow.now())
     if not keys.digest_matches(api_key, key.digest):
         raise unknown_key()
     now = uow.now()
     if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
-        await uow.access.touch_key(key.key_id, now)
-        await uow.commit()
+        async with uow:
+            await uow.access.touch_key(key.key_id, now)
+            await uow.commit()
+        key = replace(key, last_used_at=now)
+        if cache is not None:
+            cache.update(digest, key)
     return key
 
 
-async def resolve(command: ResolveRoute, uow: UnitOfWork, catalog: Catalog) -> Resolution:
-    async with uow:
-        key = await _active_key(command.api_key, uow)
+async def resolve(
+    command: ResolveRoute,
+    uow: UnitOfWork,
+    catalog: Catalog,
+    cache: KeyCache | None = None,
+    health: HealthBoard | None = None,
+) -> Resolution:
+    key = await _active_key(command.api_key, uow, cache)
     require_scope(key, Scope.INFERENCE)
-    return choose_route(catalog, key, command.model, command.endpoint)
+    require_ip_allowed(key.limits, command.client_ip)
+    resolution = choose_route(catalog, key, command.model, command.endpoint)
+    tokens = request_tokens(
+        resolution.model, command.endpoint, command.prompt_tokens, command.output_cap
+    )
+    worst = worst_case_micros(
+        resolution.route, resolution.model, command.prompt_tokens, command.output_cap
+    )
+    lease_id = ""
+    if key.limits.counts_requests:
+        resolution, lease_id = await _count(command, uow, key, resolution, tokens)
+    route = resolution.route
+    fallbacks = resolution.fallback_routes
+    if health is not None:
+        route = _healthy_order(route, health)
+        fallbacks = tuple(_healthy_order(r, health) for r in fallbacks)
+    return replace(
+        resolution,
+        route=route,
+        fallback_routes=fallbacks,
+        lease_id=lease_id,
+        worst_case_micros=worst,
+    )
 
 
-async def authenticate(command: Authenticate, uow: UnitOfWork) -> Principal:
+def _healthy_order(route: Route, health: HealthBoard) -> Route:
+    return replace(route, channels=tuple(health.order(route.channels, route.groups)))
+
+
+def lease_ttl(route: Route) -> timedelta:
+    total_ms = sum(c.total_timeout_ms for c in route.channels)
+    return timedelta(milliseconds=total_ms) + LEASE_MARGIN
+
+
+async def _count(
+    command: ResolveRoute, uow: UnitOfWork, key: ApiKey, resolution: Resolution, tokens: int
+) -> tuple[Resolution, str]:
+    """Check and count the key's limits in one transaction; a refusal rolls it back,
+    so a refused request consumes nothing."""
+    limits = key.limits
+    check_tokens_fit(limits.tokens_per_minute, tokens)
+    lease_id = ""
     async with uow:
-        key = await _active_key(command.api_key, uow)
+        now = uow.now()
+        day = spend_day(now)
+        # Spend caps: the chosen route must be under its bucket's caps; fallback
+        # routes over theirs are dropped.
+        check_spend(
+            limits.cap(resolution.route.bucket),
+            *await uow.limits.spent(key.key_id, resolution.route.bucket, day),
+        )
+        fallbacks: list[Route] = []
+        for other in resolution.fallback_routes:
+            try:
+                check_spend(
+                    limits.cap(other.bucket), *await uow.limits.spent(key.key_id, other.bucket, day)
+                )
+                fallbacks.append(other)
+            except DomainError:
+                continue
+        if command.preview:
+            return replace(resolution, fallback_routes=tuple(fallbacks)), ""
+        window = window_start(now)
+        if limits.requests_per_minute:
+            used = await uow.limits.add_to_window(key.key_id, REQUESTS, window, 1)
+            check_rate(limits.requests_per_minute, used, REQUESTS, now)
+        if limits.tokens_per_minute:
+            used = await uow.limits.add_to_window(key.key_id, TOKENS, window, tokens)
+            check_rate(limits.tokens_per_minute, used, TOKENS, now)
+        if limits.max_in_flight:
+            check_in_flight(limits.max_in_flight, await uow.limits.live_leases(key.key_id, now))
+            lease_id = _new_id("lease")
+            await uow.limits.add_lease(lease_id, key.key_id, now + lease_ttl(resolution.route))
+        await uow.commit()
+    return replace(resolution, fallback_routes=tuple(fallbacks)), lease_id
+
+
+async def report_outcome(
+    command: ReportOutcome, uow: UnitOfWork, health: HealthBoard | None = None
+) -> None:
+    """Health learns every attempt; spend is counted once per request id; the lease ends."""
+    if health is not None:
+        for attempt in command.attempts:
+            health.record(attempt.channel_id, attempt.outcome, attempt.latency_ms)
+    if not command.lease_id and not (command.charge_micros and command.bucket):
+        return
+    async with uow:
+        if command.lease_id:
+            await uow.limits.end_lease(command.lease_id)
+        if command.charge_micros > 0 and command.bucket is not None and command.key_id:
+            if await uow.limits.first_report(command.request_id):
+                await uow.limits.add_spend(
+                    command.key_id, command.bucket, spend_day(uow.now()), command.charge_micros
+                )
+        await uow.commit()
+
+
+async def sweep_counters(uow: UnitOfWork) -> None:
+    async with uow:
+        await uow.limits.sweep(uow.now() - COUNTER_RETENTION)
+        await uow.commit()
+
+
+async def authenticate(
+    command: Authenticate, uow: UnitOfWork, cache: KeyCache | None = None
+) -> Principal:
+    key = await _active_key(command.api_key, uow, cache)
     if command.scope is not None:
         require_scope(key, command.scope)
     return Principal.of(key)
@@ -175,10 +368,75 @@ async def create_api_key(command: CreateApiKey, uow: UnitOfWork) -> CreatedApiKe
             route_preference=command.route_preference,
             fallback_allowed=command.fallback_allowed,
             expires_at=command.expires_at,
+            limits=command.limits,
         )
         await uow.access.add_key(key)
         await uow.commit()
     return CreatedApiKey(key.key_id, project.project_id, key.prefix, new_key.secret)
+
+
+async def list_api_keys(command: ListApiKeys, uow: UnitOfWork) -> list[ApiKey]:
+    async with uow:
+        return await uow.access.list_keys(command.account_id)
+
+
+async def _own_key(uow: UnitOfWork, account_id: str, key_id: str) -> ApiKey:
+    """Another account's key reads as missing: nothing to learn about it."""
+    key = await uow.access.get_key(key_id)
+    if key is None or not account_id or key.account_id != account_id:
+        raise DomainError(
+            Reason.NOT_FOUND,
+            f"No API key {key_id!r} in this account. List your keys with GET /v1/keys.",
+            {"key_id": key_id},
+        )
+    return key
+
+
+async def revoke_api_key(
+    command: RevokeApiKey, uow: UnitOfWork, cache: KeyCache | None = None
+) -> ApiKey:
+    async with uow:
+        await _own_key(uow, command.account_id, command.key_id)
+        await uow.access.revoke_key(command.key_id, uow.now())
+        key = await _own_key(uow, command.account_id, command.key_id)
+        await uow.commit()
+    if cache is not None:
+        cache.forget(command.key_id)
+    return key
+
+
+async def rotate_api_key(
+    command: RotateApiKey, uow: UnitOfWork, cache: KeyCache | None = None
+) -> RotatedApiKey:
+    """A new secret with the same settings; the old key is revoked after the grace."""
+    if command.grace < timedelta(0):
+        raise DomainError(Reason.INVALID_ARGUMENT, "The grace period cannot be negative.")
+    async with uow:
+        old = await _own_key(uow, command.account_id, command.key_id)
+        now = uow.now()
+        if not old.is_active(now):
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                f"The API key {old.key_id!r} is revoked or expired; create a new key instead.",
+                {"key_id": old.key_id},
+            )
+        new_key = keys.generate_key()
+        rotated = replace(
+            old,
+            key_id=_new_id("key"),
+            prefix=new_key.prefix,
+            digest=new_key.digest,
+            created_at=now,
+            revoked_at=None,
+            last_used_at=None,
+            rotated_from=old.key_id,
+        )
+        await uow.access.add_key(rotated)
+        await uow.access.revoke_key(old.key_id, now + command.grace)
+        await uow.commit()
+    if cache is not None:
+        cache.forget(old.key_id)
+    return RotatedApiKey(rotated, new_key.secret, old.key_id)
 
 
 def _new_id(kind: str) -> str:

@@ -25,6 +25,15 @@ POLICY = AccessPolicy(
         "RecordReceipt": frozenset({Role.INTERNAL}),
         "GetReceipt": frozenset({Role.INTERNAL, Role.OPERATOR}),
         "ListReceipts": frozenset({Role.INTERNAL, Role.OPERATOR}),
+        "AggregateReceipts": frozenset({Role.INTERNAL, Role.OPERATOR}),
+        # Runs move money on the wallet through the gateway only.
+        "OpenRun": frozenset({Role.INTERNAL}),
+        "ReserveFromRun": frozenset({Role.INTERNAL}),
+        "CloseRun": frozenset({Role.INTERNAL}),
+        "FinishRun": frozenset({Role.INTERNAL}),
+        "ExpireRuns": frozenset({Role.INTERNAL}),
+        "GetRun": frozenset({Role.INTERNAL, Role.OPERATOR}),
+        "GetRunReceipt": frozenset({Role.INTERNAL, Role.OPERATOR}),
     }
 )
 
@@ -38,7 +47,7 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
     sessions = sessionmaker(engine)
     servicer = UsageServicer(lambda: SqlAlchemyUnitOfWork(sessions))
     credentials = (
-        Credentials(settings.internal_token, settings.admin_token)
+        Credentials(settings.internal_token, settings.admin_token, settings.caller_tokens)
         if settings.internal_token or settings.admin_token
         else None
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from services.usage.domain.receipts import (
+    AggregateBy,
+    AggregateRow,
     Cursor,
     Receipt,
     ReceiptFilter,
@@ -13,8 +15,18 @@ from services.usage.domain.receipts import (
     page_size,
     validate,
 )
+from services.usage.domain.runs import (
+    Draw,
+    Run,
+    RunReceipt,
+    RunStatus,
+    check_new,
+    run_not_found,
+    run_receipt,
+)
 from services.usage.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket
 
 
 @dataclass(frozen=True)
@@ -42,7 +54,12 @@ class ReceiptPage:
 
 
 async def record_receipt(command: RecordReceipt, uow: UnitOfWork) -> Receipt:
-    """One receipt per request id: a replay answers the first, another receipt conflicts."""
+    """One receipt per request id: a replay answers the first, another receipt conflicts.
+
+    A receipt of a run's request ends its draw in the same transaction: the slice goes
+    back to the run and the charge is added to what the run spent, so the run's spent
+    is always the sum of its recorded lines.
+    """
     receipt = command.receipt
     validate(receipt)
     async with uow:
@@ -51,12 +68,42 @@ async def record_receipt(command: RecordReceipt, uow: UnitOfWork) -> Receipt:
             to_store = replace(to_store, finished_at=uow.now())
         stored = await uow.receipts.add(to_store)
         if stored is not None:
+            if receipt.run_id:
+                await _end_draw(uow, receipt)
             await uow.commit()
             return stored
         existing = await uow.receipts.get(receipt.request_id)
     if existing is None or not receipt.same_as(existing):
         raise conflict(receipt.request_id)
     return existing
+
+
+async def _end_draw(uow: UnitOfWork, receipt: Receipt) -> None:
+    run = await uow.runs.get(receipt.run_id, lock=True)
+    draw = await uow.runs.get_draw(receipt.request_id)
+    if run is None or draw is None or draw.run_id != run.run_id:
+        if receipt.charge_micros:
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                f"Request {receipt.request_id} drew nothing from run {receipt.run_id}; "
+                "a charged receipt of a run needs its draw.",
+                {"request_id": receipt.request_id},
+            )
+        return
+    if draw.state == "abandoned":
+        if receipt.charge_micros:
+            raise DomainError(
+                Reason.HOLD_NOT_OPEN,
+                f"Run {run.run_id} was settled before request {receipt.request_id} ended; "
+                "record the request with no charge.",
+                {"run_id": run.run_id},
+            )
+        return
+    if draw.state == "reserved":
+        await uow.runs.save(run.commit(draw.reserved_micros, receipt.charge_micros))
+        await uow.runs.save_draw(
+            replace(draw, charge_micros=receipt.charge_micros, state="committed")
+        )
 
 
 async def get_receipt(command: GetReceipt, uow: UnitOfWork) -> Receipt:
@@ -71,8 +118,9 @@ async def get_receipt(command: GetReceipt, uow: UnitOfWork) -> Receipt:
 
 
 async def list_receipts(command: ListReceipts, uow: UnitOfWork) -> ReceiptPage:
-    if not command.filter.account_id:
-        raise DomainError(Reason.INVALID_ARGUMENT, "account_id is required to list receipts.")
+    """Newest first. An empty account id lists every account: the servicer's access
+    policy keeps that to the gateway (which always names the account) and operators."""
+    command.filter.check()
     size = page_size(command.page_size)
     after = Cursor.decode(command.page_token) if command.page_token else None
     async with uow:
@@ -84,3 +132,181 @@ async def list_receipts(command: ListReceipts, uow: UnitOfWork) -> ReceiptPage:
         assert last.finished_at is not None
         next_token = Cursor(last.finished_at, last.request_id).encode()
     return ReceiptPage(page, next_token)
+
+
+@dataclass(frozen=True)
+class AggregateReceipts:
+    filter: ReceiptFilter
+    by: AggregateBy
+
+
+async def aggregate_receipts(command: AggregateReceipts, uow: UnitOfWork) -> list[AggregateRow]:
+    command.filter.check()
+    async with uow:
+        return await uow.receipts.aggregate(command.filter, command.by)
+
+
+# Runs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenRun:
+    run: Run
+
+
+async def open_run(command: OpenRun, uow: UnitOfWork) -> Run:
+    """Store the run whose budget the gateway held; a replay answers the first."""
+    check_new(command.run)
+    async with uow:
+        stored = await uow.runs.add(command.run)
+        if stored is not None:
+            await uow.commit()
+            return stored
+        existing = await uow.runs.get(command.run.run_id)
+    if existing is None or (existing.account_id, existing.hold_id, existing.budget_micros) != (
+        command.run.account_id,
+        command.run.hold_id,
+        command.run.budget_micros,
+    ):
+        raise DomainError(
+            Reason.IDEMPOTENCY_CONFLICT,
+            f"Run {command.run.run_id} exists with another budget or hold.",
+            {"run_id": command.run.run_id},
+        )
+    return existing
+
+
+def _mine(run: Run | None, account_id: str, run_id: str) -> Run:
+    if run is None or (account_id and run.account_id != account_id):
+        raise run_not_found(run_id)
+    return run
+
+
+@dataclass(frozen=True)
+class GetRun:
+    account_id: str
+    run_id: str
+
+
+async def get_run(command: GetRun, uow: UnitOfWork) -> Run:
+    async with uow:
+        return _mine(await uow.runs.get(command.run_id), command.account_id, command.run_id)
+
+
+@dataclass(frozen=True)
+class ReserveFromRun:
+    account_id: str
+    run_id: str
+    request_id: str
+    amount_micros: int
+    bucket: Bucket | None = None
+
+
+async def reserve_from_run(command: ReserveFromRun, uow: UnitOfWork) -> Run:
+    """Under the run's row lock: the slice fits the rest of the budget, or is refused.
+    The same request id again answers the run without a second slice."""
+    if not command.request_id:
+        raise DomainError(Reason.INVALID_ARGUMENT, "request_id is required to draw on a run.")
+    async with uow:
+        run = _mine(
+            await uow.runs.get(command.run_id, lock=True), command.account_id, command.run_id
+        )
+        draw = await uow.runs.get_draw(command.request_id)
+        if draw is not None:
+            if draw.run_id != run.run_id or draw.reserved_micros != command.amount_micros:
+                raise DomainError(
+                    Reason.IDEMPOTENCY_CONFLICT,
+                    f"Request {command.request_id} already drew another slice.",
+                    {"request_id": command.request_id},
+                )
+            return run
+        run = run.reserve(command.amount_micros, command.bucket, uow.now())
+        await uow.runs.save(run)
+        await uow.runs.save_draw(Draw(run.run_id, command.request_id, command.amount_micros))
+        await uow.commit()
+        return run
+
+
+@dataclass(frozen=True)
+class CloseRun:
+    account_id: str
+    run_id: str
+
+
+async def close_run(command: CloseRun, uow: UnitOfWork) -> Run:
+    async with uow:
+        run = _mine(
+            await uow.runs.get(command.run_id, lock=True), command.account_id, command.run_id
+        )
+        closed = run.close(uow.now())
+        if closed is not run:
+            await uow.runs.save(closed)
+            await uow.commit()
+        return closed
+
+
+@dataclass(frozen=True)
+class FinishRun:
+    run_id: str
+    entry_id: str
+    captured_micros: int
+
+
+async def finish_run(command: FinishRun, uow: UnitOfWork) -> RunReceipt:
+    """Record the wallet's settle of the run's hold; draws still in flight are
+    abandoned (their requests are not charged). Answers the aggregate receipt."""
+    async with uow:
+        run = _mine(await uow.runs.get(command.run_id, lock=True), "", command.run_id)
+        if run.status is RunStatus.CLOSING:
+            abandoned = await uow.runs.abandon_draws(run.run_id)
+            run = run.finish(command.entry_id, command.captured_micros, abandoned, uow.now())
+            await uow.runs.save(run)
+            await uow.commit()
+        elif run.status is RunStatus.OPEN:
+            run.finish(command.entry_id, command.captured_micros, 0, uow.now())  # refuses
+    return await get_run_receipt(GetRunReceipt("", command.run_id), uow)
+
+
+@dataclass(frozen=True)
+class ExpireRuns:
+    limit: int = 100
+
+
+async def expire_runs(command: ExpireRuns, uow: UnitOfWork) -> list[Run]:
+    """Open runs past their expiry become closing (expiring); runs left closing past
+    the grace period are answered again, for the gateway's sweeper to settle."""
+    async with uow:
+        now = uow.now()
+        due = [r for r in await uow.runs.due(now, command.limit or 100) if r.due_for_sweep(now)]
+        answer = []
+        for run in due:
+            closed = run.close(now, expiring=True)
+            if closed is not run:
+                await uow.runs.save(closed)
+            answer.append(closed)
+        await uow.commit()
+        return answer
+
+
+@dataclass(frozen=True)
+class GetRunReceipt:
+    account_id: str
+    run_id: str
+
+
+async def get_run_receipt(command: GetRunReceipt, uow: UnitOfWork) -> RunReceipt:
+    async with uow:
+        run = _mine(await uow.runs.get(command.run_id), command.account_id, command.run_id)
+        lines: list[Receipt] = []
+        after: Cursor | None = None
+        while True:
+            page = await uow.receipts.list(
+                ReceiptFilter(account_id=run.account_id, run_id=run.run_id), after, 500
+            )
+            lines.extend(page)
+            if len(page) < 500:
+                break
+            last = page[-1]
+            assert last.finished_at is not None
+            after = Cursor(last.finished_at, last.request_id)
+    return run_receipt(run, lines)

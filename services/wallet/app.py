@@ -28,14 +28,37 @@ MIGRATIONS = Path(__file__).parent / "storage" / "migrations"
 SERVICE_NAME = "tokenforge.wallet.v1.WalletService"
 SWEEP_INTERVAL_S = 1.0
 
+# Who may call what (callers are named by TOKENFORGE_CALLER_TOKENS; "internal" is the
+# shared internal token, kept so single-token deployments and tests still work):
+# - holds (Hold/Settle/Release/ExtendHold): the gateway, which runs requests, and
+#   operators; no other service reserves or charges money;
+# - Credit: only the shared internal credential. Paid top-ups arrive on NATS and are
+#   credited in-process by the wallet's own consumer, so no service needs Credit over
+#   gRPC; operators correct balances with Adjust, never with a fake top-up;
+# - Adjust/Reverse (corrections with a reason) and Reconcile: operators only;
+# - reads (balances, ledger, holds) and OpenAccount: every authenticated caller.
+HOLD_CALLERS = frozenset({"gateway", "internal"})
 POLICY = AccessPolicy(
-    {
-        # Money in from paid top-ups: only the services (the payments consumer path).
-        "Credit": frozenset({Role.INTERNAL}),
-        # Operators' corrections, always with a reason.
+    rules={
+        "Hold": frozenset({Role.OPERATOR}),
+        "Settle": frozenset({Role.OPERATOR}),
+        "Release": frozenset({Role.OPERATOR}),
+        "ExtendHold": frozenset({Role.OPERATOR}),
+        "Credit": frozenset(),
         "Adjust": frozenset({Role.OPERATOR}),
-    }
+        "Reverse": frozenset({Role.OPERATOR}),
+        "Reconcile": frozenset({Role.OPERATOR}),
+    },
+    callers={
+        "Hold": HOLD_CALLERS,
+        "Settle": HOLD_CALLERS,
+        "Release": HOLD_CALLERS,
+        "ExtendHold": HOLD_CALLERS,
+        "Credit": frozenset({"internal"}),
+    },
 )
+# Enough connections for a burst of concurrent holds (pool + overflow = 64).
+DB_POOL_SIZE = 32
 
 
 def migrate(database_url: str) -> None:
@@ -67,7 +90,7 @@ async def _sweep_forever(uow: UnitOfWork) -> None:
 
 async def start(settings: Settings, port: int = 0) -> RunningService:
     configure_labels(settings.bucket_labels)
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, pool_size=DB_POOL_SIZE)
     sessions = sessionmaker(engine)
 
     def uow_factory() -> UnitOfWork:
@@ -82,9 +105,7 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
             )
         ],
         port=port,
-        credentials=Credentials(settings.internal_token, settings.admin_token)
-        if settings.internal_token or settings.admin_token
-        else None,
+        credentials=Credentials.from_settings(settings),
         policy=POLICY,
     )
     await server.server.start()

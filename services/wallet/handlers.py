@@ -15,6 +15,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 from services.wallet.domain import commands
@@ -25,14 +26,20 @@ from services.wallet.domain.model import (
     account_not_found,
     adjustment,
     adjustment_key,
+    already_reversed,
+    check_reversible,
+    entry_not_found,
     hold_not_found,
     idempotency_conflict,
     request_charge,
     require_positive,
+    reversal,
+    reversal_key,
     topup_credit,
     topup_key,
 )
-from services.wallet.storage.repository import DuplicateKey, LedgerQuery
+from services.wallet.domain.reconcile import ReconcileReport
+from services.wallet.storage.repository import DuplicateKey, HoldQuery, LedgerQuery
 from services.wallet.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
@@ -121,13 +128,18 @@ def _hold_id(text: str) -> uuid.UUID:
         raise hold_not_found(text) from None
 
 
+async def _locked_hold(uow: UnitOfWork, hold_id: str, account_id: str) -> Hold:
+    """The hold, locked; another account's hold is not found (never confirmed to exist)."""
+    hold = await uow.wallet.lock_hold(_hold_id(hold_id))
+    if hold is None or not hold.belongs_to(account_id):
+        raise hold_not_found(hold_id)
+    return hold
+
+
 async def settle_hold(cmd: commands.SettleHold, uow: UnitOfWork) -> Settled:
     """Charge up to the held amount, give the rest back, end the hold (W3)."""
-    hold_id = _hold_id(cmd.hold_id)
     async with uow:
-        hold = await uow.wallet.lock_hold(hold_id)
-        if hold is None:
-            raise hold_not_found(cmd.hold_id)
+        hold = await _locked_hold(uow, cmd.hold_id, cmd.account_id)
         if hold.is_replay_of_settle(cmd.amount):
             entry = await uow.wallet.entry(hold.entry_id) if hold.entry_id else None
             return Settled(hold, entry)
@@ -148,11 +160,8 @@ async def settle_hold(cmd: commands.SettleHold, uow: UnitOfWork) -> Settled:
 
 async def release_hold(cmd: commands.ReleaseHold, uow: UnitOfWork) -> Hold:
     """Give a hold back whole; releasing a released (or expired) hold changes nothing."""
-    hold_id = _hold_id(cmd.hold_id)
     async with uow:
-        hold = await uow.wallet.lock_hold(hold_id)
-        if hold is None:
-            raise hold_not_found(cmd.hold_id)
+        hold = await _locked_hold(uow, cmd.hold_id, cmd.account_id)
         hold.check_release()
         if not hold.is_open:
             return hold  # released or expired already: the money is back (W3)
@@ -163,6 +172,17 @@ async def release_hold(cmd: commands.ReleaseHold, uow: UnitOfWork) -> Hold:
         await uow.commit()
     if cmd.reason:
         log.info("hold %s released: %s", hold.hold_id, cmd.reason)
+    return hold
+
+
+async def extend_hold(cmd: commands.ExtendHold, uow: UnitOfWork) -> Hold:
+    """Give an open, unexpired hold a later expiry (long streams); bounded by the
+    hold's maximum lifetime. Extending to an earlier time changes nothing."""
+    async with uow:
+        hold = await _locked_hold(uow, cmd.hold_id, cmd.account_id)
+        if hold.extend(cmd.ttl_seconds, uow.now()):
+            await uow.wallet.save_hold(hold)
+            await uow.commit()
     return hold
 
 
@@ -258,6 +278,53 @@ async def adjust_balance(cmd: commands.AdjustBalance, uow: UnitOfWork) -> Journa
     return await _replaying_duplicates(run)
 
 
+def _entry_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise entry_not_found(text) from None
+
+
+async def reverse_entry(cmd: commands.ReverseEntry, uow: UnitOfWork) -> JournalEntry:
+    """Write the opposite of one entry with a reason (W5), once per entry.
+
+    The same reversal replayed (same reason) answers the first one; another reason
+    is refused as a second reversal; a reversal is never reversed; taking money back
+    never takes available below zero (W2).
+    """
+    _require(cmd.reason, "reason")
+    entry_id = _entry_id(cmd.entry_id)
+
+    async def run() -> JournalEntry:
+        async with uow:
+            original = await uow.wallet.entry(entry_id)
+            if original is None:
+                raise entry_not_found(cmd.entry_id)
+            check_reversible(original, cmd.reason)
+            balance = await _locked_balance(uow, original.account_id, original.bucket)
+            first = await uow.wallet.entry_by_key(reversal_key(original.entry_id))
+            if first is not None:
+                if first.reason == cmd.reason.strip():
+                    return first
+                raise already_reversed(original, first)
+            entry = reversal(original, balance, cmd.reason, cmd.operator, uow.now(), cmd.trace_id)
+            await uow.wallet.add_entry(entry)
+            await uow.wallet.save_balance(balance)
+            await uow.commit()
+            return entry
+
+    return await _replaying_duplicates(run)
+
+
+async def reconcile(cmd: commands.Reconcile, uow: UnitOfWork) -> ReconcileReport:
+    """Recompute every balance from the journal and check every money rule."""
+    async with uow:
+        report = await uow.wallet.reconcile()
+    if report.violations:
+        log.error("wallet reconciliation found %s violations", len(report.violations))
+    return report
+
+
 @dataclass(frozen=True)
 class LedgerPage:
     entries: list[JournalEntry]
@@ -268,6 +335,14 @@ def _encode_token(seq: int) -> str:
     return base64.urlsafe_b64encode(f"v1:{seq}".encode()).decode().rstrip("=")
 
 
+def _bad_token() -> DomainError:
+    return DomainError(
+        Reason.INVALID_ARGUMENT,
+        "page_token is not one this list gave out; pass next_page_token as returned.",
+        {"field": "page_token"},
+    )
+
+
 def _decode_token(token: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
@@ -276,20 +351,73 @@ def _decode_token(token: str) -> int:
             raise ValueError(version)
         return int(seq)
     except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise _bad_token() from None
+
+
+def _encode_hold_token(hold: Hold) -> str:
+    raw = f"h1|{hold.created_at.isoformat()}|{hold.hold_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_hold_token(token: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        version, created_at, hold_id = raw.split("|")
+        if version != "h1":
+            raise ValueError(version)
+        return datetime.fromisoformat(created_at), uuid.UUID(hold_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise _bad_token() from None
+
+
+def _page_size(size: int) -> int:
+    if size < 0:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT, "page_size is never negative.", {"field": "page_size"}
+        )
+    return min(size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _check_window(from_time: datetime | None, to_time: datetime | None) -> None:
+    if from_time is not None and to_time is not None and to_time <= from_time:
         raise DomainError(
             Reason.INVALID_ARGUMENT,
-            "page_token is not one this ledger gave out; pass next_page_token as returned.",
-            {"field": "page_token"},
-        ) from None
+            "to_time must be after from_time (from is inclusive, to is exclusive).",
+            {"field": "to_time"},
+        )
+
+
+@dataclass(frozen=True)
+class HoldPage:
+    holds: list[Hold]
+    next_page_token: str
+
+
+async def list_holds(cmd: commands.ListHolds, uow: UnitOfWork) -> HoldPage:
+    """The account's holds newest first, by status and time, one page at a time
+    (what the usage service reconciles receipts against)."""
+    size = _page_size(cmd.page_size)
+    _check_window(cmd.from_time, cmd.to_time)
+    query = HoldQuery(
+        account_id=cmd.account_id,
+        limit=size + 1,
+        status=cmd.status,
+        from_time=cmd.from_time,
+        to_time=cmd.to_time,
+        before=_decode_hold_token(cmd.page_token) if cmd.page_token else None,
+    )
+    async with uow:
+        if not await uow.wallet.account_exists(cmd.account_id):
+            raise account_not_found(cmd.account_id)
+        rows = await uow.wallet.holds(query)
+    page, more = rows[:size], len(rows) > size
+    return HoldPage(page, _encode_hold_token(page[-1]) if more else "")
 
 
 async def list_ledger(cmd: commands.ListLedger, uow: UnitOfWork) -> LedgerPage:
     """The account's ledger rows newest first, filtered, one page at a time."""
-    if cmd.page_size < 0:
-        raise DomainError(
-            Reason.INVALID_ARGUMENT, "page_size is never negative.", {"field": "page_size"}
-        )
-    size = min(cmd.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    size = _page_size(cmd.page_size)
+    _check_window(cmd.from_time, cmd.to_time)
     before = _decode_token(cmd.page_token) if cmd.page_token else None
     query = LedgerQuery(
         account_id=cmd.account_id,
@@ -299,6 +427,8 @@ async def list_ledger(cmd: commands.ListLedger, uow: UnitOfWork) -> LedgerPage:
         request_id=cmd.request_id,
         order_id=cmd.order_id,
         before_seq=before,
+        from_time=cmd.from_time,
+        to_time=cmd.to_time,
     )
     async with uow:
         if not await uow.wallet.account_exists(cmd.account_id):

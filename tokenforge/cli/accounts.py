@@ -17,14 +17,120 @@ def cmd_accounts_open(args: argparse.Namespace) -> int:
     return operator_call(args, action)
 
 
+def _settings(args: argparse.Namespace) -> Any:
+    from tokenforge.money import parse_amount
+    from tokenforge.routing.v1 import routing_pb2
+    from tokenforge.wire import bucket_from_name, bucket_to_proto, route_kind_to_proto
+
+    caps: dict[str, dict[str, int]] = {}
+    for kind, entries in (("daily_micros", args.daily_cap), ("total_micros", args.total_cap)):
+        for entry in entries or []:
+            bucket, _, amount = entry.partition("=")
+            caps.setdefault(bucket, {})[kind] = parse_amount(amount)
+    return routing_pb2.KeySettings(
+        allowed_models=args.models or [],
+        allowed_route_kinds=[route_kind_to_proto(k) for k in args.kinds or []],
+        route_preference=[route_kind_to_proto(k) for k in args.prefer or []],
+        fallback_allowed=args.fallback,
+        ip_allowlist=args.ip or [],
+        requests_per_minute=args.rpm,
+        tokens_per_minute=args.tpm,
+        max_in_flight=args.max_in_flight,
+        spend_caps=[
+            routing_pb2.SpendCap(bucket=bucket_to_proto(bucket_from_name(b)), **values)
+            for b, values in caps.items()
+        ],
+    )
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    async def action(op: Any) -> int:
-        project = await op.open_account(args.account_id)
-        key = await op.create_key(args.account_id, project, args.name)
-        out(f"API key (shown once, keep it safe): {key}")
+    from datetime import datetime
+
+    from tokenforge.cli.catalog import routing_action
+    from tokenforge.routing.v1 import routing_pb2
+    from tokenforge.wire import timestamp
+
+    async def action(peer: Any, stub: Any) -> int:
+        opened = await peer.call(
+            stub.OpenAccount, routing_pb2.OpenAccountRequest(account_id=args.account_id)
+        )
+        created = await peer.call(
+            stub.CreateApiKey,
+            routing_pb2.CreateApiKeyRequest(
+                account_id=args.account_id,
+                project_id=args.project or opened.project_id,
+                name=args.name,
+                scopes=[SCOPES[s] for s in args.scope or []],  # type: ignore[misc]
+                expires_at=timestamp(datetime.fromisoformat(args.expires))
+                if args.expires
+                else None,
+                settings=_settings(args),
+            ),
+        )
+        out(f"key id {created.key_id} (prefix {created.prefix})")
+        out(f"API key (shown once, keep it safe): {created.api_key}")
         return 0
 
-    return operator_call(args, action)
+    return routing_action(args, action)
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from tokenforge.cli.catalog import routing_action
+    from tokenforge.routing.v1 import routing_pb2
+
+    async def action(peer: Any, stub: Any) -> int:
+        answer = await peer.call(
+            stub.ListApiKeys, routing_pb2.ListApiKeysRequest(account_id=args.account_id)
+        )
+        names = {v: k for k, v in SCOPES.items()}
+        for k in answer.keys:
+            s = k.settings
+            state = "revoked" if k.HasField("revoked_at") else "active"
+            last = k.last_used_at.ToJsonString() if k.HasField("last_used_at") else "never"
+            out(
+                f"{k.key_id}	{k.prefix}...	{state}	{','.join(names[x] for x in k.scopes)}	"
+                f"rpm={s.requests_per_minute or '-'} tpm={s.tokens_per_minute or '-'} "
+                f"in_flight={s.max_in_flight or '-'}	last used {last}	{k.name}"
+            )
+        return 0
+
+    return routing_action(args, action)
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from tokenforge.cli.catalog import routing_action
+    from tokenforge.routing.v1 import routing_pb2
+
+    async def action(peer: Any, stub: Any) -> int:
+        await peer.call(
+            stub.RevokeApiKey,
+            routing_pb2.RevokeApiKeyRequest(account_id=args.account_id, key_id=args.key_id),
+        )
+        out(f"key {args.key_id} revoked (everywhere within 2 s)")
+        return 0
+
+    return routing_action(args, action)
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from tokenforge.cli.catalog import routing_action
+    from tokenforge.routing.v1 import routing_pb2
+
+    async def action(peer: Any, stub: Any) -> int:
+        answer = await peer.call(
+            stub.RotateApiKey,
+            routing_pb2.RotateApiKeyRequest(
+                account_id=args.account_id, key_id=args.key_id, grace_seconds=args.grace
+            ),
+        )
+        out(f"new key id {answer.key.key_id}; {args.key_id} stops in {args.grace} s")
+        out(f"API key (shown once, keep it safe): {answer.api_key}")
+        return 0
+
+    return routing_action(args, action)
+
+
+SCOPES = {"inference": 1, "wallet_read": 2, "topup": 3, "keys": 4}
 
 
 def register(sub: Any) -> None:
@@ -42,4 +148,34 @@ def register(sub: Any) -> None:
     add_state_dir(key_create)
     key_create.add_argument("account_id")
     key_create.add_argument("--name", default="cli key")
+    key_create.add_argument("--project", default="", help="default: the default project")
+    key_create.add_argument("--scope", action="append", choices=sorted(SCOPES))
+    key_create.add_argument("--models", action="append", help="allowed model pattern")
+    key_create.add_argument("--kinds", action="append", choices=["official", "routed"])
+    key_create.add_argument("--prefer", action="append", choices=["official", "routed"])
+    key_create.add_argument(
+        "--fallback", action="store_true", help="may fall back to another route"
+    )
+    key_create.add_argument("--ip", action="append", help="allowed client IP or CIDR")
+    key_create.add_argument("--rpm", type=int, default=0, help="requests per minute")
+    key_create.add_argument("--tpm", type=int, default=0, help="tokens per minute")
+    key_create.add_argument("--max-in-flight", type=int, default=0)
+    key_create.add_argument("--daily-cap", action="append", help="BUCKET=AMOUNT, e.g. credit=5")
+    key_create.add_argument("--total-cap", action="append", help="BUCKET=AMOUNT")
+    key_create.add_argument("--expires", default="", help="ISO 8601 time with zone")
     key_create.set_defaults(func=cmd_keys_create)
+    key_list = keys.add_parser("list", help="an account's keys (never the secrets)")
+    add_state_dir(key_list)
+    key_list.add_argument("account_id")
+    key_list.set_defaults(func=cmd_keys_list)
+    key_revoke = keys.add_parser("revoke", help="revoke a key")
+    add_state_dir(key_revoke)
+    key_revoke.add_argument("account_id")
+    key_revoke.add_argument("key_id")
+    key_revoke.set_defaults(func=cmd_keys_revoke)
+    key_rotate = keys.add_parser("rotate", help="new secret, same settings")
+    add_state_dir(key_rotate)
+    key_rotate.add_argument("account_id")
+    key_rotate.add_argument("key_id")
+    key_rotate.add_argument("--grace", type=int, default=0, help="seconds the old key still works")
+    key_rotate.set_defaults(func=cmd_keys_rotate)

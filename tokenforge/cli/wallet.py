@@ -1,13 +1,131 @@
-"""Balances and adjustments (operator verbs)."""
+"""Balances, the ledger, adjustments, reversals and reconciliation (operator verbs)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, operator_call, out
+from tokenforge.cli.common import add_state_dir, connection, operator_call, out
+
+
+def wallet_call(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]) -> int:
+    """Run `action(wallet_client)` with the operator's credential; refusals exit 1."""
+    from services.wallet.client import WalletClient
+    from tokenforge.errors import DomainError
+
+    services, token = connection(args)
+    if not services.get("wallet"):
+        sys.stderr.write(
+            "No wallet address: start `tokenforge dev` (dev.json) or set "
+            "TOKENFORGE_WALLET_ADDR and TOKENFORGE_ADMIN_TOKEN.\n"
+        )
+        return 2
+
+    async def main() -> int:
+        client = WalletClient.connect(services["wallet"], token, deadline=30.0)
+        try:
+            return await action(client)
+        except DomainError as error:
+            sys.stderr.write(f"refused ({error.reason.value}): {error.message}\n")
+            return 1
+        finally:
+            await client.close()
+
+    return asyncio.run(main())
+
+
+def _when(stamp: Any) -> str:
+    return str(stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def cmd_wallet_ledger(args: argparse.Namespace) -> int:
+    from tokenforge.money import format_amount
+    from tokenforge.wallet.v1 import wallet_pb2
+    from tokenforge.wire import bucket_from_name, bucket_from_proto
+
+    bucket = bucket_from_name(args.bucket) if args.bucket else None
+    kind = wallet_pb2.EntryKind.Value(f"ENTRY_KIND_{args.kind.upper()}") if args.kind else 0
+
+    async def action(client: Any) -> int:
+        page = await client.ledger(
+            args.account_id,
+            bucket=bucket,
+            kind=kind,
+            request_id=args.request_id,
+            order_id=args.order_id,
+            page_size=args.limit,
+        )
+        if not page.entries:
+            out("no ledger rows")
+        for e in page.entries:
+            b = bucket_from_proto(e.bucket)
+            kind_name = wallet_pb2.EntryKind.Name(e.kind).removeprefix("ENTRY_KIND_").lower()
+            refs = " ".join(
+                f"{name}={value}"
+                for name, value in (
+                    ("request", e.request_id),
+                    ("order", e.order_id),
+                    ("reverses", e.reverses_entry_id),
+                    ("by", e.operator),
+                    ("reason", e.reason),
+                )
+                if value
+            )
+            out(
+                f"{_when(e.created_at)}  {e.entry_id}  {kind_name:<14} {b.label:<15} "
+                f"{format_amount(e.amount_micros, b):>14}  balance "
+                f"{format_amount(e.balance_after_micros, b):>14}  {refs}".rstrip()
+            )
+        if page.next_page_token:
+            out(f"(more rows: raise --limit; next page token {page.next_page_token})")
+        return 0
+
+    return wallet_call(args, action)
+
+
+def cmd_wallet_reverse(args: argparse.Namespace) -> int:
+    from tokenforge.money import format_amount
+    from tokenforge.wire import bucket_from_proto
+
+    async def action(client: Any) -> int:
+        entry = await client.reverse(
+            args.entry_id, args.reason, operator=os.environ.get("USER", "operator")
+        )
+        bucket = bucket_from_proto(entry.bucket)
+        out(
+            f"reversal {entry.entry_id} of {entry.reverses_entry_id}: "
+            f"{format_amount(entry.amount_micros, bucket)}, "
+            f"{bucket.label} now {format_amount(entry.balance_after_micros, bucket)}"
+        )
+        return 0
+
+    return wallet_call(args, action)
+
+
+def cmd_wallet_reconcile(args: argparse.Namespace) -> int:
+    async def action(client: Any) -> int:
+        report = await client.reconcile()
+        out(
+            f"checked {report.accounts_checked} accounts, {report.entries_checked} ledger "
+            f"entries, {report.holds_checked} holds"
+        )
+        for v in report.violations:
+            out(f"VIOLATION {v.rule} {v.subject}: {v.detail}")
+        if report.ok:
+            out(
+                "ok: every entry sums to zero, every balance is the fold of its journal, "
+                "no bucket below zero, every hold open or ended once"
+            )
+            return 0
+        out(f"{len(report.violations)} violations")
+        return 1
+
+    return wallet_call(args, action)
 
 
 def cmd_wallet_balances(args: argparse.Namespace) -> int:
@@ -53,9 +171,9 @@ def cmd_wallet_adjust(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    wallet = sub.add_parser("wallet", help="balances and adjustments").add_subparsers(
-        dest="verb", required=True
-    )
+    wallet = sub.add_parser(
+        "wallet", help="balances, ledger, adjustments, reversals, reconcile"
+    ).add_subparsers(dest="verb", required=True)
     bal = wallet.add_parser("balances", help="both balances of an account")
     add_state_dir(bal)
     bal.add_argument("account_id")
@@ -68,3 +186,26 @@ def register(sub: Any) -> None:
     adj.add_argument("--reason", required=True)
     adj.add_argument("--idempotency-key", default="")
     adj.set_defaults(func=cmd_wallet_adjust)
+    led = wallet.add_parser("ledger", help="an account's ledger rows, newest first")
+    add_state_dir(led)
+    led.add_argument("account_id")
+    led.add_argument("--bucket", choices=["credit", "routed"], default="")
+    led.add_argument(
+        "--kind",
+        choices=["topup_credit", "request_charge", "adjustment", "reversal"],
+        default="",
+    )
+    led.add_argument("--request-id", default="")
+    led.add_argument("--order-id", default="")
+    led.add_argument("--limit", type=int, default=50)
+    led.set_defaults(func=cmd_wallet_ledger)
+    rev = wallet.add_parser("reverse", help="reverse one ledger entry, with a reason")
+    add_state_dir(rev)
+    rev.add_argument("entry_id")
+    rev.add_argument("--reason", required=True)
+    rev.set_defaults(func=cmd_wallet_reverse)
+    rec = wallet.add_parser(
+        "reconcile", help="prove every balance from the journal; exits 1 on any violation"
+    )
+    add_state_dir(rec)
+    rec.set_defaults(func=cmd_wallet_reconcile)

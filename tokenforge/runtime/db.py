@@ -29,8 +29,15 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     if not instrumentor.is_instrumented_by_opentelemetry:
         # Patches engine creation once per process: every engine made after is traced.
         instrumentor.instrument(enable_commenter=False)
+    # No pre-ping: it costs a round trip to PostgreSQL on every checkout (8% of the
+    # wallet's CPU under load, see docs/PERFORMANCE.md). A connection that died is
+    # invalidated on its first error instead, and recycled before servers' idle limits.
     return create_async_engine(
-        async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=False,
+        pool_recycle=1800,
     )
 
 

@@ -8,13 +8,15 @@ every call.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
+import hmac
 import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -25,6 +27,10 @@ from grpc_status import rpc_status
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from tokenforge.errors import ERROR_DOMAIN, GRPC_STATUS, DomainError, Reason
+from tokenforge.runtime.metrics import MetricsInterceptor
+
+if TYPE_CHECKING:
+    from tokenforge.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +43,78 @@ class Role(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Caller:
+    """Who is calling: a role, and the name of the service or person behind it."""
+
+    role: Role
+    name: str
+
+
+# The caller of the call being served (set by GuardInterceptor), for handlers that
+# record who did something (an operator's adjustment or reversal).
+current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
+    "tokenforge_current_caller", default=None
+)
+
+LEGACY_INTERNAL = "internal"
+OPERATOR_NAME = "operator"
+
+
+@dataclass(frozen=True)
 class Credentials:
+    """Tokens a server accepts: the admin token (operators), the shared internal token
+    (role internal, caller "internal"), and one token per calling service
+    (`callers`: name -> token; role internal, caller = that name)."""
+
     internal_token: str
     admin_token: str
+    callers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Credentials | None:
+        """None (no check at all) only when no token is configured."""
+        if not (settings.internal_token or settings.admin_token or settings.caller_tokens):
+            return None
+        return cls(settings.internal_token, settings.admin_token, dict(settings.caller_tokens))
+
+    def identify(self, token: str) -> Caller | None:
+        # Every candidate is compared, so timing does not tell which one matched.
+        found: Caller | None = None
+        if self.admin_token and hmac.compare_digest(token, self.admin_token):
+            found = Caller(Role.OPERATOR, OPERATOR_NAME)
+        if self.internal_token and hmac.compare_digest(token, self.internal_token):
+            found = found or Caller(Role.INTERNAL, LEGACY_INTERNAL)
+        for name, secret in self.callers.items():
+            if secret and hmac.compare_digest(token, secret):
+                found = found or Caller(Role.INTERNAL, name)
+        return found
 
     def role_of(self, token: str) -> Role | None:
-        import hmac
-
-        if self.admin_token and hmac.compare_digest(token, self.admin_token):
-            return Role.OPERATOR
-        if self.internal_token and hmac.compare_digest(token, self.internal_token):
-            return Role.INTERNAL
-        return None
+        caller = self.identify(token)
+        return caller.role if caller is not None else None
 
 
 @dataclass
 class AccessPolicy:
-    """Which roles may call which method; methods not listed accept both roles."""
+    """Which callers may call which method.
+
+    `rules` names roles, `callers` names callers (services by name, or "internal"
+    for the shared internal token). A method named in neither is open to every
+    authenticated caller; a method named in either is open to a caller whose role is
+    in `rules[method]` or whose name is in `callers[method]`.
+    """
 
     rules: Mapping[str, frozenset[Role]] = field(default_factory=dict)
+    callers: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
-    def allows(self, method: str, role: Role) -> bool:
-        allowed = self.rules.get(method.rsplit("/", 1)[-1])
-        return role in allowed if allowed is not None else True
+    def allows(self, method: str, role: Role | Caller) -> bool:
+        caller = role if isinstance(role, Caller) else Caller(role, "")
+        name = method.rsplit("/", 1)[-1]
+        roles = self.rules.get(name)
+        names = self.callers.get(name)
+        if roles is None and names is None:
+            return True
+        return caller.role in (roles or frozenset()) or caller.name in (names or frozenset())
 
 
 def rich_status(error: DomainError) -> status_pb2.Status:
@@ -100,37 +155,43 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or handler.unary_unary is None or method.startswith("/grpc."):
             return handler
         inner = handler.unary_unary
-        denial = self._check(method, details.invocation_metadata or ())
+        caller, denial = self._check(method, details.invocation_metadata or ())
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if denial is not None:
                 await context.abort_with_status(rpc_status.to_status(rich_status(denial)))
+            reset = current_caller.set(caller)
             try:
                 return await inner(request, context)
             except DomainError as error:
                 await context.abort_with_status(rpc_status.to_status(rich_status(error)))
+            finally:
+                current_caller.reset(reset)
 
         return _wrap_unary(handler, behaviour)
 
-    def _check(self, method: str, metadata: Iterable[tuple[str, Any]]) -> DomainError | None:
+    def _check(
+        self, method: str, metadata: Iterable[tuple[str, Any]]
+    ) -> tuple[Caller | None, DomainError | None]:
         if self._credentials is None:
-            return None
+            return None, None
         token = ""
         for key, value in metadata:
             if key == "authorization" and isinstance(value, str):
                 token = value.removeprefix("Bearer ").strip()
-        role = self._credentials.role_of(token) if token else None
-        if role is None:
-            return DomainError(
+        caller = self._credentials.identify(token) if token else None
+        if caller is None:
+            return None, DomainError(
                 Reason.UNAUTHENTICATED,
                 "This call needs a service or operator credential (authorization: Bearer <token>).",
             )
-        if not self._policy.allows(method, role):
-            return DomainError(
+        if not self._policy.allows(method, caller):
+            return caller, DomainError(
                 Reason.PERMISSION_DENIED,
-                f"{method.rsplit('/', 1)[-1]} is not open to the {role.value} credential.",
+                f"{method.rsplit('/', 1)[-1]} is not open to the {caller.role.value} "
+                f"credential of {caller.name!r}.",
             )
-        return None
+        return caller, None
 
 
 @dataclass
@@ -164,6 +225,7 @@ def create_server(
     server = grpc.aio.server(
         interceptors=[
             aio_server_interceptor(),  # type: ignore[no-untyped-call]
+            MetricsInterceptor(),
             GuardInterceptor(credentials, policy or AccessPolicy()),
         ],
         options=[("grpc.so_reuseport", 0)],

@@ -38,7 +38,7 @@ class Peers:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Peers:
-        token = settings.internal_token
+        token = settings.peer_token
         return cls(
             routing=Peer("routing", settings.routing_addr, token),
             wallet=Peer("wallet", settings.wallet_addr, token),

@@ -125,22 +125,42 @@ def topup_status_text(t: payments_pb2.TopUp, now: datetime | None = None) -> str
     status = TOPUP_STATUS.get(t.status, "unspecified")
     if status == "pending":
         now = now or datetime.now(UTC)
-        left = int((t.expires_at.ToDatetime(tzinfo=UTC) - now).total_seconds() // 60)
-        return f"Waiting for payment (expires in {max(left, 0)} min)"
+        left_s = max(int((t.expires_at.ToDatetime(tzinfo=UTC) - now).total_seconds()), 0)
+        left = (
+            f"{left_s // 3600} h {left_s % 3600 // 60} min"
+            if left_s >= 3600
+            else (f"{left_s // 60} min")
+        )
+        if t.provider == "manual_transfer":
+            return (
+                f"Waiting for payment (expires in {left}): send the bank transfer, then "
+                "submit its reference"
+            )
+        return f"Waiting for payment (expires in {left})"
     received = format_amount(t.received_micros, bucket)
+    rejected = "Not approved: no balance was added"
+    if status == "rejected":
+        reasons = [x.reason for x in t.transitions if TOPUP_STATUS.get(x.to_status) == "rejected"]
+        if reasons:
+            rejected += f" ({reasons[-1].removeprefix('rejected: ')})"
+    review = "Waiting for review: we received your transfer details"
+    if t.provider != "manual_transfer":
+        review = "Waiting for review: we received your payment and are checking it"
     return {
-        "awaiting_review": "Waiting for review: we received your transfer details",
+        "awaiting_review": review,
         "succeeded": f"Paid: {received} added to {bucket.label}",
         "expired": "Expired before payment: nothing was charged, no balance added",
         "failed": "Payment failed: no balance was added",
-        "rejected": "Not approved: no balance was added",
+        "rejected": rejected,
         "canceled": "Canceled: no balance was added",
     }.get(status, status)
 
 
-def topup_json(t: payments_pb2.TopUp) -> dict[str, Any]:
+def topup_json(t: payments_pb2.TopUp, ledger_entry_id: str | None = None) -> dict[str, Any]:
+    """One order as the user reads it; `ledger_entry_id` once the wallet credited it."""
     bucket = bucket_from_proto(t.bucket)
     return {
+        "object": "topup",
         "order_id": t.order_id,
         "status": TOPUP_STATUS.get(t.status, "unspecified"),
         "status_text": topup_status_text(t),
@@ -150,11 +170,14 @@ def topup_json(t: payments_pb2.TopUp) -> dict[str, Any]:
         "topup_amount": {
             "minor": t.paid_amount_minor,
             "currency": t.currency,
-            "display": f"{t.paid_amount_minor / 100:.2f} {t.currency}",
+            "display": f"{t.paid_amount_minor // 100}.{t.paid_amount_minor % 100:02d} {t.currency}",
         },
         "received_balance": amount(t.received_micros, bucket),
+        "checkout_url": t.checkout_url or None,
+        "transfer_reference": t.transfer_reference or None,
         "created_at": iso(t.created_at),
         "expires_at": iso(t.expires_at),
+        "ledger_entry_id": ledger_entry_id,
         "ledger_url": f"/v1/wallet/ledger?order_id={t.order_id}",
         "transitions": [
             {
@@ -189,6 +212,18 @@ def model_json(m: routing_pb2.Model, created: int) -> dict[str, Any]:
                     "request_fee": amount(r.prices.request_fee_micros, bucket),
                 },
                 "channels": [c.channel_id for c in r.channels],
+                # Each channel's circuit state, error rate and latency (routing's view).
+                "health": [
+                    {
+                        "channel": h.channel_id,
+                        "state": h.state,
+                        "error_rate": h.error_rate_ppm / 1_000_000,
+                        "latency_p50_ms": h.latency_p50_ms,
+                        "latency_p95_ms": h.latency_p95_ms,
+                        "last_failure": h.last_failure or None,
+                    }
+                    for h in r.health
+                ],
             }
         )
     return {

@@ -137,6 +137,9 @@ class Order:
     expires_at: datetime
     idempotency_key: str | None = None
     provider_reference: str = ""
+    checkout_url: str = ""
+    provider_transaction_id: str | None = None
+    transfer_reference: str = ""
     version: int = 0
     transitions: list[Transition] = field(default_factory=list)
     # Events raised since the order was loaded; the unit of work writes them to the outbox.
@@ -216,6 +219,72 @@ class Order:
         if self.status is TopUpStatus.EXPIRED:
             return False
         self.move_to(TopUpStatus.EXPIRED, reason=reason, actor=actor, at=at)
+        return True
+
+    def submit_transfer_proof(self, reference: str, *, at: datetime, actor: str) -> bool:
+        """The user says they sent the bank transfer: an operator checks it.
+
+        Returns False when the same reference was already submitted. A proof for an
+        expired order still goes to review: the money may have been sent.
+        """
+        reference = reference.strip()
+        if not reference:
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                "Give the bank transfer's reference, as it reads on your bank statement.",
+                {"param": "transfer_reference"},
+            )
+        if self.status is TopUpStatus.AWAITING_REVIEW and self.transfer_reference == reference:
+            return False
+        late = self.status is TopUpStatus.EXPIRED or (
+            self.status is TopUpStatus.PENDING and self.is_due(at)
+        )
+        self.move_to(
+            TopUpStatus.AWAITING_REVIEW,
+            reason=f"transfer reference {reference!r} submitted"
+            + (" after the order expired" if late else ""),
+            actor=actor,
+            at=at,
+        )
+        self.transfer_reference = reference
+        return True
+
+    def approve(self, *, reason: str, operator: str, at: datetime) -> bool:
+        """An operator confirms the money arrived. Returns False on a replay."""
+        if self.status is TopUpStatus.SUCCEEDED:
+            return False
+        self._require_review(reason, "approve")
+        self.move_to(TopUpStatus.SUCCEEDED, reason=f"approved: {reason}", actor=operator, at=at)
+        return True
+
+    def reject(self, *, reason: str, operator: str, at: datetime) -> bool:
+        """An operator refuses the order. Returns False on a replay."""
+        if self.status is TopUpStatus.REJECTED:
+            return False
+        self._require_review(reason, "reject")
+        self.move_to(TopUpStatus.REJECTED, reason=f"rejected: {reason}", actor=operator, at=at)
+        return True
+
+    def _require_review(self, reason: str, verb: str) -> None:
+        if not reason.strip():
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                f"Say why you {verb} top-up {self.order_id}: the reason stays on its trail.",
+                {"param": "reason"},
+            )
+        if self.status is not TopUpStatus.AWAITING_REVIEW:
+            raise DomainError(
+                Reason.INVALID_TRANSITION,
+                f"Top-up {self.order_id} is {self.status.plain_words}, not waiting for "
+                f"review; there is nothing to {verb}. {NEXT_STEP[self.status]}",
+                {"order_id": self.order_id, "status": self.status.value},
+            )
+
+    def cancel(self, *, at: datetime, actor: str) -> bool:
+        """The user gives up on a pending order. Returns False on a replay."""
+        if self.status is TopUpStatus.CANCELED:
+            return False
+        self.move_to(TopUpStatus.CANCELED, reason="canceled by the user", actor=actor, at=at)
         return True
 
     def same_request(

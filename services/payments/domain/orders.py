@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
 
 from .model import Order, TopUpStatus
-from .providers import provider_named
+from .providers import Provider, provider_named
 from .rates import received_micros
 
-# How long a pending order waits for its payment.
+# How long a pending order waits for its payment when its provider says nothing.
 DEFAULT_ORDER_TTL = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class OrderTtls:
+    """How long pending orders wait for payment: per provider (`per_provider`), else
+    one for all (`everyone`), else the provider's own (`Provider.order_ttl`)."""
+
+    per_provider: Mapping[str, timedelta] = field(default_factory=dict)
+    everyone: timedelta | None = None
+
+    def for_provider(self, provider: Provider) -> timedelta:
+        return self.per_provider.get(provider.name) or self.everyone or provider.order_ttl
 
 
 def open_order(
@@ -25,7 +39,7 @@ def open_order(
     currency: str,
     idempotency_key: str | None,
     now: datetime,
-    ttl: timedelta = DEFAULT_ORDER_TTL,
+    ttl: timedelta | OrderTtls | None = None,
 ) -> Order:
     """A new pending order, or a refusal that says what to change."""
     if not account_id:
@@ -36,6 +50,8 @@ def open_order(
     currency = (currency or chosen.default_currency).upper()
     chosen.check_order(bucket, currency, paid_amount_minor)
     micros, rate = received_micros(bucket, currency, paid_amount_minor)
+    if not isinstance(ttl, timedelta):
+        ttl = (ttl or OrderTtls()).for_provider(chosen)
     return Order(
         order_id=str(uuid.uuid4()),
         account_id=account_id,

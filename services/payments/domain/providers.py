@@ -1,15 +1,21 @@
 """Payment providers behind one small interface.
 
-A provider says which buckets and currencies it takes and what a confirmed payment
-means for an order. Today only `sandbox` exists (dev and demos, driven by
-SimulateSandboxOutcome). Adding one is a subclass plus a line in `PROVIDERS`:
-`manual_transfer` would set `needs_review` (a bank transfer is checked by an
-operator), `stripe` would not (a card payment never needs review); webhook signature
-checks belong to the transport layer, not here.
+A provider says which buckets and currencies it takes, how long its orders wait
+for payment, and what a confirmed payment means for an order:
+
+- `sandbox`: dev and demos, driven by SimulateSandboxOutcome;
+- `manual_transfer`: a bank transfer; the user submits its reference and an operator
+  approves or rejects it (`takes_transfer_proof`), so its orders live for days;
+- `stripe`: a card payment through a Stripe Checkout Session, confirmed by a signed
+  webhook (`has_webhooks`); it never needs review unless the amounts disagree.
+
+Adding one is a subclass plus a line in `PROVIDERS`. Talking to the provider (its
+API, its webhook signatures) lives in `services.payments.adapters`, not here.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import ClassVar
 
 from tokenforge.errors import DomainError, Reason
@@ -31,6 +37,12 @@ class Provider:
     # Whether a confirmed payment waits for an operator (a bank transfer) instead of
     # succeeding at once (a card payment never needs review).
     needs_review: ClassVar[bool] = False
+    # Whether the user submits a bank transfer reference (SubmitTransferProof).
+    takes_transfer_proof: ClassVar[bool] = False
+    # Whether the provider confirms payments by signed webhooks (HandleProviderEvent).
+    has_webhooks: ClassVar[bool] = False
+    # How long a pending order waits for its payment (overridable per deployment).
+    order_ttl: ClassVar[timedelta] = timedelta(minutes=15)
 
     @property
     def default_currency(self) -> str:
@@ -70,7 +82,33 @@ class SandboxProvider(Provider):
     simulated = True
 
 
-PROVIDERS: dict[str, Provider] = {p.name: p for p in (SandboxProvider(),)}
+class ManualTransferProvider(Provider):
+    """A bank transfer: slow, checked by an operator before any balance is added."""
+
+    name = "manual_transfer"
+    label = "Bank transfer"
+    currencies = frozenset({"EUR", "USD"})
+    buckets = frozenset({Bucket.CREDIT, Bucket.ROUTED})
+    needs_review = True
+    takes_transfer_proof = True
+    order_ttl = timedelta(days=3)
+
+
+class StripeProvider(Provider):
+    """A card payment on a Stripe Checkout page; never reviewed unless amounts disagree."""
+
+    name = "stripe"
+    label = "Card (Stripe)"
+    currencies = frozenset({"EUR", "USD"})
+    buckets = frozenset({Bucket.CREDIT, Bucket.ROUTED})
+    has_webhooks = True
+    # Stripe keeps a Checkout Session open for 30 minutes at least.
+    order_ttl = timedelta(minutes=30)
+
+
+PROVIDERS: dict[str, Provider] = {
+    p.name: p for p in (SandboxProvider(), ManualTransferProvider(), StripeProvider())
+}
 
 
 def provider_named(name: str) -> Provider:

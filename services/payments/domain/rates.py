@@ -10,10 +10,13 @@ from __future__ import annotations
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
 
-# 1 USD = 1 CR and 1 USD = 1 RB: 100 cents -> 1,000,000 micro-units.
+# 1 USD = 1 CR and 1 USD = 1 RB: 100 cents -> 1,000,000 micro-units;
+# 1 EUR = 1.08 CR and 1.08 RB: 100 euro cents -> 1,080,000 micro-units.
 RATES: dict[tuple[Bucket, str], int] = {
     (Bucket.CREDIT, "USD"): 10_000,
     (Bucket.ROUTED, "USD"): 10_000,
+    (Bucket.CREDIT, "EUR"): 10_800,
+    (Bucket.ROUTED, "EUR"): 10_800,
 }
 
 

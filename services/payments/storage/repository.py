@@ -22,7 +22,7 @@ from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
 from tokenforge.runtime.nats import topup_subject, trace_headers
 
-from .tables import order_transitions, orders, outbox
+from .tables import order_transitions, orders, outbox, provider_events
 
 # Where a page of ListTopUps ends: (created_at, order_id) of its last order.
 Cursor = tuple[datetime, str]
@@ -42,9 +42,44 @@ class OrderRepository(abc.ABC):
 
     @abc.abstractmethod
     async def list_for_account(
-        self, account_id: str, limit: int, after: Cursor | None = None
+        self,
+        account_id: str,
+        limit: int,
+        after: Cursor | None = None,
+        status: TopUpStatus | None = None,
     ) -> list[Order]:
-        """Newest first, starting after `after`."""
+        """Newest first, starting after `after`, only in `status` if given."""
+
+    @abc.abstractmethod
+    async def list_all(
+        self,
+        limit: int,
+        after: Cursor | None = None,
+        status: TopUpStatus | None = None,
+        account_id: str = "",
+    ) -> list[Order]:
+        """Across accounts (operators): newest first, filtered by status and account."""
+
+    @abc.abstractmethod
+    async def get_by_transaction(self, provider: str, transaction_id: str) -> Order | None:
+        """The order a provider transaction (a PaymentIntent) already paid, if any."""
+
+    @abc.abstractmethod
+    async def provider_event_seen(self, provider: str, event_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def record_provider_event(
+        self,
+        *,
+        provider: str,
+        event_id: str,
+        event_type: str,
+        order_id: str,
+        outcome: str,
+        note: str,
+        at: datetime,
+    ) -> bool:
+        """Mark a provider event processed; False if it was already (a duplicate)."""
 
     @abc.abstractmethod
     async def lock_due(self, now: datetime, limit: int) -> list[Order]:
@@ -70,6 +105,9 @@ def _order_from_row(row: Row[Any], transitions: list[Transition]) -> Order:
         expires_at=row.expires_at,
         idempotency_key=row.idempotency_key,
         provider_reference=row.provider_reference,
+        checkout_url=row.checkout_url,
+        provider_transaction_id=row.provider_transaction_id,
+        transfer_reference=row.transfer_reference,
         version=row.version,
         transitions=transitions,
     )
@@ -106,6 +144,9 @@ class SqlAlchemyOrderRepository(OrderRepository):
                 provider_reference=order.provider_reference,
                 idempotency_key=order.idempotency_key,
                 version=order.version,
+                checkout_url=order.checkout_url,
+                provider_transaction_id=order.provider_transaction_id,
+                transfer_reference=order.transfer_reference,
             )
             .on_conflict_do_nothing(index_elements=["account_id", "idempotency_key"])
             .returning(orders.c.order_id)
@@ -134,9 +175,26 @@ class SqlAlchemyOrderRepository(OrderRepository):
         return (await self._with_transitions([row]))[0] if row is not None else None
 
     async def list_for_account(
-        self, account_id: str, limit: int, after: Cursor | None = None
+        self,
+        account_id: str,
+        limit: int,
+        after: Cursor | None = None,
+        status: TopUpStatus | None = None,
     ) -> list[Order]:
-        stmt = select(orders).where(orders.c.account_id == account_id)
+        return await self.list_all(limit, after, status, account_id)
+
+    async def list_all(
+        self,
+        limit: int,
+        after: Cursor | None = None,
+        status: TopUpStatus | None = None,
+        account_id: str = "",
+    ) -> list[Order]:
+        stmt = select(orders)
+        if account_id:
+            stmt = stmt.where(orders.c.account_id == account_id)
+        if status is not None:
+            stmt = stmt.where(orders.c.status == status.value)
         if after is not None:
             created_at, order_id = after
             stmt = stmt.where(
@@ -149,6 +207,46 @@ class SqlAlchemyOrderRepository(OrderRepository):
         stmt = stmt.order_by(orders.c.created_at.desc(), orders.c.order_id.desc()).limit(limit)
         rows = (await self.session.execute(stmt)).all()
         return await self._with_transitions(rows)
+
+    async def get_by_transaction(self, provider: str, transaction_id: str) -> Order | None:
+        stmt = select(orders).where(
+            orders.c.provider == provider, orders.c.provider_transaction_id == transaction_id
+        )
+        row = (await self.session.execute(stmt)).first()
+        return (await self._with_transitions([row]))[0] if row is not None else None
+
+    async def provider_event_seen(self, provider: str, event_id: str) -> bool:
+        stmt = select(provider_events.c.event_id).where(
+            provider_events.c.provider == provider, provider_events.c.event_id == event_id
+        )
+        return (await self.session.execute(stmt)).first() is not None
+
+    async def record_provider_event(
+        self,
+        *,
+        provider: str,
+        event_id: str,
+        event_type: str,
+        order_id: str,
+        outcome: str,
+        note: str,
+        at: datetime,
+    ) -> bool:
+        stmt = (
+            insert(provider_events)
+            .values(
+                provider=provider,
+                event_id=event_id,
+                event_type=event_type,
+                order_id=order_id,
+                outcome=outcome,
+                note=note,
+                received_at=at,
+            )
+            .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+            .returning(provider_events.c.event_id)
+        )
+        return (await self.session.execute(stmt)).first() is not None
 
     async def lock_due(self, now: datetime, limit: int) -> list[Order]:
         stmt = (
@@ -172,6 +270,9 @@ class SqlAlchemyOrderRepository(OrderRepository):
                 status=order.status.value,
                 version=order.version,
                 provider_reference=order.provider_reference,
+                checkout_url=order.checkout_url,
+                provider_transaction_id=order.provider_transaction_id,
+                transfer_reference=order.transfer_reference,
             )
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]

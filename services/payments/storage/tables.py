@@ -51,6 +51,10 @@ orders = Table(
     Column("provider_reference", Text, nullable=False, server_default=""),
     Column("idempotency_key", Text, nullable=True),
     Column("version", Integer, nullable=False, server_default="0"),
+    Column("checkout_url", Text, nullable=False, server_default=""),
+    # One provider transaction (a Stripe PaymentIntent) pays one order only.
+    Column("provider_transaction_id", Text, nullable=True),
+    Column("transfer_reference", Text, nullable=False, server_default=""),
     UniqueConstraint("account_id", "idempotency_key", name="orders_account_idempotency_key"),
     CheckConstraint("bucket IN ('credit', 'routed')", name="orders_bucket"),
     CheckConstraint(f"status IN ({_STATUS_LIST})", name="orders_status"),
@@ -62,6 +66,14 @@ orders = Table(
         "expires_at",
         postgresql_where=text("status = 'pending'"),
     ),
+    Index(
+        "orders_provider_transaction",
+        "provider",
+        "provider_transaction_id",
+        unique=True,
+        postgresql_where=text("provider_transaction_id IS NOT NULL"),
+    ),
+    Index("orders_status_newest", "status", text("created_at DESC"), text("order_id DESC")),
 )
 
 order_transitions = Table(
@@ -100,4 +112,18 @@ outbox = Table(
         postgresql_where=text("published_at IS NULL"),
     ),
     Index("outbox_order", "order_id"),
+)
+
+# Each provider event (webhook) id is processed once, whatever the retries.
+provider_events = Table(
+    "provider_events",
+    metadata,
+    Column("provider", Text, primary_key=True),
+    Column("event_id", Text, primary_key=True),
+    Column("event_type", Text, nullable=False),
+    Column("order_id", Text, nullable=False, server_default=""),
+    # accepted | ignored, and why.
+    Column("outcome", Text, nullable=False),
+    Column("note", Text, nullable=False, server_default=""),
+    Column("received_at", DateTime(timezone=True), nullable=False),
 )

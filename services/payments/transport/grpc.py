@@ -7,13 +7,19 @@ GuardInterceptor.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 
 import grpc
 
 from services.payments import handlers
+from services.payments.domain.checkout import CardCheckout
+from services.payments.domain.model import TopUpStatus
+from services.payments.domain.orders import OrderTtls
 from services.payments.storage.unit_of_work import UnitOfWork
-from services.payments.transport.messages import order_to_proto
+from services.payments.transport.messages import (
+    order_to_proto,
+    status_from_proto,
+    status_to_proto,
+)
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
@@ -51,6 +57,33 @@ def _outcome(value: int) -> handlers.SandboxOutcome:
         ) from None
 
 
+_DECISIONS = {
+    payments_pb2.REVIEW_DECISION_APPROVE: handlers.ReviewDecision.APPROVE,
+    payments_pb2.REVIEW_DECISION_REJECT: handlers.ReviewDecision.REJECT,
+}
+
+_OUTCOMES_TO_PROTO = {
+    handlers.EventOutcome.ACCEPTED: payments_pb2.PROVIDER_EVENT_OUTCOME_ACCEPTED,
+    handlers.EventOutcome.DUPLICATE: payments_pb2.PROVIDER_EVENT_OUTCOME_DUPLICATE,
+    handlers.EventOutcome.IGNORED: payments_pb2.PROVIDER_EVENT_OUTCOME_IGNORED,
+}
+
+
+def _status_filter(value: int) -> TopUpStatus | None:
+    return None if value == payments_pb2.TOP_UP_STATUS_UNSPECIFIED else status_from_proto(value)
+
+
+def _decision(value: int) -> handlers.ReviewDecision:
+    try:
+        return _DECISIONS[value]  # type: ignore[index]
+    except KeyError:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            "Say whether you APPROVE or REJECT the top-up.",
+            {"param": "decision"},
+        ) from None
+
+
 def _account(account_id: str) -> str:
     if not account_id:
         raise DomainError(
@@ -60,14 +93,20 @@ def _account(account_id: str) -> str:
 
 
 class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: ignore[misc]
-    def __init__(self, uow_factory: Callable[[], UnitOfWork], order_ttl: timedelta) -> None:
+    def __init__(
+        self,
+        uow_factory: Callable[[], UnitOfWork],
+        order_ttls: OrderTtls,
+        checkout: CardCheckout | None = None,
+    ) -> None:
         self._uow = uow_factory
-        self._order_ttl = order_ttl
+        self._order_ttls = order_ttls
+        self._checkout = checkout
 
     async def CreateTopUp(
         self, request: payments_pb2.CreateTopUpRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.CreateTopUpResponse:
-        order = await handlers.create_top_up(
+        order, replayed = await handlers.open_top_up(
             handlers.CreateTopUp(
                 account_id=_account(request.account_id),
                 bucket=_bucket(request.bucket),
@@ -77,9 +116,10 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
                 idempotency_key=request.idempotency_key,
             ),
             self._uow(),
-            ttl=self._order_ttl,
+            ttl=self._order_ttls,
+            checkout=self._checkout,
         )
-        return payments_pb2.CreateTopUpResponse(top_up=order_to_proto(order))
+        return payments_pb2.CreateTopUpResponse(top_up=order_to_proto(order), replayed=replayed)
 
     async def GetTopUp(
         self, request: payments_pb2.GetTopUpRequest, context: grpc.aio.ServicerContext
@@ -94,7 +134,10 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
     ) -> payments_pb2.ListTopUpsResponse:
         page = await handlers.list_top_ups(
             handlers.ListTopUps(
-                _account(request.account_id), request.page_size, request.page_token
+                _account(request.account_id),
+                request.page_size,
+                request.page_token,
+                _status_filter(request.status),
             ),
             self._uow(),
         )
@@ -115,3 +158,86 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
             self._uow(),
         )
         return payments_pb2.SimulateSandboxOutcomeResponse(top_up=order_to_proto(order))
+
+    async def HandleProviderEvent(
+        self,
+        request: payments_pb2.HandleProviderEventRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> payments_pb2.HandleProviderEventResponse:
+        result = await handlers.handle_provider_event(
+            handlers.HandleProviderEvent(
+                provider=request.provider,
+                body=request.body,
+                headers={k.lower(): v for k, v in request.headers.items()},
+            ),
+            self._uow(),
+            self._checkout,
+        )
+        return payments_pb2.HandleProviderEventResponse(
+            outcome=_OUTCOMES_TO_PROTO[result.outcome],
+            provider_event_id=result.provider_event_id,
+            order_id=result.order_id,
+            status=(
+                status_to_proto(result.status)
+                if result.status is not None
+                else payments_pb2.TOP_UP_STATUS_UNSPECIFIED
+            ),
+        )
+
+    async def SubmitTransferProof(
+        self,
+        request: payments_pb2.SubmitTransferProofRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> payments_pb2.SubmitTransferProofResponse:
+        order = await handlers.submit_transfer_proof(
+            handlers.SubmitTransferProof(
+                _account(request.account_id), request.order_id, request.transfer_reference
+            ),
+            self._uow(),
+        )
+        return payments_pb2.SubmitTransferProofResponse(top_up=order_to_proto(order))
+
+    async def CancelTopUp(
+        self, request: payments_pb2.CancelTopUpRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.CancelTopUpResponse:
+        order = await handlers.cancel_top_up(
+            handlers.CancelTopUp(_account(request.account_id), request.order_id), self._uow()
+        )
+        return payments_pb2.CancelTopUpResponse(top_up=order_to_proto(order))
+
+    async def ReviewTopUp(
+        self, request: payments_pb2.ReviewTopUpRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ReviewTopUpResponse:
+        order = await handlers.review_top_up(
+            handlers.ReviewTopUp(
+                order_id=request.order_id,
+                decision=_decision(request.decision),
+                reason=request.reason,
+                operator=request.operator,
+            ),
+            self._uow(),
+        )
+        return payments_pb2.ReviewTopUpResponse(top_up=order_to_proto(order))
+
+    async def ListAllTopUps(
+        self, request: payments_pb2.ListAllTopUpsRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ListAllTopUpsResponse:
+        page = await handlers.list_all_top_ups(
+            handlers.ListAllTopUps(
+                status=_status_filter(request.status),
+                account_id=request.account_id,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            ),
+            self._uow(),
+        )
+        return payments_pb2.ListAllTopUpsResponse(
+            top_ups=[order_to_proto(o) for o in page.orders],
+            next_page_token=page.next_page_token,
+        )
+
+    async def InspectTopUp(
+        self, request: payments_pb2.InspectTopUpRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.InspectTopUpResponse:
+        order = await handlers.inspect_top_up(request.order_id, self._uow())
+        return payments_pb2.InspectTopUpResponse(top_up=order_to_proto(order))

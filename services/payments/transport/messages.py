@@ -55,6 +55,9 @@ def order_to_proto(order: Order) -> payments_pb2.TopUp:
         created_at=timestamp(order.created_at),
         expires_at=timestamp(order.expires_at),
         provider_reference=order.provider_reference,
+        checkout_url=order.checkout_url,
+        provider_transaction_id=order.provider_transaction_id or "",
+        transfer_reference=order.transfer_reference,
         transitions=[transition_to_proto(t) for t in order.transitions],
     )
 

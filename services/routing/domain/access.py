@@ -15,6 +15,7 @@ from fnmatch import fnmatchcase
 from tokenforge.errors import DomainError, Reason
 
 from .catalog import Catalog, Endpoint, Model, Route, RouteKind
+from .limits import KeyLimits
 
 
 class Scope(enum.StrEnum):
@@ -75,9 +76,13 @@ class ApiKey:
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
     last_used_at: datetime | None = None
+    limits: KeyLimits = field(default_factory=KeyLimits)
+    # The key this one replaced by rotation, if any.
+    rotated_from: str = ""
 
     def is_active(self, now: datetime) -> bool:
-        if self.revoked_at is not None:
+        # A revocation may lie in the future: the grace period of a rotated key.
+        if self.revoked_at is not None and now >= self.revoked_at:
             return False
         return self.expires_at is None or now < self.expires_at
 
@@ -107,6 +112,23 @@ class Resolution:
     fallback_routes: tuple[Route, ...]
     selected_model: str
     catalog_version: str
+    lease_id: str = ""
+    worst_case_micros: int = 0
+
+
+def request_tokens(model: Model, endpoint: Endpoint | None, prompt: int, output_cap: int) -> int:
+    """The request's worst-case tokens: prompt estimate plus output cap (the model's
+    max output when the client set none; embeddings generate none)."""
+    if endpoint is Endpoint.EMBEDDINGS or Endpoint.CHAT not in model.endpoints:
+        return max(prompt, 0)
+    cap = output_cap if 0 < output_cap <= model.max_output_tokens else model.max_output_tokens
+    return max(prompt, 0) + cap
+
+
+def worst_case_micros(route: Route, model: Model, prompt: int, output_cap: int) -> int:
+    """What the request may cost at most on this route, in micro-units of its bucket."""
+    cap = request_tokens(model, None, 0, output_cap)
+    return route.price.worst_case(max(prompt, 0), cap).micros
 
 
 def unknown_key() -> DomainError:

@@ -59,6 +59,8 @@ class Channel:
     connect_timeout_ms: int = 5_000
     first_byte_timeout_ms: int = 60_000
     total_timeout_ms: int = 300_000
+    # Share of load among channels of equal priority (see domain/health.py).
+    weight: int = 1
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,13 @@ class Route:
     channels: tuple[Channel, ...]
     retry: RetryPolicy
     charge_policy: ChargePolicy = ChargePolicy.NONE
+    # The priority group of each channel (same length as `channels`): channels of
+    # one group share load by weight; groups are tried in order. Default: one each.
+    channel_groups: tuple[int, ...] = ()
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        return self.channel_groups or tuple(range(len(self.channels)))
 
 
 @dataclass(frozen=True)
@@ -312,7 +321,9 @@ class _Parser:
         found: dict[str, Channel] = {}
         for index, raw in enumerate(self.sequence(value, path)):
             here = (*path, index)
-            obj = self.mapping(raw, here, {"id", "base_url", "secret_name", "timeouts_ms"})
+            obj = self.mapping(
+                raw, here, {"id", "base_url", "secret_name", "timeouts_ms", "weight"}
+            )
             channel_id = self.string(obj, "id", here)
             if channel_id in found:
                 raise self.fail((*here, "id"), f"channel {channel_id!r} is defined twice")
@@ -334,6 +345,7 @@ class _Parser:
                     timeouts, "first_byte", timeouts_path, 60_000, 1
                 ),
                 total_timeout_ms=self.integer(timeouts, "total", timeouts_path, 300_000, 1),
+                weight=self.integer(obj, "weight", here, 1, 0),
             )
         return found
 
@@ -422,17 +434,25 @@ class _Parser:
             request_fee=self.integer(prices, "request_fee", prices_path, 0),
         )
         route_channels: list[Channel] = []
+        channel_groups: list[int] = []
         channels_path = (*path, "channels")
-        for index, name in enumerate(self.sequence(obj.get("channels"), channels_path)):
-            channel = channels.get(str(name))
-            if channel is None:
-                known = ", ".join(sorted(channels)) or "none"
-                raise self.fail(
-                    (*channels_path, index), f"unknown channel {name!r}; defined channels: {known}"
-                )
-            if channel in route_channels:
-                raise self.fail((*channels_path, index), f"channel {name!r} is listed twice")
-            route_channels.append(channel)
+        # An entry is a channel id, or a list of ids that share load by weight.
+        for index, entry in enumerate(self.sequence(obj.get("channels"), channels_path)):
+            group_path: Path = (*channels_path, index)
+            members = (
+                [(n, (*group_path, i)) for i, n in enumerate(self.sequence(entry, group_path))]
+                if isinstance(entry, list)
+                else [(entry, group_path)]
+            )
+            for name, where in members:
+                channel = channels.get(str(name))
+                if channel is None:
+                    known = ", ".join(sorted(channels)) or "none"
+                    raise self.fail(where, f"unknown channel {name!r}; defined channels: {known}")
+                if channel in route_channels:
+                    raise self.fail(where, f"channel {name!r} is listed twice")
+                route_channels.append(channel)
+                channel_groups.append(index)
         retry_path = (*path, "retry")
         retry_obj = self.mapping(obj.get("retry") or {}, retry_path, {"max_attempts", "retry_on"})
         retry_on: list[str] = []
@@ -462,4 +482,5 @@ class _Parser:
             channels=tuple(route_channels),
             retry=retry,
             charge_policy=self.choice(obj, "charge_policy", path, ChargePolicy, "none"),
+            channel_groups=tuple(channel_groups),
         )

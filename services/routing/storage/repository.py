@@ -1,19 +1,32 @@
-"""Where accounts, projects and API keys are kept: an abstract repository and its
-PostgreSQL implementation (Core statements; the key lookup is on the request path)."""
+"""Where accounts, projects, API keys, the catalog's versions and the limit counters
+are kept: abstract repositories and their PostgreSQL implementations (Core
+statements; the key lookup and the counters are on the request path)."""
 
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing.domain.access import Account, ApiKey, Project, Scope
 from services.routing.domain.catalog import RouteKind
-from services.routing.storage.tables import accounts, api_keys, projects
+from services.routing.domain.limits import TOTAL, KeyLimits, SpendCap
+from services.routing.storage.tables import (
+    accounts,
+    api_keys,
+    catalog_versions,
+    in_flight_leases,
+    key_spend,
+    outcome_reports,
+    projects,
+    rate_windows,
+)
+from tokenforge.money import Bucket
 
 
 class AccessRepository(abc.ABC):
@@ -44,6 +57,16 @@ class AccessRepository(abc.ABC):
     async def touch_key(self, key_id: str, when: datetime) -> None:
         """Record that the key was used at `when`."""
 
+    @abc.abstractmethod
+    async def get_key(self, key_id: str) -> ApiKey | None: ...
+
+    @abc.abstractmethod
+    async def list_keys(self, account_id: str) -> list[ApiKey]: ...
+
+    @abc.abstractmethod
+    async def revoke_key(self, key_id: str, when: datetime) -> None:
+        """Revoke at `when` (may be in the future); an earlier revocation stays."""
+
 
 def _project(row: Any) -> Project:
     return Project(row.project_id, row.account_id, row.name, row.is_default)
@@ -66,6 +89,17 @@ def _key(row: Any) -> ApiKey:
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
+        limits=KeyLimits(
+            ip_allowlist=tuple(row.ip_allowlist),
+            requests_per_minute=row.requests_per_minute,
+            tokens_per_minute=row.tokens_per_minute,
+            max_in_flight=row.max_in_flight,
+            spend_caps=tuple(
+                SpendCap(Bucket(c["bucket"]), int(c["daily_micros"]), int(c["total_micros"]))
+                for c in row.spend_caps
+            ),
+        ),
+        rotated_from=row.rotated_from,
     )
 
 
@@ -139,6 +173,20 @@ class SqlAlchemyAccessRepository(AccessRepository):
                 fallback_allowed=key.fallback_allowed,
                 created_at=key.created_at,
                 expires_at=key.expires_at,
+                revoked_at=key.revoked_at,
+                ip_allowlist=list(key.limits.ip_allowlist),
+                requests_per_minute=key.limits.requests_per_minute,
+                tokens_per_minute=key.limits.tokens_per_minute,
+                max_in_flight=key.limits.max_in_flight,
+                spend_caps=[
+                    {
+                        "bucket": c.bucket.value,
+                        "daily_micros": c.daily_micros,
+                        "total_micros": c.total_micros,
+                    }
+                    for c in key.limits.spend_caps
+                ],
+                rotated_from=key.rotated_from,
             )
         )
 
@@ -152,3 +200,227 @@ class SqlAlchemyAccessRepository(AccessRepository):
         await self._session.execute(
             update(api_keys).where(api_keys.c.key_id == key_id).values(last_used_at=when)
         )
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        row = (
+            await self._session.execute(select(api_keys).where(api_keys.c.key_id == key_id))
+        ).first()
+        return _key(row) if row is not None else None
+
+    async def list_keys(self, account_id: str) -> list[ApiKey]:
+        rows = await self._session.execute(
+            select(api_keys)
+            .where(api_keys.c.account_id == account_id)
+            .order_by(api_keys.c.created_at, api_keys.c.key_id)
+        )
+        return [_key(row) for row in rows]
+
+    async def revoke_key(self, key_id: str, when: datetime) -> None:
+        await self._session.execute(
+            update(api_keys)
+            .where(api_keys.c.key_id == key_id)
+            .values(revoked_at=func.least(func.coalesce(api_keys.c.revoked_at, when), when))
+        )
+
+
+class LimitsRepository(abc.ABC):
+    """The counters of key limits (see domain/limits.py for the rules)."""
+
+    @abc.abstractmethod
+    async def add_to_window(self, key_id: str, metric: str, window: datetime, n: int) -> int:
+        """Add n to the key's window and answer the new total (atomic)."""
+
+    @abc.abstractmethod
+    async def live_leases(self, key_id: str, now: datetime) -> int:
+        """Serialise on the key (until commit) and count its unexpired leases."""
+
+    @abc.abstractmethod
+    async def add_lease(self, lease_id: str, key_id: str, expires_at: datetime) -> None: ...
+
+    @abc.abstractmethod
+    async def end_lease(self, lease_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def spent(self, key_id: str, bucket: Bucket, day: str) -> tuple[int, int]:
+        """(spent on `day`, spent in total) in micro-units of the bucket."""
+
+    @abc.abstractmethod
+    async def add_spend(self, key_id: str, bucket: Bucket, day: str, micros: int) -> None: ...
+
+    @abc.abstractmethod
+    async def first_report(self, request_id: str) -> bool:
+        """True the first time a request's outcome is reported."""
+
+    @abc.abstractmethod
+    async def sweep(self, before: datetime) -> None:
+        """Forget windows, leases and report ids older than `before`."""
+
+
+class SqlAlchemyLimitsRepository(LimitsRepository):
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add_to_window(self, key_id: str, metric: str, window: datetime, n: int) -> int:
+        statement = insert(rate_windows).values(
+            key_id=key_id, metric=metric, window_start=window, used=n
+        )
+        upsert = statement.on_conflict_do_update(
+            constraint=rate_windows.primary_key,
+            set_={"used": rate_windows.c.used + statement.excluded.used},
+        ).returning(rate_windows.c.used)
+        return int((await self._session.execute(upsert)).scalar_one())
+
+    async def live_leases(self, key_id: str, now: datetime) -> int:
+        await self._session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": "lease:" + key_id}
+        )
+        count = await self._session.execute(
+            select(func.count())
+            .select_from(in_flight_leases)
+            .where(in_flight_leases.c.key_id == key_id, in_flight_leases.c.expires_at > now)
+        )
+        return int(count.scalar_one())
+
+    async def add_lease(self, lease_id: str, key_id: str, expires_at: datetime) -> None:
+        await self._session.execute(
+            insert(in_flight_leases).values(lease_id=lease_id, key_id=key_id, expires_at=expires_at)
+        )
+
+    async def end_lease(self, lease_id: str) -> None:
+        await self._session.execute(
+            delete(in_flight_leases).where(in_flight_leases.c.lease_id == lease_id)
+        )
+
+    async def spent(self, key_id: str, bucket: Bucket, day: str) -> tuple[int, int]:
+        rows = await self._session.execute(
+            select(key_spend.c.period, key_spend.c.micros).where(
+                key_spend.c.key_id == key_id,
+                key_spend.c.bucket == bucket.value,
+                key_spend.c.period.in_([day, TOTAL]),
+            )
+        )
+        found = {row.period: int(row.micros) for row in rows}
+        return found.get(day, 0), found.get(TOTAL, 0)
+
+    async def add_spend(self, key_id: str, bucket: Bucket, day: str, micros: int) -> None:
+        for period in (day, TOTAL):
+            statement = insert(key_spend).values(
+                key_id=key_id, bucket=bucket.value, period=period, micros=micros
+            )
+            await self._session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[key_spend.c.key_id, key_spend.c.bucket, key_spend.c.period],
+                    set_={"micros": key_spend.c.micros + statement.excluded.micros},
+                )
+            )
+
+    async def first_report(self, request_id: str) -> bool:
+        result = await self._session.execute(
+            insert(outcome_reports)
+            .values(request_id=request_id)
+            .on_conflict_do_nothing(index_elements=[outcome_reports.c.request_id])
+            .returning(outcome_reports.c.request_id)
+        )
+        return result.first() is not None
+
+    async def sweep(self, before: datetime) -> None:
+        await self._session.execute(
+            delete(rate_windows).where(rate_windows.c.window_start < before)
+        )
+        await self._session.execute(
+            delete(in_flight_leases).where(in_flight_leases.c.expires_at < before)
+        )
+        await self._session.execute(
+            delete(outcome_reports).where(outcome_reports.c.reported_at < before)
+        )
+
+
+@dataclass(frozen=True)
+class StoredCatalog:
+    version_id: int
+    content: str
+    content_sha256: str
+    created_by: str
+    created_at: datetime
+
+    @property
+    def version(self) -> str:
+        return f"v{self.version_id}"
+
+
+FILE_AUTHOR_PREFIX = "file:"
+
+
+class CatalogRepository(abc.ABC):
+    @abc.abstractmethod
+    async def latest(self) -> StoredCatalog | None: ...
+
+    @abc.abstractmethod
+    async def latest_id(self) -> int: ...
+
+    @abc.abstractmethod
+    async def latest_from_file(self) -> StoredCatalog | None:
+        """The newest version that a routing start took from its catalog file."""
+
+    @abc.abstractmethod
+    async def add(self, content: str, sha256: str, author: str) -> StoredCatalog: ...
+
+    @abc.abstractmethod
+    async def history(self, limit: int) -> list[StoredCatalog]: ...
+
+    @abc.abstractmethod
+    async def lock(self) -> None:
+        """Serialise catalog changes until commit."""
+
+
+def _stored(row: Any) -> StoredCatalog:
+    return StoredCatalog(
+        int(row.version_id), row.content, row.content_sha256, row.created_by, row.created_at
+    )
+
+
+class SqlAlchemyCatalogRepository(CatalogRepository):
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def latest(self) -> StoredCatalog | None:
+        row = (
+            await self._session.execute(
+                select(catalog_versions).order_by(catalog_versions.c.version_id.desc()).limit(1)
+            )
+        ).first()
+        return _stored(row) if row is not None else None
+
+    async def latest_id(self) -> int:
+        found = await self._session.execute(select(func.max(catalog_versions.c.version_id)))
+        return int(found.scalar_one() or 0)
+
+    async def latest_from_file(self) -> StoredCatalog | None:
+        row = (
+            await self._session.execute(
+                select(catalog_versions)
+                .where(catalog_versions.c.created_by.startswith(FILE_AUTHOR_PREFIX))
+                .order_by(catalog_versions.c.version_id.desc())
+                .limit(1)
+            )
+        ).first()
+        return _stored(row) if row is not None else None
+
+    async def add(self, content: str, sha256: str, author: str) -> StoredCatalog:
+        row = (
+            await self._session.execute(
+                insert(catalog_versions)
+                .values(content=content, content_sha256=sha256, created_by=author)
+                .returning(*catalog_versions.c)
+            )
+        ).one()
+        return _stored(row)
+
+    async def history(self, limit: int) -> list[StoredCatalog]:
+        rows = await self._session.execute(
+            select(catalog_versions).order_by(catalog_versions.c.version_id.desc()).limit(limit)
+        )
+        return [_stored(row) for row in rows]
+
+    async def lock(self) -> None:
+        await self._session.execute(text("SELECT pg_advisory_xact_lock(hashtext('catalog'))"))

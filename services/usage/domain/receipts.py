@@ -184,8 +184,47 @@ def page_size(requested: int) -> int:
 
 @dataclass(frozen=True)
 class ReceiptFilter:
-    account_id: str
+    """Which receipts: every field optional; an empty account_id means every account
+    (operators and the reconciliation only: the gateway always names the account).
+    The time window selects on finished_at: from_time <= t < to_time."""
+
+    account_id: str = ""
     # A model id matches its suffixed forms too: "demo-chat" finds "demo-chat@routed".
     model: str = ""
     bucket: Bucket | None = None
     status: ReceiptStatus | None = None
+    key_id: str = ""
+    project_id: str = ""
+    from_time: datetime | None = None
+    to_time: datetime | None = None
+    run_id: str = ""
+
+    def check(self) -> None:
+        if self.from_time and self.to_time and self.from_time >= self.to_time:
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                "The time window is empty: `from` must be before `to`.",
+                {"param": "from"},
+            )
+
+
+class AggregateBy(enum.StrEnum):
+    DAY = "day"
+    MODEL = "model"
+    KEY = "key"
+    PROJECT = "project"
+    BUCKET = "bucket"
+    STATUS = "status"
+
+
+@dataclass(frozen=True)
+class AggregateRow:
+    """The receipts of one group in one bucket: money of two buckets is never added."""
+
+    group: str
+    bucket: Bucket | None
+    requests: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    charge_micros: int

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import abc
+import builtins
 from typing import Any
 
-from sqlalchemy import literal, or_, select, tuple_
+from sqlalchemy import Select, func, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.usage.domain.receipts import (
+    AggregateBy,
+    AggregateRow,
     Attempt,
     Cursor,
     Prices,
@@ -18,7 +21,8 @@ from services.usage.domain.receipts import (
     ReceiptStatus,
     RouteKind,
 )
-from services.usage.storage.tables import receipts
+from services.usage.domain.runs import Draw, Run, RunStatus
+from services.usage.storage.tables import receipts, run_draws, runs
 from tokenforge.money import Bucket
 
 
@@ -32,8 +36,14 @@ class ReceiptRepository(abc.ABC):
     async def get(self, request_id: str) -> Receipt | None: ...
 
     @abc.abstractmethod
-    async def list(self, where: ReceiptFilter, after: Cursor | None, limit: int) -> list[Receipt]:
+    async def list(
+        self, where: ReceiptFilter, after: Cursor | None, limit: int
+    ) -> builtins.list[Receipt]:
         """Newest first (finished_at, then request_id, descending), strictly after `after`."""
+
+    @abc.abstractmethod
+    async def aggregate(self, where: ReceiptFilter, by: AggregateBy) -> builtins.list[AggregateRow]:
+        """Sums per (group, bucket), groups in ascending order."""
 
 
 def to_row(receipt: Receipt) -> dict[str, Any]:
@@ -139,19 +149,10 @@ class SqlAlchemyReceiptRepository(ReceiptRepository):
         ).first()
         return from_row(row) if row is not None else None
 
-    async def list(self, where: ReceiptFilter, after: Cursor | None, limit: int) -> list[Receipt]:
-        query = select(*_COLUMNS).where(receipts.c.account_id == where.account_id)
-        if where.model:
-            query = query.where(
-                or_(
-                    receipts.c.selected_model == where.model,
-                    receipts.c.selected_model.startswith(f"{where.model}@", autoescape=True),
-                )
-            )
-        if where.bucket is not None:
-            query = query.where(receipts.c.bucket == where.bucket.value)
-        if where.status is not None:
-            query = query.where(receipts.c.status == where.status.value)
+    async def list(
+        self, where: ReceiptFilter, after: Cursor | None, limit: int
+    ) -> builtins.list[Receipt]:
+        query = filtered(select(*_COLUMNS), where)
         if after is not None:
             query = query.where(
                 tuple_(receipts.c.finished_at, receipts.c.request_id)
@@ -163,3 +164,249 @@ class SqlAlchemyReceiptRepository(ReceiptRepository):
         query = query.order_by(receipts.c.finished_at.desc(), receipts.c.request_id.desc())
         rows = (await self._session.execute(query.limit(limit))).all()
         return [from_row(r) for r in rows]
+
+    async def aggregate(self, where: ReceiptFilter, by: AggregateBy) -> builtins.list[AggregateRow]:
+        group = _GROUPS[by]().label("grp")
+        query = filtered(
+            select(
+                group,
+                receipts.c.bucket,
+                func.count().label("requests"),
+                func.coalesce(func.sum(receipts.c.prompt_tokens), 0).label("prompt"),
+                func.coalesce(func.sum(receipts.c.cached_tokens), 0).label("cached"),
+                func.coalesce(func.sum(receipts.c.completion_tokens), 0).label("completion"),
+                func.coalesce(func.sum(receipts.c.charge_micros), 0).label("charge"),
+            ),
+            where,
+        ).group_by(group, receipts.c.bucket)
+        rows = (await self._session.execute(query.order_by(group, receipts.c.bucket))).all()
+        return [
+            AggregateRow(
+                group=str(r.grp or ""),
+                bucket=Bucket(r.bucket) if r.bucket else None,
+                requests=int(r.requests),
+                prompt_tokens=int(r.prompt),
+                cached_tokens=int(r.cached),
+                completion_tokens=int(r.completion),
+                charge_micros=int(r.charge),
+            )
+            for r in rows
+        ]
+
+
+_GROUPS: dict[AggregateBy, Any] = {
+    AggregateBy.DAY: lambda: func.to_char(
+        func.timezone("UTC", receipts.c.finished_at), "YYYY-MM-DD"
+    ),
+    AggregateBy.MODEL: lambda: receipts.c.selected_model,
+    AggregateBy.KEY: lambda: receipts.c.key_id,
+    AggregateBy.PROJECT: lambda: receipts.c.project_id,
+    AggregateBy.BUCKET: lambda: receipts.c.bucket,
+    AggregateBy.STATUS: lambda: receipts.c.status,
+}
+
+
+def filtered(query: Select[Any], where: ReceiptFilter) -> Select[Any]:
+    """The WHERE of a receipt filter; every column it names leads an index (tables.py)."""
+    if where.account_id:
+        query = query.where(receipts.c.account_id == where.account_id)
+    if where.model:
+        query = query.where(
+            or_(
+                receipts.c.selected_model == where.model,
+                receipts.c.selected_model.startswith(f"{where.model}@", autoescape=True),
+            )
+        )
+    if where.bucket is not None:
+        query = query.where(receipts.c.bucket == where.bucket.value)
+    if where.status is not None:
+        query = query.where(receipts.c.status == where.status.value)
+    if where.key_id:
+        query = query.where(receipts.c.key_id == where.key_id)
+    if where.project_id:
+        query = query.where(receipts.c.project_id == where.project_id)
+    if where.run_id:
+        query = query.where(receipts.c.run_id == where.run_id)
+    if where.from_time is not None:
+        query = query.where(receipts.c.finished_at >= where.from_time)
+    if where.to_time is not None:
+        query = query.where(receipts.c.finished_at < where.to_time)
+    return query
+
+
+class RunRepository(abc.ABC):
+    @abc.abstractmethod
+    async def add(self, run: Run) -> Run | None:
+        """Store a new run; None when the run id is taken."""
+
+    @abc.abstractmethod
+    async def get(self, run_id: str, lock: bool = False) -> Run | None:
+        """The run; with `lock`, its row is locked until the transaction ends."""
+
+    @abc.abstractmethod
+    async def save(self, run: Run) -> None: ...
+
+    @abc.abstractmethod
+    async def due(self, now: Any, limit: int) -> builtins.list[Run]:
+        """Open runs past their expiry and runs left closing, locked, skipping locked."""
+
+    @abc.abstractmethod
+    async def list(self, account_id: str) -> list[Run]: ...
+
+    @abc.abstractmethod
+    async def get_draw(self, request_id: str) -> Draw | None: ...
+
+    @abc.abstractmethod
+    async def save_draw(self, draw: Draw) -> None: ...
+
+    @abc.abstractmethod
+    async def abandon_draws(self, run_id: str) -> int:
+        """Mark the run's still-reserved draws abandoned; answers their reserved sum."""
+
+
+def run_to_row(run: Run) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "account_id": run.account_id,
+        "project_id": run.project_id,
+        "key_id": run.key_id,
+        "bucket": run.bucket.value,
+        "model": run.model,
+        "budget_micros": run.budget_micros,
+        "reserved_micros": run.reserved_micros,
+        "spent_micros": run.spent_micros,
+        "requests": run.requests,
+        "hold_id": run.hold_id,
+        "status": run.status.value,
+        "expiring": run.expiring,
+        "entry_id": run.entry_id,
+        "captured_micros": run.captured_micros,
+        "trace_id": run.trace_id,
+        "created_at": run.created_at,
+        "expires_at": run.expires_at,
+        "closing_at": run.closing_at,
+        "ended_at": run.ended_at,
+    }
+
+
+def run_from_row(row: Any) -> Run:
+    return Run(
+        run_id=row.run_id,
+        account_id=row.account_id,
+        project_id=row.project_id,
+        key_id=row.key_id,
+        bucket=Bucket(row.bucket),
+        model=row.model,
+        budget_micros=row.budget_micros,
+        reserved_micros=row.reserved_micros,
+        spent_micros=row.spent_micros,
+        requests=row.requests,
+        hold_id=row.hold_id,
+        status=RunStatus(row.status),
+        expiring=row.expiring,
+        entry_id=row.entry_id,
+        captured_micros=row.captured_micros,
+        trace_id=row.trace_id,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        closing_at=row.closing_at,
+        ended_at=row.ended_at,
+    )
+
+
+class SqlAlchemyRunRepository(RunRepository):
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, run: Run) -> Run | None:
+        row = (
+            await self._session.execute(
+                insert(runs)
+                .values(run_to_row(run))
+                .on_conflict_do_nothing(index_elements=[runs.c.run_id])
+                .returning(*runs.c)
+            )
+        ).first()
+        return run_from_row(row) if row is not None else None
+
+    async def get(self, run_id: str, lock: bool = False) -> Run | None:
+        query = select(runs).where(runs.c.run_id == run_id)
+        if lock:
+            query = query.with_for_update()
+        row = (await self._session.execute(query)).first()
+        return run_from_row(row) if row is not None else None
+
+    async def save(self, run: Run) -> None:
+        await self._session.execute(
+            update(runs).where(runs.c.run_id == run.run_id).values(run_to_row(run))
+        )
+
+    async def due(self, now: Any, limit: int) -> builtins.list[Run]:
+        query = (
+            select(runs)
+            .where(runs.c.status.in_(["open", "closing"]))
+            .where(runs.c.expires_at <= now)
+            .order_by(runs.c.expires_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        closing = (
+            select(runs)
+            .where(runs.c.status == "closing")
+            .order_by(runs.c.closing_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        found: dict[str, Run] = {}
+        for q in (query, closing):
+            for row in (await self._session.execute(q)).all():
+                found[row.run_id] = run_from_row(row)
+        return list(found.values())
+
+    async def list(self, account_id: str) -> list[Run]:
+        rows = (
+            await self._session.execute(
+                select(runs)
+                .where(runs.c.account_id == account_id)
+                .order_by(runs.c.created_at.desc())
+            )
+        ).all()
+        return [run_from_row(r) for r in rows]
+
+    async def get_draw(self, request_id: str) -> Draw | None:
+        row = (
+            await self._session.execute(
+                select(run_draws).where(run_draws.c.request_id == request_id).with_for_update()
+            )
+        ).first()
+        if row is None:
+            return None
+        return Draw(row.run_id, row.request_id, row.reserved_micros, row.charge_micros, row.state)
+
+    async def save_draw(self, draw: Draw) -> None:
+        values = {
+            "request_id": draw.request_id,
+            "run_id": draw.run_id,
+            "reserved_micros": draw.reserved_micros,
+            "charge_micros": draw.charge_micros,
+            "state": draw.state,
+        }
+        await self._session.execute(
+            insert(run_draws)
+            .values(values)
+            .on_conflict_do_update(
+                index_elements=[run_draws.c.request_id],
+                set_={"charge_micros": draw.charge_micros, "state": draw.state},
+            )
+        )
+
+    async def abandon_draws(self, run_id: str) -> int:
+        rows = (
+            await self._session.execute(
+                update(run_draws)
+                .where(run_draws.c.run_id == run_id, run_draws.c.state == "reserved")
+                .values(state="abandoned")
+                .returning(run_draws.c.reserved_micros)
+            )
+        ).all()
+        return sum(int(r.reserved_micros) for r in rows)

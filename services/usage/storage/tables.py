@@ -56,10 +56,89 @@ receipts = Table(
     CheckConstraint("charge_micros >= 0", name="ck_receipts_charge_not_negative"),
 )
 
-# Newest first per account, with the request id as the cursor's tie-breaker.
+# Newest first per account, with the request id as the cursor's tie-breaker. It also
+# serves the time window, the bucket and status filters (few values: filtered while
+# walking the index) and the aggregates over one account's window.
 Index(
     "ix_receipts_account_finished",
     receipts.c.account_id,
     receipts.c.finished_at.desc(),
     receipts.c.request_id.desc(),
 )
+# The selective filters get their own (account, value, time) index so a page of one
+# model's / key's / project's receipts is an index range, not a scan (0003).
+Index(
+    "ix_receipts_account_model_finished",
+    receipts.c.account_id,
+    receipts.c.selected_model,
+    receipts.c.finished_at.desc(),
+    receipts.c.request_id.desc(),
+)
+Index(
+    "ix_receipts_account_key_finished",
+    receipts.c.account_id,
+    receipts.c.key_id,
+    receipts.c.finished_at.desc(),
+    receipts.c.request_id.desc(),
+)
+Index(
+    "ix_receipts_account_project_finished",
+    receipts.c.account_id,
+    receipts.c.project_id,
+    receipts.c.finished_at.desc(),
+    receipts.c.request_id.desc(),
+)
+# Operators' listing across accounts (the reconciliation) walks time only.
+Index("ix_receipts_finished", receipts.c.finished_at.desc(), receipts.c.request_id.desc())
+# A run's lines.
+Index("ix_receipts_run", receipts.c.run_id, postgresql_where=receipts.c.run_id != "")
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("account_id", Text, nullable=False),
+    Column("project_id", Text, nullable=False),
+    Column("key_id", Text, nullable=False),
+    Column("bucket", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("budget_micros", BigInteger, nullable=False),
+    Column("reserved_micros", BigInteger, nullable=False),
+    Column("spent_micros", BigInteger, nullable=False),
+    Column("requests", BigInteger, nullable=False),
+    Column("hold_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("expiring", Boolean, nullable=False),
+    Column("entry_id", Text, nullable=False),
+    Column("captured_micros", BigInteger, nullable=False),
+    Column("trace_id", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("closing_at", DateTime(timezone=True)),
+    Column("ended_at", DateTime(timezone=True)),
+    CheckConstraint(
+        "reserved_micros >= 0 AND spent_micros >= 0 "
+        "AND reserved_micros + spent_micros <= budget_micros",
+        name="ck_runs_within_budget",
+    ),
+)
+Index("ix_runs_account_created", runs.c.account_id, runs.c.created_at.desc())
+# The sweeper's look-up: runs not ended, by expiry.
+Index(
+    "ix_runs_open_expires",
+    runs.c.expires_at,
+    postgresql_where=runs.c.status.in_(["open", "closing"]),
+)
+
+run_draws = Table(
+    "run_draws",
+    metadata,
+    Column("request_id", Text, primary_key=True),
+    Column("run_id", Text, nullable=False),
+    Column("reserved_micros", BigInteger, nullable=False),
+    Column("charge_micros", BigInteger, nullable=False),
+    # reserved -> committed | abandoned
+    Column("state", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+Index("ix_run_draws_run", run_draws.c.run_id, run_draws.c.state)

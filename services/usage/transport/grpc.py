@@ -9,6 +9,7 @@ import grpc
 
 from services.usage import handlers
 from services.usage.domain.receipts import (
+    AggregateBy,
     Attempt,
     Prices,
     Receipt,
@@ -16,6 +17,7 @@ from services.usage.domain.receipts import (
     ReceiptStatus,
     RouteKind,
 )
+from services.usage.domain.runs import ModelTotal, Run, RunReceipt, RunStatus
 from services.usage.storage.unit_of_work import UnitOfWork
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
@@ -138,6 +140,109 @@ def receipt_to_wire(receipt: Receipt) -> usage_pb2.Receipt:
     )
 
 
+def filter_from_wire(wire: usage_pb2.ReceiptFilter) -> ReceiptFilter:
+    return ReceiptFilter(
+        account_id=wire.account_id,
+        model=wire.model,
+        bucket=_optional_enum(wire.bucket, bucket_from_proto),
+        status=STATUSES_FROM_WIRE.get(wire.status),
+        key_id=wire.key_id,
+        project_id=wire.project_id,
+        from_time=from_timestamp(wire.from_time) if wire.HasField("from_time") else None,
+        to_time=from_timestamp(wire.to_time) if wire.HasField("to_time") else None,
+        run_id=wire.run_id,
+    )
+
+
+AGGREGATE_BY: dict[int, AggregateBy] = {
+    usage_pb2.AGGREGATE_BY_DAY: AggregateBy.DAY,
+    usage_pb2.AGGREGATE_BY_MODEL: AggregateBy.MODEL,
+    usage_pb2.AGGREGATE_BY_KEY: AggregateBy.KEY,
+    usage_pb2.AGGREGATE_BY_PROJECT: AggregateBy.PROJECT,
+    usage_pb2.AGGREGATE_BY_BUCKET: AggregateBy.BUCKET,
+    usage_pb2.AGGREGATE_BY_STATUS: AggregateBy.STATUS,
+}
+
+RUN_STATUS_TO_WIRE: dict[RunStatus, int] = {
+    RunStatus.OPEN: usage_pb2.RUN_STATUS_OPEN,
+    RunStatus.CLOSING: usage_pb2.RUN_STATUS_CLOSING,
+    RunStatus.CLOSED: usage_pb2.RUN_STATUS_CLOSED,
+    RunStatus.EXPIRED: usage_pb2.RUN_STATUS_EXPIRED,
+}
+
+
+def run_to_wire(run: Run) -> usage_pb2.Run:
+    return usage_pb2.Run(
+        run_id=run.run_id,
+        account_id=run.account_id,
+        project_id=run.project_id,
+        key_id=run.key_id,
+        bucket=bucket_to_proto(run.bucket),
+        model=run.model,
+        budget_micros=run.budget_micros,
+        reserved_micros=run.reserved_micros,
+        spent_micros=run.spent_micros,
+        requests=run.requests,
+        hold_id=run.hold_id,
+        status=RUN_STATUS_TO_WIRE[run.status],  # type: ignore[arg-type]
+        created_at=timestamp(run.created_at),
+        expires_at=timestamp(run.expires_at),
+        ended_at=timestamp(run.ended_at),
+        entry_id=run.entry_id,
+        trace_id=run.trace_id,
+        expiring=run.expiring,
+        captured_micros=run.captured_micros,
+    )
+
+
+def run_from_wire(wire: usage_pb2.Run) -> Run:
+    created = from_timestamp(wire.created_at)
+    expires = from_timestamp(wire.expires_at)
+    if created is None or expires is None or not wire.bucket:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            "The run cannot be opened: bucket, created_at and expires_at are required.",
+        )
+    return Run(
+        run_id=wire.run_id,
+        account_id=wire.account_id,
+        project_id=wire.project_id,
+        key_id=wire.key_id,
+        bucket=bucket_from_proto(wire.bucket),
+        model=wire.model,
+        budget_micros=wire.budget_micros,
+        hold_id=wire.hold_id,
+        created_at=created,
+        expires_at=expires,
+        trace_id=wire.trace_id,
+    )
+
+
+def _total(total: ModelTotal) -> usage_pb2.RunModelTotal:
+    return usage_pb2.RunModelTotal(
+        model=total.model,
+        requests=total.requests,
+        prompt_tokens=total.prompt_tokens,
+        cached_tokens=total.cached_tokens,
+        completion_tokens=total.completion_tokens,
+        charge_micros=total.charge_micros,
+    )
+
+
+def run_receipt_to_wire(receipt: RunReceipt) -> usage_pb2.RunReceipt:
+    return usage_pb2.RunReceipt(
+        run=run_to_wire(receipt.run),
+        lines=[receipt_to_wire(r) for r in receipt.lines],
+        models=[_total(m) for m in receipt.models],
+        requests=receipt.total.requests,
+        prompt_tokens=receipt.total.prompt_tokens,
+        cached_tokens=receipt.total.cached_tokens,
+        completion_tokens=receipt.total.completion_tokens,
+        charge_micros=receipt.total.charge_micros,
+        duration_ms=receipt.duration_ms,
+    )
+
+
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
     def __init__(self, uow_factory: Callable[[], UnitOfWork]) -> None:
         self._uow = uow_factory
@@ -161,12 +266,15 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
     async def ListReceipts(  # noqa: N802
         self, request: usage_pb2.ListReceiptsRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.ListReceiptsResponse:
-        where = ReceiptFilter(
-            account_id=request.account_id,
-            model=request.model,
-            bucket=_optional_enum(request.bucket, bucket_from_proto),
-            status=STATUSES_FROM_WIRE.get(request.status),
-        )
+        if request.HasField("filter"):
+            where = filter_from_wire(request.filter)
+        else:
+            where = ReceiptFilter(
+                account_id=request.account_id,
+                model=request.model,
+                bucket=_optional_enum(request.bucket, bucket_from_proto),
+                status=STATUSES_FROM_WIRE.get(request.status),
+            )
         page = await handlers.list_receipts(
             handlers.ListReceipts(where, request.page_size, request.page_token), self._uow()
         )
@@ -174,3 +282,91 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
             receipts=[receipt_to_wire(r) for r in page.receipts],
             next_page_token=page.next_page_token,
         )
+
+    async def AggregateReceipts(  # noqa: N802
+        self, request: usage_pb2.AggregateReceiptsRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.AggregateReceiptsResponse:
+        by = AGGREGATE_BY.get(request.by)
+        if by is None:
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                "Aggregate by one of day, model, key, project, bucket or status.",
+                {"param": "by"},
+            )
+        rows = await handlers.aggregate_receipts(
+            handlers.AggregateReceipts(filter_from_wire(request.filter), by), self._uow()
+        )
+        return usage_pb2.AggregateReceiptsResponse(
+            rows=[
+                usage_pb2.AggregateRow(
+                    group=r.group,
+                    bucket=bucket_to_proto(r.bucket) if r.bucket else None,
+                    requests=r.requests,
+                    prompt_tokens=r.prompt_tokens,
+                    cached_tokens=r.cached_tokens,
+                    completion_tokens=r.completion_tokens,
+                    charge_micros=r.charge_micros,
+                )
+                for r in rows
+            ]
+        )
+
+    async def OpenRun(  # noqa: N802
+        self, request: usage_pb2.OpenRunRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.OpenRunResponse:
+        run = await handlers.open_run(handlers.OpenRun(run_from_wire(request.run)), self._uow())
+        return usage_pb2.OpenRunResponse(run=run_to_wire(run))
+
+    async def GetRun(  # noqa: N802
+        self, request: usage_pb2.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.GetRunResponse:
+        run = await handlers.get_run(
+            handlers.GetRun(request.account_id, request.run_id), self._uow()
+        )
+        return usage_pb2.GetRunResponse(run=run_to_wire(run))
+
+    async def ReserveFromRun(  # noqa: N802
+        self, request: usage_pb2.ReserveFromRunRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.ReserveFromRunResponse:
+        run = await handlers.reserve_from_run(
+            handlers.ReserveFromRun(
+                request.account_id,
+                request.run_id,
+                request.request_id,
+                request.amount_micros,
+                _optional_enum(request.bucket, bucket_from_proto),
+            ),
+            self._uow(),
+        )
+        return usage_pb2.ReserveFromRunResponse(run=run_to_wire(run))
+
+    async def CloseRun(  # noqa: N802
+        self, request: usage_pb2.CloseRunRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.CloseRunResponse:
+        run = await handlers.close_run(
+            handlers.CloseRun(request.account_id, request.run_id), self._uow()
+        )
+        return usage_pb2.CloseRunResponse(run=run_to_wire(run))
+
+    async def FinishRun(  # noqa: N802
+        self, request: usage_pb2.FinishRunRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.FinishRunResponse:
+        receipt = await handlers.finish_run(
+            handlers.FinishRun(request.run_id, request.entry_id, request.captured_micros),
+            self._uow(),
+        )
+        return usage_pb2.FinishRunResponse(receipt=run_receipt_to_wire(receipt))
+
+    async def ExpireRuns(  # noqa: N802
+        self, request: usage_pb2.ExpireRunsRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.ExpireRunsResponse:
+        runs = await handlers.expire_runs(handlers.ExpireRuns(request.limit), self._uow())
+        return usage_pb2.ExpireRunsResponse(runs=[run_to_wire(r) for r in runs])
+
+    async def GetRunReceipt(  # noqa: N802
+        self, request: usage_pb2.GetRunReceiptRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.GetRunReceiptResponse:
+        receipt = await handlers.get_run_receipt(
+            handlers.GetRunReceipt(request.account_id, request.run_id), self._uow()
+        )
+        return usage_pb2.GetRunReceiptResponse(receipt=run_receipt_to_wire(receipt))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
-from services.wallet.domain.model import EntryKind
+from services.wallet.domain.model import EntryKind, HoldStatus
 from tokenforge.money import Bucket
 
 
@@ -33,12 +34,22 @@ class SettleHold:
     hold_id: str
     amount: int
     trace_id: str = ""
+    # When set, a hold of another account is not found.
+    account_id: str = ""
 
 
 @dataclass(frozen=True)
 class ReleaseHold:
     hold_id: str
     reason: str = ""
+    account_id: str = ""
+
+
+@dataclass(frozen=True)
+class ExtendHold:
+    hold_id: str
+    ttl_seconds: int
+    account_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,14 @@ class AdjustBalance:
 
 
 @dataclass(frozen=True)
+class ReverseEntry:
+    entry_id: str
+    reason: str
+    operator: str
+    trace_id: str = ""
+
+
+@dataclass(frozen=True)
 class ListLedger:
     account_id: str
     bucket: Bucket | None = None
@@ -72,6 +91,24 @@ class ListLedger:
     order_id: str = ""
     page_size: int = 0
     page_token: str = ""
+    # Created at or after `from_time`, before `to_time`.
+    from_time: datetime | None = None
+    to_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ListHolds:
+    account_id: str
+    status: HoldStatus | None = None
+    from_time: datetime | None = None
+    to_time: datetime | None = None
+    page_size: int = 0
+    page_token: str = ""
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    pass
 
 
 @dataclass(frozen=True)

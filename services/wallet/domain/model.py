@@ -19,6 +19,9 @@ from tokenforge.money import Bucket, format_amount
 
 DEFAULT_HOLD_TTL_S = 300
 MAX_HOLD_TTL_S = 3600
+# ExtendHold keeps a long stream's hold alive, but never past this age: a hold is a
+# reservation for one request, not a standing reserve.
+MAX_HOLD_LIFETIME_S = 4 * 3600
 
 
 class HoldStatus(enum.StrEnum):
@@ -180,12 +183,7 @@ class Hold:
                 {"field": "amount_micros"},
             )
         if self.status is HoldStatus.EXPIRED or (self.is_open and self.is_past_expiry(now)):
-            raise DomainError(
-                Reason.HOLD_EXPIRED,
-                f"Hold {self.hold_id} expired at {self.expires_at.isoformat()}; its money "
-                "went back to the balance. Place a new hold for a new request.",
-                {"hold_id": str(self.hold_id)},
-            )
+            raise self._expired()
         if not self.is_open:
             raise self._not_open()
         if amount > self.amount:
@@ -211,6 +209,47 @@ class Hold:
 
     def is_replay_of_settle(self, amount: int) -> bool:
         return self.status is HoldStatus.SETTLED and self.captured == amount
+
+    def extend(self, ttl_seconds: int, now: datetime) -> bool:
+        """Expire `ttl_seconds` from now (never earlier than already, never past the
+        maximum lifetime); False when the expiry did not move."""
+        if ttl_seconds <= 0:
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                f"An extension lives between 1 and {MAX_HOLD_TTL_S} seconds; got {ttl_seconds}.",
+                {"field": "ttl_seconds"},
+            )
+        ttl = hold_ttl(ttl_seconds)
+        if self.status is HoldStatus.EXPIRED or (self.is_open and self.is_past_expiry(now)):
+            raise self._expired()
+        if not self.is_open:
+            raise self._not_open()
+        cap = self.created_at + timedelta(seconds=MAX_HOLD_LIFETIME_S)
+        wanted = min(now + ttl, cap)
+        if wanted <= self.expires_at:
+            if self.expires_at >= cap and now + ttl > cap:
+                raise DomainError(
+                    Reason.INVALID_TRANSITION,
+                    f"Hold {self.hold_id} reached its maximum lifetime of "
+                    f"{MAX_HOLD_LIFETIME_S // 3600} hours (expires "
+                    f"{self.expires_at.isoformat()}). Settle it and place a new hold.",
+                    {"hold_id": str(self.hold_id), "expires_at": self.expires_at.isoformat()},
+                )
+            return False
+        self.expires_at = wanted
+        return True
+
+    def belongs_to(self, account_id: str) -> bool:
+        """An empty account id asks no question; another account's hold is hidden."""
+        return not account_id or account_id == self.account_id
+
+    def _expired(self) -> DomainError:
+        return DomainError(
+            Reason.HOLD_EXPIRED,
+            f"Hold {self.hold_id} expired at {self.expires_at.isoformat()}; its money "
+            "went back to the balance. Place a new hold for a new request.",
+            {"hold_id": str(self.hold_id)},
+        )
 
     def check_release(self) -> None:
         """A settled hold was charged: it can not be given back."""
@@ -271,6 +310,8 @@ class JournalEntry:
     reason: str = ""
     operator: str = ""
     trace_id: str = ""
+    # On a reversal: the entry it reverses.
+    reverses_entry_id: uuid.UUID | None = None
     seq: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
@@ -413,6 +454,87 @@ def adjustment(
         reason=reason.strip(),
         operator=operator,
         trace_id=trace_id,
+    )
+
+
+def reversal_key(entry_id: uuid.UUID) -> str:
+    """One reversal per entry: the key is the reversed entry's id."""
+    return f"reverse:{entry_id}"
+
+
+def check_reversible(original: JournalEntry, reason: str) -> None:
+    if not reason.strip():
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            "A reversal needs a reason: say why the entry is corrected.",
+            {"field": "reason"},
+        )
+    if original.kind is EntryKind.REVERSAL:
+        raise DomainError(
+            Reason.INVALID_TRANSITION,
+            f"Entry {original.entry_id} is itself a reversal (of "
+            f"{original.reverses_entry_id}); a reversal is not reversed. Write an "
+            "adjustment instead.",
+            {"entry_id": str(original.entry_id)},
+        )
+
+
+def already_reversed(original: JournalEntry, reversal_entry: JournalEntry) -> DomainError:
+    return DomainError(
+        Reason.INVALID_TRANSITION,
+        f"Entry {original.entry_id} was already reversed by entry "
+        f"{reversal_entry.entry_id} ({reversal_entry.reason!r}); an entry is reversed once. "
+        "Write an adjustment for any further correction.",
+        {"entry_id": str(original.entry_id), "reversal_entry_id": str(reversal_entry.entry_id)},
+    )
+
+
+def reversal(
+    original: JournalEntry,
+    balance: Balance,
+    reason: str,
+    operator: str,
+    now: datetime,
+    trace_id: str = "",
+) -> JournalEntry:
+    """The opposite postings of `original`, kind REVERSAL, referencing it (W5).
+
+    Taking money back (reversing a credit) may not take available below zero (W2).
+    """
+    check_reversible(original, reason)
+    balance_after = balance.post(-original.amount)
+    user = user_ledger_account(original.account_id, original.bucket)
+    return JournalEntry(
+        entry_id=uuid.uuid4(),
+        kind=EntryKind.REVERSAL,
+        account_id=original.account_id,
+        bucket=original.bucket,
+        idempotency_key=reversal_key(original.entry_id),
+        postings=tuple(
+            Posting(
+                p.ledger_account,
+                p.bucket,
+                -p.amount,
+                balance_after if p.ledger_account == user else None,
+            )
+            for p in original.postings
+        ),
+        created_at=now,
+        request_id=original.request_id,
+        order_id=original.order_id,
+        hold_id=original.hold_id,
+        reason=reason.strip(),
+        operator=operator,
+        trace_id=trace_id,
+        reverses_entry_id=original.entry_id,
+    )
+
+
+def entry_not_found(entry_id: str) -> DomainError:
+    return DomainError(
+        Reason.NOT_FOUND,
+        f"No ledger entry {entry_id!r}. Check the entry id in `tokenforge wallet ledger`.",
+        {"entry_id": entry_id},
     )
 
 

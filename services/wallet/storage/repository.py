@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, func, insert, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,6 +21,14 @@ from services.wallet.domain.model import (
     HoldStatus,
     JournalEntry,
     Posting,
+)
+from services.wallet.domain.reconcile import (
+    RULE_BALANCED,
+    RULE_DERIVABLE,
+    RULE_HOLD_ENDS_ONCE,
+    RULE_NOT_BELOW_ZERO,
+    ReconcileReport,
+    Violation,
 )
 from services.wallet.storage.tables import (
     accounts,
@@ -49,6 +57,19 @@ class LedgerQuery:
     order_id: str = ""
     # Only entries older than this sequence number (the page cursor).
     before_seq: int | None = None
+    from_time: datetime | None = None
+    to_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class HoldQuery:
+    account_id: str
+    limit: int
+    status: HoldStatus | None = None
+    from_time: datetime | None = None
+    to_time: datetime | None = None
+    # Only holds before this (created_at, hold_id) in newest-first order (the cursor).
+    before: tuple[datetime, uuid.UUID] | None = None
 
 
 class WalletRepository(abc.ABC):
@@ -103,6 +124,14 @@ class WalletRepository(abc.ABC):
     async def ledger(self, query: LedgerQuery) -> list[JournalEntry]:
         """The account's entries newest first (at most `query.limit`)."""
 
+    @abc.abstractmethod
+    async def holds(self, query: HoldQuery) -> list[Hold]:
+        """The account's holds newest first (at most `query.limit`)."""
+
+    @abc.abstractmethod
+    async def reconcile(self) -> ReconcileReport:
+        """Check every money rule over the whole wallet, from one snapshot."""
+
 
 def _balance(row: Any) -> Balance:
     return Balance(row.account_id, Bucket(row.bucket), row.posted, row.held)
@@ -122,6 +151,71 @@ def _hold(row: Any) -> Hold:
         entry_id=row.entry_id,
         ended_at=row.ended_at,
         trace_id=row.trace_id,
+    )
+
+
+# One query per rule, each returning only the rows that break it.
+_UNBALANCED_ENTRIES = text(
+    """
+    SELECT e.entry_id, coalesce(sum(p.amount), 0) AS total, count(p.posting_id) AS n,
+           count(*) FILTER (WHERE p.bucket <> e.bucket) AS other_buckets
+      FROM wallet.journal_entries e
+      LEFT JOIN wallet.postings p ON p.entry_id = e.entry_id
+     GROUP BY e.entry_id
+    HAVING coalesce(sum(p.amount), 0) <> 0 OR count(p.posting_id) < 2
+        OR count(*) FILTER (WHERE p.bucket <> e.bucket) > 0
+    """
+)
+_BAD_BALANCES = text(
+    """
+    SELECT b.account_id, b.bucket, b.posted, b.held,
+           coalesce(f.folded, 0) AS folded, coalesce(h.open_sum, 0) AS open_sum
+      FROM wallet.balances b
+      LEFT JOIN (SELECT ledger_account, sum(amount) AS folded FROM wallet.postings
+                  WHERE ledger_account LIKE 'user:%' GROUP BY ledger_account) f
+        ON f.ledger_account = 'user:' || b.account_id || ':' || b.bucket
+      LEFT JOIN (SELECT account_id, bucket, sum(amount) AS open_sum FROM wallet.holds
+                  WHERE status = 'open' GROUP BY account_id, bucket) h
+        ON h.account_id = b.account_id AND h.bucket = b.bucket
+     WHERE b.posted <> coalesce(f.folded, 0) OR b.held <> coalesce(h.open_sum, 0)
+        OR b.posted < 0 OR b.held < 0 OR b.posted - b.held < 0
+    """
+)
+_BAD_HOLDS = text(
+    """
+    WITH charges AS (
+        SELECT e.hold_id, count(DISTINCT e.entry_id) AS n, -coalesce(sum(p.amount), 0) AS total
+          FROM wallet.journal_entries e
+          JOIN wallet.postings p
+            ON p.entry_id = e.entry_id AND p.ledger_account LIKE 'user:%'
+         WHERE e.kind = 'request_charge' AND e.hold_id IS NOT NULL
+         GROUP BY e.hold_id
+    )
+    SELECT h.hold_id, h.status, h.captured, h.ended_at, h.entry_id,
+           coalesce(c.n, 0) AS charges, coalesce(c.total, 0) AS charged
+      FROM wallet.holds h
+      LEFT JOIN charges c ON c.hold_id = h.hold_id
+     WHERE (h.status = 'open' AND (h.ended_at IS NOT NULL OR h.captured <> 0
+                                   OR h.entry_id IS NOT NULL OR coalesce(c.n, 0) > 0))
+        OR (h.status <> 'open' AND h.ended_at IS NULL)
+        OR (h.status IN ('released', 'expired') AND (h.captured <> 0 OR coalesce(c.n, 0) > 0))
+        OR (h.status = 'settled' AND h.captured > 0
+            AND (coalesce(c.n, 0) <> 1 OR h.entry_id IS NULL OR c.total <> h.captured))
+        OR (h.status = 'settled' AND h.captured = 0 AND coalesce(c.n, 0) > 0)
+    """
+)
+
+
+def _hold_problem(row: Any) -> str:
+    if row.status == HoldStatus.OPEN.value:
+        return "open hold carries an end (ended_at, a capture or a charge)"
+    if row.ended_at is None:
+        return f"{row.status} hold has no ended_at"
+    if row.status != HoldStatus.SETTLED.value:
+        return f"{row.status} hold was charged ({row.charges} charge rows, captured {row.captured})"
+    return (
+        f"settled hold captured {row.captured} but has {row.charges} charge rows "
+        f"totalling {row.charged}"
     )
 
 
@@ -221,6 +315,7 @@ class SqlAlchemyWalletRepository(WalletRepository):
                 captured=hold.captured,
                 entry_id=hold.entry_id,
                 ended_at=hold.ended_at,
+                expires_at=hold.expires_at,
             )
         )
 
@@ -264,6 +359,7 @@ class SqlAlchemyWalletRepository(WalletRepository):
                 reason=row.reason,
                 operator=row.operator,
                 trace_id=row.trace_id,
+                reverses_entry_id=row.reverses_entry_id,
                 seq=row.seq,
             )
             for row in entry_rows
@@ -291,6 +387,7 @@ class SqlAlchemyWalletRepository(WalletRepository):
                 "reason": entry.reason,
                 "operator": entry.operator,
                 "trace_id": entry.trace_id,
+                "reverses_entry_id": entry.reverses_entry_id,
                 "idempotency_key": entry.idempotency_key,
                 "created_at": entry.created_at,
             },
@@ -334,4 +431,81 @@ class SqlAlchemyWalletRepository(WalletRepository):
             conditions.append(journal_entries.c.order_id == query.order_id)
         if query.before_seq is not None:
             conditions.append(journal_entries.c.seq < query.before_seq)
+        if query.from_time is not None:
+            conditions.append(journal_entries.c.created_at >= query.from_time)
+        if query.to_time is not None:
+            conditions.append(journal_entries.c.created_at < query.to_time)
         return await self._entries(and_(*conditions), query.limit)
+
+    async def holds(self, query: HoldQuery) -> list[Hold]:
+        conditions: list[Any] = [holds.c.account_id == query.account_id]
+        if query.status is not None:
+            conditions.append(holds.c.status == query.status.value)
+        if query.from_time is not None:
+            conditions.append(holds.c.created_at >= query.from_time)
+        if query.to_time is not None:
+            conditions.append(holds.c.created_at < query.to_time)
+        if query.before is not None:
+            conditions.append(tuple_(holds.c.created_at, holds.c.hold_id) < query.before)
+        rows = await self.session.execute(
+            select(holds)
+            .where(and_(*conditions))
+            .order_by(holds.c.created_at.desc(), holds.c.hold_id.desc())
+            .limit(query.limit)
+        )
+        return [_hold(row) for row in rows]
+
+    async def reconcile(self) -> ReconcileReport:
+        # One snapshot for every check, so live traffic can not look like a violation.
+        await self.session.execute(
+            text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        )
+        violations: list[Violation] = []
+        for row in await self.session.execute(_UNBALANCED_ENTRIES):
+            violations.append(
+                Violation(
+                    RULE_BALANCED,
+                    str(row.entry_id),
+                    f"{row.n} postings summing to {row.total}"
+                    + (f", {row.other_buckets} in another bucket" if row.other_buckets else ""),
+                )
+            )
+        for row in await self.session.execute(_BAD_BALANCES):
+            subject = f"{row.account_id}/{row.bucket}"
+            if row.posted < 0 or row.held < 0 or row.posted - row.held < 0:
+                violations.append(
+                    Violation(
+                        RULE_NOT_BELOW_ZERO,
+                        subject,
+                        f"posted {row.posted}, held {row.held}, available {row.posted - row.held}",
+                    )
+                )
+            if row.posted != row.folded:
+                violations.append(
+                    Violation(
+                        RULE_DERIVABLE,
+                        subject,
+                        f"posted {row.posted} but the journal folds to {row.folded}",
+                    )
+                )
+            if row.held != row.open_sum:
+                violations.append(
+                    Violation(
+                        RULE_DERIVABLE,
+                        subject,
+                        f"held {row.held} but open holds sum to {row.open_sum}",
+                    )
+                )
+        for row in await self.session.execute(_BAD_HOLDS):
+            violations.append(Violation(RULE_HOLD_ENDS_ONCE, str(row.hold_id), _hold_problem(row)))
+        accounts_checked = await self.session.scalar(select(func.count()).select_from(accounts))
+        entries_checked = await self.session.scalar(
+            select(func.count()).select_from(journal_entries)
+        )
+        holds_checked = await self.session.scalar(select(func.count()).select_from(holds))
+        return ReconcileReport(
+            accounts_checked=accounts_checked or 0,
+            entries_checked=entries_checked or 0,
+            holds_checked=holds_checked or 0,
+            violations=violations,
+        )

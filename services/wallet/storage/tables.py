@@ -61,6 +61,8 @@ journal_entries = Table(
     Column("reason", Text, nullable=False, server_default=""),
     Column("operator", Text, nullable=False, server_default=""),
     Column("trace_id", Text, nullable=False, server_default=""),
+    # On a reversal: the entry it reverses (at most one reversal per entry).
+    Column("reverses_entry_id", Uuid, ForeignKey("journal_entries.entry_id"), nullable=True),
     Column("idempotency_key", Text, nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     CheckConstraint(
@@ -70,6 +72,12 @@ journal_entries = Table(
     Index("journal_entries_account_seq", "account_id", "seq"),
     Index("journal_entries_request", "request_id"),
     Index("journal_entries_order", "order_id"),
+    Index(
+        "journal_entries_reverses",
+        "reverses_entry_id",
+        unique=True,
+        postgresql_where=text("reverses_entry_id IS NOT NULL"),
+    ),
 )
 
 postings = Table(
@@ -105,6 +113,7 @@ holds = Table(
     CheckConstraint("captured >= 0 AND captured <= amount", name="holds_captured_within"),
     CheckConstraint("status IN ('open', 'settled', 'released', 'expired')", name="holds_status"),
     Index("holds_open_expiry", "expires_at", postgresql_where=text("status = 'open'")),
+    Index("holds_account_created", "account_id", "created_at"),
 )
 
 processed_events = Table(

@@ -7,7 +7,7 @@ GuardInterceptor, so the servicer lets it raise.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -20,6 +20,7 @@ from services.wallet.storage.unit_of_work import UnitOfWork
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
+from tokenforge.runtime.grpc_server import OPERATOR_NAME, current_caller
 from tokenforge.runtime.telemetry import current_trace_id
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
@@ -28,6 +29,7 @@ BUCKET_TO_PB: dict[Bucket, common_pb2.Bucket] = {
     Bucket.ROUTED: common_pb2.BUCKET_ROUTED,
 }
 BUCKET_FROM_PB: dict[int, Bucket] = {v: k for k, v in BUCKET_TO_PB.items()}
+STATUS_FROM_PB: dict[int, HoldStatus] = {}
 
 KIND_TO_PB: dict[EntryKind, wallet_pb2.EntryKind] = {
     EntryKind.TOPUP_CREDIT: wallet_pb2.ENTRY_KIND_TOPUP_CREDIT,
@@ -43,6 +45,7 @@ STATUS_TO_PB: dict[HoldStatus, wallet_pb2.HoldStatus] = {
     HoldStatus.RELEASED: wallet_pb2.HOLD_STATUS_RELEASED,
     HoldStatus.EXPIRED: wallet_pb2.HOLD_STATUS_EXPIRED,
 }
+STATUS_FROM_PB.update({v: k for k, v in STATUS_TO_PB.items()})
 
 
 def bucket_from_pb(value: int, *, required: bool = True) -> Bucket | None:
@@ -69,6 +72,23 @@ def _timestamp(when: datetime | None) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+def _time_or_none(request: Any, name: str) -> datetime | None:
+    if not request.HasField(name):
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(request, name)
+    when: datetime = stamp.ToDatetime(tzinfo=UTC)
+    return when
+
+
+def _operator(requested: str) -> str:
+    """Who did it: the name the operator gave, and the credential's caller name."""
+    caller = current_caller.get()
+    name = caller.name if caller is not None else ""
+    if requested and name and name != OPERATOR_NAME and requested != name:
+        return f"{requested} ({name})"
+    return requested or name or "operator"
+
+
 def balance_pb(balance: Balance) -> Any:
     return wallet_pb2.BucketBalance(
         bucket=BUCKET_TO_PB[balance.bucket],
@@ -91,6 +111,8 @@ def hold_pb(hold: Hold) -> Any:
         request_id=hold.request_id,
         expires_at=_timestamp(hold.expires_at),
         entry_id=str(hold.entry_id) if hold.entry_id else "",
+        created_at=_timestamp(hold.created_at),
+        ended_at=_timestamp(hold.ended_at) if hold.ended_at else None,
     )
 
 
@@ -109,6 +131,7 @@ def entry_pb(entry: JournalEntry) -> Any:
         operator=entry.operator,
         trace_id=entry.trace_id,
         created_at=_timestamp(entry.created_at),
+        reverses_entry_id=str(entry.reverses_entry_id) if entry.reverses_entry_id else "",
     )
 
 
@@ -148,6 +171,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
             hold_id=request.hold_id,
             amount=request.amount_micros,
             trace_id=request.trace_id or current_trace_id(),
+            account_id=request.account_id,
         )
         settled = await handlers.settle_hold(cmd, self._uow())
         response = wallet_pb2.SettleResponse(hold=hold_pb(settled.hold))
@@ -156,9 +180,20 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
         return response
 
     async def Release(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        cmd = commands.ReleaseHold(hold_id=request.hold_id, reason=request.reason)
+        cmd = commands.ReleaseHold(
+            hold_id=request.hold_id, reason=request.reason, account_id=request.account_id
+        )
         hold = await handlers.release_hold(cmd, self._uow())
         return wallet_pb2.ReleaseResponse(hold=hold_pb(hold))
+
+    async def ExtendHold(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        cmd = commands.ExtendHold(
+            hold_id=request.hold_id,
+            ttl_seconds=request.ttl_seconds,
+            account_id=request.account_id,
+        )
+        hold = await handlers.extend_hold(cmd, self._uow())
+        return wallet_pb2.ExtendHoldResponse(hold=hold_pb(hold))
 
     async def Credit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         cmd = commands.CreditTopUp(
@@ -178,7 +213,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
             bucket=_required_bucket(request.bucket),
             amount=request.amount_micros,
             reason=request.reason,
-            operator=request.operator or "operator",
+            operator=_operator(request.operator),
             idempotency_key=request.idempotency_key,
             trace_id=current_trace_id(),
         )
@@ -194,8 +229,47 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
             order_id=request.order_id,
             page_size=request.page_size,
             page_token=request.page_token,
+            from_time=_time_or_none(request, "from_time"),
+            to_time=_time_or_none(request, "to_time"),
         )
         page = await handlers.list_ledger(cmd, self._uow())
         return wallet_pb2.ListLedgerResponse(
             entries=[entry_pb(e) for e in page.entries], next_page_token=page.next_page_token
+        )
+
+    async def Reverse(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        cmd = commands.ReverseEntry(
+            entry_id=request.entry_id,
+            reason=request.reason,
+            operator=_operator(request.operator),
+            trace_id=current_trace_id(),
+        )
+        entry = await handlers.reverse_entry(cmd, self._uow())
+        return wallet_pb2.ReverseResponse(entry=entry_pb(entry))
+
+    async def ListHolds(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        cmd = commands.ListHolds(
+            account_id=request.account_id,
+            status=STATUS_FROM_PB.get(request.status),
+            from_time=_time_or_none(request, "from_time"),
+            to_time=_time_or_none(request, "to_time"),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        page = await handlers.list_holds(cmd, self._uow())
+        return wallet_pb2.ListHoldsResponse(
+            holds=[hold_pb(h) for h in page.holds], next_page_token=page.next_page_token
+        )
+
+    async def Reconcile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        report = await handlers.reconcile(commands.Reconcile(), self._uow())
+        return wallet_pb2.ReconcileResponse(
+            ok=report.ok,
+            accounts_checked=report.accounts_checked,
+            entries_checked=report.entries_checked,
+            holds_checked=report.holds_checked,
+            violations=[
+                wallet_pb2.Violation(rule=v.rule, subject=v.subject, detail=v.detail)
+                for v in report.violations
+            ],
         )

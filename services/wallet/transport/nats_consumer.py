@@ -4,8 +4,9 @@ A durable pull consumer reads `tokenforge.payments.v1.topup.succeeded`; each eve
 is credited in one transaction that also records its event id, and acked only after
 that commit. A redelivery or a duplicate publish finds the event (or the order's
 credit) already there and changes nothing. A message that can never succeed (not
-a TopUpEvent, or conflicting with the order's first credit) is terminated and
-logged, never retried forever; anything else (database down) is retried later.
+a TopUpEvent, or conflicting with the order's first credit) is copied to the
+dead-letter subject (stream DEADLETTER, header naming the reason) and then
+terminated, never retried forever; anything else (database down) is retried later.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from google.protobuf.message import DecodeError
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
 from services.wallet import handlers
@@ -43,6 +53,36 @@ DURABLE = "wallet-topup-credits"
 SUBJECT = topup_subject("succeeded")
 # Reasons that no retry can fix: terminate the message (it stays in the stream).
 PERMANENT = frozenset({Reason.IDEMPOTENCY_CONFLICT, Reason.INVALID_ARGUMENT})
+
+# Messages no retry can fix, kept for an operator to read: their own stream, so the
+# PAYMENTS stream ("tokenforge.payments.v1.topup.>") never captures them.
+DEADLETTER_STREAM = "DEADLETTER"
+DEADLETTER_SUBJECT = "tokenforge.payments.v1.deadletter.wallet"
+REASON_HEADER = "Tokenforge-Deadletter-Reason"
+ORIGIN_HEADER = "Tokenforge-Original-Subject"
+SEQUENCE_HEADER = "Tokenforge-Original-Sequence"
+
+
+async def ensure_deadletter_stream(js: JetStreamContext) -> None:
+    try:
+        await js.stream_info(DEADLETTER_STREAM)
+    except NotFoundError:
+        await js.add_stream(
+            StreamConfig(
+                name=DEADLETTER_STREAM,
+                subjects=["tokenforge.payments.v1.deadletter.>"],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                duplicate_window=24 * 3600.0,
+            )
+        )
+
+
+def _stream_sequence(msg: Msg) -> str:
+    try:
+        return str(msg.metadata.sequence.stream)
+    except Exception:  # noqa: BLE001 - a message without JetStream metadata
+        return ""
 
 
 class PoisonMessage(Exception):
@@ -80,10 +120,12 @@ class TopUpConsumer:
         self._nc = nc
         self._uow = uow_factory
         self._task: asyncio.Task[None] | None = None
+        self._js: JetStreamContext | None = None
 
     async def start(self) -> None:
-        js = self._nc.jetstream()
+        js = self._js = self._nc.jetstream()
         await ensure_payments_stream(js)
+        await ensure_deadletter_stream(js)
         self._sub = await js.pull_subscribe(
             SUBJECT,
             durable=DURABLE,
@@ -126,7 +168,7 @@ class TopUpConsumer:
             cmd = decode(msg)
         except PoisonMessage as error:
             log.error("terminating poison message on %s: %s", msg.subject, error)
-            await msg.term()
+            await self.dead_letter(msg, f"poison: {error}")
             return
         parent = context_from_headers(msg.headers)
         with tracer.start_as_current_span(
@@ -154,7 +196,7 @@ class TopUpConsumer:
                         cmd.order_id,
                         error.message,
                     )
-                    await msg.term()
+                    await self.dead_letter(msg, f"{error.reason.value}: {error.message}")
                     return
                 log.warning("top-up event %s not credited yet: %s", cmd.event_id, error)
                 await msg.nak(delay=1.0)
@@ -170,3 +212,27 @@ class TopUpConsumer:
             cmd.event_id,
             entry.entry_id,
         )
+
+    async def dead_letter(self, msg: Msg, reason: str) -> None:
+        """Copy the message to the dead-letter subject, then terminate it.
+
+        If the copy fails the message is nak'ed instead: it comes back later rather
+        than being lost. The copy's Nats-Msg-Id is the original stream sequence, so a
+        redelivery after a crash does not copy it twice.
+        """
+        if self._js is not None:
+            sequence = _stream_sequence(msg)
+            headers = {
+                REASON_HEADER: reason[:1000],
+                ORIGIN_HEADER: msg.subject,
+                SEQUENCE_HEADER: sequence,
+            }
+            if sequence:
+                headers["Nats-Msg-Id"] = f"wallet-deadletter-{sequence}"
+            try:
+                await self._js.publish(DEADLETTER_SUBJECT, msg.data, headers=headers)
+            except Exception:
+                log.exception("could not dead-letter a message on %s; will retry", msg.subject)
+                await msg.nak(delay=1.0)
+                return
+        await msg.term()

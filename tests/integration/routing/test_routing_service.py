@@ -51,7 +51,7 @@ async def test_resolve_answers_the_whole_before_list_of_the_official_route(routi
     assert route.retry.max_attempts == 2 and "502" in route.retry.retry_on
     assert route.charge_policy == routing_pb2.CHARGE_POLICY_NONE
     assert (answer.context_length, answer.max_output_tokens) == (8192, 1024)
-    assert re.fullmatch(r"[0-9a-f]{12}", answer.catalog_version)
+    assert re.fullmatch(r"v[0-9]+", answer.catalog_version)
     assert answer.selected_model == "demo-chat"
     assert list(answer.fallback_routes) == []
 
@@ -257,7 +257,7 @@ async def test_list_models_answers_every_route_of_the_demo_catalog(routing_opera
         common_pb2.BUCKET_ROUTED,
     ]
     assert list(by_id["demo-embed"].endpoints) == [EMBEDDINGS]
-    assert re.fullmatch(r"[0-9a-f]{12}", answer.catalog_version)
+    assert re.fullmatch(r"v[0-9]+", answer.catalog_version)
 
 
 async def test_resolve_is_closed_to_the_operator_credential(routing, routing_operator) -> None:

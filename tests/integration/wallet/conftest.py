@@ -117,3 +117,11 @@ def uow_at(engine: AsyncEngine) -> Callable[[timedelta], UnitOfWork]:
         return SqlAlchemyUnitOfWork(sessions, clock)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+async def reconciled_after(operator: Wallet) -> AsyncIterator[None]:
+    """Every wallet scenario ends with a clean reconciliation of the whole wallet."""
+    yield
+    report = await operator.call("Reconcile", wallet_pb2.ReconcileRequest())
+    assert report.ok, [f"{v.rule} {v.subject}: {v.detail}" for v in report.violations]

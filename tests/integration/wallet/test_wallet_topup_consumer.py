@@ -153,3 +153,47 @@ async def test_a_poison_message_is_terminated_and_the_next_event_still_credits(
     finally:
         await nc.close()
     assert (await wallet.balance(account, common_pb2.BUCKET_ROUTED)).posted_micros == 1_000
+
+
+async def test_a_message_that_can_never_credit_is_dead_lettered_with_its_reason(
+    wallet, nats_url: str
+) -> None:
+    from services.wallet.transport.nats_consumer import (
+        DEADLETTER_STREAM,
+        DEADLETTER_SUBJECT,
+        ORIGIN_HEADER,
+        REASON_HEADER,
+    )
+
+    account = await wallet.open_funded()
+    order = f"order-{uuid.uuid4()}"
+    first = topup_event(account, order, 1_000)
+    conflicting = topup_event(account, order, 2_000)  # same order, another amount
+    nc = await tf_nats.connect(nats_url, "test-payments")
+    try:
+        js = nc.jetstream()
+        before = (await js.stream_info(DEADLETTER_STREAM)).state.last_seq
+        await js.publish(SUBJECT, first, headers={"Nats-Msg-Id": str(uuid.uuid4())})
+
+        async def credited() -> bool:
+            return len(await order_entries(wallet, account, order)) == 1
+
+        await wait_for(credited)
+        await js.publish(SUBJECT, conflicting, headers={"Nats-Msg-Id": str(uuid.uuid4())})
+
+        async def dead_lettered() -> bool:
+            return (await js.stream_info(DEADLETTER_STREAM)).state.last_seq > before
+
+        await wait_for(dead_lettered)
+        copy = await js.get_msg(DEADLETTER_STREAM, before + 1)
+        payments = await js.stream_info(tf_nats.PAYMENTS_STREAM)
+    finally:
+        await nc.close()
+    assert copy.subject == DEADLETTER_SUBJECT
+    assert copy.data == conflicting
+    assert copy.headers is not None
+    assert copy.headers[REASON_HEADER].startswith("IDEMPOTENCY_CONFLICT")
+    assert copy.headers[ORIGIN_HEADER] == SUBJECT
+    assert DEADLETTER_SUBJECT not in (payments.config.subjects or [])
+    assert not DEADLETTER_SUBJECT.startswith(tf_nats.PAYMENTS_SUBJECTS.rstrip(">"))
+    assert (await wallet.balance(account, common_pb2.BUCKET_ROUTED)).posted_micros == 1_000

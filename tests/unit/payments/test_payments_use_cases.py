@@ -2,84 +2,17 @@
 
 from __future__ import annotations
 
-import copy
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.payments import handlers
-from services.payments.domain.model import Order, OrderEvent, TopUpStatus
-from services.payments.storage.repository import Cursor, OrderRepository
-from services.payments.storage.unit_of_work import UnitOfWork
+from services.payments.domain.model import TopUpStatus
+from tests.unit.payments.fakes import FakeUnitOfWork
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-
-
-class FakeOrderRepository(OrderRepository):
-    def __init__(self) -> None:
-        self.rows: dict[str, Order] = {}
-        self.outbox: list[OrderEvent] = []
-
-    def _copy(self, order: Order) -> Order:
-        clone = copy.deepcopy(order)
-        clone.events = []
-        return clone
-
-    async def add(self, order: Order) -> bool:
-        if order.idempotency_key and any(
-            o.account_id == order.account_id and o.idempotency_key == order.idempotency_key
-            for o in self.rows.values()
-        ):
-            return False
-        self.rows[order.order_id] = self._copy(order)
-        return True
-
-    async def get(self, order_id: str, *, for_update: bool = False) -> Order | None:
-        found = self.rows.get(order_id)
-        return self._copy(found) if found else None
-
-    async def get_by_idempotency_key(self, account_id: str, key: str) -> Order | None:
-        for o in self.rows.values():
-            if o.account_id == account_id and o.idempotency_key == key:
-                return self._copy(o)
-        return None
-
-    async def list_for_account(
-        self, account_id: str, limit: int, after: Cursor | None = None
-    ) -> list[Order]:
-        mine = sorted(
-            (o for o in self.rows.values() if o.account_id == account_id),
-            key=lambda o: (o.created_at, o.order_id),
-            reverse=True,
-        )
-        if after is not None:
-            mine = [o for o in mine if (o.created_at, o.order_id) < after]
-        return [self._copy(o) for o in mine[:limit]]
-
-    async def lock_due(self, now: datetime, limit: int) -> list[Order]:
-        due = [
-            o for o in self.rows.values() if o.status is TopUpStatus.PENDING and o.expires_at <= now
-        ]
-        return [self._copy(o) for o in due[:limit]]
-
-    async def save(self, order: Order) -> None:
-        self.outbox.extend(order.events)
-        order.events.clear()
-        self.rows[order.order_id] = self._copy(order)
-
-
-class FakeUnitOfWork(UnitOfWork):
-    def __init__(self) -> None:
-        self.orders = FakeOrderRepository()
-        self.commits = 0
-
-    async def commit(self) -> None:
-        self.commits += 1
-
-    async def rollback(self) -> None:
-        pass
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -9,11 +10,14 @@ import pytest
 
 from services.routing import handlers
 from services.routing.domain.access import Account, ApiKey, Project, Scope
-from services.routing.domain.catalog import Catalog, Endpoint
+from services.routing.domain.catalog import Catalog, Endpoint, RouteKind
+from services.routing.domain.limits import TOTAL, KeyLimits, SpendCap
 from services.routing.storage.catalog_file import DEMO_CATALOG, read_catalog
-from services.routing.storage.repository import AccessRepository
+from services.routing.storage.key_cache import KeyCache
+from services.routing.storage.repository import AccessRepository, LimitsRepository
 from services.routing.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -64,15 +68,78 @@ class FakeAccessRepository(AccessRepository):
             if key.key_id == key_id:
                 self.keys[digest] = replace(key, last_used_at=when)
 
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        return next((k for k in self.keys.values() if k.key_id == key_id), None)
+
+    async def list_keys(self, account_id: str) -> list[ApiKey]:
+        return [k for k in self.keys.values() if k.account_id == account_id]
+
+    async def revoke_key(self, key_id: str, when: datetime) -> None:
+        for digest, key in self.keys.items():
+            if key.key_id == key_id:
+                at = when if key.revoked_at is None else min(key.revoked_at, when)
+                self.keys[digest] = replace(key, revoked_at=at)
+
+
+class FakeLimitsRepository(LimitsRepository):
+    """Counters in dicts; a transaction's changes apply only on commit (like the
+    database, where a refused request rolls its increments back)."""
+
+    def __init__(self) -> None:
+        self.windows: dict[tuple[str, str, datetime], int] = {}
+        self.leases: dict[str, tuple[str, datetime]] = {}
+        self.spend: dict[tuple[str, Bucket, str], int] = {}
+        self.reports: set[str] = set()
+
+    async def add_to_window(self, key_id: str, metric: str, window: datetime, n: int) -> int:
+        slot = (key_id, metric, window)
+        self.windows[slot] = self.windows.get(slot, 0) + n
+        return self.windows[slot]
+
+    async def live_leases(self, key_id: str, now: datetime) -> int:
+        return sum(1 for k, until in self.leases.values() if k == key_id and until > now)
+
+    async def add_lease(self, lease_id: str, key_id: str, expires_at: datetime) -> None:
+        self.leases[lease_id] = (key_id, expires_at)
+
+    async def end_lease(self, lease_id: str) -> None:
+        self.leases.pop(lease_id, None)
+
+    async def spent(self, key_id: str, bucket: Bucket, day: str) -> tuple[int, int]:
+        return self.spend.get((key_id, bucket, day), 0), self.spend.get((key_id, bucket, TOTAL), 0)
+
+    async def add_spend(self, key_id: str, bucket: Bucket, day: str, micros: int) -> None:
+        for period in (day, TOTAL):
+            self.spend[(key_id, bucket, period)] = (
+                self.spend.get((key_id, bucket, period), 0) + micros
+            )
+
+    async def first_report(self, request_id: str) -> bool:
+        if request_id in self.reports:
+            return False
+        self.reports.add(request_id)
+        return True
+
+    async def sweep(self, before: datetime) -> None:
+        self.windows = {k: v for k, v in self.windows.items() if k[2] >= before}
+
 
 class FakeUnitOfWork(UnitOfWork):
-    def __init__(self, repo: FakeAccessRepository, clock: list[datetime]) -> None:
+    def __init__(
+        self, repo: FakeAccessRepository, limits: FakeLimitsRepository, clock: list[datetime]
+    ) -> None:
         super().__init__(lambda: clock[0])
         self.access = repo
+        self._committed_limits = limits
         self.committed = 0
+
+    async def __aenter__(self) -> FakeUnitOfWork:
+        self.limits = copy.deepcopy(self._committed_limits)
+        return self
 
     async def commit(self) -> None:
         self.committed += 1
+        self._committed_limits.__dict__.update(self.limits.__dict__)
 
     async def rollback(self) -> None:
         pass
@@ -81,10 +148,11 @@ class FakeUnitOfWork(UnitOfWork):
 class World:
     def __init__(self) -> None:
         self.repo = FakeAccessRepository()
+        self.limits = FakeLimitsRepository()
         self.clock = [START]
 
     def uow(self) -> FakeUnitOfWork:
-        return FakeUnitOfWork(self.repo, self.clock)
+        return FakeUnitOfWork(self.repo, self.limits, self.clock)
 
 
 @pytest.fixture
@@ -184,3 +252,191 @@ async def test_an_expired_key_stops_working_when_its_time_comes(
     with pytest.raises(DomainError) as caught:
         await handlers.resolve(command, world.uow(), catalog)
     assert caught.value.reason is Reason.UNKNOWN_API_KEY
+
+
+# -- limits, keys management ----------------------------------------------
+
+
+async def _key(world: World, account: str = "acct-1", **settings: object) -> str:
+    await handlers.open_account(handlers.OpenAccount(account), world.uow())
+    created = await handlers.create_api_key(
+        handlers.CreateApiKey(account, **settings),  # type: ignore[arg-type]
+        world.uow(),
+    )
+    return created.secret
+
+
+async def test_requests_over_the_minute_limit_are_refused_and_refusals_consume_nothing(
+    world: World, catalog: Catalog
+) -> None:
+    secret = await _key(world, limits=KeyLimits(requests_per_minute=2))
+    command = handlers.ResolveRoute(secret, "demo-chat", Endpoint.CHAT)
+    await handlers.resolve(command, world.uow(), catalog)
+    await handlers.resolve(command, world.uow(), catalog)
+
+    for _ in range(3):
+        with pytest.raises(DomainError) as caught:
+            await handlers.resolve(command, world.uow(), catalog)
+        assert caught.value.reason is Reason.RATE_LIMITED
+        assert caught.value.metadata is not None and caught.value.metadata["retry_after_s"]
+    assert list(world.limits.windows.values()) == [2]
+
+    world.clock[0] = START + timedelta(minutes=1)
+    await handlers.resolve(command, world.uow(), catalog)
+
+
+async def test_tokens_per_minute_count_the_prompt_estimate_plus_the_output_cap(
+    world: World, catalog: Catalog
+) -> None:
+    secret = await _key(world, limits=KeyLimits(tokens_per_minute=1000))
+    command = handlers.ResolveRoute(
+        secret, "demo-chat", Endpoint.CHAT, prompt_tokens=300, output_cap=200
+    )
+    await handlers.resolve(command, world.uow(), catalog)
+    await handlers.resolve(command, world.uow(), catalog)
+
+    with pytest.raises(DomainError) as caught:
+        await handlers.resolve(command, world.uow(), catalog)
+    assert caught.value.reason is Reason.RATE_LIMITED
+    assert caught.value.metadata is not None and caught.value.metadata["limit_kind"] == "tokens"
+
+
+async def test_in_flight_leases_cap_requests_until_the_gateway_reports_their_end(
+    world: World, catalog: Catalog
+) -> None:
+    secret = await _key(world, limits=KeyLimits(max_in_flight=1))
+    command = handlers.ResolveRoute(secret, "demo-chat", Endpoint.CHAT)
+    first = await handlers.resolve(command, world.uow(), catalog)
+    assert first.lease_id
+
+    with pytest.raises(DomainError) as caught:
+        await handlers.resolve(command, world.uow(), catalog)
+    assert caught.value.reason is Reason.RATE_LIMITED
+
+    await handlers.report_outcome(
+        handlers.ReportOutcome("req-1", first.principal.key_id, first.lease_id), world.uow()
+    )
+    assert (await handlers.resolve(command, world.uow(), catalog)).lease_id
+
+
+async def test_a_lease_of_a_crashed_gateway_expires_by_its_ttl(
+    world: World, catalog: Catalog
+) -> None:
+    secret = await _key(world, limits=KeyLimits(max_in_flight=1))
+    command = handlers.ResolveRoute(secret, "demo-chat", Endpoint.CHAT)
+    first = await handlers.resolve(command, world.uow(), catalog)
+
+    world.clock[0] = START + handlers.lease_ttl(first.route) + timedelta(seconds=1)
+    assert (await handlers.resolve(command, world.uow(), catalog)).lease_id
+
+
+async def test_spend_cap_refuses_after_reported_charges_reach_it_and_counts_a_report_once(
+    world: World, catalog: Catalog
+) -> None:
+    cap = SpendCap(Bucket.CREDIT, daily_micros=1_000)
+    secret = await _key(
+        world, limits=KeyLimits(spend_caps=(cap,)), route_preference=(RouteKind.OFFICIAL,)
+    )
+    command = handlers.ResolveRoute(secret, "demo-chat", Endpoint.CHAT)
+    resolved = await handlers.resolve(command, world.uow(), catalog)
+    report = handlers.ReportOutcome(
+        "req-1", resolved.principal.key_id, bucket=Bucket.CREDIT, charge_micros=600
+    )
+    await handlers.report_outcome(report, world.uow())
+    await handlers.report_outcome(report, world.uow())  # a retried report
+    await handlers.resolve(command, world.uow(), catalog)
+
+    await handlers.report_outcome(replace(report, request_id="req-2"), world.uow())
+    with pytest.raises(DomainError) as caught:
+        await handlers.resolve(command, world.uow(), catalog)
+    assert caught.value.reason is Reason.SPEND_CAP_REACHED
+    # The routed bucket has no cap: pinning it still works.
+    pinned = replace(command, model="demo-chat@routed")
+    assert (await handlers.resolve(pinned, world.uow(), catalog)).route.bucket is Bucket.ROUTED
+    # A new UTC day resets a daily cap.
+    world.clock[0] = START + timedelta(days=1)
+    await handlers.resolve(command, world.uow(), catalog)
+
+
+async def test_a_key_used_from_an_address_off_its_allow_list_is_denied(
+    world: World, catalog: Catalog
+) -> None:
+    secret = await _key(world, limits=KeyLimits(ip_allowlist=("10.0.0.0/8",)))
+    await handlers.resolve(
+        handlers.ResolveRoute(secret, "demo-chat", client_ip="10.1.2.3"), world.uow(), catalog
+    )
+    with pytest.raises(DomainError) as caught:
+        await handlers.resolve(
+            handlers.ResolveRoute(secret, "demo-chat", client_ip="192.0.2.1"),
+            world.uow(),
+            catalog,
+        )
+    assert caught.value.reason is Reason.PERMISSION_DENIED
+
+
+async def test_a_revoked_key_stops_at_once_on_this_replica_and_within_the_cache_ttl_elsewhere(
+    world: World, catalog: Catalog
+) -> None:
+    secret = await _key(world)
+    here, elsewhere_clock = KeyCache(), [0.0]
+    elsewhere = KeyCache(ttl_s=2.0, clock=lambda: elsewhere_clock[0])
+    command = handlers.ResolveRoute(secret, "demo-chat")
+    key_id = (await handlers.resolve(command, world.uow(), catalog, here)).principal.key_id
+    await handlers.resolve(command, world.uow(), catalog, elsewhere)
+
+    await handlers.revoke_api_key(handlers.RevokeApiKey("acct-1", key_id), world.uow(), here)
+
+    with pytest.raises(DomainError):
+        await handlers.resolve(command, world.uow(), catalog, here)
+    elsewhere_clock[0] = 1.9  # still cached on the other replica, inside the bound
+    await handlers.resolve(command, world.uow(), catalog, elsewhere)
+    elsewhere_clock[0] = 2.0
+    with pytest.raises(DomainError) as caught:
+        await handlers.resolve(command, world.uow(), catalog, elsewhere)
+    assert caught.value.reason is Reason.UNKNOWN_API_KEY
+
+
+async def test_rotation_keeps_the_settings_and_the_old_key_works_until_the_grace_ends(
+    world: World, catalog: Catalog
+) -> None:
+    old_secret = await _key(world, limits=KeyLimits(requests_per_minute=7), name="ci")
+    old = next(iter(world.repo.keys.values()))
+
+    rotated = await handlers.rotate_api_key(
+        handlers.RotateApiKey("acct-1", old.key_id, timedelta(seconds=30)), world.uow()
+    )
+
+    assert rotated.key.limits.requests_per_minute == 7 and rotated.key.name == "ci"
+    assert rotated.key.rotated_from == old.key_id and rotated.secret != old_secret
+    await handlers.resolve(handlers.ResolveRoute(old_secret, "demo-chat"), world.uow(), catalog)
+    await handlers.resolve(handlers.ResolveRoute(rotated.secret, "demo-chat"), world.uow(), catalog)
+    world.clock[0] = START + timedelta(seconds=30)
+    with pytest.raises(DomainError):
+        await handlers.resolve(handlers.ResolveRoute(old_secret, "demo-chat"), world.uow(), catalog)
+
+
+async def test_an_account_cannot_list_revoke_or_rotate_another_accounts_keys(
+    world: World,
+) -> None:
+    await _key(world, "acct-b")
+    victim = next(iter(world.repo.keys.values()))
+    await _key(world, "acct-a")
+
+    listed = await handlers.list_api_keys(handlers.ListApiKeys("acct-a"), world.uow())
+    assert victim.key_id not in [k.key_id for k in listed]
+    for action in (
+        handlers.revoke_api_key(handlers.RevokeApiKey("acct-a", victim.key_id), world.uow()),
+        handlers.rotate_api_key(handlers.RotateApiKey("acct-a", victim.key_id), world.uow()),
+    ):
+        with pytest.raises(DomainError) as caught:
+            await action
+        assert caught.value.reason is Reason.NOT_FOUND
+    assert (await world.repo.get_key(victim.key_id)).revoked_at is None  # type: ignore[union-attr]
+
+
+async def test_a_preview_counts_no_limit(world: World, catalog: Catalog) -> None:
+    secret = await _key(world, limits=KeyLimits(requests_per_minute=1, max_in_flight=1))
+    preview = handlers.ResolveRoute(secret, "demo-chat", preview=True)
+    for _ in range(3):
+        assert (await handlers.resolve(preview, world.uow(), catalog)).lease_id == ""
+    assert world.limits.windows == {} and world.limits.leases == {}

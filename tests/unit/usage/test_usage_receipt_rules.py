@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -74,6 +75,9 @@ class FakeReceiptRepository(ReceiptRepository):
         if after is not None:
             mine = [r for r in mine if key(r) < (after.finished_at, after.request_id)]
         return mine[:limit]
+
+    async def aggregate(self, where: ReceiptFilter, by: Any) -> list[Any]:
+        raise NotImplementedError("aggregates are tested against PostgreSQL")
 
 
 class FakeUnitOfWork(UnitOfWork):

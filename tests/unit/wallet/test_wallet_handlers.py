@@ -13,7 +13,8 @@ import pytest
 from services.wallet import handlers
 from services.wallet.domain import commands
 from services.wallet.domain.model import Balance, EntryKind, Hold, HoldStatus, JournalEntry
-from services.wallet.storage.repository import LedgerQuery, WalletRepository
+from services.wallet.domain.reconcile import ReconcileReport, Violation
+from services.wallet.storage.repository import HoldQuery, LedgerQuery, WalletRepository
 from services.wallet.storage.unit_of_work import UnitOfWork
 from services.wallet.transport.nats_consumer import TopUpConsumer
 from tokenforge.common.v1 import common_pb2
@@ -91,6 +92,34 @@ class FakeWalletRepository(WalletRepository):
     async def ledger(self, query: LedgerQuery) -> list[JournalEntry]:
         rows = [e for e in reversed(self.entries) if e.account_id == query.account_id]
         return rows[: query.limit]
+
+    async def holds(self, query: HoldQuery) -> list[Hold]:
+        rows = sorted(
+            (h for h in self.holds.values() if h.account_id == query.account_id),
+            key=lambda h: (h.created_at, h.hold_id),
+            reverse=True,
+        )
+        if query.status is not None:
+            rows = [h for h in rows if h.status is query.status]
+        if query.before is not None:
+            rows = [h for h in rows if (h.created_at, h.hold_id) < query.before]
+        return [copy.copy(h) for h in rows[: query.limit]]
+
+    async def reconcile(self) -> ReconcileReport:
+        violations: list[Violation] = []
+        for (account, bucket), b in self.balances_.items():
+            user = f"user:{account}:{bucket.value}"
+            folded = sum(
+                p.amount for e in self.entries for p in e.postings if p.ledger_account == user
+            )
+            held = sum(
+                h.amount
+                for h in self.holds.values()
+                if h.is_open and (h.account_id, h.bucket) == (account, bucket)
+            )
+            if (b.posted, b.held) != (folded, held) or b.available < 0:
+                violations.append(Violation("W7", f"{account}/{bucket.value}", "mismatch"))
+        return ReconcileReport(len(self.accounts), len(self.entries), len(self.holds), violations)
 
 
 class FakeUnitOfWork(UnitOfWork):

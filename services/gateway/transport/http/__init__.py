@@ -20,7 +20,17 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
 from services.gateway.domain.planning import new_request_id
 from services.gateway.storage.idempotency import IdempotencyStore
-from services.gateway.transport.http import openai, routes, topups, usage, wallet
+from services.gateway.transport.http import (
+    console,
+    keys,
+    openai,
+    routes,
+    runs,
+    topups,
+    usage,
+    wallet,
+    webhooks,
+)
 from services.gateway.transport.http.common import (
     Deps,
     error_response,
@@ -34,7 +44,7 @@ from tokenforge.runtime.telemetry import current_trace_id
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (openai, routes, wallet, usage, topups)
+ROUTERS = (openai, routes, wallet, usage, topups, webhooks, console, keys, runs)
 
 
 def create_app(

@@ -55,6 +55,7 @@ def router(deps: Deps) -> APIRouter:
             body=body,
             trace_id=current_trace_id(),
             client_ip=request.client.host if request.client else "",
+            run_id=request.headers.get("x-tokenforge-run", "").strip(),
         )
 
     def annotate(outcome_receipt: Any, headers: dict[str, str]) -> None:

@@ -1,25 +1,29 @@
-"""The user API for top-ups: create, follow, and the sandbox provider."""
+"""The user API for top-ups: open, follow, prove a bank transfer, cancel, and the
+sandbox provider's outcomes.
+
+Clients never set an order's status, rate or received balance: the payments service
+derives them. A body naming one of those fields is refused (400 naming the field)
+rather than silently ignored, so a client that believes it can set them learns it
+cannot.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
-from services.gateway.domain.presenting import (
-    topup_json,
-)
+from services.gateway.domain.presenting import TOPUP_STATUS, topup_json
 from services.gateway.transport.http.common import Deps, PageSize, json_body, json_response
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import MoneyError, parse_amount
 from tokenforge.payments.v1 import payments_pb2
 from tokenforge.routing.v1 import routing_pb2
-from tokenforge.wire import (
-    bucket_from_name,
-    bucket_to_proto,
-)
+from tokenforge.wallet.v1 import wallet_pb2
+from tokenforge.wire import bucket_from_name, bucket_to_proto
 
 log = logging.getLogger(__name__)
 
@@ -28,28 +32,100 @@ SANDBOX_OUTCOMES = {
     "fail": payments_pb2.SANDBOX_OUTCOME_FAIL,
     "expire": payments_pb2.SANDBOX_OUTCOME_EXPIRE,
 }
+STATUS_FILTER = {name: value for value, name in TOPUP_STATUS.items()}
+
+CREATE_FIELDS = frozenset({"bucket", "provider", "amount", "currency"})
+# Derived by the payments service, never taken from a client.
+SERVER_FIELDS = frozenset(
+    {
+        "status",
+        "rate",
+        "rate_micros_per_minor",
+        "received",
+        "received_balance",
+        "received_micros",
+        "received_amount",
+        "order_id",
+        "expires_at",
+        "ledger_entry_id",
+        "provider_reference",
+        "provider_transaction_id",
+        "checkout_url",
+        "transitions",
+    }
+)
+
+
+def _refuse_server_fields(body: dict[str, object], allowed: frozenset[str]) -> None:
+    for name in sorted(body):
+        if name in SERVER_FIELDS:
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                f"`{name}` is set by tokenforge, not by the client: the status, the rate and "
+                "the received balance follow from the provider, the amount paid and the "
+                f"bucket. Send only {', '.join(sorted(allowed))}.",
+                {"param": name},
+            )
+
+
+def _minor_units(raw: object) -> int:
+    try:
+        micros = parse_amount(str(raw))
+    except MoneyError:
+        micros = -1
+    if micros <= 0 or micros % 10_000:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            "amount must be a positive decimal number of the currency with at most 2 "
+            'decimals, like "10.00".',
+            {"param": "amount"},
+        )
+    return micros // 10_000
 
 
 def router(deps: Deps) -> APIRouter:
     r = APIRouter()
     peers: Peers = deps.peers
 
+    async def ledger_entry_id(
+        account_id: str, top_up: payments_pb2.TopUp, request_id: str
+    ) -> str | None:
+        """The wallet's credit for a paid order, once it is there."""
+        if top_up.status != payments_pb2.TOP_UP_STATUS_SUCCEEDED:
+            return None
+        try:
+            answer = await peers.wallet.call(
+                peers.wallet_stub.ListLedger,
+                wallet_pb2.ListLedgerRequest(
+                    account_id=account_id, order_id=top_up.order_id, page_size=1
+                ),
+                request_id=request_id,
+            )
+        except DomainError as error:
+            log.warning("ledger lookup for top-up %s failed: %s", top_up.order_id, error)
+            return None
+        return str(answer.entries[0].entry_id) if answer.entries else None
+
+    async def present(
+        account_id: str, top_up: payments_pb2.TopUp, request: Request, status: int = 200
+    ) -> Response:
+        entry = await ledger_entry_id(account_id, top_up, request.state.request_id)
+        return json_response(topup_json(top_up, entry), status)
+
     @r.post("/v1/topups", tags=["topups"])
     async def create_topup(request: Request) -> Response:
-        """Open a top-up order: it names the balance it will credit, for good."""
+        """Open a top-up order: it names the balance it will credit, for good.
+
+        Send `Idempotency-Key`: a retry with the same key and body returns the same
+        order (200); the same key with another body is refused (409).
+        """
         who = await deps.principal(request, routing_pb2.SCOPE_TOPUP)
         body = await json_body(request)
+        _refuse_server_fields(body, CREATE_FIELDS)
         bucket = bucket_from_name(str(body.get("bucket", "")))
         provider = str(body.get("provider", "sandbox"))
         currency = str(body.get("currency", "USD")).upper()
-        try:
-            minor = parse_amount(str(body.get("amount", ""))) // 10_000
-        except MoneyError:
-            raise DomainError(
-                Reason.INVALID_ARGUMENT,
-                'amount must be a decimal number of the currency, like "10.00".',
-                {"param": "amount"},
-            ) from None
+        minor = _minor_units(body.get("amount", ""))
         key = request.headers.get("idempotency-key") or request.state.request_id
         answer = await peers.payments.call(
             peers.payments_stub.CreateTopUp,
@@ -63,24 +139,38 @@ def router(deps: Deps) -> APIRouter:
             ),
             request_id=request.state.request_id,
         )
-        return json_response(topup_json(answer.top_up), 201)
+        return await present(
+            who.account_id, answer.top_up, request, 200 if answer.replayed else 201
+        )
 
     @r.get("/v1/topups", tags=["topups"])
     async def list_topups(
-        request: Request, limit: PageSize = 20, cursor: str | None = None
+        request: Request, limit: PageSize = 20, cursor: str | None = None, status: str | None = None
     ) -> Response:
         who = await deps.principal(request, routing_pb2.SCOPE_WALLET_READ)
+        wanted = payments_pb2.TOP_UP_STATUS_UNSPECIFIED
+        if status:
+            if status not in STATUS_FILTER:
+                raise DomainError(
+                    Reason.INVALID_ARGUMENT,
+                    f"status must be one of {', '.join(STATUS_FILTER)}.",
+                    {"param": "status"},
+                )
+            wanted = STATUS_FILTER[status]
         answer = await peers.payments.call(
             peers.payments_stub.ListTopUps,
             payments_pb2.ListTopUpsRequest(
-                account_id=who.account_id, page_size=limit, page_token=cursor or ""
+                account_id=who.account_id, page_size=limit, page_token=cursor or "", status=wanted
             ),
             request_id=request.state.request_id,
+        )
+        entries = await asyncio.gather(
+            *(ledger_entry_id(who.account_id, t, request.state.request_id) for t in answer.top_ups)
         )
         return json_response(
             {
                 "object": "list",
-                "data": [topup_json(t) for t in answer.top_ups],
+                "data": [topup_json(t, e) for t, e in zip(answer.top_ups, entries, strict=True)],
                 "next_cursor": answer.next_page_token or None,
             }
         )
@@ -93,7 +183,34 @@ def router(deps: Deps) -> APIRouter:
             payments_pb2.GetTopUpRequest(account_id=who.account_id, order_id=order_id),
             request_id=request.state.request_id,
         )
-        return json_response(topup_json(answer.top_up))
+        return await present(who.account_id, answer.top_up, request)
+
+    @r.post("/v1/topups/{order_id}/proof", tags=["topups"])
+    async def submit_proof(order_id: str, request: Request) -> Response:
+        """Bank transfer orders: send the transfer's reference; an operator reviews it."""
+        who = await deps.principal(request, routing_pb2.SCOPE_TOPUP)
+        body = await json_body(request)
+        _refuse_server_fields(body, frozenset({"transfer_reference"}))
+        reference = body.get("transfer_reference", body.get("reference", ""))
+        answer = await peers.payments.call(
+            peers.payments_stub.SubmitTransferProof,
+            payments_pb2.SubmitTransferProofRequest(
+                account_id=who.account_id, order_id=order_id, transfer_reference=str(reference)
+            ),
+            request_id=request.state.request_id,
+        )
+        return await present(who.account_id, answer.top_up, request)
+
+    @r.post("/v1/topups/{order_id}/cancel", tags=["topups"])
+    async def cancel_topup(order_id: str, request: Request) -> Response:
+        """Cancel a pending order: nothing was paid, nothing is added."""
+        who = await deps.principal(request, routing_pb2.SCOPE_TOPUP)
+        answer = await peers.payments.call(
+            peers.payments_stub.CancelTopUp,
+            payments_pb2.CancelTopUpRequest(account_id=who.account_id, order_id=order_id),
+            request_id=request.state.request_id,
+        )
+        return await present(who.account_id, answer.top_up, request)
 
     @r.post("/v1/topups/{order_id}/sandbox", tags=["topups"])
     async def sandbox_outcome(order_id: str, request: Request) -> Response:
@@ -114,6 +231,6 @@ def router(deps: Deps) -> APIRouter:
             ),
             request_id=request.state.request_id,
         )
-        return json_response(topup_json(answer.top_up))
+        return await present(who.account_id, answer.top_up, request)
 
     return r

@@ -1,0 +1,284 @@
+"""Run use cases: open (one wallet hold for the whole budget), close (settle exactly
+what the run's requests spent, release the rest), and the sweeper that closes runs
+nobody closed. Requests draw on a run in handlers.prepare (usage.ReserveFromRun).
+
+The ledger gets ONE request-charge row per run (the settle of the run's hold, its
+request id is the run id); the run's receipt lines (one receipt per request, each
+naming the run and its hold) sum to exactly that row: usage adds each line's charge to
+the run's `spent` in the same transaction that records the line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from services.gateway.adapters.peers import Peers
+from services.gateway.domain.runs import Estimate, parse_budget, parse_estimate
+from services.gateway.handlers import CHAT, insufficient, resolve
+from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket, Money, Price
+from tokenforge.routing.v1 import routing_pb2
+from tokenforge.usage.v1 import usage_pb2
+from tokenforge.wallet.v1 import wallet_pb2
+from tokenforge.wire import bucket_from_name, bucket_from_proto, bucket_to_proto, price_from_proto
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_S = 900
+MIN_TTL_S = 60
+MAX_TTL_S = 3000
+# The wallet hold outlives the run so the sweeper settles it first.
+HOLD_MARGIN_S = 300
+# How long a close waits for requests in flight to record their receipts.
+CLOSE_WAIT_S = 15.0
+SWEEP_EVERY_S = 5.0
+
+
+@dataclass
+class OpenedRun:
+    run: usage_pb2.Run
+    hold: wallet_pb2.Hold
+    available_before: Money
+    price: Price | None
+    estimate: Estimate | None
+    upstream_model: str = ""
+    route_kind: int = 0
+
+
+def _ttl(raw: Any) -> int:
+    if raw is None:
+        return DEFAULT_TTL_S
+    if not isinstance(raw, int) or isinstance(raw, bool) or not MIN_TTL_S <= raw <= MAX_TTL_S:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            f"`ttl` is a whole number of seconds from {MIN_TTL_S} to {MAX_TTL_S}.",
+            {"param": "ttl"},
+        )
+    return raw
+
+
+async def open_run(
+    peers: Peers, api_key: str, body: dict[str, Any], request_id: str, trace_id: str
+) -> OpenedRun:
+    """Resolve what pays (a model's route, or a bucket), size the budget, hold it."""
+    ttl = _ttl(body.get("ttl"))
+    model = body.get("model")
+    price: Price | None = None
+    upstream_model = ""
+    route_kind = 0
+    if isinstance(model, str) and model:
+        resolved = await resolve(peers, api_key, model, "", request_id, CHAT)
+        principal = resolved.principal
+        bucket = bucket_from_proto(resolved.route.bucket)
+        price = price_from_proto(bucket, resolved.route.prices)
+        model = resolved.selected_model or model
+        upstream_model = resolved.route.upstream_model
+        route_kind = resolved.route.kind
+    else:
+        if not isinstance(body.get("bucket"), str):
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                "Name the `model` the run will use (or the `bucket` that pays).",
+                {"param": "model"},
+            )
+        try:
+            bucket = bucket_from_name(body["bucket"])
+        except (KeyError, ValueError):
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                "`bucket` is `credit` or `routed`.",
+                {"param": "bucket"},
+            ) from None
+        answer = await peers.routing.call(
+            peers.routing_stub.Authenticate,
+            routing_pb2.AuthenticateRequest(api_key=api_key, scope=routing_pb2.SCOPE_INFERENCE),
+            request_id=request_id,
+        )
+        principal = answer.principal
+        model = ""
+    estimate: Estimate | None = None
+    if body.get("budget") is not None:
+        budget = parse_budget(body["budget"], bucket)
+    elif body.get("estimate") is not None:
+        if price is None:
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                "An `estimate` needs the `model` whose prices size it.",
+                {"param": "model"},
+            )
+        estimate = parse_estimate(body["estimate"])
+        budget = estimate.budget(price)
+    else:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            'Give the run a `budget` ("2.5") or an `estimate` '
+            "({requests, prompt_tokens, max_tokens}).",
+            {"param": "budget"},
+        )
+    balances = await peers.wallet.call(
+        peers.wallet_stub.GetBalances,
+        wallet_pb2.GetBalancesRequest(account_id=principal.account_id),
+        request_id=request_id,
+    )
+    available = next(
+        (b.available_micros for b in balances.balances if bucket_from_proto(b.bucket) is bucket),
+        0,
+    )
+    run_id = "run_" + uuid.uuid4().hex
+    try:
+        held = await peers.wallet.call(
+            peers.wallet_stub.Hold,
+            wallet_pb2.HoldRequest(
+                account_id=principal.account_id,
+                bucket=bucket_to_proto(bucket),
+                amount_micros=budget,
+                ttl_seconds=ttl + HOLD_MARGIN_S,
+                request_id=run_id,
+                trace_id=trace_id,
+            ),
+            request_id=request_id,
+        )
+    except DomainError as error:
+        if error.reason is Reason.INSUFFICIENT_BALANCE:
+            raise insufficient(bucket, Money(available, bucket), Money(budget, bucket)) from None
+        raise
+    now = datetime.now(UTC)
+    run = usage_pb2.Run(
+        run_id=run_id,
+        account_id=principal.account_id,
+        project_id=principal.project_id,
+        key_id=principal.key_id,
+        bucket=bucket_to_proto(bucket),
+        model=model,
+        budget_micros=budget,
+        hold_id=held.hold.hold_id,
+        trace_id=trace_id,
+    )
+    run.created_at.FromDatetime(now)
+    run.expires_at.FromDatetime(now + timedelta(seconds=ttl))
+    try:
+        stored = await peers.usage.call(
+            peers.usage_stub.OpenRun, usage_pb2.OpenRunRequest(run=run), request_id=request_id
+        )
+    except BaseException:
+        await peers.wallet.call(
+            peers.wallet_stub.Release,
+            wallet_pb2.ReleaseRequest(hold_id=held.hold.hold_id, reason="run_not_opened"),
+            request_id=request_id,
+        )
+        raise
+    return OpenedRun(
+        stored.run,
+        held.hold,
+        Money(available, bucket),
+        price,
+        estimate,
+        upstream_model,
+        route_kind,
+    )
+
+
+async def settle_run(peers: Peers, run: usage_pb2.Run, request_id: str) -> usage_pb2.RunReceipt:
+    """A closing run: wait (a little) for requests in flight, then settle the run's hold
+    for exactly what its lines spent, and record that settle on the run."""
+    deadline = asyncio.get_running_loop().time() + CLOSE_WAIT_S
+    while run.reserved_micros > 0 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+        run = (
+            await peers.usage.call(
+                peers.usage_stub.GetRun,
+                usage_pb2.GetRunRequest(run_id=run.run_id),
+                request_id=request_id,
+            )
+        ).run
+    entry_id = ""
+    captured = 0
+    try:
+        if run.spent_micros > 0:
+            settled = await peers.wallet.call(
+                peers.wallet_stub.Settle,
+                wallet_pb2.SettleRequest(
+                    hold_id=run.hold_id,
+                    amount_micros=run.spent_micros,
+                    trace_id=run.trace_id,
+                    account_id=run.account_id,
+                ),
+                request_id=request_id,
+            )
+            entry_id = settled.entry.entry_id if settled.HasField("entry") else ""
+            captured = settled.hold.captured_micros
+        else:
+            await peers.wallet.call(
+                peers.wallet_stub.Release,
+                wallet_pb2.ReleaseRequest(
+                    hold_id=run.hold_id, reason="run_closed", account_id=run.account_id
+                ),
+                request_id=request_id,
+            )
+    except DomainError as error:
+        # The wallet expired the hold first (the run outlived it): nothing was taken;
+        # the reconciliation reports the run's charged lines.
+        if error.reason not in (Reason.HOLD_EXPIRED, Reason.HOLD_NOT_OPEN):
+            raise
+        log.error("run %s: hold %s not settled: %s", run.run_id, run.hold_id, error.message)
+    finished = await peers.usage.call(
+        peers.usage_stub.FinishRun,
+        usage_pb2.FinishRunRequest(run_id=run.run_id, entry_id=entry_id, captured_micros=captured),
+        request_id=request_id,
+    )
+    receipt: usage_pb2.RunReceipt = finished.receipt
+    return receipt
+
+
+async def close_run(
+    peers: Peers, account_id: str, run_id: str, request_id: str
+) -> usage_pb2.RunReceipt:
+    closing = await peers.usage.call(
+        peers.usage_stub.CloseRun,
+        usage_pb2.CloseRunRequest(account_id=account_id, run_id=run_id),
+        request_id=request_id,
+    )
+    run = closing.run
+    if run.status in (usage_pb2.RUN_STATUS_CLOSED, usage_pb2.RUN_STATUS_EXPIRED):
+        answer = await peers.usage.call(
+            peers.usage_stub.GetRunReceipt,
+            usage_pb2.GetRunReceiptRequest(account_id=account_id, run_id=run_id),
+            request_id=request_id,
+        )
+        receipt: usage_pb2.RunReceipt = answer.receipt
+        return receipt
+    return await settle_run(peers, run, request_id)
+
+
+async def sweep_runs(peers: Peers) -> int:
+    """Close every run past its expiry (and runs a dead gateway left closing)."""
+    answer = await peers.usage.call(
+        peers.usage_stub.ExpireRuns, usage_pb2.ExpireRunsRequest(limit=100)
+    )
+    for run in answer.runs:
+        try:
+            await settle_run(peers, run, f"sweep-{run.run_id}")
+        except DomainError as error:
+            log.warning("run %s not swept: %s", run.run_id, error.message)
+    return len(answer.runs)
+
+
+async def run_sweeper(peers: Peers, every_s: float = SWEEP_EVERY_S) -> None:
+    """Forever: expire forgotten runs and release their holds."""
+    while True:
+        try:
+            await sweep_runs(peers)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the sweeper must outlive a failing peer
+            log.warning("run sweeper: %s", type(error).__name__)
+        await asyncio.sleep(every_s)
+
+
+def bucket_of(run: usage_pb2.Run) -> Bucket:
+    return bucket_from_proto(run.bucket)

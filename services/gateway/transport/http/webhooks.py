@@ -1,0 +1,50 @@
+"""Webhooks in: a payment provider's signed notifications.
+
+No API key here: the provider's signature over the raw body is the authentication,
+so the body is handed to the payments service byte for byte (never parsed and
+re-serialized) with the request's headers. 200 for an event accepted, a duplicate
+or one that needs nothing; 400 for a bad signature or a stale or future timestamp;
+404 for a provider that takes no webhooks.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from services.gateway.adapters.peers import Peers
+from services.gateway.transport.http.common import Deps, json_response
+from tokenforge.payments.v1 import payments_pb2
+
+OUTCOMES = {
+    payments_pb2.PROVIDER_EVENT_OUTCOME_ACCEPTED: "accepted",
+    payments_pb2.PROVIDER_EVENT_OUTCOME_DUPLICATE: "duplicate",
+    payments_pb2.PROVIDER_EVENT_OUTCOME_IGNORED: "ignored",
+}
+
+
+def router(deps: Deps) -> APIRouter:
+    r = APIRouter()
+    peers: Peers = deps.peers
+
+    @r.post("/webhooks/payments/{provider}", tags=["webhooks"])
+    async def provider_webhook(provider: str, request: Request) -> Response:
+        body = await request.body()
+        answer = await peers.payments.call(
+            peers.payments_stub.HandleProviderEvent,
+            payments_pb2.HandleProviderEventRequest(
+                provider=provider,
+                body=body,
+                headers={k.lower(): v for k, v in request.headers.items()},
+            ),
+            request_id=request.state.request_id,
+        )
+        return json_response(
+            {
+                "received": True,
+                "outcome": OUTCOMES.get(answer.outcome, "accepted"),
+                "event_id": answer.provider_event_id,
+            }
+        )
+
+    return r

@@ -1,0 +1,1 @@
+"""Talking to payment providers: their APIs and their webhook signatures."""

@@ -1,0 +1,295 @@
+"""A small typed async client of the wallet, for the services that call it.
+
+Every call carries a deadline and this service's credential (`Peer`); a refusal
+comes back as the same `DomainError` the wallet raised (reason, message, details).
+Every wallet call is idempotent (a hold by its request id, a settle or release by
+its hold, a credit by its order, an adjustment by its key, a reversal by its
+entry), so a call that found the wallet unavailable is retried with backoff; a
+refusal is never retried.
+
+    client = WalletClient.connect(settings.wallet_addr, settings.peer_token)
+    hold = await client.hold(account_id, Bucket.CREDIT, 300_000, request_id)
+    settled = await client.settle(hold.hold_id, 120_000, account_id=account_id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from google.protobuf import timestamp_pb2
+
+from tokenforge.common.v1 import common_pb2
+from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket
+from tokenforge.runtime.grpc_client import Peer
+from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from tokenforge.wire import bucket_to_proto
+
+T = TypeVar("T")
+
+DEFAULT_DEADLINE_S = 2.0
+DEFAULT_ATTEMPTS = 3
+BACKOFF_S = 0.05
+
+
+def _stamp(when: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if when is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
+
+
+class WalletClient:
+    """Calls WalletService; answers the proto messages (`wallet_pb2.Hold`, ...)."""
+
+    def __init__(
+        self,
+        peer: Peer,
+        *,
+        deadline: float = DEFAULT_DEADLINE_S,
+        attempts: int = DEFAULT_ATTEMPTS,
+        backoff: float = BACKOFF_S,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.peer = peer
+        self.stub = wallet_pb2_grpc.WalletServiceStub(peer.channel)
+        self.deadline = deadline
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self._sleep = sleep
+
+    @classmethod
+    def connect(cls, address: str, token: str, **options: Any) -> WalletClient:
+        return cls(Peer("wallet", address, token), **options)
+
+    async def close(self) -> None:
+        await self.peer.close()
+
+    async def _call(self, method: str, request: Any, request_id: str = "") -> Any:
+        """One call, retried on SERVICE_UNAVAILABLE (every wallet call is idempotent)."""
+        delay = self.backoff
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await self.peer.call(
+                    getattr(self.stub, method),
+                    request,
+                    timeout=self.deadline,
+                    request_id=request_id,
+                )
+            except DomainError as error:
+                if error.reason is not Reason.SERVICE_UNAVAILABLE or attempt == self.attempts:
+                    raise
+            await self._sleep(delay * (1 + random.random()))  # noqa: S311 - jitter, not secrets
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    # Accounts and balances.
+
+    async def open_account(self, account_id: str) -> list[wallet_pb2.BucketBalance]:
+        answer = await self._call(
+            "OpenAccount", wallet_pb2.OpenAccountRequest(account_id=account_id)
+        )
+        return list(answer.balances)
+
+    async def balances(self, account_id: str) -> list[wallet_pb2.BucketBalance]:
+        answer = await self._call(
+            "GetBalances", wallet_pb2.GetBalancesRequest(account_id=account_id)
+        )
+        return list(answer.balances)
+
+    async def balance(self, account_id: str, bucket: Bucket) -> wallet_pb2.BucketBalance:
+        wanted = bucket_to_proto(bucket)
+        return next(b for b in await self.balances(account_id) if b.bucket == wanted)
+
+    # Holds.
+
+    async def hold(
+        self,
+        account_id: str,
+        bucket: Bucket,
+        amount_micros: int,
+        request_id: str,
+        *,
+        ttl_seconds: int = 0,
+        trace_id: str = "",
+    ) -> wallet_pb2.Hold:
+        answer = await self._call(
+            "Hold",
+            wallet_pb2.HoldRequest(
+                account_id=account_id,
+                bucket=bucket_to_proto(bucket),
+                amount_micros=amount_micros,
+                ttl_seconds=ttl_seconds,
+                request_id=request_id,
+                trace_id=trace_id,
+            ),
+            request_id,
+        )
+        hold: wallet_pb2.Hold = answer.hold
+        return hold
+
+    async def settle(
+        self, hold_id: str, amount_micros: int, *, account_id: str = "", trace_id: str = ""
+    ) -> wallet_pb2.SettleResponse:
+        """The settled hold, and its ledger row (`entry`, when the charge was > 0)."""
+        answer = await self._call(
+            "Settle",
+            wallet_pb2.SettleRequest(
+                hold_id=hold_id,
+                amount_micros=amount_micros,
+                account_id=account_id,
+                trace_id=trace_id,
+            ),
+        )
+        found: wallet_pb2.SettleResponse = answer
+        return found
+
+    async def release(
+        self, hold_id: str, *, reason: str = "", account_id: str = ""
+    ) -> wallet_pb2.Hold:
+        answer = await self._call(
+            "Release",
+            wallet_pb2.ReleaseRequest(hold_id=hold_id, reason=reason, account_id=account_id),
+        )
+        hold: wallet_pb2.Hold = answer.hold
+        return hold
+
+    async def extend(
+        self, hold_id: str, ttl_seconds: int, *, account_id: str = ""
+    ) -> wallet_pb2.Hold:
+        answer = await self._call(
+            "ExtendHold",
+            wallet_pb2.ExtendHoldRequest(
+                hold_id=hold_id, ttl_seconds=ttl_seconds, account_id=account_id
+            ),
+        )
+        hold: wallet_pb2.Hold = answer.hold
+        return hold
+
+    async def holds(
+        self,
+        account_id: str,
+        *,
+        status: Any = wallet_pb2.HOLD_STATUS_UNSPECIFIED,
+        from_time: datetime | None = None,
+        to_time: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> wallet_pb2.ListHoldsResponse:
+        answer = await self._call(
+            "ListHolds",
+            wallet_pb2.ListHoldsRequest(
+                account_id=account_id,
+                status=status,
+                from_time=_stamp(from_time),
+                to_time=_stamp(to_time),
+                page_size=page_size,
+                page_token=page_token,
+            ),
+        )
+
+        # Money in and corrections.
+        found: wallet_pb2.ListHoldsResponse = answer
+        return found
+
+    async def credit(
+        self,
+        account_id: str,
+        bucket: Bucket,
+        amount_micros: int,
+        order_id: str,
+        *,
+        event_id: str = "",
+        trace_id: str = "",
+    ) -> wallet_pb2.LedgerEntry:
+        answer = await self._call(
+            "Credit",
+            wallet_pb2.CreditRequest(
+                account_id=account_id,
+                bucket=bucket_to_proto(bucket),
+                amount_micros=amount_micros,
+                order_id=order_id,
+                event_id=event_id,
+                trace_id=trace_id,
+            ),
+        )
+        entry: wallet_pb2.LedgerEntry = answer.entry
+        return entry
+
+    async def adjust(
+        self,
+        account_id: str,
+        bucket: Bucket,
+        amount_micros: int,
+        reason: str,
+        idempotency_key: str,
+        *,
+        operator: str = "",
+    ) -> wallet_pb2.LedgerEntry:
+        answer = await self._call(
+            "Adjust",
+            wallet_pb2.AdjustRequest(
+                account_id=account_id,
+                bucket=bucket_to_proto(bucket),
+                amount_micros=amount_micros,
+                reason=reason,
+                operator=operator,
+                idempotency_key=idempotency_key,
+            ),
+        )
+        entry: wallet_pb2.LedgerEntry = answer.entry
+        return entry
+
+    async def reverse(
+        self, entry_id: str, reason: str, *, operator: str = ""
+    ) -> wallet_pb2.LedgerEntry:
+        answer = await self._call(
+            "Reverse",
+            wallet_pb2.ReverseRequest(entry_id=entry_id, reason=reason, operator=operator),
+        )
+        entry: wallet_pb2.LedgerEntry = answer.entry
+        return entry
+
+    # The ledger and its proof.
+
+    async def ledger(
+        self,
+        account_id: str,
+        *,
+        bucket: Bucket | None = None,
+        kind: Any = wallet_pb2.ENTRY_KIND_UNSPECIFIED,
+        request_id: str = "",
+        order_id: str = "",
+        from_time: datetime | None = None,
+        to_time: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> wallet_pb2.ListLedgerResponse:
+        answer = await self._call(
+            "ListLedger",
+            wallet_pb2.ListLedgerRequest(
+                account_id=account_id,
+                bucket=bucket_to_proto(bucket)
+                if bucket is not None
+                else common_pb2.BUCKET_UNSPECIFIED,
+                kind=kind,
+                request_id=request_id,
+                order_id=order_id,
+                from_time=_stamp(from_time),
+                to_time=_stamp(to_time),
+                page_size=page_size,
+                page_token=page_token,
+            ),
+        )
+        found: wallet_pb2.ListLedgerResponse = answer
+        return found
+
+    async def reconcile(self) -> wallet_pb2.ReconcileResponse:
+        answer = await self._call("Reconcile", wallet_pb2.ReconcileRequest())
+        found: wallet_pb2.ReconcileResponse = answer
+        return found

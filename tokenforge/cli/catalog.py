@@ -1,0 +1,103 @@
+"""The catalog (operator verbs): show the running one, apply a file, list versions.
+
+`apply` validates the whole file in routing; a catalog with an error is refused
+whole (the message names line and field) and the running catalog stays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from tokenforge.cli.common import add_state_dir, connection, out
+
+
+def routing_action(args: argparse.Namespace, action: Callable[[Any, Any], Awaitable[int]]) -> int:
+    """Run `action(peer, stub)` against routing with the operator's credential."""
+    from tokenforge.errors import DomainError
+    from tokenforge.routing.v1 import routing_pb2_grpc
+    from tokenforge.runtime.grpc_client import Peer
+
+    services, token = connection(args)
+
+    async def main() -> int:
+        peer = Peer("routing", services["routing"], token)
+        try:
+            return await action(peer, routing_pb2_grpc.RoutingServiceStub(peer.channel))
+        except DomainError as error:
+            sys.stderr.write(f"refused ({error.reason.value}): {error.message}\n")
+            return 1
+        finally:
+            await peer.close()
+
+    return asyncio.run(main())
+
+
+def cmd_catalog_show(args: argparse.Namespace) -> int:
+    from tokenforge.routing.v1 import routing_pb2
+
+    async def action(peer: Any, stub: Any) -> int:
+        answer = await peer.call(stub.GetCatalog, routing_pb2.GetCatalogRequest())
+        v = answer.version
+        out(f"# catalog {v.version} by {v.created_by} at {v.created_at.ToJsonString()}")
+        out(answer.yaml.rstrip("\n"))
+        return 0
+
+    return routing_action(args, action)
+
+
+def cmd_catalog_apply(args: argparse.Namespace) -> int:
+    from tokenforge.routing.v1 import routing_pb2
+
+    text = Path(args.file).read_text("utf-8")
+
+    async def action(peer: Any, stub: Any) -> int:
+        answer = await peer.call(
+            stub.PutCatalog, routing_pb2.PutCatalogRequest(yaml=text, author=args.author)
+        )
+        if answer.changed:
+            out(f"catalog {answer.version.version} applied (every replica within ~2 s)")
+        else:
+            out(f"unchanged: {answer.version.version} already has this content")
+        return 0
+
+    return routing_action(args, action)
+
+
+def cmd_catalog_versions(args: argparse.Namespace) -> int:
+    from tokenforge.routing.v1 import routing_pb2
+
+    async def action(peer: Any, stub: Any) -> int:
+        answer = await peer.call(
+            stub.ListCatalogVersions, routing_pb2.ListCatalogVersionsRequest(limit=args.limit)
+        )
+        for v in answer.versions:
+            out(
+                f"{v.version}\t{v.created_at.ToJsonString()}\t{v.created_by}\t"
+                f"{v.content_sha256[:12]}"
+            )
+        return 0
+
+    return routing_action(args, action)
+
+
+def register(sub: Any) -> None:
+    catalog = sub.add_parser("catalog", help="the model catalog").add_subparsers(
+        dest="verb", required=True
+    )
+    show = catalog.add_parser("show", help="print the running catalog and its version")
+    add_state_dir(show)
+    show.set_defaults(func=cmd_catalog_show)
+    apply = catalog.add_parser("apply", help="validate a catalog file and make it the new version")
+    add_state_dir(apply)
+    apply.add_argument("file")
+    apply.add_argument("--author", default="cli", help="recorded with the version")
+    apply.set_defaults(func=cmd_catalog_apply)
+    versions = catalog.add_parser("versions", help="list the catalog's versions, newest first")
+    add_state_dir(versions)
+    versions.add_argument("--limit", type=int, default=20)
+    versions.set_defaults(func=cmd_catalog_versions)
