@@ -80,7 +80,7 @@ async def test_primary_down_falls_back_to_backup_channel_same_price_and_bucket(
     )
     receipt = await receipt_of(system, key, raw.headers["x-request-id"])
     assert [a["outcome"] for a in receipt["attempts"]] == ["http_503", "ok"]
-    assert [a["channel"] for a in receipt["attempts"]] == ["mock-down", "mock-backup"]
+    assert [a["channel"] for a in receipt["attempts"]] == ["mock-down-fb", "mock-backup"]
     assert receipt["fallback_used"] is True
     assert receipt["bucket"] == "credit" and receipt["status"] == "succeeded"
 
@@ -194,3 +194,49 @@ async def test_route_preview_answers_the_before_list_without_calling_upstream(
     assert preview["available"]["micros"] == 5_000_000
     assert preview["worst_case_cost"]["micros"] > 0
     assert preview["can_run"] is True
+
+
+@pytest.mark.parametrize(
+    ("model", "first_outcome"),
+    [
+        ("test-fallback-500", "http_500"),
+        ("test-fallback-429", "http_429"),
+        ("test-fallback-timeout", "timeout"),
+    ],
+)
+async def test_fallback_before_first_byte_on_500_429_and_timeout_charges_once(
+    system: System, model: str, first_outcome: str
+) -> None:
+    _, key = await system.new_account()
+    for stream in (False, True):
+        raw = await sdk(system, key).chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": "try again"}], stream=stream
+        )
+        if stream:
+            assert [c async for c in raw.parse()]
+        receipt = await receipt_of(system, key, raw.headers["x-request-id"])
+        assert [a["outcome"] for a in receipt["attempts"]] == [first_outcome, "ok"]
+        assert receipt["status"] == "succeeded" and receipt["fallback_used"] is True
+        assert (await ledger_row(system, key, raw.headers["x-request-id"]))["amount"][
+            "micros"
+        ] == -receipt["charge"]["micros"]
+    async with system.http(key) as http:
+        wallet = {b["bucket"]: b for b in (await http.get("/v1/wallet")).json()["balances"]}
+    assert wallet["credit"]["held"]["micros"] == 0
+
+
+async def test_upstream_timeout_is_504_failed_receipt_nothing_held(system: System) -> None:
+    _, key = await system.new_account()
+    async with system.http(key) as http:
+        answer = await http.post(
+            "/v1/chat/completions",
+            json={"model": "test-timeout", "messages": [{"role": "user", "content": "slow"}]},
+        )
+        wallet = {b["bucket"]: b for b in (await http.get("/v1/wallet")).json()["balances"]}
+    assert answer.status_code == 504
+    assert answer.json()["error"]["code"] == "upstream_timeout"
+    receipt = await receipt_of(system, key, answer.headers["x-request-id"])
+    assert receipt["settlement_rule"] == "timeout_before_first_byte"
+    assert receipt["charge"]["micros"] == 0
+    assert wallet["credit"]["held"]["micros"] == 0
+    assert wallet["credit"]["posted"]["micros"] == 10_000_000
