@@ -38,7 +38,7 @@ test: install browser
 
 # Benchmarks (not part of `make test`): figures go to bench-results/ and docs/PERFORMANCE.md.
 bench: install
-	$(BIN)/python bench/wallet_bench.py --seconds $${BENCH_SECONDS:-10} --clients $${BENCH_CLIENTS:-32}
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 test-unit: install
 	$(BIN)/pytest -q tests/unit

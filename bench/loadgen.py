@@ -1,0 +1,191 @@
+"""A closed-loop HTTP load generator for OpenAI-compatible chat completions, run as its
+own process so the load it makes does not share an event loop with what it measures.
+
+    python -m bench.loadgen --url http://127.0.0.1:8080/v1/chat/completions \
+        --model bench-chat --key sk-... --concurrency 32 --seconds 10 [--stream]
+
+N workers each send one request after the other until the time is up (after an
+unmeasured warm-up). Prints one JSON object on stdout: counts, errors by kind, the
+measured span, and the raw samples in milliseconds: `latency_ms` (whole request, the
+last byte of a stream included), and for streams `ttft_ms` (first content chunk) and
+`gap_ms` (between consecutive content chunks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+
+PROMPT = "Say something short about benchmarks."
+
+
+@dataclass
+class Samples:
+    # Warm-up answers are not measured but are counted: they were billed all the same.
+    warmup_ok: int = 0
+    warmup_errors: int = 0
+    ok: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latency_ms: list[float] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)
+    gap_ms: list[float] = field(default_factory=list)
+
+
+def request_body(model: str, stream: bool, max_tokens: int) -> bytes:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": max_tokens,
+    }
+    if stream:
+        body["stream"] = True
+    return orjson.dumps(body)
+
+
+Headers = dict[str, str]
+
+
+async def one_plain(
+    client: httpx.AsyncClient, url: str, body: bytes, headers: Headers, into: Samples | None
+) -> None:
+    started = time.perf_counter()
+    try:
+        response = await client.post(url, content=body, headers=headers)
+    except httpx.HTTPError as error:
+        if into is not None:
+            into.errors[type(error).__name__] += 1
+        return
+    elapsed = (time.perf_counter() - started) * 1000
+    if into is None:
+        return
+    if response.status_code == 200 and b'"choices"' in response.content:
+        into.ok += 1
+        into.latency_ms.append(elapsed)
+    else:
+        into.errors[f"http_{response.status_code}"] += 1
+
+
+async def one_stream(
+    client: httpx.AsyncClient, url: str, body: bytes, headers: Headers, into: Samples | None
+) -> None:
+    started = time.perf_counter()
+    first: float | None = None
+    last: float | None = None
+    gaps: list[float] = []
+    done = False
+    failed = ""
+    try:
+        async with client.stream("POST", url, content=body, headers=headers) as response:
+            if response.status_code != 200:
+                await response.aread()
+                failed = f"http_{response.status_code}"
+            else:
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    chunk = orjson.loads(data)
+                    if "error" in chunk:
+                        failed = "stream_error"
+                        continue
+                    choices = chunk.get("choices") or []
+                    if choices and (choices[0].get("delta") or {}).get("content"):
+                        now = time.perf_counter()
+                        if first is None:
+                            first = now
+                        else:
+                            gaps.append((now - (last or now)) * 1000)
+                        last = now
+    except (httpx.HTTPError, orjson.JSONDecodeError) as error:
+        failed = type(error).__name__
+    elapsed = (time.perf_counter() - started) * 1000
+    if into is None:
+        return
+    if failed or not done:
+        into.errors[failed or "no_done"] += 1
+        return
+    into.ok += 1
+    into.latency_ms.append(elapsed)
+    if first is not None:
+        into.ttft_ms.append((first - started) * 1000)
+    into.gap_ms.extend(gaps)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    # Worker i uses key i mod the number of keys (one per bench account).
+    auth: list[Headers] = [{"authorization": f"Bearer {key}"} for key in args.key] or [{}]
+    limits = httpx.Limits(
+        max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+    )
+    body = request_body(args.model, args.stream, args.max_tokens)
+    one = one_stream if args.stream else one_plain
+    samples = Samples()
+    async with httpx.AsyncClient(
+        headers={"content-type": "application/json"}, limits=limits, timeout=60.0
+    ) as client:
+        warm_until = time.perf_counter() + args.warmup
+        end = warm_until + args.seconds
+        measured_from: list[float] = []
+
+        async def worker(headers: Headers) -> None:
+            while True:
+                now = time.perf_counter()
+                if now >= end:
+                    return
+                if now >= warm_until:
+                    await one(client, args.url, body, headers, samples)
+                    continue
+                warm = Samples()
+                await one(client, args.url, body, headers, warm)
+                samples.warmup_ok += warm.ok
+                samples.warmup_errors += sum(warm.errors.values())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(auth[i % len(auth)]) for i in range(args.concurrency)))
+        finished = time.perf_counter()
+        measured_from.append(max(warm_until, started))
+    total = samples.ok + sum(samples.errors.values())
+    return {
+        "url": args.url,
+        "model": args.model,
+        "stream": args.stream,
+        "concurrency": args.concurrency,
+        "seconds": finished - measured_from[0],
+        "requests": total,
+        "ok": samples.ok,
+        "warmup_ok": samples.warmup_ok,
+        "warmup_errors": samples.warmup_errors,
+        "errors": dict(samples.errors),
+        "latency_ms": [round(v, 3) for v in samples.latency_ms],
+        "ttft_ms": [round(v, 3) for v in samples.ttft_ms],
+        "gap_ms": [round(v, 3) for v in samples.gap_ms],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", required=True, help="the chat completions URL")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--key", action="append", default=[], help="repeat for more keys")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    result = asyncio.run(run(parser.parse_args()))
+    sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
+
+
+if __name__ == "__main__":
+    main()
