@@ -42,6 +42,8 @@ class DevSystem:
         self.nats = EmbeddedNats(self.state / "nats")
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.addresses: dict[str, str] = {}
+        # Each service's Prometheus endpoint, {name: "http://127.0.0.1:port/metrics"}.
+        self.metrics: dict[str, str] = {}
         self.internal_token = "int_" + secrets.token_urlsafe(24)
         self.admin_token = "adm_" + secrets.token_urlsafe(24)
         # One credential per service, so a server knows which service calls it.
@@ -87,6 +89,8 @@ class DevSystem:
         self.spawn("mock-upstream", ["mock-upstream", "--port", str(mock_port)], {})
         ports = {name: free_port() for name in SERVICES}
         self.addresses = {name: f"127.0.0.1:{p}" for name, p in ports.items()}
+        metrics_ports = {name: free_port() for name in SERVICES}
+        self.metrics = {name: f"http://127.0.0.1:{p}/metrics" for name, p in metrics_ports.items()}
         env = {
             "TOKENFORGE_DATABASE_URL": database_url,
             "TOKENFORGE_NATS_URL": nats_url,
@@ -99,7 +103,10 @@ class DevSystem:
             **{f"TOKENFORGE_{n.upper()}_ADDR": a for n, a in self.addresses.items()},
         }
         for name in SERVICES:
-            extra = {"TOKENFORGE_SERVICE_TOKEN": self.service_tokens[name]}
+            extra = {
+                "TOKENFORGE_SERVICE_TOKEN": self.service_tokens[name],
+                "TOKENFORGE_METRICS_PORT": str(metrics_ports[name]),
+            }
             if name == "gateway":
                 extra["TOKENFORGE_HTTP_PORT"] = str(self.port)
             self.spawn(name, ["serve", name, "--port", str(ports[name])], {**env, **extra})
@@ -152,6 +159,7 @@ class DevSystem:
             "admin_token": self.admin_token,
             "mock_upstream_url": self.mock_url,
             "services": dict(self.addresses),
+            "metrics": dict(self.metrics),
         }
 
     def stop(self) -> None:

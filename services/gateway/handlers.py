@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import orjson
+from opentelemetry import trace
 
 from services.gateway.adapters.health import report_outcome, request_shape
 from services.gateway.adapters.peers import Peers
@@ -533,6 +534,26 @@ async def complete_chat(peers: Peers, upstream: Upstream, cmd: ChatCommand) -> C
     return await complete(peers, upstream, cmd, CHAT)
 
 
+def annotate_span(span: trace.Span, receipt: usage_pb2.Receipt, operation: str) -> None:
+    """The request span's GenAI semantic-convention attributes, with the route, the
+    bucket and the charge (an operator finds the money story in the trace)."""
+    span.set_attributes(
+        {
+            "gen_ai.system": "openai",
+            "gen_ai.operation.name": operation,
+            "gen_ai.request.model": receipt.selected_model,
+            "gen_ai.response.model": receipt.upstream_model,
+            "gen_ai.usage.input_tokens": receipt.prompt_tokens,
+            "gen_ai.usage.output_tokens": receipt.completion_tokens,
+            "tokenforge.request_id": receipt.request_id,
+            "tokenforge.route": route_kind_from_proto(receipt.route_kind),
+            "tokenforge.bucket": bucket_from_proto(receipt.bucket).value,
+            "tokenforge.charge_micros": receipt.charge_micros,
+            "tokenforge.receipt_status": usage_pb2.ReceiptStatus.Name(receipt.status),
+        }
+    )
+
+
 @dataclass
 class ChatStream:
     """An open upstream stream, passed through chunk by chunk, settled at its end."""
@@ -545,6 +566,8 @@ class ChatStream:
     client_wants_usage: bool
     settled: bool = False
     opened_at: float = field(default_factory=time.monotonic)
+    # The HTTP request's span (current when the stream opens), annotated at the end.
+    span: trace.Span = field(default_factory=trace.get_current_span)
 
     async def events(self) -> AsyncIterator[bytes]:
         p = self.prepared
@@ -595,6 +618,7 @@ class ChatStream:
                 "" if done and not cut else "upstream_cut",
             )
             self.settled = True
+            annotate_span(self.span, receipt, "chat")
             charged = receipt.prompt_tokens, receipt.completion_tokens
             if self.client_wants_usage:
                 final = usage_chunk or {

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from services.routing import handlers
+from services.routing import handlers, metrics
 from services.routing.domain.health import HealthBoard
 from services.routing.storage.catalog_file import DEMO_CATALOG
 from services.routing.storage.catalog_store import CatalogStore
@@ -76,9 +76,9 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
     bootstrap = Path(settings.catalog_path) if settings.catalog_path else DEMO_CATALOG
     catalog = CatalogStore(uow, bootstrap)
     await catalog.start()
-    servicer = RoutingServicer(
-        uow, catalog.current, store=catalog, cache=KeyCache(), health=HealthBoard()
-    )
+    board = HealthBoard()
+    servicer = RoutingServicer(uow, catalog.current, store=catalog, cache=KeyCache(), health=board)
+    unwatch = metrics.BREAKERS.watch(board, catalog.current)
     credentials = (
         Credentials(settings.internal_token, settings.admin_token, settings.caller_tokens)
         if settings.internal_token or settings.admin_token
@@ -97,6 +97,7 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
     ]
 
     async def stop_tasks() -> None:
+        unwatch()
         for task in tasks:
             task.cancel()
         for task in tasks:

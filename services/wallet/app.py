@@ -8,16 +8,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from services.wallet import handlers
+from services.wallet import handlers, metrics
 from services.wallet.domain import commands
 from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
 from services.wallet.transport.grpc import WalletServicer
-from services.wallet.transport.nats_consumer import TopUpConsumer
+from services.wallet.transport.nats_consumer import DURABLE, TopUpConsumer
 from tokenforge.config import Settings
 from tokenforge.money import configure_labels
 from tokenforge.runtime import nats as tf_nats
 from tokenforge.runtime.db import create_engine, sessionmaker, upgrade
 from tokenforge.runtime.grpc_server import AccessPolicy, Credentials, Role, create_server
+from tokenforge.runtime.nats import PAYMENTS_STREAM
 from tokenforge.runtime.service import RunningService
 from tokenforge.wallet.v1 import wallet_pb2_grpc
 
@@ -88,6 +89,12 @@ async def _sweep_forever(uow: UnitOfWork) -> None:
         await asyncio.sleep(SWEEP_INTERVAL_S)
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def start(settings: Settings, port: int = 0) -> RunningService:
     configure_labels(settings.bucket_labels)
     engine = create_engine(settings.database_url, pool_size=DB_POOL_SIZE)
@@ -122,7 +129,11 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
         nc = await tf_nats.connect(settings.nats_url, "wallet")
         consumer = TopUpConsumer(nc, uow_factory)
         await consumer.start()
-        on_stop += [nc.close, consumer.stop]
+        lag = asyncio.create_task(
+            metrics.sample_consumer_lag(nc.jetstream(), PAYMENTS_STREAM, DURABLE),
+            name="wallet-consumer-lag",
+        )
+        on_stop += [nc.close, consumer.stop, lambda: _cancel(lag)]
 
     await server.set_serving()
     log.info("wallet serving on port %s", server.port)

@@ -1,10 +1,13 @@
 """The wallet's use cases: plain async functions of (command, unit of work).
 
-Each runs in one transaction. The balance row is locked (`SELECT ... FOR UPDATE`)
-before any money rule is checked, so rules hold under any concurrency (W2); the
-idempotency key is looked up after the lock, and a unique index catches the rare
-race between two keys that lock different rows (the use case then runs once more
-and replays the winner's result).
+Each runs in one transaction. The hot path (place, settle, release) is one
+statement each, run in autocommit: its guards (`available >= amount`, `status =
+'open'`) are re-checked by PostgreSQL on the newest row version, so the rules hold
+under any concurrency (W2, W3); when it changes nothing, a fresh read says why. The
+other writes lock the balance row (`SELECT ... FOR UPDATE`) before any money rule is
+checked. The idempotency key is looked up after the lock (or in the statement), and
+a unique index catches the rare race between two calls with one key (the use case
+then runs once more and replays the winner's result).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
+from services.wallet import metrics
 from services.wallet.domain import commands
 from services.wallet.domain.model import (
     Balance,
@@ -27,11 +31,11 @@ from services.wallet.domain.model import (
     adjustment,
     adjustment_key,
     already_reversed,
+    check_charge,
     check_reversible,
     entry_not_found,
     hold_not_found,
     idempotency_conflict,
-    request_charge,
     require_positive,
     reversal,
     reversal_key,
@@ -91,27 +95,51 @@ async def get_balances(cmd: commands.GetBalances, uow: UnitOfWork) -> list[Balan
 
 
 async def place_hold(cmd: commands.PlaceHold, uow: UnitOfWork) -> Hold:
-    """Reserve the worst case of a request (W2), once per (account, request_id) (W4)."""
+    """Reserve the worst case of a request (W2), once per (account, request_id) (W4).
+
+    One statement checks the request id, reserves from the bucket only if available
+    covers the amount, and inserts the hold (`WalletRepository.place_hold`).
+    """
     _require(cmd.request_id, "request_id")
     require_positive(cmd.amount, "A hold")
 
     async def run() -> Hold:
         async with uow:
-            balance = await _locked_balance(uow, cmd.account_id, cmd.bucket)
-            first = await uow.wallet.hold_by_request(cmd.account_id, cmd.request_id)
-            if first is not None:
-                if first.same_request(cmd.bucket, cmd.amount):
-                    return first
-                raise idempotency_conflict("request_id", cmd.request_id)
-            hold = Hold.place(
-                balance, cmd.amount, cmd.request_id, cmd.ttl_seconds, uow.now(), cmd.trace_id
-            )
-            await uow.wallet.add_hold(hold)
-            await uow.wallet.save_balance(balance)
-            await uow.commit()
-            return hold
+            await uow.single_statements()
+            for _ in range(_ATTEMPTS):
+                hold = Hold.new(
+                    cmd.account_id,
+                    cmd.bucket,
+                    cmd.amount,
+                    cmd.request_id,
+                    cmd.ttl_seconds,
+                    uow.now(),
+                    cmd.trace_id,
+                )
+                placement = await uow.wallet.place_hold(hold)
+                if placement.existing is not None:
+                    if placement.existing.same_request(cmd.bucket, cmd.amount):
+                        return placement.existing
+                    raise idempotency_conflict("request_id", cmd.request_id)
+                if placement.balance is None:
+                    raise account_not_found(cmd.account_id)
+                if placement.hold is not None:
+                    await uow.commit()
+                    metrics.count_hold(hold.bucket, "placed")
+                    return placement.hold
+                seen = placement.balance
+                if seen.available < cmd.amount:
+                    raise seen.insufficient_for_hold(cmd.amount)
+                # The bucket changed between the statement's snapshot and its guard:
+                # look again with a fresh snapshot.
+            raise seen.insufficient_for_hold(cmd.amount)
 
     return await _replaying_duplicates(run)
+
+
+# A hot-path statement that changed nothing is explained by a fresh read; a state the
+# read cannot explain (a concurrent change in between) is retried this many times.
+_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -137,42 +165,70 @@ async def _locked_hold(uow: UnitOfWork, hold_id: str, account_id: str) -> Hold:
 
 
 async def settle_hold(cmd: commands.SettleHold, uow: UnitOfWork) -> Settled:
-    """Charge up to the held amount, give the rest back, end the hold (W3)."""
+    """Charge up to the held amount, give the rest back, end the hold (W3).
+
+    One statement settles an open hold (`WalletRepository.settle_open_hold`); when it
+    settles nothing, the hold is read to answer why: a replay of the same settle
+    returns the first result, anything else is refused and changes nothing.
+    """
+    hold_id = _hold_id(cmd.hold_id)
+    check_charge(cmd.amount)
     async with uow:
-        hold = await _locked_hold(uow, cmd.hold_id, cmd.account_id)
-        if hold.is_replay_of_settle(cmd.amount):
-            entry = await uow.wallet.entry(hold.entry_id) if hold.entry_id else None
-            return Settled(hold, entry)
-        now = uow.now()
-        hold.check_settle(cmd.amount, now)
-        balance = await _locked_balance(uow, hold.account_id, hold.bucket)
-        balance_after = hold.settle(cmd.amount, balance, now)
-        charge: JournalEntry | None = None
-        if cmd.amount > 0:
-            charge = request_charge(hold, balance, balance_after, now, cmd.trace_id)
-            await uow.wallet.add_entry(charge)
-            hold.entry_id = charge.entry_id
-        await uow.wallet.save_hold(hold)
-        await uow.wallet.save_balance(balance)
-        await uow.commit()
-    return Settled(hold, charge)
+        await uow.single_statements()
+        for _ in range(_ATTEMPTS):
+            now = uow.now()
+            done = await uow.wallet.settle_open_hold(
+                hold_id, cmd.amount, cmd.account_id, now, cmd.trace_id
+            )
+            if done is not None:
+                await uow.commit()
+                hold, charge = done
+                metrics.count_hold(hold.bucket, "settled")
+                if charge is not None:
+                    metrics.CHARGES.labels(hold.bucket.value).inc(cmd.amount)
+                return Settled(hold, charge)
+            hold = await _current_hold(uow, hold_id, cmd.account_id)
+            if hold.is_replay_of_settle(cmd.amount):
+                entry = await uow.wallet.entry(hold.entry_id) if hold.entry_id else None
+                return Settled(hold, entry)
+            hold.check_settle(cmd.amount, now)
+    raise _unsettled(hold_id)
+
+
+async def _current_hold(uow: UnitOfWork, hold_id: uuid.UUID, account_id: str) -> Hold:
+    """The hold as committed now; another account's hold is not found."""
+    hold = await uow.wallet.lock_hold(hold_id)
+    if hold is None or not hold.belongs_to(account_id):
+        raise hold_not_found(str(hold_id))
+    return hold
+
+
+def _unsettled(hold_id: uuid.UUID) -> DomainError:
+    return DomainError(
+        Reason.SERVICE_UNAVAILABLE,
+        f"Hold {hold_id} is changing under concurrent calls; retry the call.",
+        {"hold_id": str(hold_id)},
+    )
 
 
 async def release_hold(cmd: commands.ReleaseHold, uow: UnitOfWork) -> Hold:
     """Give a hold back whole; releasing a released (or expired) hold changes nothing."""
+    hold_id = _hold_id(cmd.hold_id)
     async with uow:
-        hold = await _locked_hold(uow, cmd.hold_id, cmd.account_id)
-        hold.check_release()
-        if not hold.is_open:
-            return hold  # released or expired already: the money is back (W3)
-        balance = await _locked_balance(uow, hold.account_id, hold.bucket)
-        hold.release(balance, uow.now())
-        await uow.wallet.save_hold(hold)
-        await uow.wallet.save_balance(balance)
-        await uow.commit()
-    if cmd.reason:
-        log.info("hold %s released: %s", hold.hold_id, cmd.reason)
-    return hold
+        await uow.single_statements()
+        for _ in range(_ATTEMPTS):
+            released = await uow.wallet.release_open_hold(hold_id, cmd.account_id, uow.now())
+            if released is not None:
+                await uow.commit()
+                metrics.count_hold(released.bucket, "released")
+                if cmd.reason:
+                    log.info("hold %s released: %s", released.hold_id, cmd.reason)
+                return released
+            hold = await _current_hold(uow, hold_id, cmd.account_id)
+            hold.check_release()
+            if not hold.is_open:
+                return hold  # released or expired already: the money is back (W3)
+    raise _unsettled(hold_id)
 
 
 async def extend_hold(cmd: commands.ExtendHold, uow: UnitOfWork) -> Hold:
@@ -202,6 +258,7 @@ async def expire_holds(cmd: commands.ExpireHolds, uow: UnitOfWork) -> int:
             await uow.wallet.save_hold(hold)
             await uow.wallet.save_balance(balance)
             await uow.commit()
+            metrics.count_hold(hold.bucket, "expired")
             expired += 1
     return expired
 
@@ -219,6 +276,7 @@ async def credit_topup(cmd: commands.CreditTopUp, uow: UnitOfWork) -> JournalEnt
     key = topup_key(cmd.order_id)
 
     async def run() -> JournalEntry:
+        credited = False
         async with uow:
             await uow.wallet.open_account(cmd.account_id)
             balance = await _locked_balance(uow, cmd.account_id, cmd.bucket)
@@ -234,9 +292,12 @@ async def credit_topup(cmd: commands.CreditTopUp, uow: UnitOfWork) -> JournalEnt
                 entry = topup_credit(balance, cmd.amount, cmd.order_id, uow.now(), cmd.trace_id)
                 await uow.wallet.add_entry(entry)
                 await uow.wallet.save_balance(balance)
+                credited = True
             if cmd.event_id:
                 await uow.wallet.record_event(cmd.event_id, entry.entry_id)
             await uow.commit()
+            if credited:
+                metrics.TOPUP_CREDITS.labels(cmd.bucket.value).inc(cmd.amount)
             return entry
 
     return await _replaying_duplicates(run)

@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from tests.e2e.observability import check_dev_metrics, check_request_followed_in_logs
 from tokenforge.runtime.embedded import free_port
 
 
@@ -134,6 +135,7 @@ def test_dev_serves_a_paid_request_and_a_topup_then_stops_everything(state_dir: 
         posted_before_stop = {
             b["bucket"]: b["posted"]["micros"] for b in http.get("/v1/wallet").json()["balances"]
         }
+        check_dev_metrics(info, receipt["charge"]["micros"], 3_000_000)
     finally:
         out = stop_dev(proc)
     assert proc.returncode == 0, out
@@ -146,6 +148,7 @@ def test_dev_serves_a_paid_request_and_a_topup_then_stops_everything(state_dir: 
         assert "hello from dev" not in text, f"a prompt leaked into {name}"
     structured = [line for line in logs["gateway.log"].splitlines() if line.startswith("{")]
     assert structured and all('"service":"gateway"' in line for line in structured)
+    check_request_followed_in_logs(logs, request_id, raw.headers["x-trace-id"])
     for address in info["services"].values():
         assert not port_open(int(address.rsplit(":", 1)[1]))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, operator_call, out
+from tokenforge.cli.common import add_state_dir, cap_arg, operator_call, out
 
 
 def cmd_accounts_open(args: argparse.Namespace) -> int:
@@ -160,8 +160,10 @@ def register(sub: Any) -> None:
     key_create.add_argument("--rpm", type=int, default=0, help="requests per minute")
     key_create.add_argument("--tpm", type=int, default=0, help="tokens per minute")
     key_create.add_argument("--max-in-flight", type=int, default=0)
-    key_create.add_argument("--daily-cap", action="append", help="BUCKET=AMOUNT, e.g. credit=5")
-    key_create.add_argument("--total-cap", action="append", help="BUCKET=AMOUNT")
+    key_create.add_argument(
+        "--daily-cap", action="append", type=cap_arg, help="BUCKET=AMOUNT, e.g. credit=5"
+    )
+    key_create.add_argument("--total-cap", action="append", type=cap_arg, help="BUCKET=AMOUNT")
     key_create.add_argument("--expires", default="", help="ISO 8601 time with zone")
     key_create.set_defaults(func=cmd_keys_create)
     key_list = keys.add_parser("list", help="an account's keys (never the secrets)")

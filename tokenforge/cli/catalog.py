@@ -53,7 +53,11 @@ def cmd_catalog_show(args: argparse.Namespace) -> int:
 def cmd_catalog_apply(args: argparse.Namespace) -> int:
     from tokenforge.routing.v1 import routing_pb2
 
-    text = Path(args.file).read_text("utf-8")
+    try:
+        text = Path(args.file).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        sys.stderr.write(f"cannot read the catalog file {args.file}: {error}\n")
+        return 2
 
     async def action(peer: Any, stub: Any) -> int:
         answer = await peer.call(

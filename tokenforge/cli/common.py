@@ -19,6 +19,29 @@ def out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
+def amount_arg(text: str) -> str:
+    """An argparse `type`: a decimal amount ("5", "-1.25"), refused with a usage
+    message (exit 2) instead of a traceback; the command parses it again."""
+    from tokenforge.money import MoneyError, parse_amount
+
+    try:
+        parse_amount(text)
+    except (MoneyError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f'{text!r} is not an amount: use a decimal like "5" or "-1.25" (at most 6 decimals)'
+        ) from None
+    return text
+
+
+def cap_arg(text: str) -> str:
+    """An argparse `type` for BUCKET=AMOUNT (credit=5)."""
+    bucket, sep, amount = text.partition("=")
+    if not sep or bucket not in ("credit", "routed"):
+        raise argparse.ArgumentTypeError(f"{text!r}: write BUCKET=AMOUNT, e.g. credit=5")
+    amount_arg(amount)
+    return text
+
+
 def add_state_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", default=".dev", help="read dev.json from here")
 
@@ -37,6 +60,12 @@ def connection(args: argparse.Namespace) -> tuple[dict[str, str], str]:
         "usage": settings.usage_addr,
         "gateway": settings.gateway_addr,
     }
+    if not any(services.values()):
+        sys.stderr.write(
+            f"No system to talk to: no dev.json in {args.state_dir} (start `tokenforge dev` "
+            "or pass --state-dir) and no TOKENFORGE_<SERVICE>_ADDR set.\n"
+        )
+        raise SystemExit(2)
     return services, settings.admin_token or os.environ.get("TOKENFORGE_ADMIN_TOKEN", "")
 
 

@@ -244,6 +244,7 @@ def cmd_usage_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_usage_aggregates(args: argparse.Namespace) -> int:
+    from tokenforge.errors import DomainError
     from tokenforge.money import format_amount
     from tokenforge.runtime.grpc_client import Peer
     from tokenforge.usage.v1 import usage_pb2, usage_pb2_grpc
@@ -276,7 +277,11 @@ def cmd_usage_aggregates(args: argparse.Namespace) -> int:
             )
         return 0
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except DomainError as error:
+        sys.stderr.write(f"refused ({error.reason.value}): {error.message}\n")
+        return 1
 
 
 def register(sub: Any) -> None:

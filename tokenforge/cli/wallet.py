@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, connection, operator_call, out
+from tokenforge.cli.common import add_state_dir, amount_arg, connection, operator_call, out
 
 
 def wallet_call(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]) -> int:
@@ -182,7 +182,7 @@ def register(sub: Any) -> None:
     add_state_dir(adj)
     adj.add_argument("account_id")
     adj.add_argument("bucket", choices=["credit", "routed"])
-    adj.add_argument("amount", help='signed decimal, e.g. "5" or "-1.25"')
+    adj.add_argument("amount", type=amount_arg, help='signed decimal, e.g. "5" or "-1.25"')
     adj.add_argument("--reason", required=True)
     adj.add_argument("--idempotency-key", default="")
     adj.set_defaults(func=cmd_wallet_adjust)

@@ -55,6 +55,28 @@ class Plan:
         """The largest section request: its worst case sizes the run."""
         return self.request(max(self.sections, key=lambda s: len(s.prompt)))
 
+    def as_json(self) -> dict[str, Any]:
+        """The plan as data (what the web console fetches), so the console and the CLI
+        send the very same requests: each section's chat body, and the preview body."""
+        return {
+            "object": "research.plan",
+            "topic": self.topic,
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "max_sections": MAX_SECTIONS,
+            "disclaimer": DISCLAIMER,
+            "sections": [
+                {
+                    "index": s.index,
+                    "title": s.title,
+                    "prompt": s.prompt,
+                    "request": self.request(s),
+                }
+                for s in self.sections
+            ],
+            "preview_request": self.preview_request(),
+        }
+
 
 def plan_report(
     topic: str, model: str = "demo-chat", sections: int = 4, max_tokens: int = DEFAULT_MAX_TOKENS

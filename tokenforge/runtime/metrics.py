@@ -2,18 +2,29 @@
 route, and the gateway's upstream calls by channel. Each process serves them on
 TOKENFORGE_METRICS_PORT (`tokenforge serve` starts the endpoint).
 
-Service-specific metrics (holds, charges, orders, outbox) live next to the code that
-moves them, named `tokenforge_<context>_...`.
+Service-specific metrics (holds, charges, orders, outbox, consumer lag, breakers) live
+in `services/<context>/metrics.py`, named `tokenforge_<context>_...`.
+
+The server interceptor also carries the caller's `x-request-id` (gRPC metadata the
+gateway sends) into `request_id_var` for the call, so every log line a call writes,
+in every service, names the request; and it writes one access line per call.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
+
+from tokenforge.runtime.logging import request_id_var
+
+# One line per served call (method, status, time); quieten with the logger's level.
+access_log = logging.getLogger("tokenforge.grpc.access")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -69,7 +80,8 @@ RECEIPTS = Counter(
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts and times every unary call by its full method name."""
+    """Counts, times and logs every unary call by its full method name, with the
+    caller's request id (`x-request-id` metadata) set for the call's log lines."""
 
     async def intercept_service(
         self,
@@ -81,10 +93,14 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or handler.unary_unary is None or method.startswith("/grpc."):
             return handler
         inner = handler.unary_unary
+        request_id = _request_id(details.invocation_metadata or ())
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = "OK"
+            token = request_id_var.set(request_id) if request_id else None
+            if request_id:
+                trace.get_current_span().set_attribute("tokenforge.request_id", request_id)
             try:
                 return await inner(request, context)
             except BaseException:
@@ -93,14 +109,25 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             finally:
                 if code == "OK":
                     code = _code_name(context) or "OK"
+                elapsed = time.perf_counter() - started
                 GRPC_HANDLED.labels(method, code).inc()
-                GRPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+                GRPC_LATENCY.labels(method).observe(elapsed)
+                access_log.info("%s %s in %.1f ms", method, code, elapsed * 1000)
+                if token is not None:
+                    request_id_var.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
             behaviour,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _request_id(metadata: Any) -> str:
+    for key, value in metadata:
+        if key == "x-request-id" and isinstance(value, str):
+            return value[:128]
+    return ""
 
 
 def _code_name(context: grpc.aio.ServicerContext) -> str | None:

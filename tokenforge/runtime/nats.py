@@ -12,9 +12,12 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 from opentelemetry import context as otel_context
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 
 PAYMENTS_STREAM = "PAYMENTS"
+# An order event's header naming the traceparent of the call that created the order
+# (the event's own traceparent is the call that moved it): publish spans link to it.
+ORDER_TRACEPARENT_HEADER = "tokenforge-order-traceparent"
 PAYMENTS_SUBJECTS = "tokenforge.payments.v1.topup.>"
 
 
@@ -52,3 +55,13 @@ def trace_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def context_from_headers(headers: Mapping[str, str] | None) -> otel_context.Context:
     return propagate.extract(dict(headers or {}))
+
+
+def order_origin_links(headers: Mapping[str, str] | None) -> list[trace.Link]:
+    """A span link to the order's creation, when the event names it."""
+    traceparent = (headers or {}).get(ORDER_TRACEPARENT_HEADER)
+    if not traceparent:
+        return []
+    origin = trace.get_current_span(propagate.extract({"traceparent": traceparent}))
+    context = origin.get_span_context()
+    return [trace.Link(context, {"tokenforge.link": "order_created"})] if context.is_valid else []

@@ -1,7 +1,11 @@
 """OpenTelemetry set-up, configured only by the standard OTEL_* variables.
 
-Spans are exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, and
-nowhere otherwise. Tests add an in-memory exporter with `add_span_processor`.
+Spans are exported over OTLP/gRPC when OTEL_EXPORTER_OTLP_ENDPOINT (or
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set, and nowhere otherwise: without it no
+exporter is configured at all. OTEL_TRACES_EXPORTER picks another: `console` prints
+spans as JSON on stdout (handy with `tokenforge dev`, whose logs are in the state dir),
+`none` exports nothing; `otlp` (the default) needs the endpoint. Tests add an in-memory
+exporter with `add_span_processor`.
 """
 
 from __future__ import annotations
@@ -11,9 +15,29 @@ import os
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
 
 _provider: TracerProvider | None = None
+
+
+def span_exporter() -> SpanExporter | None:
+    """The exporter the OTEL_* variables ask for, or None (export nothing)."""
+    names = {n.strip().lower() for n in os.environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")}
+    if "console" in names:
+        return ConsoleSpanExporter()
+    if "otlp" in names and (
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    return None
 
 
 def setup_telemetry(service_name: str) -> TracerProvider:
@@ -23,12 +47,11 @@ def setup_telemetry(service_name: str) -> TracerProvider:
         return _provider
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
     provider = TracerProvider(resource=resource)
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    ):
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    exporter = span_exporter()
+    if isinstance(exporter, ConsoleSpanExporter):
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    elif exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider

@@ -20,7 +20,7 @@ from services.payments.domain.model import Order, TopUpStatus, Transition
 from services.payments.transport.messages import encode_event
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
-from tokenforge.runtime.nats import topup_subject, trace_headers
+from tokenforge.runtime.nats import ORDER_TRACEPARENT_HEADER, topup_subject, trace_headers
 
 from .tables import order_transitions, orders, outbox, provider_events
 
@@ -125,6 +125,10 @@ class SqlAlchemyOrderRepository(OrderRepository):
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
         self.wrote_events = False
+        # (state, provider) of every order written since the last commit (metrics).
+        self.moves: list[tuple[str, str]] = []
+        # The creation trace context of the orders read, by order id.
+        self._origins: dict[str, dict[str, str]] = {}
 
     async def add(self, order: Order) -> bool:
         stmt = (
@@ -147,12 +151,14 @@ class SqlAlchemyOrderRepository(OrderRepository):
                 checkout_url=order.checkout_url,
                 provider_transaction_id=order.provider_transaction_id,
                 transfer_reference=order.transfer_reference,
+                trace_context=trace_headers(),
             )
             .on_conflict_do_nothing(index_elements=["account_id", "idempotency_key"])
             .returning(orders.c.order_id)
         )
         inserted = (await self.session.execute(stmt)).first() is not None
         if inserted:
+            self.moves.append((order.status.value, order.provider))
             await self._write_changes(order)
         return inserted
 
@@ -307,7 +313,11 @@ class SqlAlchemyOrderRepository(OrderRepository):
                 for t in new_transitions
             ],
         )
+        self.moves.extend((t.to_status.value, order.provider) for t in new_transitions)
         headers = trace_headers()
+        origin = self._origins.get(order.order_id, {}).get("traceparent")
+        if origin:
+            headers[ORDER_TRACEPARENT_HEADER] = origin
         await self.session.execute(
             insert(outbox),
             [
@@ -347,4 +357,6 @@ class SqlAlchemyOrderRepository(OrderRepository):
                     at=t.at,
                 )
             )
+        for r in rows:
+            self._origins[str(r.order_id)] = dict(getattr(r, "trace_context", None) or {})
         return [_order_from_row(r, by_order[str(r.order_id)]) for r in rows]

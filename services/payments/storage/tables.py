@@ -55,6 +55,9 @@ orders = Table(
     # One provider transaction (a Stripe PaymentIntent) pays one order only.
     Column("provider_transaction_id", Text, nullable=True),
     Column("transfer_reference", Text, nullable=False, server_default=""),
+    # traceparent/tracestate of the call that created the order: each later event
+    # carries it, so the publish span links the payment's trace to the creation's.
+    Column("trace_context", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     UniqueConstraint("account_id", "idempotency_key", name="orders_account_idempotency_key"),
     CheckConstraint("bucket IN ('credit', 'routed')", name="orders_bucket"),
     CheckConstraint(f"status IN ({_STATUS_LIST})", name="orders_status"),

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.payments.metrics import count_orders
 from services.payments.storage.repository import OrderRepository, SqlAlchemyOrderRepository
 from tokenforge.runtime import unit_of_work as base
 from tokenforge.runtime.unit_of_work import utcnow
@@ -37,6 +38,8 @@ class SqlAlchemyUnitOfWork(base.SqlAlchemyUnitOfWork, UnitOfWork):
     async def commit(self) -> None:
         await super().commit()
         assert self._repo is not None
+        count_orders(self._repo.moves)
+        self._repo.moves.clear()
         if self._repo.wrote_events:
             self._repo.wrote_events = False
             if self._on_events_committed is not None:

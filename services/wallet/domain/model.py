@@ -104,8 +104,12 @@ class Balance:
         """W2: hold `amount` only if it is available."""
         require_positive(amount, "A hold")
         if self.available < amount:
-            raise self._refuse(amount, "this request may cost up to")
+            raise self.insufficient_for_hold(amount)
         self.held += amount
+
+    def insufficient_for_hold(self, amount: int) -> DomainError:
+        """The refusal of a hold of `amount` (W2), naming what is available."""
+        return self._refuse(amount, "this request may cost up to")
 
     def unreserve(self, amount: int) -> None:
         self.held -= amount
@@ -122,6 +126,15 @@ class Balance:
             raise self._refuse(-amount, "this takes")
         self.posted += amount
         return self.posted
+
+
+def check_charge(amount: int) -> None:
+    if amount < 0:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            f"A charge is never negative; got {amount}.",
+            {"field": "amount_micros"},
+        )
 
 
 @dataclass
@@ -151,18 +164,41 @@ class Hold:
         now: datetime,
         trace_id: str = "",
     ) -> Hold:
-        ttl = hold_ttl(ttl_seconds)
+        hold = cls.new(
+            balance.account_id, balance.bucket, amount, request_id, ttl_seconds, now, trace_id
+        )
         balance.reserve(amount)
+        return hold
+
+    @classmethod
+    def new(
+        cls,
+        account_id: str,
+        bucket: Bucket,
+        amount: int,
+        request_id: str,
+        ttl_seconds: int,
+        now: datetime,
+        trace_id: str = "",
+    ) -> Hold:
+        """The hold a request asks for, before its bucket reserves it (`Balance.reserve`,
+        or the storage's single statement that checks W2 and reserves in one step)."""
+        require_positive(amount, "A hold")
+        ttl = hold_ttl(ttl_seconds)
         return cls(
             hold_id=uuid.uuid4(),
-            account_id=balance.account_id,
-            bucket=balance.bucket,
+            account_id=account_id,
+            bucket=bucket,
             amount=amount,
             request_id=request_id,
             created_at=now,
             expires_at=now + ttl,
             trace_id=trace_id,
         )
+
+    def can_settle(self, amount: int, now: datetime) -> bool:
+        """Open, unexpired and holding at least `amount` (`check_settle` says why not)."""
+        return self.is_open and not self.is_past_expiry(now) and 0 <= amount <= self.amount
 
     def same_request(self, bucket: Bucket, amount: int) -> bool:
         return self.bucket is bucket and self.amount == amount
@@ -176,12 +212,7 @@ class Hold:
 
     def check_settle(self, amount: int, now: datetime) -> None:
         """Refuse a settle that must change nothing (for an open hold)."""
-        if amount < 0:
-            raise DomainError(
-                Reason.INVALID_ARGUMENT,
-                f"A charge is never negative; got {amount}.",
-                {"field": "amount_micros"},
-            )
+        check_charge(amount)
         if self.status is HoldStatus.EXPIRED or (self.is_open and self.is_past_expiry(now)):
             raise self._expired()
         if not self.is_open:

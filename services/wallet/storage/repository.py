@@ -4,6 +4,7 @@ implementation. Every method runs inside the unit of work's transaction."""
 from __future__ import annotations
 
 import abc
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +22,8 @@ from services.wallet.domain.model import (
     HoldStatus,
     JournalEntry,
     Posting,
+    request_charge,
+    settle_key,
 )
 from services.wallet.domain.reconcile import (
     RULE_BALANCED,
@@ -72,7 +75,74 @@ class HoldQuery:
     before: tuple[datetime, uuid.UUID] | None = None
 
 
+@dataclass(frozen=True)
+class HoldPlacement:
+    """What placing a hold found: the new hold, or the hold the request id already
+    placed, or neither (then `balance` is the bucket as seen, None: no such account)."""
+
+    hold: Hold | None
+    existing: Hold | None
+    balance: Balance | None
+
+
 class WalletRepository(abc.ABC):
+    """The wallet's storage. The hot path (place, settle, release) has one method per
+    use case: the base class composes them from the primitive methods below (the
+    reference behaviour, used by fakes); the SQL repository does each in one
+    statement (docs/PERFORMANCE.md, "Wallet")."""
+
+    async def place_hold(self, hold: Hold) -> HoldPlacement:
+        """If the account already has a hold for `hold.request_id`, return it (W4);
+        else reserve `hold.amount` from the bucket if available (W2) and add `hold`."""
+        balance = await self.lock_balance(hold.account_id, hold.bucket)
+        if balance is None:
+            return HoldPlacement(None, None, None)
+        existing = await self.hold_by_request(hold.account_id, hold.request_id)
+        if existing is not None:
+            return HoldPlacement(None, existing, balance)
+        if balance.available < hold.amount:
+            return HoldPlacement(None, None, balance)
+        balance.reserve(hold.amount)
+        await self.add_hold(hold)
+        await self.save_balance(balance)
+        return HoldPlacement(hold, None, balance)
+
+    async def settle_open_hold(
+        self, hold_id: uuid.UUID, amount: int, account_id: str, now: datetime, trace_id: str
+    ) -> tuple[Hold, JournalEntry | None] | None:
+        """Settle the hold if it is open, unexpired, holds at least `amount` and belongs
+        to `account_id` (when given): capture `amount` into a request_charge entry (none
+        when 0), give the rest back, end the hold (W3). None when it was not settled."""
+        hold = await self.lock_hold(hold_id)
+        if hold is None or not hold.belongs_to(account_id) or not hold.can_settle(amount, now):
+            return None
+        balance = await self.lock_balance(hold.account_id, hold.bucket)
+        assert balance is not None, "a hold's bucket exists"
+        balance_after = hold.settle(amount, balance, now)
+        charge: JournalEntry | None = None
+        if amount > 0:
+            charge = request_charge(hold, balance, balance_after, now, trace_id)
+            await self.add_entry(charge)
+            hold.entry_id = charge.entry_id
+        await self.save_hold(hold)
+        await self.save_balance(balance)
+        return hold, charge
+
+    async def release_open_hold(
+        self, hold_id: uuid.UUID, account_id: str, now: datetime
+    ) -> Hold | None:
+        """Release the hold whole if it is open and belongs to `account_id` (when
+        given); None when it was not released."""
+        hold = await self.lock_hold(hold_id)
+        if hold is None or not hold.belongs_to(account_id) or not hold.is_open:
+            return None
+        balance = await self.lock_balance(hold.account_id, hold.bucket)
+        assert balance is not None, "a hold's bucket exists"
+        hold.release(balance, now)
+        await self.save_hold(hold)
+        await self.save_balance(balance)
+        return hold
+
     @abc.abstractmethod
     async def open_account(self, account_id: str) -> None:
         """Create the account and its buckets if they do not exist yet."""
@@ -206,6 +276,107 @@ _BAD_HOLDS = text(
 )
 
 
+# The hot path: each use case is one statement, run in autocommit (atomic on its own,
+# no BEGIN/COMMIT round trips, and no row lock held across a client round trip).
+# Under READ COMMITTED an UPDATE that waited for a row lock re-checks its WHERE on
+# the newest row version, so the guards below hold under any concurrency (W2, W3).
+# Ledger account names mirror user_ledger_account / system_ledger_account.
+_PLACE_HOLD = text(
+    """
+    WITH existing AS (
+        SELECT * FROM wallet.holds
+         WHERE account_id = CAST(:account_id AS text) AND request_id = CAST(:request_id AS text)
+    ), reserved AS (
+        UPDATE wallet.balances SET held = held + CAST(:amount AS bigint)
+         WHERE account_id = CAST(:account_id AS text) AND bucket = CAST(:bucket AS text)
+           AND posted - held >= CAST(:amount AS bigint)
+           AND NOT EXISTS (SELECT 1 FROM existing)
+        RETURNING posted, held
+    ), placed AS (
+        INSERT INTO wallet.holds (hold_id, account_id, bucket, amount, captured, status,
+                                  request_id, trace_id, expires_at, created_at)
+        SELECT CAST(:hold_id AS uuid), CAST(:account_id AS text), CAST(:bucket AS text),
+               CAST(:amount AS bigint), 0, 'open', CAST(:request_id AS text),
+               CAST(:trace_id AS text), CAST(:expires_at AS timestamptz),
+               CAST(:created_at AS timestamptz)
+          FROM reserved
+        RETURNING hold_id
+    )
+    SELECT (SELECT count(*) FROM placed) AS placed,
+           r.posted AS posted_after, r.held AS held_after,
+           b.posted AS seen_posted, b.held AS seen_held, b.account_id IS NOT NULL AS found,
+           e.hold_id, e.account_id, e.bucket, e.amount, e.captured, e.status, e.request_id,
+           e.trace_id, e.expires_at, e.entry_id, e.created_at, e.ended_at
+      FROM (SELECT 1) AS one
+      LEFT JOIN reserved r ON true
+      LEFT JOIN wallet.balances b
+        ON b.account_id = CAST(:account_id AS text) AND b.bucket = CAST(:bucket AS text)
+      LEFT JOIN existing e ON true
+    """
+)
+_SETTLE_HOLD = text(
+    """
+    WITH settled AS (
+        UPDATE wallet.holds
+           SET status = 'settled', captured = CAST(:amount AS bigint),
+               ended_at = CAST(:now AS timestamptz),
+               entry_id = CASE WHEN CAST(:amount AS bigint) > 0
+                               THEN CAST(:entry_id AS uuid) END
+         WHERE hold_id = CAST(:hold_id AS uuid) AND status = 'open'
+           AND expires_at > CAST(:now AS timestamptz) AND amount >= CAST(:amount AS bigint)
+           AND (CAST(:account_id AS text) = '' OR account_id = CAST(:account_id AS text))
+        RETURNING *
+    ), balance AS (
+        UPDATE wallet.balances b
+           SET held = b.held - s.amount, posted = b.posted - s.captured
+          FROM settled s
+         WHERE b.account_id = s.account_id AND b.bucket = s.bucket
+        RETURNING b.posted, b.held
+    ), entry AS (
+        INSERT INTO wallet.journal_entries (entry_id, kind, account_id, bucket, request_id,
+                                            hold_id, trace_id, idempotency_key, created_at)
+        SELECT CAST(:entry_id AS uuid), 'request_charge', s.account_id, s.bucket,
+               s.request_id, s.hold_id, coalesce(nullif(CAST(:trace_id AS text), ''), s.trace_id),
+               CAST(:idempotency_key AS text), CAST(:now AS timestamptz)
+          FROM settled s
+         WHERE s.captured > 0
+        RETURNING seq
+    ), charged AS (
+        INSERT INTO wallet.postings (entry_id, ledger_account, bucket, amount, balance_after)
+        SELECT CAST(:entry_id AS uuid), p.ledger_account, s.bucket, p.amount, p.balance_after
+          FROM settled s
+         CROSS JOIN balance b
+         CROSS JOIN entry e
+         CROSS JOIN LATERAL (VALUES
+               (1, 'user:' || s.account_id || ':' || s.bucket, -s.captured, b.posted),
+               (2, 'system:revenue:' || s.bucket, s.captured, NULL)
+         ) AS p(n, ledger_account, amount, balance_after)
+         ORDER BY p.n
+    )
+    SELECT s.*, b.posted AS posted_after, b.held AS held_after, e.seq AS entry_seq
+      FROM settled s
+     CROSS JOIN balance b
+      LEFT JOIN entry e ON true
+    """
+)
+_RELEASE_HOLD = text(
+    """
+    WITH released AS (
+        UPDATE wallet.holds SET status = 'released', ended_at = CAST(:now AS timestamptz)
+         WHERE hold_id = CAST(:hold_id AS uuid) AND status = 'open'
+           AND (CAST(:account_id AS text) = '' OR account_id = CAST(:account_id AS text))
+        RETURNING *
+    ), balance AS (
+        UPDATE wallet.balances b SET held = b.held - r.amount
+          FROM released r
+         WHERE b.account_id = r.account_id AND b.bucket = r.bucket
+        RETURNING b.held
+    )
+    SELECT r.* FROM released r CROSS JOIN balance b
+    """
+)
+
+
 def _hold_problem(row: Any) -> str:
     if row.status == HoldStatus.OPEN.value:
         return "open hold carries an end (ended_at, a capture or a charge)"
@@ -247,6 +418,76 @@ class SqlAlchemyWalletRepository(WalletRepository):
             if getattr(error.orig, "sqlstate", None) == UNIQUE_VIOLATION:
                 raise DuplicateKey(str(error.orig)) from error
             raise
+
+    async def place_hold(self, hold: Hold) -> HoldPlacement:
+        try:
+            rows = await self.session.execute(
+                _PLACE_HOLD,
+                {
+                    "hold_id": hold.hold_id,
+                    "account_id": hold.account_id,
+                    "bucket": hold.bucket.value,
+                    "amount": hold.amount,
+                    "request_id": hold.request_id,
+                    "trace_id": hold.trace_id,
+                    "expires_at": hold.expires_at,
+                    "created_at": hold.created_at,
+                },
+            )
+        except IntegrityError as error:
+            # The same request id placed by a concurrent call: this statement rolled
+            # back whole (its reservation too); the caller replays the winner.
+            if getattr(error.orig, "sqlstate", None) == UNIQUE_VIOLATION:
+                raise DuplicateKey(str(error.orig)) from error
+            raise
+        row = rows.one()
+        if row.hold_id is not None:
+            return HoldPlacement(None, _hold(row), None)
+        if not row.found:
+            return HoldPlacement(None, None, None)
+        if row.placed:
+            return HoldPlacement(
+                hold, None, Balance(hold.account_id, hold.bucket, row.posted_after, row.held_after)
+            )
+        return HoldPlacement(
+            None, None, Balance(hold.account_id, hold.bucket, row.seen_posted, row.seen_held)
+        )
+
+    async def settle_open_hold(
+        self, hold_id: uuid.UUID, amount: int, account_id: str, now: datetime, trace_id: str
+    ) -> tuple[Hold, JournalEntry | None] | None:
+        entry_id = uuid.uuid4()
+        rows = await self.session.execute(
+            _SETTLE_HOLD,
+            {
+                "hold_id": hold_id,
+                "amount": amount,
+                "account_id": account_id,
+                "now": now,
+                "entry_id": entry_id,
+                "trace_id": trace_id,
+                "idempotency_key": settle_key(hold_id),
+            },
+        )
+        row = rows.first()
+        if row is None:
+            return None
+        hold = _hold(row)
+        if hold.captured == 0:
+            return hold, None
+        balance = Balance(hold.account_id, hold.bucket, row.posted_after, row.held_after)
+        # The same entry the statement wrote, built by the domain's rule.
+        charge = request_charge(hold, balance, row.posted_after, now, trace_id)
+        return hold, dataclasses.replace(charge, entry_id=entry_id, seq=row.entry_seq)
+
+    async def release_open_hold(
+        self, hold_id: uuid.UUID, account_id: str, now: datetime
+    ) -> Hold | None:
+        rows = await self.session.execute(
+            _RELEASE_HOLD, {"hold_id": hold_id, "account_id": account_id, "now": now}
+        )
+        row = rows.first()
+        return _hold(row) if row is not None else None
 
     async def open_account(self, account_id: str) -> None:
         await self.session.execute(

@@ -51,6 +51,11 @@ tracer = trace.get_tracer(__name__)
 
 DURABLE = "wallet-topup-credits"
 SUBJECT = topup_subject("succeeded")
+# Seconds JetStream waits for an ack before redelivering (a crashed consumer's
+# messages come back after this), and messages fetched (and credited concurrently)
+# per pull.
+ACK_WAIT_S = 30.0
+BATCH = 16
 # Reasons that no retry can fix: terminate the message (it stays in the stream).
 PERMANENT = frozenset({Reason.IDEMPOTENCY_CONFLICT, Reason.INVALID_ARGUMENT})
 
@@ -116,41 +121,72 @@ def decode(msg: Msg) -> commands.CreditTopUp:
 
 
 class TopUpConsumer:
-    def __init__(self, nc: Client, uow_factory: Callable[[], UnitOfWork]) -> None:
+    """The durable pull consumer. `durable`, `subject` and `ack_wait` (seconds before
+    JetStream redelivers an unacked message) are parameters so tests can run their
+    own consumer on a subject of the PAYMENTS stream with a short redelivery delay.
+
+    The messages of one fetched batch are credited concurrently: each is its own
+    transaction, and two deliveries of one event serialize on the bucket's row."""
+
+    def __init__(
+        self,
+        nc: Client,
+        uow_factory: Callable[[], UnitOfWork],
+        *,
+        durable: str = DURABLE,
+        subject: str = SUBJECT,
+        ack_wait: float = ACK_WAIT_S,
+        batch: int = BATCH,
+    ) -> None:
         self._nc = nc
         self._uow = uow_factory
+        self._durable = durable
+        self._subject = subject
+        self._ack_wait = ack_wait
+        self._batch = batch
         self._task: asyncio.Task[None] | None = None
         self._js: JetStreamContext | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    @property
+    def is_running(self) -> bool:
+        """False once the fetch loop has ended (stopped, or died on a crash)."""
+        return self._task is not None and not self._task.done()
 
     async def start(self) -> None:
         js = self._js = self._nc.jetstream()
         await ensure_payments_stream(js)
         await ensure_deadletter_stream(js)
         self._sub = await js.pull_subscribe(
-            SUBJECT,
-            durable=DURABLE,
+            self._subject,
+            durable=self._durable,
             stream=PAYMENTS_STREAM,
             config=ConsumerConfig(
-                durable_name=DURABLE,
-                filter_subject=SUBJECT,
+                durable_name=self._durable,
+                filter_subject=self._subject,
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=30.0,
+                ack_wait=self._ack_wait,
             ),
         )
-        self._task = asyncio.create_task(self._run(), name="wallet-topup-credits")
+        self._task = asyncio.create_task(self._run(), name=f"wallet-{self._durable}")
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(BaseException):
                 await self._task
             self._task = None
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
 
     async def _run(self) -> None:
+        assert self._sub is not None, "start() first"
         while True:
             try:
-                msgs = await self._sub.fetch(batch=16, timeout=1.0)
+                msgs = await self._sub.fetch(batch=self._batch, timeout=1.0)
             except (TimeoutError, NatsTimeoutError):
                 continue
             except asyncio.CancelledError:
@@ -159,8 +195,16 @@ class TopUpConsumer:
                 log.exception("fetching top-up events failed; retrying")
                 await asyncio.sleep(1.0)
                 continue
-            for msg in msgs:
-                await self.handle(msg)
+            # handle() settles a message itself (ack, nak or term). An error that still
+            # escapes (NATS gone while acking) leaves its message unacked: JetStream
+            # redelivers it after ack_wait. A BaseException is a crash: the batch's
+            # other messages are cancelled unacked too, and the loop ends.
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for msg in msgs:
+                        group.create_task(self.handle(msg))
+            except* Exception:
+                log.exception("crediting a batch failed; its unacked messages come back")
 
     async def handle(self, msg: Msg) -> None:
         """Credit one message and ack it after the commit (or term it, or nak it)."""
@@ -205,13 +249,19 @@ class TopUpConsumer:
                 log.exception("top-up event %s not credited yet; will retry", cmd.event_id)
                 await msg.nak(delay=1.0)
                 return
+        await self._checkpoint("committed", cmd)
         await msg.ack()
+        await self._checkpoint("acked", cmd)
         log.info(
             "credited order %s (event %s) as entry %s",
             cmd.order_id,
             cmd.event_id,
             entry.entry_id,
         )
+
+    async def _checkpoint(self, stage: str, cmd: commands.CreditTopUp) -> None:
+        """A seam for fault-injection tests: "committed" (credit committed, not acked
+        yet) and "acked". Does nothing in production."""
 
     async def dead_letter(self, msg: Msg, reason: str) -> None:
         """Copy the message to the dead-letter subject, then terminate it.

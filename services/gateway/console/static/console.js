@@ -126,7 +126,7 @@ async function detectFeatures() {
 
 const PAGES = {
   wallet: showWallet, topup: showTopup, models: showModels,
-  playground: showPlayground, usage: showUsage, keys: showKeys,
+  playground: showPlayground, usage: showUsage, keys: showKeys, research: showResearch,
 };
 
 function route() {
@@ -202,7 +202,9 @@ async function showWallet([focus, id]) {
     const match = (focus === "entry" && e.entry_id === id) || (focus === "order" && e.order_id === id)
       || (focus === "request" && e.request_id === id);
     let detail = null;
-    if (e.request_id) detail = h("a", { href: `#/usage/${encodeURIComponent(e.request_id)}` }, "Receipt");
+    // A run's one row names the run (its lines have their own receipts).
+    if (e.request_id && e.request_id.startsWith("run_")) detail = h("span", {}, `Run ${e.request_id}`);
+    else if (e.request_id) detail = h("a", { href: `#/usage/${encodeURIComponent(e.request_id)}` }, "Receipt");
     else if (e.order_id) detail = h("span", {}, `Top-up order ${e.order_id}`);
     else if (e.reason) detail = h("span", {}, e.reason);
     return h("tr", { id: `entry-${e.entry_id}`, "data-entry": e.entry_id, class: match ? "highlight" : null },
@@ -238,6 +240,12 @@ const OPEN_STATES = new Set(["pending", "awaiting_review"]);
 function renderOrder(order, credited) {
   const panel = $("#topup-order");
   panel.hidden = false;
+  // A poll that finds nothing new leaves the panel (and what is typed in it) alone.
+  const signature = JSON.stringify([order, credited && credited.entry_id, Object.keys(state.buckets).length]);
+  if (panel.dataset.signature === signature) return;
+  panel.dataset.signature = signature;
+  const typed = $("#transfer-reference");
+  const kept = typed ? { value: typed.value, focused: document.activeElement === typed } : null;
   const open = OPEN_STATES.has(order.status);
   const bucket = state.buckets[order.bucket];
   fill(panel,
@@ -260,6 +268,11 @@ function renderOrder(order, credited) {
     order.status === "pending"
       ? h("button", { type: "button", class: "quiet", onclick: () => guarded(() => cancelOrder(order)) }, "Cancel order")
       : null);
+  const again = $("#transfer-reference");
+  if (again && kept) {
+    again.value = kept.value;
+    if (kept.focused) again.focus();
+  }
 }
 
 function transferForm(order) {
@@ -367,9 +380,9 @@ async function showPlayground() {
   schedulePreview();
 }
 
-function fillRoutes() {
-  const model = state.models.find((m) => m.id === $("#chat-model").value);
-  fill($("#chat-route"),
+function fillRoutes(modelSelect = "#chat-model", routeSelect = "#chat-route") {
+  const model = state.models.find((m) => m.id === $(modelSelect).value);
+  fill($(routeSelect),
     h("option", { value: "" }, "The API key's preference"),
     (model ? model.routes : []).map((r) => h("option", { value: r.kind }, `${r.kind}: paid from ${r.bucket_label}`)));
 }
@@ -433,33 +446,7 @@ async function sendChat(event) {
       throw new ApiError(res.status, (data && data.error && data.error.message) || `HTTP ${res.status}`);
     }
     status.textContent = `Streaming from the ${res.headers.get("x-tokenforge-route") || ""} route…`;
-    const reader = res.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    let summary = null;
-    let notice = null;
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        for (const line of event.split("\n")) {
-          if (!line.startsWith("data:")) continue;
-          const data = line.slice(5).trim();
-          if (data === "[DONE]") continue;
-          const chunk = JSON.parse(data);
-          if (chunk.error) notice = chunk.error.message;
-          for (const choice of chunk.choices || []) {
-            const text = (choice.delta || {}).content;
-            if (text) answer.append(document.createTextNode(text));
-          }
-          if (chunk.receipt) summary = chunk.receipt;
-        }
-      }
-    }
+    const { summary, notice } = await readEvents(res, (text) => answer.append(document.createTextNode(text)));
     status.textContent = notice || "Done.";
     if (summary) await showChatReceipt(summary);
   } catch (error) {
@@ -469,6 +456,39 @@ async function sendChat(event) {
     button.disabled = false;
     loadBuckets().then(schedulePreview).catch(() => {});
   }
+}
+
+// An answer streamed as server-sent events: `onText` gets each piece of text; the
+// end gives the usage (with its cost), the receipt summary, and any notice.
+async function readEvents(res, onText) {
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  const result = { text: "", usage: null, summary: null, notice: null };
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      for (const line of event.split("\n")) {
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") continue;
+        const chunk = JSON.parse(data);
+        if (chunk.error) result.notice = chunk.error.message;
+        for (const choice of chunk.choices || []) {
+          const text = (choice.delta || {}).content;
+          if (text) { result.text += text; onText(text); }
+        }
+        if (chunk.usage) result.usage = chunk.usage;
+        if (chunk.receipt) result.summary = chunk.receipt;
+      }
+    }
+  }
+  return result;
 }
 
 async function showChatReceipt(summary) {
@@ -624,6 +644,203 @@ async function exportCsv() {
   setTimeout(() => URL.revokeObjectURL(url), 5000);
 }
 
+// ---------- Research ----------
+
+// The research assistant of `tokenforge research`, in the browser: the plan comes from
+// the gateway (tokenforge/research/plan.py, so both write the same sections with the
+// same requests); the page opens the run, writes each section on it, closes it.
+const research = { plan: null, preview: null, budget: 0, busy: false };
+
+// Micro-units as the API's decimal string ("0.004800"), never through a float.
+function decimal(micros) { return `${Math.floor(micros / 1e6)}.${String(micros % 1e6).padStart(6, "0")}`; }
+
+async function showResearch() {
+  const models = (await loadModels()).filter((m) => m.max_output_tokens > 0);
+  const select = $("#research-model");
+  if (!select.childElementCount) {
+    fill(select, models.map((m) => h("option", { value: m.id }, m.display_name ? `${m.display_name} (${m.id})` : m.id)));
+    fillRoutes("#research-model", "#research-route");
+  }
+}
+
+function researchBusy(busy) {
+  research.busy = busy;
+  $("#research-plan-button").disabled = busy;
+  const start = $("#research-start");
+  if (start) start.disabled = busy || research.budget > research.preview.available.micros;
+}
+
+async function planResearch(event) {
+  event.preventDefault();
+  if (research.busy) return;
+  const route = $("#research-route").value;
+  const model = route ? `${$("#research-model").value}@${route}` : $("#research-model").value;
+  const params = new URLSearchParams({
+    topic: $("#research-topic").value, model,
+    sections: $("#research-sections").value, max_tokens: $("#research-max").value,
+  });
+  const plan = await api("GET", `/console/research/plan?${params}`);
+  const preview = await api("POST", "/v1/routes/preview", plan.preview_request);
+  // The run's estimate, as the CLI sizes it: every section at its worst case.
+  const budget = preview.worst_case_cost.micros * plan.sections.length;
+  Object.assign(research, { plan, preview, budget });
+  for (const id of ["#research-progress", "#research-receipt", "#research-report"]) $(id).hidden = true;
+  const enough = preview.available.micros >= budget;
+  const panel = $("#research-plan");
+  panel.hidden = false;
+  fill(panel,
+    h("h2", { id: "research-plan-title" }, `Plan: ${plan.topic}`),
+    h("h3", {}, "Sections"),
+    h("ol", { "data-testid": "research-sections" }, plan.sections.map((s) => h("li", {}, s.title))),
+    h("dl", { class: "facts" }, facts([
+      ["Model", `${preview.selected_model} → upstream ${preview.upstream_model}`],
+      ["Route", h("span", { "data-testid": "research-route" }, preview.route)],
+      ["Paid from", h("span", { "data-testid": "research-bucket" }, preview.bucket_label)],
+      ["Prices", preview.prices.text],
+      ["Worst case per section", h("span", { "data-testid": "research-worst" }, `${preview.worst_case_cost.display} (for ${preview.max_output_tokens} output tokens)`)],
+      ["Run estimate (held while it runs)", h("span", { "data-testid": "research-estimate" }, `${fmt(budget, preview.bucket)} for ${plan.sections.length} sections`)],
+      ["Available", h("span", { "data-testid": "research-available" }, preview.available.display)],
+      ["Can run", enough ? "yes" : `no: top up ${preview.bucket_label}`],
+    ])),
+    h("p", { class: "hint" }, "Starting holds the estimate. Only what the sections use is charged, "
+      + "in one ledger row when the report ends; the rest of the hold is returned."),
+    h("div", { class: "actions" },
+      h("button", { type: "button", id: "research-start", disabled: !enough, onclick: () => guarded(startResearch) }, "Start the report"),
+      h("button", { type: "button", class: "quiet", onclick: () => { panel.hidden = true; $("#research-topic").focus(); } }, "Change the plan")));
+  $("#research-plan-title").setAttribute("tabindex", "-1");
+  $("#research-plan-title").focus();
+}
+
+async function streamSection(request, runId, onText) {
+  const res = await fetch("/v1/chat/completions", {
+    method: "POST",
+    headers: {
+      authorization: `Bearer ${apiKey()}`, "content-type": "application/json",
+      accept: "text/event-stream", "x-tokenforge-run": runId,
+    },
+    body: JSON.stringify({ ...request, stream: true, stream_options: { include_usage: true } }),
+  });
+  if (!res.ok) {
+    const data = await res.json().catch(() => null);
+    throw new ApiError(res.status, (data && data.error && data.error.message) || `HTTP ${res.status}`);
+  }
+  return readEvents(res, onText);
+}
+
+function reportSkeleton(plan) {
+  const article = $("#research-report");
+  article.hidden = false;
+  const bodies = plan.sections.map((s) => h("div", { class: "answer", "data-section-text": s.index }));
+  fill(article,
+    h("h2", { id: "research-report-title" }, `Report: ${plan.topic}`),
+    h("p", { class: "notice-line" }, h("em", {}, plan.disclaimer)),
+    plan.sections.flatMap((s, i) => [h("h3", {}, `${s.index}. ${s.title}`), bodies[i]]),
+    h("hr"),
+    h("p", { class: "notice-line", "data-testid": "research-report-disclaimer" }, plan.disclaimer));
+  return bodies;
+}
+
+async function startResearch() {
+  const { plan, budget } = research;
+  if (!plan || research.busy) return;
+  researchBusy(true);
+  const progress = $("#research-progress");
+  const status = h("p", { role: "status", "data-testid": "research-status" }, "Opening the run…");
+  const marks = plan.sections.map((s) => h("span", { class: "state", "data-testid": `section-${s.index}` }, "waiting"));
+  fill(progress, h("h2", { id: "research-progress-title" }, "Progress"), status,
+    h("ol", { class: "progress" }, plan.sections.map((s, i) => h("li", {}, h("strong", {}, s.title), " · ", marks[i]))));
+  progress.hidden = false;
+  $("#research-receipt").hidden = true;
+  const bodies = reportSkeleton(plan);
+  let run = null;
+  let stopped = null;
+  try {
+    run = await api("POST", "/v1/runs", { model: plan.model, budget: decimal(budget), ttl: 900 });
+    status.textContent = `Run ${run.id} open: ${run.hold.amount.display} held from ${run.bucket_label} `
+      + `(available before: ${run.available_before.display}).`;
+    for (const [i, section] of plan.sections.entries()) {
+      marks[i].className = "state pending";
+      marks[i].textContent = "writing…";
+      const answer = await streamSection(section.request, run.id, (text) => bodies[i].append(document.createTextNode(text)));
+      const usage = answer.usage || {};
+      marks[i].className = `state ${answer.notice ? "partial" : "succeeded"}`;
+      marks[i].textContent = `${answer.notice ? "stopped early" : "done"}: ${usage.completion_tokens ?? 0} tokens, `
+        + `${usage.cost ?? "0"} ${usage.cost_currency || ""}`.trim();
+      status.textContent = `${i + 1} of ${plan.sections.length} sections written on run ${run.id}.`;
+    }
+  } catch (error) {
+    stopped = error;
+    for (const mark of marks) if (mark.textContent === "waiting" || mark.textContent === "writing…") {
+      mark.className = "state failed";
+      mark.textContent = "not written";
+    }
+  }
+  try {
+    if (run) {
+      status.textContent += " Closing the run…";
+      const receipt = await api("POST", `/v1/runs/${encodeURIComponent(run.id)}/close`, {});
+      showResearchReceipt(receipt, plan);
+      status.textContent = stopped
+        ? `Stopped: ${stopped.message} The run is closed; only what was written is charged.`
+        : `Done: ${plan.sections.length} sections written, run closed.`;
+    } else if (stopped) {
+      status.textContent = `Not started: ${stopped.message}`;
+    }
+  } finally {
+    researchBusy(false);
+    loadBuckets().catch(() => {});
+  }
+  if (stopped) throw stopped;
+}
+
+const LINE_STATUS = { succeeded: "Completed", partial: "Stopped early", failed: "Failed", rejected: "Not run" };
+
+function showResearchReceipt(r, plan) {
+  const panel = $("#research-receipt");
+  panel.hidden = false;
+  const bucket = r.run.bucket;
+  const returned = r.run.budget.micros - r.totals.charge.micros;
+  fill(panel,
+    h("h2", { id: "research-receipt-title" }, "Receipt of the report"),
+    h("dl", { class: "facts" }, facts([
+      ["Run", h("code", { "data-testid": "research-run" }, r.run.id)],
+      ["State", r.run.status],
+      ["Paid from", r.run.bucket_label],
+      ["Held for the report", r.run.budget.display],
+      ["Requests", String(r.totals.requests)],
+      ["Tokens", `${r.totals.prompt_tokens} input${r.totals.cached_tokens ? ` (${r.totals.cached_tokens} cached)` : ""} · ${r.totals.completion_tokens} output`],
+      ["Time", `${(r.totals.duration_ms / 1000).toFixed(1)} s`],
+      ["Charged", h("strong", { "data-testid": "research-charge" }, r.totals.charge.display)],
+      ["Returned to the balance", fmt(Math.max(returned, 0), bucket)],
+      ["Ledger row", r.ledger_entry_id
+        ? h("a", { href: `#/wallet/entry/${encodeURIComponent(r.ledger_entry_id)}`, "data-testid": "research-ledger-link" }, `Ledger row ${r.ledger_entry_id}`)
+        : "none (nothing charged)"],
+    ])),
+    h("div", { class: "scroll", role: "region", "aria-label": "Requests of the report", tabindex: "0" },
+      h("table", { "data-testid": "research-lines" },
+        h("thead", {}, h("tr", {},
+          h("th", { scope: "col" }, "Section"), h("th", { scope: "col" }, "Request"), h("th", { scope: "col" }, "Model"),
+          h("th", { scope: "col" }, "Status"), h("th", { scope: "col", class: "num" }, "Tokens in / out"),
+          h("th", { scope: "col", class: "num" }, "Request cost"))),
+        h("tbody", {}, r.lines.map((line, i) => h("tr", { "data-request": line.request_id },
+          h("td", {}, plan && plan.sections[i] ? plan.sections[i].title : ""),
+          h("td", {}, h("a", { href: `#/usage/${encodeURIComponent(line.request_id)}` }, line.request_id)),
+          h("td", {}, line.model),
+          h("td", {}, LINE_STATUS[line.status] || line.status),
+          h("td", { class: "num" }, `${line.prompt_tokens} / ${line.completion_tokens}`),
+          h("td", { class: "num" }, line.charge.display)))),
+        h("tfoot", {},
+          r.models.map((m) => h("tr", {},
+            h("th", { scope: "row", colspan: 4 }, `${m.model}: ${m.requests} requests`),
+            h("td", { class: "num" }, `${m.prompt_tokens} / ${m.completion_tokens}`),
+            h("td", { class: "num" }, m.charge.display))),
+          h("tr", {},
+            h("th", { scope: "row", colspan: 4 }, "Total"),
+            h("td", { class: "num" }, `${r.totals.prompt_tokens} / ${r.totals.completion_tokens}`),
+            h("td", { class: "num", "data-testid": "research-total" }, r.totals.charge.display))))),
+    h("p", { class: "notice-line" }, plan ? plan.disclaimer : ""));
+}
+
 // ---------- Keys ----------
 
 function keyList(data) { return (data && (data.data || data.keys)) || []; }
@@ -705,6 +922,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#usage-filters").addEventListener("submit", (event) => { event.preventDefault(); guarded(loadReceipts); });
   $("#usage-csv").addEventListener("click", () => guarded(exportCsv));
   $("#key-form").addEventListener("submit", (event) => guarded(() => createKey(event)));
+  $("#research-form").addEventListener("submit", (event) => guarded(() => planResearch(event)));
+  $("#research-model").addEventListener("change", () => fillRoutes("#research-model", "#research-route"));
   window.addEventListener("hashchange", route);
   if (apiKey()) {
     Promise.all([loadBuckets(), detectFeatures()]).then(route).catch(() => signOut("Sign in again."));

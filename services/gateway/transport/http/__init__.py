@@ -8,8 +8,6 @@ One router per area (openai, routes, wallet, usage, topups); `create_app` wires 
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,7 +16,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
-from services.gateway.domain.planning import new_request_id
 from services.gateway.storage.idempotency import IdempotencyStore
 from services.gateway.transport.http import (
     console,
@@ -36,11 +33,9 @@ from services.gateway.transport.http.common import (
     error_response,
     json_response,
 )
+from services.gateway.transport.http.middleware import RequestContextMiddleware
 from services.gateway.transport.http.schemas import ERROR_RESPONSES
 from tokenforge.errors import DomainError, Reason, openai_error_body
-from tokenforge.runtime import metrics
-from tokenforge.runtime.logging import request_id_var
-from tokenforge.runtime.telemetry import current_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -57,37 +52,7 @@ def create_app(
         responses=ERROR_RESPONSES,
     )
 
-    @app.middleware("http")
-    async def request_id_middleware(request: Request, call_next: Any) -> Response:
-        request_id = new_request_id()
-        request.state.request_id = request_id
-        token = request_id_var.set(request_id)
-        started = time.perf_counter()
-        try:
-            response: Response = await call_next(request)
-        finally:
-            request_id_var.reset(token)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        elapsed = time.perf_counter() - started
-        metrics.HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        metrics.HTTP_LATENCY.labels(request.method, route).observe(elapsed)
-        token = request_id_var.set(request_id)
-        try:
-            log.info(
-                "%s %s -> %s in %.1f ms (bucket %s, charge %s)",
-                request.method,
-                route,
-                response.status_code,
-                elapsed * 1000,
-                response.headers.get("x-tokenforge-bucket", "-"),
-                response.headers.get("x-tokenforge-charge", "-"),
-            )
-        finally:
-            request_id_var.reset(token)
-        response.headers["x-request-id"] = request_id
-        if trace_id := current_trace_id():
-            response.headers["x-trace-id"] = trace_id
-        return response
+    app.add_middleware(RequestContextMiddleware)
 
     @app.exception_handler(DomainError)
     async def on_domain_error(request: Request, error: DomainError) -> Response:

@@ -4,11 +4,11 @@ person signs in with."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from services.gateway.console import ASSETS, MEDIA_TYPES
-from services.gateway.transport.http.common import Deps
+from services.gateway.transport.http.common import Deps, json_response
 from tokenforge.errors import DomainError, Reason
 
 # Same-origin only: no inline script, no third-party anything, no framing.
@@ -47,4 +47,36 @@ def router(deps: Deps) -> APIRouter:
             (ASSETS / name).read_bytes(), media_type=media_type, headers=SECURITY_HEADERS
         )
 
+    @r.get("/console/research/plan")
+    async def research_plan(request: Request) -> Response:
+        """The research assistant's plan for a topic (tokenforge.research.plan), as
+        data: the console writes the same sections with the same requests as
+        `tokenforge research`. Pure (no account, no money); the browser runs it."""
+        return json_response(research_plan_json(dict(request.query_params)))
+
     return r
+
+
+def research_plan_json(query: dict[str, str]) -> dict[str, object]:
+    from tokenforge.research.plan import DEFAULT_MAX_TOKENS, plan_report
+
+    def whole(name: str, default: int) -> int:
+        raw = query.get(name, "").strip() or str(default)
+        if not raw.isdigit():
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                f"`{name}` is a whole number; got {raw!r}.",
+                {"param": name},
+            )
+        return int(raw)
+
+    try:
+        plan = plan_report(
+            query.get("topic", ""),
+            query.get("model", "").strip() or "demo-chat",
+            whole("sections", 4),
+            whole("max_tokens", DEFAULT_MAX_TOKENS),
+        )
+    except ValueError as error:
+        raise DomainError(Reason.INVALID_ARGUMENT, str(error)) from None
+    return plan.as_json()

@@ -20,6 +20,7 @@ from services.gateway.handlers import (
     CHAT,
     EMBEDDINGS,
     ChatCommand,
+    annotate_span,
     complete,
     start_chat_stream,
 )
@@ -58,19 +59,8 @@ def router(deps: Deps) -> APIRouter:
             run_id=request.headers.get("x-tokenforge-run", "").strip(),
         )
 
-    def annotate(outcome_receipt: Any, headers: dict[str, str]) -> None:
-        r = outcome_receipt
-        trace.get_current_span().set_attributes(
-            {
-                "gen_ai.request.model": r.selected_model,
-                "gen_ai.response.model": r.upstream_model,
-                "gen_ai.usage.input_tokens": r.prompt_tokens,
-                "gen_ai.usage.output_tokens": r.completion_tokens,
-                "tokenforge.route": headers.get("x-tokenforge-route", ""),
-                "tokenforge.bucket": headers.get("x-tokenforge-bucket", ""),
-                "tokenforge.charge_micros": r.charge_micros,
-            }
-        )
+    def annotate(outcome_receipt: Any, operation: str) -> None:
+        annotate_span(trace.get_current_span(), outcome_receipt, operation)
 
     async def idempotent(request: Request, run: Callable[[], Awaitable[Response]]) -> Response:
         """Honour `Idempotency-Key`: one effect per key; a repeat gets the first answer."""
@@ -147,7 +137,7 @@ def router(deps: Deps) -> APIRouter:
                     headers={**stream.headers, "cache-control": "no-cache"},
                 )
             outcome = await complete(peers, upstream, command(request, body), CHAT)
-            annotate(outcome.receipt, outcome.headers)
+            annotate(outcome.receipt, "chat")
             return json_response(outcome.payload, outcome.status, outcome.headers)
 
         return await idempotent(request, run)
@@ -159,7 +149,7 @@ def router(deps: Deps) -> APIRouter:
 
         async def run() -> Response:
             outcome = await complete(peers, upstream, command(request, body), EMBEDDINGS)
-            annotate(outcome.receipt, outcome.headers)
+            annotate(outcome.receipt, "embeddings")
             return json_response(outcome.payload, outcome.status, outcome.headers)
 
         return await idempotent(request, run)
