@@ -7,19 +7,14 @@ browser download is never used. Screenshots land in tests/browser/screenshots/.
 
 from __future__ import annotations
 
-import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tokenforge.runtime.embedded import free_port
+from tests.devsystem import running_dev
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -38,32 +33,8 @@ SCREENSHOTS = Path(__file__).parent / "screenshots"
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A running `tokenforge dev` and its dev.json."""
-    state_dir = tmp_path_factory.mktemp("console-dev")
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenforge.cli", "dev", "--port", str(port)]
-        + ["--state-dir", str(state_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    path = state_dir / "dev.json"
-    deadline = time.monotonic() + 120
-    try:
-        while not path.exists():
-            if proc.poll() is not None:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                pytest.fail(f"tokenforge dev exited with {proc.returncode}:\n{out}")
-            if time.monotonic() > deadline:
-                pytest.fail("dev.json was not written in time")
-            time.sleep(0.2)
-        yield dict(json.loads(path.read_text()))
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+    with running_dev(tmp_path_factory.mktemp("console-dev")) as info:
+        yield info
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ servers, dev.json, the openai SDK, Ctrl-C, and a second start that keeps the dat
 
 from __future__ import annotations
 
-import json
-import signal
 import subprocess
 import sys
 import time
@@ -14,46 +12,9 @@ import httpx
 import openai
 import pytest
 
+from tests.devsystem import start_dev, stop_dev, wait_for_dev_json
 from tests.e2e.observability import check_dev_metrics, check_request_followed_in_logs
 from tokenforge.runtime.embedded import free_port
-
-
-def start_dev(state_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    (state_dir / "dev.json").unlink(missing_ok=True)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tokenforge.cli",
-            "dev",
-            "--port",
-            str(port),
-            "--state-dir",
-            str(state_dir),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def wait_for_dev_json(proc: subprocess.Popen[bytes], state_dir: Path, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    path = state_dir / "dev.json"
-    while time.monotonic() < deadline:
-        if path.exists():
-            return dict(json.loads(path.read_text()))
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            pytest.fail(f"tokenforge dev exited with {proc.returncode}:\n{out}")
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail("dev.json was not written in time")
-
-
-def stop_dev(proc: subprocess.Popen[bytes]) -> str:
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
-    return out.decode()
 
 
 def health(address: str) -> str:

@@ -5,8 +5,6 @@ modules are not imported)."""
 
 from __future__ import annotations
 
-import json
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tokenforge.runtime.embedded import free_port
+from tests.devsystem import running_dev
 
 
 @dataclass(frozen=True)
@@ -72,46 +70,8 @@ def wait_until(check: Any, timeout: float = 10.0) -> Any:
         time.sleep(0.1)
 
 
-def start_dev(state_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tokenforge.cli", "dev", "--port", str(port)]
-        + ["--state-dir", str(state_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def wait_for_dev_json(
-    proc: subprocess.Popen[bytes], state_dir: Path, timeout: float = 120
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    path = state_dir / "dev.json"
-    while time.monotonic() < deadline:
-        if path.exists():
-            return dict(json.loads(path.read_text()))
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            pytest.fail(f"tokenforge dev exited with {proc.returncode}:\n{out}")
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail("dev.json was not written in time")
-
-
-def stop_dev(proc: subprocess.Popen[bytes]) -> str:
-    proc.send_signal(signal.SIGINT)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out.decode()
-
-
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
     state_dir = tmp_path_factory.mktemp("cli-dev")
-    proc = start_dev(state_dir, free_port())
-    try:
-        yield Cli(state_dir, wait_for_dev_json(proc, state_dir))
-    finally:
-        stop_dev(proc)
+    with running_dev(state_dir) as info:
+        yield Cli(state_dir, info)
