@@ -48,11 +48,17 @@ class Operator:
         )
         return str(answer.project_id)
 
-    async def create_key(self, account_id: str, project_id: str, name: str) -> str:
+    async def create_key(
+        self,
+        account_id: str,
+        project_id: str,
+        name: str,
+        settings: routing_pb2.KeySettings | None = None,
+    ) -> str:
         answer = await self.routing.call(
             routing_pb2_grpc.RoutingServiceStub(self.routing.channel).CreateApiKey,
             routing_pb2.CreateApiKeyRequest(
-                account_id=account_id, project_id=project_id, name=name
+                account_id=account_id, project_id=project_id, name=name, settings=settings
             ),
         )
         return str(answer.api_key)

@@ -2,6 +2,12 @@
 
 Every step is keyed by the request id the gateway made first. A charge or a receipt
 id is only shown to the client once the settle and the receipt are recorded.
+
+When every allowed channel of the route fails before the first byte and the API key
+allows other routes (Resolve answered `fallback_routes`), the request moves to the
+next route: a new hold on that route's bucket at its prices (its own idempotency key,
+the same request id), then the old hold is released; the receipt lists every route
+tried (`route_attempts`) and names the route that paid.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from services.gateway.domain.planning import (
     shrink_to_budget,
     usage_from_response,
 )
+from services.gateway.domain.presenting import route_attempts_json
 from services.gateway.domain.settlement import Rule, Status, settle
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket, Money, Price, format_amount
@@ -92,11 +99,23 @@ class Prepared:
     hold: wallet_pb2.Hold
     upstream_body: dict[str, Any]
     started: datetime
+    # Set once the request fell back to another route: the route it is on now.
+    fallback_route: routing_pb2.Route | None = None
+    # The next of `resolved.fallback_routes` to try.
+    next_fallback: int = 0
+    # The routes left behind (or not payable), in order; empty while on the first.
+    route_attempts: list[usage_pb2.RouteAttempt] = field(default_factory=list)
+    # Channel attempts that ran on the routes left behind.
+    earlier_attempts: int = 0
 
     @property
     def route(self) -> routing_pb2.Route:
-        route: routing_pb2.Route = self.resolved.route
+        route: routing_pb2.Route = self.fallback_route or self.resolved.route
         return route
+
+    @property
+    def fell_back(self) -> bool:
+        return self.fallback_route is not None
 
     @property
     def held(self) -> Money:
@@ -126,10 +145,17 @@ async def resolve(
 
 
 async def place_hold(
-    peers: Peers, account_id: str, price: Price, plan: Plan, cmd: ChatCommand, ttl_s: int
+    peers: Peers,
+    account_id: str,
+    price: Price,
+    plan: Plan,
+    cmd: ChatCommand,
+    ttl_s: int,
+    idempotency_key: str = "",
 ) -> tuple[wallet_pb2.Hold, Plan]:
     """Hold the worst case; when the gateway chose the output cap, lower it to what the
-    available balance pays for rather than refuse."""
+    available balance pays for rather than refuse. `idempotency_key` (default: the
+    request id) names a request's second hold, on a fallback route."""
     for _ in range(2):
         request = wallet_pb2.HoldRequest(
             account_id=account_id,
@@ -138,6 +164,7 @@ async def place_hold(
             ttl_seconds=ttl_s,
             request_id=cmd.request_id,
             trace_id=cmd.trace_id,
+            idempotency_key=idempotency_key,
         )
         try:
             response = await peers.wallet.call(
@@ -292,11 +319,7 @@ async def prepare(peers: Peers, cmd: ChatCommand, endpoint: routing_pb2.Endpoint
     )
     route = resolved.route
     price = price_from_proto(bucket_from_proto(route.bucket), route.prices)
-    if endpoint == CHAT:
-        plan = plan_chat(cmd.body, price, resolved.max_output_tokens)
-    else:
-        plan = plan_embeddings(cmd.body, price)
-    total_timeout_s = sum((c.total_timeout_ms or 60_000) for c in route.channels) // 1000
+    plan = plan_for(cmd, endpoint, resolved, price)
     try:
         if cmd.run_id:
             hold, plan = await draw_from_run(peers, resolved.principal.account_id, price, plan, cmd)
@@ -307,22 +330,120 @@ async def prepare(peers: Peers, cmd: ChatCommand, endpoint: routing_pb2.Endpoint
                 price,
                 plan,
                 cmd,
-                total_timeout_s + HOLD_MARGIN_S,
+                hold_ttl(route),
             )
     except DomainError as error:
         report_outcome(peers, resolved, cmd.request_id, [], None)  # ends the lease
         if error.reason is Reason.INSUFFICIENT_BALANCE:
             await record_rejected(peers, cmd, resolved, endpoint, error, started)
         raise
+    body = upstream_body(cmd, endpoint, route, plan)
+    return Prepared(cmd, endpoint, resolved, price, plan, hold, body, started)
+
+
+def plan_for(
+    cmd: ChatCommand,
+    endpoint: routing_pb2.Endpoint,
+    resolved: routing_pb2.ResolveResponse,
+    price: Price,
+) -> Plan:
+    if endpoint == CHAT:
+        return plan_chat(cmd.body, price, resolved.max_output_tokens)
+    return plan_embeddings(cmd.body, price)
+
+
+def hold_ttl(route: routing_pb2.Route) -> int:
+    """A route's hold outlives every channel's total timeout."""
+    return sum((c.total_timeout_ms or 60_000) for c in route.channels) // 1000 + HOLD_MARGIN_S
+
+
+def upstream_body(
+    cmd: ChatCommand, endpoint: routing_pb2.Endpoint, route: routing_pb2.Route, plan: Plan
+) -> dict[str, Any]:
     body = dict(cmd.body)
     body["model"] = route.upstream_model
     if endpoint == CHAT and plan.output_cap_set_by_gateway:
         body["max_tokens"] = plan.max_output_tokens
-    return Prepared(cmd, endpoint, resolved, price, plan, hold, body, started)
+    return body
 
 
 def channels_to_try(p: Prepared) -> list[routing_pb2.Channel]:
     return list(p.route.channels)[: max(p.route.retry.max_attempts, 1)]
+
+
+def route_attempt(
+    route: routing_pb2.Route, hold_id: str, outcome: str, channel_attempts: int
+) -> usage_pb2.RouteAttempt:
+    return usage_pb2.RouteAttempt(
+        route_kind=route.kind,
+        bucket=route.bucket,
+        upstream_model=route.upstream_model,
+        prices=route.prices,
+        hold_id=hold_id,
+        outcome=outcome,
+        channel_attempts=channel_attempts,
+    )
+
+
+def may_fall_back(p: Prepared, attempts: list[Attempt]) -> bool:
+    """Every allowed channel of the route failed before the first byte, for a reason the
+    route retries on, and the key allowed other routes (a run's requests stay on the
+    run's bucket)."""
+    return (
+        not p.cmd.run_id
+        and bool(attempts)
+        and attempts[-1].outcome != "ok"
+        and retryable(attempts[-1].outcome, list(p.route.retry.retry_on))
+        and p.next_fallback < len(p.resolved.fallback_routes)
+    )
+
+
+async def fall_back(peers: Peers, p: Prepared, attempts: list[Attempt]) -> bool:
+    """Move the request to the next route the key allows: hold its worst case on that
+    route's bucket at its prices first (its own idempotency key, the same request id),
+    then release the hold of the route left behind (nothing is charged for it). A route
+    whose bucket cannot pay is skipped (listed, no hold). False when no route is left:
+    the request then ends on the route it is on."""
+    account_id = p.resolved.principal.account_id
+    while p.next_fallback < len(p.resolved.fallback_routes):
+        route: routing_pb2.Route = p.resolved.fallback_routes[p.next_fallback]
+        p.next_fallback += 1
+        price = price_from_proto(bucket_from_proto(route.bucket), route.prices)
+        plan = plan_for(p.cmd, p.endpoint, p.resolved, price)
+        key = f"{p.cmd.request_id}/route-{p.next_fallback + 1}"
+        try:
+            hold, plan = await place_hold(
+                peers, account_id, price, plan, p.cmd, hold_ttl(route), key
+            )
+        except DomainError as error:
+            if error.reason is not Reason.INSUFFICIENT_BALANCE:
+                raise
+            p.route_attempts.append(route_attempt(route, "", "insufficient_balance", 0))
+            continue
+        left = p.route
+        await peers.wallet.call(
+            peers.wallet_stub.Release,
+            wallet_pb2.ReleaseRequest(
+                hold_id=p.hold.hold_id,
+                reason=f"fallback_to_{route_kind_from_proto(route.kind)}",
+                account_id=account_id,
+            ),
+            request_id=p.cmd.request_id,
+        )
+        on_left = len(attempts) - p.earlier_attempts
+        p.route_attempts.append(route_attempt(left, p.hold.hold_id, "fell_back", on_left))
+        p.earlier_attempts = len(attempts)
+        log.info(
+            "request %s falls back from the %s route to the %s route",
+            p.cmd.request_id,
+            route_kind_from_proto(left.kind),
+            route_kind_from_proto(route.kind),
+        )
+        p.fallback_route = route
+        p.price, p.plan, p.hold = price, plan, hold
+        p.upstream_body = upstream_body(p.cmd, p.endpoint, route, plan)
+        return True
+    return False
 
 
 def new_receipt(p: Prepared, attempts: list[Attempt]) -> usage_pb2.Receipt:
@@ -344,9 +465,14 @@ def new_receipt(p: Prepared, attempts: list[Attempt]) -> usage_pb2.Receipt:
         trace_id=p.cmd.trace_id,
         catalog_version=p.resolved.catalog_version,
         endpoint=ENDPOINT_NAME[p.endpoint],
-        fallback_used=len(attempts) > 1,
+        fallback_used=len(attempts) > 1 or p.fell_back,
         run_id=p.cmd.run_id,
     )
+    if p.route_attempts:
+        receipt.route_attempts.extend(p.route_attempts)
+        receipt.route_attempts.append(
+            route_attempt(p.route, p.hold.hold_id, "final", len(attempts) - p.earlier_attempts)
+        )
     receipt.started_at.CopyFrom(timestamp(p.started))
     return receipt
 
@@ -431,15 +557,36 @@ async def finish_run_request(
     rule: Rule,
     error_code: str,
 ) -> tuple[usage_pb2.Receipt, Money]:
-    """Record the receipt of a run's request: usage adds its charge to the run in the
-    same transaction. If the run was settled first (it expired under the request),
-    the request is recorded with no charge."""
+    """Take the charge from the run's hold as this request's own ledger row (wallet
+    CapturePart), then record the receipt naming that row: usage adds the charge to
+    the run in the same transaction. If the run's hold ended first (the run was closed
+    or expired under the request), nothing was taken and the request is recorded with
+    no charge."""
     charge: Money = outcome.charge
     if outcome.usage is not None:
         receipt.prompt_tokens = outcome.usage.prompt_tokens
         receipt.completion_tokens = outcome.usage.completion_tokens
         receipt.cached_tokens = outcome.usage.cached_tokens
         receipt.tokens_reported = outcome.usage.reported
+    if charge.micros > 0:
+        try:
+            captured = await peers.wallet.call(
+                peers.wallet_stub.CapturePart,
+                wallet_pb2.CapturePartRequest(
+                    hold_id=receipt.hold_id,
+                    amount_micros=charge.micros,
+                    request_id=receipt.request_id,
+                    trace_id=receipt.trace_id,
+                    account_id=receipt.account_id,
+                ),
+                request_id=receipt.request_id,
+            )
+            receipt.entry_id = captured.entry.entry_id
+        except DomainError as error:
+            if error.reason not in (Reason.HOLD_NOT_OPEN, Reason.HOLD_EXPIRED):
+                raise
+            charge = Money(0, charge.bucket)
+            error_code = "run_settled_first"
     receipt.charge_micros = charge.micros
     receipt.status = RECEIPT_STATUS[outcome.status]
     receipt.error_code = error_code
@@ -494,12 +641,15 @@ async def complete(
     p = await prepare(peers, cmd, endpoint)
     attempts: list[Attempt] = []
     answer: UpstreamAnswer | None = None
-    for channel in channels_to_try(p):
-        answer = await upstream.post_json(channel, ENDPOINT_PATH[endpoint], p.upstream_body)
-        attempts.append(answer.attempt)
-        if answer.attempt.outcome == "ok" or not retryable(
-            answer.attempt.outcome, list(p.route.retry.retry_on)
-        ):
+    while True:
+        for channel in channels_to_try(p):
+            answer = await upstream.post_json(channel, ENDPOINT_PATH[endpoint], p.upstream_body)
+            attempts.append(answer.attempt)
+            if answer.attempt.outcome == "ok" or not retryable(
+                answer.attempt.outcome, list(p.route.retry.retry_on)
+            ):
+                break
+        if not may_fall_back(p, attempts) or not await fall_back(peers, p, attempts):
             break
     reported = usage_from_response(answer.payload) if answer and answer.payload else None
     if answer is None or answer.attempt.outcome != "ok":
@@ -673,24 +823,28 @@ async def start_chat_stream(peers: Peers, upstream: Upstream, cmd: ChatCommand) 
     p = await prepare(peers, cmd, CHAT)
     options = p.upstream_body.get("stream_options")
     client_wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-    p.upstream_body["stream_options"] = {**(options or {}), "include_usage": True}
     attempts: list[Attempt] = []
-    for channel in channels_to_try(p):
-        response, attempt = await open_stream(
-            upstream, channel, "/chat/completions", p.upstream_body
-        )
-        attempts.append(attempt)
-        if response is not None:
-            receipt = new_receipt(p, attempts)
-            return ChatStream(
-                peers,
-                p,
-                response,
-                attempts,
-                receipt_headers(receipt, final=False),
-                client_wants_usage,
+    while True:
+        p.upstream_body["stream_options"] = {**(options or {}), "include_usage": True}
+        for channel in channels_to_try(p):
+            response, attempt = await open_stream(
+                upstream, channel, "/chat/completions", p.upstream_body
             )
-        if not retryable(attempt.outcome, list(p.route.retry.retry_on)):
+            attempts.append(attempt)
+            if response is not None:
+                receipt = new_receipt(p, attempts)
+                return ChatStream(
+                    peers,
+                    p,
+                    response,
+                    attempts,
+                    receipt_headers(receipt, final=False),
+                    client_wants_usage,
+                )
+            if not retryable(attempt.outcome, list(p.route.retry.retry_on)):
+                break
+        # Nothing has reached the client yet: another route may still be tried.
+        if not may_fall_back(p, attempts) or not await fall_back(peers, p, attempts):
             break
     code = attempts[-1].outcome if attempts else "no_channel"
     _, charged = await finish(
@@ -735,6 +889,7 @@ def receipt_summary(receipt: usage_pb2.Receipt) -> dict[str, Any]:
             {"channel": a.channel_id, "outcome": a.outcome, "latency_ms": a.latency_ms}
             for a in receipt.attempts
         ],
+        "route_attempts": route_attempts_json(receipt),
         "prices": {
             "input_per_million": format_amount(receipt.prices.input_per_million_micros, bucket),
             "cached_input_per_million": format_amount(
@@ -757,6 +912,13 @@ def receipt_headers(receipt: usage_pb2.Receipt, final: bool = True) -> dict[str,
         "x-tokenforge-upstream-model": receipt.upstream_model,
         "x-tokenforge-receipt": f"/v1/usage/{receipt.request_id}",
     }
+    left = [a for a in receipt.route_attempts if a.outcome == "fell_back"]
+    if left:
+        # The route (and bucket) that paid is the one above; this names the way here.
+        path = [route_kind_from_proto(a.route_kind) for a in left]
+        headers["x-tokenforge-fallback-route"] = "->".join(
+            [*path, route_kind_from_proto(receipt.route_kind)]
+        )
     if final:
         headers["x-tokenforge-charge"] = format_amount(receipt.charge_micros, bucket)
         headers["x-tokenforge-charge-micros"] = str(receipt.charge_micros)

@@ -1,11 +1,13 @@
-"""Run use cases: open (one wallet hold for the whole budget), close (settle exactly
-what the run's requests spent, release the rest), and the sweeper that closes runs
-nobody closed. Requests draw on a run in handlers.prepare (usage.ReserveFromRun).
+"""Run use cases: open (one wallet hold for the whole budget), close (release what
+the run's hold still holds), and the sweeper that closes runs nobody closed. Requests
+draw on a run in handlers.prepare (usage.ReserveFromRun) and pay in
+handlers.finish_run_request.
 
-The ledger gets ONE request-charge row per run (the settle of the run's hold, its
-request id is the run id); the run's receipt lines (one receipt per request, each
-naming the run and its hold) sum to exactly that row: usage adds each line's charge to
-the run's `spent` in the same transaction that records the line.
+The ledger gets one request-charge row per charged request of the run: each request
+takes its charge from the run's hold as a part of its own (wallet CapturePart, the
+row carries the request id and the run's hold), and its receipt names that row. The
+run has no aggregate row; its lines sum to what its hold captured, and usage adds
+each line's charge to the run's `spent` in the same transaction that records it.
 """
 
 from __future__ import annotations
@@ -184,8 +186,10 @@ async def open_run(
 
 
 async def settle_run(peers: Peers, run: usage_pb2.Run, request_id: str) -> usage_pb2.RunReceipt:
-    """A closing run: wait (a little) for requests in flight, then settle the run's hold
-    for exactly what its lines spent, and record that settle on the run."""
+    """A closing run: wait (a little) for requests in flight, then release what the
+    run's hold still holds (its requests' parts stay charged: a part taken before the
+    release counts, one tried after it is refused), and record on the run what the
+    hold captured."""
     deadline = asyncio.get_running_loop().time() + CLOSE_WAIT_S
     while run.reserved_micros > 0 and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
@@ -196,39 +200,25 @@ async def settle_run(peers: Peers, run: usage_pb2.Run, request_id: str) -> usage
                 request_id=request_id,
             )
         ).run
-    entry_id = ""
     captured = 0
     try:
-        if run.spent_micros > 0:
-            settled = await peers.wallet.call(
-                peers.wallet_stub.Settle,
-                wallet_pb2.SettleRequest(
-                    hold_id=run.hold_id,
-                    amount_micros=run.spent_micros,
-                    trace_id=run.trace_id,
-                    account_id=run.account_id,
-                ),
-                request_id=request_id,
-            )
-            entry_id = settled.entry.entry_id if settled.HasField("entry") else ""
-            captured = settled.hold.captured_micros
-        else:
-            await peers.wallet.call(
-                peers.wallet_stub.Release,
-                wallet_pb2.ReleaseRequest(
-                    hold_id=run.hold_id, reason="run_closed", account_id=run.account_id
-                ),
-                request_id=request_id,
-            )
+        # Releasing an expired hold answers it too (its parts stay, the rest is back).
+        released = await peers.wallet.call(
+            peers.wallet_stub.Release,
+            wallet_pb2.ReleaseRequest(
+                hold_id=run.hold_id, reason="run_closed", account_id=run.account_id
+            ),
+            request_id=request_id,
+        )
+        captured = released.hold.captured_micros
     except DomainError as error:
-        # The wallet expired the hold first (the run outlived it): nothing was taken;
-        # the reconciliation reports the run's charged lines.
-        if error.reason not in (Reason.HOLD_EXPIRED, Reason.HOLD_NOT_OPEN):
+        # Settled by someone else (an operator): the reconciliation reports the run.
+        if error.reason is not Reason.HOLD_NOT_OPEN:
             raise
-        log.error("run %s: hold %s not settled: %s", run.run_id, run.hold_id, error.message)
+        log.error("run %s: hold %s not released: %s", run.run_id, run.hold_id, error.message)
     finished = await peers.usage.call(
         peers.usage_stub.FinishRun,
-        usage_pb2.FinishRunRequest(run_id=run.run_id, entry_id=entry_id, captured_micros=captured),
+        usage_pb2.FinishRunRequest(run_id=run.run_id, captured_micros=captured),
         request_id=request_id,
     )
     receipt: usage_pb2.RunReceipt = finished.receipt

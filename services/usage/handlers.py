@@ -57,8 +57,9 @@ async def record_receipt(command: RecordReceipt, uow: UnitOfWork) -> Receipt:
     """One receipt per request id: a replay answers the first, another receipt conflicts.
 
     A receipt of a run's request ends its draw in the same transaction: the slice goes
-    back to the run and the charge is added to what the run spent, so the run's spent
-    is always the sum of its recorded lines.
+    back to the run and the charge (already taken from the run's hold as the request's
+    own ledger row, `entry_id`) is added to what the run spent, so the run's spent is
+    always the sum of its recorded lines.
     """
     receipt = command.receipt
     validate(receipt)
@@ -91,7 +92,14 @@ async def _end_draw(uow: UnitOfWork, receipt: Receipt) -> None:
             )
         return
     if draw.state == "abandoned":
-        if receipt.charge_micros:
+        if receipt.charge_micros and receipt.entry_id:
+            # The wallet took this request's part before the run's hold ended; the
+            # run finished before the receipt arrived. The money was taken: it counts.
+            await uow.runs.save(run.add_late(receipt.charge_micros))
+            await uow.runs.save_draw(
+                replace(draw, charge_micros=receipt.charge_micros, state="committed")
+            )
+        elif receipt.charge_micros:
             raise DomainError(
                 Reason.HOLD_NOT_OPEN,
                 f"Run {run.run_id} was settled before request {receipt.request_id} ended; "

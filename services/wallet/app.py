@@ -31,7 +31,7 @@ SWEEP_INTERVAL_S = 1.0
 
 # Who may call what (callers are named by TOKENFORGE_CALLER_TOKENS; "internal" is the
 # shared internal token, kept so single-token deployments and tests still work):
-# - holds (Hold/Settle/Release/ExtendHold): the gateway, which runs requests, and
+# - holds (Hold/Settle/CapturePart/Release/ExtendHold): the gateway, which runs requests, and
 #   operators; no other service reserves or charges money;
 # - Credit: only the shared internal credential. Paid top-ups arrive on NATS and are
 #   credited in-process by the wallet's own consumer, so no service needs Credit over
@@ -43,6 +43,7 @@ POLICY = AccessPolicy(
     rules={
         "Hold": frozenset({Role.OPERATOR}),
         "Settle": frozenset({Role.OPERATOR}),
+        "CapturePart": frozenset({Role.OPERATOR}),
         "Release": frozenset({Role.OPERATOR}),
         "ExtendHold": frozenset({Role.OPERATOR}),
         "Credit": frozenset(),
@@ -53,6 +54,7 @@ POLICY = AccessPolicy(
     callers={
         "Hold": HOLD_CALLERS,
         "Settle": HOLD_CALLERS,
+        "CapturePart": HOLD_CALLERS,
         "Release": HOLD_CALLERS,
         "ExtendHold": HOLD_CALLERS,
         "Credit": frozenset({"internal"}),

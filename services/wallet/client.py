@@ -117,7 +117,10 @@ class WalletClient:
         *,
         ttl_seconds: int = 0,
         trace_id: str = "",
+        idempotency_key: str = "",
     ) -> wallet_pb2.Hold:
+        """`idempotency_key` defaults to the request id (a request's second hold, on a
+        fallback route's bucket, needs its own)."""
         answer = await self._call(
             "Hold",
             wallet_pb2.HoldRequest(
@@ -127,6 +130,7 @@ class WalletClient:
                 ttl_seconds=ttl_seconds,
                 request_id=request_id,
                 trace_id=trace_id,
+                idempotency_key=idempotency_key,
             ),
             request_id,
         )
@@ -147,6 +151,30 @@ class WalletClient:
             ),
         )
         found: wallet_pb2.SettleResponse = answer
+        return found
+
+    async def capture_part(
+        self,
+        hold_id: str,
+        amount_micros: int,
+        request_id: str,
+        *,
+        account_id: str = "",
+        trace_id: str = "",
+    ) -> wallet_pb2.CapturePartResponse:
+        """The hold (still open) and the part's ledger row (`entry`, when > 0)."""
+        answer = await self._call(
+            "CapturePart",
+            wallet_pb2.CapturePartRequest(
+                hold_id=hold_id,
+                amount_micros=amount_micros,
+                request_id=request_id,
+                account_id=account_id,
+                trace_id=trace_id,
+            ),
+            request_id=request_id,
+        )
+        found: wallet_pb2.CapturePartResponse = answer
         return found
 
     async def release(

@@ -26,6 +26,7 @@ from services.wallet.domain import commands
 from services.wallet.domain.model import (
     Balance,
     Hold,
+    HoldStatus,
     JournalEntry,
     account_not_found,
     adjustment,
@@ -36,6 +37,7 @@ from services.wallet.domain.model import (
     entry_not_found,
     hold_not_found,
     idempotency_conflict,
+    part_key,
     require_positive,
     reversal,
     reversal_key,
@@ -95,13 +97,17 @@ async def get_balances(cmd: commands.GetBalances, uow: UnitOfWork) -> list[Balan
 
 
 async def place_hold(cmd: commands.PlaceHold, uow: UnitOfWork) -> Hold:
-    """Reserve the worst case of a request (W2), once per (account, request_id) (W4).
+    """Reserve the worst case of a request (W2), once per (account, idempotency key)
+    (W4); the key is the request id unless the caller names another (a request's
+    second hold, on a fallback route's bucket).
 
-    One statement checks the request id, reserves from the bucket only if available
-    covers the amount, and inserts the hold (`WalletRepository.place_hold`).
+    One statement checks the key, reserves from the bucket only if available covers
+    the amount, and inserts the hold (`WalletRepository.place_hold`).
     """
     _require(cmd.request_id, "request_id")
     require_positive(cmd.amount, "A hold")
+    key_name = "idempotency_key" if cmd.idempotency_key else "request_id"
+    key = cmd.idempotency_key or cmd.request_id
 
     async def run() -> Hold:
         async with uow:
@@ -115,12 +121,13 @@ async def place_hold(cmd: commands.PlaceHold, uow: UnitOfWork) -> Hold:
                     cmd.ttl_seconds,
                     uow.now(),
                     cmd.trace_id,
+                    key,
                 )
                 placement = await uow.wallet.place_hold(hold)
                 if placement.existing is not None:
-                    if placement.existing.same_request(cmd.bucket, cmd.amount):
+                    if placement.existing.same_request(cmd.bucket, cmd.amount, cmd.request_id):
                         return placement.existing
-                    raise idempotency_conflict("request_id", cmd.request_id)
+                    raise idempotency_conflict(key_name, key)
                 if placement.balance is None:
                     raise account_not_found(cmd.account_id)
                 if placement.hold is not None:
@@ -188,11 +195,55 @@ async def settle_hold(cmd: commands.SettleHold, uow: UnitOfWork) -> Settled:
                     metrics.CHARGES.labels(hold.bucket.value).inc(cmd.amount)
                 return Settled(hold, charge)
             hold = await _current_hold(uow, hold_id, cmd.account_id)
-            if hold.is_replay_of_settle(cmd.amount):
+            if hold.status is HoldStatus.SETTLED:
+                # A replay settles the same amount as the settle's own row took (parts
+                # captured before it are not part of the settle).
                 entry = await uow.wallet.entry(hold.entry_id) if hold.entry_id else None
-                return Settled(hold, entry)
+                if hold.is_replay_of_settle(cmd.amount, -entry.amount if entry else 0):
+                    return Settled(hold, entry)
             hold.check_settle(cmd.amount, now)
     raise _unsettled(hold_id)
+
+
+async def capture_part(cmd: commands.CapturePart, uow: UnitOfWork) -> Settled:
+    """Take part of an open, unexpired hold into a request_charge row carrying the
+    part's request id; the hold stays open and holds that much less (one request of a
+    run). Once per (hold, request id): the same amount again answers the first part,
+    another amount is refused. The parts never add up to more than the hold. A zero
+    part writes no row (and so is not remembered)."""
+    hold_id = _hold_id(cmd.hold_id)
+    _require(cmd.request_id, "request_id")
+    check_charge(cmd.amount)
+    key = part_key(hold_id, cmd.request_id)
+
+    async def run() -> Settled:
+        async with uow:
+            await uow.single_statements()
+            for _ in range(_ATTEMPTS):
+                now = uow.now()
+                done = None
+                if cmd.amount > 0:
+                    done = await uow.wallet.capture_part(
+                        hold_id, cmd.amount, cmd.request_id, cmd.account_id, now, cmd.trace_id
+                    )
+                if done is not None:
+                    await uow.commit()
+                    hold, charge = done
+                    metrics.count_hold(hold.bucket, "part")
+                    metrics.CHARGES.labels(hold.bucket.value).inc(cmd.amount)
+                    return Settled(hold, charge)
+                hold = await _current_hold(uow, hold_id, cmd.account_id)
+                first = await uow.wallet.entry_by_key(key)
+                if first is not None:
+                    if -first.amount != cmd.amount:
+                        raise idempotency_conflict("request_id", cmd.request_id)
+                    return Settled(hold, first)
+                hold.check_settle(cmd.amount, now)
+                if cmd.amount == 0:
+                    return Settled(hold, None)
+        raise _unsettled(hold_id)
+
+    return await _replaying_duplicates(run)
 
 
 async def _current_hold(uow: UnitOfWork, hold_id: uuid.UUID, account_id: str) -> Hold:

@@ -1,6 +1,7 @@
 """The console's Research page in headless Chromium against `tokenforge dev`: the plan
 (the same sections and requests as `tokenforge research`), the estimate and balance
-before, progress per section, and an aggregate receipt that equals its ledger row."""
+before, progress per section, and an aggregate receipt whose lines each match their
+own ledger row and sum to the total."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def test_the_console_plan_is_the_research_cli_plan(dev: dict[str, Any]) -> None:
     assert too_many.status_code == 400 and "1 to 8 sections" in too_many.json()["error"]["message"]
 
 
-def test_research_report_shows_plan_then_progress_then_a_receipt_equal_to_its_ledger_row(
+def test_research_report_shows_plan_then_progress_then_a_receipt_whose_lines_are_ledger_rows(
     page: Any, dev: dict[str, Any]
 ) -> None:
     before = credit(dev)
@@ -100,14 +101,18 @@ def test_research_report_shows_plan_then_progress_then_a_receipt_equal_to_its_le
     shot(page, "research-receipt")
     with api(dev) as http:
         receipt = http.get(f"/v1/runs/{run_id}/receipt").json()
-        ledger = http.get("/v1/wallet/ledger", params={"request_id": run_id}).json()["data"]
+        ledger = http.get("/v1/wallet/ledger", params={"limit": 200}).json()["data"]
     charge = receipt["totals"]["charge"]["micros"]
     assert receipt["run"]["status"] == "closed" and receipt["totals"]["requests"] == 3
     assert sum(line["charge"]["micros"] for line in receipt["lines"]) == charge > 0
     assert charge <= 3 * worst
-    [row] = [e for e in ledger if e["kind"] == "request_charge"]
-    assert row["entry_id"] == receipt["ledger_entry_id"]
-    assert -row["amount"]["micros"] == charge
+    # Each line's ledger row matches its receipt; the lines sum to the total.
+    rows = {e["entry_id"]: e for e in ledger if e["kind"] == "request_charge"}
+    for line in receipt["lines"]:
+        row = rows[line["ledger_entry_id"]]
+        assert row["request_id"] == line["request_id"]
+        assert -row["amount"]["micros"] == line["charge"]["micros"]
+    assert receipt["ledger_entry_id"] is None
     expect(receipt_panel.locator('[data-testid="research-charge"]')).to_have_text(
         receipt["totals"]["charge"]["display"]
     )
@@ -118,12 +123,15 @@ def test_research_report_shows_plan_then_progress_then_a_receipt_equal_to_its_le
     # The hold is gone; only the report's charge left the balance.
     assert credit(dev) == {"posted": before["posted"] - charge, "held": before["held"]}
 
-    receipt_panel.locator('[data-testid="research-ledger-link"]').click()
+    expect(receipt_panel.locator('[data-testid="research-ledger-rows"]')).to_contain_text(
+        "one per request"
+    )
+    first = receipt["lines"][0]
+    receipt_panel.locator('[data-testid="research-line-ledger-link"]').first.click()
     highlighted = page.locator("#ledger tr.highlight")
     expect(highlighted).to_contain_text("Request cost")
-    expect(highlighted).to_contain_text("-" + receipt["totals"]["charge"]["display"])
-    expect(highlighted).to_contain_text(f"Run {run_id}")
-    assert highlighted.get_attribute("data-entry") == receipt["ledger_entry_id"]
+    expect(highlighted).to_contain_text("-" + first["charge"]["display"])
+    assert highlighted.get_attribute("data-entry") == first["ledger_entry_id"]
 
 
 def test_research_that_cannot_be_planned_says_why_and_holds_nothing(

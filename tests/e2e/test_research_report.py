@@ -1,5 +1,5 @@
 """The research assistant writes a report on the mock upstream, on a run, and its
-final receipt matches the ledger."""
+final receipt matches the ledger: one row per section's request."""
 
 from __future__ import annotations
 
@@ -19,9 +19,7 @@ async def test_research_report_completes_on_a_run_and_its_receipt_matches_the_le
     plan = plan_report("EUR/USD carry trade", "demo-chat", sections=3, max_tokens=60)
     async with system.http(key) as http:
         outcome = await write_report(http, plan, shown.append)
-        ledger = (
-            await http.get("/v1/wallet/ledger", params={"request_id": outcome.run["id"]})
-        ).json()
+        ledger = (await http.get("/v1/wallet/ledger", params={"limit": 100})).json()
         after = await balances(http)
 
     charge = outcome.receipt["totals"]["charge"]["micros"]
@@ -30,9 +28,14 @@ async def test_research_report_completes_on_a_run_and_its_receipt_matches_the_le
     assert "Sections:" in shown[0] and "Worst case" in shown[0] and "Available" in shown[0]
     assert [line.startswith(f"[{i}/3]") for i, line in enumerate(shown[1:4], 1)] == [True] * 3
     assert outcome.receipt["totals"]["requests"] == 3 and charge > 0
-    rows = [e for e in ledger["data"] if e["kind"] == "request_charge"]
-    assert [-e["amount"]["micros"] for e in rows] == [charge]
-    assert rows[0]["entry_id"] == outcome.receipt["ledger_entry_id"]
+    # Each section's request has its own ledger row; the rows sum to the run's total.
+    rows = {e["entry_id"]: e for e in ledger["data"] if e["kind"] == "request_charge"}
+    lines = outcome.receipt["lines"]
+    assert sorted(rows) == sorted(line["ledger_entry_id"] for line in lines)
+    for line in lines:
+        assert rows[line["ledger_entry_id"]]["request_id"] == line["request_id"]
+        assert -rows[line["ledger_entry_id"]]["amount"]["micros"] == line["charge"]["micros"]
+    assert sum(-e["amount"]["micros"] for e in rows.values()) == charge
     assert after["credit"]["posted"] == 2_000_000 - charge and after["credit"]["held"] == 0
     await assert_reconciled(system, tmp_path, account)
 

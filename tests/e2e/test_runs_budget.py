@@ -58,7 +58,7 @@ async def test_a_run_for_five_requests_lets_exactly_five_of_twenty_racing_throug
         answers = await asyncio.gather(*(one() for _ in range(20)))
         closed = (await http.post(f"/v1/runs/{run['id']}/close")).json()
         after = await balances(http)
-        ledger = (await http.get("/v1/wallet/ledger", params={"request_id": run["id"]})).json()
+        ledger = (await http.get("/v1/wallet/ledger", params={"limit": 100})).json()
 
     assert run["budget"]["micros"] == budget_micros
     assert run["hold"]["amount"]["micros"] == budget_micros
@@ -74,9 +74,15 @@ async def test_a_run_for_five_requests_lets_exactly_five_of_twenty_racing_throug
     assert totals["charge"]["micros"] == sum(line["charge"]["micros"] for line in closed["lines"])
     assert totals["completion_tokens"] == sum(line["completion_tokens"] for line in closed["lines"])
     assert [m["charge"]["micros"] for m in closed["models"]] == [totals["charge"]["micros"]]
-    # One ledger row for the run: the settle of its hold, equal to the sum of its lines.
-    rows = [e for e in ledger["data"] if e["kind"] == "request_charge"]
-    assert [-e["amount"]["micros"] for e in rows] == [totals["charge"]["micros"]]
+    # One ledger row per request of the run (its part of the run's hold), each matching
+    # its line; no aggregate row for the run.
+    rows = {e["entry_id"]: e for e in ledger["data"] if e["kind"] == "request_charge"}
+    assert len(rows) == 5 and closed["ledger_entry_id"] is None
+    for line in closed["lines"]:
+        row = rows[line["ledger_entry_id"]]
+        assert row["request_id"] == line["request_id"]
+        assert -row["amount"]["micros"] == line["charge"]["micros"] > 0
+    assert sum(-e["amount"]["micros"] for e in rows.values()) == totals["charge"]["micros"]
     assert after["credit"]["held"] == 0
     assert after["credit"]["posted"] == 5_000_000 - totals["charge"]["micros"]
     await assert_reconciled(system, tmp_path, account)
@@ -146,3 +152,34 @@ async def test_a_forgotten_run_expires_and_releases_its_hold(system: System) -> 
         after = await balances(http)
     assert swept.run.status == usage_pb2.RUN_STATUS_EXPIRED
     assert after["credit"] == {"posted": 1_000_000, "held": 0, "available": 1_000_000}
+
+
+async def test_a_request_whose_run_hold_ended_first_is_recorded_without_a_charge(
+    system: System, tmp_path: Path
+) -> None:
+    account, key = await system.new_account(credit=5_000_000)
+    body = {**BODY, "stream": False}
+    async with system.http(key) as http:
+        run = (await http.post("/v1/runs", json={"model": "test-slow", "budget": "0.5"})).json()
+        # The wallet ended the run's hold under the run (as if it had expired).
+        peers = peers_of(system)
+        try:
+            await peers.wallet.call(
+                peers.wallet_stub.Release,
+                wallet_pb2.ReleaseRequest(hold_id=run["hold"]["hold_id"], reason="test"),
+            )
+        finally:
+            await peers.close()
+        answer = await http.post(
+            "/v1/chat/completions", json=body, headers={"x-tokenforge-run": run["id"]}
+        )
+        receipt = (await http.get(f"/v1/usage/{answer.headers['x-request-id']}")).json()
+        closed = (await http.post(f"/v1/runs/{run['id']}/close")).json()
+        after = await balances(http)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["usage"]["cost_micros"] == 0
+    assert receipt["charge"]["micros"] == 0 and receipt["error"] == "run_settled_first"
+    assert receipt["ledger_entry_id"] is None
+    assert closed["run"]["status"] == "closed" and closed["totals"]["charge"]["micros"] == 0
+    assert after["credit"] == {"posted": 5_000_000, "held": 0, "available": 5_000_000}
+    await assert_reconciled(system, tmp_path, account)

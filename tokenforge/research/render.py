@@ -60,6 +60,16 @@ def receipt(run_receipt: dict[str, Any]) -> str:
         f"{totals['completion_tokens']} out tokens, {totals['charge']['display']} "
         f"in {totals['duration_ms'] / 1000:.1f} s (budget {run['budget']['display']}, "
         "the rest was returned)",
-        f"Ledger row: {run_receipt['ledger_entry_id'] or 'none (nothing charged)'}",
+        "Ledger rows: " + _ledger_rows(run_receipt),
     ]
     return "\n".join(lines)
+
+
+def _ledger_rows(run_receipt: dict[str, Any]) -> str:
+    """One ledger row per charged request (older runs: one row for the run)."""
+    if run_receipt.get("ledger_entry_id"):
+        return str(run_receipt["ledger_entry_id"])
+    rows = [line["ledger_entry_id"] for line in run_receipt["lines"] if line.get("ledger_entry_id")]
+    if not rows:
+        return "none (nothing charged)"
+    return f"{len(rows)}, one per request: " + ", ".join(rows)

@@ -94,6 +94,7 @@ def receipt_json(r: usage_pb2.Receipt) -> dict[str, Any]:
             for a in r.attempts
         ],
         "fallback_used": r.fallback_used,
+        "route_attempts": route_attempts_json(r),
         "tokens": {
             "prompt": r.prompt_tokens,
             "cached": r.cached_tokens,
@@ -118,6 +119,30 @@ def receipt_json(r: usage_pb2.Receipt) -> dict[str, Any]:
         "started_at": iso(r.started_at),
         "finished_at": iso(r.finished_at),
     }
+
+
+def route_attempts_json(r: usage_pb2.Receipt) -> list[dict[str, Any]]:
+    """Every route the request was tried on when it fell back to another route (empty
+    when it stayed on its route); the last one paid."""
+    rows = []
+    for a in r.route_attempts:
+        bucket = bucket_from_proto(a.bucket)
+        rows.append(
+            {
+                "route": route_kind_from_proto(a.route_kind),
+                "bucket": bucket.value,
+                "bucket_label": bucket.label,
+                "upstream_model": a.upstream_model,
+                "prices": {
+                    "input_per_million": amount(a.prices.input_per_million_micros, bucket),
+                    "output_per_million": amount(a.prices.output_per_million_micros, bucket),
+                },
+                "hold_id": a.hold_id or None,
+                "outcome": a.outcome,
+                "channel_attempts": a.channel_attempts,
+            }
+        )
+    return rows
 
 
 def topup_status_text(t: payments_pb2.TopUp, now: datetime | None = None) -> str:

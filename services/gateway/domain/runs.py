@@ -112,8 +112,10 @@ def run_json(run: Any) -> dict[str, Any]:
 
 
 def run_receipt_json(receipt: Any) -> dict[str, Any]:
-    """A usage_pb2.RunReceipt: lines, totals per model, totals; the charge is the run's
-    one ledger row."""
+    """A usage_pb2.RunReceipt: lines, totals per model, totals. Each charged line has
+    its own ledger row (its part of the run's hold); the lines sum to the total.
+    `ledger_entry_id` is only set for runs closed with one aggregate row (before
+    per-request rows)."""
     from tokenforge.wire import bucket_from_proto
 
     bucket = bucket_from_proto(receipt.run.bucket)
@@ -132,6 +134,7 @@ def run_receipt_json(receipt: Any) -> dict[str, Any]:
                 "cached_tokens": line.cached_tokens,
                 "completion_tokens": line.completion_tokens,
                 "charge": _amount(line.charge_micros, bucket),
+                "ledger_entry_id": line.entry_id or None,
                 "receipt_url": f"/v1/usage/{line.request_id}",
             }
             for line in receipt.lines
@@ -156,5 +159,4 @@ def run_receipt_json(receipt: Any) -> dict[str, Any]:
             "duration_ms": receipt.duration_ms,
         },
         "ledger_entry_id": receipt.run.entry_id or None,
-        "ledger_url": f"/v1/wallet/ledger?request_id={receipt.run.run_id}",
     }

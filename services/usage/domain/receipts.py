@@ -54,6 +54,21 @@ class Prices:
 
 
 @dataclass(frozen=True)
+class RouteAttempt:
+    """One route a request was tried on when it fell back to another route."""
+
+    route_kind: RouteKind | None
+    bucket: Bucket | None
+    upstream_model: str = ""
+    prices: Prices = Prices()
+    # Empty when the route's bucket could not pay the worst case (not tried).
+    hold_id: str = ""
+    # "fell_back" (released), "insufficient_balance" (no hold), "final" (it paid).
+    outcome: str = ""
+    channel_attempts: int = 0
+
+
+@dataclass(frozen=True)
 class Receipt:
     request_id: str
     account_id: str
@@ -85,6 +100,15 @@ class Receipt:
     error_code: str = ""
     # Which row of the gateway's settlement table decided the charge.
     settlement_rule: str = ""
+    # Every route tried, when the request fell back to another route (else empty).
+    route_attempts: tuple[RouteAttempt, ...] = ()
+
+    @property
+    def released_hold_ids(self) -> tuple[str, ...]:
+        """Holds placed for this request on routes it left (fell back from)."""
+        return tuple(
+            a.hold_id for a in self.route_attempts if a.hold_id and a.hold_id != self.hold_id
+        )
 
     def same_as(self, stored: Receipt) -> bool:
         """Is this the receipt already stored (a replay), not a different one?

@@ -9,11 +9,15 @@ How the money stays exact:
 - each request of the run reserves a slice of the run's remaining budget here, under
   a row lock on the run (`reserve`): never more than budget - reserved - spent, so
   however many requests race, the slices never exceed the hold;
-- when the request ends, its charge (never above its slice) is added to `spent` and
-  its slice goes back (`commit`); its receipt names the run and the run's hold;
-- closing (or expiring) stops new draws, then the gateway settles the run's hold for
-  exactly `spent` (the rest is released) and records that settle here (`finish`):
-  one ledger row for the run, whose amount is the sum of the run's receipt lines.
+- when the request ends, the gateway first takes its charge (never above its slice)
+  from the run's hold as a part of its own (wallet CapturePart: one ledger row per
+  request, carrying the request id), then records its receipt, which names the run,
+  the run's hold and that row; recording it adds the charge to `spent` and gives the
+  slice back (`commit`);
+- closing (or expiring) stops new draws, then the gateway releases what the run's
+  hold still holds (the parts stay charged) and records what the hold captured here
+  (`finish`): the run has one ledger row per charged request and no aggregate row;
+  the lines sum to what the hold captured.
 
 Statuses: open -> closing -> closed | expired. Closing is the short state between
 "no new draws" and "the wallet settled"; a run left closing (a gateway died) is
@@ -126,6 +130,14 @@ class Run:
             requests=self.requests + 1,
         )
 
+    def add_late(self, charge_micros: int) -> Run:
+        """A request whose part the wallet took before the run's hold ended, recorded
+        after the run finished (its slice was already given back): the money was
+        taken, so it counts."""
+        return replace(
+            self, spent_micros=self.spent_micros + charge_micros, requests=self.requests + 1
+        )
+
     def close(self, now: datetime, expiring: bool = False) -> Run:
         """No more draws. A run already closing, closed or expired stays as it is."""
         if self.status is not RunStatus.OPEN:
@@ -135,7 +147,10 @@ class Run:
     def finish(
         self, entry_id: str, captured_micros: int, abandoned_micros: int, now: datetime
     ) -> Run:
-        """The wallet settled the run's hold: closed (or expired, for the sweeper)."""
+        """The wallet ended the run's hold: closed (or expired, for the sweeper).
+        `captured_micros` is what the hold captured in all (its parts); `entry_id`
+        is empty unless the hold was settled with a row of its own (runs closed
+        before parts existed)."""
         if self.status in (RunStatus.CLOSED, RunStatus.EXPIRED):
             return self
         if self.status is not RunStatus.CLOSING:

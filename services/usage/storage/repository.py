@@ -19,6 +19,7 @@ from services.usage.domain.receipts import (
     Receipt,
     ReceiptFilter,
     ReceiptStatus,
+    RouteAttempt,
     RouteKind,
 )
 from services.usage.domain.runs import Draw, Run, RunStatus
@@ -44,6 +45,50 @@ class ReceiptRepository(abc.ABC):
     @abc.abstractmethod
     async def aggregate(self, where: ReceiptFilter, by: AggregateBy) -> builtins.list[AggregateRow]:
         """Sums per (group, bucket), groups in ascending order."""
+
+
+def _prices_json(p: Prices) -> dict[str, int]:
+    return {
+        "input": p.input_per_million,
+        "cached_input": p.cached_input_per_million,
+        "output": p.output_per_million,
+        "request_fee": p.request_fee,
+    }
+
+
+def _route_attempts_json(receipt: Receipt) -> list[dict[str, Any]]:
+    return [
+        {
+            "route_kind": a.route_kind.value if a.route_kind else None,
+            "bucket": a.bucket.value if a.bucket else None,
+            "upstream_model": a.upstream_model,
+            "prices": _prices_json(a.prices),
+            "hold_id": a.hold_id,
+            "outcome": a.outcome,
+            "channel_attempts": a.channel_attempts,
+        }
+        for a in receipt.route_attempts
+    ]
+
+
+def _route_attempts(rows: list[dict[str, Any]] | None) -> tuple[RouteAttempt, ...]:
+    return tuple(
+        RouteAttempt(
+            route_kind=RouteKind(a["route_kind"]) if a.get("route_kind") else None,
+            bucket=Bucket(a["bucket"]) if a.get("bucket") else None,
+            upstream_model=a.get("upstream_model", ""),
+            prices=Prices(
+                input_per_million=int(a["prices"]["input"]),
+                cached_input_per_million=int(a["prices"]["cached_input"]),
+                output_per_million=int(a["prices"]["output"]),
+                request_fee=int(a["prices"]["request_fee"]),
+            ),
+            hold_id=a.get("hold_id", ""),
+            outcome=a.get("outcome", ""),
+            channel_attempts=int(a.get("channel_attempts", 0)),
+        )
+        for a in rows or []
+    )
 
 
 def to_row(receipt: Receipt) -> dict[str, Any]:
@@ -79,6 +124,7 @@ def to_row(receipt: Receipt) -> dict[str, Any]:
         "fallback_used": receipt.fallback_used,
         "error_code": receipt.error_code,
         "settlement_rule": receipt.settlement_rule,
+        "route_attempts": _route_attempts_json(receipt),
         "started_at": receipt.started_at,
         "finished_at": receipt.finished_at,
     }
@@ -120,6 +166,7 @@ def from_row(row: Any) -> Receipt:
         finished_at=row.finished_at,
         error_code=row.error_code,
         settlement_rule=row.settlement_rule,
+        route_attempts=_route_attempts(row.route_attempts),
     )
 
 

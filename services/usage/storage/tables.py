@@ -13,6 +13,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -50,6 +51,9 @@ receipts = Table(
     Column("fallback_used", Boolean, nullable=False),
     Column("error_code", Text, nullable=False),
     Column("settlement_rule", Text, nullable=False, server_default=""),
+    # [{"route_kind", "bucket", "upstream_model", "prices", "hold_id", "outcome",
+    #   "channel_attempts"}, ...] when the request fell back to another route.
+    Column("route_attempts", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True), nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),

@@ -15,6 +15,7 @@ from services.usage.domain.receipts import (
     Receipt,
     ReceiptFilter,
     ReceiptStatus,
+    RouteAttempt,
     RouteKind,
 )
 from services.usage.domain.runs import ModelTotal, Run, RunReceipt, RunStatus
@@ -53,6 +54,48 @@ def _route_kind(value: int) -> RouteKind:
 
 def _optional_enum(value: int, convert: Callable[[int], T]) -> T | None:
     return convert(value) if value else None
+
+
+def _prices_from_wire(wire: common_pb2.Prices) -> Prices:
+    return Prices(
+        input_per_million=wire.input_per_million_micros,
+        cached_input_per_million=wire.cached_input_per_million_micros,
+        output_per_million=wire.output_per_million_micros,
+        request_fee=wire.request_fee_micros,
+    )
+
+
+def _prices_to_wire(prices: Prices) -> common_pb2.Prices:
+    return common_pb2.Prices(
+        input_per_million_micros=prices.input_per_million,
+        cached_input_per_million_micros=prices.cached_input_per_million,
+        output_per_million_micros=prices.output_per_million,
+        request_fee_micros=prices.request_fee,
+    )
+
+
+def _route_attempt_from_wire(wire: usage_pb2.RouteAttempt) -> RouteAttempt:
+    return RouteAttempt(
+        route_kind=_optional_enum(wire.route_kind, _route_kind),
+        bucket=_optional_enum(wire.bucket, bucket_from_proto),
+        upstream_model=wire.upstream_model,
+        prices=_prices_from_wire(wire.prices),
+        hold_id=wire.hold_id,
+        outcome=wire.outcome,
+        channel_attempts=wire.channel_attempts,
+    )
+
+
+def _route_attempt_to_wire(attempt: RouteAttempt) -> usage_pb2.RouteAttempt:
+    return usage_pb2.RouteAttempt(
+        route_kind=route_kind_to_proto(attempt.route_kind) if attempt.route_kind else None,
+        bucket=bucket_to_proto(attempt.bucket) if attempt.bucket else None,
+        upstream_model=attempt.upstream_model,
+        prices=_prices_to_wire(attempt.prices),
+        hold_id=attempt.hold_id,
+        outcome=attempt.outcome,
+        channel_attempts=attempt.channel_attempts,
+    )
 
 
 def receipt_from_wire(wire: usage_pb2.Receipt) -> Receipt:
@@ -97,6 +140,7 @@ def receipt_from_wire(wire: usage_pb2.Receipt) -> Receipt:
         finished_at=from_timestamp(wire.finished_at),
         error_code=wire.error_code,
         settlement_rule=wire.settlement_rule,
+        route_attempts=tuple(_route_attempt_from_wire(a) for a in wire.route_attempts),
     )
 
 
@@ -137,6 +181,7 @@ def receipt_to_wire(receipt: Receipt) -> usage_pb2.Receipt:
         finished_at=timestamp(receipt.finished_at),
         error_code=receipt.error_code,
         settlement_rule=receipt.settlement_rule,
+        route_attempts=[_route_attempt_to_wire(a) for a in receipt.route_attempts],
     )
 
 

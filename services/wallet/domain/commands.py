@@ -27,6 +27,8 @@ class PlaceHold:
     request_id: str
     ttl_seconds: int = 0
     trace_id: str = ""
+    # One hold per (account, key); empty: the request id.
+    idempotency_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,17 @@ class SettleHold:
     amount: int
     trace_id: str = ""
     # When set, a hold of another account is not found.
+    account_id: str = ""
+
+
+@dataclass(frozen=True)
+class CapturePart:
+    """Take `amount` of an open hold for one request (`request_id`), keep it open."""
+
+    hold_id: str
+    amount: int
+    request_id: str
+    trace_id: str = ""
     account_id: str = ""
 
 

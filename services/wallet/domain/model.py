@@ -3,7 +3,9 @@
 Money rules enforced here (see DESIGN.md):
 - W1 every journal entry's postings sum to zero (`JournalEntry.__post_init__`);
 - W2 a hold is placed only when available = posted - held covers it (`Balance.reserve`);
-- W3 a hold ends exactly once: settled, released or expired (`Hold`);
+- W3 a hold ends exactly once: settled, released or expired (`Hold`); before it ends,
+  parts of it may be captured (`Hold.capture_part`, a run's requests), never more in
+  all than the hold;
 - W6 an entry moves money within one bucket only.
 """
 
@@ -153,6 +155,13 @@ class Hold:
     entry_id: uuid.UUID | None = None
     ended_at: datetime | None = None
     trace_id: str = ""
+    # One hold per (account, key); the key is the request id unless the request needs
+    # a second hold (a fallback to another route: another bucket).
+    idempotency_key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.idempotency_key:
+            self.idempotency_key = self.request_id
 
     @classmethod
     def place(
@@ -180,6 +189,7 @@ class Hold:
         ttl_seconds: int,
         now: datetime,
         trace_id: str = "",
+        idempotency_key: str = "",
     ) -> Hold:
         """The hold a request asks for, before its bucket reserves it (`Balance.reserve`,
         or the storage's single statement that checks W2 and reserves in one step)."""
@@ -194,14 +204,23 @@ class Hold:
             created_at=now,
             expires_at=now + ttl,
             trace_id=trace_id,
+            idempotency_key=idempotency_key or request_id,
         )
 
-    def can_settle(self, amount: int, now: datetime) -> bool:
-        """Open, unexpired and holding at least `amount` (`check_settle` says why not)."""
-        return self.is_open and not self.is_past_expiry(now) and 0 <= amount <= self.amount
+    @property
+    def remaining(self) -> int:
+        """What the hold still reserves: its amount less the parts captured, while open."""
+        return self.amount - self.captured if self.is_open else 0
 
-    def same_request(self, bucket: Bucket, amount: int) -> bool:
-        return self.bucket is bucket and self.amount == amount
+    def can_settle(self, amount: int, now: datetime) -> bool:
+        """Open, unexpired and still holding at least `amount` (`check_settle` says why
+        not)."""
+        return self.is_open and not self.is_past_expiry(now) and 0 <= amount <= self.remaining
+
+    def same_request(self, bucket: Bucket, amount: int, request_id: str | None = None) -> bool:
+        """A replay of the hold: same bucket and amount (and request id, when given)."""
+        same_id = request_id is None or request_id == self.request_id
+        return self.bucket is bucket and self.amount == amount and same_id
 
     @property
     def is_open(self) -> bool:
@@ -211,35 +230,55 @@ class Hold:
         return now >= self.expires_at
 
     def check_settle(self, amount: int, now: datetime) -> None:
-        """Refuse a settle that must change nothing (for an open hold)."""
+        """Refuse a settle (or a part) that must change nothing (for an open hold)."""
         check_charge(amount)
         if self.status is HoldStatus.EXPIRED or (self.is_open and self.is_past_expiry(now)):
             raise self._expired()
         if not self.is_open:
             raise self._not_open()
-        if amount > self.amount:
+        if amount > self.remaining:
+            parts = (
+                f" ({format_amount(self.captured, self.bucket)} already captured in parts)"
+                if self.captured
+                else ""
+            )
             raise DomainError(
                 Reason.SETTLE_ABOVE_HOLD,
                 f"A settle never exceeds its hold: the hold is "
-                f"{format_amount(self.amount, self.bucket)}, the charge "
-                f"{format_amount(amount, self.bucket)}. Charge at most the held amount.",
+                f"{format_amount(self.amount, self.bucket)}{parts}, the charge "
+                f"{format_amount(amount, self.bucket)}. Charge at most what is still held "
+                f"({format_amount(self.remaining, self.bucket)}).",
                 {
                     "hold_id": str(self.hold_id),
-                    "held_micros": str(self.amount),
+                    "held_micros": str(self.remaining),
                     "requested_micros": str(amount),
                 },
             )
 
     def settle(self, amount: int, balance: Balance, now: datetime) -> int:
-        """Capture `amount`, give the rest back; returns the posted balance after."""
+        """Capture `amount` of what is still held, give the rest back, end the hold;
+        returns the posted balance after. Parts captured before stay captured."""
         self.check_settle(amount, now)
+        remaining = self.remaining
         self.status = HoldStatus.SETTLED
-        self.captured = amount
+        self.captured += amount
         self.ended_at = now
-        return balance.capture(self.amount, amount)
+        return balance.capture(remaining, amount)
 
-    def is_replay_of_settle(self, amount: int) -> bool:
-        return self.status is HoldStatus.SETTLED and self.captured == amount
+    def is_replay_of_settle(self, amount: int, settle_charge: int | None = None) -> bool:
+        """Settled, and the settle itself took `amount`: `settle_charge` is what the
+        settle's own ledger row took (0 without a row); by default all the hold
+        captured (a hold without parts)."""
+        taken = self.captured if settle_charge is None else settle_charge
+        return self.status is HoldStatus.SETTLED and taken == amount
+
+    def capture_part(self, amount: int, balance: Balance, now: datetime) -> int:
+        """Capture `amount` (> 0) of what is still held and leave the hold open (one
+        request of a run); returns the posted balance after."""
+        require_positive(amount, "A part")
+        self.check_settle(amount, now)
+        self.captured += amount
+        return balance.capture(amount, amount)
 
     def extend(self, ttl_seconds: int, now: datetime) -> bool:
         """Expire `ttl_seconds` from now (never earlier than already, never past the
@@ -288,22 +327,23 @@ class Hold:
             raise self._not_open()
 
     def release(self, balance: Balance, now: datetime) -> bool:
-        """Give the hold back whole; False when it had already ended without a charge."""
+        """Give back what is still held (the whole hold, unless parts were captured:
+        those stay charged); False when it had already ended without a settle."""
         self.check_release()
         if self.status in (HoldStatus.RELEASED, HoldStatus.EXPIRED):
             return False
+        balance.unreserve(self.remaining)
         self.status = HoldStatus.RELEASED
         self.ended_at = now
-        balance.unreserve(self.amount)
         return True
 
     def expire(self, balance: Balance, now: datetime) -> bool:
         """End an open hold whose TTL has passed; False when there is nothing to do."""
         if not self.is_open or not self.is_past_expiry(now):
             return False
+        balance.unreserve(self.remaining)
         self.status = HoldStatus.EXPIRED
         self.ended_at = now
-        balance.unreserve(self.amount)
         return True
 
     def _not_open(self) -> DomainError:
@@ -400,6 +440,11 @@ def settle_key(hold_id: uuid.UUID) -> str:
     return f"settle:{hold_id}"
 
 
+def part_key(hold_id: uuid.UUID, request_id: str) -> str:
+    """One part per request of a hold (W4)."""
+    return f"part:{hold_id}:{request_id}"
+
+
 def topup_key(order_id: str) -> str:
     return f"topup:{order_id}"
 
@@ -409,18 +454,49 @@ def adjustment_key(key: str) -> str:
 
 
 def request_charge(
-    hold: Hold, balance: Balance, balance_after: int, now: datetime, trace_id: str
+    hold: Hold,
+    balance: Balance,
+    balance_after: int,
+    now: datetime,
+    trace_id: str,
+    amount: int | None = None,
 ) -> JournalEntry:
-    """The ledger row of a settled request: the user pays revenue."""
+    """The ledger row of a settled request: the user pays revenue. `amount` is the
+    settle's own capture (default: all the hold captured)."""
     return _entry(
         EntryKind.REQUEST_CHARGE,
         balance,
-        -hold.captured,
+        -(hold.captured if amount is None else amount),
         balance_after,
         REVENUE,
         settle_key(hold.hold_id),
         now,
         request_id=hold.request_id,
+        hold_id=hold.hold_id,
+        trace_id=trace_id or hold.trace_id,
+    )
+
+
+def part_charge(
+    hold: Hold,
+    balance: Balance,
+    amount: int,
+    balance_after: int,
+    request_id: str,
+    now: datetime,
+    trace_id: str,
+) -> JournalEntry:
+    """The ledger row of one part of a hold: one request of a run, with its own
+    request id (so its receipt and its row find each other)."""
+    return _entry(
+        EntryKind.REQUEST_CHARGE,
+        balance,
+        -amount,
+        balance_after,
+        REVENUE,
+        part_key(hold.hold_id, request_id),
+        now,
+        request_id=request_id,
         hold_id=hold.hold_id,
         trace_id=trace_id or hold.trace_id,
     )

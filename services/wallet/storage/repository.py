@@ -22,6 +22,8 @@ from services.wallet.domain.model import (
     HoldStatus,
     JournalEntry,
     Posting,
+    part_charge,
+    part_key,
     request_charge,
     settle_key,
 )
@@ -92,12 +94,12 @@ class WalletRepository(abc.ABC):
     statement (docs/PERFORMANCE.md, "Wallet")."""
 
     async def place_hold(self, hold: Hold) -> HoldPlacement:
-        """If the account already has a hold for `hold.request_id`, return it (W4);
+        """If the account already has a hold for `hold.idempotency_key`, return it (W4);
         else reserve `hold.amount` from the bucket if available (W2) and add `hold`."""
         balance = await self.lock_balance(hold.account_id, hold.bucket)
         if balance is None:
             return HoldPlacement(None, None, None)
-        existing = await self.hold_by_request(hold.account_id, hold.request_id)
+        existing = await self.hold_by_key(hold.account_id, hold.idempotency_key)
         if existing is not None:
             return HoldPlacement(None, existing, balance)
         if balance.available < hold.amount:
@@ -121,9 +123,36 @@ class WalletRepository(abc.ABC):
         balance_after = hold.settle(amount, balance, now)
         charge: JournalEntry | None = None
         if amount > 0:
-            charge = request_charge(hold, balance, balance_after, now, trace_id)
+            charge = request_charge(hold, balance, balance_after, now, trace_id, amount)
             await self.add_entry(charge)
             hold.entry_id = charge.entry_id
+        await self.save_hold(hold)
+        await self.save_balance(balance)
+        return hold, charge
+
+    async def capture_part(
+        self,
+        hold_id: uuid.UUID,
+        amount: int,
+        request_id: str,
+        account_id: str,
+        now: datetime,
+        trace_id: str,
+    ) -> tuple[Hold, JournalEntry] | None:
+        """Capture `amount` (> 0) of the hold into a request_charge entry carrying
+        `request_id`, if the hold is open, unexpired, still holds `amount`, belongs to
+        `account_id` (when given) and has no part for `request_id` yet; the hold stays
+        open. None when nothing was captured."""
+        hold = await self.lock_hold(hold_id)
+        if hold is None or not hold.belongs_to(account_id) or not hold.can_settle(amount, now):
+            return None
+        if amount <= 0 or await self.entry_by_key(part_key(hold_id, request_id)) is not None:
+            return None
+        balance = await self.lock_balance(hold.account_id, hold.bucket)
+        assert balance is not None, "a hold's bucket exists"
+        balance_after = hold.capture_part(amount, balance, now)
+        charge = part_charge(hold, balance, amount, balance_after, request_id, now, trace_id)
+        await self.add_entry(charge)
         await self.save_hold(hold)
         await self.save_balance(balance)
         return hold, charge
@@ -161,7 +190,7 @@ class WalletRepository(abc.ABC):
     async def save_balance(self, balance: Balance) -> None: ...
 
     @abc.abstractmethod
-    async def hold_by_request(self, account_id: str, request_id: str) -> Hold | None: ...
+    async def hold_by_key(self, account_id: str, idempotency_key: str) -> Hold | None: ...
 
     @abc.abstractmethod
     async def lock_hold(self, hold_id: uuid.UUID) -> Hold | None: ...
@@ -221,6 +250,7 @@ def _hold(row: Any) -> Hold:
         entry_id=row.entry_id,
         ended_at=row.ended_at,
         trace_id=row.trace_id,
+        idempotency_key=row.idempotency_key,
     )
 
 
@@ -244,17 +274,26 @@ _BAD_BALANCES = text(
       LEFT JOIN (SELECT ledger_account, sum(amount) AS folded FROM wallet.postings
                   WHERE ledger_account LIKE 'user:%' GROUP BY ledger_account) f
         ON f.ledger_account = 'user:' || b.account_id || ':' || b.bucket
-      LEFT JOIN (SELECT account_id, bucket, sum(amount) AS open_sum FROM wallet.holds
+      LEFT JOIN (SELECT account_id, bucket, sum(amount - captured) AS open_sum
+                   FROM wallet.holds
                   WHERE status = 'open' GROUP BY account_id, bucket) h
         ON h.account_id = b.account_id AND h.bucket = b.bucket
      WHERE b.posted <> coalesce(f.folded, 0) OR b.held <> coalesce(h.open_sum, 0)
         OR b.posted < 0 OR b.held < 0 OR b.posted - b.held < 0
     """
 )
+# A hold's charge rows are its parts (key `part:<hold>:<request>`, any number, while
+# open) and at most one settle row (key `settle:<hold>`, the hold's `entry_id`); what
+# the hold captured is exactly their sum.
 _BAD_HOLDS = text(
     """
     WITH charges AS (
-        SELECT e.hold_id, count(DISTINCT e.entry_id) AS n, -coalesce(sum(p.amount), 0) AS total
+        SELECT e.hold_id,
+               count(*) FILTER (WHERE e.idempotency_key LIKE 'settle:%') AS settles,
+               -coalesce(sum(p.amount) FILTER (WHERE e.idempotency_key LIKE 'settle:%'), 0)
+                   AS settled,
+               count(*) FILTER (WHERE e.idempotency_key LIKE 'part:%') AS parts,
+               -coalesce(sum(p.amount), 0) AS total
           FROM wallet.journal_entries e
           JOIN wallet.postings p
             ON p.entry_id = e.entry_id AND p.ledger_account LIKE 'user:%'
@@ -262,16 +301,19 @@ _BAD_HOLDS = text(
          GROUP BY e.hold_id
     )
     SELECT h.hold_id, h.status, h.captured, h.ended_at, h.entry_id,
-           coalesce(c.n, 0) AS charges, coalesce(c.total, 0) AS charged
+           coalesce(c.settles, 0) AS settles, coalesce(c.settled, 0) AS settled,
+           coalesce(c.parts, 0) AS parts, coalesce(c.total, 0) AS charged
       FROM wallet.holds h
       LEFT JOIN charges c ON c.hold_id = h.hold_id
-     WHERE (h.status = 'open' AND (h.ended_at IS NOT NULL OR h.captured <> 0
-                                   OR h.entry_id IS NOT NULL OR coalesce(c.n, 0) > 0))
+     WHERE h.captured <> coalesce(c.total, 0)
+        OR coalesce(c.settles, 0) > 1
+        OR (h.status = 'open' AND (h.ended_at IS NOT NULL OR h.entry_id IS NOT NULL
+                                   OR coalesce(c.settles, 0) > 0))
         OR (h.status <> 'open' AND h.ended_at IS NULL)
-        OR (h.status IN ('released', 'expired') AND (h.captured <> 0 OR coalesce(c.n, 0) > 0))
-        OR (h.status = 'settled' AND h.captured > 0
-            AND (coalesce(c.n, 0) <> 1 OR h.entry_id IS NULL OR c.total <> h.captured))
-        OR (h.status = 'settled' AND h.captured = 0 AND coalesce(c.n, 0) > 0)
+        OR (h.status IN ('released', 'expired')
+            AND (coalesce(c.settles, 0) > 0 OR h.entry_id IS NOT NULL))
+        OR (h.status = 'settled'
+            AND (h.entry_id IS NULL) <> (coalesce(c.settles, 0) = 0))
     """
 )
 
@@ -285,7 +327,8 @@ _PLACE_HOLD = text(
     """
     WITH existing AS (
         SELECT * FROM wallet.holds
-         WHERE account_id = CAST(:account_id AS text) AND request_id = CAST(:request_id AS text)
+         WHERE account_id = CAST(:account_id AS text)
+           AND idempotency_key = CAST(:idempotency_key AS text)
     ), reserved AS (
         UPDATE wallet.balances SET held = held + CAST(:amount AS bigint)
          WHERE account_id = CAST(:account_id AS text) AND bucket = CAST(:bucket AS text)
@@ -294,11 +337,12 @@ _PLACE_HOLD = text(
         RETURNING posted, held
     ), placed AS (
         INSERT INTO wallet.holds (hold_id, account_id, bucket, amount, captured, status,
-                                  request_id, trace_id, expires_at, created_at)
+                                  request_id, trace_id, expires_at, created_at,
+                                  idempotency_key)
         SELECT CAST(:hold_id AS uuid), CAST(:account_id AS text), CAST(:bucket AS text),
                CAST(:amount AS bigint), 0, 'open', CAST(:request_id AS text),
                CAST(:trace_id AS text), CAST(:expires_at AS timestamptz),
-               CAST(:created_at AS timestamptz)
+               CAST(:created_at AS timestamptz), CAST(:idempotency_key AS text)
           FROM reserved
         RETURNING hold_id
     )
@@ -306,7 +350,7 @@ _PLACE_HOLD = text(
            r.posted AS posted_after, r.held AS held_after,
            b.posted AS seen_posted, b.held AS seen_held, b.account_id IS NOT NULL AS found,
            e.hold_id, e.account_id, e.bucket, e.amount, e.captured, e.status, e.request_id,
-           e.trace_id, e.expires_at, e.entry_id, e.created_at, e.ended_at
+           e.trace_id, e.expires_at, e.entry_id, e.created_at, e.ended_at, e.idempotency_key
       FROM (SELECT 1) AS one
       LEFT JOIN reserved r ON true
       LEFT JOIN wallet.balances b
@@ -314,21 +358,26 @@ _PLACE_HOLD = text(
       LEFT JOIN existing e ON true
     """
 )
+# A settle captures :amount of what is still held (amount - captured: parts captured
+# before stay), ends the hold and gives the rest back; `captured` in SET is the value
+# before the statement, so the hold's remaining is s.amount - (s.captured - :amount).
 _SETTLE_HOLD = text(
     """
     WITH settled AS (
         UPDATE wallet.holds
-           SET status = 'settled', captured = CAST(:amount AS bigint),
+           SET status = 'settled', captured = captured + CAST(:amount AS bigint),
                ended_at = CAST(:now AS timestamptz),
                entry_id = CASE WHEN CAST(:amount AS bigint) > 0
                                THEN CAST(:entry_id AS uuid) END
          WHERE hold_id = CAST(:hold_id AS uuid) AND status = 'open'
-           AND expires_at > CAST(:now AS timestamptz) AND amount >= CAST(:amount AS bigint)
+           AND expires_at > CAST(:now AS timestamptz)
+           AND amount - captured >= CAST(:amount AS bigint)
            AND (CAST(:account_id AS text) = '' OR account_id = CAST(:account_id AS text))
         RETURNING *
     ), balance AS (
         UPDATE wallet.balances b
-           SET held = b.held - s.amount, posted = b.posted - s.captured
+           SET held = b.held - (s.amount - s.captured + CAST(:amount AS bigint)),
+               posted = b.posted - CAST(:amount AS bigint)
           FROM settled s
          WHERE b.account_id = s.account_id AND b.bucket = s.bucket
         RETURNING b.posted, b.held
@@ -339,7 +388,7 @@ _SETTLE_HOLD = text(
                s.request_id, s.hold_id, coalesce(nullif(CAST(:trace_id AS text), ''), s.trace_id),
                CAST(:idempotency_key AS text), CAST(:now AS timestamptz)
           FROM settled s
-         WHERE s.captured > 0
+         WHERE CAST(:amount AS bigint) > 0
         RETURNING seq
     ), charged AS (
         INSERT INTO wallet.postings (entry_id, ledger_account, bucket, amount, balance_after)
@@ -348,8 +397,9 @@ _SETTLE_HOLD = text(
          CROSS JOIN balance b
          CROSS JOIN entry e
          CROSS JOIN LATERAL (VALUES
-               (1, 'user:' || s.account_id || ':' || s.bucket, -s.captured, b.posted),
-               (2, 'system:revenue:' || s.bucket, s.captured, NULL)
+               (1, 'user:' || s.account_id || ':' || s.bucket, -CAST(:amount AS bigint),
+                b.posted),
+               (2, 'system:revenue:' || s.bucket, CAST(:amount AS bigint), NULL)
          ) AS p(n, ledger_account, amount, balance_after)
          ORDER BY p.n
     )
@@ -367,7 +417,7 @@ _RELEASE_HOLD = text(
            AND (CAST(:account_id AS text) = '' OR account_id = CAST(:account_id AS text))
         RETURNING *
     ), balance AS (
-        UPDATE wallet.balances b SET held = b.held - r.amount
+        UPDATE wallet.balances b SET held = b.held - (r.amount - r.captured)
           FROM released r
          WHERE b.account_id = r.account_id AND b.bucket = r.bucket
         RETURNING b.held
@@ -375,19 +425,67 @@ _RELEASE_HOLD = text(
     SELECT r.* FROM released r CROSS JOIN balance b
     """
 )
+# A part: :amount of what is still held becomes a request_charge row carrying the
+# request's own id; the hold stays open. The NOT EXISTS is the fast replay check; the
+# unique idempotency key is the guard when two calls with one key race.
+_CAPTURE_PART = text(
+    """
+    WITH captured AS (
+        UPDATE wallet.holds SET captured = captured + CAST(:amount AS bigint)
+         WHERE hold_id = CAST(:hold_id AS uuid) AND status = 'open'
+           AND expires_at > CAST(:now AS timestamptz)
+           AND amount - captured >= CAST(:amount AS bigint) AND CAST(:amount AS bigint) > 0
+           AND (CAST(:account_id AS text) = '' OR account_id = CAST(:account_id AS text))
+           AND NOT EXISTS (SELECT 1 FROM wallet.journal_entries
+                            WHERE idempotency_key = CAST(:idempotency_key AS text))
+        RETURNING *
+    ), balance AS (
+        UPDATE wallet.balances b
+           SET held = b.held - CAST(:amount AS bigint), posted = b.posted - CAST(:amount AS bigint)
+          FROM captured c
+         WHERE b.account_id = c.account_id AND b.bucket = c.bucket
+        RETURNING b.posted, b.held
+    ), entry AS (
+        INSERT INTO wallet.journal_entries (entry_id, kind, account_id, bucket, request_id,
+                                            hold_id, trace_id, idempotency_key, created_at)
+        SELECT CAST(:entry_id AS uuid), 'request_charge', c.account_id, c.bucket,
+               CAST(:request_id AS text), c.hold_id,
+               coalesce(nullif(CAST(:trace_id AS text), ''), c.trace_id),
+               CAST(:idempotency_key AS text), CAST(:now AS timestamptz)
+          FROM captured c
+        RETURNING seq
+    ), charged AS (
+        INSERT INTO wallet.postings (entry_id, ledger_account, bucket, amount, balance_after)
+        SELECT CAST(:entry_id AS uuid), p.ledger_account, c.bucket, p.amount, p.balance_after
+          FROM captured c
+         CROSS JOIN balance b
+         CROSS JOIN entry e
+         CROSS JOIN LATERAL (VALUES
+               (1, 'user:' || c.account_id || ':' || c.bucket, -CAST(:amount AS bigint),
+                b.posted),
+               (2, 'system:revenue:' || c.bucket, CAST(:amount AS bigint), NULL)
+         ) AS p(n, ledger_account, amount, balance_after)
+         ORDER BY p.n
+    )
+    SELECT c.*, b.posted AS posted_after, b.held AS held_after, e.seq AS entry_seq
+      FROM captured c
+     CROSS JOIN balance b
+     CROSS JOIN entry e
+    """
+)
 
 
 def _hold_problem(row: Any) -> str:
+    rows = f"{row.parts} part rows and {row.settles} settle rows totalling {row.charged}"
+    if row.captured != row.charged:
+        return f"{row.status} hold captured {row.captured} but has {rows}"
     if row.status == HoldStatus.OPEN.value:
-        return "open hold carries an end (ended_at, a capture or a charge)"
+        return f"open hold carries an end (ended_at, a settle or its entry): {rows}"
     if row.ended_at is None:
         return f"{row.status} hold has no ended_at"
     if row.status != HoldStatus.SETTLED.value:
-        return f"{row.status} hold was charged ({row.charges} charge rows, captured {row.captured})"
-    return (
-        f"settled hold captured {row.captured} but has {row.charges} charge rows "
-        f"totalling {row.charged}"
-    )
+        return f"{row.status} hold was settled ({rows}, entry {row.entry_id})"
+    return f"settled hold names entry {row.entry_id} but has {rows}"
 
 
 def _hold_values(hold: Hold) -> dict[str, Any]:
@@ -404,6 +502,7 @@ def _hold_values(hold: Hold) -> dict[str, Any]:
         "entry_id": hold.entry_id,
         "created_at": hold.created_at,
         "ended_at": hold.ended_at,
+        "idempotency_key": hold.idempotency_key,
     }
 
 
@@ -432,6 +531,7 @@ class SqlAlchemyWalletRepository(WalletRepository):
                     "trace_id": hold.trace_id,
                     "expires_at": hold.expires_at,
                     "created_at": hold.created_at,
+                    "idempotency_key": hold.idempotency_key,
                 },
             )
         except IntegrityError as error:
@@ -473,11 +573,49 @@ class SqlAlchemyWalletRepository(WalletRepository):
         if row is None:
             return None
         hold = _hold(row)
-        if hold.captured == 0:
+        if amount == 0:
             return hold, None
         balance = Balance(hold.account_id, hold.bucket, row.posted_after, row.held_after)
         # The same entry the statement wrote, built by the domain's rule.
-        charge = request_charge(hold, balance, row.posted_after, now, trace_id)
+        charge = request_charge(hold, balance, row.posted_after, now, trace_id, amount)
+        return hold, dataclasses.replace(charge, entry_id=entry_id, seq=row.entry_seq)
+
+    async def capture_part(
+        self,
+        hold_id: uuid.UUID,
+        amount: int,
+        request_id: str,
+        account_id: str,
+        now: datetime,
+        trace_id: str,
+    ) -> tuple[Hold, JournalEntry] | None:
+        entry_id = uuid.uuid4()
+        try:
+            rows = await self.session.execute(
+                _CAPTURE_PART,
+                {
+                    "hold_id": hold_id,
+                    "amount": amount,
+                    "request_id": request_id,
+                    "account_id": account_id,
+                    "now": now,
+                    "entry_id": entry_id,
+                    "trace_id": trace_id,
+                    "idempotency_key": part_key(hold_id, request_id),
+                },
+            )
+        except IntegrityError as error:
+            # The same part captured by a concurrent call: this statement rolled back
+            # whole; the caller replays the winner.
+            if getattr(error.orig, "sqlstate", None) == UNIQUE_VIOLATION:
+                raise DuplicateKey(str(error.orig)) from error
+            raise
+        row = rows.first()
+        if row is None:
+            return None
+        hold = _hold(row)
+        balance = Balance(hold.account_id, hold.bucket, row.posted_after, row.held_after)
+        charge = part_charge(hold, balance, amount, row.posted_after, request_id, now, trace_id)
         return hold, dataclasses.replace(charge, entry_id=entry_id, seq=row.entry_seq)
 
     async def release_open_hold(
@@ -530,9 +668,11 @@ class SqlAlchemyWalletRepository(WalletRepository):
             .values(posted=balance.posted, held=balance.held)
         )
 
-    async def hold_by_request(self, account_id: str, request_id: str) -> Hold | None:
+    async def hold_by_key(self, account_id: str, idempotency_key: str) -> Hold | None:
         rows = await self.session.execute(
-            select(holds).where(holds.c.account_id == account_id, holds.c.request_id == request_id)
+            select(holds).where(
+                holds.c.account_id == account_id, holds.c.idempotency_key == idempotency_key
+            )
         )
         row = rows.first()
         return _hold(row) if row is not None else None

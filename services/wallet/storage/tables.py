@@ -108,7 +108,10 @@ holds = Table(
     Column("entry_id", Uuid, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("ended_at", DateTime(timezone=True), nullable=True),
-    UniqueConstraint("account_id", "request_id", name="holds_account_request"),
+    # One hold per (account, key): the request id, or the key of a request's second
+    # hold (a fallback route); several holds may carry one request id.
+    Column("idempotency_key", Text, nullable=False),
+    UniqueConstraint("account_id", "idempotency_key", name="holds_account_key"),
     CheckConstraint("amount > 0", name="holds_amount_positive"),
     CheckConstraint("captured >= 0 AND captured <= amount", name="holds_captured_within"),
     CheckConstraint("status IN ('open', 'settled', 'released', 'expired')", name="holds_status"),

@@ -162,6 +162,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
             request_id=request.request_id,
             ttl_seconds=request.ttl_seconds,
             trace_id=request.trace_id or current_trace_id(),
+            idempotency_key=request.idempotency_key,
         )
         hold = await handlers.place_hold(cmd, self._uow())
         return wallet_pb2.HoldResponse(hold=hold_pb(hold))
@@ -177,6 +178,20 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
         response = wallet_pb2.SettleResponse(hold=hold_pb(settled.hold))
         if settled.entry is not None:
             response.entry.CopyFrom(entry_pb(settled.entry))
+        return response
+
+    async def CapturePart(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        cmd = commands.CapturePart(
+            hold_id=request.hold_id,
+            amount=request.amount_micros,
+            request_id=request.request_id,
+            trace_id=request.trace_id or current_trace_id(),
+            account_id=request.account_id,
+        )
+        captured = await handlers.capture_part(cmd, self._uow())
+        response = wallet_pb2.CapturePartResponse(hold=hold_pb(captured.hold))
+        if captured.entry is not None:
+            response.entry.CopyFrom(entry_pb(captured.entry))
         return response
 
     async def Release(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -183,6 +183,29 @@ async def test_finishing_a_run_abandons_draws_in_flight_and_answers_its_receipt(
     assert refused.value.reason is Reason.HOLD_NOT_OPEN
 
 
+async def test_a_late_line_whose_part_the_wallet_took_still_counts_on_the_finished_run(
+    usage: Any,
+) -> None:
+    account = f"acct-{uuid.uuid4()}"
+    run_id = await open_run(usage, account, 500, timedelta(minutes=10))
+    await usage.call(
+        "ReserveFromRun",
+        usage_pb2.ReserveFromRunRequest(
+            account_id=account, run_id=run_id, request_id=f"{run_id}-0", amount_micros=100
+        ),
+    )
+    await usage.call("CloseRun", usage_pb2.CloseRunRequest(account_id=account, run_id=run_id))
+    # The wallet took the request's part (40) before the run's hold was released.
+    await usage.call("FinishRun", usage_pb2.FinishRunRequest(run_id=run_id, captured_micros=40))
+    late = receipt(
+        account, request_id=f"{run_id}-0", run_id=run_id, charge_micros=40, entry_id="e-part"
+    )
+    await record_all(usage, [late])
+    run = (await usage.call("GetRun", usage_pb2.GetRunRequest(run_id=run_id))).run
+    assert (run.status, run.reserved_micros) == (usage_pb2.RUN_STATUS_CLOSED, 0)
+    assert (run.spent_micros, run.captured_micros, run.requests) == (40, 40, 1)
+
+
 async def test_expire_runs_answers_open_runs_past_their_expiry(usage: Any) -> None:
     account = f"acct-{uuid.uuid4()}"
     stale = await open_run(usage, account, 500, timedelta(seconds=-1))

@@ -1,5 +1,5 @@
-"""A Hypothesis state machine drives the wallet's use cases (credit, hold, settle,
-release, extend, expire, adjust, reverse) against the REAL database through the
+"""A Hypothesis state machine drives the wallet's use cases (credit, hold, capture a
+part, settle, release, extend, expire, adjust, reverse) against the REAL database through the
 handlers and the SQLAlchemy unit of work, next to a plain-Python model; after every
 step the stored balances must equal the model, available is never below zero, and
 every balance is the fold of its ledger; after every run the whole wallet reconciles.
@@ -42,7 +42,12 @@ class ModelHold:
     created_at: datetime
     expires_at: datetime
     status: str = "open"
+    # Parts and the settle together.
     captured: int = 0
+    # What the settle itself took (parts captured before it are not part of it).
+    settled: int = 0
+    # Parts by request id (zero parts are not remembered).
+    parts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,7 +66,9 @@ class Model:
     entries: list[ModelEntry] = field(default_factory=list)
 
     def held(self, bucket: Bucket) -> int:
-        return sum(h.amount for h in self.holds if h.bucket is bucket and h.status == "open")
+        return sum(
+            h.amount - h.captured for h in self.holds if h.bucket is bucket and h.status == "open"
+        )
 
     def available(self, bucket: Bucket) -> int:
         return self.posted[bucket] - self.held(bucket)
@@ -163,17 +170,18 @@ class WalletMachine(RuleBasedStateMachine):
         h = self.pick_hold(pick)
         amount = max(0, int(h.amount * fraction) + extra)
         call = handlers.settle_hold(commands.SettleHold(h.hold_id, amount), self.uow())
-        if h.status == "settled" and h.captured == amount:
+        if h.status == "settled" and h.settled == amount:
             assert self.refused(call) is None  # a replay answers the first result
         elif h.status == "expired" or (h.status == "open" and self.now >= h.expires_at):
             assert self.refused(call) is Reason.HOLD_EXPIRED
         elif h.status != "open":
             assert self.refused(call) is Reason.HOLD_NOT_OPEN
-        elif amount > h.amount:
+        elif amount > h.amount - h.captured:
             assert self.refused(call) is Reason.SETTLE_ABOVE_HOLD
         else:
             settled = self.do(call)
-            h.status, h.captured = "settled", amount
+            assert settled.hold.captured == h.captured + amount
+            h.status, h.captured, h.settled = "settled", h.captured + amount, amount
             self.model.posted[h.bucket] -= amount
             if amount:
                 assert settled.entry is not None
@@ -182,6 +190,47 @@ class WalletMachine(RuleBasedStateMachine):
                         str(settled.entry.entry_id), EntryKind.REQUEST_CHARGE, h.bucket, -amount
                     )
                 )
+
+    @precondition(lambda self: self.model.holds)
+    @rule(
+        pick=st.integers(0, 10_000),
+        extra=st.integers(-5, 5),
+        fraction=st.floats(0, 1),
+        again=st.booleans(),
+    )
+    def capture_part(self, pick: int, extra: int, fraction: float, again: bool) -> None:
+        h = self.pick_hold(pick)
+        amount = max(0, int((h.amount - h.captured) * fraction) + extra)
+        request_id = next(iter(h.parts)) if again and h.parts else f"part-{uuid.uuid4()}"
+        call = handlers.capture_part(
+            commands.CapturePart(h.hold_id, amount, request_id), self.uow()
+        )
+        if request_id in h.parts:
+            if h.parts[request_id] == amount:
+                assert self.refused(call) is None  # a replay answers the first part
+            else:
+                assert self.refused(call) is Reason.IDEMPOTENCY_CONFLICT
+        elif h.status == "expired" or (h.status == "open" and self.now >= h.expires_at):
+            assert self.refused(call) is Reason.HOLD_EXPIRED
+        elif h.status != "open":
+            assert self.refused(call) is Reason.HOLD_NOT_OPEN
+        elif amount > h.amount - h.captured:
+            assert self.refused(call) is Reason.SETTLE_ABOVE_HOLD
+        else:
+            captured = self.do(call)
+            assert captured.hold.status.value == "open"
+            if amount == 0:
+                assert captured.entry is None
+                return
+            assert captured.entry is not None and captured.entry.request_id == request_id
+            h.captured += amount
+            h.parts[request_id] = amount
+            self.model.posted[h.bucket] -= amount
+            self.model.entries.append(
+                ModelEntry(
+                    str(captured.entry.entry_id), EntryKind.REQUEST_CHARGE, h.bucket, -amount
+                )
+            )
 
     @precondition(lambda self: self.model.holds)
     @rule(pick=st.integers(0, 10_000))

@@ -44,6 +44,7 @@ def test_the_receipt_text_shows_lines_totals_and_the_ledger_row() -> None:
                     "prompt_tokens": 5,
                     "completion_tokens": 7,
                     "charge": money,
+                    "ledger_entry_id": "e1",
                 }
             ],
             "models": [{"model": "demo-chat", "requests": 1, "charge": money}],
@@ -54,10 +55,11 @@ def test_the_receipt_text_shows_lines_totals_and_the_ledger_row() -> None:
                 "charge": money,
                 "duration_ms": 1500,
             },
-            "ledger_entry_id": "e1",
+            "ledger_entry_id": None,
         }
     )
-    assert "r1" in text and "Total: 1 requests" in text and "Ledger row: e1" in text
+    assert "r1" in text and "Total: 1 requests" in text
+    assert "Ledger rows: 1, one per request: e1" in text
 
 
 def test_a_run_budget_is_an_exact_decimal_or_an_estimate_of_worst_cases() -> None:

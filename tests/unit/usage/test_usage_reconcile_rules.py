@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from services.usage.domain.receipts import Receipt, ReceiptStatus
+from services.usage.domain.receipts import Receipt, ReceiptStatus, RouteAttempt
 from services.usage.domain.reconcile import (
     EntryView,
     HoldState,
@@ -126,7 +126,7 @@ def test_a_charged_receipt_on_an_expired_hold_is_reported() -> None:
     assert (Problem.RECEIPT_WITHOUT_LEDGER_ENTRY, "req-h1") in problems(report)
 
 
-def a_run(status: RunStatus, captured: int) -> Run:
+def a_run(status: RunStatus, captured: int, entry_id: str = "") -> Run:
     return Run(
         run_id="run_1",
         account_id="a",
@@ -137,43 +137,161 @@ def a_run(status: RunStatus, captured: int) -> Run:
         expires_at=NOW + timedelta(minutes=5),
         spent_micros=captured,
         status=status,
-        entry_id="e-hr" if captured else "",
+        entry_id=entry_id,
         captured_micros=captured,
     )
 
 
 def lines(*charges: int) -> list[Receipt]:
+    """A run's lines, each with its own part row `e-line-<i>` of the run's hold."""
     return [
-        receipt("hr", c, request_id=f"req-line-{i}", run_id="run_1", entry_id="")
+        receipt("hr", c, request_id=f"req-line-{i}", run_id="run_1", entry_id=f"e-line-{i}")
         for i, c in enumerate(charges)
     ]
 
 
-def test_a_closed_run_whose_lines_sum_to_its_one_ledger_row_reconciles() -> None:
+def parts(*charges: int) -> list[EntryView]:
+    return [
+        entry("hr", c, entry_id=f"e-line-{i}", request_id=f"req-line-{i}")
+        for i, c in enumerate(charges)
+    ]
+
+
+def test_a_closed_run_whose_lines_each_match_their_part_row_reconciles() -> None:
     report = reconcile(
-        [hold("hr", 500, request_id="run_1")],
+        [hold("hr", 500, HoldState.RELEASED, request_id="run_1", entry_id="")],
         lines(200, 300),
-        [entry("hr", 500, request_id="run_1")],
+        parts(200, 300),
         [a_run(RunStatus.CLOSED, 500)],
+    )
+    assert report.ok, report.mismatches
+    assert report.entries_checked == 2
+
+
+def test_a_run_line_whose_part_row_differs_is_reported() -> None:
+    report = reconcile(
+        [hold("hr", 500, HoldState.RELEASED, request_id="run_1", entry_id="")],
+        lines(200, 300),
+        parts(300, 200),
+        [a_run(RunStatus.CLOSED, 500)],
+    )
+    assert problems(report) == [
+        (Problem.LEDGER_AMOUNT_DIFFERS, "e-line-0"),
+        (Problem.LEDGER_AMOUNT_DIFFERS, "e-line-1"),
+    ]
+
+
+def test_a_charged_run_line_without_its_part_row_is_reported() -> None:
+    report = reconcile(
+        [hold("hr", 200, HoldState.RELEASED, request_id="run_1", entry_id="")],
+        [*lines(200), receipt("hr", 100, request_id="req-x", run_id="run_1", entry_id="")],
+        parts(200),
+        [a_run(RunStatus.CLOSED, 200)],
+    )
+    assert (Problem.RECEIPT_WITHOUT_LEDGER_ENTRY, "req-x") in problems(report)
+    assert (Problem.CHARGE_DIFFERS_FROM_HOLD, "hr") in problems(report)
+
+
+def test_a_part_row_named_by_two_lines_is_reported() -> None:
+    twice = [
+        *lines(200),
+        receipt("hr", 200, request_id="req-y", run_id="run_1", entry_id="e-line-0"),
+    ]
+    report = reconcile(
+        [hold("hr", 400, HoldState.RELEASED, request_id="run_1", entry_id="")],
+        twice,
+        parts(200),
+        [a_run(RunStatus.CLOSED, 400)],
+    )
+    assert (Problem.LEDGER_ENTRY_WITH_SEVERAL_RECEIPTS, "e-line-0") in problems(report)
+    # The hold captured 400 but its one row took 200.
+    assert (Problem.LEDGER_AMOUNT_DIFFERS, "e-line-0") in problems(report)
+
+
+def test_a_run_whose_lines_differ_from_what_its_hold_captured_is_reported() -> None:
+    report = reconcile(
+        [hold("hr", 500, HoldState.RELEASED, request_id="run_1", entry_id="")],
+        lines(200, 200),
+        [*parts(200, 200), entry("hr", 100, entry_id="e-stray", request_id="req-stray")],
+        [a_run(RunStatus.CLOSED, 500)],
+    )
+    assert problems(report) == [
+        (Problem.CHARGE_DIFFERS_FROM_HOLD, "hr"),
+        (Problem.LEDGER_ENTRY_WITHOUT_RECEIPT, "e-stray"),
+    ]
+
+
+def test_an_open_runs_lines_have_their_parts_already() -> None:
+    report = reconcile(
+        [hold("hr", 200, HoldState.OPEN, request_id="run_1", entry_id="")],
+        lines(200),
+        parts(200),
+        [a_run(RunStatus.OPEN, 0)],
     )
     assert report.ok, report.mismatches
 
 
-def test_a_run_whose_lines_differ_from_its_settle_is_reported() -> None:
+def test_a_run_closed_with_one_aggregate_row_before_parts_still_reconciles() -> None:
+    legacy = [receipt("hr", c, request_id=f"req-l{c}", run_id="run_1", entry_id="") for c in (2, 3)]
     report = reconcile(
-        [hold("hr", 500, request_id="run_1")],
-        lines(200, 200),
-        [entry("hr", 500, request_id="run_1")],
-        [a_run(RunStatus.CLOSED, 500)],
+        [hold("hr", 5, request_id="run_1", entry_id="e-hr")],
+        legacy,
+        [entry("hr", 5, request_id="run_1")],
+        [a_run(RunStatus.CLOSED, 5, entry_id="e-hr")],
     )
-    assert problems(report) == [(Problem.CHARGE_DIFFERS_FROM_HOLD, "hr")]
+    assert report.ok, report.mismatches
 
 
-def test_an_open_runs_lines_wait_for_its_close() -> None:
-    report = reconcile(
-        [hold("hr", 0, HoldState.OPEN, request_id="run_1")],
-        lines(200),
-        [],
-        [a_run(RunStatus.OPEN, 0)],
+def fell_back(paying: str, left: str, charge: int) -> Receipt:
+    """A request that left the route of hold `left` and paid with hold `paying`."""
+    return receipt(
+        paying,
+        charge,
+        request_id="req-fb",
+        bucket=Bucket.ROUTED,
+        route_attempts=(
+            RouteAttempt(None, CR, hold_id=left, outcome="fell_back", channel_attempts=1),
+            RouteAttempt(None, Bucket.ROUTED, hold_id=paying, outcome="final"),
+        ),
     )
-    assert report.ok
+
+
+def test_a_request_with_a_released_hold_on_the_route_it_left_reconciles() -> None:
+    report = reconcile(
+        [
+            hold("h-left", 0, HoldState.RELEASED, request_id="req-fb"),
+            hold("h-paid", 300, request_id="req-fb", bucket=Bucket.ROUTED),
+        ],
+        [fell_back("h-paid", "h-left", 300)],
+        [entry("h-paid", 300, request_id="req-fb", bucket=Bucket.ROUTED)],
+    )
+    assert report.ok, report.mismatches
+    assert report.holds_checked == 2
+
+
+def test_a_released_hold_no_receipt_lists_is_reported() -> None:
+    report = reconcile(
+        [
+            hold("h-left", 0, HoldState.RELEASED, request_id="req-fb"),
+            hold("h-paid", 300, request_id="req-fb", bucket=Bucket.ROUTED),
+        ],
+        [receipt("h-paid", 300, request_id="req-fb")],
+        [entry("h-paid", 300, request_id="req-fb", bucket=Bucket.ROUTED)],
+    )
+    assert (Problem.HOLD_WITHOUT_RECEIPT, "h-left") in problems(report)
+
+
+def test_a_hold_of_a_route_left_behind_that_took_money_is_reported() -> None:
+    report = reconcile(
+        [
+            hold("h-left", 100, request_id="req-fb"),
+            hold("h-paid", 300, request_id="req-fb", bucket=Bucket.ROUTED),
+        ],
+        [fell_back("h-paid", "h-left", 300)],
+        [
+            entry("h-left", 100, request_id="req-fb"),
+            entry("h-paid", 300, request_id="req-fb", bucket=Bucket.ROUTED),
+        ],
+    )
+    assert (Problem.CHARGE_DIFFERS_FROM_HOLD, "h-left") in problems(report)
+    assert (Problem.LEDGER_ENTRY_WITHOUT_RECEIPT, "e-h-left") in problems(report)

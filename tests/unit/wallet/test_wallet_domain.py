@@ -185,3 +185,43 @@ def test_an_adjustment_needs_an_amount_a_reason_and_a_key(
         adjustment(funded(10), amount, reason, "ops", key, NOW)
     assert caught.value.reason is Reason.INVALID_ARGUMENT
     assert caught.value.metadata == {"field": field}
+
+
+def test_parts_take_from_what_is_held_and_leave_the_hold_open() -> None:
+    balance = funded(1_000)
+    hold = Hold.place(balance, 400, "run-1", 0, NOW)
+    assert hold.capture_part(150, balance, NOW) == 850
+    assert hold.capture_part(50, balance, NOW) == 800
+    assert (hold.status, hold.captured, hold.remaining) == (HoldStatus.OPEN, 200, 200)
+    assert (balance.posted, balance.held, balance.available) == (800, 200, 600)
+    with pytest.raises(DomainError) as caught:
+        hold.capture_part(201, balance, NOW)
+    assert caught.value.reason is Reason.SETTLE_ABOVE_HOLD
+    assert (hold.captured, balance.posted, balance.held) == (200, 800, 200)
+
+
+def test_a_hold_with_parts_settles_and_releases_only_what_is_still_held() -> None:
+    balance = funded(1_000)
+    settled = Hold.place(balance, 400, "run-1", 0, NOW)
+    settled.capture_part(100, balance, NOW)
+    assert settled.settle(30, balance, NOW) == 870
+    assert (settled.status, settled.captured) == (HoldStatus.SETTLED, 130)
+    assert settled.is_replay_of_settle(30, settle_charge=30)
+    assert not settled.is_replay_of_settle(130, settle_charge=30)
+    released = Hold.place(balance, 300, "run-2", 0, NOW)
+    released.capture_part(120, balance, NOW)
+    assert released.release(balance, NOW)
+    assert (released.status, released.captured) == (HoldStatus.RELEASED, 120)
+    assert (balance.posted, balance.held) == (750, 0)
+
+
+def test_an_expired_hold_keeps_its_parts_and_gives_the_rest_back() -> None:
+    balance = funded(1_000)
+    hold = Hold.place(balance, 400, "run-1", 60, NOW)
+    hold.capture_part(100, balance, NOW)
+    later = NOW + timedelta(seconds=61)
+    with pytest.raises(DomainError) as caught:
+        hold.capture_part(1, balance, later)
+    assert caught.value.reason is Reason.HOLD_EXPIRED
+    assert hold.expire(balance, later)
+    assert (hold.captured, balance.posted, balance.held) == (100, 900, 0)

@@ -51,12 +51,12 @@ class FakeWalletRepository(WalletRepository):
     async def save_balance(self, balance: Balance) -> None:
         self.balances_[(balance.account_id, balance.bucket)] = copy.copy(balance)
 
-    async def hold_by_request(self, account_id: str, request_id: str) -> Hold | None:
+    async def hold_by_key(self, account_id: str, idempotency_key: str) -> Hold | None:
         return next(
             (
                 copy.copy(h)
                 for h in self.holds.values()
-                if (h.account_id, h.request_id) == (account_id, request_id)
+                if (h.account_id, h.idempotency_key) == (account_id, idempotency_key)
             ),
             None,
         )
@@ -113,7 +113,7 @@ class FakeWalletRepository(WalletRepository):
                 p.amount for e in self.entries for p in e.postings if p.ledger_account == user
             )
             held = sum(
-                h.amount
+                h.amount - h.captured
                 for h in self.holds.values()
                 if h.is_open and (h.account_id, h.bucket) == (account, bucket)
             )
@@ -183,6 +183,28 @@ async def test_hold_on_unknown_account_is_account_not_found(uow: FakeUnitOfWork)
     with pytest.raises(DomainError) as caught:
         await handlers.place_hold(commands.PlaceHold("ghost", Bucket.CREDIT, 1, "r"), uow)
     assert caught.value.reason is Reason.ACCOUNT_NOT_FOUND
+
+
+async def test_parts_replay_conflict_and_end_with_the_rest_given_back(
+    uow: FakeUnitOfWork,
+) -> None:
+    hold = await handlers.place_hold(commands.PlaceHold("acct-1", Bucket.CREDIT, 100, "r"), uow)
+    hold_id = str(hold.hold_id)
+    first = await handlers.capture_part(commands.CapturePart(hold_id, 30, "req-a"), uow)
+    again = await handlers.capture_part(commands.CapturePart(hold_id, 30, "req-a"), uow)
+    with pytest.raises(DomainError) as conflict:
+        await handlers.capture_part(commands.CapturePart(hold_id, 31, "req-a"), uow)
+    with pytest.raises(DomainError) as above:
+        await handlers.capture_part(commands.CapturePart(hold_id, 71, "req-b"), uow)
+    released = await handlers.release_hold(commands.ReleaseHold(hold_id), uow)
+    assert first.entry is not None and again.entry == first.entry
+    assert first.entry.request_id == "req-a" and first.entry.amount == -30
+    assert conflict.value.reason is Reason.IDEMPOTENCY_CONFLICT
+    assert above.value.reason is Reason.SETTLE_ABOVE_HOLD
+    assert (released.status, released.captured) == (HoldStatus.RELEASED, 30)
+    balance = uow.committed.balances_[("acct-1", Bucket.CREDIT)]
+    assert (balance.posted, balance.held) == (1_000_000 - 30, 0)
+    assert (await handlers.reconcile(commands.Reconcile(), uow)).ok
 
 
 async def test_a_refused_settle_commits_nothing(uow: FakeUnitOfWork) -> None:

@@ -202,7 +202,7 @@ async function showWallet([focus, id]) {
     const match = (focus === "entry" && e.entry_id === id) || (focus === "order" && e.order_id === id)
       || (focus === "request" && e.request_id === id);
     let detail = null;
-    // A run's one row names the run (its lines have their own receipts).
+    // A run closed before per-request rows existed has one row naming the run.
     if (e.request_id && e.request_id.startsWith("run_")) detail = h("span", {}, `Run ${e.request_id}`);
     else if (e.request_id) detail = h("a", { href: `#/usage/${encodeURIComponent(e.request_id)}` }, "Receipt");
     else if (e.order_id) detail = h("span", {}, `Top-up order ${e.order_id}`);
@@ -496,6 +496,12 @@ async function showChatReceipt(summary) {
   fill($("#chat-receipt"), receiptView(full, summary));
 }
 
+const ROUTE_OUTCOME = {
+  fell_back: "every channel failed before the first byte, its hold returned",
+  insufficient_balance: "balance too low for its worst case, not tried",
+  final: "paid",
+};
+
 function receiptView(r, summary) {
   const attempts = r.attempts.map((a) => `${a.channel}: ${a.outcome} (${a.latency_ms} ms)`).join("; ");
   return h("div", { "data-request": r.request_id },
@@ -507,6 +513,8 @@ function receiptView(r, summary) {
       ["Upstream model", r.upstream_model],
       ["Paid from", h("span", { "data-testid": "receipt-bucket" }, r.bucket_label)],
       ["Fallback used", r.fallback_used ? "yes" : "no"],
+      ...((r.route_attempts || []).length ? [["Routes tried", h("span", { "data-testid": "receipt-routes" },
+        r.route_attempts.map((a) => `${a.route} (${a.bucket_label}): ${ROUTE_OUTCOME[a.outcome] || a.outcome}`).join("; "))]] : []),
       ["Attempts", attempts || "none"],
       ["Tokens", `${r.tokens.prompt} input${r.tokens.cached ? ` (${r.tokens.cached} cached)` : ""} · ${r.tokens.completion} output${r.tokens.reported_by_upstream ? "" : " (counted by us)"}`],
       ["Prices", priceLine(r.prices)],
@@ -812,32 +820,36 @@ function showResearchReceipt(r, plan) {
       ["Time", `${(r.totals.duration_ms / 1000).toFixed(1)} s`],
       ["Charged", h("strong", { "data-testid": "research-charge" }, r.totals.charge.display)],
       ["Returned to the balance", fmt(Math.max(returned, 0), bucket)],
-      ["Ledger row", r.ledger_entry_id
+      ["Ledger rows", r.ledger_entry_id
         ? h("a", { href: `#/wallet/entry/${encodeURIComponent(r.ledger_entry_id)}`, "data-testid": "research-ledger-link" }, `Ledger row ${r.ledger_entry_id}`)
-        : "none (nothing charged)"],
+        : h("span", { "data-testid": "research-ledger-rows" }, r.lines.some((line) => line.ledger_entry_id)
+          ? "one per request (each line links to its row)" : "none (nothing charged)")],
     ])),
     h("div", { class: "scroll", role: "region", "aria-label": "Requests of the report", tabindex: "0" },
       h("table", { "data-testid": "research-lines" },
         h("thead", {}, h("tr", {},
           h("th", { scope: "col" }, "Section"), h("th", { scope: "col" }, "Request"), h("th", { scope: "col" }, "Model"),
           h("th", { scope: "col" }, "Status"), h("th", { scope: "col", class: "num" }, "Tokens in / out"),
-          h("th", { scope: "col", class: "num" }, "Request cost"))),
+          h("th", { scope: "col", class: "num" }, "Request cost"), h("th", { scope: "col" }, "Ledger row"))),
         h("tbody", {}, r.lines.map((line, i) => h("tr", { "data-request": line.request_id },
           h("td", {}, plan && plan.sections[i] ? plan.sections[i].title : ""),
           h("td", {}, h("a", { href: `#/usage/${encodeURIComponent(line.request_id)}` }, line.request_id)),
           h("td", {}, line.model),
           h("td", {}, LINE_STATUS[line.status] || line.status),
           h("td", { class: "num" }, `${line.prompt_tokens} / ${line.completion_tokens}`),
-          h("td", { class: "num" }, line.charge.display)))),
+          h("td", { class: "num" }, line.charge.display),
+          h("td", {}, line.ledger_entry_id
+            ? h("a", { href: `#/wallet/entry/${encodeURIComponent(line.ledger_entry_id)}`, "data-testid": "research-line-ledger-link" }, "Ledger row")
+            : "none")))),
         h("tfoot", {},
           r.models.map((m) => h("tr", {},
             h("th", { scope: "row", colspan: 4 }, `${m.model}: ${m.requests} requests`),
             h("td", { class: "num" }, `${m.prompt_tokens} / ${m.completion_tokens}`),
-            h("td", { class: "num" }, m.charge.display))),
+            h("td", { class: "num" }, m.charge.display), h("td", {}))),
           h("tr", {},
             h("th", { scope: "row", colspan: 4 }, "Total"),
             h("td", { class: "num" }, `${r.totals.prompt_tokens} / ${r.totals.completion_tokens}`),
-            h("td", { class: "num", "data-testid": "research-total" }, r.totals.charge.display))))),
+            h("td", { class: "num", "data-testid": "research-total" }, r.totals.charge.display), h("td", {}))))),
     h("p", { class: "notice-line" }, plan ? plan.disclaimer : ""));
 }
 
