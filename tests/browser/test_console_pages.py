@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import shot, sign_in
@@ -213,16 +212,9 @@ def test_playground_streams_an_answer_then_shows_its_receipt_and_ledger_row(
     expect(page.locator(f'#receipts tr[data-request="{request_id}"]')).to_be_visible()
 
 
-def keys_api_exists(dev: dict[str, Any]) -> bool:
-    with api(dev) as http:
-        return http.get("/v1/keys").status_code not in (404, 405)
-
-
 def test_a_key_created_in_the_console_works_until_it_is_revoked(
     page: Any, dev: dict[str, Any]
 ) -> None:
-    if not keys_api_exists(dev):
-        pytest.skip("GET /v1/keys is not served yet (the keys API is another issue's work)")
     page.get_by_role("link", name="Keys").click()
     page.locator("#key-form").get_by_label("Name", exact=True).fill("browser test key")
     page.get_by_role("button", name="Create key").click()

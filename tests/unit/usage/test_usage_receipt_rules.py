@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
 from services.usage import handlers
 from services.usage.domain.receipts import (
     MAX_PAGE_SIZE,
+    AggregateBy,
+    AggregateRow,
     Attempt,
     Cursor,
     Prices,
@@ -76,8 +77,29 @@ class FakeReceiptRepository(ReceiptRepository):
             mine = [r for r in mine if key(r) < (after.finished_at, after.request_id)]
         return mine[:limit]
 
-    async def aggregate(self, where: ReceiptFilter, by: Any) -> list[Any]:
-        raise NotImplementedError("aggregates are tested against PostgreSQL")
+    async def aggregate(self, where: ReceiptFilter, by: AggregateBy) -> list[AggregateRow]:
+        """The same grouping as the SQL repository: one row per group and bucket."""
+        group_of = {
+            AggregateBy.DAY: lambda r: r.finished_at.strftime("%Y-%m-%d"),
+            AggregateBy.MODEL: lambda r: r.selected_model,
+            AggregateBy.KEY: lambda r: r.key_id,
+            AggregateBy.PROJECT: lambda r: r.project_id,
+            AggregateBy.BUCKET: lambda r: r.bucket.value if r.bucket else "",
+            AggregateBy.STATUS: lambda r: r.status.value,
+        }[by]
+        totals: dict[tuple[str, Bucket | None], list[int]] = {}
+        for r in self.rows.values():
+            if where.account_id and r.account_id != where.account_id:
+                continue
+            t = totals.setdefault((group_of(r), r.bucket), [0, 0, 0, 0, 0])
+            for i, n in enumerate(
+                (1, r.prompt_tokens, r.cached_tokens, r.completion_tokens, r.charge_micros)
+            ):
+                t[i] += n
+        return [
+            AggregateRow(g, b, *t)
+            for (g, b), t in sorted(totals.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))
+        ]
 
 
 class FakeUnitOfWork(UnitOfWork):
@@ -202,3 +224,32 @@ def test_page_size_defaults_to_50_and_is_capped_at_500() -> None:
     assert page_size(10_000) == MAX_PAGE_SIZE == 500
     with pytest.raises(DomainError):
         page_size(-1)
+
+
+async def test_aggregates_never_add_money_of_two_buckets(repo: FakeReceiptRepository) -> None:
+    uow = FakeUnitOfWork(repo)
+    for i, (bucket, charge) in enumerate(
+        [(Bucket.CREDIT, 100), (Bucket.CREDIT, 50), (Bucket.ROUTED, 7)]
+    ):
+        await handlers.record_receipt(
+            handlers.RecordReceipt(a_receipt(f"req-{i}", bucket=bucket, charge_micros=charge)),
+            uow,
+        )
+    rows = await handlers.aggregate_receipts(
+        handlers.AggregateReceipts(ReceiptFilter("acct-1"), AggregateBy.MODEL), uow
+    )
+    assert [(r.group, r.bucket, r.requests, r.charge_micros) for r in rows] == [
+        ("demo-chat", Bucket.CREDIT, 2, 150),
+        ("demo-chat", Bucket.ROUTED, 1, 7),
+    ]
+
+
+async def test_an_empty_time_window_is_refused_before_reading(repo: FakeReceiptRepository) -> None:
+    with pytest.raises(DomainError) as refused:
+        await handlers.aggregate_receipts(
+            handlers.AggregateReceipts(
+                ReceiptFilter("acct-1", from_time=NOW, to_time=NOW), AggregateBy.DAY
+            ),
+            FakeUnitOfWork(repo),
+        )
+    assert refused.value.reason is Reason.INVALID_ARGUMENT
