@@ -107,6 +107,10 @@ async def test_a_bank_transfer_is_credited_only_after_an_operator_approves_it(
     assert proved.json()["status"] == "awaiting_review"
     assert proved.json()["status_text"].startswith("Waiting for review")
     assert before_review["credit"] == 0
+    listed = (await http.get("/v1/topups")).json()["data"]
+    assert [t["ledger_entry_id"] for t in listed if t["order_id"] == order["order_id"]] == [
+        shown["ledger_entry_id"]
+    ]
     assert shown["status"] == "succeeded"
     assert shown["status_text"] == "Paid: 21.6 CR added to Credit"
     assert shown["topup_amount"]["display"] == "20.00 EUR"

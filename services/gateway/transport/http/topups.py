@@ -106,6 +106,34 @@ def router(deps: Deps) -> APIRouter:
             return None
         return str(answer.entries[0].entry_id) if answer.entries else None
 
+    async def ledger_entry_ids(
+        account_id: str, top_ups: list[payments_pb2.TopUp], request: Request
+    ) -> list[str | None]:
+        """The credits of a page of orders: one read of the newest top-up credits, then
+        a lookup per order only for paid orders older than those (older pages)."""
+        paid = [t for t in top_ups if t.status == payments_pb2.TOP_UP_STATUS_SUCCEEDED]
+        found: dict[str, str] = {}
+        if paid:
+            try:
+                recent = await peers.wallet.call(
+                    peers.wallet_stub.ListLedger,
+                    wallet_pb2.ListLedgerRequest(
+                        account_id=account_id,
+                        kind=wallet_pb2.ENTRY_KIND_TOPUP_CREDIT,
+                        page_size=500,
+                    ),
+                    request_id=request.state.request_id,
+                )
+                found = {e.order_id: e.entry_id for e in recent.entries}
+            except DomainError as error:
+                log.warning("ledger lookup for top-ups failed: %s", error)
+        missing = [t for t in paid if t.order_id not in found]
+        older = await asyncio.gather(
+            *(ledger_entry_id(account_id, t, request.state.request_id) for t in missing)
+        )
+        found.update({t.order_id: e for t, e in zip(missing, older, strict=True) if e})
+        return [found.get(t.order_id) for t in top_ups]
+
     async def present(
         account_id: str, top_up: payments_pb2.TopUp, request: Request, status: int = 200
     ) -> Response:
@@ -164,9 +192,7 @@ def router(deps: Deps) -> APIRouter:
             ),
             request_id=request.state.request_id,
         )
-        entries = await asyncio.gather(
-            *(ledger_entry_id(who.account_id, t, request.state.request_id) for t in answer.top_ups)
-        )
+        entries = await ledger_entry_ids(who.account_id, list(answer.top_ups), request)
         return json_response(
             {
                 "object": "list",
