@@ -680,10 +680,6 @@ def answer_text_tokens(payload: dict[str, Any]) -> int:
     return -(-chars // 4)
 
 
-async def complete_chat(peers: Peers, upstream: Upstream, cmd: ChatCommand) -> ChatOutcome:
-    return await complete(peers, upstream, cmd, CHAT)
-
-
 def annotate_span(span: trace.Span, receipt: usage_pb2.Receipt, operation: str) -> None:
     """The request span's GenAI semantic-convention attributes, with the route, the
     bucket and the charge (an operator finds the money story in the trace)."""

@@ -82,9 +82,3 @@ def report_outcome(
     task = asyncio.create_task(_send(peers, request))
     _reports.add(task)
     task.add_done_callback(_reports.discard)
-
-
-async def drain_reports(timeout_s: float = 5.0) -> None:
-    """Wait for reports in flight (tests, shutdown)."""
-    if _reports:
-        await asyncio.wait(set(_reports), timeout=timeout_s)

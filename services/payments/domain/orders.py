@@ -14,9 +14,6 @@ from .model import Order, TopUpStatus
 from .providers import Provider, provider_named
 from .rates import received_micros
 
-# How long a pending order waits for its payment when its provider says nothing.
-DEFAULT_ORDER_TTL = timedelta(minutes=15)
-
 
 @dataclass(frozen=True)
 class OrderTtls:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from services.payments.domain.model import Order, TopUpStatus
-from services.payments.domain.orders import DEFAULT_ORDER_TTL, open_order
+from services.payments.domain.orders import open_order
 from services.payments.domain.providers import MAX_PAID_AMOUNT_MINOR, provider_named
 from services.payments.domain.rates import received_micros
 from tokenforge.errors import DomainError, Reason
@@ -45,7 +45,6 @@ def test_new_order_is_pending_with_its_bucket_rate_and_expiry_fixed() -> None:
     assert order.received_micros == 12_500_000
     assert order.rate_micros_per_minor == 10_000
     assert order.expires_at == NOW + timedelta(minutes=15)
-    assert DEFAULT_ORDER_TTL == timedelta(minutes=15)
 
 
 def test_expiry_follows_the_configured_ttl() -> None:

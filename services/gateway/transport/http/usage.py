@@ -16,12 +16,17 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.domain.presenting import (
     receipt_json,
 )
-from services.gateway.transport.http.common import Deps, json_response
+from services.gateway.transport.http.common import Deps, PageSize, json_response
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import format_amount
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.usage.v1 import usage_pb2
-from tokenforge.wire import bucket_from_name, bucket_from_proto, bucket_to_proto
+from tokenforge.wire import (
+    bucket_from_name,
+    bucket_from_proto,
+    bucket_to_proto,
+    route_kind_from_proto,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +124,7 @@ def csv_row(r: usage_pb2.Receipt) -> list[Any]:
         STATUS_NAMES.get(r.status, ""),
         r.selected_model,
         r.upstream_model,
-        {1: "official", 2: "routed"}.get(r.route_kind, ""),
+        route_kind_from_proto(r.route_kind) if r.route_kind else "",
         bucket.value if bucket else "",
         r.key_id,
         r.project_id,
@@ -212,7 +217,7 @@ def router(deps: Deps) -> APIRouter:
     @r.get("/v1/usage", tags=["usage"])
     async def list_receipts(
         request: Request,
-        limit: int = Query(50, ge=1, le=500),
+        limit: PageSize = 50,
         cursor: str | None = None,
         from_: str | None = Query(None, alias="from"),
         to: str | None = None,
