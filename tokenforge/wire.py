@@ -91,3 +91,18 @@ def from_timestamp(ts: Timestamp) -> datetime | None:
 def iso(ts: Timestamp) -> str | None:
     dt = from_timestamp(ts)
     return dt.isoformat() if dt else None
+
+
+def item_error_to_proto(error: DomainError) -> common_pb2.ItemError:
+    """One item's refusal inside a batch answer (the unary call's rich status)."""
+    return common_pb2.ItemError(
+        reason=error.reason.value, message=error.message, metadata=error.metadata or {}
+    )
+
+
+def item_error_from_proto(error: common_pb2.ItemError) -> DomainError:
+    try:
+        reason = Reason(error.reason)
+    except ValueError:
+        reason = Reason.INTERNAL
+    return DomainError(reason, error.message, dict(error.metadata))

@@ -1,0 +1,199 @@
+"""Smart batching: alone at low load, together under load, each caller its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Sequence
+
+import pytest
+
+from tokenforge.errors import DomainError, Reason
+from tokenforge.runtime.batching import Batcher
+
+who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+
+class Service:
+    """A fake remote service: each call waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.ones: list[int] = []
+        self.batches: list[list[int]] = []
+        self.contexts: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.fail_batch: Exception | None = None
+        self.short_answer = False
+
+    async def _enter(self) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.contexts.append(who.get())
+        await self.gate.wait()
+        self.in_flight -= 1
+
+    async def one(self, item: int) -> int:
+        self.ones.append(item)
+        await self._enter()
+        if item < 0:
+            raise DomainError(Reason.INVALID_ARGUMENT, f"{item} is negative")
+        return item * 10
+
+    async def many(self, items: Sequence[int]) -> Sequence[int | BaseException]:
+        self.batches.append(list(items))
+        await self._enter()
+        if self.fail_batch is not None:
+            raise self.fail_batch
+        answers: list[int | BaseException] = [
+            DomainError(Reason.INVALID_ARGUMENT, f"{i} is negative") if i < 0 else i * 10
+            for i in items
+        ]
+        return answers[:-1] if self.short_answer else answers
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_call_alone_goes_out_at_once_on_the_unary_method_in_its_own_context() -> None:
+    service = Service()
+    batcher = Batcher(service.one, service.many)
+    who.set("alice")
+    assert await batcher.submit(4) == 40
+    assert service.ones == [4] and service.batches == []
+    assert service.contexts == ["alice"]
+    assert batcher.calls == 1 and batcher.batched_items == 0
+
+
+async def test_calls_arriving_while_the_service_is_busy_leave_together_each_with_its_answer() -> (
+    None
+):
+    service = Service()
+    service.gate.clear()
+    batcher = Batcher(service.one, service.many, max_in_flight=1)
+    first = asyncio.create_task(batcher.submit(1))
+    await settle()
+    rest = [asyncio.create_task(batcher.submit(i)) for i in range(2, 7)]
+    await settle()
+    assert service.batches == []  # they wait for the call in flight
+    service.gate.set()
+    assert await first == 10
+    assert [await t for t in rest] == [20, 30, 40, 50, 60]
+    assert service.ones == [1]
+    assert service.batches == [[2, 3, 4, 5, 6]]
+    assert batcher.calls == 2 and batcher.batched_items == 5
+
+
+async def test_one_items_refusal_is_that_callers_alone() -> None:
+    service = Service()
+    service.gate.clear()
+    batcher = Batcher(service.one, service.many, max_in_flight=1)
+    first = asyncio.create_task(batcher.submit(1))
+    await settle()
+    good = asyncio.create_task(batcher.submit(2))
+    bad = asyncio.create_task(batcher.submit(-3))
+    await settle()
+    service.gate.set()
+    assert await first == 10
+    assert await good == 20
+    with pytest.raises(DomainError) as refused:
+        await bad
+    assert refused.value.reason is Reason.INVALID_ARGUMENT
+    assert "-3" in refused.value.message
+
+
+async def test_a_failed_batch_call_fails_every_item_in_it_and_the_next_batch_still_goes() -> None:
+    service = Service()
+    service.gate.clear()
+    batcher = Batcher(service.one, service.many, max_in_flight=1)
+    first = asyncio.create_task(batcher.submit(1))
+    await settle()
+    doomed = [asyncio.create_task(batcher.submit(i)) for i in (2, 3)]
+    await settle()
+    service.fail_batch = DomainError(Reason.SERVICE_UNAVAILABLE, "down")
+    service.gate.set()
+    await first
+    for task in doomed:
+        with pytest.raises(DomainError) as failed:
+            await task
+        assert failed.value.reason is Reason.SERVICE_UNAVAILABLE
+    service.fail_batch = None
+    assert await batcher.submit(7) == 70
+
+
+async def test_an_answer_of_the_wrong_length_is_an_error_for_every_item_not_a_mix_up() -> None:
+    service = Service()
+    service.gate.clear()
+    service.short_answer = True
+    batcher = Batcher(service.one, service.many, max_in_flight=1)
+    first = asyncio.create_task(batcher.submit(1))
+    await settle()
+    rest = [asyncio.create_task(batcher.submit(i)) for i in (2, 3, 4)]
+    await settle()
+    service.gate.set()
+    await first
+    for task in rest:
+        with pytest.raises(RuntimeError, match="batch of 3 was answered with 2"):
+            await task
+
+
+async def test_batches_respect_the_size_cap_and_the_in_flight_cap() -> None:
+    service = Service()
+    service.gate.clear()
+    batcher = Batcher(service.one, service.many, max_size=4, max_in_flight=2)
+    tasks = [asyncio.create_task(batcher.submit(i)) for i in range(20)]
+    await settle()
+    assert service.in_flight == 2  # two alone; the other 18 wait
+    service.gate.set()
+    assert [await t for t in tasks] == [i * 10 for i in range(20)]
+    assert service.most_in_flight == 2
+    assert all(len(b) <= 4 for b in service.batches)
+    sent = sorted(service.ones + [i for b in service.batches for i in b])
+    assert sent == list(range(20))  # every item exactly once
+
+
+async def test_a_batch_runs_in_the_context_of_its_first_caller() -> None:
+    service = Service()
+    service.gate.clear()
+    batcher = Batcher(service.one, service.many, max_in_flight=1)
+
+    async def as_(name: str, item: int) -> int:
+        who.set(name)
+        return await batcher.submit(item)
+
+    first = asyncio.create_task(as_("first", 1))
+    await settle()
+    second = asyncio.create_task(as_("second", 2))
+    third = asyncio.create_task(as_("third", 3))
+    await settle()
+    service.gate.set()
+    assert (await first, await second, await third) == (10, 20, 30)
+    assert service.contexts == ["first", "second"]
+
+
+async def test_a_caller_that_goes_away_does_not_disturb_the_others() -> None:
+    service = Service()
+    service.gate.clear()
+    batcher = Batcher(service.one, service.many, max_in_flight=1)
+    first = asyncio.create_task(batcher.submit(1))
+    await settle()
+    gone = asyncio.create_task(batcher.submit(2))
+    stays = asyncio.create_task(batcher.submit(3))
+    await settle()
+    gone.cancel()
+    await settle()
+    service.gate.set()
+    assert await first == 10
+    assert await stays == 30
+    assert gone.cancelled()
+    assert service.batches == [] and service.ones == [1, 3]  # the cancelled item never left
+
+
+def test_caps_below_one_are_refused() -> None:
+    service = Service()
+    with pytest.raises(ValueError, match="at least 1"):
+        Batcher(service.one, service.many, max_size=0)
