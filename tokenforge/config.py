@@ -43,6 +43,10 @@ class Settings:
     # Bucket labels and symbols are configuration; one set is used everywhere.
     bucket_labels: dict[str, tuple[str, str]] = field(default_factory=dict)
     log_level: str = "INFO"
+    # How long (ms) a caller may reuse a Resolve answer for a key that counts nothing
+    # per request (TOKENFORGE_RESOLVE_REUSE_MS; 0 turns reuse off). Routing never
+    # answers more than this, nor past its own 2 s bound on a key's revocation.
+    resolve_reuse_ms: int = 1000
 
     @property
     def peer_token(self) -> str:
@@ -75,6 +79,7 @@ class Settings:
             metrics_port=int(_env("METRICS_PORT", "0")),
             bucket_labels=labels,
             log_level=_env("LOG_LEVEL", "INFO"),
+            resolve_reuse_ms=int(_env("RESOLVE_REUSE_MS", "1000")),
         )
 
 

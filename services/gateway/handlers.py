@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import orjson
 from opentelemetry import trace
 
 from services.gateway.adapters.health import report_outcome, request_shape
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Attempt, Upstream, UpstreamAnswer, retryable
-from services.gateway.adapters.upstream_stream import open_stream
+from services.gateway.adapters.upstream_stream import STREAM_ERRORS, UpstreamStream, open_stream
 from services.gateway.domain.planning import (
     Plan,
     Usage,
@@ -141,7 +140,7 @@ async def resolve(
         output_tokens_cap=shape[1],
         preview=preview,
     )
-    return await peers.routing.call(peers.routing_stub.Resolve, request, request_id=request_id)
+    return await peers.routing_client.resolve(request, request_id=request_id)
 
 
 async def place_hold(
@@ -257,11 +256,7 @@ async def record_rejected(
     receipt.started_at.CopyFrom(timestamp(started))
     receipt.finished_at.CopyFrom(timestamp(datetime.now(UTC)))
     try:
-        await peers.usage.call(
-            peers.usage_stub.RecordReceipt,
-            usage_pb2.RecordReceiptRequest(receipt=receipt),
-            request_id=cmd.request_id,
-        )
+        await peers.usage_client.record_receipt(receipt)
     except DomainError as failure:
         log.warning("rejected receipt not recorded: %s", failure.reason.value)
 
@@ -542,11 +537,7 @@ async def finish(
         metrics.CHARGES.labels(
             outcome.charge.bucket.value, route_kind_from_proto(p.route.kind)
         ).inc(outcome.charge.micros)
-    await peers.usage.call(
-        peers.usage_stub.RecordReceipt,
-        usage_pb2.RecordReceiptRequest(receipt=receipt),
-        request_id=receipt.request_id,
-    )
+    await peers.usage_client.record_receipt(receipt)
     return receipt, outcome.charge
 
 
@@ -593,22 +584,14 @@ async def finish_run_request(
     receipt.settlement_rule = rule.value
     receipt.finished_at.CopyFrom(timestamp(datetime.now(UTC)))
     try:
-        await peers.usage.call(
-            peers.usage_stub.RecordReceipt,
-            usage_pb2.RecordReceiptRequest(receipt=receipt),
-            request_id=receipt.request_id,
-        )
+        await peers.usage_client.record_receipt(receipt)
     except DomainError as error:
         if error.reason is not Reason.HOLD_NOT_OPEN:
             raise
         receipt.charge_micros = 0
         receipt.error_code = "run_settled_first"
         charge = Money(0, charge.bucket)
-        await peers.usage.call(
-            peers.usage_stub.RecordReceipt,
-            usage_pb2.RecordReceiptRequest(receipt=receipt),
-            request_id=receipt.request_id,
-        )
+        await peers.usage_client.record_receipt(receipt)
     return receipt, charge
 
 
@@ -706,7 +689,7 @@ class ChatStream:
 
     peers: Peers
     prepared: Prepared
-    response: httpx.Response
+    response: UpstreamStream
     attempts: list[Attempt]
     headers: dict[str, str]
     client_wants_usage: bool
@@ -724,7 +707,7 @@ class ChatStream:
         cut = False
         try:
             try:
-                async for line in self.response.aiter_lines():
+                async for line in self.response.lines():
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
@@ -746,7 +729,7 @@ class ChatStream:
                             content_chunks += 1
                     chunk["model"] = p.resolved.selected_model
                     yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-            except (httpx.HTTPError, orjson.JSONDecodeError) as error:
+            except (*STREAM_ERRORS, orjson.JSONDecodeError) as error:
                 log.warning("upstream stream broke: %s", type(error).__name__)
                 cut = True
             counted = counted_usage(p.cmd.body, content_chunks)
@@ -794,7 +777,7 @@ class ChatStream:
                 yield b"data: " + orjson.dumps(notice) + b"\n\n"
             yield b"data: [DONE]\n\n"
         finally:
-            await self.response.aclose()
+            await self.response.close()
             if not self.settled:
                 # The client went away mid-stream: settle what was generated, off the
                 # cancelled task, and say `partial` on the receipt.

@@ -44,6 +44,7 @@ POLICY = AccessPolicy(
         "RevokeApiKey": EITHER,
         "RotateApiKey": EITHER,
         "ReportOutcome": INTERNAL,
+        "ReportOutcomes": INTERNAL,
         "GetHealth": EITHER,
         "GetCatalog": OPERATOR,
         "PutCatalog": OPERATOR,
@@ -77,7 +78,14 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
     catalog = CatalogStore(uow, bootstrap)
     await catalog.start()
     board = HealthBoard()
-    servicer = RoutingServicer(uow, catalog.current, store=catalog, cache=KeyCache(), health=board)
+    servicer = RoutingServicer(
+        uow,
+        catalog.current,
+        store=catalog,
+        cache=KeyCache(),
+        health=board,
+        resolve_reuse_ms=settings.resolve_reuse_ms,
+    )
     unwatch = metrics.BREAKERS.watch(board, catalog.current)
     credentials = (
         Credentials(settings.internal_token, settings.admin_token, settings.caller_tokens)

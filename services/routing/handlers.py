@@ -3,12 +3,19 @@
 Resolve reads the key from the in-memory key cache (storage/key_cache.py), picks
 the route (domain/access.py), orders its channels by health (domain/health.py),
 and, only for a key with limits, checks and counts them in one transaction
-(domain/limits.py). ReportOutcome feeds health, spend and the in-flight leases.
+(domain/limits.py). ReportOutcome feeds health, spend and the in-flight leases;
+ReportOutcomes takes many reports with their database work in one transaction.
+
+A resolution says how long the caller may reuse it (`reuse_for_ms`) when reusing
+cannot change an outcome; see `_reuse_for_ms` for the rule and the bound.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -43,7 +50,7 @@ from services.routing.domain.limits import (
     spend_day,
     window_start,
 )
-from services.routing.storage.key_cache import KeyCache
+from services.routing.storage.key_cache import DEFAULT_TTL_S, KeyCache
 from services.routing.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
@@ -56,6 +63,10 @@ DEFAULT_PROJECT_NAME = "Default project"
 LEASE_MARGIN = timedelta(seconds=60)
 # Counters older than this are swept.
 COUNTER_RETENTION = timedelta(minutes=10)
+# The most reports one ReportOutcomes call takes.
+MAX_BATCH = 256
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,12 @@ class ReportOutcome:
     attempts: tuple[AttemptOutcome, ...] = ()
     bucket: Bucket | None = None
     charge_micros: int = 0
+
+
+@dataclass(frozen=True)
+class ReportOutcomes:
+    # Each report as read from the wire, or why it could not be read (its answer).
+    reports: Sequence[ReportOutcome | DomainError]
 
 
 @dataclass(frozen=True)
@@ -155,17 +172,26 @@ class CreatedApiKey:
     secret: str
 
 
-async def _active_key(api_key: str, uow: UnitOfWork, cache: KeyCache | None = None) -> ApiKey:
+async def _active_key(
+    api_key: str, uow: UnitOfWork, cache: KeyCache | None = None
+) -> tuple[ApiKey, float]:
+    """The key, and for how many seconds more this replica may go on trusting what it
+    knows of it (its cache entry's freshness; the whole bound when read just now)."""
     # A typo fails the checksum here, without a database lookup.
     if not keys.is_well_formed(api_key):
         raise unknown_key()
     digest = keys.digest_of(api_key)
     found, key = cache.get(digest) if cache is not None else (False, None)
-    if not found:
+    fresh_for = DEFAULT_TTL_S
+    if found:
+        assert cache is not None
+        fresh_for = cache.fresh_for(digest)
+    else:
         async with uow:
             key = await uow.access.key_by_digest(digest)
         if cache is not None:
             cache.put(digest, key)
+            fresh_for = cache.ttl_s
     key = require_active(key, uow.now())
     if not keys.digest_matches(api_key, key.digest):
         raise unknown_key()
@@ -177,7 +203,7 @@ async def _active_key(api_key: str, uow: UnitOfWork, cache: KeyCache | None = No
         key = replace(key, last_used_at=now)
         if cache is not None:
             cache.update(digest, key)
-    return key
+    return key, fresh_for
 
 
 async def resolve(
@@ -186,8 +212,10 @@ async def resolve(
     catalog: Catalog,
     cache: KeyCache | None = None,
     health: HealthBoard | None = None,
+    reuse_limit_ms: int = 0,
 ) -> Resolution:
-    key = await _active_key(command.api_key, uow, cache)
+    """`reuse_limit_ms` (TOKENFORGE_RESOLVE_REUSE_MS) caps `reuse_for_ms`; 0: no reuse."""
+    key, fresh_for = await _active_key(command.api_key, uow, cache)
     require_scope(key, Scope.INFERENCE)
     require_ip_allowed(key.limits, command.client_ip)
     resolution = choose_route(catalog, key, command.model, command.endpoint)
@@ -195,11 +223,16 @@ async def resolve(
         resolution.model, command.endpoint, command.prompt_tokens, command.output_cap
     )
     worst = worst_case_micros(
-        resolution.route, resolution.model, command.prompt_tokens, command.output_cap
+        resolution.route,
+        resolution.model,
+        command.prompt_tokens,
+        command.output_cap,
+        command.endpoint,
     )
     lease_id = ""
     if key.limits.counts_requests:
         resolution, lease_id = await _count(command, uow, key, resolution, tokens)
+    reuse = _reuse_for_ms(command, key, resolution, fresh_for, uow.now(), reuse_limit_ms, health)
     route = resolution.route
     fallbacks = resolution.fallback_routes
     if health is not None:
@@ -211,7 +244,46 @@ async def resolve(
         fallback_routes=fallbacks,
         lease_id=lease_id,
         worst_case_micros=worst,
+        reuse_for_ms=reuse,
     )
+
+
+def _reuse_for_ms(
+    command: ResolveRoute,
+    key: ApiKey,
+    resolution: Resolution,
+    fresh_for_s: float,
+    now: datetime,
+    limit_ms: int,
+    health: HealthBoard | None,
+) -> int:
+    """How long the caller may answer the same (key, model, endpoint, client ip) from
+    this resolution (its routes as in the catalog, before ordering by health): 0
+    unless reusing cannot change an outcome.
+
+    It cannot when the key counts nothing per request (no rate, in-flight or spend
+    limit: no counter, no lease, no cap to check), the request is no preview and
+    names its endpoint (the caller recomputes the worst case by the endpoint's
+    rule), and the channels are settled: every breaker closed (nothing skipped, no
+    probe handed out) and no channel sharing load by weight with another (a random
+    choice made per request). The bound: the setting, the time this replica's cache
+    entry of the key stays fresh (so a revocation elsewhere reaches the caller
+    within the 2 s every replica promises), the key's expiry and revocation times.
+    """
+    if limit_ms <= 0 or command.preview or command.endpoint is None:
+        return 0
+    if key.limits.counts_requests:
+        return 0
+    routes = (resolution.route, *resolution.fallback_routes)
+    if any(len(set(r.groups)) != len(r.groups) for r in routes):
+        return 0
+    if health is not None and not health.all_closed(c.id for r in routes for c in r.channels):
+        return 0
+    bound_ms = min(float(limit_ms), fresh_for_s * 1000)
+    for deadline in (key.expires_at, key.revoked_at):
+        if deadline is not None:
+            bound_ms = min(bound_ms, (deadline - now).total_seconds() * 1000)
+    return max(0, int(bound_ms))
 
 
 def _healthy_order(route: Route, health: HealthBoard) -> Route:
@@ -270,19 +342,86 @@ async def report_outcome(
     command: ReportOutcome, uow: UnitOfWork, health: HealthBoard | None = None
 ) -> None:
     """Health learns every attempt; spend is counted once per request id; the lease ends."""
+    _learn_health(command, health)
+    await _count_outcomes([command], uow)
+
+
+async def report_outcomes(
+    command: ReportOutcomes,
+    uow_factory: Callable[[], UnitOfWork],
+    health: HealthBoard | None = None,
+) -> list[DomainError | None]:
+    """`report_outcome` for each report, answered in order (None, or its refusal).
+
+    The database work of the whole batch (leases ended, request ids remembered,
+    spend added) is one transaction: a request id counts once whether it comes
+    twice in the batch, in two batches or alone. Should that transaction fail, each
+    report goes through its own, concurrently, as alone: only a faulty one fails.
+    """
+    if len(command.reports) > MAX_BATCH:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            f"A batch holds at most {MAX_BATCH} outcome reports (got {len(command.reports)}); "
+            "send the rest in another batch.",
+            {"max_batch": str(MAX_BATCH)},
+        )
+    outcomes: list[DomainError | None] = [
+        r if isinstance(r, DomainError) else None for r in command.reports
+    ]
+    reports = [(i, r) for i, r in enumerate(command.reports) if isinstance(r, ReportOutcome)]
+    for _, report in reports:
+        _learn_health(report, health)
+    try:
+        await _count_outcomes([r for _, r in reports], uow_factory())
+        return outcomes
+    except Exception:  # noqa: BLE001 - each goes alone: only a faulty one fails
+        log.warning("counting %s outcome reports together failed", len(reports), exc_info=True)
+
+    async def alone(index: int, report: ReportOutcome) -> None:
+        try:
+            await _count_outcomes([report], uow_factory())
+        except DomainError as error:
+            outcomes[index] = error
+        except Exception:  # noqa: BLE001 - this report failed, not the batch
+            log.exception("outcome report %s failed", report.request_id)
+            outcomes[index] = DomainError(
+                Reason.INTERNAL,
+                f"The outcome of {report.request_id} could not be recorded; try again.",
+                {"request_id": report.request_id},
+            )
+
+    await asyncio.gather(*(alone(i, r) for i, r in reports))
+    return outcomes
+
+
+def _learn_health(command: ReportOutcome, health: HealthBoard | None) -> None:
     if health is not None:
         for attempt in command.attempts:
             health.record(attempt.channel_id, attempt.outcome, attempt.latency_ms)
-    if not command.lease_id and not (command.charge_micros and command.bucket):
+
+
+async def _count_outcomes(reports: Sequence[ReportOutcome], uow: UnitOfWork) -> None:
+    """End the reports' leases and add each charged request's spend once, in one
+    transaction (none when nothing is to count)."""
+    lease_ids = [r.lease_id for r in reports if r.lease_id]
+    charged = [r for r in reports if r.charge_micros > 0 and r.bucket is not None and r.key_id]
+    if not lease_ids and not charged:
         return
     async with uow:
-        if command.lease_id:
-            await uow.limits.end_lease(command.lease_id)
-        if command.charge_micros > 0 and command.bucket is not None and command.key_id:
-            if await uow.limits.first_report(command.request_id):
-                await uow.limits.add_spend(
-                    command.key_id, command.bucket, spend_day(uow.now()), command.charge_micros
-                )
+        if lease_ids:
+            await uow.limits.end_leases(lease_ids)
+        if charged:
+            first = await uow.limits.first_reports({r.request_id for r in charged})
+            spends: dict[tuple[str, Bucket], int] = {}
+            for report in charged:
+                if report.request_id not in first or report.bucket is None:
+                    continue
+                # Counted once: the same request id later in the batch adds nothing.
+                first.discard(report.request_id)
+                slot = (report.key_id, report.bucket)
+                spends[slot] = spends.get(slot, 0) + report.charge_micros
+            if spends:
+                await uow.limits.add_spends(spend_day(uow.now()), spends)
         await uow.commit()
 
 
@@ -295,7 +434,7 @@ async def sweep_counters(uow: UnitOfWork) -> None:
 async def authenticate(
     command: Authenticate, uow: UnitOfWork, cache: KeyCache | None = None
 ) -> Principal:
-    key = await _active_key(command.api_key, uow, cache)
+    key, _ = await _active_key(command.api_key, uow, cache)
     if command.scope is not None:
         require_scope(key, command.scope)
     return Principal.of(key)

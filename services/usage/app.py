@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 POLICY = AccessPolicy(
     {
         "RecordReceipt": frozenset({Role.INTERNAL}),
+        "RecordReceipts": frozenset({Role.INTERNAL}),
         "GetReceipt": frozenset({Role.INTERNAL, Role.OPERATOR}),
         "ListReceipts": frozenset({Role.INTERNAL, Role.OPERATOR}),
         "AggregateReceipts": frozenset({Role.INTERNAL, Role.OPERATOR}),

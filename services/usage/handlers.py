@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from services.usage.domain.receipts import (
@@ -27,6 +30,8 @@ from services.usage.domain.runs import (
 from services.usage.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,111 @@ async def record_receipt(command: RecordReceipt, uow: UnitOfWork) -> Receipt:
     if existing is None or not receipt.same_as(existing):
         raise conflict(receipt.request_id)
     return existing
+
+
+@dataclass(frozen=True)
+class RecordReceipts:
+    # Each receipt as read from the wire, or why it could not be read (its answer).
+    receipts: Sequence[Receipt | DomainError]
+
+
+MAX_BATCH = 256
+
+
+async def record_receipts(
+    command: RecordReceipts, uow_factory: Callable[[], UnitOfWork]
+) -> list[Receipt | DomainError]:
+    """`record_receipt` for each receipt, answered in order: its receipt or its refusal.
+
+    Receipts that touch nothing but their own row (no run, request id once in the
+    batch) are stored by one multi-row insert; a request id already taken answers the
+    stored receipt (a replay) or a conflict, as alone. Receipts of a run's requests,
+    and a request id sent twice in the batch, go through `record_receipt` one by one,
+    concurrently, as concurrent single calls would.
+    """
+    if len(command.receipts) > MAX_BATCH:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            f"A batch holds at most {MAX_BATCH} receipts (got {len(command.receipts)}); "
+            "send the rest in another batch.",
+            {"max_batch": str(MAX_BATCH)},
+        )
+    outcomes: list[Receipt | DomainError | None] = [None] * len(command.receipts)
+    together: dict[str, int] = {}
+    alone: list[int] = []
+    for index, receipt in enumerate(command.receipts):
+        if isinstance(receipt, DomainError):
+            outcomes[index] = receipt
+            continue
+        try:
+            validate(receipt)
+        except DomainError as error:
+            outcomes[index] = error
+            continue
+        if receipt.run_id or receipt.request_id in together:
+            alone.append(index)
+        else:
+            together[receipt.request_id] = index
+
+    async def one(index: int) -> None:
+        receipt = command.receipts[index]
+        assert isinstance(receipt, Receipt)
+        try:
+            outcomes[index] = await record_receipt(RecordReceipt(receipt), uow_factory())
+        except DomainError as error:
+            outcomes[index] = error
+        except Exception:  # noqa: BLE001 - this item failed, not the batch
+            log.exception("recording receipt %s failed", receipt.request_id)
+            outcomes[index] = DomainError(
+                Reason.INTERNAL,
+                f"Receipt {receipt.request_id} could not be recorded; try again.",
+                {"request_id": receipt.request_id},
+            )
+
+    async def many() -> None:
+        batch = [command.receipts[i] for i in together.values()]
+        try:
+            answers = await _record_together(
+                [r for r in batch if isinstance(r, Receipt)], uow_factory()
+            )
+        except Exception:  # noqa: BLE001 - each goes alone: only a faulty one fails
+            # One row the database refuses fails the whole statement; alone, only
+            # that receipt fails, as it would have in its own call.
+            log.warning("recording %s receipts together failed", len(batch), exc_info=True)
+            await asyncio.gather(*(one(i) for i in together.values()))
+            return
+        for index, answer in zip(together.values(), answers, strict=True):
+            outcomes[index] = answer
+
+    await asyncio.gather(many(), *(one(i) for i in alone))
+    return [_answered(outcome) for outcome in outcomes]
+
+
+async def _record_together(batch: list[Receipt], uow: UnitOfWork) -> list[Receipt | DomainError]:
+    """Valid receipts of distinct request ids and no run, in one transaction."""
+    if not batch:
+        return []
+    async with uow:
+        now = uow.now()
+        stored = await uow.receipts.add_many(
+            [r if r.finished_at is not None else replace(r, finished_at=now) for r in batch]
+        )
+        taken = [r.request_id for r in batch if r.request_id not in stored]
+        existing = await uow.receipts.get_many(taken) if taken else {}
+        await uow.commit()
+    answers: list[Receipt | DomainError] = []
+    for receipt in batch:
+        found = stored.get(receipt.request_id)
+        if found is None:
+            first = existing.get(receipt.request_id)
+            found = first if first is not None and receipt.same_as(first) else None
+        answers.append(found if found is not None else conflict(receipt.request_id))
+    return answers
+
+
+def _answered(outcome: Receipt | DomainError | None) -> Receipt | DomainError:
+    assert outcome is not None, "every receipt of the batch is answered"
+    return outcome
 
 
 async def _end_draw(uow: UnitOfWork, receipt: Receipt) -> None:

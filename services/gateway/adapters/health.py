@@ -3,16 +3,15 @@ is resolved (for token limits and the worst case), and how it ended after (every
 channel attempt for channel health, the charge for spend caps, the end of the
 in-flight lease).
 
-The report is fire-and-forget off the request path (a background task, so the
-client never waits for it), but never lost silently: a failed report is logged
-with the request id. A lost report costs little: the lease expires by its TTL and
+The report is fire-and-forget off the request path (a background task of the
+RoutingClient, batched with other requests' reports under load, so the client never
+waits for it), but never lost silently: a failed report is logged with the request
+id. A lost report costs little: the lease expires by its TTL and
 the breaker learns from the next request.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,11 +23,6 @@ from tokenforge.money import Money
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.wire import bucket_to_proto
 
-log = logging.getLogger(__name__)
-
-# Reports in flight: kept referenced until done.
-_reports: set[asyncio.Task[None]] = set()
-
 
 def request_shape(body: dict[str, Any]) -> tuple[int, int]:
     """(prompt estimate, client's output cap or 0); a malformed cap is left to the
@@ -38,20 +32,6 @@ def request_shape(body: dict[str, Any]) -> tuple[int, int]:
     except DomainError:
         cap = 0
     return estimate_prompt_tokens(body), cap
-
-
-async def _send(peers: Peers, request: routing_pb2.ReportOutcomeRequest) -> None:
-    try:
-        await peers.routing.call(
-            peers.routing_stub.ReportOutcome, request, request_id=request.request_id
-        )
-    except Exception as error:  # noqa: BLE001 - logged, never raised into a finished request
-        log.warning(
-            "outcome report for %s not delivered (%s): %s",
-            request.request_id,
-            type(error).__name__,
-            error,
-        )
 
 
 def report_outcome(
@@ -79,6 +59,4 @@ def report_outcome(
     if charge is not None and charge.micros > 0:
         request.bucket = bucket_to_proto(charge.bucket)
         request.charge_micros = charge.micros
-    task = asyncio.create_task(_send(peers, request))
-    _reports.add(task)
-    task.add_done_callback(_reports.discard)
+    peers.routing_client.report_outcome(request)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from services.routing.client import RoutingClient
+from services.usage.client import UsageClient
 from tokenforge.config import Settings
 from tokenforge.payments.v1 import payments_pb2_grpc
 from tokenforge.routing.v1 import routing_pb2_grpc
@@ -36,6 +38,17 @@ class Peers:
     def usage_stub(self) -> usage_pb2_grpc.UsageServiceStub:
         return usage_pb2_grpc.UsageServiceStub(self.usage.channel)
 
+    @cached_property
+    def routing_client(self) -> RoutingClient:
+        """Resolve (answers routing allows to reuse are reused for a moment) and the
+        outcome reports (batched under load)."""
+        return RoutingClient(self.routing)
+
+    @cached_property
+    def usage_client(self) -> UsageClient:
+        """Receipts, batched under load (see tokenforge.runtime.batching)."""
+        return UsageClient(self.usage)
+
     @classmethod
     def from_settings(cls, settings: Settings) -> Peers:
         token = settings.peer_token
@@ -47,5 +60,7 @@ class Peers:
         )
 
     async def close(self) -> None:
+        if "routing_client" in self.__dict__:
+            await self.routing_client.drain()  # the last outcome reports go out
         for peer in (self.routing, self.wallet, self.payments, self.usage):
             await peer.close()

@@ -1,35 +1,74 @@
 """Opening a streaming call to an upstream channel: headers first, so a failure before
-the first byte can still move to the next channel."""
+the first byte can still move to the next channel; then the body line by line."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
-from services.gateway.adapters.upstream import Attempt, Upstream, attempt_of, channel_request
+from services.gateway.adapters.upstream import (
+    TIMEOUT_ERRORS,
+    TRANSPORT_ERRORS,
+    Attempt,
+    Upstream,
+    attempt_of,
+    channel_request,
+)
 from tokenforge.routing.v1 import routing_pb2
+
+# One server-sent-events line longer than this is a broken stream, not a chunk.
+MAX_LINE_BYTES = 8 * 1024 * 1024
+# What reading an open stream may raise: the caller settles what arrived.
+STREAM_ERRORS = (*TRANSPORT_ERRORS, *TIMEOUT_ERRORS, ValueError)
+
+
+class UpstreamStream:
+    """An open upstream answer whose body is read as text lines."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def lines(self) -> AsyncIterator[str]:
+        """Each line of the body, without its line break (raises STREAM_ERRORS)."""
+        pending = b""
+        async for data in self._response.content.iter_any():
+            pending += data
+            *complete, pending = pending.split(b"\n")
+            if len(pending) > MAX_LINE_BYTES:
+                raise ValueError("an upstream stream line is longer than 8 MiB")
+            for line in complete:
+                yield line.rstrip(b"\r").decode()
+        if pending:
+            yield pending.rstrip(b"\r").decode()
+
+    async def close(self) -> None:
+        self._response.release()
+        self._response.close()
 
 
 async def open_stream(
     upstream: Upstream, channel: routing_pb2.Channel, path: str, body: dict[str, Any]
-) -> tuple[httpx.Response | None, Attempt]:
+) -> tuple[UpstreamStream | None, Attempt]:
     """Send the request and wait for the status line; the body is read by the caller."""
     url, headers, timeout = channel_request(channel, path)
-    request = upstream.client.build_request(
-        "POST", url, content=orjson.dumps(body), headers=headers, timeout=timeout
-    )
     started = time.monotonic()
     try:
-        response = await upstream.client.send(request, stream=True)
-    except httpx.TimeoutException:
+        response = await upstream.session.post(
+            url, data=orjson.dumps(body), headers=headers, timeout=timeout
+        )
+    except TIMEOUT_ERRORS:
         return None, attempt_of(channel, "timeout", started)
-    except httpx.TransportError:
+    except TRANSPORT_ERRORS:
         return None, attempt_of(channel, "connect_error", started)
-    if response.status_code != 200:
-        await response.aread()
-        await response.aclose()
-        return None, attempt_of(channel, f"http_{response.status_code}", started)
-    return response, attempt_of(channel, "ok", started)
+    if response.status != 200:
+        try:
+            await response.read()
+        except (*TRANSPORT_ERRORS, *TIMEOUT_ERRORS):
+            pass
+        response.release()
+        return None, attempt_of(channel, f"http_{response.status}", started)
+    return UpstreamStream(response), attempt_of(channel, "ok", started)

@@ -114,6 +114,8 @@ class Resolution:
     catalog_version: str
     lease_id: str = ""
     worst_case_micros: int = 0
+    # How long the caller may answer the same request from this resolution (0: never).
+    reuse_for_ms: int = 0
 
 
 def request_tokens(model: Model, endpoint: Endpoint | None, prompt: int, output_cap: int) -> int:
@@ -125,9 +127,12 @@ def request_tokens(model: Model, endpoint: Endpoint | None, prompt: int, output_
     return max(prompt, 0) + cap
 
 
-def worst_case_micros(route: Route, model: Model, prompt: int, output_cap: int) -> int:
-    """What the request may cost at most on this route, in micro-units of its bucket."""
-    cap = request_tokens(model, None, 0, output_cap)
+def worst_case_micros(
+    route: Route, model: Model, prompt: int, output_cap: int, endpoint: Endpoint | None = None
+) -> int:
+    """What the request may cost at most on this route, in micro-units of its bucket
+    (no output tokens on the embeddings endpoint)."""
+    cap = request_tokens(model, endpoint, 0, output_cap)
     return route.price.worst_case(max(prompt, 0), cap).micros
 
 

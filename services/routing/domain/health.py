@@ -35,7 +35,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -219,6 +219,11 @@ class HealthBoard:
 
     def view(self, channel_id: str) -> HealthView:
         return self.breaker(channel_id).view(self.clock())
+
+    def all_closed(self, channel_ids: Iterable[str]) -> bool:
+        """Is every one of these channels' breakers closed (no channel skipped, no
+        probe handed out)?"""
+        return all(self.breaker(c).state is BreakerState.CLOSED for c in channel_ids)
 
     def order(self, channels: Sequence[C], groups: Sequence[int] | None = None) -> list[C]:
         """The channels to try, in order: groups in catalog order, weighted random

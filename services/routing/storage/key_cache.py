@@ -4,6 +4,10 @@ The bound: an entry lives `ttl_s` (2 s). A revocation, rotation or expiry takes
 effect at once on the replica that made it (its entry is dropped) and within
 `ttl_s` on every other replica. Unknown digests are cached too (same TTL), so a
 flood of bad keys does not reach the database more than once per 2 s per key.
+
+A caller that reuses a Resolve answer (`reuse_for_ms`) stays inside the same
+bound: routing never lets it reuse past the moment this cache's entry of the key
+goes stale (`fresh_for`).
 """
 
 from __future__ import annotations
@@ -38,6 +42,13 @@ class KeyCache:
         if entry is None or self._clock() - entry.loaded_at >= self.ttl_s:
             return False, None
         return True, entry.key
+
+    def fresh_for(self, digest: str) -> float:
+        """Seconds before the entry goes stale (0 when missing or stale)."""
+        entry = self._entries.get(digest)
+        if entry is None:
+            return 0.0
+        return max(0.0, self.ttl_s - (self._clock() - entry.loaded_at))
 
     def put(self, digest: str, key: ApiKey | None) -> None:
         if len(self._entries) >= MAX_ENTRIES:

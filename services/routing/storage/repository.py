@@ -5,6 +5,7 @@ statements; the key lookup and the counters are on the request path)."""
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -238,22 +239,52 @@ class LimitsRepository(abc.ABC):
     async def add_lease(self, lease_id: str, key_id: str, expires_at: datetime) -> None: ...
 
     @abc.abstractmethod
-    async def end_lease(self, lease_id: str) -> None: ...
+    async def end_leases(self, lease_ids: Collection[str]) -> None: ...
 
     @abc.abstractmethod
     async def spent(self, key_id: str, bucket: Bucket, day: str) -> tuple[int, int]:
         """(spent on `day`, spent in total) in micro-units of the bucket."""
 
     @abc.abstractmethod
-    async def add_spend(self, key_id: str, bucket: Bucket, day: str, micros: int) -> None: ...
+    async def add_spends(self, day: str, spends: Mapping[tuple[str, Bucket], int]) -> None:
+        """Add each (key, bucket)'s micros to its `day` and to its total."""
 
     @abc.abstractmethod
-    async def first_report(self, request_id: str) -> bool:
-        """True the first time a request's outcome is reported."""
+    async def first_reports(self, request_ids: Collection[str]) -> set[str]:
+        """The request ids whose outcome is reported for the first time (remembered
+        from now on: a later report of them answers nothing)."""
 
     @abc.abstractmethod
     async def sweep(self, before: datetime) -> None:
         """Forget windows, leases and report ids older than `before`."""
+
+
+# Fixed SQL text for the statements of every outcome report: SQLAlchemy compiles an
+# `insert(...).on_conflict_...()` again on every call (it never enters the compiled
+# cache), and a multi-row VALUES has a new shape for every batch size. These are
+# compiled once and stay prepared on each connection; arrays carry the rows.
+_ADD_SPENDS = text(
+    f"""
+    INSERT INTO {key_spend.fullname} (key_id, bucket, period, micros)
+    SELECT key_id, bucket, period, micros
+    FROM unnest(
+        CAST(:key_ids AS text[]), CAST(:buckets AS text[]),
+        CAST(:periods AS text[]), CAST(:micros AS bigint[])
+    ) AS row_(key_id, bucket, period, micros)
+    ORDER BY key_id, bucket, period
+    ON CONFLICT (key_id, bucket, period)
+    DO UPDATE SET micros = {key_spend.name}.micros + EXCLUDED.micros
+    """  # noqa: S608 - table names from our own metadata, values bound
+)
+_FIRST_REPORTS = text(
+    f"""
+    INSERT INTO {outcome_reports.fullname} (request_id)
+    SELECT request_id FROM unnest(CAST(:request_ids AS text[])) AS row_(request_id)
+    ORDER BY request_id
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING request_id
+    """  # noqa: S608 - table names from our own metadata, values bound
+)
 
 
 class SqlAlchemyLimitsRepository(LimitsRepository):
@@ -286,9 +317,11 @@ class SqlAlchemyLimitsRepository(LimitsRepository):
             insert(in_flight_leases).values(lease_id=lease_id, key_id=key_id, expires_at=expires_at)
         )
 
-    async def end_lease(self, lease_id: str) -> None:
+    async def end_leases(self, lease_ids: Collection[str]) -> None:
+        if not lease_ids:
+            return
         await self._session.execute(
-            delete(in_flight_leases).where(in_flight_leases.c.lease_id == lease_id)
+            delete(in_flight_leases).where(in_flight_leases.c.lease_id.in_(sorted(set(lease_ids))))
         )
 
     async def spent(self, key_id: str, bucket: Bucket, day: str) -> tuple[int, int]:
@@ -302,26 +335,33 @@ class SqlAlchemyLimitsRepository(LimitsRepository):
         found = {row.period: int(row.micros) for row in rows}
         return found.get(day, 0), found.get(TOTAL, 0)
 
-    async def add_spend(self, key_id: str, bucket: Bucket, day: str, micros: int) -> None:
-        for period in (day, TOTAL):
-            statement = insert(key_spend).values(
-                key_id=key_id, bucket=bucket.value, period=period, micros=micros
-            )
-            await self._session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[key_spend.c.key_id, key_spend.c.bucket, key_spend.c.period],
-                    set_={"micros": key_spend.c.micros + statement.excluded.micros},
-                )
-            )
-
-    async def first_report(self, request_id: str) -> bool:
-        result = await self._session.execute(
-            insert(outcome_reports)
-            .values(request_id=request_id)
-            .on_conflict_do_nothing(index_elements=[outcome_reports.c.request_id])
-            .returning(outcome_reports.c.request_id)
+    async def add_spends(self, day: str, spends: Mapping[tuple[str, Bucket], int]) -> None:
+        # One statement; rows in a fixed order, so that concurrent transactions lock
+        # the same rows in the same order (no deadlock).
+        rows = sorted(
+            (key_id, bucket.value, period, micros)
+            for (key_id, bucket), micros in spends.items()
+            for period in (day, TOTAL)
         )
-        return result.first() is not None
+        if not rows:
+            return
+        await self._session.execute(
+            _ADD_SPENDS,
+            {
+                "key_ids": [r[0] for r in rows],
+                "buckets": [r[1] for r in rows],
+                "periods": [r[2] for r in rows],
+                "micros": [r[3] for r in rows],
+            },
+        )
+
+    async def first_reports(self, request_ids: Collection[str]) -> set[str]:
+        if not request_ids:
+            return set()
+        result = await self._session.execute(
+            _FIRST_REPORTS, {"request_ids": sorted(set(request_ids))}
+        )
+        return {row.request_id for row in result}
 
     async def sweep(self, before: datetime) -> None:
         await self._session.execute(

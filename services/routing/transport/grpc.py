@@ -30,6 +30,7 @@ from tokenforge.wire import (
     bucket_from_proto,
     bucket_to_proto,
     from_timestamp,
+    item_error_to_proto,
     price_to_proto,
     route_kind_from_proto,
     route_kind_to_proto,
@@ -201,6 +202,32 @@ def version_to_wire(stored: StoredCatalog) -> routing_pb2.CatalogVersion:
     return wire
 
 
+def report_from_wire(request: routing_pb2.ReportOutcomeRequest) -> handlers.ReportOutcome:
+    return handlers.ReportOutcome(
+        request_id=request.request_id,
+        key_id=request.key_id,
+        lease_id=request.lease_id,
+        attempts=tuple(
+            handlers.AttemptOutcome(a.channel_id, a.outcome, a.latency_ms) for a in request.attempts
+        ),
+        bucket=bucket_from_proto(request.bucket) if request.bucket else None,
+        charge_micros=request.charge_micros,
+    )
+
+
+def _read_report(request: routing_pb2.ReportOutcomeRequest) -> handlers.ReportOutcome | DomainError:
+    try:
+        return report_from_wire(request)
+    except DomainError as error:
+        return error
+
+
+def _report_outcome(error: DomainError | None) -> routing_pb2.ReportOutcomeOutcome:
+    if error is not None:
+        return routing_pb2.ReportOutcomeOutcome(error=item_error_to_proto(error))
+    return routing_pb2.ReportOutcomeOutcome(answer=routing_pb2.ReportOutcomeResponse())
+
+
 class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
@@ -210,12 +237,14 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
         store: CatalogStore | None = None,
         cache: KeyCache | None = None,
         health: HealthBoard | None = None,
+        resolve_reuse_ms: int = 0,
     ) -> None:
         self._uow = uow_factory
         self._catalog = catalog
         self._store = store
         self._cache = cache or KeyCache()
         self._health = health or HealthBoard()
+        self._reuse_ms = resolve_reuse_ms
 
     def _catalog_store(self) -> CatalogStore:
         if self._store is None:
@@ -238,7 +267,7 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
             preview=request.preview,
         )
         resolution = await handlers.resolve(
-            command, self._uow(), self._catalog(), self._cache, self._health
+            command, self._uow(), self._catalog(), self._cache, self._health, self._reuse_ms
         )
         return routing_pb2.ResolveResponse(
             principal=principal_to_wire(resolution.principal),
@@ -250,6 +279,7 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
             selected_model=resolution.selected_model,
             lease_id=resolution.lease_id,
             worst_case_micros=resolution.worst_case_micros,
+            reuse_for_ms=resolution.reuse_for_ms,
         )
 
     async def Authenticate(  # noqa: N802
@@ -334,19 +364,18 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
     async def ReportOutcome(  # noqa: N802
         self, request: routing_pb2.ReportOutcomeRequest, context: grpc.aio.ServicerContext
     ) -> routing_pb2.ReportOutcomeResponse:
-        command = handlers.ReportOutcome(
-            request_id=request.request_id,
-            key_id=request.key_id,
-            lease_id=request.lease_id,
-            attempts=tuple(
-                handlers.AttemptOutcome(a.channel_id, a.outcome, a.latency_ms)
-                for a in request.attempts
-            ),
-            bucket=bucket_from_proto(request.bucket) if request.bucket else None,
-            charge_micros=request.charge_micros,
-        )
-        await handlers.report_outcome(command, self._uow(), self._health)
+        await handlers.report_outcome(report_from_wire(request), self._uow(), self._health)
         return routing_pb2.ReportOutcomeResponse()
+
+    async def ReportOutcomes(  # noqa: N802
+        self, request: routing_pb2.ReportOutcomesRequest, context: grpc.aio.ServicerContext
+    ) -> routing_pb2.ReportOutcomesResponse:
+        outcomes = await handlers.report_outcomes(
+            handlers.ReportOutcomes([_read_report(r) for r in request.reports]),
+            self._uow,
+            self._health,
+        )
+        return routing_pb2.ReportOutcomesResponse(outcomes=[_report_outcome(o) for o in outcomes])
 
     async def GetHealth(  # noqa: N802
         self, request: routing_pb2.GetHealthRequest, context: grpc.aio.ServicerContext

@@ -27,6 +27,7 @@ from tokenforge.wire import (
     bucket_from_proto,
     bucket_to_proto,
     from_timestamp,
+    item_error_to_proto,
     route_kind_from_proto,
     route_kind_to_proto,
     timestamp,
@@ -288,6 +289,21 @@ def run_receipt_to_wire(receipt: RunReceipt) -> usage_pb2.RunReceipt:
     )
 
 
+def _read_receipt(wire: usage_pb2.Receipt) -> Receipt | DomainError:
+    try:
+        return receipt_from_wire(wire)
+    except DomainError as error:
+        return error
+
+
+def _outcome(outcome: Receipt | DomainError) -> usage_pb2.RecordReceiptOutcome:
+    if isinstance(outcome, DomainError):
+        return usage_pb2.RecordReceiptOutcome(error=item_error_to_proto(outcome))
+    return usage_pb2.RecordReceiptOutcome(
+        answer=usage_pb2.RecordReceiptResponse(receipt=receipt_to_wire(outcome))
+    )
+
+
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
     def __init__(self, uow_factory: Callable[[], UnitOfWork]) -> None:
         self._uow = uow_factory
@@ -299,6 +315,15 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
             handlers.RecordReceipt(receipt_from_wire(request.receipt)), self._uow()
         )
         return usage_pb2.RecordReceiptResponse(receipt=receipt_to_wire(receipt))
+
+    async def RecordReceipts(  # noqa: N802
+        self, request: usage_pb2.RecordReceiptsRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.RecordReceiptsResponse:
+        outcomes = await handlers.record_receipts(
+            handlers.RecordReceipts([_read_receipt(item.receipt) for item in request.receipts]),
+            self._uow,
+        )
+        return usage_pb2.RecordReceiptsResponse(outcomes=[_outcome(o) for o in outcomes])
 
     async def GetReceipt(  # noqa: N802
         self, request: usage_pb2.GetReceiptRequest, context: grpc.aio.ServicerContext

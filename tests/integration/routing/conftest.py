@@ -39,7 +39,9 @@ class Routing:
         )
         return account, opened.project_id
 
-    async def new_key(self, account: str = "", scopes: list[int] | None = None) -> str:
+    async def new_key(
+        self, account: str = "", scopes: list[routing_pb2.Scope] | None = None
+    ) -> str:
         if not account:
             account, _ = await self.open_account()
         created = await self.call(
@@ -48,7 +50,12 @@ class Routing:
         )
         return str(created.api_key)
 
-    async def resolve(self, api_key: str, model: str, endpoint: int = 1) -> Any:
+    async def resolve(
+        self,
+        api_key: str,
+        model: str,
+        endpoint: routing_pb2.Endpoint = routing_pb2.ENDPOINT_CHAT_COMPLETIONS,
+    ) -> Any:
         return await self.call(
             "Resolve", routing_pb2.ResolveRequest(api_key=api_key, model=model, endpoint=endpoint)
         )

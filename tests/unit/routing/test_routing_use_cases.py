@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -10,8 +11,9 @@ import pytest
 
 from services.routing import handlers
 from services.routing.domain.access import Account, ApiKey, Project, Scope
-from services.routing.domain.catalog import Catalog, Endpoint, RouteKind
-from services.routing.domain.limits import TOTAL, KeyLimits, SpendCap
+from services.routing.domain.catalog import Catalog, Endpoint, RouteKind, parse_catalog
+from services.routing.domain.health import HealthBoard
+from services.routing.domain.limits import TOTAL, KeyLimits, SpendCap, spend_day
 from services.routing.storage.catalog_file import DEMO_CATALOG, read_catalog
 from services.routing.storage.key_cache import KeyCache
 from services.routing.storage.repository import AccessRepository, LimitsRepository
@@ -102,23 +104,24 @@ class FakeLimitsRepository(LimitsRepository):
     async def add_lease(self, lease_id: str, key_id: str, expires_at: datetime) -> None:
         self.leases[lease_id] = (key_id, expires_at)
 
-    async def end_lease(self, lease_id: str) -> None:
-        self.leases.pop(lease_id, None)
+    async def end_leases(self, lease_ids: Collection[str]) -> None:
+        for lease_id in lease_ids:
+            self.leases.pop(lease_id, None)
 
     async def spent(self, key_id: str, bucket: Bucket, day: str) -> tuple[int, int]:
         return self.spend.get((key_id, bucket, day), 0), self.spend.get((key_id, bucket, TOTAL), 0)
 
-    async def add_spend(self, key_id: str, bucket: Bucket, day: str, micros: int) -> None:
-        for period in (day, TOTAL):
-            self.spend[(key_id, bucket, period)] = (
-                self.spend.get((key_id, bucket, period), 0) + micros
-            )
+    async def add_spends(self, day: str, spends: Mapping[tuple[str, Bucket], int]) -> None:
+        for (key_id, bucket), micros in spends.items():
+            for period in (day, TOTAL):
+                self.spend[(key_id, bucket, period)] = (
+                    self.spend.get((key_id, bucket, period), 0) + micros
+                )
 
-    async def first_report(self, request_id: str) -> bool:
-        if request_id in self.reports:
-            return False
-        self.reports.add(request_id)
-        return True
+    async def first_reports(self, request_ids: Collection[str]) -> set[str]:
+        first = set(request_ids) - self.reports
+        self.reports |= first
+        return first
 
     async def sweep(self, before: datetime) -> None:
         self.windows = {k: v for k, v in self.windows.items() if k[2] >= before}
@@ -440,3 +443,277 @@ async def test_a_preview_counts_no_limit(world: World, catalog: Catalog) -> None
     for _ in range(3):
         assert (await handlers.resolve(preview, world.uow(), catalog)).lease_id == ""
     assert world.limits.windows == {} and world.limits.leases == {}
+
+
+# -- outcome reports in batches ---------------------------------------------
+
+
+def _report(
+    request_id: str, key_id: str, micros: int, lease_id: str = ""
+) -> handlers.ReportOutcome:
+    return handlers.ReportOutcome(
+        request_id, key_id, lease_id, bucket=Bucket.CREDIT, charge_micros=micros
+    )
+
+
+def _spent(world: World, key_id: str) -> int:
+    return world.limits.spend.get((key_id, Bucket.CREDIT, TOTAL), 0)
+
+
+async def test_a_batch_counts_each_request_id_once_within_it_across_batches_and_alone(
+    world: World,
+) -> None:
+    answers = await handlers.report_outcomes(
+        handlers.ReportOutcomes(
+            [
+                _report("req-1", "key-a", 100),
+                _report("req-1", "key-a", 100),
+                _report("req-2", "key-a", 10),
+            ]
+        ),
+        world.uow,
+    )
+    assert answers == [None, None, None]
+    assert _spent(world, "key-a") == 110
+
+    await handlers.report_outcomes(
+        handlers.ReportOutcomes([_report("req-2", "key-a", 10), _report("req-3", "key-b", 7)]),
+        world.uow,
+    )
+    await handlers.report_outcome(_report("req-3", "key-b", 7), world.uow())
+
+    assert (_spent(world, "key-a"), _spent(world, "key-b")) == (110, 7)
+    day = spend_day(START)
+    assert world.limits.spend[("key-a", Bucket.CREDIT, day)] == 110
+
+
+async def test_a_batch_ends_every_lease_and_answers_an_unreadable_report_with_its_refusal(
+    world: World, catalog: Catalog
+) -> None:
+    secret = await _key(world, limits=KeyLimits(max_in_flight=2))
+    command = handlers.ResolveRoute(secret, "demo-chat", Endpoint.CHAT)
+    first = await handlers.resolve(command, world.uow(), catalog)
+    second = await handlers.resolve(command, world.uow(), catalog)
+    with pytest.raises(DomainError):
+        await handlers.resolve(command, world.uow(), catalog)
+    unreadable = DomainError(Reason.INVALID_ARGUMENT, "bucket must be `credit` or `routed`.")
+
+    answers = await handlers.report_outcomes(
+        handlers.ReportOutcomes(
+            [
+                handlers.ReportOutcome("req-1", first.principal.key_id, first.lease_id),
+                unreadable,
+                handlers.ReportOutcome("req-2", second.principal.key_id, second.lease_id),
+            ]
+        ),
+        world.uow,
+    )
+
+    assert answers == [None, unreadable, None]
+    assert world.limits.leases == {}
+    assert (await handlers.resolve(command, world.uow(), catalog)).lease_id
+
+
+async def test_a_batch_of_more_than_256_reports_is_refused_whole(world: World) -> None:
+    reports = [_report(f"req-{i}", "key-a", 1) for i in range(257)]
+
+    with pytest.raises(DomainError) as caught:
+        await handlers.report_outcomes(handlers.ReportOutcomes(reports), world.uow)
+
+    assert caught.value.reason is Reason.INVALID_ARGUMENT
+    assert world.limits.spend == {} and world.limits.reports == set()
+
+
+async def test_health_learns_every_attempt_of_every_report_in_a_batch(world: World) -> None:
+    health = HealthBoard()
+    attempts = (
+        handlers.AttemptOutcome("ch-1", "ok", 10),
+        handlers.AttemptOutcome("ch-2", "timeout", 9),
+    )
+
+    await handlers.report_outcomes(
+        handlers.ReportOutcomes([handlers.ReportOutcome("req-1", "key-a", attempts=attempts)] * 2),
+        world.uow,
+        health,
+    )
+
+    assert health.view("ch-1").attempts_in_window == 2
+    assert health.view("ch-2").attempts_in_window == 2
+
+
+class FailingForKeyLimits(FakeLimitsRepository):
+    """Refuses to add spend for one key (a row the database would refuse)."""
+
+    async def add_spends(self, day: str, spends: Mapping[tuple[str, Bucket], int]) -> None:
+        if any(key_id == "key-bad" for key_id, _ in spends):
+            raise RuntimeError("the database refused the row")
+        await super().add_spends(day, spends)
+
+
+async def test_when_the_batch_transaction_fails_only_the_faulty_report_fails(world: World) -> None:
+    world.limits = FailingForKeyLimits()
+
+    answers = await handlers.report_outcomes(
+        handlers.ReportOutcomes(
+            [
+                _report("req-1", "key-a", 5),
+                _report("req-2", "key-bad", 5),
+                _report("req-3", "key-c", 5),
+            ]
+        ),
+        world.uow,
+    )
+
+    assert answers[0] is None and answers[2] is None
+    assert isinstance(answers[1], DomainError) and answers[1].reason is Reason.INTERNAL
+    assert (_spent(world, "key-a"), _spent(world, "key-bad"), _spent(world, "key-c")) == (5, 0, 5)
+    # The faulty report's id is not remembered: it counts when it is sent again and works.
+    assert world.limits.reports == {"req-1", "req-3"}
+
+
+# -- reusable resolutions ---------------------------------------------------
+
+
+REUSE_MS = 1000
+
+
+async def _reuse_of(
+    world: World,
+    catalog: Catalog,
+    secret: str,
+    *,
+    cache: KeyCache | None = None,
+    health: HealthBoard | None = None,
+    limit_ms: int = REUSE_MS,
+    **command: object,
+) -> int:
+    resolve = handlers.ResolveRoute(
+        secret,
+        str(command.pop("model", "demo-chat")),
+        command.pop("endpoint", Endpoint.CHAT),  # type: ignore[arg-type]
+        **command,  # type: ignore[arg-type]
+    )
+    resolution = await handlers.resolve(resolve, world.uow(), catalog, cache, health, limit_ms)
+    return resolution.reuse_for_ms
+
+
+async def test_a_key_that_counts_nothing_may_reuse_its_resolution_up_to_the_setting(
+    world: World, catalog: Catalog
+) -> None:
+    secret = await _key(world, limits=KeyLimits(ip_allowlist=("10.0.0.0/8",)))
+
+    assert await _reuse_of(world, catalog, secret, client_ip="10.0.0.1") == REUSE_MS
+    assert await _reuse_of(world, catalog, secret, client_ip="10.0.0.1", limit_ms=300) == 300
+    assert await _reuse_of(world, catalog, secret, client_ip="10.0.0.1", limit_ms=0) == 0
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        KeyLimits(requests_per_minute=100),
+        KeyLimits(tokens_per_minute=100_000),
+        KeyLimits(max_in_flight=10),
+        KeyLimits(spend_caps=(SpendCap(Bucket.ROUTED, daily_micros=1_000),)),
+        KeyLimits(spend_caps=(SpendCap(Bucket.CREDIT, total_micros=1_000),)),
+    ],
+    ids=["requests", "tokens", "in_flight", "daily_spend", "total_spend"],
+)
+async def test_a_key_with_any_counted_limit_never_reuses_a_resolution(
+    world: World, catalog: Catalog, limits: KeyLimits
+) -> None:
+    secret = await _key(world, limits=limits)
+
+    assert await _reuse_of(world, catalog, secret) == 0
+
+
+async def test_a_preview_or_a_request_without_endpoint_never_reuses(
+    world: World, catalog: Catalog
+) -> None:
+    secret = await _key(world)
+
+    assert await _reuse_of(world, catalog, secret, preview=True) == 0
+    assert await _reuse_of(world, catalog, secret, endpoint=None) == 0
+
+
+async def test_reuse_never_outlives_the_replicas_cache_entry_of_the_key(
+    world: World, catalog: Catalog
+) -> None:
+    secret = await _key(world)
+    clock = [0.0]
+    cache = KeyCache(ttl_s=2.0, clock=lambda: clock[0])
+
+    assert await _reuse_of(world, catalog, secret, cache=cache, limit_ms=5_000) == 2_000
+    clock[0] = 1.5
+    assert await _reuse_of(world, catalog, secret, cache=cache) == 500
+    clock[0] = 2.0  # stale: read again, fresh for the whole bound
+    assert await _reuse_of(world, catalog, secret, cache=cache) == REUSE_MS
+
+
+async def test_reuse_never_outlives_the_keys_expiry_or_its_revocation_after_rotation(
+    world: World, catalog: Catalog
+) -> None:
+    expiring = await _key(world, expires_at=START + timedelta(milliseconds=300))
+    assert await _reuse_of(world, catalog, expiring) == 300
+
+    rotated = await _key(world, "acct-2")
+    old = next(k for k in world.repo.keys.values() if k.account_id == "acct-2")
+    await handlers.rotate_api_key(
+        handlers.RotateApiKey("acct-2", old.key_id, timedelta(milliseconds=400)), world.uow()
+    )
+    assert await _reuse_of(world, catalog, rotated) == 400
+
+
+async def test_no_reuse_while_a_channel_of_the_route_is_not_healthy(
+    world: World, catalog: Catalog
+) -> None:
+    secret = await _key(world, fallback_allowed=True)
+    clock = [0.0]
+    health = HealthBoard(clock=lambda: clock[0])
+    assert await _reuse_of(world, catalog, secret, health=health) == REUSE_MS
+
+    # mock-backup serves the routed fallback (and backs up the official route).
+    for _ in range(health.policy.failure_threshold):
+        health.record("mock-backup", "timeout", 100)
+    assert await _reuse_of(world, catalog, secret, health=health) == 0
+    clock[0] = health.policy.cool_down_s  # half-open: each resolution may hand out the probe
+    assert await _reuse_of(world, catalog, secret, health=health) == 0
+    health.record("mock-backup", "ok", 50)
+    assert await _reuse_of(world, catalog, secret, health=health) == REUSE_MS
+
+
+SHARED_LOAD = """\
+channels:
+  - {id: a, base_url: "http://127.0.0.1:9999/v1", weight: 3}
+  - {id: b, base_url: "http://127.0.0.1:9999/v1"}
+models:
+  - id: m1
+    context_length: 4096
+    max_output_tokens: 512
+    endpoints: [chat]
+    routes:
+      - kind: official
+        bucket: credit
+        upstream_model: real-m1
+        prices: {input: 1000, output: 2000}
+        channels: [[a, b]]
+"""
+
+
+async def test_no_reuse_when_channels_share_load_by_weight(world: World) -> None:
+    shared = parse_catalog(SHARED_LOAD.encode(), "test.yaml", {})
+    secret = await _key(world)
+
+    assert await _reuse_of(world, shared, secret, model="m1") == 0
+
+
+async def test_the_worst_case_of_an_embeddings_request_counts_no_output(
+    world: World, catalog: Catalog
+) -> None:
+    secret = await _key(world)
+    command = handlers.ResolveRoute(
+        secret, "demo-embed", Endpoint.EMBEDDINGS, prompt_tokens=1_000_000, output_cap=500
+    )
+
+    resolution = await handlers.resolve(command, world.uow(), catalog)
+
+    assert resolution.worst_case_micros == 100_000  # the input price of 1M tokens alone

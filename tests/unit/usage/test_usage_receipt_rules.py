@@ -3,6 +3,7 @@ conflicts, privacy and cursors."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -53,6 +54,8 @@ def a_receipt(request_id: str = "req-1", **changes: object) -> Receipt:
 class FakeReceiptRepository(ReceiptRepository):
     def __init__(self) -> None:
         self.rows: dict[str, Receipt] = {}
+        # The size of each multi-row insert.
+        self.batches: list[int] = []
 
     async def add(self, receipt: Receipt) -> Receipt | None:
         if receipt.request_id in self.rows:
@@ -60,8 +63,19 @@ class FakeReceiptRepository(ReceiptRepository):
         self.rows[receipt.request_id] = receipt
         return receipt
 
+    async def add_many(self, batch: Sequence[Receipt]) -> dict[str, Receipt]:
+        self.batches.append(len(batch))
+        stored = {}
+        for receipt in batch:
+            if await self.add(receipt) is not None:
+                stored[receipt.request_id] = receipt
+        return stored
+
     async def get(self, request_id: str) -> Receipt | None:
         return self.rows.get(request_id)
+
+    async def get_many(self, request_ids: Collection[str]) -> dict[str, Receipt]:
+        return {i: self.rows[i] for i in request_ids if i in self.rows}
 
     async def list(self, where: ReceiptFilter, after: Cursor | None, limit: int) -> list[Receipt]:
         def key(r: Receipt) -> tuple[datetime, str]:
@@ -253,3 +267,66 @@ async def test_an_empty_time_window_is_refused_before_reading(repo: FakeReceiptR
             FakeUnitOfWork(repo),
         )
     assert refused.value.reason is Reason.INVALID_ARGUMENT
+
+
+async def test_a_batch_answers_each_receipt_in_order_as_it_would_be_answered_alone(
+    repo: FakeReceiptRepository,
+) -> None:
+    old = a_receipt("req-old")
+    await handlers.record_receipt(handlers.RecordReceipt(old), FakeUnitOfWork(repo))
+    unreadable = DomainError(Reason.INVALID_ARGUMENT, "status is required")
+
+    outcomes = await handlers.record_receipts(
+        handlers.RecordReceipts(
+            [
+                a_receipt("req-new"),
+                a_receipt("req-bad", account_id=""),
+                a_receipt("req-old"),
+                a_receipt("req-old", charge_micros=1),
+                unreadable,
+                a_receipt("req-unstamped", finished_at=None),
+            ]
+        ),
+        lambda: FakeUnitOfWork(repo),
+    )
+
+    assert outcomes[0] == a_receipt("req-new")
+    assert isinstance(outcomes[1], DomainError)
+    assert outcomes[1].reason is Reason.INVALID_ARGUMENT
+    assert outcomes[2] == a_receipt("req-old")
+    assert isinstance(outcomes[3], DomainError)
+    assert outcomes[3].reason is Reason.IDEMPOTENCY_CONFLICT
+    assert outcomes[4] is unreadable
+    assert outcomes[5] == a_receipt("req-unstamped", finished_at=NOW)
+    # One insert for the batch (req-old's second item went alone, as a single call).
+    assert repo.batches == [3]
+    assert repo.rows["req-old"].charge_micros == 225
+
+
+async def test_a_request_id_twice_in_a_batch_is_stored_once_and_a_different_one_conflicts(
+    repo: FakeReceiptRepository,
+) -> None:
+    outcomes = await handlers.record_receipts(
+        handlers.RecordReceipts(
+            [a_receipt("req-1"), a_receipt("req-1"), a_receipt("req-1", charge_micros=1)]
+        ),
+        lambda: FakeUnitOfWork(repo),
+    )
+
+    assert outcomes[:2] == [a_receipt("req-1"), a_receipt("req-1")]
+    assert isinstance(outcomes[2], DomainError)
+    assert outcomes[2].reason is Reason.IDEMPOTENCY_CONFLICT
+    assert list(repo.rows) == ["req-1"]
+
+
+async def test_a_batch_above_256_receipts_is_refused_and_stores_nothing(
+    repo: FakeReceiptRepository,
+) -> None:
+    with pytest.raises(DomainError) as refused:
+        await handlers.record_receipts(
+            handlers.RecordReceipts([a_receipt(f"req-{n}") for n in range(257)]),
+            lambda: FakeUnitOfWork(repo),
+        )
+
+    assert refused.value.reason is Reason.INVALID_ARGUMENT
+    assert repo.rows == {}

@@ -192,6 +192,7 @@ def router(deps: Deps) -> APIRouter:
             routing_pb2.RevokeApiKeyRequest(account_id=account_id, key_id=key_id),
             request_id=request.state.request_id,
         )
+        peers.routing_client.forget_key(key_id)  # no reused answer outlives the revocation
         return json_response(key_json(answer.key))
 
     @r.post("/v1/keys/{key_id}/rotate", tags=["keys"])
@@ -207,6 +208,7 @@ def router(deps: Deps) -> APIRouter:
             ),
             request_id=request.state.request_id,
         )
+        peers.routing_client.forget_key(key_id)
         return json_response(
             {**key_json(answer.key), "key": answer.api_key, "revoked_key_id": answer.revoked_key_id}
         )

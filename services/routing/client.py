@@ -1,0 +1,231 @@
+"""A small typed async client of routing, for the gateway: Resolve before a request,
+the outcome report after it.
+
+Every call carries a deadline and this service's credential (`Peer`); a refusal
+comes back as the same `DomainError` routing raised (reason, message, details).
+
+Resolve answers carry `reuse_for_ms` (routing.proto): how long the same (api key,
+model, endpoint, client ip) may be answered from that resolution. Routing sets it
+only for a key that counts nothing per request, never for a preview, and never past
+the 2 s bound it promises for a key's revocation, rotation or expiry. `resolve`
+keeps such answers in a small bounded cache and answers from it meanwhile, with the
+worst case recomputed for each request's tokens; refusals are never kept. The
+gateway calls `forget_key` when a key is revoked or rotated through it, so that key
+is refused again at once; a failed attempt on a channel drops the answers that
+route through it, so the next request asks routing, whose breakers may have moved.
+
+Outcome reports are fire-and-forget (a background task: a finished request never
+waits for its report, and a lost report is logged with the request id, not
+raised). They go through a `Batcher`: one alone on ReportOutcome while routing keeps
+up, several together on ReportOutcomes when reports pile up behind calls in flight,
+each taken exactly as alone. `drain()` waits for the reports under way (tests,
+shutdown; `close()` drains first).
+
+    routing = RoutingClient.connect(settings.routing_addr, settings.peer_token)
+    resolved = await routing.resolve(routing_pb2.ResolveRequest(...), request_id=rid)
+    routing.report_outcome(routing_pb2.ReportOutcomeRequest(request_id=rid, ...))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from services.routing.domain.health import is_channel_failure
+from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
+from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
+from tokenforge.runtime.grpc_client import DEFAULT_DEADLINE_S, Peer
+from tokenforge.wire import bucket_from_proto, item_error_from_proto, price_from_proto
+
+log = logging.getLogger(__name__)
+
+# Resolutions kept for reuse; the oldest goes first when full.
+DEFAULT_MAX_REUSED = 4096
+
+# (api key, model, endpoint, client ip): what a reusable resolution answers for.
+_Slot = tuple[str, str, int, str]
+
+
+@dataclass
+class _Reusable:
+    answer: routing_pb2.ResolveResponse
+    # On the client's clock: the answer may be reused until then.
+    until: float
+
+
+def worst_case_micros(
+    answer: routing_pb2.ResolveResponse, request: routing_pb2.ResolveRequest
+) -> int:
+    """The chosen route's price of the request's worst-case tokens, by routing's rule
+    (routing.proto, ResolveResponse.worst_case_micros)."""
+    prompt = max(request.estimated_prompt_tokens, 0)
+    if request.endpoint == routing_pb2.ENDPOINT_EMBEDDINGS:
+        output = 0
+    else:
+        cap, most = request.output_tokens_cap, answer.max_output_tokens
+        output = cap if 0 < cap <= most else most
+    price = price_from_proto(bucket_from_proto(answer.route.bucket), answer.route.prices)
+    return price.worst_case(prompt, output).micros
+
+
+def _channels(answer: routing_pb2.ResolveResponse) -> Iterable[str]:
+    for route in (answer.route, *answer.fallback_routes):
+        for channel in route.channels:
+            yield channel.channel_id
+
+
+class RoutingClient:
+    """Calls RoutingService's request path; answers the proto messages."""
+
+    def __init__(
+        self,
+        peer: Peer,
+        *,
+        deadline: float = DEFAULT_DEADLINE_S,
+        batching: bool = True,
+        max_batch: int = DEFAULT_MAX_SIZE,
+        max_reused: int = DEFAULT_MAX_REUSED,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.peer = peer
+        self.stub = routing_pb2_grpc.RoutingServiceStub(peer.channel)
+        self.deadline = deadline
+        self.max_reused = max(0, max_reused)
+        self._clock = clock
+        self._reusable: dict[_Slot, _Reusable] = {}
+        # Bumped by forget_key: an answer that was on its way meanwhile is not kept.
+        self._forgets = 0
+        # None without batching: every report goes alone on ReportOutcome.
+        self.reports: (
+            Batcher[routing_pb2.ReportOutcomeRequest, routing_pb2.ReportOutcomeResponse] | None
+        ) = Batcher(self._report_one, self._report_many, max_size=max_batch) if batching else None
+        # Reports under way, referenced until done.
+        self._sending: set[asyncio.Task[None]] = set()
+        # Figures for tests, metrics and the benchmark.
+        self.resolve_calls = 0
+        self.resolve_reused = 0
+
+    @classmethod
+    def connect(cls, address: str, token: str, **options: Any) -> RoutingClient:
+        return cls(Peer("routing", address, token), **options)
+
+    async def close(self) -> None:
+        await self.drain()
+        await self.peer.close()
+
+    # Resolve.
+
+    async def resolve(
+        self, request: routing_pb2.ResolveRequest, *, request_id: str = ""
+    ) -> routing_pb2.ResolveResponse:
+        """Routing's answer, or a reusable one it gave for the same key, model,
+        endpoint and client ip less than its `reuse_for_ms` ago."""
+        slot: _Slot = (request.api_key, request.model, request.endpoint, request.client_ip)
+        if not request.preview:
+            kept = self._reusable.get(slot)
+            if kept is not None:
+                now = self._clock()
+                if now < kept.until:
+                    self.resolve_reused += 1
+                    return self._reused(kept, request, now)
+                del self._reusable[slot]
+        forgets, sent_at = self._forgets, self._clock()
+        self.resolve_calls += 1
+        answer: routing_pb2.ResolveResponse = await self.peer.call(
+            self.stub.Resolve, request, timeout=self.deadline, request_id=request_id
+        )
+        if (
+            answer.reuse_for_ms > 0
+            and not request.preview
+            and not answer.lease_id
+            and forgets == self._forgets
+        ):
+            # Counted from before the call: routing's bound started after it.
+            self._keep(slot, _Reusable(answer, sent_at + answer.reuse_for_ms / 1000))
+        return answer
+
+    def _reused(
+        self, kept: _Reusable, request: routing_pb2.ResolveRequest, now: float
+    ) -> routing_pb2.ResolveResponse:
+        answer = routing_pb2.ResolveResponse()
+        answer.CopyFrom(kept.answer)
+        answer.worst_case_micros = worst_case_micros(answer, request)
+        answer.reuse_for_ms = int((kept.until - now) * 1000)
+        return answer
+
+    def _keep(self, slot: _Slot, kept: _Reusable) -> None:
+        if self.max_reused == 0:
+            return
+        self._reusable.pop(slot, None)
+        if len(self._reusable) >= self.max_reused:
+            now = self._clock()
+            for stale in [s for s, k in self._reusable.items() if k.until <= now]:
+                del self._reusable[stale]
+        while len(self._reusable) >= self.max_reused:
+            del self._reusable[next(iter(self._reusable))]
+        self._reusable[slot] = kept
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop every kept answer of this key (revoked or rotated: ask routing again)."""
+        self._forgets += 1
+        self._drop(lambda answer: answer.principal.key_id == key_id)
+
+    def _drop(self, matches: Callable[[routing_pb2.ResolveResponse], bool]) -> None:
+        for slot in [s for s, k in self._reusable.items() if matches(k.answer)]:
+            del self._reusable[slot]
+
+    # Outcome reports.
+
+    def report_outcome(self, request: routing_pb2.ReportOutcomeRequest) -> None:
+        """Send the report in the background; a failure is logged, never raised."""
+        failed = {a.channel_id for a in request.attempts if is_channel_failure(a.outcome)}
+        if failed:
+            self._drop(lambda answer: not failed.isdisjoint(_channels(answer)))
+        task = asyncio.get_running_loop().create_task(self._report(request))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def drain(self) -> None:
+        """Wait for every report under way."""
+        while self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+
+    async def _report(self, request: routing_pb2.ReportOutcomeRequest) -> None:
+        try:
+            if self.reports is None:
+                await self._report_one(request)
+            else:
+                await self.reports.submit(request)
+        except Exception as error:  # noqa: BLE001 - logged, never raised into a finished request
+            log.warning(
+                "outcome report for %s not delivered (%s): %s",
+                request.request_id,
+                type(error).__name__,
+                error,
+            )
+
+    async def _report_one(
+        self, request: routing_pb2.ReportOutcomeRequest
+    ) -> routing_pb2.ReportOutcomeResponse:
+        answer: routing_pb2.ReportOutcomeResponse = await self.peer.call(
+            self.stub.ReportOutcome, request, timeout=self.deadline, request_id=request.request_id
+        )
+        return answer
+
+    async def _report_many(
+        self, requests: Sequence[routing_pb2.ReportOutcomeRequest]
+    ) -> list[routing_pb2.ReportOutcomeResponse | BaseException]:
+        answer: routing_pb2.ReportOutcomesResponse = await self.peer.call(
+            self.stub.ReportOutcomes,
+            routing_pb2.ReportOutcomesRequest(reports=requests),
+            timeout=self.deadline,
+            request_id=requests[0].request_id,
+        )
+        return [
+            item_error_from_proto(o.error) if o.HasField("error") else o.answer
+            for o in answer.outcomes
+        ]

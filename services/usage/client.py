@@ -1,0 +1,120 @@
+"""A small typed async client of the usage service, for the gateway.
+
+Every call carries a deadline and this service's credential (`Peer`); a refusal
+comes back as the same `DomainError` the usage service raised (reason, message,
+details). Recording a receipt is idempotent by its request id (the same receipt
+again answers the first), so a call that found the service unavailable is retried
+with backoff; a refusal is never retried.
+
+Receipts go through a `Batcher` (`batching=True`, the default): one that finds
+nothing in flight goes alone on `RecordReceipt`, so at low load nothing waits;
+receipts that arrive while calls are under way leave together in one
+`RecordReceipts`, each still answered (or refused) as if it went alone. One client,
+shared by the callers of a process, batches best.
+
+    client = UsageClient.connect(settings.usage_addr, settings.peer_token)
+    answer = await client.record_receipt(receipt)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from tokenforge.errors import DomainError, Reason
+from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
+from tokenforge.runtime.grpc_client import Peer
+from tokenforge.usage.v1 import usage_pb2, usage_pb2_grpc
+from tokenforge.wire import item_error_from_proto
+
+T = TypeVar("T")
+
+DEFAULT_DEADLINE_S = 2.0
+DEFAULT_ATTEMPTS = 3
+BACKOFF_S = 0.05
+
+
+class UsageClient:
+    """Calls UsageService; answers the proto messages (`usage_pb2.RecordReceiptResponse`)."""
+
+    def __init__(
+        self,
+        peer: Peer,
+        *,
+        deadline: float = DEFAULT_DEADLINE_S,
+        attempts: int = DEFAULT_ATTEMPTS,
+        batching: bool = True,
+        max_batch: int = DEFAULT_MAX_SIZE,
+        backoff: float = BACKOFF_S,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.peer = peer
+        self.stub = usage_pb2_grpc.UsageServiceStub(peer.channel)
+        self.deadline = deadline
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self._sleep = sleep
+        # None: every receipt goes alone on RecordReceipt.
+        self.receipts: Batcher[usage_pb2.Receipt, usage_pb2.RecordReceiptResponse] | None = (
+            Batcher(self._record_one, self._record_many, max_size=max_batch) if batching else None
+        )
+
+    @classmethod
+    def connect(cls, address: str, token: str, **options: Any) -> UsageClient:
+        return cls(Peer("usage", address, token), **options)
+
+    async def close(self) -> None:
+        await self.peer.close()
+
+    async def _once(self, method: str, request: Any, request_id: str = "") -> Any:
+        return await self.peer.call(
+            getattr(self.stub, method), request, timeout=self.deadline, request_id=request_id
+        )
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call`, retried on SERVICE_UNAVAILABLE (recording is idempotent)."""
+        delay = self.backoff
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await call()
+            except DomainError as error:
+                if error.reason is not Reason.SERVICE_UNAVAILABLE or attempt == self.attempts:
+                    raise
+            await self._sleep(delay * (1 + random.random()))  # noqa: S311 - jitter, not secrets
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    async def record_receipt(self, receipt: usage_pb2.Receipt) -> usage_pb2.RecordReceiptResponse:
+        """The stored receipt (the first one, for a replay); IDEMPOTENCY_CONFLICT when the
+        request id already has another receipt."""
+        batcher = self.receipts
+        if batcher is None:
+            return await self._retrying(lambda: self._record_one(receipt))
+        # A batch that found the service unavailable is not retried whole: each caller
+        # retries its own receipt, which may then leave in another batch.
+        return await self._retrying(lambda: batcher.submit(receipt))
+
+    async def _record_one(self, receipt: usage_pb2.Receipt) -> usage_pb2.RecordReceiptResponse:
+        answer: usage_pb2.RecordReceiptResponse = await self._once(
+            "RecordReceipt", usage_pb2.RecordReceiptRequest(receipt=receipt), receipt.request_id
+        )
+        return answer
+
+    async def _record_many(
+        self, receipts: Sequence[usage_pb2.Receipt]
+    ) -> list[usage_pb2.RecordReceiptResponse | BaseException]:
+        """One outcome per receipt: its answer, or the DomainError RecordReceipt raises."""
+        answer: usage_pb2.RecordReceiptsResponse = await self._once(
+            "RecordReceipts",
+            usage_pb2.RecordReceiptsRequest(
+                receipts=[usage_pb2.RecordReceiptRequest(receipt=r) for r in receipts]
+            ),
+            # The batch runs in the first caller's trace; its request id names the call.
+            receipts[0].request_id,
+        )
+        return [
+            item_error_from_proto(o.error) if o.WhichOneof("outcome") == "error" else o.answer
+            for o in answer.outcomes
+        ]
