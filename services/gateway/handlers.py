@@ -156,20 +156,17 @@ async def place_hold(
     available balance pays for rather than refuse. `idempotency_key` (default: the
     request id) names a request's second hold, on a fallback route."""
     for _ in range(2):
-        request = wallet_pb2.HoldRequest(
-            account_id=account_id,
-            bucket=bucket_to_proto(price.bucket),
-            amount_micros=plan.worst_case.micros,
-            ttl_seconds=ttl_s,
-            request_id=cmd.request_id,
-            trace_id=cmd.trace_id,
-            idempotency_key=idempotency_key,
-        )
         try:
-            response = await peers.wallet.call(
-                peers.wallet_stub.Hold, request, request_id=cmd.request_id
+            hold = await peers.wallet_client.hold(
+                account_id,
+                price.bucket,
+                plan.worst_case.micros,
+                cmd.request_id,
+                ttl_seconds=ttl_s,
+                trace_id=cmd.trace_id,
+                idempotency_key=idempotency_key,
             )
-            return response.hold, plan
+            return hold, plan
         except DomainError as error:
             if error.reason is not Reason.INSUFFICIENT_BALANCE:
                 raise
@@ -416,14 +413,10 @@ async def fall_back(peers: Peers, p: Prepared, attempts: list[Attempt]) -> bool:
             p.route_attempts.append(route_attempt(route, "", "insufficient_balance", 0))
             continue
         left = p.route
-        await peers.wallet.call(
-            peers.wallet_stub.Release,
-            wallet_pb2.ReleaseRequest(
-                hold_id=p.hold.hold_id,
-                reason=f"fallback_to_{route_kind_from_proto(route.kind)}",
-                account_id=account_id,
-            ),
-            request_id=p.cmd.request_id,
+        await peers.wallet_client.release(
+            p.hold.hold_id,
+            reason=f"fallback_to_{route_kind_from_proto(route.kind)}",
+            account_id=account_id,
         )
         on_left = len(attempts) - p.earlier_attempts
         p.route_attempts.append(route_attempt(left, p.hold.hold_id, "fell_back", on_left))
@@ -505,14 +498,8 @@ async def finish(
         # A run's request: the run's hold pays; the receipt ends the draw (usage).
         return await finish_run_request(peers, receipt, outcome, rule, error_code)
     if outcome.usage is not None:
-        settled = await peers.wallet.call(
-            peers.wallet_stub.Settle,
-            wallet_pb2.SettleRequest(
-                hold_id=p.hold.hold_id,
-                amount_micros=outcome.charge.micros,
-                trace_id=p.cmd.trace_id,
-            ),
-            request_id=p.cmd.request_id,
+        settled = await peers.wallet_client.settle(
+            p.hold.hold_id, outcome.charge.micros, trace_id=p.cmd.trace_id
         )
         receipt.entry_id = settled.entry.entry_id if settled.HasField("entry") else ""
         receipt.prompt_tokens = outcome.usage.prompt_tokens
@@ -522,11 +509,7 @@ async def finish(
         if outcome.capped_at_hold:
             error_code = error_code or "charge_capped_at_hold"
     else:
-        await peers.wallet.call(
-            peers.wallet_stub.Release,
-            wallet_pb2.ReleaseRequest(hold_id=p.hold.hold_id, reason=error_code or rule.value),
-            request_id=p.cmd.request_id,
-        )
+        await peers.wallet_client.release(p.hold.hold_id, reason=error_code or rule.value)
     receipt.charge_micros = outcome.charge.micros
     receipt.status = RECEIPT_STATUS[outcome.status]
     receipt.error_code = error_code
@@ -561,16 +544,12 @@ async def finish_run_request(
         receipt.tokens_reported = outcome.usage.reported
     if charge.micros > 0:
         try:
-            captured = await peers.wallet.call(
-                peers.wallet_stub.CapturePart,
-                wallet_pb2.CapturePartRequest(
-                    hold_id=receipt.hold_id,
-                    amount_micros=charge.micros,
-                    request_id=receipt.request_id,
-                    trace_id=receipt.trace_id,
-                    account_id=receipt.account_id,
-                ),
-                request_id=receipt.request_id,
+            captured = await peers.wallet_client.capture_part(
+                receipt.hold_id,
+                charge.micros,
+                receipt.request_id,
+                account_id=receipt.account_id,
+                trace_id=receipt.trace_id,
             )
             receipt.entry_id = captured.entry.entry_id
         except DomainError as error:

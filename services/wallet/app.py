@@ -32,20 +32,25 @@ SWEEP_INTERVAL_S = 1.0
 # Who may call what (callers are named by TOKENFORGE_CALLER_TOKENS; "internal" is the
 # shared internal token, kept so single-token deployments and tests still work):
 # - holds (Hold/Settle/CapturePart/Release/ExtendHold): the gateway, which runs requests, and
-#   operators; no other service reserves or charges money;
+#   operators; no other service reserves or charges money. A batch method (HoldMany,
+#   SettleMany, ReleaseMany) is open to exactly who may call its unary method;
 # - Credit: only the shared internal credential. Paid top-ups arrive on NATS and are
 #   credited in-process by the wallet's own consumer, so no service needs Credit over
 #   gRPC; operators correct balances with Adjust, never with a fake top-up;
 # - Adjust/Reverse (corrections with a reason) and Reconcile: operators only;
 # - reads (balances, ledger, holds) and OpenAccount: every authenticated caller.
 HOLD_CALLERS = frozenset({"gateway", "internal"})
+HOLD_ROLES = frozenset({Role.OPERATOR})
 POLICY = AccessPolicy(
     rules={
-        "Hold": frozenset({Role.OPERATOR}),
-        "Settle": frozenset({Role.OPERATOR}),
-        "CapturePart": frozenset({Role.OPERATOR}),
-        "Release": frozenset({Role.OPERATOR}),
-        "ExtendHold": frozenset({Role.OPERATOR}),
+        "Hold": HOLD_ROLES,
+        "HoldMany": HOLD_ROLES,
+        "Settle": HOLD_ROLES,
+        "SettleMany": HOLD_ROLES,
+        "CapturePart": HOLD_ROLES,
+        "Release": HOLD_ROLES,
+        "ReleaseMany": HOLD_ROLES,
+        "ExtendHold": HOLD_ROLES,
         "Credit": frozenset(),
         "Adjust": frozenset({Role.OPERATOR}),
         "Reverse": frozenset({Role.OPERATOR}),
@@ -53,9 +58,12 @@ POLICY = AccessPolicy(
     },
     callers={
         "Hold": HOLD_CALLERS,
+        "HoldMany": HOLD_CALLERS,
         "Settle": HOLD_CALLERS,
+        "SettleMany": HOLD_CALLERS,
         "CapturePart": HOLD_CALLERS,
         "Release": HOLD_CALLERS,
+        "ReleaseMany": HOLD_CALLERS,
         "ExtendHold": HOLD_CALLERS,
         "Credit": frozenset({"internal"}),
     },

@@ -2,10 +2,19 @@
 
 Every call carries a deadline and this service's credential (`Peer`); a refusal
 comes back as the same `DomainError` the wallet raised (reason, message, details).
-Every wallet call is idempotent (a hold by its request id, a settle or release by
-its hold, a credit by its order, an adjustment by its key, a reversal by its
-entry), so a call that found the wallet unavailable is retried with backoff; a
-refusal is never retried.
+Every wallet call is idempotent (a hold by its request id or idempotency key, a
+settle or release by its hold, a credit by its order, an adjustment by its key, a
+reversal by its entry), so a call that found the wallet unavailable is retried with
+backoff; a refusal is never retried.
+
+Hold, Settle and Release, the calls of every request the gateway runs, go through a
+`Batcher` each (`batching=True`, the default): a call that finds nothing in flight
+goes out alone on the unary method, so at low load nothing waits; calls that arrive
+while calls are under way leave together in one HoldMany, SettleMany or ReleaseMany,
+which the wallet runs item by item exactly as the unary calls. Each caller still
+gets its own answer or its own refusal; a batch that found the wallet unavailable
+is retried item by item, like any call (each item is idempotent, so a retried batch
+is still correct). One client, shared by the callers of a process, batches best.
 
     client = WalletClient.connect(settings.wallet_addr, settings.peer_token)
     hold = await client.hold(account_id, Bucket.CREDIT, 300_000, request_id)
@@ -16,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -25,9 +34,11 @@ from google.protobuf import timestamp_pb2
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
+from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
 from tokenforge.runtime.grpc_client import Peer
+from tokenforge.runtime.telemetry import current_trace_id
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from tokenforge.wire import bucket_to_proto
+from tokenforge.wire import bucket_to_proto, item_error_from_proto
 
 T = TypeVar("T")
 
@@ -55,6 +66,8 @@ class WalletClient:
         attempts: int = DEFAULT_ATTEMPTS,
         backoff: float = BACKOFF_S,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        batching: bool = True,
+        max_batch: int = DEFAULT_MAX_SIZE,
     ) -> None:
         self.peer = peer
         self.stub = wallet_pb2_grpc.WalletServiceStub(peer.channel)
@@ -62,6 +75,20 @@ class WalletClient:
         self.attempts = max(1, attempts)
         self.backoff = backoff
         self._sleep = sleep
+        # None without batching: every call is its unary RPC.
+        self.hold_batcher: Batcher[wallet_pb2.HoldRequest, wallet_pb2.HoldResponse] | None = None
+        self.settle_batcher: Batcher[wallet_pb2.SettleRequest, wallet_pb2.SettleResponse] | None = (
+            None
+        )
+        self.release_batcher: (
+            Batcher[wallet_pb2.ReleaseRequest, wallet_pb2.ReleaseResponse] | None
+        ) = None
+        if batching:
+            self.hold_batcher = Batcher(self._hold_one, self._hold_many, max_size=max_batch)
+            self.settle_batcher = Batcher(self._settle_one, self._settle_many, max_size=max_batch)
+            self.release_batcher = Batcher(
+                self._release_one, self._release_many, max_size=max_batch
+            )
 
     @classmethod
     def connect(cls, address: str, token: str, **options: Any) -> WalletClient:
@@ -70,23 +97,63 @@ class WalletClient:
     async def close(self) -> None:
         await self.peer.close()
 
-    async def _call(self, method: str, request: Any, request_id: str = "") -> Any:
-        """One call, retried on SERVICE_UNAVAILABLE (every wallet call is idempotent)."""
+    async def _once(self, method: str, request: Any, request_id: str = "") -> Any:
+        return await self.peer.call(
+            getattr(self.stub, method), request, timeout=self.deadline, request_id=request_id
+        )
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call`, retried on SERVICE_UNAVAILABLE (every wallet call is idempotent)."""
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
             try:
-                return await self.peer.call(
-                    getattr(self.stub, method),
-                    request,
-                    timeout=self.deadline,
-                    request_id=request_id,
-                )
+                return await call()
             except DomainError as error:
                 if error.reason is not Reason.SERVICE_UNAVAILABLE or attempt == self.attempts:
                     raise
             await self._sleep(delay * (1 + random.random()))  # noqa: S311 - jitter, not secrets
             delay *= 2
         raise AssertionError("unreachable")
+
+    async def _call(self, method: str, request: Any, request_id: str = "") -> Any:
+        """One unary call, retried on SERVICE_UNAVAILABLE."""
+        return await self._retrying(lambda: self._once(method, request, request_id))
+
+    # What the batchers send: one call alone (the unary RPC), or several in one batch
+    # call answered item by item (the batch call is not retried here: each item's
+    # caller retries its own call, which may then leave in another batch).
+
+    async def _hold_one(self, request: wallet_pb2.HoldRequest) -> wallet_pb2.HoldResponse:
+        answer: wallet_pb2.HoldResponse = await self._once("Hold", request, request.request_id)
+        return answer
+
+    async def _hold_many(
+        self, requests: Sequence[wallet_pb2.HoldRequest]
+    ) -> list[wallet_pb2.HoldResponse | BaseException]:
+        answer = await self._once(
+            "HoldMany", wallet_pb2.HoldManyRequest(holds=requests), requests[0].request_id
+        )
+        return _outcomes(answer.outcomes)
+
+    async def _settle_one(self, request: wallet_pb2.SettleRequest) -> wallet_pb2.SettleResponse:
+        answer: wallet_pb2.SettleResponse = await self._once("Settle", request)
+        return answer
+
+    async def _settle_many(
+        self, requests: Sequence[wallet_pb2.SettleRequest]
+    ) -> list[wallet_pb2.SettleResponse | BaseException]:
+        answer = await self._once("SettleMany", wallet_pb2.SettleManyRequest(settles=requests))
+        return _outcomes(answer.outcomes)
+
+    async def _release_one(self, request: wallet_pb2.ReleaseRequest) -> wallet_pb2.ReleaseResponse:
+        answer: wallet_pb2.ReleaseResponse = await self._once("Release", request)
+        return answer
+
+    async def _release_many(
+        self, requests: Sequence[wallet_pb2.ReleaseRequest]
+    ) -> list[wallet_pb2.ReleaseResponse | BaseException]:
+        answer = await self._once("ReleaseMany", wallet_pb2.ReleaseManyRequest(releases=requests))
+        return _outcomes(answer.outcomes)
 
     # Accounts and balances.
 
@@ -121,37 +188,37 @@ class WalletClient:
     ) -> wallet_pb2.Hold:
         """`idempotency_key` defaults to the request id (a request's second hold, on a
         fallback route's bucket, needs its own)."""
-        answer = await self._call(
-            "Hold",
-            wallet_pb2.HoldRequest(
-                account_id=account_id,
-                bucket=bucket_to_proto(bucket),
-                amount_micros=amount_micros,
-                ttl_seconds=ttl_seconds,
-                request_id=request_id,
-                trace_id=trace_id,
-                idempotency_key=idempotency_key,
-            ),
-            request_id,
+        request = wallet_pb2.HoldRequest(
+            account_id=account_id,
+            bucket=bucket_to_proto(bucket),
+            amount_micros=amount_micros,
+            ttl_seconds=ttl_seconds,
+            request_id=request_id,
+            # The caller's trace, named here: in a batch the call runs in another's.
+            trace_id=trace_id or current_trace_id(),
+            idempotency_key=idempotency_key,
         )
-        hold: wallet_pb2.Hold = answer.hold
-        return hold
+        batcher = self.hold_batcher
+        if batcher is None:
+            answer = await self._retrying(lambda: self._hold_one(request))
+        else:
+            answer = await self._retrying(lambda: batcher.submit(request))
+        return answer.hold
 
     async def settle(
         self, hold_id: str, amount_micros: int, *, account_id: str = "", trace_id: str = ""
     ) -> wallet_pb2.SettleResponse:
         """The settled hold, and its ledger row (`entry`, when the charge was > 0)."""
-        answer = await self._call(
-            "Settle",
-            wallet_pb2.SettleRequest(
-                hold_id=hold_id,
-                amount_micros=amount_micros,
-                account_id=account_id,
-                trace_id=trace_id,
-            ),
+        request = wallet_pb2.SettleRequest(
+            hold_id=hold_id,
+            amount_micros=amount_micros,
+            account_id=account_id,
+            trace_id=trace_id or current_trace_id(),
         )
-        found: wallet_pb2.SettleResponse = answer
-        return found
+        batcher = self.settle_batcher
+        if batcher is None:
+            return await self._retrying(lambda: self._settle_one(request))
+        return await self._retrying(lambda: batcher.submit(request))
 
     async def capture_part(
         self,
@@ -180,12 +247,13 @@ class WalletClient:
     async def release(
         self, hold_id: str, *, reason: str = "", account_id: str = ""
     ) -> wallet_pb2.Hold:
-        answer = await self._call(
-            "Release",
-            wallet_pb2.ReleaseRequest(hold_id=hold_id, reason=reason, account_id=account_id),
-        )
-        hold: wallet_pb2.Hold = answer.hold
-        return hold
+        request = wallet_pb2.ReleaseRequest(hold_id=hold_id, reason=reason, account_id=account_id)
+        batcher = self.release_batcher
+        if batcher is None:
+            answer = await self._retrying(lambda: self._release_one(request))
+        else:
+            answer = await self._retrying(lambda: batcher.submit(request))
+        return answer.hold
 
     async def extend(
         self, hold_id: str, ttl_seconds: int, *, account_id: str = ""
@@ -321,3 +389,12 @@ class WalletClient:
         answer = await self._call("Reconcile", wallet_pb2.ReconcileRequest())
         found: wallet_pb2.ReconcileResponse = answer
         return found
+
+
+def _outcomes(outcomes: Any) -> list[Any]:
+    """A batch answer's outcomes: each item's answer, or its refusal as the DomainError
+    the unary call would have raised."""
+    return [
+        item_error_from_proto(o.error) if o.WhichOneof("outcome") == "error" else o.answer
+        for o in outcomes
+    ]

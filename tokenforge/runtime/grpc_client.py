@@ -13,6 +13,7 @@ from grpc_status import rpc_status
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from tokenforge.errors import DomainError, Reason
+from tokenforge.runtime.logging import request_id_var
 
 DEFAULT_DEADLINE_S = 5.0
 
@@ -46,6 +47,9 @@ class Peer:
         request_id: str = "",
     ) -> Resp:
         metadata = self._metadata
+        # The request being served (gateway middleware, server interceptors) names
+        # the call when the caller did not: every service logs the same request id.
+        request_id = request_id or request_id_var.get()
         if request_id:
             metadata = (*metadata, ("x-request-id", request_id))
         try:

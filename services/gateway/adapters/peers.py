@@ -7,6 +7,7 @@ from functools import cached_property
 
 from services.routing.client import RoutingClient
 from services.usage.client import UsageClient
+from services.wallet.client import WalletClient
 from tokenforge.config import Settings
 from tokenforge.payments.v1 import payments_pb2_grpc
 from tokenforge.routing.v1 import routing_pb2_grpc
@@ -43,6 +44,11 @@ class Peers:
         """Resolve (answers routing allows to reuse are reused for a moment) and the
         outcome reports (batched under load)."""
         return RoutingClient(self.routing)
+
+    @cached_property
+    def wallet_client(self) -> WalletClient:
+        """Hold, Settle, Release (batched under load) and the rest of the wallet."""
+        return WalletClient(self.wallet)
 
     @cached_property
     def usage_client(self) -> UsageClient:

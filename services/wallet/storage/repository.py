@@ -1,19 +1,27 @@
 """Where the wallet's state lives: an abstract repository and its SQLAlchemy Core
-implementation. Every method runs inside the unit of work's transaction."""
+implementation. Every method runs inside the unit of work's transaction, except the
+hot path's (place, settle, release, capture a part, and the reads that explain a
+refusal): in a single-statement unit of work they run on the pooled connection's
+asyncpg driver directly, each `Statement` compiled once for it."""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+from opentelemetry import trace
 from sqlalchemy import and_, func, insert, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import TextClause
 
 from services.wallet.domain.model import (
     Balance,
@@ -46,6 +54,9 @@ from services.wallet.storage.tables import (
 from tokenforge.money import Bucket
 
 UNIQUE_VIOLATION = "23505"
+
+# A row by column name: a SQLAlchemy row's `_mapping`, or an asyncpg record.
+Row = Mapping[Any, Any]
 
 
 class DuplicateKey(Exception):
@@ -236,22 +247,72 @@ def _balance(row: Any) -> Balance:
     return Balance(row.account_id, Bucket(row.bucket), row.posted, row.held)
 
 
-def _hold(row: Any) -> Hold:
+def _hold(row: Row) -> Hold:
+    """A hold from a row of wallet.holds (a SQLAlchemy row's `_mapping` or an asyncpg
+    record)."""
     return Hold(
-        hold_id=row.hold_id,
-        account_id=row.account_id,
-        bucket=Bucket(row.bucket),
-        amount=row.amount,
-        request_id=row.request_id,
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        status=HoldStatus(row.status),
-        captured=row.captured,
-        entry_id=row.entry_id,
-        ended_at=row.ended_at,
-        trace_id=row.trace_id,
-        idempotency_key=row.idempotency_key,
+        hold_id=row["hold_id"],
+        account_id=row["account_id"],
+        bucket=Bucket(row["bucket"]),
+        amount=row["amount"],
+        request_id=row["request_id"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        status=HoldStatus(row["status"]),
+        captured=row["captured"],
+        entry_id=row["entry_id"],
+        ended_at=row["ended_at"],
+        trace_id=row["trace_id"],
+        idempotency_key=row["idempotency_key"],
     )
+
+
+def _journal_entry(row: Row, entry_postings: Sequence[Posting]) -> JournalEntry:
+    return JournalEntry(
+        entry_id=row["entry_id"],
+        kind=EntryKind(row["kind"]),
+        account_id=row["account_id"],
+        bucket=Bucket(row["bucket"]),
+        idempotency_key=row["idempotency_key"],
+        postings=tuple(entry_postings),
+        created_at=row["created_at"],
+        request_id=row["request_id"],
+        order_id=row["order_id"],
+        hold_id=row["hold_id"],
+        reason=row["reason"],
+        operator=row["operator"],
+        trace_id=row["trace_id"],
+        reverses_entry_id=row["reverses_entry_id"],
+        seq=row["seq"],
+    )
+
+
+_DRIVER_DIALECT = pg_asyncpg.dialect()  # type: ignore[no-untyped-call]
+
+
+_tracer = trace.get_tracer(__name__)
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One statement of the hot path: its SQLAlchemy `text()` (run through a session),
+    and the same SQL compiled once for the asyncpg driver (`$1, $2, ...` and the names
+    of its parameters in that order). `name` names its span (the driver path is not
+    traced by SQLAlchemy's instrumentation)."""
+
+    name: str
+    clause: TextClause
+    sql: str
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, name: str, sql: str) -> Statement:
+        clause = text(sql)
+        compiled = clause.compile(dialect=_DRIVER_DIALECT)
+        return cls(name, clause, str(compiled), tuple(compiled.positiontup or ()))
+
+    def arguments(self, values: Mapping[str, Any]) -> list[Any]:
+        return [values[name] for name in self.names]
 
 
 # One query per rule, each returning only the rows that break it.
@@ -323,7 +384,8 @@ _BAD_HOLDS = text(
 # Under READ COMMITTED an UPDATE that waited for a row lock re-checks its WHERE on
 # the newest row version, so the guards below hold under any concurrency (W2, W3).
 # Ledger account names mirror user_ledger_account / system_ledger_account.
-_PLACE_HOLD = text(
+_PLACE_HOLD = Statement.of(
+    "place hold",
     """
     WITH existing AS (
         SELECT * FROM wallet.holds
@@ -356,12 +418,13 @@ _PLACE_HOLD = text(
       LEFT JOIN wallet.balances b
         ON b.account_id = CAST(:account_id AS text) AND b.bucket = CAST(:bucket AS text)
       LEFT JOIN existing e ON true
-    """
+    """,
 )
 # A settle captures :amount of what is still held (amount - captured: parts captured
 # before stay), ends the hold and gives the rest back; `captured` in SET is the value
 # before the statement, so the hold's remaining is s.amount - (s.captured - :amount).
-_SETTLE_HOLD = text(
+_SETTLE_HOLD = Statement.of(
+    "settle hold",
     """
     WITH settled AS (
         UPDATE wallet.holds
@@ -407,9 +470,10 @@ _SETTLE_HOLD = text(
       FROM settled s
      CROSS JOIN balance b
       LEFT JOIN entry e ON true
-    """
+    """,
 )
-_RELEASE_HOLD = text(
+_RELEASE_HOLD = Statement.of(
+    "release hold",
     """
     WITH released AS (
         UPDATE wallet.holds SET status = 'released', ended_at = CAST(:now AS timestamptz)
@@ -423,12 +487,13 @@ _RELEASE_HOLD = text(
         RETURNING b.held
     )
     SELECT r.* FROM released r CROSS JOIN balance b
-    """
+    """,
 )
 # A part: :amount of what is still held becomes a request_charge row carrying the
 # request's own id; the hold stays open. The NOT EXISTS is the fast replay check; the
 # unique idempotency key is the guard when two calls with one key race.
-_CAPTURE_PART = text(
+_CAPTURE_PART = Statement.of(
+    "capture part",
     """
     WITH captured AS (
         UPDATE wallet.holds SET captured = captured + CAST(:amount AS bigint)
@@ -471,8 +536,44 @@ _CAPTURE_PART = text(
       FROM captured c
      CROSS JOIN balance b
      CROSS JOIN entry e
-    """
+    """,
 )
+
+# The reads that explain why a hot-path statement changed nothing (and answer replays).
+# FOR UPDATE waits for a change of the hold in flight, so the read sees it committed.
+_LOCK_HOLD = Statement.of(
+    "lock hold", "SELECT * FROM wallet.holds WHERE hold_id = CAST(:hold_id AS uuid) FOR UPDATE"
+)
+_ENTRY_COLUMNS = """
+    SELECT e.*, p.ledger_account, p.bucket AS posting_bucket, p.amount AS posting_amount,
+           p.balance_after AS posting_balance_after
+      FROM wallet.journal_entries e
+      JOIN wallet.postings p ON p.entry_id = e.entry_id
+"""
+_ENTRY_BY_ID = Statement.of(
+    "entry by id",
+    _ENTRY_COLUMNS + " WHERE e.entry_id = CAST(:entry_id AS uuid) ORDER BY p.posting_id",
+)
+_ENTRY_BY_KEY = Statement.of(
+    "entry by key",
+    _ENTRY_COLUMNS + " WHERE e.idempotency_key = CAST(:key AS text) ORDER BY p.posting_id",
+)
+
+
+def _entry_of_rows(rows: Sequence[Row]) -> JournalEntry | None:
+    """One entry from its rows joined with its postings (one row per posting)."""
+    if not rows:
+        return None
+    entry_postings = [
+        Posting(
+            r["ledger_account"],
+            Bucket(r["posting_bucket"]),
+            r["posting_amount"],
+            r["posting_balance_after"],
+        )
+        for r in rows
+    ]
+    return _journal_entry(rows[0], entry_postings)
 
 
 def _hold_problem(row: Any) -> str:
@@ -507,8 +608,45 @@ def _hold_values(hold: Hold) -> dict[str, Any]:
 
 
 class SqlAlchemyWalletRepository(WalletRepository):
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+    """The wallet's tables through SQLAlchemy Core. `session` opens the unit of work's
+    session on first use. With `driver` (an asyncpg connection in autocommit, lent by
+    `SqlAlchemyUnitOfWork.single_statements`), the hot path's statements run on it
+    directly: one round trip each, none of SQLAlchemy's execution machinery."""
+
+    def __init__(
+        self, session: Callable[[], AsyncSession], driver: asyncpg.Connection | None = None
+    ) -> None:
+        self._session = session
+        self._driver = driver
+
+    @property
+    def session(self) -> AsyncSession:
+        return self._session()
+
+    async def _fetch(self, statement: Statement, values: Mapping[str, Any]) -> Sequence[Row]:
+        """The rows of one hot-path statement; a unique key taken by a concurrent call
+        is DuplicateKey (the statement rolled back whole: the caller replays)."""
+        try:
+            if self._driver is not None:
+                span = _tracer.start_span(
+                    f"wallet {statement.name}",
+                    kind=trace.SpanKind.CLIENT,
+                    attributes={"db.system": "postgresql", "db.operation.name": statement.name},
+                )
+                try:
+                    rows: Sequence[Row] = await self._driver.fetch(
+                        statement.sql, *statement.arguments(values)
+                    )
+                finally:
+                    span.end()
+                return rows
+            return list((await self.session.execute(statement.clause, values)).mappings())
+        except asyncpg.UniqueViolationError as error:
+            raise DuplicateKey(str(error)) from error
+        except IntegrityError as error:
+            if getattr(error.orig, "sqlstate", None) == UNIQUE_VIOLATION:
+                raise DuplicateKey(str(error.orig)) from error
+            raise
 
     async def _insert(self, statement: Any, values: Any) -> None:
         try:
@@ -519,45 +657,35 @@ class SqlAlchemyWalletRepository(WalletRepository):
             raise
 
     async def place_hold(self, hold: Hold) -> HoldPlacement:
-        try:
-            rows = await self.session.execute(
-                _PLACE_HOLD,
-                {
-                    "hold_id": hold.hold_id,
-                    "account_id": hold.account_id,
-                    "bucket": hold.bucket.value,
-                    "amount": hold.amount,
-                    "request_id": hold.request_id,
-                    "trace_id": hold.trace_id,
-                    "expires_at": hold.expires_at,
-                    "created_at": hold.created_at,
-                    "idempotency_key": hold.idempotency_key,
-                },
-            )
-        except IntegrityError as error:
-            # The same request id placed by a concurrent call: this statement rolled
-            # back whole (its reservation too); the caller replays the winner.
-            if getattr(error.orig, "sqlstate", None) == UNIQUE_VIOLATION:
-                raise DuplicateKey(str(error.orig)) from error
-            raise
-        row = rows.one()
-        if row.hold_id is not None:
-            return HoldPlacement(None, _hold(row), None)
-        if not row.found:
-            return HoldPlacement(None, None, None)
-        if row.placed:
-            return HoldPlacement(
-                hold, None, Balance(hold.account_id, hold.bucket, row.posted_after, row.held_after)
-            )
-        return HoldPlacement(
-            None, None, Balance(hold.account_id, hold.bucket, row.seen_posted, row.seen_held)
+        [row] = await self._fetch(
+            _PLACE_HOLD,
+            {
+                "hold_id": hold.hold_id,
+                "account_id": hold.account_id,
+                "bucket": hold.bucket.value,
+                "amount": hold.amount,
+                "request_id": hold.request_id,
+                "trace_id": hold.trace_id,
+                "expires_at": hold.expires_at,
+                "created_at": hold.created_at,
+                "idempotency_key": hold.idempotency_key,
+            },
         )
+        if row["hold_id"] is not None:
+            return HoldPlacement(None, _hold(row), None)
+        if not row["found"]:
+            return HoldPlacement(None, None, None)
+        if row["placed"]:
+            after = Balance(hold.account_id, hold.bucket, row["posted_after"], row["held_after"])
+            return HoldPlacement(hold, None, after)
+        seen = Balance(hold.account_id, hold.bucket, row["seen_posted"], row["seen_held"])
+        return HoldPlacement(None, None, seen)
 
     async def settle_open_hold(
         self, hold_id: uuid.UUID, amount: int, account_id: str, now: datetime, trace_id: str
     ) -> tuple[Hold, JournalEntry | None] | None:
         entry_id = uuid.uuid4()
-        rows = await self.session.execute(
+        rows = await self._fetch(
             _SETTLE_HOLD,
             {
                 "hold_id": hold_id,
@@ -569,16 +697,17 @@ class SqlAlchemyWalletRepository(WalletRepository):
                 "idempotency_key": settle_key(hold_id),
             },
         )
-        row = rows.first()
-        if row is None:
+        if not rows:
             return None
+        row = rows[0]
         hold = _hold(row)
         if amount == 0:
             return hold, None
-        balance = Balance(hold.account_id, hold.bucket, row.posted_after, row.held_after)
+        posted_after = row["posted_after"]
+        balance = Balance(hold.account_id, hold.bucket, posted_after, row["held_after"])
         # The same entry the statement wrote, built by the domain's rule.
-        charge = request_charge(hold, balance, row.posted_after, now, trace_id, amount)
-        return hold, dataclasses.replace(charge, entry_id=entry_id, seq=row.entry_seq)
+        charge = request_charge(hold, balance, posted_after, now, trace_id, amount)
+        return hold, dataclasses.replace(charge, entry_id=entry_id, seq=row["entry_seq"])
 
     async def capture_part(
         self,
@@ -590,42 +719,35 @@ class SqlAlchemyWalletRepository(WalletRepository):
         trace_id: str,
     ) -> tuple[Hold, JournalEntry] | None:
         entry_id = uuid.uuid4()
-        try:
-            rows = await self.session.execute(
-                _CAPTURE_PART,
-                {
-                    "hold_id": hold_id,
-                    "amount": amount,
-                    "request_id": request_id,
-                    "account_id": account_id,
-                    "now": now,
-                    "entry_id": entry_id,
-                    "trace_id": trace_id,
-                    "idempotency_key": part_key(hold_id, request_id),
-                },
-            )
-        except IntegrityError as error:
-            # The same part captured by a concurrent call: this statement rolled back
-            # whole; the caller replays the winner.
-            if getattr(error.orig, "sqlstate", None) == UNIQUE_VIOLATION:
-                raise DuplicateKey(str(error.orig)) from error
-            raise
-        row = rows.first()
-        if row is None:
+        rows = await self._fetch(
+            _CAPTURE_PART,
+            {
+                "hold_id": hold_id,
+                "amount": amount,
+                "request_id": request_id,
+                "account_id": account_id,
+                "now": now,
+                "entry_id": entry_id,
+                "trace_id": trace_id,
+                "idempotency_key": part_key(hold_id, request_id),
+            },
+        )
+        if not rows:
             return None
+        row = rows[0]
         hold = _hold(row)
-        balance = Balance(hold.account_id, hold.bucket, row.posted_after, row.held_after)
-        charge = part_charge(hold, balance, amount, row.posted_after, request_id, now, trace_id)
-        return hold, dataclasses.replace(charge, entry_id=entry_id, seq=row.entry_seq)
+        posted_after = row["posted_after"]
+        balance = Balance(hold.account_id, hold.bucket, posted_after, row["held_after"])
+        charge = part_charge(hold, balance, amount, posted_after, request_id, now, trace_id)
+        return hold, dataclasses.replace(charge, entry_id=entry_id, seq=row["entry_seq"])
 
     async def release_open_hold(
         self, hold_id: uuid.UUID, account_id: str, now: datetime
     ) -> Hold | None:
-        rows = await self.session.execute(
+        rows = await self._fetch(
             _RELEASE_HOLD, {"hold_id": hold_id, "account_id": account_id, "now": now}
         )
-        row = rows.first()
-        return _hold(row) if row is not None else None
+        return _hold(rows[0]) if rows else None
 
     async def open_account(self, account_id: str) -> None:
         await self.session.execute(
@@ -675,14 +797,11 @@ class SqlAlchemyWalletRepository(WalletRepository):
             )
         )
         row = rows.first()
-        return _hold(row) if row is not None else None
+        return _hold(row._mapping) if row is not None else None
 
     async def lock_hold(self, hold_id: uuid.UUID) -> Hold | None:
-        rows = await self.session.execute(
-            select(holds).where(holds.c.hold_id == hold_id).with_for_update()
-        )
-        row = rows.first()
-        return _hold(row) if row is not None else None
+        rows = await self._fetch(_LOCK_HOLD, {"hold_id": hold_id})
+        return _hold(rows[0]) if rows else None
 
     async def add_hold(self, hold: Hold) -> None:
         await self._insert(insert(holds), _hold_values(hold))
@@ -725,34 +844,13 @@ class SqlAlchemyWalletRepository(WalletRepository):
             by_entry.setdefault(p.entry_id, []).append(
                 Posting(p.ledger_account, Bucket(p.bucket), p.amount, p.balance_after)
             )
-        return [
-            JournalEntry(
-                entry_id=row.entry_id,
-                kind=EntryKind(row.kind),
-                account_id=row.account_id,
-                bucket=Bucket(row.bucket),
-                idempotency_key=row.idempotency_key,
-                postings=tuple(by_entry[row.entry_id]),
-                created_at=row.created_at,
-                request_id=row.request_id,
-                order_id=row.order_id,
-                hold_id=row.hold_id,
-                reason=row.reason,
-                operator=row.operator,
-                trace_id=row.trace_id,
-                reverses_entry_id=row.reverses_entry_id,
-                seq=row.seq,
-            )
-            for row in entry_rows
-        ]
+        return [_journal_entry(row._mapping, by_entry[row.entry_id]) for row in entry_rows]
 
     async def entry(self, entry_id: uuid.UUID) -> JournalEntry | None:
-        found = await self._entries(journal_entries.c.entry_id == entry_id)
-        return found[0] if found else None
+        return _entry_of_rows(await self._fetch(_ENTRY_BY_ID, {"entry_id": entry_id}))
 
     async def entry_by_key(self, idempotency_key: str) -> JournalEntry | None:
-        found = await self._entries(journal_entries.c.idempotency_key == idempotency_key)
-        return found[0] if found else None
+        return _entry_of_rows(await self._fetch(_ENTRY_BY_KEY, {"key": idempotency_key}))
 
     async def add_entry(self, entry: JournalEntry) -> None:
         await self._insert(
@@ -834,7 +932,7 @@ class SqlAlchemyWalletRepository(WalletRepository):
             .order_by(holds.c.created_at.desc(), holds.c.hold_id.desc())
             .limit(query.limit)
         )
-        return [_hold(row) for row in rows]
+        return [_hold(row._mapping) for row in rows]
 
     async def reconcile(self) -> ReconcileReport:
         # One snapshot for every check, so live traffic can not look like a violation.

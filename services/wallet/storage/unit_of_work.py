@@ -1,10 +1,27 @@
-"""One transaction per use case: rolls back unless the handler commits."""
+"""One transaction per use case: rolls back unless the handler commits.
+
+The hot path (place, settle, release, capture a part) declares `single_statements()`:
+its unit of work then opens no session at all. It borrows one pooled connection and
+runs each statement on the connection's asyncpg driver in autocommit, which costs a
+fraction of SQLAlchemy's session and execution (docs/PERFORMANCE.md, "Wallet").
+"""
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from collections.abc import Callable
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
 
-from services.wallet.storage.repository import SqlAlchemyWalletRepository, WalletRepository
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from services.wallet.storage.repository import (
+    DuplicateKey,
+    SqlAlchemyWalletRepository,
+    WalletRepository,
+)
+from tokenforge.errors import DomainError
 from tokenforge.runtime import unit_of_work as base
 from tokenforge.runtime.unit_of_work import utcnow
 
@@ -22,10 +39,67 @@ class UnitOfWork(base.UnitOfWork):
         transaction."""
 
 
+def _no_session() -> AsyncSession:
+    raise RuntimeError(
+        "A single-statement use case runs on its one pooled connection; this repository "
+        "method needs a session (a transaction): use a unit of work without "
+        "single_statements()."
+    )
+
+
 class SqlAlchemyUnitOfWork(base.SqlAlchemyUnitOfWork, UnitOfWork):
+    """The session opens on the repository's first use of it (a use case that never
+    touches the database never builds one); `single_statements()` uses none."""
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        super().__init__(session_factory, clock)
+        self._engine: AsyncEngine = session_factory.kw["bind"]
+        # The pooled connection lent to a single-statement use case.
+        self._pooled: Any = None
+
     def bind(self, session: AsyncSession) -> None:
-        self.wallet = SqlAlchemyWalletRepository(session)
+        self.wallet = SqlAlchemyWalletRepository(lambda: session)
+
+    def _opened_session(self) -> AsyncSession:
+        if self._session is None:
+            # It begins its transaction with its first statement (autobegin).
+            self._session = self._session_factory()
+        return self._session
+
+    async def __aenter__(self) -> Self:
+        self._session = None
+        self._pooled = None
+        self.wallet = SqlAlchemyWalletRepository(self._opened_session)
+        return self
 
     async def single_statements(self) -> None:
-        assert self._session is not None, "single_statements() outside `async with uow`"
-        await self._session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        assert self._session is None and self._pooled is None, (
+            "single_statements() comes first in `async with uow`"
+        )
+        self._pooled = await self._engine.raw_connection()
+        self.wallet = SqlAlchemyWalletRepository(_no_session, self._pooled.driver_connection)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pooled, self._pooled = self._pooled, None
+        if pooled is not None:
+            if exc is None or isinstance(exc, DomainError | DuplicateKey | asyncpg.PostgresError):
+                pooled.close()  # back to the pool: each statement committed on its own
+            else:
+                # A lost connection, or a statement cancelled midway: never lend it again.
+                pooled.invalidate()
+        await super().__aexit__(exc_type, exc, tb)
+
+    async def commit(self) -> None:
+        """Commit the session's transaction; a single-statement use case has none (each
+        statement committed itself)."""
+        if self._session is not None:
+            await self._session.commit()

@@ -1,14 +1,17 @@
 """WalletService over gRPC: translate the wire types, call the use case, answer.
 
 DomainError raised by a use case is turned into a rich status by the server's
-GuardInterceptor, so the servicer lets it raise.
+GuardInterceptor, so the servicer lets it raise. The batch methods (HoldMany,
+SettleMany, ReleaseMany) translate and answer each item as its unary method does;
+an item's DomainError becomes its ItemError, and only a batch above the cap is
+refused whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -23,6 +26,10 @@ from tokenforge.money import Bucket
 from tokenforge.runtime.grpc_server import OPERATOR_NAME, current_caller
 from tokenforge.runtime.telemetry import current_trace_id
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from tokenforge.wire import item_error_to_proto
+
+Cmd = TypeVar("Cmd")
+Result = TypeVar("Result")
 
 BUCKET_TO_PB: dict[Bucket, common_pb2.Bucket] = {
     Bucket.CREDIT: common_pb2.BUCKET_CREDIT,
@@ -140,6 +147,48 @@ def _balances_pb(found: list[Balance]) -> list[Any]:
     return [balance_pb(b) for b in sorted(found, key=lambda b: order.index(b.bucket))]
 
 
+def _hold_command(request: Any) -> commands.PlaceHold:
+    return commands.PlaceHold(
+        account_id=request.account_id,
+        bucket=_required_bucket(request.bucket),
+        amount=request.amount_micros,
+        request_id=request.request_id,
+        ttl_seconds=request.ttl_seconds,
+        trace_id=request.trace_id or current_trace_id(),
+        idempotency_key=request.idempotency_key,
+    )
+
+
+def _hold_answer(hold: Hold) -> Any:
+    return wallet_pb2.HoldResponse(hold=hold_pb(hold))
+
+
+def _settle_command(request: Any) -> commands.SettleHold:
+    return commands.SettleHold(
+        hold_id=request.hold_id,
+        amount=request.amount_micros,
+        trace_id=request.trace_id or current_trace_id(),
+        account_id=request.account_id,
+    )
+
+
+def _settle_answer(settled: handlers.Settled) -> Any:
+    response = wallet_pb2.SettleResponse(hold=hold_pb(settled.hold))
+    if settled.entry is not None:
+        response.entry.CopyFrom(entry_pb(settled.entry))
+    return response
+
+
+def _release_command(request: Any) -> commands.ReleaseHold:
+    return commands.ReleaseHold(
+        hold_id=request.hold_id, reason=request.reason, account_id=request.account_id
+    )
+
+
+def _release_answer(hold: Hold) -> Any:
+    return wallet_pb2.ReleaseResponse(hold=hold_pb(hold))
+
+
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc]
     """Each call gets a fresh unit of work from `uow_factory`."""
 
@@ -155,30 +204,12 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
         return wallet_pb2.GetBalancesResponse(balances=_balances_pb(found))
 
     async def Hold(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        cmd = commands.PlaceHold(
-            account_id=request.account_id,
-            bucket=_required_bucket(request.bucket),
-            amount=request.amount_micros,
-            request_id=request.request_id,
-            ttl_seconds=request.ttl_seconds,
-            trace_id=request.trace_id or current_trace_id(),
-            idempotency_key=request.idempotency_key,
-        )
-        hold = await handlers.place_hold(cmd, self._uow())
-        return wallet_pb2.HoldResponse(hold=hold_pb(hold))
+        hold = await handlers.place_hold(_hold_command(request), self._uow())
+        return _hold_answer(hold)
 
     async def Settle(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        cmd = commands.SettleHold(
-            hold_id=request.hold_id,
-            amount=request.amount_micros,
-            trace_id=request.trace_id or current_trace_id(),
-            account_id=request.account_id,
-        )
-        settled = await handlers.settle_hold(cmd, self._uow())
-        response = wallet_pb2.SettleResponse(hold=hold_pb(settled.hold))
-        if settled.entry is not None:
-            response.entry.CopyFrom(entry_pb(settled.entry))
-        return response
+        settled = await handlers.settle_hold(_settle_command(request), self._uow())
+        return _settle_answer(settled)
 
     async def CapturePart(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         cmd = commands.CapturePart(
@@ -195,11 +226,64 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
         return response
 
     async def Release(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        cmd = commands.ReleaseHold(
-            hold_id=request.hold_id, reason=request.reason, account_id=request.account_id
+        hold = await handlers.release_hold(_release_command(request), self._uow())
+        return _release_answer(hold)
+
+    # The batch forms: each item translated, run and answered as its unary call.
+
+    async def HoldMany(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        outcomes = await self._each(
+            request.holds, _hold_command, handlers.place_holds, _hold_answer
         )
-        hold = await handlers.release_hold(cmd, self._uow())
-        return wallet_pb2.ReleaseResponse(hold=hold_pb(hold))
+        return wallet_pb2.HoldManyResponse(
+            outcomes=[wallet_pb2.HoldOutcome(**outcome) for outcome in outcomes]
+        )
+
+    async def SettleMany(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        outcomes = await self._each(
+            request.settles, _settle_command, handlers.settle_holds, _settle_answer
+        )
+        return wallet_pb2.SettleManyResponse(
+            outcomes=[wallet_pb2.SettleOutcome(**outcome) for outcome in outcomes]
+        )
+
+    async def ReleaseMany(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        outcomes = await self._each(
+            request.releases, _release_command, handlers.release_holds, _release_answer
+        )
+        return wallet_pb2.ReleaseManyResponse(
+            outcomes=[wallet_pb2.ReleaseOutcome(**outcome) for outcome in outcomes]
+        )
+
+    async def _each(
+        self,
+        items: Sequence[Any],
+        command: Callable[[Any], Cmd],
+        use_case: Callable[
+            [Sequence[Cmd], Callable[[], UnitOfWork]], Awaitable[list[Result | DomainError]]
+        ],
+        answer: Callable[[Result], Any],
+    ) -> list[dict[str, Any]]:
+        """Each item's outcome, in order: `{"answer": ...}` or `{"error": ItemError}`.
+        An item the wire cannot translate (no bucket, ...) is refused alone."""
+        handlers.check_batch_size(len(items))
+        translated: list[Cmd | DomainError] = []
+        for item in items:
+            try:
+                translated.append(command(item))
+            except DomainError as error:
+                translated.append(error)
+        ran = iter(
+            await use_case([c for c in translated if not isinstance(c, DomainError)], self._uow)
+        )
+        outcomes: list[dict[str, Any]] = []
+        for cmd in translated:
+            result = cmd if isinstance(cmd, DomainError) else next(ran)
+            if isinstance(result, DomainError):
+                outcomes.append({"error": item_error_to_proto(result)})
+            else:
+                outcomes.append({"answer": answer(result)})
+        return outcomes
 
     async def ExtendHold(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         cmd = commands.ExtendHold(

@@ -113,8 +113,11 @@ def test_settings_read_caller_tokens_and_the_service_token(
     ("method", "allowed"),
     [
         ("Hold", {"gateway", "internal", "operator"}),
+        ("HoldMany", {"gateway", "internal", "operator"}),
         ("Settle", {"gateway", "internal", "operator"}),
+        ("SettleMany", {"gateway", "internal", "operator"}),
         ("Release", {"gateway", "internal", "operator"}),
+        ("ReleaseMany", {"gateway", "internal", "operator"}),
         ("ExtendHold", {"gateway", "internal", "operator"}),
         ("Credit", {"internal"}),
         ("Adjust", {"operator"}),

@@ -3,145 +3,20 @@ commit discipline) and the top-up consumer's handling of one message."""
 
 from __future__ import annotations
 
-import copy
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
 from services.wallet import handlers
 from services.wallet.domain import commands
-from services.wallet.domain.model import Balance, EntryKind, Hold, HoldStatus, JournalEntry
-from services.wallet.domain.reconcile import ReconcileReport, Violation
-from services.wallet.storage.repository import HoldQuery, LedgerQuery, WalletRepository
-from services.wallet.storage.unit_of_work import UnitOfWork
+from services.wallet.domain.model import EntryKind, HoldStatus
 from services.wallet.transport.nats_consumer import TopUpConsumer
+from tests.unit.wallet.fakes import NOW, FakeUnitOfWork
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
 from tokenforge.payments.v1 import payments_pb2
-
-NOW = datetime(2025, 1, 1, tzinfo=UTC)
-
-
-class FakeWalletRepository(WalletRepository):
-    def __init__(self) -> None:
-        self.accounts: set[str] = set()
-        self.balances_: dict[tuple[str, Bucket], Balance] = {}
-        self.holds: dict[uuid.UUID, Hold] = {}
-        self.entries: list[JournalEntry] = []
-        self.events: dict[str, uuid.UUID | None] = {}
-
-    async def open_account(self, account_id: str) -> None:
-        self.accounts.add(account_id)
-        for bucket in Bucket:
-            self.balances_.setdefault((account_id, bucket), Balance(account_id, bucket))
-
-    async def account_exists(self, account_id: str) -> bool:
-        return account_id in self.accounts
-
-    async def balances(self, account_id: str) -> list[Balance]:
-        return [copy.copy(b) for (a, _), b in self.balances_.items() if a == account_id]
-
-    async def lock_balance(self, account_id: str, bucket: Bucket) -> Balance | None:
-        found = self.balances_.get((account_id, bucket))
-        return copy.copy(found) if found else None
-
-    async def save_balance(self, balance: Balance) -> None:
-        self.balances_[(balance.account_id, balance.bucket)] = copy.copy(balance)
-
-    async def hold_by_key(self, account_id: str, idempotency_key: str) -> Hold | None:
-        return next(
-            (
-                copy.copy(h)
-                for h in self.holds.values()
-                if (h.account_id, h.idempotency_key) == (account_id, idempotency_key)
-            ),
-            None,
-        )
-
-    async def lock_hold(self, hold_id: uuid.UUID) -> Hold | None:
-        found = self.holds.get(hold_id)
-        return copy.copy(found) if found else None
-
-    async def add_hold(self, hold: Hold) -> None:
-        self.holds[hold.hold_id] = copy.copy(hold)
-
-    async def save_hold(self, hold: Hold) -> None:
-        self.holds[hold.hold_id] = copy.copy(hold)
-
-    async def expired_hold_ids(self, now: datetime, limit: int) -> list[uuid.UUID]:
-        return [h.hold_id for h in self.holds.values() if h.is_open and now >= h.expires_at]
-
-    async def entry(self, entry_id: uuid.UUID) -> JournalEntry | None:
-        return next((e for e in self.entries if e.entry_id == entry_id), None)
-
-    async def entry_by_key(self, idempotency_key: str) -> JournalEntry | None:
-        return next((e for e in self.entries if e.idempotency_key == idempotency_key), None)
-
-    async def add_entry(self, entry: JournalEntry) -> None:
-        self.entries.append(entry)
-
-    async def event_processed(self, event_id: str) -> bool:
-        return event_id in self.events
-
-    async def record_event(self, event_id: str, entry_id: uuid.UUID | None) -> None:
-        self.events.setdefault(event_id, entry_id)
-
-    async def ledger(self, query: LedgerQuery) -> list[JournalEntry]:
-        rows = [e for e in reversed(self.entries) if e.account_id == query.account_id]
-        return rows[: query.limit]
-
-    async def holds(self, query: HoldQuery) -> list[Hold]:
-        rows = sorted(
-            (h for h in self.holds.values() if h.account_id == query.account_id),
-            key=lambda h: (h.created_at, h.hold_id),
-            reverse=True,
-        )
-        if query.status is not None:
-            rows = [h for h in rows if h.status is query.status]
-        if query.before is not None:
-            rows = [h for h in rows if (h.created_at, h.hold_id) < query.before]
-        return [copy.copy(h) for h in rows[: query.limit]]
-
-    async def reconcile(self) -> ReconcileReport:
-        violations: list[Violation] = []
-        for (account, bucket), b in self.balances_.items():
-            user = f"user:{account}:{bucket.value}"
-            folded = sum(
-                p.amount for e in self.entries for p in e.postings if p.ledger_account == user
-            )
-            held = sum(
-                h.amount - h.captured
-                for h in self.holds.values()
-                if h.is_open and (h.account_id, h.bucket) == (account, bucket)
-            )
-            if (b.posted, b.held) != (folded, held) or b.available < 0:
-                violations.append(Violation("W7", f"{account}/{bucket.value}", "mismatch"))
-        return ReconcileReport(len(self.accounts), len(self.entries), len(self.holds), violations)
-
-
-class FakeUnitOfWork(UnitOfWork):
-    """Applies changes only on commit, like the real one."""
-
-    def __init__(self, now: datetime = NOW) -> None:
-        super().__init__(lambda: self.clock)
-        self.clock = now
-        self.committed = FakeWalletRepository()
-        self.commits = 0
-
-    async def __aenter__(self) -> FakeUnitOfWork:
-        self.wallet = copy.deepcopy(self.committed)
-        return self
-
-    async def commit(self) -> None:
-        assert isinstance(self.wallet, FakeWalletRepository)
-        self.committed = self.wallet
-        self.commits += 1
-
-    async def rollback(self) -> None:
-        pass
 
 
 @pytest.fixture
@@ -217,7 +92,7 @@ async def test_a_refused_settle_commits_nothing(uow: FakeUnitOfWork) -> None:
         await handlers.settle_hold(commands.SettleHold(str(hold.hold_id), 50), uow)
     assert caught.value.reason is Reason.HOLD_EXPIRED
     assert uow.commits == commits
-    assert uow.committed.holds[hold.hold_id].status is HoldStatus.OPEN
+    assert uow.committed.holds_[hold.hold_id].status is HoldStatus.OPEN
 
 
 async def test_settle_replays_its_first_result(uow: FakeUnitOfWork) -> None:
@@ -239,7 +114,7 @@ async def test_expire_holds_ends_only_holds_past_their_ttl(uow: FakeUnitOfWork) 
     uow.clock = NOW + timedelta(seconds=30)
     assert await handlers.expire_holds(commands.ExpireHolds(), uow) == 1
     assert await handlers.expire_holds(commands.ExpireHolds(), uow) == 0
-    assert uow.committed.holds[short.hold_id].status is HoldStatus.EXPIRED
+    assert uow.committed.holds_[short.hold_id].status is HoldStatus.EXPIRED
     assert uow.committed.balances_[("acct-1", Bucket.CREDIT)].held == 200
 
 
