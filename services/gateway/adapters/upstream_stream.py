@@ -15,8 +15,11 @@ from services.gateway.adapters.upstream import (
     TRANSPORT_ERRORS,
     Attempt,
     Upstream,
+    answered,
     attempt_of,
     channel_request,
+    failed,
+    upstream_span,
 )
 from tokenforge.routing.v1 import routing_pb2
 
@@ -56,14 +59,19 @@ async def open_stream(
     """Send the request and wait for the status line; the body is read by the caller."""
     url, headers, timeout = channel_request(channel, path)
     started = time.monotonic()
-    try:
-        response = await upstream.session.post(
-            url, data=orjson.dumps(body), headers=headers, timeout=timeout
-        )
-    except TIMEOUT_ERRORS:
-        return None, attempt_of(channel, "timeout", started)
-    except TRANSPORT_ERRORS:
-        return None, attempt_of(channel, "connect_error", started)
+    # The span covers the call up to the status line; the body is the stream's.
+    with upstream_span(url, headers) as span:
+        try:
+            response = await upstream.session.post(
+                url, data=orjson.dumps(body), headers=headers, timeout=timeout
+            )
+        except TIMEOUT_ERRORS:
+            failed(span, "timeout")
+            return None, attempt_of(channel, "timeout", started)
+        except TRANSPORT_ERRORS:
+            failed(span, "connect_error")
+            return None, attempt_of(channel, "connect_error", started)
+        answered(span, response.status)
     if response.status != 200:
         try:
             await response.read()
