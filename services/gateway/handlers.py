@@ -499,7 +499,10 @@ async def finish(
         return await finish_run_request(peers, receipt, outcome, rule, error_code)
     if outcome.usage is not None:
         settled = await peers.wallet_client.settle(
-            p.hold.hold_id, outcome.charge.micros, trace_id=p.cmd.trace_id
+            p.hold.hold_id,
+            outcome.charge.micros,
+            account_id=p.hold.account_id,
+            trace_id=p.cmd.trace_id,
         )
         receipt.entry_id = settled.entry.entry_id if settled.HasField("entry") else ""
         receipt.prompt_tokens = outcome.usage.prompt_tokens
@@ -509,7 +512,9 @@ async def finish(
         if outcome.capped_at_hold:
             error_code = error_code or "charge_capped_at_hold"
     else:
-        await peers.wallet_client.release(p.hold.hold_id, reason=error_code or rule.value)
+        await peers.wallet_client.release(
+            p.hold.hold_id, reason=error_code or rule.value, account_id=p.hold.account_id
+        )
     receipt.charge_micros = outcome.charge.micros
     receipt.status = RECEIPT_STATUS[outcome.status]
     receipt.error_code = error_code

@@ -4,7 +4,10 @@ top-up consumer's lag (served with the shared ones, see tokenforge/runtime/metri
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
@@ -30,6 +33,12 @@ TOPUP_CREDITS = Counter(
     "Micro-units credited from paid top-ups, by bucket.",
     ["bucket"],
 )
+BATCHES = Counter(
+    "tokenforge_wallet_batches_total",
+    "Batch calls (HoldMany, SettleMany, ReleaseMany) by how they ran: in one "
+    "transaction, or item by item after that transaction failed.",
+    ["how"],
+)
 CONSUMER_PENDING = Gauge(
     "tokenforge_wallet_consumer_pending_messages",
     "Top-up events in the stream not yet delivered to the wallet's durable consumer "
@@ -43,8 +52,44 @@ CONSUMER_ACK_PENDING = Gauge(
 )
 
 
+# Inside a batch that runs in one transaction: counts wait here until it commits (a
+# batch rolled back and run again item by item must not count twice).
+_pending: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar(
+    "tokenforge_wallet_pending_counts", default=None
+)
+
+
+def _count(apply: Callable[[], None]) -> None:
+    pending = _pending.get()
+    if pending is None:
+        apply()
+    else:
+        pending.append(apply)
+
+
 def count_hold(bucket: Bucket, outcome: str) -> None:
-    HOLDS.labels(bucket.value, outcome).inc()
+    _count(HOLDS.labels(bucket.value, outcome).inc)
+
+
+def count_charge(bucket: Bucket, micros: int) -> None:
+    _count(lambda: CHARGES.labels(bucket.value).inc(micros))
+
+
+@contextmanager
+def counted_on_commit() -> Iterator[Callable[[], None]]:
+    """Hold back the counts made inside the block; call the yielded function once the
+    transaction committed to count them (never called: they are dropped)."""
+    pending: list[Callable[[], None]] = []
+
+    def count_them() -> None:
+        for apply in pending:
+            apply()
+
+    token = _pending.set(pending)
+    try:
+        yield count_them
+    finally:
+        _pending.reset(token)
 
 
 async def sample_consumer_lag(

@@ -8,7 +8,8 @@ fraction of SQLAlchemy's session and execution (docs/PERFORMANCE.md, "Wallet").
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -38,6 +39,18 @@ class UnitOfWork(base.UnitOfWork):
         trips, and no row lock held while the client thinks. A fake keeps its
         transaction."""
 
+    @asynccontextmanager
+    async def shared_transaction(
+        self, lock_timeout_ms: int
+    ) -> AsyncIterator[Callable[[], UnitOfWork] | None]:
+        """One transaction on one connection for several single-statement use cases
+        run one after the other (a batch): yields a factory of units of work whose
+        statements run in it, and commits when the block ends without error (rolls
+        back otherwise). A lock wait longer than `lock_timeout_ms` fails the
+        transaction instead of stalling it. Yields None where there is no such thing
+        (the fakes): the caller then runs each use case on its own."""
+        yield None
+
 
 def _no_session() -> AsyncSession:
     raise RuntimeError(
@@ -55,11 +68,14 @@ class SqlAlchemyUnitOfWork(base.SqlAlchemyUnitOfWork, UnitOfWork):
         self,
         session_factory: async_sessionmaker[AsyncSession],
         clock: Callable[[], datetime] = utcnow,
+        shared: asyncpg.Connection | None = None,
     ) -> None:
         super().__init__(session_factory, clock)
         self._engine: AsyncEngine = session_factory.kw["bind"]
         # The pooled connection lent to a single-statement use case.
         self._pooled: Any = None
+        # A batch's connection, inside its transaction (see shared_transaction).
+        self._shared = shared
 
     def bind(self, session: AsyncSession) -> None:
         self.wallet = SqlAlchemyWalletRepository(lambda: session)
@@ -80,8 +96,42 @@ class SqlAlchemyUnitOfWork(base.SqlAlchemyUnitOfWork, UnitOfWork):
         assert self._session is None and self._pooled is None, (
             "single_statements() comes first in `async with uow`"
         )
+        if self._shared is not None:
+            self.wallet = SqlAlchemyWalletRepository(_no_session, self._shared)
+            return
         self._pooled = await self._engine.raw_connection()
         self.wallet = SqlAlchemyWalletRepository(_no_session, self._pooled.driver_connection)
+
+    @asynccontextmanager
+    async def shared_transaction(
+        self, lock_timeout_ms: int
+    ) -> AsyncIterator[Callable[[], UnitOfWork] | None]:
+        pooled = await self._engine.raw_connection()
+        healthy = False
+        try:
+            driver: asyncpg.Connection = pooled.driver_connection
+            transaction = driver.transaction()
+            await transaction.start()
+            try:
+                await driver.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+                yield lambda: SqlAlchemyUnitOfWork(self._session_factory, self._clock, driver)
+                # A statement that failed inside a use case which then went on (a
+                # caught error) leaves the transaction aborted, and PostgreSQL answers
+                # COMMIT with a rollback, not an error: ask first, so it raises.
+                await driver.fetchval("SELECT 1")
+            except BaseException:
+                await transaction.rollback()
+                raise
+            await transaction.commit()
+            healthy = True
+        except (DomainError, asyncpg.PostgresError):
+            healthy = True  # the database answered: the connection is sound
+            raise
+        finally:
+            if healthy:
+                pooled.close()  # back to the pool
+            else:
+                pooled.invalidate()
 
     async def __aexit__(
         self,

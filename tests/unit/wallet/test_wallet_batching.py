@@ -57,8 +57,9 @@ async def test_an_item_that_fails_unexpectedly_is_internal_and_the_others_stand(
     uow: FakeUnitOfWork,
 ) -> None:
     def factory() -> UnitOfWork:
+        # Call 1 asks for a shared transaction (the fake has none); 2 to 4 are the items.
         factory.calls += 1  # type: ignore[attr-defined]
-        if factory.calls == 2:  # type: ignore[attr-defined]
+        if factory.calls == 3:  # type: ignore[attr-defined]
             raise ConnectionError("the database went away")
         return uow
 
