@@ -621,9 +621,11 @@ def write_doc(result: dict[str, Any], table: str) -> None:
         f"Machine: {result['machine']}; everything (PostgreSQL, NATS, five services, mock "
         "upstream, LiteLLM, the load generator) shares it.\n\n"
         "The mock upstream answers 64 words (64 stream chunks, 1 ms apart). tokenforge does "
-        "the full money path on every request: resolve (routing), hold (wallet, durable "
-        "commit), upstream call, settle (wallet, durable commit), receipt (usage) before "
-        f"answering; {result['accounts']} bench accounts, one API key each, shared by the "
+        "the full money path on every request: resolve (routing; an answer routing allows "
+        "to reuse serves the same key for up to 1 s), hold (wallet, durable commit), "
+        "upstream call, settle (wallet, durable commit), receipt (usage, durable commit) "
+        "before answering, the wallet and usage calls batched under load; "
+        f"{result['accounts']} bench accounts, one API key each, shared by the "
         "load's clients. LiteLLM runs without a database (no spend tracking).\n\n" + table
     )
     # Only the part between the markers is the run's; the analysis around it is kept.

@@ -10,8 +10,9 @@ a unique index catches the rare race between two calls with one key (the use cas
 then runs once more and replays the winner's result).
 
 The batch use cases (`place_holds`, `settle_holds`, `release_holds`, behind HoldMany,
-SettleMany and ReleaseMany) run the hot-path use case once per item, concurrently,
-each in its own unit of work: an item behaves exactly as the same call alone.
+SettleMany and ReleaseMany) run the hot-path use case once per item, all in one
+transaction (one commit), or, when that transaction cannot finish, concurrently, each
+in its own unit of work: either way an item is answered as the same call alone.
 """
 
 from __future__ import annotations
