@@ -33,12 +33,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from services.routing.domain.health import is_channel_failure
 from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
 from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
 from tokenforge.runtime.grpc_client import DEFAULT_DEADLINE_S, Peer
+from tokenforge.runtime.service_client import ServiceClient
 from tokenforge.wire import bucket_from_proto, item_error_from_proto, price_from_proto
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,11 @@ def _channels(answer: routing_pb2.ResolveResponse) -> Iterable[str]:
             yield channel.channel_id
 
 
-class RoutingClient:
-    """Calls RoutingService's request path; answers the proto messages."""
+class RoutingClient(ServiceClient):
+    """Calls RoutingService's request path; answers the proto messages. Resolve is not
+    retried (a fresh request is cheaper than a stale answer); reports are not either."""
+
+    service = "routing"
 
     def __init__(
         self,
@@ -91,9 +94,8 @@ class RoutingClient:
         max_reused: int = DEFAULT_MAX_REUSED,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.peer = peer
+        super().__init__(peer, deadline=deadline, attempts=1)
         self.stub = routing_pb2_grpc.RoutingServiceStub(peer.channel)
-        self.deadline = deadline
         self.max_reused = max(0, max_reused)
         self._clock = clock
         self._reusable: dict[_Slot, _Reusable] = {}
@@ -109,13 +111,9 @@ class RoutingClient:
         self.resolve_calls = 0
         self.resolve_reused = 0
 
-    @classmethod
-    def connect(cls, address: str, token: str, **options: Any) -> RoutingClient:
-        return cls(Peer("routing", address, token), **options)
-
     async def close(self) -> None:
         await self.drain()
-        await self.peer.close()
+        await super().close()
 
     # Resolve.
 

@@ -19,25 +19,24 @@ shared by the callers of a process, batches best.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
 
-from tokenforge.errors import DomainError, Reason
 from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
 from tokenforge.runtime.grpc_client import Peer
+from tokenforge.runtime.service_client import (
+    BACKOFF_S,
+    DEFAULT_ATTEMPTS,
+    DEFAULT_DEADLINE_S,
+    ServiceClient,
+)
 from tokenforge.usage.v1 import usage_pb2, usage_pb2_grpc
 from tokenforge.wire import item_error_from_proto
 
-T = TypeVar("T")
 
-DEFAULT_DEADLINE_S = 2.0
-DEFAULT_ATTEMPTS = 3
-BACKOFF_S = 0.05
-
-
-class UsageClient:
+class UsageClient(ServiceClient):
     """Calls UsageService; answers the proto messages (`usage_pb2.RecordReceiptResponse`)."""
+
+    service = "usage"
 
     def __init__(
         self,
@@ -50,41 +49,12 @@ class UsageClient:
         backoff: float = BACKOFF_S,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.peer = peer
+        super().__init__(peer, deadline=deadline, attempts=attempts, backoff=backoff, sleep=sleep)
         self.stub = usage_pb2_grpc.UsageServiceStub(peer.channel)
-        self.deadline = deadline
-        self.attempts = max(1, attempts)
-        self.backoff = backoff
-        self._sleep = sleep
         # None: every receipt goes alone on RecordReceipt.
         self.receipts: Batcher[usage_pb2.Receipt, usage_pb2.RecordReceiptResponse] | None = (
             Batcher(self._record_one, self._record_many, max_size=max_batch) if batching else None
         )
-
-    @classmethod
-    def connect(cls, address: str, token: str, **options: Any) -> UsageClient:
-        return cls(Peer("usage", address, token), **options)
-
-    async def close(self) -> None:
-        await self.peer.close()
-
-    async def _once(self, method: str, request: Any, request_id: str = "") -> Any:
-        return await self.peer.call(
-            getattr(self.stub, method), request, timeout=self.deadline, request_id=request_id
-        )
-
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        """`call`, retried on SERVICE_UNAVAILABLE (recording is idempotent)."""
-        delay = self.backoff
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return await call()
-            except DomainError as error:
-                if error.reason is not Reason.SERVICE_UNAVAILABLE or attempt == self.attempts:
-                    raise
-            await self._sleep(delay * (1 + random.random()))  # noqa: S311 - jitter, not secrets
-            delay *= 2
-        raise AssertionError("unreachable")
 
     async def record_receipt(self, receipt: usage_pb2.Receipt) -> usage_pb2.RecordReceiptResponse:
         """The stored receipt (the first one, for a replay); IDEMPOTENCY_CONFLICT when the

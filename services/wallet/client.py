@@ -24,27 +24,25 @@ is still correct). One client, shared by the callers of a process, batches best.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
 from tokenforge.common.v1 import common_pb2
-from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
 from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
 from tokenforge.runtime.grpc_client import Peer
+from tokenforge.runtime.service_client import (
+    BACKOFF_S,
+    DEFAULT_ATTEMPTS,
+    DEFAULT_DEADLINE_S,
+    ServiceClient,
+)
 from tokenforge.runtime.telemetry import current_trace_id
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tokenforge.wire import bucket_to_proto, item_error_from_proto
-
-T = TypeVar("T")
-
-DEFAULT_DEADLINE_S = 2.0
-DEFAULT_ATTEMPTS = 3
-BACKOFF_S = 0.05
 
 
 def _stamp(when: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -55,8 +53,10 @@ def _stamp(when: datetime | None) -> timestamp_pb2.Timestamp | None:
     return stamp
 
 
-class WalletClient:
+class WalletClient(ServiceClient):
     """Calls WalletService; answers the proto messages (`wallet_pb2.Hold`, ...)."""
+
+    service = "wallet"
 
     def __init__(
         self,
@@ -69,12 +69,8 @@ class WalletClient:
         batching: bool = True,
         max_batch: int = DEFAULT_MAX_SIZE,
     ) -> None:
-        self.peer = peer
+        super().__init__(peer, deadline=deadline, attempts=attempts, backoff=backoff, sleep=sleep)
         self.stub = wallet_pb2_grpc.WalletServiceStub(peer.channel)
-        self.deadline = deadline
-        self.attempts = max(1, attempts)
-        self.backoff = backoff
-        self._sleep = sleep
         # None without batching: every call is its unary RPC.
         self.hold_batcher: Batcher[wallet_pb2.HoldRequest, wallet_pb2.HoldResponse] | None = None
         self.settle_batcher: Batcher[wallet_pb2.SettleRequest, wallet_pb2.SettleResponse] | None = (
@@ -89,35 +85,6 @@ class WalletClient:
             self.release_batcher = Batcher(
                 self._release_one, self._release_many, max_size=max_batch
             )
-
-    @classmethod
-    def connect(cls, address: str, token: str, **options: Any) -> WalletClient:
-        return cls(Peer("wallet", address, token), **options)
-
-    async def close(self) -> None:
-        await self.peer.close()
-
-    async def _once(self, method: str, request: Any, request_id: str = "") -> Any:
-        return await self.peer.call(
-            getattr(self.stub, method), request, timeout=self.deadline, request_id=request_id
-        )
-
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        """`call`, retried on SERVICE_UNAVAILABLE (every wallet call is idempotent)."""
-        delay = self.backoff
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return await call()
-            except DomainError as error:
-                if error.reason is not Reason.SERVICE_UNAVAILABLE or attempt == self.attempts:
-                    raise
-            await self._sleep(delay * (1 + random.random()))  # noqa: S311 - jitter, not secrets
-            delay *= 2
-        raise AssertionError("unreachable")
-
-    async def _call(self, method: str, request: Any, request_id: str = "") -> Any:
-        """One unary call, retried on SERVICE_UNAVAILABLE."""
-        return await self._retrying(lambda: self._once(method, request, request_id))
 
     # What the batchers send: one call alone (the unary RPC), or several in one batch
     # call answered item by item (the batch call is not retried here: each item's

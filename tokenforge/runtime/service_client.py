@@ -1,0 +1,73 @@
+"""The base of the typed clients of our services (`services/<ctx>/client.py`).
+
+One `Peer` (channel, credential, request id, client span), a deadline on every call,
+and the retry that every idempotent call may take: a call that found the service
+unavailable is tried again with jittered exponential backoff; a refusal is never
+retried. Subclasses set `service` (the peer's name in errors) and `stub`, and add
+the typed methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, Self, TypeVar
+
+from tokenforge.errors import DomainError, Reason
+from tokenforge.runtime.grpc_client import Peer
+
+T = TypeVar("T")
+
+DEFAULT_DEADLINE_S = 2.0
+DEFAULT_ATTEMPTS = 3
+BACKOFF_S = 0.05
+
+
+class ServiceClient:
+    service: ClassVar[str]
+    stub: Any
+
+    def __init__(
+        self,
+        peer: Peer,
+        *,
+        deadline: float = DEFAULT_DEADLINE_S,
+        attempts: int = DEFAULT_ATTEMPTS,
+        backoff: float = BACKOFF_S,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.peer = peer
+        self.deadline = deadline
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self._sleep = sleep
+
+    @classmethod
+    def connect(cls, address: str, token: str, **options: Any) -> Self:
+        return cls(Peer(cls.service, address, token), **options)
+
+    async def close(self) -> None:
+        await self.peer.close()
+
+    async def _once(self, method: str, request: Any, request_id: str = "") -> Any:
+        return await self.peer.call(
+            getattr(self.stub, method), request, timeout=self.deadline, request_id=request_id
+        )
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call`, retried on SERVICE_UNAVAILABLE (for idempotent calls only)."""
+        delay = self.backoff
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await call()
+            except DomainError as error:
+                if error.reason is not Reason.SERVICE_UNAVAILABLE or attempt == self.attempts:
+                    raise
+            await self._sleep(delay * (1 + random.random()))  # noqa: S311 - jitter, not secrets
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _call(self, method: str, request: Any, request_id: str = "") -> Any:
+        """One unary call, retried on SERVICE_UNAVAILABLE."""
+        return await self._retrying(lambda: self._once(method, request, request_id))
