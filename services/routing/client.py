@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from services.routing.domain.health import is_channel_failure
 from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
+from tokenforge.runtime import metrics
 from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
 from tokenforge.runtime.grpc_client import DEFAULT_DEADLINE_S, Peer
 from tokenforge.runtime.service_client import ServiceClient
@@ -104,7 +105,16 @@ class RoutingClient(ServiceClient):
         # None without batching: every report goes alone on ReportOutcome.
         self.reports: (
             Batcher[routing_pb2.ReportOutcomeRequest, routing_pb2.ReportOutcomeResponse] | None
-        ) = Batcher(self._report_one, self._report_many, max_size=max_batch) if batching else None
+        ) = (
+            Batcher(
+                self._report_one,
+                self._report_many,
+                max_size=max_batch,
+                name="routing.ReportOutcome",
+            )
+            if batching
+            else None
+        )
         # Reports under way, referenced until done.
         self._sending: set[asyncio.Task[None]] = set()
         # Figures for tests, metrics and the benchmark.
@@ -129,10 +139,12 @@ class RoutingClient(ServiceClient):
                 now = self._clock()
                 if now < kept.until:
                     self.resolve_reused += 1
+                    metrics.RESOLVES.labels("reused").inc()
                     return self._reused(kept, request, now)
                 del self._reusable[slot]
         forgets, sent_at = self._forgets, self._clock()
         self.resolve_calls += 1
+        metrics.RESOLVES.labels("routing").inc()
         answer: routing_pb2.ResolveResponse = await self.peer.call(
             self.stub.Resolve, request, timeout=self.deadline, request_id=request_id
         )

@@ -53,7 +53,11 @@ class UsageClient(ServiceClient):
         self.stub = usage_pb2_grpc.UsageServiceStub(peer.channel)
         # None: every receipt goes alone on RecordReceipt.
         self.receipts: Batcher[usage_pb2.Receipt, usage_pb2.RecordReceiptResponse] | None = (
-            Batcher(self._record_one, self._record_many, max_size=max_batch) if batching else None
+            Batcher(
+                self._record_one, self._record_many, max_size=max_batch, name="usage.RecordReceipt"
+            )
+            if batching
+            else None
         )
 
     async def record_receipt(self, receipt: usage_pb2.Receipt) -> usage_pb2.RecordReceiptResponse:

@@ -80,10 +80,14 @@ class WalletClient(ServiceClient):
             Batcher[wallet_pb2.ReleaseRequest, wallet_pb2.ReleaseResponse] | None
         ) = None
         if batching:
-            self.hold_batcher = Batcher(self._hold_one, self._hold_many, max_size=max_batch)
-            self.settle_batcher = Batcher(self._settle_one, self._settle_many, max_size=max_batch)
+            self.hold_batcher = Batcher(
+                self._hold_one, self._hold_many, max_size=max_batch, name="wallet.Hold"
+            )
+            self.settle_batcher = Batcher(
+                self._settle_one, self._settle_many, max_size=max_batch, name="wallet.Settle"
+            )
             self.release_batcher = Batcher(
-                self._release_one, self._release_many, max_size=max_batch
+                self._release_one, self._release_many, max_size=max_batch, name="wallet.Release"
             )
 
     # What the batchers send: one call alone (the unary RPC), or several in one batch

@@ -35,6 +35,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from tokenforge.runtime import metrics
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -59,6 +61,7 @@ class Batcher(Generic[Item, Result]):
         *,
         max_size: int = DEFAULT_MAX_SIZE,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        name: str = "",
     ) -> None:
         if max_size < 1 or max_in_flight < 1:
             raise ValueError("max_size and max_in_flight must be at least 1")
@@ -66,6 +69,8 @@ class Batcher(Generic[Item, Result]):
         self._send_many = send_many
         self.max_size = max_size
         self.max_in_flight = max_in_flight
+        # Items per call, as a metric (`tokenforge_client_batch_items{call=name}`).
+        self._sizes = metrics.BATCH_ITEMS.labels(name or "unnamed")
         self._queue: deque[_Waiting[Item, Result]] = deque()
         self._in_flight = 0
         # Batch calls under way (a reference each, so the loop does not drop them).
@@ -88,6 +93,7 @@ class Batcher(Generic[Item, Result]):
         # Counted in flight, so that callers arriving meanwhile queue behind it.
         self._in_flight += 1
         self.calls += 1
+        self._sizes.observe(1)
         try:
             return await self._send_one(item)
         finally:
@@ -115,6 +121,7 @@ class Batcher(Generic[Item, Result]):
 
     async def _send(self, batch: list[_Waiting[Item, Result]]) -> None:
         self.calls += 1
+        self._sizes.observe(len(batch))
         try:
             if len(batch) == 1:
                 outcomes: Sequence[Result | BaseException] = [

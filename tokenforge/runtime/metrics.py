@@ -67,6 +67,19 @@ UPSTREAM_ERRORS = Counter(
     "Upstream attempts that failed, by channel and outcome.",
     ["channel", "outcome"],
 )
+BATCH_ITEMS = Histogram(
+    "tokenforge_client_batch_items",
+    "Items per call our clients send (1: the unary call, alone; more: a batch call), "
+    "by call (e.g. wallet.Hold).",
+    ["call"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+RESOLVES = Counter(
+    "tokenforge_routing_client_resolves_total",
+    "Resolve answers the gateway used, by where they came from: routing (a call) or "
+    "reused (a reusable answer of the last second).",
+    ["answered"],
+)
 CHARGES = Counter(
     "tokenforge_charges_micros_total",
     "Micro-units charged to users, by bucket and route kind.",

@@ -7,6 +7,7 @@ import contextvars
 from collections.abc import Sequence
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tokenforge.errors import DomainError, Reason
 from tokenforge.runtime.batching import Batcher
@@ -197,3 +198,24 @@ def test_caps_below_one_are_refused() -> None:
     service = Service()
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(service.one, service.many, max_size=0)
+
+
+async def test_items_per_call_are_a_metric_of_the_call() -> None:
+    def sample(suffix: str) -> float:
+        found = REGISTRY.get_sample_value(
+            f"tokenforge_client_batch_items_{suffix}", {"call": "test.items"}
+        )
+        return found or 0.0
+
+    before = sample("count"), sample("sum")
+    service = Service()
+    service.gate.clear()
+    batcher = Batcher(service.one, service.many, max_in_flight=1, name="test.items")
+    first = asyncio.create_task(batcher.submit(1))
+    await settle()
+    rest = [asyncio.create_task(batcher.submit(i)) for i in (2, 3, 4)]
+    await settle()
+    service.gate.set()
+    await first
+    await asyncio.gather(*rest)
+    assert (sample("count"), sample("sum")) == (before[0] + 2, before[1] + 4)
