@@ -7,6 +7,9 @@ import contextvars
 from collections.abc import Sequence
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
 from tokenforge.errors import DomainError, Reason
@@ -219,3 +222,39 @@ async def test_items_per_call_are_a_metric_of_the_call() -> None:
     await first
     await asyncio.gather(*rest)
     assert (sample("count"), sample("sum")) == (before[0] + 2, before[1] + 4)
+
+
+async def test_each_waiting_request_span_names_the_batch_call_that_carried_it() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    service = Service()
+    service.gate.clear()
+    batcher = Batcher(service.one, service.many, max_in_flight=1, name="test.traced", tracer=tracer)
+
+    async def request(item: int) -> int:
+        with tracer.start_as_current_span(f"request {item}"):
+            return await batcher.submit(item)
+
+    first = asyncio.create_task(request(1))
+    await settle()
+    rest = [asyncio.create_task(request(i)) for i in (2, 3)]
+    await settle()
+    service.gate.set()
+    assert [await first, *[await t for t in rest]] == [10, 20, 30]
+
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    call = spans["test.traced batch call"]
+    waiters = [spans["request 2"], spans["request 3"]]
+    for span in waiters:
+        [event] = [e for e in span.events if e.name == "tokenforge.batched"]
+        attributes = dict(event.attributes or {})
+        assert attributes["tokenforge.batch.span_id"] == f"{call.context.span_id:016x}"
+        assert attributes["tokenforge.batch.trace_id"] == f"{call.context.trace_id:032x}"
+        assert attributes["tokenforge.batch.items"] == 2
+    assert not [e for e in spans["request 1"].events if e.name == "tokenforge.batched"]
+    # The call is linked to both waiters' spans and runs in the first waiter's trace.
+    assert {link.context.span_id for link in call.links} == {s.context.span_id for s in waiters}
+    assert call.context.trace_id == spans["request 2"].context.trace_id
+    assert call.parent is not None and call.parent.span_id == spans["request 2"].context.span_id
