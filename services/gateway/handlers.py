@@ -37,7 +37,7 @@ from services.gateway.domain.planning import (
     usage_from_response,
 )
 from services.gateway.domain.presenting import route_attempts_json
-from services.gateway.domain.settlement import Rule, Status, settle
+from services.gateway.domain.settlement import Rule, Settlement, Status, settle
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket, Money, Price, format_amount
 from tokenforge.routing.v1 import routing_pb2
@@ -482,7 +482,9 @@ async def finish(
     error_code: str = "",
 ) -> tuple[usage_pb2.Receipt, Money]:
     """Apply the settlement table, settle the charge (or release the hold), then
-    record the receipt. Only then may the client see the charge."""
+    record the receipt. Only then may the client see the charge. The outcome report
+    to routing (channel attempts, the charge taken, the lease's end) leaves after
+    both, off the answer's path, and names only a charge that was taken."""
     outcome = settle(
         rule,
         p.price,
@@ -492,8 +494,25 @@ async def finish(
         counted=counted,
         charge_policy=charge_policy_name(p.route.charge_policy),
     )
-    receipt = new_receipt(p, attempts)
-    report_outcome(peers, p.resolved, p.cmd.request_id, attempts, outcome.charge)
+    charged: Money | None = None
+    try:
+        receipt, charged = await charge_and_record(
+            peers, p, new_receipt(p, attempts), outcome, rule, error_code
+        )
+        return receipt, charged
+    finally:
+        report_outcome(peers, p.resolved, p.cmd.request_id, attempts, charged)
+
+
+async def charge_and_record(
+    peers: Peers,
+    p: Prepared,
+    receipt: usage_pb2.Receipt,
+    outcome: Settlement,
+    rule: Rule,
+    error_code: str,
+) -> tuple[usage_pb2.Receipt, Money]:
+    """Settle (or release) the request's hold by the outcome, then record its receipt."""
     if p.cmd.run_id:
         # A run's request: the run's hold pays; the receipt ends the draw (usage).
         return await finish_run_request(peers, receipt, outcome, rule, error_code)
@@ -532,7 +551,7 @@ async def finish(
 async def finish_run_request(
     peers: Peers,
     receipt: usage_pb2.Receipt,
-    outcome: Any,
+    outcome: Settlement,
     rule: Rule,
     error_code: str,
 ) -> tuple[usage_pb2.Receipt, Money]:
