@@ -9,7 +9,9 @@ model, endpoint, client ip) may be answered from that resolution. Routing sets i
 only for a key that counts nothing per request, never for a preview, and never past
 the 2 s bound it promises for a key's revocation, rotation or expiry. `resolve`
 keeps such answers in a small bounded cache and answers from it meanwhile, with the
-worst case recomputed for each request's tokens; refusals are never kept. The
+worst case recomputed for each request's tokens; refusals are never kept. When a
+kept answer lapses, one request asks routing again and those arriving meanwhile wait
+for that answer (if routing refuses, each of them asks for itself). The
 gateway calls `forget_key` when a key is revoked or rotated through it, so that key
 is refused again at once; a failed attempt on a channel drops the answers that
 route through it, so the next request asks routing, whose breakers may have moved.
@@ -100,6 +102,8 @@ class RoutingClient(ServiceClient):
         self.max_reused = max(0, max_reused)
         self._clock = clock
         self._reusable: dict[_Slot, _Reusable] = {}
+        # Lapsed answers being asked again: requests for the slot wait for that call.
+        self._refreshing: dict[_Slot, asyncio.Future[None]] = {}
         # Bumped by forget_key: an answer that was on its way meanwhile is not kept.
         self._forgets = 0
         # None without batching: every report goes alone on ReportOutcome.
@@ -133,15 +137,61 @@ class RoutingClient(ServiceClient):
         """Routing's answer, or a reusable one it gave for the same key, model,
         endpoint and client ip less than its `reuse_for_ms` ago."""
         slot: _Slot = (request.api_key, request.model, request.endpoint, request.client_ip)
-        if not request.preview:
-            kept = self._reusable.get(slot)
-            if kept is not None:
-                now = self._clock()
-                if now < kept.until:
-                    self.resolve_reused += 1
-                    metrics.RESOLVES.labels("reused").inc()
-                    return self._reused(kept, request, now)
-                del self._reusable[slot]
+        if request.preview:
+            return await self._ask(slot, request, request_id)
+        if (reused := self._reuse(slot, request)) is not None:
+            return reused
+        if self._reusable.pop(slot, None) is not None:
+            # It lapsed: one request asks routing again, the others arriving meanwhile
+            # wait for that answer rather than all asking at once.
+            return await self._refresh(slot, request, request_id)
+        refreshing = self._refreshing.get(slot)
+        if refreshing is not None:
+            return await self._after_refresh(refreshing, slot, request, request_id)
+        return await self._ask(slot, request, request_id)
+
+    async def _refresh(
+        self, slot: _Slot, request: routing_pb2.ResolveRequest, request_id: str
+    ) -> routing_pb2.ResolveResponse:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._refreshing[slot] = done
+        try:
+            return await self._ask(slot, request, request_id)
+        finally:
+            del self._refreshing[slot]
+            done.set_result(None)
+
+    async def _after_refresh(
+        self,
+        refreshing: asyncio.Future[None],
+        slot: _Slot,
+        request: routing_pb2.ResolveRequest,
+        request_id: str,
+    ) -> routing_pb2.ResolveResponse:
+        """Wait for the refresh under way; its answer serves if routing let it be
+        reused, else (a refusal, a key that now counts) this request asks itself."""
+        await asyncio.shield(refreshing)
+        if (reused := self._reuse(slot, request)) is not None:
+            return reused
+        return await self._ask(slot, request, request_id)
+
+    def _reuse(
+        self, slot: _Slot, request: routing_pb2.ResolveRequest
+    ) -> routing_pb2.ResolveResponse | None:
+        """The kept answer for the slot, for this request, while it may be reused."""
+        kept = self._reusable.get(slot)
+        if kept is None:
+            return None
+        now = self._clock()
+        if now >= kept.until:
+            return None
+        self.resolve_reused += 1
+        metrics.RESOLVES.labels("reused").inc()
+        return self._reused(kept, request, now)
+
+    async def _ask(
+        self, slot: _Slot, request: routing_pb2.ResolveRequest, request_id: str
+    ) -> routing_pb2.ResolveResponse:
         forgets, sent_at = self._forgets, self._clock()
         self.resolve_calls += 1
         metrics.RESOLVES.labels("routing").inc()

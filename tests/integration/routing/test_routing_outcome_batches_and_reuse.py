@@ -3,6 +3,7 @@ gRPC against the real database and the demo catalog."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -26,10 +27,10 @@ SERVICE = "/tokenforge.routing.v1.RoutingService/"
 REUSE_MS = 1000
 
 
-def served(method: str) -> float:
-    """How many calls of `method` routing (in this process) answered OK so far."""
+def served(method: str, code: str = "OK") -> float:
+    """How many calls of `method` routing (in this process) answered with `code` so far."""
     found = REGISTRY.get_sample_value(
-        "tokenforge_grpc_server_handled_total", {"method": SERVICE + method, "code": "OK"}
+        "tokenforge_grpc_server_handled_total", {"method": SERVICE + method, "code": code}
     )
     return found or 0.0
 
@@ -303,6 +304,46 @@ async def test_the_client_answers_from_a_reusable_resolution_until_it_lapses(
     clock.now += 1 / 1000
     await client.resolve(chat(key))
     assert served("Resolve") == calls + 1
+
+
+async def test_when_a_reusable_answer_lapses_one_request_asks_routing_for_all_waiting(
+    routing: Routing, client_clock: tuple[RoutingClient, FakeClock]
+) -> None:
+    client, clock = client_clock
+    _, key = await new_key(routing)
+    first = await client.resolve(chat(key))
+    clock.now += first.reuse_for_ms / 1000  # lapsed
+    calls = served("Resolve")
+
+    answers = await asyncio.gather(*(client.resolve(chat(key)) for _ in range(10)))
+
+    assert served("Resolve") == calls + 1
+    assert {a.principal.key_id for a in answers} == {first.principal.key_id}
+    assert all(a.route == first.route for a in answers)
+
+
+async def test_a_refused_refresh_leaves_each_waiting_request_to_ask_for_itself(
+    routing: Routing,
+    routing_operator: Routing,
+    client_clock: tuple[RoutingClient, FakeClock],
+) -> None:
+    client, clock = client_clock
+    account, key = await new_key(routing)
+    first = await client.resolve(chat(key))
+    await routing_operator.call(
+        "RevokeApiKey",
+        routing_pb2.RevokeApiKeyRequest(account_id=account, key_id=first.principal.key_id),
+    )
+    clock.now += first.reuse_for_ms / 1000  # lapsed
+    refused = served("Resolve", "UNAUTHENTICATED")
+
+    outcomes = await asyncio.gather(
+        *(client.resolve(chat(key)) for _ in range(5)), return_exceptions=True
+    )
+
+    assert all(isinstance(o, DomainError) for o in outcomes)
+    assert {o.reason for o in outcomes if isinstance(o, DomainError)} == {Reason.UNKNOWN_API_KEY}
+    assert served("Resolve", "UNAUTHENTICATED") == refused + 5  # no refusal shared or kept
 
 
 async def test_the_client_never_reuses_a_preview_a_counting_key_or_another_client_ip(
