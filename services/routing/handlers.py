@@ -54,6 +54,7 @@ from services.routing.storage.key_cache import DEFAULT_TTL_S, KeyCache
 from services.routing.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
+from tokenforge.runtime.batch_items import check_batch_size, item_outcome
 
 # last_used_at is written at most this often per key, so the request path stays a read.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -64,7 +65,6 @@ LEASE_MARGIN = timedelta(seconds=60)
 # Counters older than this are swept.
 COUNTER_RETENTION = timedelta(minutes=10)
 # The most reports one ReportOutcomes call takes.
-MAX_BATCH = 256
 
 log = logging.getLogger(__name__)
 
@@ -358,13 +358,7 @@ async def report_outcomes(
     twice in the batch, in two batches or alone. Should that transaction fail, each
     report goes through its own, concurrently, as alone: only a faulty one fails.
     """
-    if len(command.reports) > MAX_BATCH:
-        raise DomainError(
-            Reason.INVALID_ARGUMENT,
-            f"A batch holds at most {MAX_BATCH} outcome reports (got {len(command.reports)}); "
-            "send the rest in another batch.",
-            {"max_batch": str(MAX_BATCH)},
-        )
+    check_batch_size(len(command.reports), "outcome reports")
     outcomes: list[DomainError | None] = [
         r if isinstance(r, DomainError) else None for r in command.reports
     ]
@@ -378,17 +372,12 @@ async def report_outcomes(
         log.warning("counting %s outcome reports together failed", len(reports), exc_info=True)
 
     async def alone(index: int, report: ReportOutcome) -> None:
-        try:
+        async def count() -> None:
             await _count_outcomes([report], uow_factory())
-        except DomainError as error:
-            outcomes[index] = error
-        except Exception:  # noqa: BLE001 - this report failed, not the batch
-            log.exception("outcome report %s failed", report.request_id)
-            outcomes[index] = DomainError(
-                Reason.INTERNAL,
-                f"The outcome of {report.request_id} could not be recorded; try again.",
-                {"request_id": report.request_id},
-            )
+
+        failed = await item_outcome(count(), f"The outcome report of {report.request_id}")
+        if isinstance(failed, DomainError):
+            outcomes[index] = failed
 
     await asyncio.gather(*(alone(i, r) for i, r in reports))
     return outcomes

@@ -30,6 +30,7 @@ from services.usage.domain.runs import (
 from services.usage.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
+from tokenforge.runtime.batch_items import check_batch_size, item_outcome
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,6 @@ class RecordReceipts:
     receipts: Sequence[Receipt | DomainError]
 
 
-MAX_BATCH = 256
-
-
 async def record_receipts(
     command: RecordReceipts, uow_factory: Callable[[], UnitOfWork]
 ) -> list[Receipt | DomainError]:
@@ -104,13 +102,7 @@ async def record_receipts(
     and a request id sent twice in the batch, go through `record_receipt` one by one,
     concurrently, as concurrent single calls would.
     """
-    if len(command.receipts) > MAX_BATCH:
-        raise DomainError(
-            Reason.INVALID_ARGUMENT,
-            f"A batch holds at most {MAX_BATCH} receipts (got {len(command.receipts)}); "
-            "send the rest in another batch.",
-            {"max_batch": str(MAX_BATCH)},
-        )
+    check_batch_size(len(command.receipts), "receipts")
     outcomes: list[Receipt | DomainError | None] = [None] * len(command.receipts)
     together: dict[str, int] = {}
     alone: list[int] = []
@@ -131,17 +123,11 @@ async def record_receipts(
     async def one(index: int) -> None:
         receipt = command.receipts[index]
         assert isinstance(receipt, Receipt)
-        try:
-            outcomes[index] = await record_receipt(RecordReceipt(receipt), uow_factory())
-        except DomainError as error:
-            outcomes[index] = error
-        except Exception:  # noqa: BLE001 - this item failed, not the batch
-            log.exception("recording receipt %s failed", receipt.request_id)
-            outcomes[index] = DomainError(
-                Reason.INTERNAL,
-                f"Receipt {receipt.request_id} could not be recorded; try again.",
-                {"request_id": receipt.request_id},
-            )
+
+        async def record() -> Receipt:
+            return await record_receipt(RecordReceipt(receipt), uow_factory())
+
+        outcomes[index] = await item_outcome(record(), f"Receipt {receipt.request_id}")
 
     async def many() -> None:
         batch = [command.receipts[i] for i in together.values()]

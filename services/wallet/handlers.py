@@ -55,6 +55,7 @@ from services.wallet.storage.repository import DuplicateKey, HoldQuery, LedgerQu
 from services.wallet.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
+from tokenforge.runtime.batch_items import check_batch_size, item_outcome
 
 log = logging.getLogger(__name__)
 
@@ -288,20 +289,7 @@ async def release_hold(cmd: commands.ReleaseHold, uow: UnitOfWork) -> Hold:
     raise _unsettled(hold_id)
 
 
-# A batch call (HoldMany, SettleMany, ReleaseMany) carries at most this many items.
-MAX_BATCH_ITEMS = 256
-
 Cmd = TypeVar("Cmd")
-
-
-def check_batch_size(size: int) -> None:
-    if size > MAX_BATCH_ITEMS:
-        raise DomainError(
-            Reason.INVALID_ARGUMENT,
-            f"A batch carries at most {MAX_BATCH_ITEMS} items and this one has {size}: "
-            "split it into smaller batches.",
-            {"field": "items", "max_items": str(MAX_BATCH_ITEMS)},
-        )
 
 
 # A batch's transaction waits at most this long for a row lock held by another
@@ -332,17 +320,14 @@ async def _each(
     if len(cmds) > 1:
         metrics.BATCHES.labels("item_by_item").inc()
 
-    async def one(cmd: Cmd) -> T | DomainError:
-        try:
-            return await use_case(cmd, uow_factory())
-        except DomainError as error:
-            return error
-        except Exception:
-            # The unary call would fail with an internal error; the other items stand.
-            log.exception("a batch item failed")
-            return DomainError(Reason.INTERNAL, "The wallet failed on this item; retry it.", {})
+    async def one(cmd: Cmd) -> T:
+        return await use_case(cmd, uow_factory())
 
-    return list(await asyncio.gather(*(one(cmd) for cmd in cmds)))
+    return list(
+        await asyncio.gather(
+            *(item_outcome(one(cmd), f"Item {n} of the batch") for n, cmd in enumerate(cmds))
+        )
+    )
 
 
 async def _in_one_transaction(

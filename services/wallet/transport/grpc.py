@@ -23,6 +23,7 @@ from services.wallet.storage.unit_of_work import UnitOfWork
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
+from tokenforge.runtime.batch_items import check_batch_size
 from tokenforge.runtime.grpc_server import OPERATOR_NAME, current_caller
 from tokenforge.runtime.telemetry import current_trace_id
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -266,7 +267,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
     ) -> list[dict[str, Any]]:
         """Each item's outcome, in order: `{"answer": ...}` or `{"error": ItemError}`.
         An item the wire cannot translate (no bucket, ...) is refused alone."""
-        handlers.check_batch_size(len(items))
+        check_batch_size(len(items))
         translated: list[Cmd | DomainError] = []
         for item in items:
             try:

@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
-from services.wallet import app, handlers
+from services.wallet import app
 from services.wallet.client import WalletClient
 from tests.integration.wallet.conftest import ADMIN, INTERNAL, Wallet
 from tokenforge.common.v1 import common_pb2
 from tokenforge.config import Settings
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
+from tokenforge.runtime.batch_items import MAX_BATCH_ITEMS
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import RunningService
 from tokenforge.wallet.v1 import wallet_pb2
@@ -267,7 +268,7 @@ async def test_a_batch_of_256_is_served_and_one_above_is_invalid_argument_changi
     wallet: Wallet,
 ) -> None:
     account = await wallet.open_funded(credit=1_000)
-    too_many = [hold_request(account, 1) for _ in range(handlers.MAX_BATCH_ITEMS + 1)]
+    too_many = [hold_request(account, 1) for _ in range(MAX_BATCH_ITEMS + 1)]
     for method, request in (
         ("HoldMany", wallet_pb2.HoldManyRequest(holds=too_many)),
         (

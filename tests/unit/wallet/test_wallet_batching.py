@@ -17,6 +17,7 @@ from services.wallet.storage.unit_of_work import UnitOfWork
 from tests.unit.wallet.fakes import FakeUnitOfWork
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
+from tokenforge.runtime.batch_items import MAX_BATCH_ITEMS
 from tokenforge.wallet.v1 import wallet_pb2
 from tokenforge.wire import item_error_to_proto
 
@@ -77,7 +78,7 @@ async def test_a_batch_above_the_cap_is_refused_whole_and_runs_nothing(
 ) -> None:
     cmds = [
         commands.ReleaseHold("00000000-0000-0000-0000-000000000000")
-        for _ in range(handlers.MAX_BATCH_ITEMS + 1)
+        for _ in range(MAX_BATCH_ITEMS + 1)
     ]
     with pytest.raises(DomainError) as caught:
         await handlers.release_holds(cmds, lambda: uow)

@@ -1,0 +1,46 @@
+"""The server side of batch calls (HoldMany, SettleMany, ReleaseMany, RecordReceipts,
+ReportOutcomes): one cap on the items of a call, and one way to turn an item's
+failure into that item's answer while the other items stand.
+
+The client side is `tokenforge.runtime.batching.Batcher`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from tokenforge.errors import DomainError, Reason
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A batch call carries at most this many items (clients send at most 64).
+MAX_BATCH_ITEMS = 256
+
+
+def check_batch_size(size: int, items: str = "items") -> None:
+    """Refuse a batch above the cap whole, before anything of it runs."""
+    if size > MAX_BATCH_ITEMS:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            f"A batch carries at most {MAX_BATCH_ITEMS} {items} and this one has {size}: "
+            "split it into smaller batches.",
+            {"field": items, "max_items": str(MAX_BATCH_ITEMS)},
+        )
+
+
+async def item_outcome(call: Awaitable[T], item: str) -> T | DomainError:
+    """One item's outcome: its answer, its refusal, or, for an unexpected failure
+    (logged), an INTERNAL refusal naming the item, as its own call would fail."""
+    try:
+        return await call
+    except DomainError as error:
+        return error
+    except Exception:  # noqa: BLE001 - this item failed, not the batch
+        log.exception("batch item %s failed", item)
+        return DomainError(
+            Reason.INTERNAL, f"{item} could not be done; try it again.", {"item": item}
+        )
