@@ -106,18 +106,13 @@ class RoutingClient(ServiceClient):
         self._refreshing: dict[_Slot, asyncio.Future[None]] = {}
         # Bumped by forget_key: an answer that was on its way meanwhile is not kept.
         self._forgets = 0
-        # None without batching: every report goes alone on ReportOutcome.
-        self.reports: (
-            Batcher[routing_pb2.ReportOutcomeRequest, routing_pb2.ReportOutcomeResponse] | None
-        ) = (
-            Batcher(
-                self._report_one,
-                self._report_many,
-                max_size=max_batch,
-                name="routing.ReportOutcome",
-            )
-            if batching
-            else None
+        # Without batching, every report goes alone on ReportOutcome.
+        self.reports = Batcher(
+            self._report_one,
+            self._report_many,
+            max_size=max_batch,
+            name="routing.ReportOutcome",
+            batching=batching,
         )
         # Reports under way, referenced until done.
         self._sending: set[asyncio.Task[None]] = set()
@@ -256,10 +251,7 @@ class RoutingClient(ServiceClient):
 
     async def _report(self, request: routing_pb2.ReportOutcomeRequest) -> None:
         try:
-            if self.reports is None:
-                await self._report_one(request)
-            else:
-                await self.reports.submit(request)
+            await self.reports.submit(request)
         except Exception as error:  # noqa: BLE001 - logged, never raised into a finished request
             log.warning(
                 "outcome report for %s not delivered (%s): %s",

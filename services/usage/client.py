@@ -51,24 +51,21 @@ class UsageClient(ServiceClient):
     ) -> None:
         super().__init__(peer, deadline=deadline, attempts=attempts, backoff=backoff, sleep=sleep)
         self.stub = usage_pb2_grpc.UsageServiceStub(peer.channel)
-        # None: every receipt goes alone on RecordReceipt.
-        self.receipts: Batcher[usage_pb2.Receipt, usage_pb2.RecordReceiptResponse] | None = (
-            Batcher(
-                self._record_one, self._record_many, max_size=max_batch, name="usage.RecordReceipt"
-            )
-            if batching
-            else None
+        # Without batching, every receipt goes alone on RecordReceipt.
+        self.receipts = Batcher(
+            self._record_one,
+            self._record_many,
+            max_size=max_batch,
+            name="usage.RecordReceipt",
+            batching=batching,
         )
 
     async def record_receipt(self, receipt: usage_pb2.Receipt) -> usage_pb2.RecordReceiptResponse:
         """The stored receipt (the first one, for a replay); IDEMPOTENCY_CONFLICT when the
         request id already has another receipt."""
-        batcher = self.receipts
-        if batcher is None:
-            return await self._retrying(lambda: self._record_one(receipt))
         # A batch that found the service unavailable is not retried whole: each caller
         # retries its own receipt, which may then leave in another batch.
-        return await self._retrying(lambda: batcher.submit(receipt))
+        return await self._retrying(lambda: self.receipts.submit(receipt))
 
     async def _record_one(self, receipt: usage_pb2.Receipt) -> usage_pb2.RecordReceiptResponse:
         answer: usage_pb2.RecordReceiptResponse = await self._once(

@@ -71,24 +71,28 @@ class WalletClient(ServiceClient):
     ) -> None:
         super().__init__(peer, deadline=deadline, attempts=attempts, backoff=backoff, sleep=sleep)
         self.stub = wallet_pb2_grpc.WalletServiceStub(peer.channel)
-        # None without batching: every call is its unary RPC.
-        self.hold_batcher: Batcher[wallet_pb2.HoldRequest, wallet_pb2.HoldResponse] | None = None
-        self.settle_batcher: Batcher[wallet_pb2.SettleRequest, wallet_pb2.SettleResponse] | None = (
-            None
+        # Without batching, every call goes alone on its unary RPC.
+        self.hold_batcher = Batcher(
+            self._hold_one,
+            self._hold_many,
+            max_size=max_batch,
+            name="wallet.Hold",
+            batching=batching,
         )
-        self.release_batcher: (
-            Batcher[wallet_pb2.ReleaseRequest, wallet_pb2.ReleaseResponse] | None
-        ) = None
-        if batching:
-            self.hold_batcher = Batcher(
-                self._hold_one, self._hold_many, max_size=max_batch, name="wallet.Hold"
-            )
-            self.settle_batcher = Batcher(
-                self._settle_one, self._settle_many, max_size=max_batch, name="wallet.Settle"
-            )
-            self.release_batcher = Batcher(
-                self._release_one, self._release_many, max_size=max_batch, name="wallet.Release"
-            )
+        self.settle_batcher = Batcher(
+            self._settle_one,
+            self._settle_many,
+            max_size=max_batch,
+            name="wallet.Settle",
+            batching=batching,
+        )
+        self.release_batcher = Batcher(
+            self._release_one,
+            self._release_many,
+            max_size=max_batch,
+            name="wallet.Release",
+            batching=batching,
+        )
 
     # What the batchers send: one call alone (the unary RPC), or several in one batch
     # call answered item by item (the batch call is not retried here: each item's
@@ -169,11 +173,7 @@ class WalletClient(ServiceClient):
             trace_id=trace_id or current_trace_id(),
             idempotency_key=idempotency_key,
         )
-        batcher = self.hold_batcher
-        if batcher is None:
-            answer = await self._retrying(lambda: self._hold_one(request))
-        else:
-            answer = await self._retrying(lambda: batcher.submit(request))
+        answer = await self._retrying(lambda: self.hold_batcher.submit(request))
         return answer.hold
 
     async def settle(
@@ -186,10 +186,7 @@ class WalletClient(ServiceClient):
             account_id=account_id,
             trace_id=trace_id or current_trace_id(),
         )
-        batcher = self.settle_batcher
-        if batcher is None:
-            return await self._retrying(lambda: self._settle_one(request))
-        return await self._retrying(lambda: batcher.submit(request))
+        return await self._retrying(lambda: self.settle_batcher.submit(request))
 
     async def capture_part(
         self,
@@ -219,11 +216,7 @@ class WalletClient(ServiceClient):
         self, hold_id: str, *, reason: str = "", account_id: str = ""
     ) -> wallet_pb2.Hold:
         request = wallet_pb2.ReleaseRequest(hold_id=hold_id, reason=reason, account_id=account_id)
-        batcher = self.release_batcher
-        if batcher is None:
-            answer = await self._retrying(lambda: self._release_one(request))
-        else:
-            answer = await self._retrying(lambda: batcher.submit(request))
+        answer = await self._retrying(lambda: self.release_batcher.submit(request))
         return answer.hold
 
     async def extend(

@@ -73,6 +73,7 @@ class Batcher(Generic[Item, Result]):
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         name: str = "",
         tracer: Tracer | None = None,
+        batching: bool = True,
     ) -> None:
         if max_size < 1 or max_in_flight < 1:
             raise ValueError("max_size and max_in_flight must be at least 1")
@@ -80,6 +81,8 @@ class Batcher(Generic[Item, Result]):
         self._send_many = send_many
         self.max_size = max_size
         self.max_in_flight = max_in_flight
+        # False: every item goes alone on `send_one`, at once (for comparisons).
+        self.batching = batching
         # Items per call, as a metric (`tokenforge_client_batch_items{call=name}`).
         self.name = name or "batch"
         self._sizes = metrics.BATCH_ITEMS.labels(self.name)
@@ -94,6 +97,10 @@ class Batcher(Generic[Item, Result]):
 
     async def submit(self, item: Item) -> Result:
         """The item's answer (or its error), sent alone or in a batch."""
+        if not self.batching:
+            self.calls += 1
+            self._sizes.observe(1)
+            return await self._send_one(item)
         if self._in_flight < self.max_in_flight and not self._queue:
             # Nothing waiting and room for a call: go now, in the caller's own task.
             return await self._alone(item)

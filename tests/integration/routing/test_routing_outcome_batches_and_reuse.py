@@ -429,4 +429,4 @@ async def test_client_reports_under_load_leave_in_batches_and_count_each_request
     assert await spent_in_total(routing_engine, key_id) == 40 * 3
     assert served("ReportOutcomes") > batches
     assert served("ReportOutcome") - singles + served("ReportOutcomes") - batches < 42
-    assert client.reports is not None and client.reports.batched_items > 0
+    assert client.reports.batched_items > 0

@@ -104,7 +104,7 @@ async def test_concurrent_receipts_through_one_client_go_in_batches_and_are_stor
 
     answers = await asyncio.gather(*(client.record_receipt(r) for r in sent))
 
-    assert client.receipts is not None and client.receipts.batched_items > 0
+    assert client.receipts.batched_items > 0
     assert client.receipts.calls < len(sent)
     assert [a.receipt for a in answers] == sent
     assert await requests_recorded(usage, account) == 300
@@ -327,7 +327,7 @@ async def test_the_client_answers_a_replay_and_raises_a_conflict_as_domain_error
     assert all(
         isinstance(c, DomainError) and c.reason is Reason.IDEMPOTENCY_CONFLICT for c in conflicts
     )
-    assert (client.receipts is not None) is batching
+    assert client.receipts.batching is batching
 
 
 @pytest.mark.parametrize("batching", [True, False])

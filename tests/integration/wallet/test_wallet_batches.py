@@ -47,9 +47,7 @@ def hold_request(account: str, amount: int, request_id: str = "", **kw: Any) -> 
 
 
 def batched(client: WalletClient, name: str) -> int:
-    batcher = getattr(client, f"{name}_batcher")
-    assert batcher is not None
-    return int(batcher.batched_items)
+    return int(getattr(client, f"{name}_batcher").batched_items)
 
 
 # Races through the batching client.

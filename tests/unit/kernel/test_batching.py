@@ -197,6 +197,19 @@ async def test_a_caller_that_goes_away_does_not_disturb_the_others() -> None:
     assert service.batches == [] and service.ones == [1, 3]  # the cancelled item never left
 
 
+async def test_without_batching_every_item_goes_alone_at_once() -> None:
+    service = Service()
+    service.gate.clear()
+    batcher = Batcher(service.one, service.many, max_in_flight=1, batching=False)
+    tasks = [asyncio.create_task(batcher.submit(i)) for i in range(5)]
+    await settle()
+    assert service.in_flight == 5  # none waits for another
+    service.gate.set()
+    assert [await t for t in tasks] == [0, 10, 20, 30, 40]
+    assert service.batches == [] and service.ones == [0, 1, 2, 3, 4]
+    assert batcher.calls == 5 and batcher.batched_items == 0
+
+
 def test_caps_below_one_are_refused() -> None:
     service = Service()
     with pytest.raises(ValueError, match="at least 1"):

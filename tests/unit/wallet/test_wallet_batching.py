@@ -170,7 +170,7 @@ async def test_concurrent_holds_leave_in_batches_and_each_caller_gets_its_own_ou
     outcomes = await hold_all(client, 12)
     # One alone (nothing in flight), the eleven that arrived meanwhile in one batch.
     assert stub.calls == [("Hold", 1), ("HoldMany", 11)]
-    assert client.hold_batcher is not None and client.hold_batcher.batched_items == 11
+    assert client.hold_batcher.batched_items == 11
     refused = outcomes.pop(5)
     assert outcomes == [f"hold-req-{n}" for n in range(12) if n != 5]
     assert isinstance(refused, DomainError)
@@ -196,7 +196,7 @@ async def test_without_batching_every_call_is_its_unary_method() -> None:
     client = fake_client(stub, batching=False)
     outcomes = await hold_all(client, 6)
     assert stub.calls == [("Hold", 1)] * 6
-    assert client.hold_batcher is None
+    assert not client.hold_batcher.batching
     assert [o if isinstance(o, str) else o.reason for o in outcomes] == [
         "hold-req-0",
         Reason.INSUFFICIENT_BALANCE,
