@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,7 +23,31 @@ log = logging.getLogger(__name__)
 PG_SYSTEM_USER = "embedded_postgres"
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux default 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now, for a server that binds it a moment later.
+
+    Chosen below the ephemeral range: a port the kernel picks for `bind(0)` comes from
+    the range it also gives every outgoing connection, so between this call and the
+    server's bind a client socket (a pool connecting to PostgreSQL, say) could take it
+    and the server would fail with "address already in use"."""
+    high = _ephemeral_low()
+    low = max(1024, high - 12_000)
+    for _ in range(200):
+        port = random.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
