@@ -47,6 +47,10 @@ class Settings:
     # per request (TOKENFORGE_RESOLVE_REUSE_MS; 0 turns reuse off). Routing never
     # answers more than this, nor past its own 2 s bound on a key's revocation.
     resolve_reuse_ms: int = 1000
+    # How long (ms) the gateway lets an outcome report that can change nothing in
+    # routing (a success on a reusable answer) wait for others, so that reports
+    # travel together at low load too (TOKENFORGE_REPORT_LINGER_MS; 0: never wait).
+    report_linger_ms: int = 50
 
     @property
     def peer_token(self) -> str:
@@ -80,7 +84,15 @@ class Settings:
             bucket_labels=labels,
             log_level=_env("LOG_LEVEL", "INFO"),
             resolve_reuse_ms=int(_env("RESOLVE_REUSE_MS", "1000")),
+            report_linger_ms=_non_negative("REPORT_LINGER_MS", "50"),
         )
+
+
+def _non_negative(name: str, default: str) -> int:
+    value = int(_env(name, default))
+    if value < 0:
+        raise ValueError(f"TOKENFORGE_{name} is {value}; give 0 or more (milliseconds)")
+    return value
 
 
 def parse_caller_tokens(text: str) -> dict[str, str]:

@@ -20,8 +20,13 @@ Outcome reports are fire-and-forget (a background task: a finished request never
 waits for its report, and a lost report is logged with the request id, not
 raised). They go through a `Batcher`: one alone on ReportOutcome while routing keeps
 up, several together on ReportOutcomes when reports pile up behind calls in flight,
-each taken exactly as alone. `drain()` waits for the reports under way (tests,
-shutdown; `close()` drains first).
+each taken exactly as alone. A report that can change nothing routing decides
+lingers up to `report_linger_s` (TOKENFORGE_REPORT_LINGER_MS, default 50 ms) so
+that reports travel together even at low load: the request's answer was reusable
+(routing saw every breaker closed and a key that counts nothing per request: no
+lease to end, no cap its spend feeds) and no channel failed. Every other report
+(a failure for the breakers, a lease, a spend a cap counts, a probe) goes at once.
+`drain()` waits for the reports under way (tests, shutdown; `close()` drains first).
 
     routing = RoutingClient.connect(settings.routing_addr, settings.peer_token)
     resolved = await routing.resolve(routing_pb2.ResolveRequest(...), request_id=rid)
@@ -95,6 +100,7 @@ class RoutingClient(ServiceClient):
         batching: bool = True,
         max_batch: int = DEFAULT_MAX_SIZE,
         max_reused: int = DEFAULT_MAX_REUSED,
+        report_linger_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(peer, deadline=deadline, attempts=1)
@@ -113,6 +119,18 @@ class RoutingClient(ServiceClient):
             max_size=max_batch,
             name="routing.ReportOutcome",
             batching=batching,
+        )
+        # Reports that change nothing routing decides: they wait for company.
+        self.settled_reports = (
+            Batcher(
+                self._report_one,
+                self._report_many,
+                max_size=max_batch,
+                name="routing.ReportOutcome",
+                linger=report_linger_s,
+            )
+            if batching and report_linger_s > 0
+            else self.reports
         )
         # Reports under way, referenced until done.
         self._sending: set[asyncio.Task[None]] = set()
@@ -235,12 +253,17 @@ class RoutingClient(ServiceClient):
 
     # Outcome reports.
 
-    def report_outcome(self, request: routing_pb2.ReportOutcomeRequest) -> None:
-        """Send the report in the background; a failure is logged, never raised."""
+    def report_outcome(
+        self, request: routing_pb2.ReportOutcomeRequest, *, settled: bool = False
+    ) -> None:
+        """Send the report in the background; a failure is logged, never raised.
+        `settled`: the request's Resolve answer was reusable (see the module)."""
         failed = {a.channel_id for a in request.attempts if is_channel_failure(a.outcome)}
         if failed:
             self._drop(lambda answer: not failed.isdisjoint(_channels(answer)))
-        task = asyncio.get_running_loop().create_task(self._report(request))
+        lingers = settled and not failed and not request.lease_id
+        batcher = self.settled_reports if lingers else self.reports
+        task = asyncio.get_running_loop().create_task(self._report(request, batcher))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
@@ -249,9 +272,13 @@ class RoutingClient(ServiceClient):
         while self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
 
-    async def _report(self, request: routing_pb2.ReportOutcomeRequest) -> None:
+    async def _report(
+        self,
+        request: routing_pb2.ReportOutcomeRequest,
+        batcher: Batcher[routing_pb2.ReportOutcomeRequest, routing_pb2.ReportOutcomeResponse],
+    ) -> None:
         try:
-            await self.reports.submit(request)
+            await batcher.submit(request)
         except Exception as error:  # noqa: BLE001 - logged, never raised into a finished request
             log.warning(
                 "outcome report for %s not delivered (%s): %s",

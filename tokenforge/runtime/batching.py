@@ -16,6 +16,12 @@ wallet (docs/PERFORMANCE.md), one call in flight makes batches of ~10 at 32
 concurrent callers and the most pairs per second; two make batches of ~5.5 and
 cost more CPU per item for no gain in latency.
 
+`linger` (seconds, default 0) is for calls off every request's path (outcome
+reports): an item then never goes alone at once; it waits until the oldest waiting
+item has lingered that long, or `max_size` items wait, and they leave together.
+Nobody waits for the answer of such a call, and one call carries the items of
+many requests even at low load (measured: docs/PERFORMANCE.md).
+
 `send_many` answers one outcome per item, in order: the answer or the exception
 that item alone raised (a refusal is one item's, not the batch's). When the batch
 call itself fails (the service is down, the deadline passed), every item of it
@@ -59,6 +65,8 @@ class _Waiting(Generic[Item, Result]):
     context: contextvars.Context
     # The span the waiter was in (its request's), for the link and the event.
     span: Span
+    # When it was queued (the loop's clock), for `linger`.
+    since: float
 
 
 class Batcher(Generic[Item, Result]):
@@ -74,15 +82,20 @@ class Batcher(Generic[Item, Result]):
         name: str = "",
         tracer: Tracer | None = None,
         batching: bool = True,
+        linger: float = 0.0,
     ) -> None:
         if max_size < 1 or max_in_flight < 1:
             raise ValueError("max_size and max_in_flight must be at least 1")
+        if linger < 0:
+            raise ValueError("linger must not be negative")
         self._send_one = send_one
         self._send_many = send_many
         self.max_size = max_size
         self.max_in_flight = max_in_flight
         # False: every item goes alone on `send_one`, at once (for comparisons).
         self.batching = batching
+        self.linger = linger
+        self._timer: asyncio.TimerHandle | None = None
         # Items per call, as a metric (`tokenforge_client_batch_items{call=name}`).
         self.name = name or "batch"
         self._sizes = metrics.BATCH_ITEMS.labels(self.name)
@@ -101,11 +114,14 @@ class Batcher(Generic[Item, Result]):
             self.calls += 1
             self._sizes.observe(1)
             return await self._send_one(item)
-        if self._in_flight < self.max_in_flight and not self._queue:
+        if not self.linger and self._in_flight < self.max_in_flight and not self._queue:
             # Nothing waiting and room for a call: go now, in the caller's own task.
             return await self._alone(item)
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        waiting = _Waiting(item, future, contextvars.copy_context(), trace.get_current_span())
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        waiting = _Waiting(
+            item, future, contextvars.copy_context(), trace.get_current_span(), loop.time()
+        )
         self._queue.append(waiting)
         self._start_sender()
         return await future
@@ -121,8 +137,21 @@ class Batcher(Generic[Item, Result]):
             self._in_flight -= 1
             self._start_sender()
 
+    def _due(self, now: float) -> bool:
+        """May the waiting items leave now (always, unless they are to linger)?"""
+        return (
+            not self.linger
+            or len(self._queue) >= self.max_size
+            or self._queue[0].since + self.linger <= now
+        )
+
+    def _lingered(self) -> None:
+        self._timer = None
+        self._start_sender()
+
     def _start_sender(self) -> None:
-        while self._queue and self._in_flight < self.max_in_flight:
+        loop = asyncio.get_running_loop()
+        while self._queue and self._in_flight < self.max_in_flight and self._due(loop.time()):
             batch = [self._queue.popleft() for _ in range(min(self.max_size, len(self._queue)))]
             batch = [w for w in batch if not w.future.cancelled()]
             if not batch:
@@ -134,6 +163,10 @@ class Batcher(Generic[Item, Result]):
             self._in_flight += 1
             self._tasks.add(task)
             task.add_done_callback(self._sent)
+        # Not due yet: a timer for the oldest (with a call out, its end restarts this).
+        room = self._in_flight < self.max_in_flight
+        if self._queue and self.linger and room and self._timer is None:
+            self._timer = loop.call_at(self._queue[0].since + self.linger, self._lingered)
 
     async def _send_batch(
         self, batch: list[_Waiting[Item, Result]]

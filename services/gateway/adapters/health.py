@@ -59,4 +59,5 @@ def report_outcome(
     if charge is not None and charge.micros > 0:
         request.bucket = bucket_to_proto(charge.bucket)
         request.charge_micros = charge.micros
-    peers.routing_client.report_outcome(request)
+    # A reusable answer: routing saw nothing this report could change (see the client).
+    peers.routing_client.report_outcome(request, settled=resolved.reuse_for_ms > 0)

@@ -22,6 +22,8 @@ class Peers:
     wallet: Peer
     payments: Peer
     usage: Peer
+    # How long an outcome report that changes nothing may wait for others (seconds).
+    report_linger_s: float = 0.0
 
     @cached_property
     def routing_stub(self) -> routing_pb2_grpc.RoutingServiceStub:
@@ -42,8 +44,9 @@ class Peers:
     @cached_property
     def routing_client(self) -> RoutingClient:
         """Resolve (answers routing allows to reuse are reused for a moment) and the
-        outcome reports (batched under load)."""
-        return RoutingClient(self.routing)
+        outcome reports (batched under load; those that change nothing routing decides
+        linger `report_linger_s` to travel together)."""
+        return RoutingClient(self.routing, report_linger_s=self.report_linger_s)
 
     @cached_property
     def wallet_client(self) -> WalletClient:
@@ -63,6 +66,7 @@ class Peers:
             wallet=Peer("wallet", settings.wallet_addr, token),
             payments=Peer("payments", settings.payments_addr, token),
             usage=Peer("usage", settings.usage_addr, token),
+            report_linger_s=settings.report_linger_ms / 1000,
         )
 
     async def close(self) -> None:

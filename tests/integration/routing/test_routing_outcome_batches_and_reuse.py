@@ -430,3 +430,39 @@ async def test_client_reports_under_load_leave_in_batches_and_count_each_request
     assert served("ReportOutcomes") > batches
     assert served("ReportOutcome") - singles + served("ReportOutcomes") - batches < 42
     assert client.reports.batched_items > 0
+
+
+async def test_settled_reports_linger_to_travel_together_and_the_rest_go_at_once(
+    routing: Routing, routing_engine: AsyncEngine, routing_app: RunningService
+) -> None:
+    """At low load too: reports on reusable answers wait for company (one call for
+    several requests); a failure, a lease or an unsettled answer's report does not."""
+    client = RoutingClient(Peer("routing", routing_app.address, INTERNAL), report_linger_s=0.2)
+    try:
+        _, key = await new_key(routing)
+        answer = await client.resolve(chat(key))
+        assert answer.reuse_for_ms > 0
+        key_id = answer.principal.key_id
+        ids = [rid() for _ in range(3)]
+        singles, batches = served("ReportOutcome"), served("ReportOutcomes")
+
+        for request_id in ids:
+            client.report_outcome(charged(request_id, key_id, 5), settled=True)
+            await asyncio.sleep(0.01)  # one after another, as at concurrency 1
+        failure = routing_pb2.ReportOutcomeRequest(
+            request_id=rid(),
+            attempts=[routing_pb2.AttemptReport(channel_id="mock", outcome="http_503")],
+        )
+        client.report_outcome(failure, settled=True)
+        client.report_outcome(charged(rid(), key_id, 7))  # not settled: at once
+        await asyncio.sleep(0.05)
+        assert client.reports.calls == 2  # the failure and the unsettled one, alone
+        assert client.settled_reports.calls == 0  # still lingering
+        await client.drain()
+
+        assert client.settled_reports.calls == 1 and client.settled_reports.batched_items == 3
+        assert served("ReportOutcomes") == batches + 1
+        assert served("ReportOutcome") == singles + 2
+        assert await spent_in_total(routing_engine, key_id) == 3 * 5 + 7
+    finally:
+        await client.close()

@@ -20,7 +20,6 @@ from services.wallet.domain import commands
 from services.wallet.storage.unit_of_work import UnitOfWork
 from tokenforge.money import Bucket
 
-
 # Set in the test's own task: the in-process wallet server's sweeper and other
 # background tasks share the process (and asyncpg) but must not be counted.
 _counting: ContextVar[bool] = ContextVar("counting", default=False)

@@ -271,3 +271,50 @@ async def test_each_waiting_request_span_names_the_batch_call_that_carried_it() 
     assert {link.context.span_id for link in call.links} == {s.context.span_id for s in waiters}
     assert call.context.trace_id == spans["request 2"].context.trace_id
     assert call.parent is not None and call.parent.span_id == spans["request 2"].context.span_id
+
+
+async def test_with_linger_an_item_waits_for_others_and_they_leave_together() -> None:
+    service = Service()
+    batcher = Batcher(service.one, service.many, max_size=64, linger=0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0)
+    assert service.ones == [] and service.batches == []  # nothing left at once
+    later = [asyncio.ensure_future(batcher.submit(n)) for n in (2, 3)]
+    assert await first == 10
+    assert [await f for f in later] == [20, 30]
+    assert service.batches == [[1, 2, 3]] and service.ones == []
+    assert loop.time() - started >= 0.05  # the oldest item lingered its time
+    assert batcher.calls == 1
+
+
+async def test_with_linger_a_full_batch_leaves_without_waiting_out_the_linger() -> None:
+    service = Service()
+    batcher = Batcher(service.one, service.many, max_size=4, linger=60.0)
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(batcher.submit(n) for n in range(8))), timeout=5
+    )
+    assert answers == [n * 10 for n in range(8)]
+    assert service.batches == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+async def test_with_linger_items_arriving_during_a_call_linger_after_it() -> None:
+    service = Service()
+    service.gate.clear()
+    batcher = Batcher(service.one, service.many, max_size=64, linger=0.02)
+    first = asyncio.ensure_future(batcher.submit(1))
+    while not service.ones:  # the lone first item left after lingering
+        await asyncio.sleep(0.005)
+    second = [asyncio.ensure_future(batcher.submit(n)) for n in (2, 3)]
+    await asyncio.sleep(0.05)  # past their linger, but a call is out (one in flight)
+    assert service.batches == []
+    service.gate.set()
+    assert await first == 10 and [await f for f in second] == [20, 30]
+    assert service.batches == [[2, 3]]
+
+
+def test_a_negative_linger_is_refused() -> None:
+    service = Service()
+    with pytest.raises(ValueError, match="linger"):
+        Batcher(service.one, service.many, linger=-1)
