@@ -70,6 +70,9 @@ async def record_receipt(command: RecordReceipt, uow: UnitOfWork) -> Receipt:
     receipt = command.receipt
     validate(receipt)
     async with uow:
+        if not receipt.run_id:
+            # Nothing but its own row: the insert commits itself (one round trip).
+            await uow.single_statements()
         to_store = receipt
         if to_store.finished_at is None:
             to_store = replace(to_store, finished_at=uow.now())
@@ -153,6 +156,7 @@ async def _record_together(batch: list[Receipt], uow: UnitOfWork) -> list[Receip
     if not batch:
         return []
     async with uow:
+        await uow.single_statements()  # one insert; then a read of what replays hit
         now = uow.now()
         stored = await uow.receipts.add_many(
             [r if r.finished_at is not None else replace(r, finished_at=now) for r in batch]

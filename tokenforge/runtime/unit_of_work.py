@@ -3,6 +3,12 @@ unless the handler commits, with the clock its rules read (injected in tests).
 
 A service subclasses `UnitOfWork` to name its repositories and
 `SqlAlchemyUnitOfWork` to bind them to the session (`bind`).
+
+A hot use case whose every write is one self-contained statement may instead borrow
+a pooled connection's asyncpg driver (`_borrow_driver`) and run its statements there
+in autocommit: no BEGIN and COMMIT round trips and none of SQLAlchemy's execution
+machinery (docs/PERFORMANCE.md). The connection goes back to the pool when the unit
+of work ends, or is dropped when it may be in an unknown state.
 """
 
 from __future__ import annotations
@@ -11,9 +17,12 @@ import abc
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from tokenforge.errors import DomainError
 
 
 def utcnow() -> datetime:
@@ -61,6 +70,31 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
         super().__init__(clock)
         self._session_factory = session_factory
         self._session: AsyncSession | None = None
+        # The pooled connection lent to single statements (see `_borrow_driver`).
+        self._pooled: Any = None
+
+    async def _borrow_driver(self) -> asyncpg.Connection:
+        """A pooled connection's asyncpg driver, in autocommit, until the unit of work
+        ends."""
+        assert self._pooled is None, "one borrowed connection per unit of work"
+        engine: AsyncEngine = self._session_factory.kw["bind"]
+        self._pooled = await engine.raw_connection()
+        driver: asyncpg.Connection = self._pooled.driver_connection
+        return driver
+
+    def _return_driver(
+        self, exc: BaseException | None, sound: tuple[type[BaseException], ...] = ()
+    ) -> None:
+        """Back to the pool when the database answered (no error, a refusal, an error
+        PostgreSQL raised, or one of `sound`); dropped otherwise (a lost connection, a
+        statement cancelled midway): never lent again in an unknown state."""
+        pooled, self._pooled = self._pooled, None
+        if pooled is None:
+            return
+        if exc is None or isinstance(exc, (DomainError, asyncpg.PostgresError, *sound)):
+            pooled.close()
+        else:
+            pooled.invalidate()
 
     @abc.abstractmethod
     def bind(self, session: AsyncSession) -> None:
@@ -68,6 +102,7 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
 
     async def __aenter__(self) -> Self:
         self._session = self._session_factory()
+        self._pooled = None
         await self._session.begin()
         self.bind(self._session)
         return self
@@ -78,6 +113,7 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._return_driver(exc)
         session, self._session = self._session, None
         if session is not None:
             try:

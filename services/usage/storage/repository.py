@@ -8,6 +8,7 @@ import json
 from collections.abc import Collection, Sequence
 from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -231,9 +232,41 @@ _INSERT_MANY = text(
 ).columns(*_COLUMNS)
 
 
+# The same statements for the asyncpg driver (single statements, autocommit).
+_INSERT_MANY_SQL = (
+    f"INSERT INTO {receipts.fullname} ({_NAMES}) "
+    "SELECT "
+    + ", ".join(f"r.{c.name}::jsonb" if c.name in _JSON else f"r.{c.name}" for c in _COLUMNS)
+    + " FROM unnest("
+    + ", ".join(f"${i}::{_array_of(c)}" for i, c in enumerate(_COLUMNS, start=1))
+    + f") AS r({_NAMES}) "
+    f"ON CONFLICT (request_id) DO NOTHING RETURNING {_NAMES}"
+)
+_SELECT_BY_IDS_SQL = f"SELECT {_NAMES} FROM {receipts.fullname} WHERE request_id = ANY($1::text[])"
+
+
+class _Fields:
+    """An asyncpg record read like a SQLAlchemy row (`row.name`), JSON decoded (the
+    SQLAlchemy dialect's codec hands jsonb over as text)."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: asyncpg.Record) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        value = self._record[name]
+        return json.loads(value) if name in _JSON and isinstance(value, str) else value
+
+
 class SqlAlchemyReceiptRepository(ReceiptRepository):
-    def __init__(self, session: AsyncSession) -> None:
+    """Receipts through SQLAlchemy Core; with `driver` (an asyncpg connection in
+    autocommit, lent by `SqlAlchemyUnitOfWork.single_statements`), recording and the
+    replay check run on it directly, one round trip each."""
+
+    def __init__(self, session: AsyncSession, driver: asyncpg.Connection | None = None) -> None:
         self._session = session
+        self._driver = driver
 
     async def add(self, receipt: Receipt) -> Receipt | None:
         return (await self.add_many([receipt])).get(receipt.request_id)
@@ -244,16 +277,19 @@ class SqlAlchemyReceiptRepository(ReceiptRepository):
         # Rows go in request id order: two batches sharing request ids (replays) then
         # take their index entries in the same order and cannot deadlock each other.
         rows = sorted((to_row(r) for r in batch), key=lambda row: str(row["request_id"]))
-        found = await self._session.execute(
-            _INSERT_MANY,
-            {
-                c.name: [_json(row[c.name]) if c.name in _JSON else row[c.name] for row in rows]
-                for c in _COLUMNS
-            },
-        )
+        columns = {
+            c.name: [_json(row[c.name]) if c.name in _JSON else row[c.name] for row in rows]
+            for c in _COLUMNS
+        }
+        if self._driver is not None:
+            records = await self._driver.fetch(_INSERT_MANY_SQL, *columns.values())
+            return {r["request_id"]: from_row(_Fields(r)) for r in records}
+        found = await self._session.execute(_INSERT_MANY, columns)
         return {row.request_id: from_row(row) for row in found}
 
     async def get(self, request_id: str) -> Receipt | None:
+        if self._driver is not None:
+            return (await self.get_many([request_id])).get(request_id)
         row = (
             await self._session.execute(
                 select(*_COLUMNS).where(receipts.c.request_id == request_id)
@@ -264,6 +300,9 @@ class SqlAlchemyReceiptRepository(ReceiptRepository):
     async def get_many(self, request_ids: Collection[str]) -> dict[str, Receipt]:
         if not request_ids:
             return {}
+        if self._driver is not None:
+            records = await self._driver.fetch(_SELECT_BY_IDS_SQL, list(request_ids))
+            return {r["request_id"]: from_row(_Fields(r)) for r in records}
         found = await self._session.execute(
             select(*_COLUMNS).where(receipts.c.request_id.in_(list(request_ids)))
         )

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -72,8 +72,6 @@ class SqlAlchemyUnitOfWork(base.SqlAlchemyUnitOfWork, UnitOfWork):
     ) -> None:
         super().__init__(session_factory, clock)
         self._engine: AsyncEngine = session_factory.kw["bind"]
-        # The pooled connection lent to a single-statement use case.
-        self._pooled: Any = None
         # A batch's connection, inside its transaction (see shared_transaction).
         self._shared = shared
 
@@ -99,8 +97,7 @@ class SqlAlchemyUnitOfWork(base.SqlAlchemyUnitOfWork, UnitOfWork):
         if self._shared is not None:
             self.wallet = SqlAlchemyWalletRepository(_no_session, self._shared)
             return
-        self._pooled = await self._engine.raw_connection()
-        self.wallet = SqlAlchemyWalletRepository(_no_session, self._pooled.driver_connection)
+        self.wallet = SqlAlchemyWalletRepository(_no_session, await self._borrow_driver())
 
     @asynccontextmanager
     async def shared_transaction(
@@ -139,13 +136,8 @@ class SqlAlchemyUnitOfWork(base.SqlAlchemyUnitOfWork, UnitOfWork):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        pooled, self._pooled = self._pooled, None
-        if pooled is not None:
-            if exc is None or isinstance(exc, DomainError | DuplicateKey | asyncpg.PostgresError):
-                pooled.close()  # back to the pool: each statement committed on its own
-            else:
-                # A lost connection, or a statement cancelled midway: never lend it again.
-                pooled.invalidate()
+        # Each single statement committed on its own; a replayed key is an answer too.
+        self._return_driver(exc, sound=(DuplicateKey,))
         await super().__aexit__(exc_type, exc, tb)
 
     async def commit(self) -> None:

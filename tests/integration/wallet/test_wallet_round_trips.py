@@ -7,53 +7,27 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from contextvars import ContextVar
 from datetime import timedelta
-from typing import Any
 
-import asyncpg
 import pytest
-from asyncpg import prepared_stmt
 
 from services.wallet import handlers
 from services.wallet.domain import commands
 from services.wallet.storage.unit_of_work import UnitOfWork
+from tests.integration.round_trips import counting, spy_statements
 from tokenforge.money import Bucket
-
-# Set in the test's own task: the in-process wallet server's sweeper and other
-# background tasks share the process (and asyncpg) but must not be counted.
-_counting: ContextVar[bool] = ContextVar("counting", default=False)
 
 
 @pytest.fixture
 def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every statement asyncpg sends for the test's task (prepared executions, simple
-    queries, prepares)."""
-    sent: list[str] = []
-
-    def spy(cls: Any, name: str) -> None:
-        original = getattr(cls, name)
-
-        async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if name != "prepare" and _counting.get():  # prepare: once per connection
-                query = args[0] if args and isinstance(args[0], str) else self._query
-                sent.append(" ".join(query.split())[:30])
-            return await original(self, *args, **kwargs)
-
-        monkeypatch.setattr(cls, name, counted)
-
-    for name in ("fetch", "fetchrow", "fetchval", "executemany"):
-        spy(prepared_stmt.PreparedStatement, name)
-    for name in ("execute", "executemany", "prepare", "fetch", "fetchrow", "fetchval"):
-        spy(asyncpg.Connection, name)
-    return sent
+    return spy_statements(monkeypatch)
 
 
 async def test_hold_settle_and_release_are_one_round_trip_each(
     wallet, uow_at: Callable[[timedelta], UnitOfWork], round_trips: list[str]
 ) -> None:
     account = await wallet.open_funded(credit=10_000_000)
-    _counting.set(True)
+    counting.set(True)
 
     def uow() -> UnitOfWork:
         return uow_at(timedelta())
