@@ -9,9 +9,12 @@ model, endpoint, client ip) may be answered from that resolution. Routing sets i
 only for a key that counts nothing per request, never for a preview, and never past
 the 2 s bound it promises for a key's revocation, rotation or expiry. `resolve`
 keeps such answers in a small bounded cache and answers from it meanwhile, with the
-worst case recomputed for each request's tokens; refusals are never kept. When a
-kept answer lapses, one request asks routing again and those arriving meanwhile wait
-for that answer (if routing refuses, each of them asks for itself). The
+worst case recomputed for each request's tokens; refusals are never kept. A request
+that reuses an answer past half its reuse time renews it in the background (the next
+requests find a fresh answer instead of waiting for routing; a refusal or an answer
+no longer reusable drops the kept one at once). When a kept answer lapses all the
+same, one request asks routing again and those arriving meanwhile wait for that
+answer (if routing refuses, each of them asks for itself). The
 gateway calls `forget_key` when a key is revoked or rotated through it, so that key
 is refused again at once; a failed attempt on a channel drops the answers that
 route through it, so the next request asks routing, whose breakers may have moved.
@@ -42,6 +45,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from services.routing.domain.health import is_channel_failure
+from tokenforge.errors import DomainError
 from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
 from tokenforge.runtime import metrics
 from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
@@ -63,6 +67,8 @@ class _Reusable:
     answer: routing_pb2.ResolveResponse
     # On the client's clock: the answer may be reused until then.
     until: float
+    # Past this, a request that reuses the answer renews it in the background.
+    renew_at: float
 
 
 def worst_case_micros(
@@ -134,12 +140,17 @@ class RoutingClient(ServiceClient):
         )
         # Reports under way, referenced until done.
         self._sending: set[asyncio.Task[None]] = set()
+        # Resolutions being renewed in the background (see `_renew`).
+        self._renewals: set[asyncio.Task[None]] = set()
         # Figures for tests, metrics and the benchmark.
         self.resolve_calls = 0
         self.resolve_reused = 0
 
     async def close(self) -> None:
         await self.drain()
+        for task in list(self._renewals):
+            task.cancel()
+        await asyncio.gather(*self._renewals, return_exceptions=True)
         await super().close()
 
     # Resolve.
@@ -154,14 +165,42 @@ class RoutingClient(ServiceClient):
             return await self._ask(slot, request, request_id)
         if (reused := self._reuse(slot, request)) is not None:
             return reused
+        refreshing = self._refreshing.get(slot)
+        if refreshing is not None:
+            return await self._after_refresh(refreshing, slot, request, request_id)
         if self._reusable.pop(slot, None) is not None:
             # It lapsed: one request asks routing again, the others arriving meanwhile
             # wait for that answer rather than all asking at once.
             return await self._refresh(slot, request, request_id)
-        refreshing = self._refreshing.get(slot)
-        if refreshing is not None:
-            return await self._after_refresh(refreshing, slot, request, request_id)
         return await self._ask(slot, request, request_id)
+
+    def _renew(self, slot: _Slot, request: routing_pb2.ResolveRequest) -> None:
+        """Ask routing again in the background for an answer past half its reuse time,
+        so that the slot's next request finds a fresh one instead of waiting for
+        routing. Such keys count nothing per request: asking has no effect but the
+        answer. A refusal (the key revoked, expired) or an answer routing no longer
+        lets be reused drops the kept one at once: renewing only ever brings news
+        sooner."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._refreshing[slot] = done
+
+        async def renew() -> None:
+            try:
+                answer = await self._ask(slot, request, "")
+                kept = self._reusable.get(slot)
+                if kept is not None and kept.answer is not answer:
+                    del self._reusable[slot]  # not kept again: nobody reuses the old one
+            except DomainError:
+                self._reusable.pop(slot, None)
+            except Exception as error:  # noqa: BLE001 - the kept answer lapses on its own
+                log.warning("renewing a resolution failed (%s): %s", type(error).__name__, error)
+            finally:
+                del self._refreshing[slot]
+                done.set_result(None)
+
+        task = asyncio.get_running_loop().create_task(renew())
+        self._renewals.add(task)
+        task.add_done_callback(self._renewals.discard)
 
     async def _refresh(
         self, slot: _Slot, request: routing_pb2.ResolveRequest, request_id: str
@@ -198,6 +237,8 @@ class RoutingClient(ServiceClient):
         now = self._clock()
         if now >= kept.until:
             return None
+        if now >= kept.renew_at and slot not in self._refreshing:
+            self._renew(slot, request)
         self.resolve_reused += 1
         metrics.RESOLVES.labels("reused").inc()
         return self._reused(kept, request, now)
@@ -218,7 +259,8 @@ class RoutingClient(ServiceClient):
             and forgets == self._forgets
         ):
             # Counted from before the call: routing's bound started after it.
-            self._keep(slot, _Reusable(answer, sent_at + answer.reuse_for_ms / 1000))
+            lasts = answer.reuse_for_ms / 1000
+            self._keep(slot, _Reusable(answer, sent_at + lasts, sent_at + lasts / 2))
         return answer
 
     def _reused(

@@ -290,7 +290,7 @@ async def test_the_client_answers_from_a_reusable_resolution_until_it_lapses(
     first = await client.resolve(chat(key), request_id=rid())
     assert served("Resolve") == calls + 1 and first.reuse_for_ms > 0
 
-    clock.now += (first.reuse_for_ms - 1) / 1000
+    clock.now += (first.reuse_for_ms // 2 - 1) / 1000  # within the first half: no renewal
     bigger = chat(key, estimated_prompt_tokens=1_000, output_tokens_cap=100)
     reused = await client.resolve(bigger)
     assert served("Resolve") == calls + 1
@@ -301,9 +301,58 @@ async def test_the_client_answers_from_a_reusable_resolution_until_it_lapses(
     assert reused.worst_case_micros != first.worst_case_micros
 
     calls = served("Resolve")
-    clock.now += 1 / 1000
+    clock.now += (first.reuse_for_ms - first.reuse_for_ms // 2 + 1) / 1000  # lapsed
     await client.resolve(chat(key))
     assert served("Resolve") == calls + 1
+
+
+async def renewals_done(client: RoutingClient) -> None:
+    while client._renewals:  # noqa: SLF001 - the background renewals of this test
+        await asyncio.gather(*client._renewals)  # noqa: SLF001
+
+
+async def test_a_reuse_past_half_its_time_renews_the_answer_in_the_background(
+    routing: Routing, client_clock: tuple[RoutingClient, FakeClock]
+) -> None:
+    client, clock = client_clock
+    _, key = await new_key(routing)
+    first = await client.resolve(chat(key))
+    calls = served("Resolve")
+
+    clock.now += (first.reuse_for_ms // 2 + 1) / 1000
+    reused = await client.resolve(chat(key))  # answered at once from the kept answer
+    assert reused.principal == first.principal
+    again = await client.resolve(chat(key))  # a renewal under way is not asked twice
+    assert again.principal == first.principal
+    await renewals_done(client)
+    assert served("Resolve") == calls + 1
+
+    # The renewed answer lasts its own full time from the renewal: past the first
+    # answer's end, no request waits for routing.
+    clock.now += (first.reuse_for_ms // 2 + 1) / 1000
+    assert (await client.resolve(chat(key))).principal == first.principal
+    assert served("Resolve") == calls + 1
+
+
+async def test_a_refused_renewal_drops_the_kept_answer_at_once(
+    routing: Routing,
+    routing_operator: Routing,
+    client_clock: tuple[RoutingClient, FakeClock],
+) -> None:
+    client, clock = client_clock
+    account, key = await new_key(routing)
+    first = await client.resolve(chat(key))
+    await routing_operator.call(
+        "RevokeApiKey",
+        routing_pb2.RevokeApiKeyRequest(account_id=account, key_id=first.principal.key_id),
+    )
+    clock.now += (first.reuse_for_ms // 2 + 1) / 1000
+    await client.resolve(chat(key))  # still within the bound: answered, and renews
+    await renewals_done(client)
+
+    # Before the kept answer would have lapsed, the revocation is already seen.
+    error = await refusal(client.resolve(chat(key)))
+    assert error.reason is Reason.UNKNOWN_API_KEY
 
 
 async def test_when_a_reusable_answer_lapses_one_request_asks_routing_for_all_waiting(
