@@ -15,8 +15,10 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
+from services.gateway.handlers import run_receipt_relay
 from services.gateway.runs import run_sweeper
 from services.gateway.storage.idempotency import IdempotencyStore
+from services.gateway.storage.receipt_queue import ReceiptQueue
 from services.gateway.transport.grpc import GatewayServicer
 from services.gateway.transport.http import create_app
 from tokenforge.config import Settings
@@ -64,6 +66,8 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
     peers = Peers.from_settings(settings)
     upstream = Upstream()
     engine = create_engine(settings.database_url, pool_size=5) if settings.database_url else None
+    if engine is not None:
+        peers.receipt_queue = ReceiptQueue(engine)  # receipts wait here when usage is down
     app = create_app(peers, upstream, IdempotencyStore(engine) if engine else None)
     # No span per ASGI `send`/`receive` message: a 64-chunk stream made 66 spans that
     # say nothing the request span does not (its duration, its status).
@@ -88,9 +92,11 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
     await grpc_server.server.start()
     http = await start_http(app, settings.http_port)
     sweeper = asyncio.create_task(run_sweeper(peers))  # forgotten runs release their hold
+    relay = asyncio.create_task(run_receipt_relay(peers))  # queued receipts go to usage
 
     async def stop_http() -> None:
         sweeper.cancel()
+        relay.cancel()
         http.should_exit = True
         await http.task  # type: ignore[attr-defined]
         await upstream.close()

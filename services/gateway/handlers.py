@@ -544,8 +544,96 @@ async def charge_and_record(
         metrics.CHARGES.labels(
             outcome.charge.bucket.value, route_kind_from_proto(p.route.kind)
         ).inc(outcome.charge.micros)
-    await peers.usage_client.record_receipt(receipt)
+    await record_receipt(peers, receipt)
     return receipt, outcome.charge
+
+
+async def record_receipt(peers: Peers, receipt: usage_pb2.Receipt) -> None:
+    """Record the receipt of a request whose charge (or release) is already done. If
+    the usage service cannot be reached (after the client's retries), the receipt
+    waits in the gateway's queue and the request is answered: its charge is recorded
+    and its receipt durably queued. Only if that fails too is the request refused, and
+    then with the truth: the charge stands, so it must not be sent again."""
+    try:
+        await peers.usage_client.record_receipt(receipt)
+        return
+    except DomainError as error:
+        if error.reason is not Reason.SERVICE_UNAVAILABLE:
+            raise
+        unreachable = error
+    queue = peers.receipt_queue
+    try:
+        if queue is None:
+            raise unreachable
+        await queue.put(receipt.request_id, receipt.SerializeToString())
+    except Exception as failure:
+        raise receipt_not_recorded(receipt) from failure
+    metrics.RECEIPTS_QUEUED.inc()
+    log.warning("usage unreachable: receipt of %s queued for delivery", receipt.request_id)
+
+
+def receipt_not_recorded(receipt: usage_pb2.Receipt) -> DomainError:
+    bucket = bucket_from_proto(receipt.bucket)
+    charged = (
+        f"{format_amount(receipt.charge_micros, bucket)} was taken from {bucket.label} "
+        f"(ledger entry {receipt.entry_id})"
+        if receipt.charge_micros
+        else "nothing was charged"
+    )
+    return DomainError(
+        Reason.SERVICE_UNAVAILABLE,
+        f"Request {receipt.request_id} ran and {charged}, but its receipt could not be "
+        "recorded right now. Do not send it again; the ledger shows the charge.",
+        {"request_id": receipt.request_id, "charge_micros": str(receipt.charge_micros)},
+    )
+
+
+def charged_anyway(error: DomainError) -> bool:
+    """A refusal that comes after the charge was taken (`receipt_not_recorded`): the
+    request must not run again under the same Idempotency-Key."""
+    return (error.metadata or {}).get("charge_micros", "0") not in ("", "0")
+
+
+RELAY_BATCH = 64
+
+
+async def relay_queued_receipts(peers: Peers) -> int:
+    """Hand the queued receipts to usage, oldest first; answers how many it recorded.
+    Stops at the first sign that usage is still unreachable (the rest wait for the
+    next round); a receipt usage refuses stays queued with the reason, for an operator."""
+    queue = peers.receipt_queue
+    if queue is None:
+        return 0
+    recorded: list[str] = []
+    try:
+        for waiting in await queue.waiting(RELAY_BATCH):
+            receipt = usage_pb2.Receipt.FromString(waiting.receipt)
+            try:
+                await peers.usage_client.record_receipt(receipt)
+            except DomainError as error:
+                if error.reason is Reason.SERVICE_UNAVAILABLE:
+                    break
+                metrics.RECEIPTS_RELAYED.labels("refused").inc()
+                log.error("queued receipt of %s refused by usage: %s", receipt.request_id, error)
+                await queue.refused(receipt.request_id, f"{error.reason.value}: {error}")
+                continue
+            recorded.append(receipt.request_id)
+    finally:
+        await queue.delivered(recorded)
+        metrics.RECEIPTS_RELAYED.labels("recorded").inc(len(recorded))
+    metrics.RECEIPTS_WAITING.set(await queue.count())
+    return len(recorded)
+
+
+async def run_receipt_relay(peers: Peers, every_s: float = 1.0) -> None:
+    """The relay's loop (a background task of the gateway)."""
+    while True:
+        try:
+            if await relay_queued_receipts(peers) == RELAY_BATCH:
+                continue  # more may wait: no pause
+        except Exception:  # noqa: BLE001 - logged; the next round tries again
+            log.exception("relaying queued receipts failed; retrying")
+        await asyncio.sleep(every_s)
 
 
 async def finish_run_request(
@@ -587,14 +675,14 @@ async def finish_run_request(
     receipt.settlement_rule = rule.value
     receipt.finished_at.CopyFrom(timestamp(datetime.now(UTC)))
     try:
-        await peers.usage_client.record_receipt(receipt)
+        await record_receipt(peers, receipt)
     except DomainError as error:
         if error.reason is not Reason.HOLD_NOT_OPEN:
             raise
         receipt.charge_micros = 0
         receipt.error_code = "run_settled_first"
         charge = Money(0, charge.bucket)
-        await peers.usage_client.record_receipt(receipt)
+        await record_receipt(peers, receipt)
     return receipt, charge
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 from opentelemetry import trace
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from tokenforge.runtime.logging import request_id_var
 
@@ -89,6 +89,20 @@ RECEIPTS = Counter(
     "tokenforge_receipts_total",
     "Receipts recorded by the gateway, by status and settlement rule.",
     ["status", "rule"],
+)
+RECEIPTS_QUEUED = Counter(
+    "tokenforge_receipts_queued_total",
+    "Receipts of settled requests the gateway kept in its queue because the usage "
+    "service could not be reached.",
+)
+RECEIPTS_RELAYED = Counter(
+    "tokenforge_receipts_relayed_total",
+    "Queued receipts the gateway's relay handed to usage, by outcome (recorded, refused).",
+    ["outcome"],
+)
+RECEIPTS_WAITING = Gauge(
+    "tokenforge_receipts_waiting",
+    "Receipts in the gateway's queue (refused ones included), as the relay last counted.",
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from services.routing.client import RoutingClient
 from services.usage.client import UsageClient
@@ -15,6 +16,9 @@ from tokenforge.runtime.grpc_client import Peer
 from tokenforge.usage.v1 import usage_pb2_grpc
 from tokenforge.wallet.v1 import wallet_pb2_grpc
 
+if TYPE_CHECKING:
+    from services.gateway.storage.receipt_queue import ReceiptQueue
+
 
 @dataclass
 class Peers:
@@ -24,6 +28,8 @@ class Peers:
     usage: Peer
     # How long an outcome report that changes nothing may wait for others (seconds).
     report_linger_s: float = 0.0
+    # Where receipts wait when usage cannot be reached (None: no database).
+    receipt_queue: ReceiptQueue | None = None
 
     @cached_property
     def routing_stub(self) -> routing_pb2_grpc.RoutingServiceStub:

@@ -1,4 +1,5 @@
-"""The gateway's own schema: request-scoped state only (idempotency records)."""
+"""The gateway's own schema: request-scoped state only (idempotency records, receipts
+waiting for the usage service)."""
 
 from __future__ import annotations
 
@@ -20,4 +21,17 @@ idempotency_records = Table(
     Column("body", LargeBinary),
     Column("headers", JSONB),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Receipts of charged requests that the usage service could not take when they ended
+# (it was unreachable): kept here, durably, until the relay delivers them.
+receipt_queue = Table(
+    "receipt_queue",
+    metadata,
+    Column("request_id", Text, primary_key=True),
+    # The usage.v1.Receipt, serialized.
+    Column("receipt", LargeBinary, nullable=False),
+    Column("queued_at", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text),
 )

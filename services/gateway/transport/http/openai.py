@@ -21,6 +21,7 @@ from services.gateway.handlers import (
     EMBEDDINGS,
     ChatCommand,
     annotate_span,
+    charged_anyway,
     complete,
     start_chat_stream,
 )
@@ -97,7 +98,7 @@ def router(deps: Deps) -> APIRouter:
         try:
             response = await run()
         except DomainError as error:
-            if http_status(error) >= 500:
+            if http_status(error) >= 500 and not charged_anyway(error):
                 await store.give_back(api_key, key)  # nothing charged: a retry may run
             else:
                 answer = error_response(error)

@@ -1,0 +1,108 @@
+"""A charged request whose receipt the usage service cannot take (it is down) is not
+lost, and the client is not told that nothing was charged: the receipt waits in the
+gateway's queue, the request is answered, and the receipt is recorded once usage is
+back. Both reconcile commands then pass."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import openai
+from prometheus_client import REGISTRY
+
+from services.gateway.storage.receipt_queue import ReceiptQueue
+from tests.e2e.harness import ADMIN, INTERNAL, System
+from tests.e2e.test_usage_reconcile import assert_reconciled
+from tokenforge.config import Settings
+from tokenforge.runtime.db import create_engine
+from tokenforge.runtime.embedded import free_port
+from tokenforge.runtime.service import load
+
+
+def queued() -> float:
+    return REGISTRY.get_sample_value("tokenforge_receipts_queued_total") or 0.0
+
+
+async def test_a_receipt_waits_while_usage_is_down_and_is_recorded_when_it_is_back(
+    system: System, database_url: str, nats_url: str, tmp_path: Path
+) -> None:
+    account, key = await system.new_account()
+    usage_port = free_port()  # nothing listens there yet
+    gateway = await load("gateway").start(
+        Settings(
+            database_url=database_url,
+            internal_token=INTERNAL,
+            admin_token=ADMIN,
+            routing_addr=system.services["routing"],
+            wallet_addr=system.services["wallet"],
+            payments_addr=system.services["payments"],
+            usage_addr=f"127.0.0.1:{usage_port}",
+        ),
+        port=0,
+    )
+    late_usage = None
+    try:
+        sdk = openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{gateway.http_port}/v1", api_key=key, max_retries=0
+        )
+        before = queued()
+        raw = await sdk.chat.completions.with_raw_response.create(
+            model="demo-chat", messages=[{"role": "user", "content": "is anyone keeping count?"}]
+        )
+        completion = raw.parse()
+        request_id = raw.headers["x-request-id"]
+        assert completion.choices[0].message.content
+        extra = (completion.usage.model_extra or {}) if completion.usage else {}
+        charge = extra["cost_micros"]
+        assert charge > 0
+        summary = (completion.model_extra or {})["receipt"]
+        assert queued() == before + 1
+
+        async with system.http(key) as http:
+            # The charge is in the ledger now; the receipt is not in usage yet.
+            ledger = (await http.get("/v1/wallet/ledger", params={"request_id": request_id})).json()
+            [row] = ledger["data"]
+            assert row["amount"]["micros"] == -charge
+            assert row["entry_id"] == summary["ledger_entry_id"]
+            assert (await http.get(f"/v1/usage/{request_id}")).status_code == 404
+
+            # Usage comes back where this gateway looks for it: the relay delivers.
+            late_usage = await load("usage").start(
+                Settings(
+                    database_url=database_url,
+                    nats_url=nats_url,
+                    internal_token=INTERNAL,
+                    admin_token=ADMIN,
+                ),
+                port=usage_port,
+            )
+            for _ in range(300):
+                found = await http.get(f"/v1/usage/{request_id}")
+                if found.status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            receipt = found.json()
+        assert found.status_code == 200, found.text
+        assert receipt["charge"]["micros"] == charge
+        assert receipt["ledger_entry_id"] == row["entry_id"]
+        assert receipt["status"] == "succeeded"
+        await until_queue_empty(database_url)  # the relay removes what usage recorded
+        await assert_reconciled(system, tmp_path, account)
+    finally:
+        await gateway.stop(grace=0.5)
+        if late_usage is not None:
+            await late_usage.stop(grace=0.5)
+
+
+async def until_queue_empty(database_url: str) -> None:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        queue = ReceiptQueue(engine)
+        for _ in range(100):
+            if await queue.count() == 0:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{await queue.count()} receipts still queued")
+    finally:
+        await engine.dispose()
