@@ -589,8 +589,9 @@ def receipt_not_recorded(receipt: usage_pb2.Receipt) -> DomainError:
 
 
 def charged_anyway(error: DomainError) -> bool:
-    """A refusal that comes after the charge was taken (`receipt_not_recorded`): the
-    request must not run again under the same Idempotency-Key."""
+    """A refusal that comes after a charge was taken (`receipt_not_recorded`, or an
+    upstream failure the route's policy charges for): the request must not run again
+    under the same Idempotency-Key."""
     return (error.metadata or {}).get("charge_micros", "0") not in ("", "0")
 
 
@@ -704,7 +705,8 @@ def upstream_failed(p: Prepared, attempts: list[Attempt], charged: Money) -> Dom
         Reason.UPSTREAM_TIMEOUT if timed_out else Reason.UPSTREAM_FAILED,
         f"The upstream did not answer ({tried}). {charge_words} "
         f"(if the request fails: {policy_words(p.route.charge_policy)}). Try again.",
-        {"request_id": p.cmd.request_id},
+        # A charge taken by the policy keeps the Idempotency-Key (see charged_anyway).
+        {"request_id": p.cmd.request_id, "charge_micros": str(charged.micros)},
     )
 
 

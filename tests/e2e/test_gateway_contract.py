@@ -56,6 +56,37 @@ async def test_concurrent_repeats_of_one_idempotency_key_charge_once(system: Sys
     assert len(await ledger_rows(system, key)) == 1
 
 
+async def test_a_failed_request_the_route_charges_for_keeps_its_idempotency_key(
+    system: System,
+) -> None:
+    """A 502 that charged the prompt (the route's policy) is the key's answer: a repeat
+    gets it again instead of running, and paying, a second time. A 502 that charged
+    nothing gives the key back, so a repeat runs."""
+    _, key = await system.new_account()
+    charged = {"model": "test-down-charged", "messages": [{"role": "user", "content": "hi"}]}
+    free = {"model": "test-down", "messages": [{"role": "user", "content": "hi"}]}
+    async with system.http(key) as http:
+        first = await http.post(
+            "/v1/chat/completions", json=charged, headers={"idempotency-key": "c"}
+        )
+        again = await http.post(
+            "/v1/chat/completions", json=charged, headers={"idempotency-key": "c"}
+        )
+        free_first = await http.post(
+            "/v1/chat/completions", json=free, headers={"idempotency-key": "f"}
+        )
+        free_again = await http.post(
+            "/v1/chat/completions", json=free, headers={"idempotency-key": "f"}
+        )
+    assert first.status_code == again.status_code == 502
+    assert "Charged" in first.json()["error"]["message"]
+    assert again.json() == first.json()
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert len(await ledger_rows(system, key)) == 1  # one prompt charge, not two
+    assert free_first.status_code == free_again.status_code == 502
+    assert "idempotent-replayed" not in free_again.headers  # ran again: nothing was charged
+
+
 async def test_a_body_too_large_is_413_and_charges_nothing(system: System) -> None:
     _, key = await system.new_account()
     huge = "word " * (2 * 1024 * 1024)
