@@ -628,7 +628,7 @@ async def list_holds(cmd: commands.ListHolds, uow: UnitOfWork) -> HoldPage:
         before=_decode_hold_token(cmd.page_token) if cmd.page_token else None,
     )
     async with uow:
-        if not await uow.wallet.account_exists(cmd.account_id):
+        if cmd.account_id and not await uow.wallet.account_exists(cmd.account_id):
             raise account_not_found(cmd.account_id)
         rows = await uow.wallet.holds(query)
     page, more = rows[:size], len(rows) > size
@@ -636,7 +636,8 @@ async def list_holds(cmd: commands.ListHolds, uow: UnitOfWork) -> HoldPage:
 
 
 async def list_ledger(cmd: commands.ListLedger, uow: UnitOfWork) -> LedgerPage:
-    """The account's ledger rows newest first, filtered, one page at a time."""
+    """The account's ledger rows newest first, filtered, one page at a time (every
+    account's when none is named: operators only, checked by the transport)."""
     size = _page_size(cmd.page_size)
     _check_window(cmd.from_time, cmd.to_time)
     before = _decode_token(cmd.page_token) if cmd.page_token else None
@@ -652,7 +653,7 @@ async def list_ledger(cmd: commands.ListLedger, uow: UnitOfWork) -> LedgerPage:
         to_time=cmd.to_time,
     )
     async with uow:
-        if not await uow.wallet.account_exists(cmd.account_id):
+        if cmd.account_id and not await uow.wallet.account_exists(cmd.account_id):
             raise account_not_found(cmd.account_id)
         rows = await uow.wallet.ledger(query)
     page, more = rows[:size], len(rows) > size

@@ -10,9 +10,14 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.e2e.harness import ADMIN, System
+from services.wallet.client import WalletClient
+from tests.e2e.harness import ADMIN, INTERNAL, System
 from tokenforge.cli import main as cli_main
+from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket
+from tokenforge.wallet.v1 import wallet_pb2
 
 
 def state_dir(system: System, tmp: Path) -> str:
@@ -142,3 +147,30 @@ async def test_history_filters_aggregates_and_csv_agree(system: System) -> None:
     assert lines[0].startswith("request_id,finished_at,status")
     assert len(lines) == 4
     assert empty == []
+
+
+async def test_reconcile_of_every_account_finds_a_charge_on_an_account_with_no_receipt(
+    system: System, tmp_path: Path
+) -> None:
+    """Without --account, reconciliation scans every account's charges, not only the
+    accounts that have receipts: a charge whose receipt never came is found even when
+    it is the account's only one. A service may not list every account."""
+    account, _ = await system.new_account()
+    wallet = WalletClient.connect(system.services["wallet"], INTERNAL)
+    try:
+        hold = await wallet.hold(account, Bucket.CREDIT, 5_000, "req-orphan-" + account)
+        await wallet.settle(hold.hold_id, 4_000, account_id=account)
+        with pytest.raises(DomainError) as refused:
+            await wallet.peer.call(
+                wallet.stub.ListLedger, wallet_pb2.ListLedgerRequest(account_id="")
+            )
+    finally:
+        await wallet.close()
+    assert refused.value.reason is Reason.INVALID_ARGUMENT
+
+    state = state_dir(system, tmp_path)
+    code, text = await run_cli(["usage", "reconcile", "--state-dir", state, "--since", "10m"])
+    assert code != 0
+    found = [line for line in text.splitlines() if "req-orphan-" + account in line]
+    assert any("ledger_entry_without_receipt" in line for line in found), text
+    assert any("hold_without_receipt" in line for line in found), text

@@ -56,7 +56,8 @@ async def fetch(
     services: dict[str, str], token: str, since: datetime | None, accounts: list[str]
 ) -> Fetched:
     """Everything the comparison needs: holds, receipts, request-charge ledger rows and
-    runs of the accounts (named, or every account with a receipt in the window)."""
+    runs of the named accounts, or of every account (then each listing is one scan
+    across accounts: an account whose charges have no receipt at all is seen too)."""
     from tokenforge.runtime.grpc_client import Peer
     from tokenforge.usage.v1 import usage_pb2, usage_pb2_grpc
     from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -74,16 +75,7 @@ async def fetch(
             return where
 
         wide_start = since - RECEIPT_MARGIN if since else None
-        names = list(accounts)
-        if not names:
-            every = await _pages(
-                lambda req: usage_peer.call(usage.ListReceipts, req),
-                lambda t: usage_pb2.ListReceiptsRequest(
-                    filter=receipt_filter("", since), page_size=PAGE, page_token=t
-                ),
-                "receipts",
-            )
-            names = sorted({r.account_id for r in every})
+        names = list(accounts) or [""]  # "": every account
         fetched = Fetched([], [], [], [], [])
         for account in names:
             fetched.receipts += await _pages(

@@ -232,11 +232,13 @@ class WalletRepository(abc.ABC):
 
     @abc.abstractmethod
     async def ledger(self, query: LedgerQuery) -> list[JournalEntry]:
-        """The account's entries newest first (at most `query.limit`)."""
+        """The account's entries newest first (at most `query.limit`); every account's
+        when `query.account_id` is empty."""
 
     @abc.abstractmethod
     async def holds(self, query: HoldQuery) -> list[Hold]:
-        """The account's holds newest first (at most `query.limit`)."""
+        """The account's holds newest first (at most `query.limit`); every account's
+        when `query.account_id` is empty."""
 
     @abc.abstractmethod
     async def reconcile(self) -> ReconcileReport:
@@ -899,7 +901,9 @@ class SqlAlchemyWalletRepository(WalletRepository):
         )
 
     async def ledger(self, query: LedgerQuery) -> list[JournalEntry]:
-        conditions: list[Any] = [journal_entries.c.account_id == query.account_id]
+        conditions: list[Any] = []
+        if query.account_id:  # none: every account (operators' reconciliation)
+            conditions.append(journal_entries.c.account_id == query.account_id)
         if query.bucket is not None:
             conditions.append(journal_entries.c.bucket == query.bucket.value)
         if query.kind is not None:
@@ -917,7 +921,9 @@ class SqlAlchemyWalletRepository(WalletRepository):
         return await self._entries(and_(*conditions), query.limit)
 
     async def holds(self, query: HoldQuery) -> list[Hold]:
-        conditions: list[Any] = [holds.c.account_id == query.account_id]
+        conditions: list[Any] = []
+        if query.account_id:  # none: every account (operators' reconciliation)
+            conditions.append(holds.c.account_id == query.account_id)
         if query.status is not None:
             conditions.append(holds.c.status == query.status.value)
         if query.from_time is not None:

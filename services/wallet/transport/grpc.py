@@ -24,7 +24,7 @@ from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
 from tokenforge.runtime.batch_items import check_batch_size
-from tokenforge.runtime.grpc_server import OPERATOR_NAME, current_caller
+from tokenforge.runtime.grpc_server import OPERATOR_NAME, Role, current_caller
 from tokenforge.runtime.telemetry import current_trace_id
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tokenforge.wire import item_error_to_proto
@@ -86,6 +86,21 @@ def _time_or_none(request: Any, name: str) -> datetime | None:
     stamp: timestamp_pb2.Timestamp = getattr(request, name)
     when: datetime = stamp.ToDatetime(tzinfo=UTC)
     return when
+
+
+def _every_account_for_operators(account_id: str) -> None:
+    """A listing names its account; only an operator may list every account at once
+    (reconciliation), never a service acting for a user."""
+    if account_id:
+        return
+    caller = current_caller.get()
+    if caller is None or caller.role is not Role.OPERATOR:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            "account_id is required; listing every account is for operators "
+            "(tokenforge usage reconcile).",
+            {"param": "account_id"},
+        )
 
 
 def _operator(requested: str) -> str:
@@ -321,6 +336,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
         return wallet_pb2.AdjustResponse(entry=entry_pb(entry))
 
     async def ListLedger(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        _every_account_for_operators(request.account_id)
         cmd = commands.ListLedger(
             account_id=request.account_id,
             bucket=bucket_from_pb(request.bucket, required=False),
@@ -348,6 +364,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
         return wallet_pb2.ReverseResponse(entry=entry_pb(entry))
 
     async def ListHolds(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        _every_account_for_operators(request.account_id)
         cmd = commands.ListHolds(
             account_id=request.account_id,
             status=STATUS_FROM_PB.get(request.status),

@@ -81,12 +81,20 @@ class FakeWalletRepository(WalletRepository):
         self.events.setdefault(event_id, entry_id)
 
     async def ledger(self, query: LedgerQuery) -> list[JournalEntry]:
-        rows = [e for e in reversed(self.entries) if e.account_id == query.account_id]
+        rows = [
+            e
+            for e in reversed(self.entries)
+            if not query.account_id or e.account_id == query.account_id
+        ]
         return rows[: query.limit]
 
     async def holds(self, query: HoldQuery) -> list[Hold]:
         rows = sorted(
-            (h for h in self.holds_.values() if h.account_id == query.account_id),
+            (
+                h
+                for h in self.holds_.values()
+                if not query.account_id or h.account_id == query.account_id
+            ),
             key=lambda h: (h.created_at, h.hold_id),
             reverse=True,
         )
