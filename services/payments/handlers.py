@@ -393,16 +393,37 @@ async def submit_transfer_proof(
     return order
 
 
-async def cancel_top_up(cmd: CancelTopUp, uow: UnitOfWork, *, now: datetime | None = None) -> Order:
-    """The user cancels a pending order; canceling twice changes nothing."""
+async def cancel_top_up(
+    cmd: CancelTopUp,
+    uow: UnitOfWork,
+    *,
+    checkout: CardCheckout | None = None,
+    now: datetime | None = None,
+) -> Order:
+    """The user cancels a pending order; canceling twice changes nothing. A card
+    order's checkout page is then closed at the provider, so it takes no payment for
+    an order that no longer waits for one (best effort: the cancel stands either way,
+    and a payment that still got through is logged for an operator)."""
     async with uow:
         order = await uow.orders.get(cmd.order_id, for_update=True)
         if order is None or order.account_id != cmd.account_id:
             raise _not_found(cmd.order_id)
-        if order.cancel(at=now or uow.now(), actor=USER_ACTOR):
+        canceled = order.cancel(at=now or uow.now(), actor=USER_ACTOR)
+        if canceled:
             await uow.orders.save(order)
             await uow.commit()
             log.info("top-up %s canceled by its account", order.order_id)
+    has_page = provider_named(order.provider).has_webhooks and order.provider_reference
+    if canceled and checkout is not None and has_page:
+        try:
+            await checkout.close_page(order.provider_reference)
+        except DomainError as error:
+            log.warning(
+                "top-up %s canceled, but its checkout page %s is still open: %s",
+                order.order_id,
+                order.provider_reference,
+                error,
+            )
     return order
 
 

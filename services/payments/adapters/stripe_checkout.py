@@ -209,6 +209,14 @@ class StripeCheckout:
             payment_intent=str(intent),
         )
 
+    async def close_page(self, session_id: str) -> None:
+        """Expire the Checkout Session: Stripe's page then takes no payment."""
+        try:
+            await self._client.v1.checkout.sessions.expire_async(session_id)
+        except stripe.StripeError as error:
+            log.warning("stripe: expiring checkout session %s failed: %s", session_id, error)
+            raise _unavailable("close the checkout page", error) from error
+
     def verify_event(self, body: bytes, headers: Mapping[str, str], now: datetime) -> ProviderEvent:
         verify_signature(
             body,

@@ -62,6 +62,9 @@ class CardCheckout(Protocol):
 
     async def read_session(self, session_id: str) -> CheckoutSession: ...
 
+    async def close_page(self, session_id: str) -> None:
+        """Stop the page taking payments (the order was canceled)."""
+
     def verify_event(
         self, body: bytes, headers: Mapping[str, str], now: datetime
     ) -> ProviderEvent: ...

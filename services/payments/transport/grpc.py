@@ -201,7 +201,9 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
         self, request: payments_pb2.CancelTopUpRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.CancelTopUpResponse:
         order = await handlers.cancel_top_up(
-            handlers.CancelTopUp(_account(request.account_id), request.order_id), self._uow()
+            handlers.CancelTopUp(_account(request.account_id), request.order_id),
+            self._uow(),
+            checkout=self._checkout,
         )
         return payments_pb2.CancelTopUpResponse(top_up=order_to_proto(order))
 

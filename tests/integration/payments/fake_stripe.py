@@ -2,9 +2,10 @@
 webhook signing, for tests: no network to Stripe.
 
 The `stripe` library is pointed at it through its `api` base address. It answers
-`POST /v1/checkout/sessions` (honouring `Idempotency-Key`) and
-`GET /v1/checkout/sessions/{id}`; tests then mark a session paid (or change what it
-reports) and build the webhook Stripe would send, signed with Stripe's scheme:
+`POST /v1/checkout/sessions` (honouring `Idempotency-Key`),
+`POST /v1/checkout/sessions/{id}/expire` and `GET /v1/checkout/sessions/{id}`; tests
+then mark a session paid (or change what it reports) and build the webhook Stripe
+would send, signed with Stripe's scheme:
 `Stripe-Signature: t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 """
 
@@ -64,6 +65,15 @@ class FakeStripe:
                 fake.requests.append(("POST", self.path))
                 length = int(self.headers.get("Content-Length", "0"))
                 form = _nested(parse_qsl(self.rfile.read(length).decode()))
+                prefix, suffix = "/v1/checkout/sessions/", "/expire"
+                if self.path.startswith(prefix) and self.path.endswith(suffix):
+                    session_id = self.path.removeprefix(prefix).removesuffix(suffix)
+                    found = fake.expire(session_id)
+                    if found is None:
+                        self._answer(404, {"error": {"type": "invalid_request_error"}})
+                    else:
+                        self._answer(200, found)
+                    return
                 if self.path != "/v1/checkout/sessions":
                     self._answer(404, {"error": {"type": "invalid_request_error"}})
                     return
@@ -119,6 +129,14 @@ class FakeStripe:
             self.sessions[session_id] = session
             if key:
                 self.by_idempotency_key[key] = session_id
+            return session
+
+    def expire(self, session_id: str) -> dict[str, Any] | None:
+        """`POST /v1/checkout/sessions/{id}/expire`: an open session closes for good."""
+        with self._lock:
+            session = self.sessions.get(session_id)
+            if session is not None and session["status"] == "open":
+                session["status"] = "expired"
             return session
 
     def pay(

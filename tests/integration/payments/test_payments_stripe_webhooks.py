@@ -338,3 +338,38 @@ async def test_webhooks_for_a_provider_without_webhooks_are_not_found(stripe_api
             payments_pb2.HandleProviderEventRequest(provider="paypal", body=b"{}"),
         )
     assert refused.value.reason is Reason.NOT_FOUND
+
+
+async def test_canceling_a_card_order_closes_its_checkout_page_once(
+    stripe_api: Stripe, create_request: MakeRequest, account_id: str
+) -> None:
+    """After a cancel, Stripe's page takes no payment for it (the session is expired);
+    a second cancel changes nothing and asks Stripe nothing."""
+    top_up = await stripe_api.open(stripe_request(create_request, account_id))
+    expire = ("POST", f"/v1/checkout/sessions/{top_up.provider_reference}/expire")
+    cancel = payments_pb2.CancelTopUpRequest(account_id=account_id, order_id=top_up.order_id)
+
+    first = await stripe_api.peer.call(stripe_api.stub.CancelTopUp, cancel)
+    again = await stripe_api.peer.call(stripe_api.stub.CancelTopUp, cancel)
+
+    assert first.top_up.status == again.top_up.status == payments_pb2.TOP_UP_STATUS_CANCELED
+    assert stripe_api.fake.sessions[top_up.provider_reference]["status"] == "expired"
+    assert stripe_api.fake.requests.count(expire) == 1
+    # Stripe then tells us the session expired: the canceled order stays canceled.
+    await stripe_api.deliver(
+        stripe_api.fake.event(top_up.provider_reference, "checkout.session.expired")
+    )
+    assert (await stripe_api.get(top_up)).status == payments_pb2.TOP_UP_STATUS_CANCELED
+
+
+async def test_a_cancel_stands_when_stripe_cannot_close_the_page(
+    stripe_api: Stripe, create_request: MakeRequest, account_id: str
+) -> None:
+    top_up = await stripe_api.open(stripe_request(create_request, account_id))
+    del stripe_api.fake.sessions[top_up.provider_reference]  # Stripe answers 404
+    cancel = payments_pb2.CancelTopUpRequest(account_id=account_id, order_id=top_up.order_id)
+
+    answer = await stripe_api.peer.call(stripe_api.stub.CancelTopUp, cancel)
+
+    assert answer.top_up.status == payments_pb2.TOP_UP_STATUS_CANCELED
+    assert (await stripe_api.get(top_up)).status == payments_pb2.TOP_UP_STATUS_CANCELED

@@ -130,6 +130,7 @@ class FakeCheckout:
     def __init__(self) -> None:
         self.sessions: dict[str, CheckoutSession] = {}
         self.opened: list[str] = []
+        self.closed: list[str] = []
 
     async def open_page(self, order: Order) -> CheckoutPage:
         session_id = f"cs_{order.order_id}"
@@ -141,6 +142,9 @@ class FakeCheckout:
 
     async def read_session(self, session_id: str) -> CheckoutSession:
         return self.sessions[session_id]
+
+    async def close_page(self, session_id: str) -> None:
+        self.closed.append(session_id)
 
     def verify_event(self, body: bytes, headers: Mapping[str, str], now: datetime) -> ProviderEvent:
         import json
