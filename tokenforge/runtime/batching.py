@@ -22,6 +22,11 @@ item has lingered that long, or `max_size` items wait, and they leave together.
 Nobody waits for the answer of such a call, and one call carries the items of
 many requests even at low load (measured: docs/PERFORMANCE.md).
 
+A service that does not offer the batch call yet (an older version during a rolling
+upgrade answers UNIMPLEMENTED) costs nothing but speed: that batch's items go one by
+one on `send_one`, and every item goes alone for the next minute before a batch is
+tried again.
+
 `send_many` answers one outcome per item, in order: the answer or the exception
 that item alone raised (a refusal is one item's, not the batch's). When the batch
 call itself fails (the service is down, the deadline passed), every item of it
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -49,6 +55,7 @@ from typing import Generic, TypeVar
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, Tracer
 
+from tokenforge.errors import DomainError
 from tokenforge.runtime import metrics
 
 Item = TypeVar("Item")
@@ -56,6 +63,18 @@ Result = TypeVar("Result")
 
 DEFAULT_MAX_SIZE = 64
 DEFAULT_MAX_IN_FLIGHT = 1
+# After a batch call the service did not know, items go alone this long (seconds).
+UNSUPPORTED_PAUSE_S = 60.0
+
+log = logging.getLogger(__name__)
+
+
+def batch_call_unknown(error: BaseException) -> bool:
+    """The service does not offer the call (gRPC UNIMPLEMENTED: an older version)."""
+    return (
+        isinstance(error, DomainError)
+        and (error.metadata or {}).get("grpc_code") == "UNIMPLEMENTED"
+    )
 
 
 @dataclass
@@ -96,6 +115,8 @@ class Batcher(Generic[Item, Result]):
         self.batching = batching
         self.linger = linger
         self._timer: asyncio.TimerHandle | None = None
+        # Until then (the loop's clock), items go alone: the batch call was unknown.
+        self._alone_until = 0.0
         # Items per call, as a metric (`tokenforge_client_batch_items{call=name}`).
         self.name = name or "batch"
         self._sizes = metrics.BATCH_ITEMS.labels(self.name)
@@ -110,7 +131,7 @@ class Batcher(Generic[Item, Result]):
 
     async def submit(self, item: Item) -> Result:
         """The item's answer (or its error), sent alone or in a batch."""
-        if not self.batching:
+        if not self.batching or asyncio.get_running_loop().time() < self._alone_until:
             self.calls += 1
             self._sizes.observe(1)
             return await self._send_one(item)
@@ -203,7 +224,12 @@ class Batcher(Generic[Item, Result]):
                 ]
             else:
                 self.batched_items += len(batch)
-                outcomes = await self._send_batch(batch)
+                try:
+                    outcomes = await self._send_batch(batch)
+                except Exception as error:
+                    if not batch_call_unknown(error):
+                        raise
+                    outcomes = await self._one_by_one(batch, error)
                 if len(outcomes) != len(batch):
                     raise RuntimeError(
                         f"a batch of {len(batch)} was answered with {len(outcomes)} outcomes"
@@ -217,6 +243,18 @@ class Batcher(Generic[Item, Result]):
                 waiting.future.set_exception(outcome)
             else:
                 waiting.future.set_result(outcome)
+
+    async def _one_by_one(
+        self, batch: list[_Waiting[Item, Result]], error: BaseException
+    ) -> list[Result | BaseException]:
+        self._alone_until = asyncio.get_running_loop().time() + UNSUPPORTED_PAUSE_S
+        log.warning(
+            "%s: the service does not offer the batch call (%s); items go alone for %.0f s",
+            self.name,
+            error,
+            UNSUPPORTED_PAUSE_S,
+        )
+        return list(await asyncio.gather(*(_outcome(self._send_one(w.item)) for w in batch)))
 
 
 async def _outcome(call: Awaitable[Result]) -> Result | BaseException:

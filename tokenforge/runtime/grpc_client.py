@@ -114,6 +114,14 @@ def to_domain_error(err: grpc.aio.AioRpcError, peer: str) -> DomainError:
             "Try again in a moment.",
             {"service": peer},
         )
+    if code is grpc.StatusCode.UNIMPLEMENTED:
+        # An older version of the peer (a rolling upgrade): batching clients fall back.
+        return DomainError(
+            Reason.INTERNAL,
+            f"The {peer} service does not offer this call ({err.details()}); it may run an "
+            "older version.",
+            {"service": peer, "grpc_code": "UNIMPLEMENTED"},
+        )
     status = rpc_status.from_call(err)
     if status is not None:
         for detail in status.details:

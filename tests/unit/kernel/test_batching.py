@@ -318,3 +318,60 @@ def test_a_negative_linger_is_refused() -> None:
     service = Service()
     with pytest.raises(ValueError, match="linger"):
         Batcher(service.one, service.many, linger=-1)
+
+
+async def test_a_batch_call_the_service_does_not_offer_falls_back_to_items_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rolling upgrade: the service runs a version without the batch call. Nothing
+    fails: the batch's items go one by one, then items go alone for a while, and then
+    a batch is tried again."""
+    from tokenforge.runtime import batching
+
+    monkeypatch.setattr(batching, "UNSUPPORTED_PAUSE_S", 0.2)
+    service = Service()
+    service.fail_batch = DomainError(
+        Reason.INTERNAL, "no such method", {"grpc_code": "UNIMPLEMENTED"}
+    )
+    batcher = Batcher(service.one, service.many, max_size=64)
+    service.gate.clear()
+    first = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0)
+    waiting = [asyncio.ensure_future(batcher.submit(n)) for n in (2, 3, -4)]
+    await asyncio.sleep(0)
+    service.gate.set()
+    answers = await asyncio.gather(first, *waiting, return_exceptions=True)
+    assert answers[:3] == [10, 20, 30]
+    assert isinstance(answers[3], DomainError) and "negative" in answers[3].message
+    assert service.batches == [[2, 3, -4]] and sorted(service.ones) == [-4, 1, 2, 3]
+
+    # Meanwhile, concurrent items go alone at once: no batch call is tried.
+    assert await asyncio.gather(*(batcher.submit(n) for n in (5, 6))) == [50, 60]
+    assert service.batches == [[2, 3, -4]]
+
+    await asyncio.sleep(0.25)  # the pause is over: a batch is tried again
+    service.fail_batch = None
+    service.gate.clear()
+    first = asyncio.ensure_future(batcher.submit(7))
+    await asyncio.sleep(0)
+    more = [asyncio.ensure_future(batcher.submit(n)) for n in (8, 9)]
+    await asyncio.sleep(0)
+    service.gate.set()
+    assert await asyncio.gather(first, *more) == [70, 80, 90]
+    assert service.batches[-1] == [8, 9]
+
+
+async def test_any_other_failure_of_a_batch_call_is_every_items_error() -> None:
+    service = Service()
+    service.fail_batch = DomainError(Reason.INTERNAL, "the wallet failed")
+    batcher = Batcher(service.one, service.many, max_size=64)
+    service.gate.clear()
+    first = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0)
+    waiting = [asyncio.ensure_future(batcher.submit(n)) for n in (2, 3)]
+    await asyncio.sleep(0)
+    service.gate.set()
+    answers = await asyncio.gather(first, *waiting, return_exceptions=True)
+    assert answers[0] == 10
+    assert all(isinstance(a, DomainError) and a.message == "the wallet failed" for a in answers[1:])
+    assert service.ones == [1]  # nothing retried alone
