@@ -306,6 +306,19 @@ async def test_the_client_answers_from_a_reusable_resolution_until_it_lapses(
     assert served("Resolve") == calls + 1
 
 
+async def resolved_then_revoked(
+    routing: Routing, operator: Routing, client: RoutingClient
+) -> tuple[str, routing_pb2.ResolveResponse]:
+    """A new key, resolved once by the client (a reusable answer kept), then revoked."""
+    account, key = await new_key(routing)
+    first = await client.resolve(chat(key))
+    await operator.call(
+        "RevokeApiKey",
+        routing_pb2.RevokeApiKeyRequest(account_id=account, key_id=first.principal.key_id),
+    )
+    return key, first
+
+
 async def renewals_done(client: RoutingClient) -> None:
     while client._renewals:  # noqa: SLF001 - the background renewals of this test
         await asyncio.gather(*client._renewals)  # noqa: SLF001
@@ -340,12 +353,7 @@ async def test_a_refused_renewal_drops_the_kept_answer_at_once(
     client_clock: tuple[RoutingClient, FakeClock],
 ) -> None:
     client, clock = client_clock
-    account, key = await new_key(routing)
-    first = await client.resolve(chat(key))
-    await routing_operator.call(
-        "RevokeApiKey",
-        routing_pb2.RevokeApiKeyRequest(account_id=account, key_id=first.principal.key_id),
-    )
+    key, first = await resolved_then_revoked(routing, routing_operator, client)
     clock.now += (first.reuse_for_ms // 2 + 1) / 1000
     await client.resolve(chat(key))  # still within the bound: answered, and renews
     await renewals_done(client)
@@ -377,12 +385,7 @@ async def test_a_refused_refresh_leaves_each_waiting_request_to_ask_for_itself(
     client_clock: tuple[RoutingClient, FakeClock],
 ) -> None:
     client, clock = client_clock
-    account, key = await new_key(routing)
-    first = await client.resolve(chat(key))
-    await routing_operator.call(
-        "RevokeApiKey",
-        routing_pb2.RevokeApiKeyRequest(account_id=account, key_id=first.principal.key_id),
-    )
+    key, first = await resolved_then_revoked(routing, routing_operator, client)
     clock.now += first.reuse_for_ms / 1000  # lapsed
     refused = served("Resolve", "UNAUTHENTICATED")
 

@@ -320,6 +320,20 @@ def test_a_negative_linger_is_refused() -> None:
         Batcher(service.one, service.many, linger=-1)
 
 
+async def one_then_a_batch(
+    batcher: Batcher[int, int], service: Service, first: int, others: list[int]
+) -> list[int | BaseException]:
+    """`first` goes alone and is held at the service; `others` queue behind it and
+    leave as one batch when it comes back. Every answer, in order."""
+    service.gate.clear()
+    alone = asyncio.ensure_future(batcher.submit(first))
+    await asyncio.sleep(0)
+    queued = [asyncio.ensure_future(batcher.submit(n)) for n in others]
+    await asyncio.sleep(0)
+    service.gate.set()
+    return list(await asyncio.gather(alone, *queued, return_exceptions=True))
+
+
 async def test_a_batch_call_the_service_does_not_offer_falls_back_to_items_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -334,13 +348,7 @@ async def test_a_batch_call_the_service_does_not_offer_falls_back_to_items_alone
         Reason.INTERNAL, "no such method", {"grpc_code": "UNIMPLEMENTED"}
     )
     batcher = Batcher(service.one, service.many, max_size=64)
-    service.gate.clear()
-    first = asyncio.ensure_future(batcher.submit(1))
-    await asyncio.sleep(0)
-    waiting = [asyncio.ensure_future(batcher.submit(n)) for n in (2, 3, -4)]
-    await asyncio.sleep(0)
-    service.gate.set()
-    answers = await asyncio.gather(first, *waiting, return_exceptions=True)
+    answers = await one_then_a_batch(batcher, service, 1, [2, 3, -4])
     assert answers[:3] == [10, 20, 30]
     assert isinstance(answers[3], DomainError) and "negative" in answers[3].message
     assert service.batches == [[2, 3, -4]] and sorted(service.ones) == [-4, 1, 2, 3]
@@ -351,13 +359,7 @@ async def test_a_batch_call_the_service_does_not_offer_falls_back_to_items_alone
 
     await asyncio.sleep(0.25)  # the pause is over: a batch is tried again
     service.fail_batch = None
-    service.gate.clear()
-    first = asyncio.ensure_future(batcher.submit(7))
-    await asyncio.sleep(0)
-    more = [asyncio.ensure_future(batcher.submit(n)) for n in (8, 9)]
-    await asyncio.sleep(0)
-    service.gate.set()
-    assert await asyncio.gather(first, *more) == [70, 80, 90]
+    assert await one_then_a_batch(batcher, service, 7, [8, 9]) == [70, 80, 90]
     assert service.batches[-1] == [8, 9]
 
 
@@ -365,13 +367,7 @@ async def test_any_other_failure_of_a_batch_call_is_every_items_error() -> None:
     service = Service()
     service.fail_batch = DomainError(Reason.INTERNAL, "the wallet failed")
     batcher = Batcher(service.one, service.many, max_size=64)
-    service.gate.clear()
-    first = asyncio.ensure_future(batcher.submit(1))
-    await asyncio.sleep(0)
-    waiting = [asyncio.ensure_future(batcher.submit(n)) for n in (2, 3)]
-    await asyncio.sleep(0)
-    service.gate.set()
-    answers = await asyncio.gather(first, *waiting, return_exceptions=True)
+    answers = await one_then_a_batch(batcher, service, 1, [2, 3])
     assert answers[0] == 10
     assert all(isinstance(a, DomainError) and a.message == "the wallet failed" for a in answers[1:])
     assert service.ones == [1]  # nothing retried alone
