@@ -574,16 +574,20 @@ async def record_receipt(peers: Peers, receipt: usage_pb2.Receipt) -> None:
 
 def receipt_not_recorded(receipt: usage_pb2.Receipt) -> DomainError:
     bucket = bucket_from_proto(receipt.bucket)
-    charged = (
-        f"{format_amount(receipt.charge_micros, bucket)} was taken from {bucket.label} "
-        f"(ledger entry {receipt.entry_id})"
-        if receipt.charge_micros
-        else "nothing was charged"
-    )
+    if receipt.charge_micros:
+        story = (
+            f"{format_amount(receipt.charge_micros, bucket)} was taken from {bucket.label} "
+            f"(ledger entry {receipt.entry_id}), but its receipt could not be recorded "
+            "right now. Do not send it again; the ledger shows the charge."
+        )
+    else:
+        story = (
+            "nothing was charged, but its receipt could not be recorded right now. "
+            "You may send it again."
+        )
     return DomainError(
         Reason.SERVICE_UNAVAILABLE,
-        f"Request {receipt.request_id} ran and {charged}, but its receipt could not be "
-        "recorded right now. Do not send it again; the ledger shows the charge.",
+        f"Request {receipt.request_id} ran and {story}",
         {"request_id": receipt.request_id, "charge_micros": str(receipt.charge_micros)},
     )
 

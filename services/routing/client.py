@@ -178,7 +178,8 @@ class RoutingClient(ServiceClient):
         """Ask routing again in the background for an answer past half its reuse time,
         so that the slot's next request finds a fresh one instead of waiting for
         routing. Such keys count nothing per request: asking has no effect but the
-        answer. A refusal (the key revoked, expired) or an answer routing no longer
+        answer (a key's limits are fixed when it is made, so no lease or counter can
+        come of it). A refusal (the key revoked, expired) or an answer routing no longer
         lets be reused drops the kept one at once: renewing only ever brings news
         sooner."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

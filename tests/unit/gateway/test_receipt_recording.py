@@ -95,6 +95,7 @@ async def test_a_release_that_cannot_be_recorded_says_nothing_was_charged() -> N
     with pytest.raises(DomainError) as raised:
         await handlers.record_receipt(peers_with(Usage(DOWN), None), charged(0))
     assert "nothing was charged" in raised.value.message
+    assert "You may send it again" in raised.value.message
     assert not handlers.charged_anyway(raised.value)
 
 
