@@ -60,6 +60,18 @@ def test_console_is_served_without_the_openapi_schema_and_keeps_the_key_out_of_u
     context.close()
 
 
+def top(card: Any) -> float:
+    """Where the card's box starts, once it is laid out: the page may render the
+    wallet again meanwhile (a box is None while its element is being replaced)."""
+    for _ in range(100):
+        expect(card).to_be_visible()
+        box = card.bounding_box()
+        if box is not None:
+            return float(box["y"])
+        card.page.wait_for_timeout(20)
+    raise AssertionError("the card never got a box")
+
+
 def test_wallet_shows_both_buckets_side_by_side_with_their_words(
     page: Any, dev: dict[str, Any]
 ) -> None:
@@ -75,11 +87,11 @@ def test_wallet_shows_both_buckets_side_by_side_with_their_words(
     expect(page.get_by_role("heading", name="Latest top-ups")).to_be_visible()
     expect(page.locator("#ledger tbody tr").first).to_contain_text("Adjustment")
     # Side by side on a laptop: both cards on one row.
-    assert credit.bounding_box()["y"] == routed.bounding_box()["y"]
+    assert top(credit) == top(routed)
     shot(page, "wallet")
 
     page.set_viewport_size({"width": 390, "height": 844})
-    assert routed.bounding_box()["y"] > credit.bounding_box()["y"]  # stacked on a phone
+    assert top(routed) > top(credit)  # stacked on a phone
     shot(page, "wallet-phone")
 
 
