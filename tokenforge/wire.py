@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -106,3 +108,12 @@ def item_error_from_proto(error: common_pb2.ItemError) -> DomainError:
     except ValueError:
         reason = Reason.INTERNAL
     return DomainError(reason, error.message, dict(error.metadata))
+
+
+def item_outcomes(outcomes: Iterable[Any]) -> list[Any]:
+    """A batch answer's outcomes (each a oneof `answer` | `error`), in order: each
+    item's answer, or its refusal as the DomainError its unary call would raise."""
+    return [
+        item_error_from_proto(o.error) if o.WhichOneof("outcome") == "error" else o.answer
+        for o in outcomes
+    ]

@@ -51,7 +51,7 @@ from tokenforge.runtime import metrics
 from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
 from tokenforge.runtime.grpc_client import DEFAULT_DEADLINE_S, Peer
 from tokenforge.runtime.service_client import ServiceClient
-from tokenforge.wire import bucket_from_proto, item_error_from_proto, price_from_proto
+from tokenforge.wire import bucket_from_proto, item_outcomes, price_from_proto
 
 log = logging.getLogger(__name__)
 
@@ -250,9 +250,7 @@ class RoutingClient(ServiceClient):
         forgets, sent_at = self._forgets, self._clock()
         self.resolve_calls += 1
         metrics.RESOLVES.labels("routing").inc()
-        answer: routing_pb2.ResolveResponse = await self.peer.call(
-            self.stub.Resolve, request, timeout=self.deadline, request_id=request_id
-        )
+        answer: routing_pb2.ResolveResponse = await self._once("Resolve", request, request_id)
         if (
             answer.reuse_for_ms > 0
             and not request.preview
@@ -333,21 +331,17 @@ class RoutingClient(ServiceClient):
     async def _report_one(
         self, request: routing_pb2.ReportOutcomeRequest
     ) -> routing_pb2.ReportOutcomeResponse:
-        answer: routing_pb2.ReportOutcomeResponse = await self.peer.call(
-            self.stub.ReportOutcome, request, timeout=self.deadline, request_id=request.request_id
+        answer: routing_pb2.ReportOutcomeResponse = await self._once(
+            "ReportOutcome", request, request.request_id
         )
         return answer
 
     async def _report_many(
         self, requests: Sequence[routing_pb2.ReportOutcomeRequest]
     ) -> list[routing_pb2.ReportOutcomeResponse | BaseException]:
-        answer: routing_pb2.ReportOutcomesResponse = await self.peer.call(
-            self.stub.ReportOutcomes,
+        answer: routing_pb2.ReportOutcomesResponse = await self._once(
+            "ReportOutcomes",
             routing_pb2.ReportOutcomesRequest(reports=requests),
-            timeout=self.deadline,
-            request_id=requests[0].request_id,
+            requests[0].request_id,
         )
-        return [
-            item_error_from_proto(o.error) if o.HasField("error") else o.answer
-            for o in answer.outcomes
-        ]
+        return item_outcomes(answer.outcomes)

@@ -30,7 +30,7 @@ from tokenforge.runtime.service_client import (
     ServiceClient,
 )
 from tokenforge.usage.v1 import usage_pb2, usage_pb2_grpc
-from tokenforge.wire import item_error_from_proto
+from tokenforge.wire import item_outcomes
 
 
 class UsageClient(ServiceClient):
@@ -85,7 +85,4 @@ class UsageClient(ServiceClient):
             # The batch runs in the first caller's trace; its request id names the call.
             receipts[0].request_id,
         )
-        return [
-            item_error_from_proto(o.error) if o.WhichOneof("outcome") == "error" else o.answer
-            for o in answer.outcomes
-        ]
+        return item_outcomes(answer.outcomes)

@@ -42,7 +42,7 @@ from tokenforge.runtime.service_client import (
 )
 from tokenforge.runtime.telemetry import current_trace_id
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from tokenforge.wire import bucket_to_proto, item_error_from_proto
+from tokenforge.wire import bucket_to_proto, item_outcomes
 
 
 def _stamp(when: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -108,7 +108,7 @@ class WalletClient(ServiceClient):
         answer = await self._once(
             "HoldMany", wallet_pb2.HoldManyRequest(holds=requests), requests[0].request_id
         )
-        return _outcomes(answer.outcomes)
+        return item_outcomes(answer.outcomes)
 
     async def _settle_one(self, request: wallet_pb2.SettleRequest) -> wallet_pb2.SettleResponse:
         answer: wallet_pb2.SettleResponse = await self._once("Settle", request)
@@ -118,7 +118,7 @@ class WalletClient(ServiceClient):
         self, requests: Sequence[wallet_pb2.SettleRequest]
     ) -> list[wallet_pb2.SettleResponse | BaseException]:
         answer = await self._once("SettleMany", wallet_pb2.SettleManyRequest(settles=requests))
-        return _outcomes(answer.outcomes)
+        return item_outcomes(answer.outcomes)
 
     async def _release_one(self, request: wallet_pb2.ReleaseRequest) -> wallet_pb2.ReleaseResponse:
         answer: wallet_pb2.ReleaseResponse = await self._once("Release", request)
@@ -128,7 +128,7 @@ class WalletClient(ServiceClient):
         self, requests: Sequence[wallet_pb2.ReleaseRequest]
     ) -> list[wallet_pb2.ReleaseResponse | BaseException]:
         answer = await self._once("ReleaseMany", wallet_pb2.ReleaseManyRequest(releases=requests))
-        return _outcomes(answer.outcomes)
+        return item_outcomes(answer.outcomes)
 
     # Accounts and balances.
 
@@ -353,12 +353,3 @@ class WalletClient(ServiceClient):
         answer = await self._call("Reconcile", wallet_pb2.ReconcileRequest())
         found: wallet_pb2.ReconcileResponse = answer
         return found
-
-
-def _outcomes(outcomes: Any) -> list[Any]:
-    """A batch answer's outcomes: each item's answer, or its refusal as the DomainError
-    the unary call would have raised."""
-    return [
-        item_error_from_proto(o.error) if o.WhichOneof("outcome") == "error" else o.answer
-        for o in outcomes
-    ]

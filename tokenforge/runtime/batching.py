@@ -131,7 +131,9 @@ class Batcher(Generic[Item, Result]):
 
     async def submit(self, item: Item) -> Result:
         """The item's answer (or its error), sent alone or in a batch."""
-        if not self.batching or asyncio.get_running_loop().time() < self._alone_until:
+        if not self.batching or (
+            self._alone_until and asyncio.get_running_loop().time() < self._alone_until
+        ):
             self.calls += 1
             self._sizes.observe(1)
             return await self._send_one(item)

@@ -88,6 +88,22 @@ class Wallet:
         return next(b for b in response.balances if b.bucket == bucket)
 
 
+def assert_one_of_settle_or_release_won(outcomes: list[str], entries: Any, after: Any) -> None:
+    """50 settles of 60 and 50 releases raced on one hold of a balance of 1,000:
+    whichever came first won, every later call replayed it or was refused, and the
+    ledger and the balance show that one effect only."""
+    succeeded = {o for o in outcomes if o != "refused"}
+    assert succeeded in ({"Settle:HOLD_STATUS_SETTLED"}, {"Release:HOLD_STATUS_RELEASED"})
+    if succeeded == {"Settle:HOLD_STATUS_SETTLED"}:
+        assert outcomes.count("Settle:HOLD_STATUS_SETTLED") == 50
+        assert [e.amount_micros for e in entries] == [-60]
+        assert (after.posted_micros, after.held_micros) == (940, 0)
+    else:
+        assert outcomes.count("Release:HOLD_STATUS_RELEASED") == 50
+        assert list(entries) == []
+        assert (after.posted_micros, after.held_micros) == (1_000, 0)
+
+
 @pytest.fixture(scope="session")
 def wallet(internal_peer: Peer) -> Wallet:
     return Wallet(internal_peer)

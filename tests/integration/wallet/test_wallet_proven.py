@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from services.wallet import app
-from tests.integration.wallet.conftest import Wallet
+from tests.integration.wallet.conftest import Wallet, assert_one_of_settle_or_release_won
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
 from tokenforge.wallet.v1 import wallet_pb2
@@ -92,17 +92,7 @@ async def test_50_settles_and_50_releases_of_one_hold_change_the_ledger_once(
         "ListLedger", wallet_pb2.ListLedgerRequest(account_id=account, request_id="req-race")
     )
     after = await wallet.balance(account)
-    succeeded = {o for o in outcomes if o != "refused"}
-    # Whichever came first won; every later call replays it or is refused.
-    assert succeeded in ({"Settle:HOLD_STATUS_SETTLED"}, {"Release:HOLD_STATUS_RELEASED"})
-    if succeeded == {"Settle:HOLD_STATUS_SETTLED"}:
-        assert outcomes.count("Settle:HOLD_STATUS_SETTLED") == 50
-        assert [e.amount_micros for e in ledger.entries] == [-60]
-        assert (after.posted_micros, after.held_micros) == (940, 0)
-    else:
-        assert outcomes.count("Release:HOLD_STATUS_RELEASED") == 50
-        assert list(ledger.entries) == []
-        assert (after.posted_micros, after.held_micros) == (1_000, 0)
+    assert_one_of_settle_or_release_won(outcomes, ledger.entries, after)
 
 
 async def test_partial_settle_37_of_100_releases_63(wallet: Wallet) -> None:
