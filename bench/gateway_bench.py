@@ -353,6 +353,10 @@ async def measure(
     return tallies, cpu, dict(sampler.peak)
 
 
+# Finishes delivered and budgets given back within this long after the last answer.
+QUIET_WITHIN_S = 15.0
+
+
 async def check_correctness(
     system: BenchSystem, database_url: str, accounts: list[str], gateway_ok: int
 ) -> dict[str, Any]:
@@ -364,6 +368,25 @@ async def check_correctness(
 
     engine = create_engine(database_url, pool_size=1)
     try:
+        # Finishes of budget draws are queued and budgets close once idle: wait for the
+        # queue to empty and the budgets to be given back (measured, bounded).
+        started = time.monotonic()
+        while time.monotonic() - started < QUIET_WITHIN_S:
+            async with engine.connect() as conn:
+                waiting = (
+                    await conn.execute(
+                        text(
+                            "SELECT (SELECT count(*) FROM gateway.receipt_queue "
+                            "WHERE last_error IS NULL) + (SELECT count(*) FROM wallet.holds "
+                            "WHERE account_id IN :accounts AND status = 'open')"
+                        ).bindparams(bindparam("accounts", expanding=True)),
+                        {"accounts": accounts},
+                    )
+                ).scalar_one()
+            if not waiting:
+                break
+            await asyncio.sleep(0.1)
+        quiet_after_s = time.monotonic() - started
         async with engine.connect() as conn:
             receipts = (
                 await conn.execute(
@@ -431,6 +454,7 @@ async def check_correctness(
         "receipts_by_status": by_status,
         "balances_below_zero": negative,
         "open_holds": open_holds,
+        "quiet_after_s": round(quiet_after_s, 2),
         "reconcile": commands,
     }
 
@@ -542,7 +566,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"- {check.replace('_', ' ')}: {'yes' if passed else 'NO'}")
     lines.append(
         f"- {correctness['gateway_successful_responses']} successful gateway responses, "
-        f"receipts {correctness['receipts_by_status']}"
+        f"receipts {correctness['receipts_by_status']}; queued finishes delivered and "
+        f"budgets given back {correctness['quiet_after_s']} s after the last answer"
     )
     lines += ["", *aims(summary)]
     return "\n".join(lines)

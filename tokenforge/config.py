@@ -51,6 +51,14 @@ class Settings:
     # routing (a success on a reusable answer) wait for others, so that reports
     # travel together at low load too (TOKENFORGE_REPORT_LINGER_MS; 0: never wait).
     report_linger_ms: int = 50
+    # Credit control for busy accounts (docs/ARCHITECTURE.md, "Budgets"): a gateway
+    # replica holds one budget for this many requests' worst cases of an account's
+    # bucket whose requests come less than a second apart, and draws them from it
+    # (TOKENFORGE_BUDGET_REQUESTS; 0: every request holds for itself).
+    budget_requests: int = 64
+    # A budget no request drew from for this long (ms) is given back
+    # (TOKENFORGE_BUDGET_IDLE_MS).
+    budget_idle_ms: int = 1000
 
     @property
     def peer_token(self) -> str:
@@ -85,13 +93,15 @@ class Settings:
             log_level=_env("LOG_LEVEL", "INFO"),
             resolve_reuse_ms=int(_env("RESOLVE_REUSE_MS", "1000")),
             report_linger_ms=_non_negative("REPORT_LINGER_MS", "50"),
+            budget_requests=_non_negative("BUDGET_REQUESTS", "64", "requests"),
+            budget_idle_ms=_non_negative("BUDGET_IDLE_MS", "1000"),
         )
 
 
-def _non_negative(name: str, default: str) -> int:
+def _non_negative(name: str, default: str, unit: str = "milliseconds") -> int:
     value = int(_env(name, default))
     if value < 0:
-        raise ValueError(f"TOKENFORGE_{name} is {value}; give 0 or more (milliseconds)")
+        raise ValueError(f"TOKENFORGE_{name} is {value}; give 0 or more ({unit})")
     return value
 
 

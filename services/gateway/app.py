@@ -1,13 +1,16 @@
 """Wires the gateway: peers (gRPC), the upstream client, the HTTP app (uvicorn) and
 the gRPC server (health, reflection, GatewayService).
 
-The gateway owns no tables yet: it keeps request-scoped state only.
+The gateway keeps request-scoped state only: idempotency records, and the queue of
+receipts and finishes waiting for the relay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import uuid
 from pathlib import Path
 
 import uvicorn
@@ -15,7 +18,9 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
-from services.gateway.handlers import run_receipt_relay
+from services.gateway.budgets import Budgets
+from services.gateway.domain.budgets import BudgetPolicy
+from services.gateway.relay import drain, run_relay
 from services.gateway.runs import run_sweeper
 from services.gateway.storage.idempotency import IdempotencyStore
 from services.gateway.storage.receipt_queue import ReceiptQueue
@@ -65,9 +70,16 @@ def bound_port(server: uvicorn.Server) -> int:
 async def start(settings: Settings, port: int = 0) -> RunningService:
     peers = Peers.from_settings(settings)
     upstream = Upstream()
-    engine = create_engine(settings.database_url, pool_size=5) if settings.database_url else None
+    engine = create_engine(settings.database_url, pool_size=10) if settings.database_url else None
     if engine is not None:
-        peers.receipt_queue = ReceiptQueue(engine)  # receipts wait here when usage is down
+        # Receipts wait here when usage is down, and budget draws' finishes always.
+        owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        peers.receipt_queue = ReceiptQueue(engine, owner)
+        policy = BudgetPolicy(
+            requests=settings.budget_requests, idle_s=settings.budget_idle_ms / 1000
+        )
+        if policy.enabled:
+            peers.budgets = Budgets(peers.wallet_client, peers.receipt_queue, policy)
     app = create_app(peers, upstream, IdempotencyStore(engine) if engine else None)
     # No span per ASGI `send`/`receive` message: a 64-chunk stream made 66 spans that
     # say nothing the request span does not (its duration, its status).
@@ -92,13 +104,15 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
     await grpc_server.server.start()
     http = await start_http(app, settings.http_port)
     sweeper = asyncio.create_task(run_sweeper(peers))  # forgotten runs release their hold
-    relay = asyncio.create_task(run_receipt_relay(peers))  # queued receipts go to usage
+    # Queued finishes and receipts go to the wallet and usage; done budgets close.
+    relay = asyncio.create_task(run_relay(peers))
 
     async def stop_http() -> None:
         sweeper.cancel()
         relay.cancel()
         http.should_exit = True
         await http.task  # type: ignore[attr-defined]
+        await drain(peers)  # what waits is delivered, the budgets closed
         await upstream.close()
         await peers.close()
         if engine is not None:

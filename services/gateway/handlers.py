@@ -27,6 +27,7 @@ from services.gateway.adapters.health import report_outcome, request_shape
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Attempt, Upstream, UpstreamAnswer, retryable
 from services.gateway.adapters.upstream_stream import STREAM_ERRORS, UpstreamStream, open_stream
+from services.gateway.domain.budgets import Budget
 from services.gateway.domain.planning import (
     Plan,
     Usage,
@@ -38,7 +39,9 @@ from services.gateway.domain.planning import (
 )
 from services.gateway.domain.presenting import route_attempts_json
 from services.gateway.domain.settlement import Rule, Settlement, Status, settle
+from services.gateway.relay import capture_part
 from tokenforge.errors import DomainError, Reason
+from tokenforge.holds import part_entry_id
 from tokenforge.money import Bucket, Money, Price, format_amount
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.runtime import metrics
@@ -106,6 +109,9 @@ class Prepared:
     route_attempts: list[usage_pb2.RouteAttempt] = field(default_factory=list)
     # Channel attempts that ran on the routes left behind.
     earlier_attempts: int = 0
+    # The budget the hold is drawn from (`hold` then names the budget's hold and the
+    # draw's worst case); None once the draw gave back.
+    budget: Budget | None = None
 
     @property
     def route(self) -> routing_pb2.Route:
@@ -119,6 +125,14 @@ class Prepared:
     @property
     def held(self) -> Money:
         return Money(self.hold.amount_micros, self.price.bucket)
+
+    def end_draw(self, peers: Peers, charge: int = 0) -> None:
+        """The budget draw ends (once): its worst case is no longer reserved and
+        `charge` (queued or captured) is spent. Nothing when the hold is the request's
+        own."""
+        budget, self.budget = self.budget, None
+        if budget is not None and peers.budgets is not None:
+            peers.budgets.give_back(budget, self.hold.amount_micros, charge)
 
 
 async def resolve(
@@ -179,6 +193,34 @@ async def place_hold(
             # A refused hold leaves no record, so the same request id may ask again.
             plan = smaller
     raise insufficient(price.bucket, Money(0, price.bucket), plan.worst_case)
+
+
+async def draw_from_budget(
+    peers: Peers,
+    account_id: str,
+    price: Price,
+    plan: Plan,
+    cmd: ChatCommand,
+    request_ttl_s: int,
+) -> tuple[wallet_pb2.Hold, Budget] | None:
+    """The worst case taken from a budget of the account's bucket (in memory: the
+    budget's wallet hold already pays for it), when the bucket is busy; None when the
+    request holds for itself."""
+    if peers.budgets is None:
+        return None
+    budget = await peers.budgets.draw(
+        account_id, price.bucket, plan.worst_case.micros, request_ttl_s, cmd.trace_id
+    )
+    if budget is None:
+        return None
+    hold = wallet_pb2.Hold(
+        hold_id=budget.hold_id,
+        account_id=account_id,
+        bucket=bucket_to_proto(price.bucket),
+        amount_micros=plan.worst_case.micros,
+        request_id=budget.request_id,
+    )
+    return hold, budget
 
 
 async def draw_from_run(
@@ -312,25 +354,25 @@ async def prepare(peers: Peers, cmd: ChatCommand, endpoint: routing_pb2.Endpoint
     route = resolved.route
     price = price_from_proto(bucket_from_proto(route.bucket), route.prices)
     plan = plan_for(cmd, endpoint, resolved, price)
+    account_id = resolved.principal.account_id
+    budget: Budget | None = None
     try:
         if cmd.run_id:
-            hold, plan = await draw_from_run(peers, resolved.principal.account_id, price, plan, cmd)
+            hold, plan = await draw_from_run(peers, account_id, price, plan, cmd)
+        elif drawn := await draw_from_budget(peers, account_id, price, plan, cmd, hold_ttl(route)):
+            hold, budget = drawn
         else:
-            hold, plan = await place_hold(
-                peers,
-                resolved.principal.account_id,
-                price,
-                plan,
-                cmd,
-                hold_ttl(route),
-            )
+            metrics.BUDGET_DRAWS.labels("hold").inc()
+            hold, plan = await place_hold(peers, account_id, price, plan, cmd, hold_ttl(route))
     except DomainError as error:
         report_outcome(peers, resolved, cmd.request_id, [], None)  # ends the lease
         if error.reason is Reason.INSUFFICIENT_BALANCE:
+            if peers.budgets is not None and not cmd.run_id:
+                peers.budgets.refused(account_id, price.bucket)
             await record_rejected(peers, cmd, resolved, endpoint, error, started)
         raise
     body = upstream_body(cmd, endpoint, route, plan)
-    return Prepared(cmd, endpoint, resolved, price, plan, hold, body, started)
+    return Prepared(cmd, endpoint, resolved, price, plan, hold, body, started, budget=budget)
 
 
 def plan_for(
@@ -413,11 +455,14 @@ async def fall_back(peers: Peers, p: Prepared, attempts: list[Attempt]) -> bool:
             p.route_attempts.append(route_attempt(route, "", "insufficient_balance", 0))
             continue
         left = p.route
-        await peers.wallet_client.release(
-            p.hold.hold_id,
-            reason=f"fallback_to_{route_kind_from_proto(route.kind)}",
-            account_id=account_id,
-        )
+        if p.budget is not None:
+            p.end_draw(peers)  # nothing taken from the budget for the route left behind
+        else:
+            await peers.wallet_client.release(
+                p.hold.hold_id,
+                reason=f"fallback_to_{route_kind_from_proto(route.kind)}",
+                account_id=account_id,
+            )
         on_left = len(attempts) - p.earlier_attempts
         p.route_attempts.append(route_attempt(left, p.hold.hold_id, "fell_back", on_left))
         p.earlier_attempts = len(attempts)
@@ -516,6 +561,8 @@ async def charge_and_record(
     if p.cmd.run_id:
         # A run's request: the run's hold pays; the receipt ends the draw (usage).
         return await finish_run_request(peers, receipt, outcome, rule, error_code)
+    if p.budget is not None:
+        return await finish_budget_request(peers, p, receipt, outcome, rule, error_code)
     if outcome.usage is not None:
         settled = await peers.wallet_client.settle(
             p.hold.hold_id,
@@ -524,26 +571,14 @@ async def charge_and_record(
             trace_id=p.cmd.trace_id,
         )
         receipt.entry_id = settled.entry.entry_id if settled.HasField("entry") else ""
-        receipt.prompt_tokens = outcome.usage.prompt_tokens
-        receipt.completion_tokens = outcome.usage.completion_tokens
-        receipt.cached_tokens = outcome.usage.cached_tokens
-        receipt.tokens_reported = outcome.usage.reported
         if outcome.capped_at_hold:
             error_code = error_code or "charge_capped_at_hold"
     else:
         await peers.wallet_client.release(
             p.hold.hold_id, reason=error_code or rule.value, account_id=p.hold.account_id
         )
-    receipt.charge_micros = outcome.charge.micros
-    receipt.status = RECEIPT_STATUS[outcome.status]
-    receipt.error_code = error_code
-    receipt.settlement_rule = rule.value
-    receipt.finished_at.CopyFrom(timestamp(datetime.now(UTC)))
-    metrics.RECEIPTS.labels(outcome.status.value, rule.value).inc()
-    if outcome.charge.micros:
-        metrics.CHARGES.labels(
-            outcome.charge.bucket.value, route_kind_from_proto(p.route.kind)
-        ).inc(outcome.charge.micros)
+    fill_receipt(receipt, outcome, rule, error_code, outcome.charge)
+    count_finish(p, outcome, rule, outcome.charge)
     await record_receipt(peers, receipt)
     return receipt, outcome.charge
 
@@ -599,46 +634,70 @@ def charged_anyway(error: DomainError) -> bool:
     return (error.metadata or {}).get("charge_micros", "0") not in ("", "0")
 
 
-RELAY_BATCH = 64
+def fill_receipt(
+    receipt: usage_pb2.Receipt,
+    outcome: Settlement,
+    rule: Rule,
+    error_code: str,
+    charge: Money,
+) -> None:
+    """The receipt's tokens, charge, status and rule, as the settlement decided."""
+    if outcome.usage is not None:
+        receipt.prompt_tokens = outcome.usage.prompt_tokens
+        receipt.completion_tokens = outcome.usage.completion_tokens
+        receipt.cached_tokens = outcome.usage.cached_tokens
+        receipt.tokens_reported = outcome.usage.reported
+    receipt.charge_micros = charge.micros
+    receipt.status = RECEIPT_STATUS[outcome.status]
+    receipt.error_code = error_code
+    receipt.settlement_rule = rule.value
+    receipt.finished_at.CopyFrom(timestamp(datetime.now(UTC)))
 
 
-async def relay_queued_receipts(peers: Peers) -> int:
-    """Hand the queued receipts to usage, oldest first; answers how many it recorded.
-    Stops at the first sign that usage is still unreachable (the rest wait for the
-    next round); a receipt usage refuses stays queued with the reason, for an operator."""
-    queue = peers.receipt_queue
-    if queue is None:
-        return 0
-    recorded: list[str] = []
+async def finish_budget_request(
+    peers: Peers,
+    p: Prepared,
+    receipt: usage_pb2.Receipt,
+    outcome: Settlement,
+    rule: Rule,
+    error_code: str,
+) -> tuple[usage_pb2.Receipt, Money]:
+    """A request drawn from a budget: its charge is its own part of the budget's hold,
+    under the entry id the wallet will give it, and its receipt is durably queued with
+    the part still to capture (the relay captures it, then records the receipt). If the
+    queue cannot take it, the part is captured and the receipt recorded now."""
+    charge = outcome.charge
+    if outcome.usage is not None and outcome.capped_at_hold:
+        error_code = error_code or "charge_capped_at_hold"
+    if charge.micros > 0:
+        receipt.entry_id = str(part_entry_id(receipt.hold_id, receipt.request_id))
+    fill_receipt(receipt, outcome, rule, error_code, charge)
+    assert p.budget is not None and peers.budgets is not None
     try:
-        for waiting in await queue.waiting(RELAY_BATCH):
-            receipt = usage_pb2.Receipt.FromString(waiting.receipt)
-            try:
-                await peers.usage_client.record_receipt(receipt)
-            except DomainError as error:
-                if error.reason is Reason.SERVICE_UNAVAILABLE:
-                    break
-                metrics.RECEIPTS_RELAYED.labels("refused").inc()
-                log.error("queued receipt of %s refused by usage: %s", receipt.request_id, error)
-                await queue.refused(receipt.request_id, f"{error.reason.value}: {error}")
-                continue
-            recorded.append(receipt.request_id)
-    finally:
-        await queue.delivered(recorded)
-        metrics.RECEIPTS_RELAYED.labels("recorded").inc(len(recorded))
-    metrics.RECEIPTS_WAITING.set(await queue.count())
-    return len(recorded)
-
-
-async def run_receipt_relay(peers: Peers, every_s: float = 1.0) -> None:
-    """The relay's loop (a background task of the gateway)."""
-    while True:
+        await peers.budgets.queue_finish(p.budget, receipt)
+    except Exception as failure:  # noqa: BLE001 - the finish goes the direct way
+        log.warning("finish of %s not queued (%r); capturing now", receipt.request_id, failure)
         try:
-            if await relay_queued_receipts(peers) == RELAY_BATCH:
-                continue  # more may wait: no pause
-        except Exception:  # noqa: BLE001 - logged; the next round tries again
-            log.exception("relaying queued receipts failed; retrying")
-        await asyncio.sleep(every_s)
+            if receipt.charge_micros > 0:
+                await capture_part(peers, receipt)
+        except BaseException:
+            p.end_draw(peers, charge.micros)  # it may have been taken: counted as spent
+            raise
+        p.end_draw(peers, receipt.charge_micros)
+        count_finish(p, outcome, rule, Money(receipt.charge_micros, charge.bucket))
+        await record_receipt(peers, receipt)
+        return receipt, Money(receipt.charge_micros, charge.bucket)
+    p.end_draw(peers, charge.micros)
+    count_finish(p, outcome, rule, charge)
+    return receipt, charge
+
+
+def count_finish(p: Prepared, outcome: Settlement, rule: Rule, charge: Money) -> None:
+    metrics.RECEIPTS.labels(outcome.status.value, rule.value).inc()
+    if charge.micros:
+        metrics.CHARGES.labels(charge.bucket.value, route_kind_from_proto(p.route.kind)).inc(
+            charge.micros
+        )
 
 
 async def finish_run_request(
@@ -654,11 +713,6 @@ async def finish_run_request(
     or expired under the request), nothing was taken and the request is recorded with
     no charge."""
     charge: Money = outcome.charge
-    if outcome.usage is not None:
-        receipt.prompt_tokens = outcome.usage.prompt_tokens
-        receipt.completion_tokens = outcome.usage.completion_tokens
-        receipt.cached_tokens = outcome.usage.cached_tokens
-        receipt.tokens_reported = outcome.usage.reported
     if charge.micros > 0:
         try:
             captured = await peers.wallet_client.capture_part(
@@ -674,11 +728,7 @@ async def finish_run_request(
                 raise
             charge = Money(0, charge.bucket)
             error_code = "run_settled_first"
-    receipt.charge_micros = charge.micros
-    receipt.status = RECEIPT_STATUS[outcome.status]
-    receipt.error_code = error_code
-    receipt.settlement_rule = rule.value
-    receipt.finished_at.CopyFrom(timestamp(datetime.now(UTC)))
+    fill_receipt(receipt, outcome, rule, error_code, charge)
     try:
         await record_receipt(peers, receipt)
     except DomainError as error:
@@ -719,6 +769,14 @@ async def complete(
 ) -> ChatOutcome:
     """A non-streaming chat completion or embeddings request."""
     p = await prepare(peers, cmd, endpoint)
+    try:
+        return await complete_prepared(peers, upstream, p)
+    finally:
+        p.end_draw(peers)  # cut short (the client went away): nothing was charged
+
+
+async def complete_prepared(peers: Peers, upstream: Upstream, p: Prepared) -> ChatOutcome:
+    endpoint = p.endpoint
     attempts: list[Attempt] = []
     answer: UpstreamAnswer | None = None
     while True:
@@ -897,6 +955,14 @@ async def start_chat_stream(peers: Peers, upstream: Upstream, cmd: ChatCommand) 
     """Resolve, hold, and open the upstream stream, moving to backup channels on
     retryable failures while nothing has reached the client yet."""
     p = await prepare(peers, cmd, CHAT)
+    try:
+        return await open_chat_stream(peers, upstream, p)
+    except BaseException:
+        p.end_draw(peers)  # no stream: finished (a no-op then) or cut short
+        raise
+
+
+async def open_chat_stream(peers: Peers, upstream: Upstream, p: Prepared) -> ChatStream:
     options = p.upstream_body.get("stream_options")
     client_wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
     attempts: list[Attempt] = []

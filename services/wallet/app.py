@@ -33,7 +33,8 @@ SWEEP_INTERVAL_S = 1.0
 # shared internal token, kept so single-token deployments and tests still work):
 # - holds (Hold/Settle/CapturePart/Release/ExtendHold): the gateway, which runs requests, and
 #   operators; no other service reserves or charges money. A batch method (HoldMany,
-#   SettleMany, ReleaseMany) is open to exactly who may call its unary method;
+#   SettleMany, CapturePartMany, ReleaseMany) is open to exactly who may call its
+#   unary method;
 # - Credit: only the shared internal credential. Paid top-ups arrive on NATS and are
 #   credited in-process by the wallet's own consumer, so no service needs Credit over
 #   gRPC; operators correct balances with Adjust, never with a fake top-up;
@@ -48,6 +49,7 @@ POLICY = AccessPolicy(
         "Settle": HOLD_ROLES,
         "SettleMany": HOLD_ROLES,
         "CapturePart": HOLD_ROLES,
+        "CapturePartMany": HOLD_ROLES,
         "Release": HOLD_ROLES,
         "ReleaseMany": HOLD_ROLES,
         "ExtendHold": HOLD_ROLES,
@@ -62,6 +64,7 @@ POLICY = AccessPolicy(
         "Settle": HOLD_CALLERS,
         "SettleMany": HOLD_CALLERS,
         "CapturePart": HOLD_CALLERS,
+        "CapturePartMany": HOLD_CALLERS,
         "Release": HOLD_CALLERS,
         "ReleaseMany": HOLD_CALLERS,
         "ExtendHold": HOLD_CALLERS,

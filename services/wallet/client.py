@@ -3,18 +3,19 @@
 Every call carries a deadline and this service's credential (`Peer`); a refusal
 comes back as the same `DomainError` the wallet raised (reason, message, details).
 Every wallet call is idempotent (a hold by its request id or idempotency key, a
-settle or release by its hold, a credit by its order, an adjustment by its key, a
-reversal by its entry), so a call that found the wallet unavailable is retried with
-backoff; a refusal is never retried.
+settle or release by its hold, a part by its hold and request id, a credit by its
+order, an adjustment by its key, a reversal by its entry), so a call that found the
+wallet unavailable is retried with backoff; a refusal is never retried.
 
-Hold, Settle and Release, the calls of every request the gateway runs, go through a
-`Batcher` each (`batching=True`, the default): a call that finds nothing in flight
-goes out alone on the unary method, so at low load nothing waits; calls that arrive
-while calls are under way leave together in one HoldMany, SettleMany or ReleaseMany,
-which the wallet runs item by item exactly as the unary calls. Each caller still
-gets its own answer or its own refusal; a batch that found the wallet unavailable
-is retried item by item, like any call (each item is idempotent, so a retried batch
-is still correct). One client, shared by the callers of a process, batches best.
+Hold, Settle, CapturePart and Release, the calls of every request the gateway runs,
+go through a `Batcher` each (`batching=True`, the default): a call that finds nothing
+in flight goes out alone on the unary method, so at low load nothing waits; calls
+that arrive while calls are under way leave together in one HoldMany, SettleMany,
+CapturePartMany or ReleaseMany, which the wallet runs item by item exactly as the
+unary calls. Each caller still gets its own answer or its own refusal; a batch that
+found the wallet unavailable is retried item by item, like any call (each item is
+idempotent, so a retried batch is still correct). One client, shared by the callers
+of a process, batches best.
 
     client = WalletClient.connect(settings.wallet_addr, settings.peer_token)
     hold = await client.hold(account_id, Bucket.CREDIT, 300_000, request_id)
@@ -86,6 +87,13 @@ class WalletClient(ServiceClient):
             name="wallet.Settle",
             batching=batching,
         )
+        self.part_batcher = Batcher(
+            self._part_one,
+            self._part_many,
+            max_size=max_batch,
+            name="wallet.CapturePart",
+            batching=batching,
+        )
         self.release_batcher = Batcher(
             self._release_one,
             self._release_many,
@@ -118,6 +126,24 @@ class WalletClient(ServiceClient):
         self, requests: Sequence[wallet_pb2.SettleRequest]
     ) -> list[wallet_pb2.SettleResponse | BaseException]:
         answer = await self._once("SettleMany", wallet_pb2.SettleManyRequest(settles=requests))
+        return item_outcomes(answer.outcomes)
+
+    async def _part_one(
+        self, request: wallet_pb2.CapturePartRequest
+    ) -> wallet_pb2.CapturePartResponse:
+        answer: wallet_pb2.CapturePartResponse = await self._once(
+            "CapturePart", request, request.request_id
+        )
+        return answer
+
+    async def _part_many(
+        self, requests: Sequence[wallet_pb2.CapturePartRequest]
+    ) -> list[wallet_pb2.CapturePartResponse | BaseException]:
+        answer = await self._once(
+            "CapturePartMany",
+            wallet_pb2.CapturePartManyRequest(parts=requests),
+            requests[0].request_id,
+        )
         return item_outcomes(answer.outcomes)
 
     async def _release_one(self, request: wallet_pb2.ReleaseRequest) -> wallet_pb2.ReleaseResponse:
@@ -197,20 +223,17 @@ class WalletClient(ServiceClient):
         account_id: str = "",
         trace_id: str = "",
     ) -> wallet_pb2.CapturePartResponse:
-        """The hold (still open) and the part's ledger row (`entry`, when > 0)."""
-        answer = await self._call(
-            "CapturePart",
-            wallet_pb2.CapturePartRequest(
-                hold_id=hold_id,
-                amount_micros=amount_micros,
-                request_id=request_id,
-                account_id=account_id,
-                trace_id=trace_id,
-            ),
+        """The hold (still open) and the part's ledger row (`entry`, when > 0), whose
+        entry id is `tokenforge.holds.part_entry_id(hold_id, request_id)`. Idempotent by
+        (hold, request id), so it is retried like a settle."""
+        request = wallet_pb2.CapturePartRequest(
+            hold_id=hold_id,
+            amount_micros=amount_micros,
             request_id=request_id,
+            account_id=account_id,
+            trace_id=trace_id or current_trace_id(),
         )
-        found: wallet_pb2.CapturePartResponse = answer
-        return found
+        return await self._retrying(lambda: self.part_batcher.submit(request))
 
     async def release(
         self, hold_id: str, *, reason: str = "", account_id: str = ""

@@ -9,10 +9,11 @@ checked. The idempotency key is looked up after the lock (or in the statement), 
 a unique index catches the rare race between two calls with one key (the use case
 then runs once more and replays the winner's result).
 
-The batch use cases (`place_holds`, `settle_holds`, `release_holds`, behind HoldMany,
-SettleMany and ReleaseMany) run the hot-path use case once per item, all in one
-transaction (one commit), or, when that transaction cannot finish, concurrently, each
-in its own unit of work: either way an item is answered as the same call alone.
+The batch use cases (`place_holds`, `settle_holds`, `capture_parts`, `release_holds`,
+behind HoldMany, SettleMany, CapturePartMany and ReleaseMany) run the hot-path use
+case once per item, all in one transaction (one commit), or, when that transaction
+cannot finish, concurrently, each in its own unit of work: either way an item is
+answered as the same call alone.
 """
 
 from __future__ import annotations
@@ -382,6 +383,13 @@ async def settle_holds(
 ) -> list[Settled | DomainError]:
     """Each hold settled exactly as `settle_hold` settles it (SettleMany)."""
     return await _each(settle_hold, cmds, uow_factory, lambda c: (c.account_id, c.hold_id))
+
+
+async def capture_parts(
+    cmds: Sequence[commands.CapturePart], uow_factory: Callable[[], UnitOfWork]
+) -> list[Settled | DomainError]:
+    """Each part captured exactly as `capture_part` captures it (CapturePartMany)."""
+    return await _each(capture_part, cmds, uow_factory, lambda c: (c.account_id, c.hold_id))
 
 
 async def release_holds(

@@ -35,8 +35,8 @@ TOPUP_CREDITS = Counter(
 )
 BATCHES = Counter(
     "tokenforge_wallet_batches_total",
-    "Batch calls (HoldMany, SettleMany, ReleaseMany) by how they ran: in one "
-    "transaction, or item by item after that transaction failed.",
+    "Batch calls (HoldMany, SettleMany, CapturePartMany, ReleaseMany) by how they ran: "
+    "in one transaction, or item by item after that transaction failed.",
     ["how"],
 )
 CONSUMER_PENDING = Gauge(

@@ -24,6 +24,13 @@ async def test_paid_requests_leave_a_wallet_that_reconciles(system: System, tmp_
         )
         assert completion.choices[0].message.content
 
+    # The third request came a moment after the first on the same bucket: it was drawn
+    # from a budget and its finish queued. A read of the account's money through the
+    # gateway sees every answer given (the queued finish is delivered first).
+    async with system.http(key) as http:
+        rows = (await http.get("/v1/wallet/ledger")).json()["data"]
+    assert len([r for r in rows if r.get("request_id")]) == 3
+
     wallet = WalletClient.connect(system.services["wallet"], ADMIN)
     try:
         ledger = await wallet.ledger(account_id)

@@ -7,8 +7,12 @@ table inside that schema), so `tokenforge migrate` upgrades them one by one.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
@@ -39,6 +43,32 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_pre_ping=False,
         pool_recycle=1800,
     )
+
+
+def give_back(
+    pooled: Any, exc: BaseException | None, sound: tuple[type[BaseException], ...] = ()
+) -> None:
+    """A borrowed pooled connection back to the pool when the database answered (no
+    error, an error PostgreSQL raised, or one of `sound`); dropped otherwise (a lost
+    connection, a statement cancelled midway): never lent again in an unknown state."""
+    if exc is None or isinstance(exc, (asyncpg.PostgresError, *sound)):
+        pooled.close()
+    else:
+        pooled.invalidate()
+
+
+@asynccontextmanager
+async def borrowed_driver(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection's asyncpg driver, in autocommit, for statements that stand
+    alone on a hot path: no BEGIN and COMMIT round trips and none of SQLAlchemy's
+    execution machinery (docs/PERFORMANCE.md)."""
+    pooled = await engine.raw_connection()
+    try:
+        yield pooled.driver_connection
+    except BaseException as exc:
+        give_back(pooled, exc)
+        raise
+    give_back(pooled, None)
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]

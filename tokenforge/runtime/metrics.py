@@ -104,6 +104,23 @@ RECEIPTS_WAITING = Gauge(
     "tokenforge_receipts_waiting",
     "Receipts in the gateway's queue (refused ones included), as the relay last counted.",
 )
+BUDGET_DRAWS = Counter(
+    "tokenforge_budget_draws_total",
+    "Requests the gateway held for, by how: from a budget in memory (budget) or with a "
+    "wallet hold of their own (hold).",
+    ["how"],
+)
+BUDGETS = Counter(
+    "tokenforge_budgets_total",
+    "Budgets (one wallet hold a gateway replica draws a busy account's requests from), "
+    "by event: opened, refused (the balance could not cover it), closed.",
+    ["event"],
+)
+CHARGES_NOT_COLLECTED = Counter(
+    "tokenforge_charges_not_collected_total",
+    "Queued finishes whose charge could not be captured because the budget's hold had "
+    "already ended (expired through a wallet outage): the receipt says charge 0.",
+)
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

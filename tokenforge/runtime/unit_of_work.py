@@ -23,6 +23,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tokenforge.errors import DomainError
+from tokenforge.runtime.db import give_back
 
 
 def utcnow() -> datetime:
@@ -89,12 +90,8 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
         PostgreSQL raised, or one of `sound`); dropped otherwise (a lost connection, a
         statement cancelled midway): never lent again in an unknown state."""
         pooled, self._pooled = self._pooled, None
-        if pooled is None:
-            return
-        if exc is None or isinstance(exc, (DomainError, asyncpg.PostgresError, *sound)):
-            pooled.close()
-        else:
-            pooled.invalidate()
+        if pooled is not None:
+            give_back(pooled, exc, (DomainError, *sound))
 
     @abc.abstractmethod
     def bind(self, session: AsyncSession) -> None:

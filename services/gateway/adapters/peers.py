@@ -17,6 +17,7 @@ from tokenforge.usage.v1 import usage_pb2_grpc
 from tokenforge.wallet.v1 import wallet_pb2_grpc
 
 if TYPE_CHECKING:
+    from services.gateway.budgets import Budgets
     from services.gateway.storage.receipt_queue import ReceiptQueue
 
 
@@ -30,6 +31,8 @@ class Peers:
     report_linger_s: float = 0.0
     # Where receipts wait when usage cannot be reached (None: no database).
     receipt_queue: ReceiptQueue | None = None
+    # Busy accounts' budgets (None: every request holds for itself).
+    budgets: Budgets | None = None
 
     @cached_property
     def routing_stub(self) -> routing_pb2_grpc.RoutingServiceStub:

@@ -1,25 +1,54 @@
-"""Receipts that wait for the usage service, in the gateway's own schema.
+"""Receipts (and finishes) that wait for the relay, in the gateway's own schema.
 
-A request's charge is settled before its receipt is recorded. When the usage service
-cannot be reached then (after the client's retries), the receipt is not lost and the
-client is not told that nothing was charged: the gateway keeps the receipt here, in
-the same durable commit as everything else, answers the request (its receipt is
-durably queued, as docs/ARCHITECTURE.md allows), and a relay delivers the waiting
-receipts once usage answers again (`handlers.relay_queued_receipts`). A request id
-is queued once; recording a receipt is idempotent on usage's side, so a delivery
-repeated after a crash answers the first.
+Two kinds of rows, one relay (`services.gateway.relay`):
+
+- **A receipt usage could not take.** A request's charge is settled before its receipt
+  is recorded. When the usage service cannot be reached then (after the client's
+  retries), the receipt is not lost and the client is not told that nothing was
+  charged: the gateway keeps the receipt here and answers the request (its receipt is
+  durably queued, as docs/ARCHITECTURE.md allows).
+- **A finish of a budget draw** (`capture`): a request drawn from a budget (see
+  services/gateway/domain/budgets.py) ends by queueing its receipt here, its charge
+  still to be taken from the budget's hold as the request's own part. The answer names
+  the part's ledger entry id, which the wallet derives from the hold and the request
+  (`tokenforge.holds.part_entry_id`); the relay captures the part, then records the
+  receipt.
+
+A request id is queued once; capturing a part and recording a receipt are idempotent
+on the wallet's and usage's side, so a delivery repeated after a crash (or by two
+replicas' relays) answers the first. Each replica's relay delivers its own rows at
+once and another replica's rows once they have waited `ORPHAN_AFTER_S` (their replica
+may be gone).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.gateway.storage.tables import receipt_queue as t
+from tokenforge.runtime.batching import Batcher
+from tokenforge.runtime.db import borrowed_driver
+
+ORPHAN_AFTER_S = 5.0
+
+_COLUMNS = "(request_id, receipt, queued_at, account_id, hold_id, capture, owner)"
+_PUT_SQL = (
+    f"INSERT INTO gateway.receipt_queue {_COLUMNS} "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (request_id) DO NOTHING"
+)
+# Many rows in one statement (one commit for all).
+_PUT_MANY_SQL = (
+    f"INSERT INTO gateway.receipt_queue {_COLUMNS} "
+    "SELECT * FROM unnest($1::text[], $2::bytea[], $3::timestamptz[], $4::text[], "
+    "$5::text[], $6::bool[], $7::text[]) ON CONFLICT (request_id) DO NOTHING"
+)
+
+Row = tuple[str, bytes, datetime, str | None, str | None, bool, str | None]
 
 
 @dataclass(frozen=True)
@@ -27,31 +56,73 @@ class Waiting:
     request_id: str
     receipt: bytes
     attempts: int
+    capture: bool = False
 
 
 class ReceiptQueue:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, owner: str = "") -> None:
         self.engine = engine
+        self.owner = owner
+        # Puts that arrive together commit together (one statement, one commit).
+        self._puts: Batcher[Row, None] = Batcher(
+            self._put_one, self._put_many, name="gateway.receipt_queue.put"
+        )
 
-    async def put(self, request_id: str, receipt: bytes) -> None:
-        """Keep the receipt (a second put of the request id keeps the first)."""
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(t)
-                .values(request_id=request_id, receipt=receipt, queued_at=datetime.now(UTC))
-                .on_conflict_do_nothing()
+    async def put(
+        self,
+        request_id: str,
+        receipt: bytes,
+        *,
+        account_id: str = "",
+        hold_id: str = "",
+        capture: bool = False,
+    ) -> None:
+        """Keep the receipt (a second put of the request id keeps the first): one
+        statement that commits on its own, on the request's path; puts made at the
+        same time share one statement."""
+        row = (
+            request_id,
+            receipt,
+            datetime.now(UTC),
+            account_id or None,
+            hold_id or None,
+            capture,
+            self.owner or None,
+        )
+        await self._puts.submit(row)
+
+    async def _put_one(self, row: Row) -> None:
+        async with borrowed_driver(self.engine) as conn:
+            await conn.execute(_PUT_SQL, *row)
+
+    async def _put_many(self, rows: Sequence[Row]) -> list[None]:
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        async with borrowed_driver(self.engine) as conn:
+            await conn.execute(_PUT_MANY_SQL, *columns)
+        return [None] * len(rows)
+
+    async def waiting(
+        self, limit: int, *, account_id: str = "", hold_id: str = ""
+    ) -> list[Waiting]:
+        """The oldest waiting rows first (not those refused: see `refused`): this
+        replica's, and other replicas' that waited `ORPHAN_AFTER_S`; with `account_id`
+        or `hold_id`, every replica's rows of that account or hold (a read that must see
+        them, a budget about to close)."""
+        query = select(t.c.request_id, t.c.receipt, t.c.attempts, t.c.capture).where(
+            t.c.last_error.is_(None)
+        )
+        if account_id:
+            query = query.where(t.c.account_id == account_id)
+        if hold_id:
+            query = query.where(t.c.hold_id == hold_id)
+        if not (account_id or hold_id) and self.owner:
+            orphaned = datetime.now(UTC) - timedelta(seconds=ORPHAN_AFTER_S)
+            query = query.where(
+                or_(t.c.owner.is_(None), t.c.owner == self.owner, t.c.queued_at < orphaned)
             )
-
-    async def waiting(self, limit: int) -> list[Waiting]:
-        """The oldest waiting receipts first (not those usage refused: see `refused`)."""
         async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(t.c.request_id, t.c.receipt, t.c.attempts)
-                .where(t.c.last_error.is_(None))
-                .order_by(t.c.queued_at, t.c.request_id)
-                .limit(limit)
-            )
-            return [Waiting(r.request_id, r.receipt, r.attempts) for r in rows]
+            rows = await conn.execute(query.order_by(t.c.queued_at, t.c.request_id).limit(limit))
+            return [Waiting(r.request_id, r.receipt, r.attempts, r.capture) for r in rows]
 
     async def delivered(self, request_ids: list[str]) -> None:
         if request_ids:
@@ -59,8 +130,8 @@ class ReceiptQueue:
                 await conn.execute(delete(t).where(t.c.request_id.in_(request_ids)))
 
     async def refused(self, request_id: str, error: str) -> None:
-        """Usage answered but refused it: kept, with the reason, for an operator, and
-        no longer relayed."""
+        """Usage (or the wallet) answered but refused it: kept, with the reason, for an
+        operator, and no longer relayed."""
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(t)

@@ -1,9 +1,19 @@
 """The gateway's own schema: request-scoped state only (idempotency records, receipts
-waiting for the usage service)."""
+and finishes waiting for the usage service and the wallet)."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, Table, Text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    false,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData(schema="gateway")
@@ -23,8 +33,10 @@ idempotency_records = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
-# Receipts of charged requests that the usage service could not take when they ended
-# (it was unreachable): kept here, durably, until the relay delivers them.
+# Receipts waiting for the relay, kept durably: those of requests that the usage
+# service could not take when they ended (it was unreachable), and the finishes of
+# requests drawn from a budget (their charge is still to be captured from the
+# budget's hold, then the receipt recorded).
 receipt_queue = Table(
     "receipt_queue",
     metadata,
@@ -34,4 +46,11 @@ receipt_queue = Table(
     Column("queued_at", DateTime(timezone=True), nullable=False),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("last_error", Text),
+    Column("account_id", Text),
+    # The hold the receipt names; with `capture`, the part (its charge) is still to be
+    # taken from it (wallet CapturePart) before the receipt is recorded.
+    Column("hold_id", Text),
+    Column("capture", Boolean, nullable=False, server_default=false()),
+    # The gateway replica that queued it (its relay delivers it first).
+    Column("owner", Text),
 )

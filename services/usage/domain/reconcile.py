@@ -10,6 +10,9 @@ The rules:
   which took money;
 - a run's hold paid for the lines of its run: they sum to what the hold captured
   and to what the run recorded;
+- a gateway budget's hold (its request id starts with `tokenforge.holds.BUDGET_PREFIX`)
+  paid for the receipts drawn from it, each its own part: their charges sum to what
+  the hold captured, also when it expired (the parts captured before stay taken);
 - what a hold captured is exactly what its ledger rows took from its bucket (a
   request's hold: its settle row; a run's hold: one part row per charged line);
 - every charged receipt has its own ledger row (a run's line too: its part of the
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 
 from services.usage.domain.receipts import Receipt
 from services.usage.domain.runs import Run, RunStatus
+from tokenforge.holds import is_budget
 from tokenforge.money import Bucket
 
 
@@ -196,6 +200,17 @@ def _check_hold(
                     hold.hold_id,
                     f"run {run.run_id}: lines charge {charged}, run recorded "
                     f"{run.captured_micros}, hold captured {hold.captured_micros}",
+                )
+            )
+        return
+    if is_budget(hold.request_id):
+        if charged != hold.captured_micros:
+            add(
+                Mismatch(
+                    Problem.CHARGE_DIFFERS_FROM_HOLD,
+                    hold.hold_id,
+                    f"budget: {len(lines)} receipts charge {charged}, hold captured "
+                    f"{hold.captured_micros}",
                 )
             )
         return

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from tokenforge.errors import DomainError, Reason
+from tokenforge.holds import part_entry_id
 from tokenforge.money import Bucket, format_amount
 
 DEFAULT_HOLD_TTL_S = 300
@@ -416,11 +417,12 @@ def _entry(
     counter_account: str,
     idempotency_key: str,
     now: datetime,
+    entry_id: uuid.UUID | None = None,
     **details: object,
 ) -> JournalEntry:
     bucket = balance.bucket
     return JournalEntry(
-        entry_id=uuid.uuid4(),
+        entry_id=entry_id or uuid.uuid4(),
         kind=kind,
         account_id=balance.account_id,
         bucket=bucket,
@@ -487,7 +489,9 @@ def part_charge(
     trace_id: str,
 ) -> JournalEntry:
     """The ledger row of one part of a hold: one request of a run, with its own
-    request id (so its receipt and its row find each other)."""
+    request id (so its receipt and its row find each other). Its entry id is derived
+    from the hold and the request (`tokenforge.holds.part_entry_id`), so a caller can
+    name the row before the part is captured."""
     return _entry(
         EntryKind.REQUEST_CHARGE,
         balance,
@@ -496,6 +500,7 @@ def part_charge(
         REVENUE,
         part_key(hold.hold_id, request_id),
         now,
+        part_entry_id(hold.hold_id, request_id),
         request_id=request_id,
         hold_id=hold.hold_id,
         trace_id=trace_id or hold.trace_id,

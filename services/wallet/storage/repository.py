@@ -51,6 +51,7 @@ from services.wallet.storage.tables import (
     postings,
     processed_events,
 )
+from tokenforge.holds import part_entry_id
 from tokenforge.money import Bucket
 
 UNIQUE_VIOLATION = "23505"
@@ -493,7 +494,8 @@ _RELEASE_HOLD = Statement.of(
 )
 # A part: :amount of what is still held becomes a request_charge row carrying the
 # request's own id; the hold stays open. The NOT EXISTS is the fast replay check; the
-# unique idempotency key is the guard when two calls with one key race.
+# unique idempotency key (and the entry id, derived from the same hold and request:
+# `tokenforge.holds.part_entry_id`) is the guard when two calls with one key race.
 _CAPTURE_PART = Statement.of(
     "capture part",
     """
@@ -720,7 +722,7 @@ class SqlAlchemyWalletRepository(WalletRepository):
         now: datetime,
         trace_id: str,
     ) -> tuple[Hold, JournalEntry] | None:
-        entry_id = uuid.uuid4()
+        entry_id = part_entry_id(hold_id, request_id)
         rows = await self._fetch(
             _CAPTURE_PART,
             {
@@ -740,8 +742,9 @@ class SqlAlchemyWalletRepository(WalletRepository):
         hold = _hold(row)
         posted_after = row["posted_after"]
         balance = Balance(hold.account_id, hold.bucket, posted_after, row["held_after"])
+        # The same entry the statement wrote (the domain's rule derives the same id).
         charge = part_charge(hold, balance, amount, posted_after, request_id, now, trace_id)
-        return hold, dataclasses.replace(charge, entry_id=entry_id, seq=row["entry_seq"])
+        return hold, dataclasses.replace(charge, seq=row["entry_seq"])
 
     async def release_open_hold(
         self, hold_id: uuid.UUID, account_id: str, now: datetime

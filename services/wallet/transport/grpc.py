@@ -2,9 +2,9 @@
 
 DomainError raised by a use case is turned into a rich status by the server's
 GuardInterceptor, so the servicer lets it raise. The batch methods (HoldMany,
-SettleMany, ReleaseMany) translate and answer each item as its unary method does;
-an item's DomainError becomes its ItemError, and only a batch above the cap is
-refused whole.
+SettleMany, CapturePartMany, ReleaseMany) translate and answer each item as its unary
+method does; an item's DomainError becomes its ItemError, and only a batch above the
+cap is refused whole.
 """
 
 from __future__ import annotations
@@ -195,6 +195,23 @@ def _settle_answer(settled: handlers.Settled) -> Any:
     return response
 
 
+def _part_command(request: Any) -> commands.CapturePart:
+    return commands.CapturePart(
+        hold_id=request.hold_id,
+        amount=request.amount_micros,
+        request_id=request.request_id,
+        trace_id=request.trace_id or current_trace_id(),
+        account_id=request.account_id,
+    )
+
+
+def _part_answer(captured: handlers.Settled) -> Any:
+    response = wallet_pb2.CapturePartResponse(hold=hold_pb(captured.hold))
+    if captured.entry is not None:
+        response.entry.CopyFrom(entry_pb(captured.entry))
+    return response
+
+
 def _release_command(request: Any) -> commands.ReleaseHold:
     return commands.ReleaseHold(
         hold_id=request.hold_id, reason=request.reason, account_id=request.account_id
@@ -228,18 +245,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
         return _settle_answer(settled)
 
     async def CapturePart(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        cmd = commands.CapturePart(
-            hold_id=request.hold_id,
-            amount=request.amount_micros,
-            request_id=request.request_id,
-            trace_id=request.trace_id or current_trace_id(),
-            account_id=request.account_id,
-        )
-        captured = await handlers.capture_part(cmd, self._uow())
-        response = wallet_pb2.CapturePartResponse(hold=hold_pb(captured.hold))
-        if captured.entry is not None:
-            response.entry.CopyFrom(entry_pb(captured.entry))
-        return response
+        captured = await handlers.capture_part(_part_command(request), self._uow())
+        return _part_answer(captured)
 
     async def Release(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         hold = await handlers.release_hold(_release_command(request), self._uow())
@@ -261,6 +268,14 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
         )
         return wallet_pb2.SettleManyResponse(
             outcomes=[wallet_pb2.SettleOutcome(**outcome) for outcome in outcomes]
+        )
+
+    async def CapturePartMany(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        outcomes = await self._each(
+            request.parts, _part_command, handlers.capture_parts, _part_answer
+        )
+        return wallet_pb2.CapturePartManyResponse(
+            outcomes=[wallet_pb2.CapturePartOutcome(**outcome) for outcome in outcomes]
         )
 
     async def ReleaseMany(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

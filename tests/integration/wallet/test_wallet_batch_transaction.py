@@ -19,6 +19,7 @@ from services.wallet.domain.model import Hold
 from services.wallet.storage.unit_of_work import UnitOfWork
 from tests.integration.wallet.conftest import Wallet
 from tokenforge.errors import DomainError, Reason
+from tokenforge.holds import part_entry_id
 from tokenforge.money import Bucket
 
 
@@ -92,6 +93,45 @@ async def test_a_settle_batch_charges_once_each_and_answers_replays(
     assert (balance.posted_micros, balance.held_micros) == (80, 0)
 
 
+async def test_a_part_batch_is_one_transaction_that_captures_each_part_once(
+    wallet: Wallet, engine: AsyncEngine, uow_at: Callable[[timedelta], UnitOfWork]
+) -> None:
+    account = await wallet.open_funded(credit=1_000)
+
+    def uow() -> UnitOfWork:
+        return uow_at(timedelta())
+
+    hold = await handlers.place_hold(
+        commands.PlaceHold(account, Bucket.CREDIT, 100, f"run-pt-{account}"), uow()
+    )
+    hold_id = str(hold.hold_id)
+    parts = [commands.CapturePart(hold_id, 30, f"req-pt-{n}", account_id=account) for n in range(4)]
+    parts.append(commands.CapturePart(hold_id, 30, "req-pt-0", account_id=account))  # a replay
+    before = batches("one_transaction")
+    outcomes = await handlers.capture_parts(parts, uow)
+    assert batches("one_transaction") == before + 1
+    captured = [o for o in outcomes[:3] if isinstance(o, handlers.Settled)]
+    assert len(captured) == 3
+    assert isinstance(outcomes[3], DomainError)
+    assert outcomes[3].reason is Reason.SETTLE_ABOVE_HOLD  # 10 left
+    assert isinstance(outcomes[4], handlers.Settled)
+    assert outcomes[4].entry == captured[0].entry
+    assert [c.entry.entry_id for c in captured if c.entry] == [
+        part_entry_id(hold.hold_id, f"req-pt-{n}") for n in range(3)
+    ]
+    async with engine.connect() as conn:
+        xids = (
+            await conn.execute(
+                text("SELECT DISTINCT xmin::text FROM wallet.journal_entries WHERE hold_id = :h"),
+                {"h": hold.hold_id},
+            )
+        ).all()
+    assert len(xids) == 1  # one transaction wrote every part
+    balance = await wallet.balance(account)
+    assert (balance.posted_micros, balance.held_micros) == (910, 10)
+    await handlers.release_hold(commands.ReleaseHold(hold_id), uow())
+
+
 async def test_a_batch_that_waits_too_long_for_a_lock_runs_item_by_item_with_the_same_answers(
     wallet: Wallet, engine: AsyncEngine, uow_at: Callable[[timedelta], UnitOfWork]
 ) -> None:
@@ -115,3 +155,41 @@ async def test_a_batch_that_waits_too_long_for_a_lock_runs_item_by_item_with_the
     assert (batches("item_by_item"), batches("one_transaction")) == (before[0] + 1, before[1])
     balance = await wallet.balance(account)
     assert (balance.posted_micros, balance.held_micros) == (5, 5)
+
+
+async def test_a_part_batch_that_waits_too_long_for_its_hold_runs_item_by_item_capturing_once(
+    wallet: Wallet, engine: AsyncEngine, uow_at: Callable[[timedelta], UnitOfWork]
+) -> None:
+    account = await wallet.open_funded(credit=1_000)
+
+    def uow() -> UnitOfWork:
+        return uow_at(timedelta())
+
+    hold = await handlers.place_hold(
+        commands.PlaceHold(account, Bucket.CREDIT, 100, f"run-lk-{account}"), uow()
+    )
+    hold_id = str(hold.hold_id)
+    parts = [commands.CapturePart(hold_id, 30, f"req-lk-{n}") for n in range(4)]
+    parts.append(commands.CapturePart(hold_id, 30, "req-lk-0"))  # the same part again
+    before = batches("item_by_item"), batches("one_transaction")
+    async with engine.connect() as blocker:
+        # Another transaction holds the hold's row longer than the batch may wait.
+        await blocker.execute(
+            text("SELECT 1 FROM wallet.holds WHERE hold_id = :h FOR UPDATE"), {"h": hold_id}
+        )
+        batch = asyncio.create_task(handlers.capture_parts(parts, uow))
+        await asyncio.sleep(handlers.BATCH_LOCK_TIMEOUT_MS / 1000 * 2)
+        assert not batch.done()  # item by item now, each waiting for the row
+        await blocker.rollback()
+    outcomes = await batch
+    assert (batches("item_by_item"), batches("one_transaction")) == (before[0] + 1, before[1])
+    captured = [o for o in outcomes if isinstance(o, handlers.Settled)]
+    refused = [o for o in outcomes if isinstance(o, DomainError)]
+    assert {e.reason for e in refused} == {Reason.SETTLE_ABOVE_HOLD}
+    # Three parts of 30 fit in 100, each once; the part sent twice names one row.
+    rows = {c.entry.entry_id: c.entry.request_id for c in captured if c.entry}
+    assert len(rows) == 3
+    assert all(e == part_entry_id(hold.hold_id, r) for e, r in rows.items())
+    balance = await wallet.balance(account)
+    assert (balance.posted_micros, balance.held_micros) == (910, 10)
+    await handlers.release_hold(commands.ReleaseHold(hold_id), uow())

@@ -1,5 +1,5 @@
-"""HoldMany, SettleMany and ReleaseMany, and the batching WalletClient, on the real
-PostgreSQL through gRPC: a batch item behaves exactly as its unary call (W2, W3,
+"""HoldMany, SettleMany, CapturePartMany and ReleaseMany, and the batching WalletClient,
+on the real PostgreSQL through gRPC: a batch item behaves exactly as its unary call (W2, W3,
 W4, errors, permissions), and concurrent calls through one client really leave in
 batches (each test checks its batcher's `batched_items`)."""
 
@@ -23,6 +23,7 @@ from tests.integration.wallet.conftest import (
 from tokenforge.common.v1 import common_pb2
 from tokenforge.config import Settings
 from tokenforge.errors import DomainError, Reason
+from tokenforge.holds import part_entry_id
 from tokenforge.money import Bucket
 from tokenforge.runtime.batch_items import MAX_BATCH_ITEMS
 from tokenforge.runtime.grpc_client import Peer
@@ -144,6 +145,95 @@ async def test_each_batched_settle_keeps_its_own_trace_id_on_its_ledger_row(
     assert [s.entry.hold_id for s in settled] == [h.hold_id for h in holds]
 
 
+async def test_concurrent_parts_through_one_client_leave_in_batches_each_with_its_own_row(
+    wallet: Wallet, client: WalletClient
+) -> None:
+    account = await wallet.open_funded(credit=1_000)
+    hold = await client.hold(account, Bucket.CREDIT, 500, f"run-{uuid.uuid4()}")
+    traces = [f"{n:032x}" for n in range(1, 13)]
+    parts = await asyncio.gather(
+        *(
+            client.capture_part(hold.hold_id, 10, f"req-{n}", account_id=account, trace_id=t)
+            for n, t in enumerate(traces)
+        )
+    )
+    assert batched(client, "part") > 0
+    assert client.part_batcher.calls < 12  # fewer calls than parts: they were coalesced
+    assert [p.entry.trace_id for p in parts] == traces
+    assert [p.entry.entry_id for p in parts] == [
+        str(part_entry_id(hold.hold_id, f"req-{n}")) for n in range(12)
+    ]
+    assert max(p.hold.captured_micros for p in parts) == 120
+    after = await wallet.balance(account)
+    assert (after.posted_micros, after.held_micros) == (880, 380)
+    await client.release(hold.hold_id)
+
+
+async def test_two_part_batches_and_unary_parts_on_one_hold_never_capture_more_than_it(
+    wallet: Wallet,
+) -> None:
+    account = await wallet.open_funded(credit=10_000)
+    hold = (await wallet.call("Hold", hold_request(account, 1_000))).hold
+
+    def part(n: int) -> Any:
+        return wallet_pb2.CapturePartRequest(
+            hold_id=hold.hold_id, amount_micros=30, request_id=f"req-{n}", account_id=account
+        )
+
+    answers: dict[str, set[str]] = {}
+
+    def note(request: Any, kind: str, what: Any) -> None:
+        if kind == "answer":
+            answers.setdefault(request.request_id, set()).add(what.entry.entry_id)
+        else:
+            assert what.reason is Reason.SETTLE_ABOVE_HOLD, what
+
+    async def batch(numbers: range) -> None:
+        items = [part(n) for n in numbers]
+        answer = await wallet.call(
+            "CapturePartMany", wallet_pb2.CapturePartManyRequest(parts=items)
+        )
+        for item, outcome in zip(items, answer.outcomes, strict=True):
+            if outcome.WhichOneof("outcome") == "answer":
+                note(item, "answer", outcome.answer)
+            else:
+                note(item, "error", item_error_from_proto(outcome.error))
+
+    async def unary(n: int) -> None:
+        request = part(n)
+        try:
+            note(request, "answer", await wallet.call("CapturePart", request))
+        except DomainError as error:
+            note(request, "error", error)
+
+    # 80 request ids of 30 each (2,400) on a hold of 1,000; ids 20 to 59 are sent twice
+    # or three times at once (in both batches and alone).
+    await asyncio.gather(
+        batch(range(0, 40)),
+        batch(range(20, 60)),
+        *(unary(n) for n in range(40, 80)),
+        *(unary(n) for n in range(30, 50)),
+    )
+    rows = (
+        await wallet.call(
+            "ListLedger",
+            wallet_pb2.ListLedgerRequest(
+                account_id=account, kind=wallet_pb2.ENTRY_KIND_REQUEST_CHARGE, page_size=500
+            ),
+        )
+    ).entries
+    holds = await wallet.call("ListHolds", wallet_pb2.ListHoldsRequest(account_id=account))
+    after = await wallet.balance(account)
+    # 1,000 / 30: exactly 33 parts fit (W2, W3), each (hold, request) once (W4), and
+    # every answer for one request names its one row.
+    assert len(rows) == 33 == len(answers)
+    assert {e.request_id: {e.entry_id} for e in rows} == answers
+    assert all(e.entry_id == str(part_entry_id(hold.hold_id, e.request_id)) for e in rows)
+    assert holds.holds[0].captured_micros == 990
+    assert (after.posted_micros, after.held_micros) == (10_000 - 990, 10)
+    await wallet.call("Release", wallet_pb2.ReleaseRequest(hold_id=hold.hold_id))
+
+
 # A batch answers each item as its unary call.
 
 
@@ -258,6 +348,65 @@ async def test_settle_and_release_batches_answer_each_item_as_its_unary_call(
         await wallet.call("Release", wallet_pb2.ReleaseRequest(hold_id=hold_id, account_id=owner))
 
 
+async def test_a_part_batch_answers_each_item_as_its_unary_call(wallet: Wallet) -> None:
+    account = await wallet.open_funded(credit=1_000)
+    other = await wallet.open_funded(credit=1_000)
+
+    async def place(owner: str, amount: int) -> str:
+        response = await wallet.call("Hold", hold_request(owner, amount))
+        return str(response.hold.hold_id)
+
+    run, earlier, not_theirs = (
+        await place(account, 100),
+        await place(account, 50),
+        await place(other, 40),
+    )
+
+    def part(hold_id: str, amount: int, request_id: str, owner: str = account) -> Any:
+        return wallet_pb2.CapturePartRequest(
+            hold_id=hold_id,
+            amount_micros=amount,
+            request_id=request_id,
+            account_id=owner,
+            trace_id="trace-part",
+        )
+
+    first = await wallet.call("CapturePart", part(earlier, 20, "req-earlier"))
+    parts = [
+        part(run, 60, "req-a"),  # captured
+        part(run, 60, "req-a"),  # the same part again in the batch: answers the first
+        part(earlier, 20, "req-earlier"),  # a replay of a part captured before
+        part(run, 41, "req-b"),  # above what is left (40)
+        part(not_theirs, 10, "req-c"),  # another account's hold
+        part(run, 61, "req-a"),  # the part's key with another amount
+        part(run, 10, ""),  # no request id
+        part(str(uuid.uuid4()), 10, "req-d"),  # unknown hold
+        part(run, 0, "req-zero"),  # zero: no row
+    ]
+    captured = await wallet.call("CapturePartMany", wallet_pb2.CapturePartManyRequest(parts=parts))
+    batch = [outcome_of(o) for o in captured.outcomes]
+    # Each part alone now: replays answer the same rows, refusals the same errors.
+    assert batch == [await unary_outcome(wallet, "CapturePart", p) for p in parts]
+    assert [kind for kind, _ in batch] == [*["answer"] * 3, *["error"] * 5, "answer"]
+    assert [what[0] for kind, what in batch if kind == "error"] == [
+        Reason.SETTLE_ABOVE_HOLD,
+        Reason.NOT_FOUND,
+        Reason.IDEMPOTENCY_CONFLICT,
+        Reason.INVALID_ARGUMENT,
+        Reason.NOT_FOUND,
+    ]
+    a, again, replay = (captured.outcomes[n].answer for n in range(3))
+    assert a.entry.entry_id == again.entry.entry_id == str(part_entry_id(run, "req-a"))
+    assert replay.entry.entry_id == first.entry.entry_id
+    assert (a.entry.amount_micros, a.hold.captured_micros) == (-60, 60)
+    assert not captured.outcomes[8].answer.HasField("entry")
+    after = await wallet.balance(account)
+    assert (after.posted_micros, after.held_micros) == (920, 70)
+    assert (await wallet.balance(other)).held_micros == 40
+    for hold_id, owner in ((run, account), (earlier, account), (not_theirs, other)):
+        await wallet.call("Release", wallet_pb2.ReleaseRequest(hold_id=hold_id, account_id=owner))
+
+
 async def test_a_batch_of_256_is_served_and_one_above_is_invalid_argument_changing_nothing(
     wallet: Wallet,
 ) -> None:
@@ -269,6 +418,17 @@ async def test_a_batch_of_256_is_served_and_one_above_is_invalid_argument_changi
             "SettleMany",
             wallet_pb2.SettleManyRequest(
                 settles=[wallet_pb2.SettleRequest(hold_id=str(uuid.uuid4()))] * 257
+            ),
+        ),
+        (
+            "CapturePartMany",
+            wallet_pb2.CapturePartManyRequest(
+                parts=[
+                    wallet_pb2.CapturePartRequest(
+                        hold_id=str(uuid.uuid4()), amount_micros=1, request_id=f"req-{n}"
+                    )
+                    for n in range(257)
+                ]
             ),
         ),
         (
@@ -322,7 +482,7 @@ async def named_wallet(database_url: str) -> AsyncIterator[RunningService]:
 
 async def outcomes_for(them: Wallet, account: str, hold_ids: list[str]) -> dict[str, str]:
     """Each hot-path method and its batch, called once by one caller."""
-    settle_one, settle_many, release_one, release_many = hold_ids
+    settle_one, settle_many, release_one, release_many, part_of = hold_ids
     calls: dict[str, tuple[str, Any]] = {
         "Hold": ("Hold", hold_request(account, 1)),
         "HoldMany": ("HoldMany", wallet_pb2.HoldManyRequest(holds=[hold_request(account, 1)])),
@@ -331,6 +491,22 @@ async def outcomes_for(them: Wallet, account: str, hold_ids: list[str]) -> dict[
             "SettleMany",
             wallet_pb2.SettleManyRequest(
                 settles=[wallet_pb2.SettleRequest(hold_id=settle_many, amount_micros=1)]
+            ),
+        ),
+        "CapturePart": (
+            "CapturePart",
+            wallet_pb2.CapturePartRequest(
+                hold_id=part_of, amount_micros=1, request_id=f"req-{uuid.uuid4()}"
+            ),
+        ),
+        "CapturePartMany": (
+            "CapturePartMany",
+            wallet_pb2.CapturePartManyRequest(
+                parts=[
+                    wallet_pb2.CapturePartRequest(
+                        hold_id=part_of, amount_micros=1, request_id=f"req-{uuid.uuid4()}"
+                    )
+                ]
             ),
         ),
         "Release": ("Release", wallet_pb2.ReleaseRequest(hold_id=release_one)),
@@ -369,17 +545,28 @@ async def test_each_batch_method_admits_exactly_the_callers_of_its_unary_method(
         ("stranger", "tok-unknown"),
     ):
         hold_ids = [
-            str((await wallet.call("Hold", hold_request(account, 1))).hold.hold_id)
-            for _ in range(4)
+            str((await wallet.call("Hold", hold_request(account, amount))).hold.hold_id)
+            for amount in (1, 1, 1, 1, 2)  # the last pays for two parts of 1
         ]
         peer = Peer("wallet", named_wallet.address, token)
         try:
             found = await outcomes_for(Wallet(peer), account, hold_ids)
         finally:
             await peer.close()
+        # The hold the parts were taken from stays open: end it.
+        await wallet.call("Release", wallet_pb2.ReleaseRequest(hold_id=hold_ids[4]))
         outcomes.update({(caller, name): outcome for name, outcome in found.items()})
 
-    methods = ("Hold", "HoldMany", "Settle", "SettleMany", "Release", "ReleaseMany")
+    methods = (
+        "Hold",
+        "HoldMany",
+        "Settle",
+        "SettleMany",
+        "CapturePart",
+        "CapturePartMany",
+        "Release",
+        "ReleaseMany",
+    )
     assert outcomes == {
         **{(c, m): "ok" for c in ("gateway", "internal", "operator") for m in methods},
         **{("payments", m): "PERMISSION_DENIED" for m in methods},

@@ -236,7 +236,7 @@ async def test_every_entry_balances_and_every_balance_is_the_fold_of_its_journal
                     "  coalesce((SELECT sum(p.amount) FROM wallet.postings p "
                     "    WHERE p.ledger_account = 'user:' || b.account_id || ':' || b.bucket), 0) "
                     "    AS folded, "
-                    "  coalesce((SELECT sum(h.amount) FROM wallet.holds h "
+                    "  coalesce((SELECT sum(h.amount - h.captured) FROM wallet.holds h "
                     "    WHERE h.account_id = b.account_id AND h.bucket = b.bucket "
                     "      AND h.status = 'open'), 0) AS open_holds "
                     "FROM wallet.balances b"

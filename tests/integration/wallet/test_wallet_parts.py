@@ -17,6 +17,7 @@ from services.wallet import app
 from tests.integration.wallet.conftest import Wallet
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
+from tokenforge.holds import part_entry_id
 from tokenforge.wallet.v1 import wallet_pb2
 
 CREDIT = common_pb2.BUCKET_CREDIT
@@ -110,6 +111,28 @@ async def test_the_same_part_again_answers_the_first_and_another_amount_conflict
     late = await wallet.call("CapturePart", part(hold, 70, "req-a"))
     assert late.entry.entry_id == first.entry.entry_id
     assert late.hold.status == wallet_pb2.HOLD_STATUS_RELEASED
+
+
+async def test_a_parts_entry_id_is_part_entry_id_of_its_hold_and_request_and_replays_answer_it(
+    wallet: Wallet,
+) -> None:
+    account, hold = await open_hold(wallet, 1_000, 400)
+    request_id = f"req-{uuid.uuid4()}"
+    # Named before the part is captured, as the gateway does.
+    named = str(part_entry_id(hold.hold_id, request_id))
+    first = await wallet.call("CapturePart", part(hold, 70, request_id, account))
+    again = await wallet.call("CapturePart", part(hold, 70, request_id))
+    other = await wallet.call("CapturePart", part(hold, 30, "req-other"))
+    listed = await wallet.call(
+        "ListLedger", wallet_pb2.ListLedgerRequest(account_id=account, request_id=request_id)
+    )
+    assert first.entry.entry_id == again.entry.entry_id == named
+    assert other.entry.entry_id == str(part_entry_id(hold.hold_id, "req-other"))
+    assert [e.entry_id for e in listed.entries] == [named]
+    # After the hold ended, a replay still answers the row the caller named.
+    await wallet.call("Release", wallet_pb2.ReleaseRequest(hold_id=hold.hold_id))
+    late = await wallet.call("CapturePart", part(hold, 70, request_id))
+    assert late.entry.entry_id == named
 
 
 async def test_parts_above_what_is_still_held_are_refused_and_change_nothing(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from services.gateway import handlers
+from services.gateway import handlers, relay
 from services.gateway.adapters.peers import Peers
 from services.gateway.storage.receipt_queue import Waiting
 from tokenforge.common.v1 import common_pb2
@@ -35,7 +35,7 @@ class Queue:
         self.kept: dict[str, bytes] = {}
         self.broken = broken
 
-    async def put(self, request_id: str, receipt: bytes) -> None:
+    async def put(self, request_id: str, receipt: bytes, **where: object) -> None:
         if self.broken:
             raise OSError("the gateway's database is unreachable")
         self.kept.setdefault(request_id, receipt)
@@ -106,7 +106,7 @@ class WaitingQueue:
         self.rows = {r.request_id: r.SerializeToString() for r in receipts}
         self.errors: dict[str, str] = {}
 
-    async def waiting(self, limit: int) -> list[Any]:
+    async def waiting(self, limit: int, account_id: str = "", hold_id: str = "") -> list[Any]:
         ready = [(rid, data) for rid, data in self.rows.items() if rid not in self.errors]
         return [Waiting(rid, data, 0) for rid, data in ready[:limit]]
 
@@ -136,21 +136,20 @@ class PickyUsage(Usage):
         return await super().record_receipt(receipt)
 
 
-async def test_the_relay_delivers_in_order_keeps_a_refused_one_and_stops_when_usage_is_down() -> (
-    None
-):
+async def test_the_relay_records_each_keeps_a_refused_one_and_one_usage_could_not_take() -> None:
     receipts = [usage_pb2.Receipt(request_id=f"req-{n}") for n in range(5)]
     queue = WaitingQueue(*receipts)
     usage = PickyUsage(refuse="req-1", down_at="req-3")
     peers = peers_with(usage, queue)
 
-    assert await handlers.relay_queued_receipts(peers) == 2
-    assert usage.recorded == ["req-0", "req-2"]
-    assert set(queue.rows) == {"req-1", "req-3", "req-4"}  # refused one kept; rest wait
+    assert await relay.deliver(peers) == (3, 5)
+    assert usage.recorded == ["req-0", "req-2", "req-4"]
+    assert set(queue.rows) == {"req-1", "req-3"}  # refused one kept; one waits
     assert queue.errors["req-1"].startswith("IDEMPOTENCY_CONFLICT")
+    assert not await relay.deliver_all(peers)  # usage still cannot take req-3
 
     usage.down_at = ""  # usage is back
-    assert await handlers.relay_queued_receipts(peers) == 2
-    assert usage.recorded == ["req-0", "req-2", "req-3", "req-4"]
+    assert await relay.deliver_all(peers)
+    assert usage.recorded == ["req-0", "req-2", "req-4", "req-3"]
     assert set(queue.rows) == {"req-1"}  # only the refused one, for an operator
-    assert await handlers.relay_queued_receipts(peers) == 0
+    assert await relay.deliver(peers) == (0, 0)

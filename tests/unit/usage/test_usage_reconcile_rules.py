@@ -295,3 +295,37 @@ def test_a_hold_of_a_route_left_behind_that_took_money_is_reported() -> None:
     )
     assert (Problem.CHARGE_DIFFERS_FROM_HOLD, "h-left") in problems(report)
     assert (Problem.LEDGER_ENTRY_WITHOUT_RECEIPT, "e-h-left") in problems(report)
+
+
+def budget_lines(charges: list[int]) -> tuple[list[Receipt], list[EntryView]]:
+    """Receipts drawn from budget hold "b" and their part rows."""
+    receipts = [
+        receipt("b", c, request_id=f"req-{n}", entry_id=f"p-{n}" if c else "")
+        for n, c in enumerate(charges)
+    ]
+    rows = [
+        entry("b", c, entry_id=f"p-{n}", request_id=f"req-{n}") for n, c in enumerate(charges) if c
+    ]
+    return receipts, rows
+
+
+def test_a_budget_hold_pays_for_many_receipts_each_with_its_own_part() -> None:
+    receipts, rows = budget_lines([300, 0, 200])
+    for status in (HoldState.RELEASED, HoldState.EXPIRED):
+        budget = hold("b", 500, status, request_id="budget-1", entry_id="")
+        report = reconcile([budget], receipts, rows)
+        assert report.ok, (status, report.mismatches)
+
+
+def test_a_budget_hold_whose_receipts_charge_other_than_it_captured_is_reported() -> None:
+    receipts, rows = budget_lines([300, 200])
+    budget = hold("b", 600, HoldState.RELEASED, request_id="budget-1", entry_id="")
+    report = reconcile([budget], receipts, [*rows, entry("b", 100, entry_id="p-x")])
+    assert (Problem.CHARGE_DIFFERS_FROM_HOLD, "b") in problems(report)
+    assert (Problem.LEDGER_ENTRY_WITHOUT_RECEIPT, "p-x") in problems(report)
+
+
+def test_a_request_hold_with_many_receipts_is_still_reported() -> None:
+    receipts, rows = budget_lines([300, 200])
+    report = reconcile([hold("b", 500, HoldState.RELEASED, entry_id="")], receipts, rows)
+    assert (Problem.HOLD_WITH_SEVERAL_RECEIPTS, "b") in problems(report)

@@ -54,6 +54,33 @@ async def test_place_holds_answers_each_item_in_order_as_place_hold_would(
     assert uow.committed.balances_[("acct-1", Bucket.CREDIT)].held == 60
 
 
+async def test_capture_parts_answers_each_item_in_order_as_capture_part_would(
+    uow: FakeUnitOfWork,
+) -> None:
+    hold = await handlers.place_hold(commands.PlaceHold("acct-1", Bucket.CREDIT, 50, "r"), uow)
+    hold_id = str(hold.hold_id)
+    cmds = [
+        commands.CapturePart(hold_id, 30, "req-a"),
+        commands.CapturePart(hold_id, 30, "req-a"),  # a replay
+        commands.CapturePart(hold_id, 21, "req-b"),  # above what is left (20)
+        commands.CapturePart(hold_id, 31, "req-a"),  # the key with another amount
+        commands.CapturePart(hold_id, 5, "req-c", account_id="acct-2"),  # not theirs
+        commands.CapturePart(hold_id, 5, ""),  # no request id
+    ]
+    outcomes = await handlers.capture_parts(cmds, lambda: uow)
+    first, replay, above, conflict, other, unnamed = outcomes
+    assert not isinstance(first, DomainError) and not isinstance(replay, DomainError)
+    assert first.entry is not None and replay.entry == first.entry
+    assert [o.reason for o in (above, conflict, other, unnamed) if isinstance(o, DomainError)] == [
+        Reason.SETTLE_ABOVE_HOLD,
+        Reason.IDEMPOTENCY_CONFLICT,
+        Reason.NOT_FOUND,
+        Reason.INVALID_ARGUMENT,
+    ]
+    assert uow.committed.holds_[hold.hold_id].captured == 30
+    assert uow.committed.balances_[("acct-1", Bucket.CREDIT)].held == 20
+
+
 async def test_an_item_that_fails_unexpectedly_is_internal_and_the_others_stand(
     uow: FakeUnitOfWork,
 ) -> None:
@@ -145,7 +172,7 @@ class FakePeer:
         return await method(request)
 
 
-def fake_client(stub: FakeStub, **options: Any) -> WalletClient:
+def fake_client(stub: FakeStub | FakePartStub, **options: Any) -> WalletClient:
     async def no_sleep(seconds: float) -> None:
         pass
 
@@ -201,4 +228,63 @@ async def test_without_batching_every_call_is_its_unary_method() -> None:
         "hold-req-0",
         Reason.INSUFFICIENT_BALANCE,
         *[f"hold-req-{n}" for n in range(2, 6)],
+    ]
+
+
+class FakePartStub:
+    """CapturePart and CapturePartMany answered after a pause (so calls pile up),
+    recording each call; a part above 100 is refused."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def outcome(self, request: Any) -> Any:
+        if request.amount_micros > 100:
+            raise DomainError(Reason.SETTLE_ABOVE_HOLD, f"too much for {request.request_id}")
+        return wallet_pb2.CapturePartResponse(
+            hold=wallet_pb2.Hold(hold_id=request.hold_id),
+            entry=wallet_pb2.LedgerEntry(
+                request_id=request.request_id,
+                amount_micros=-request.amount_micros,
+                trace_id=request.trace_id,
+            ),
+        )
+
+    async def CapturePart(self, request: Any) -> Any:
+        self.calls.append(("CapturePart", 1))
+        await asyncio.sleep(0.001)
+        return self.outcome(request)
+
+    async def CapturePartMany(self, request: Any) -> Any:
+        self.calls.append(("CapturePartMany", len(request.parts)))
+        await asyncio.sleep(0.001)
+        outcomes = []
+        for part in request.parts:
+            try:
+                outcomes.append(wallet_pb2.CapturePartOutcome(answer=self.outcome(part)))
+            except DomainError as error:
+                outcomes.append(wallet_pb2.CapturePartOutcome(error=item_error_to_proto(error)))
+        return wallet_pb2.CapturePartManyResponse(outcomes=outcomes)
+
+
+async def test_concurrent_parts_leave_in_one_capture_part_many_each_with_its_own_answer() -> None:
+    stub = FakePartStub()
+    client = fake_client(stub)
+
+    async def one(n: int) -> Any:
+        try:
+            return await client.capture_part(
+                "hold-1", 10 * n, f"req-{n}", account_id="acct-1", trace_id=f"t-{n}"
+            )
+        except DomainError as error:
+            return error
+
+    outcomes = await asyncio.gather(*(one(n) for n in range(12)))
+    # One alone (nothing in flight), the eleven that arrived meanwhile in one batch.
+    assert stub.calls == [("CapturePart", 1), ("CapturePartMany", 11)]
+    assert client.part_batcher.batched_items == 11
+    refused = outcomes.pop(11)
+    assert isinstance(refused, DomainError) and refused.reason is Reason.SETTLE_ABOVE_HOLD
+    assert [(o.entry.request_id, o.entry.amount_micros, o.entry.trace_id) for o in outcomes] == [
+        (f"req-{n}", -10 * n, f"t-{n}") for n in range(11)
     ]

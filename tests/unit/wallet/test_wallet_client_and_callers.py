@@ -64,6 +64,15 @@ async def test_the_client_retries_an_unavailable_wallet_with_backoff() -> None:
     assert len(slept) == 2 and slept[1] > slept[0] * 1.0 - 1e-9
 
 
+async def test_the_client_retries_a_part_on_an_unavailable_wallet() -> None:
+    # Idempotent by (hold, request id): a part is retried like a settle.
+    peer = FlakyPeer(failures=2, answer=Answer())
+    wallet, slept = client(peer)
+    answer = await wallet.capture_part("hold-1", 10, "req-1", account_id="acct-1")
+    assert answer == Answer()
+    assert peer.calls == 3 and len(slept) == 2
+
+
 async def test_the_client_gives_up_after_its_attempts() -> None:
     peer = FlakyPeer(failures=5, answer=Answer())
     wallet, _ = client(peer, attempts=3)
@@ -116,6 +125,8 @@ def test_settings_read_caller_tokens_and_the_service_token(
         ("HoldMany", {"gateway", "internal", "operator"}),
         ("Settle", {"gateway", "internal", "operator"}),
         ("SettleMany", {"gateway", "internal", "operator"}),
+        ("CapturePart", {"gateway", "internal", "operator"}),
+        ("CapturePartMany", {"gateway", "internal", "operator"}),
         ("Release", {"gateway", "internal", "operator"}),
         ("ReleaseMany", {"gateway", "internal", "operator"}),
         ("ExtendHold", {"gateway", "internal", "operator"}),

@@ -15,6 +15,7 @@ from services.wallet.transport.nats_consumer import TopUpConsumer
 from tests.unit.wallet.fakes import NOW, FakeUnitOfWork
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
+from tokenforge.holds import part_entry_id
 from tokenforge.money import Bucket
 from tokenforge.payments.v1 import payments_pb2
 
@@ -80,6 +81,25 @@ async def test_parts_replay_conflict_and_end_with_the_rest_given_back(
     balance = uow.committed.balances_[("acct-1", Bucket.CREDIT)]
     assert (balance.posted, balance.held) == (1_000_000 - 30, 0)
     assert (await handlers.reconcile(commands.Reconcile(), uow)).ok
+
+
+async def test_a_parts_entry_id_is_derived_from_its_hold_and_request(
+    uow: FakeUnitOfWork,
+) -> None:
+    hold = await handlers.place_hold(commands.PlaceHold("acct-1", Bucket.CREDIT, 100, "r"), uow)
+    hold_id = str(hold.hold_id)
+    first = await handlers.capture_part(commands.CapturePart(hold_id, 30, "req-a"), uow)
+    second = await handlers.capture_part(commands.CapturePart(hold_id, 20, "req-b"), uow)
+    again = await handlers.capture_part(commands.CapturePart(hold_id, 30, "req-a"), uow)
+    assert first.entry is not None and second.entry is not None and again.entry is not None
+    assert first.entry.entry_id == part_entry_id(hold.hold_id, "req-a")
+    assert first.entry.entry_id == part_entry_id(hold_id, "req-a")  # the wire's form
+    assert second.entry.entry_id == part_entry_id(hold.hold_id, "req-b")
+    assert again.entry.entry_id == first.entry.entry_id
+    assert [e.entry_id for e in uow.committed.entries if e.hold_id == hold.hold_id] == [
+        first.entry.entry_id,
+        second.entry.entry_id,
+    ]
 
 
 async def test_a_refused_settle_commits_nothing(uow: FakeUnitOfWork) -> None:

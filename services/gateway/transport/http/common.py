@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
+from services.gateway.relay import settle_account
 from services.gateway.storage.idempotency import IdempotencyStore
 from tokenforge.errors import DomainError, Reason, http_status, openai_error_body
 from tokenforge.routing.v1 import routing_pb2
@@ -82,4 +83,8 @@ class Deps:
             request_id=request.state.request_id,
         )
         principal: routing_pb2.Principal = answer.principal
+        if scope == routing_pb2.SCOPE_WALLET_READ:
+            # A read of the account's money or receipts sees every answer it was given:
+            # queued finishes delivered, this replica's idle budgets given back.
+            await settle_account(self.peers, principal.account_id)
         return principal

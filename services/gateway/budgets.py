@@ -1,0 +1,141 @@
+"""Budgets at work: drawing a busy account's requests from one wallet hold, queueing
+their finishes, and closing the budget once every part is captured.
+
+The rules live in services/gateway/domain/budgets.py; this module talks to the wallet
+(one Hold per budget, one Release when it closes) and to the queue (one durable insert
+per request). The relay (services/gateway/relay.py) captures the queued parts and
+records the receipts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from services.gateway.domain.budgets import Budget, BudgetBook, BudgetPolicy, Key
+from services.gateway.storage.receipt_queue import ReceiptQueue
+from services.wallet.client import WalletClient
+from tokenforge.errors import DomainError, Reason
+from tokenforge.holds import new_budget_request_id
+from tokenforge.money import Bucket
+from tokenforge.runtime import metrics
+from tokenforge.usage.v1 import usage_pb2
+
+log = logging.getLogger("tokenforge.gateway.budgets")
+
+# The next budget is opened in the background once the open ones have less room than
+# this share of a new one.
+PRE_OPEN_SHARE = 4
+
+
+class Budgets:
+    """One gateway replica's budgets."""
+
+    def __init__(
+        self,
+        wallet: WalletClient,
+        queue: ReceiptQueue,
+        policy: BudgetPolicy,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.wallet = wallet
+        self.queue = queue
+        self.book = BudgetBook(policy)
+        self.clock = clock
+        # Set when a finish is queued: the relay wakes up.
+        self.queued = asyncio.Event()
+        # Retired budgets whose parts could not all be delivered yet (wallet or usage
+        # down): closed on a later round.
+        self.closing: list[Budget] = []
+        self._opening: dict[Key, asyncio.Task[bool]] = {}
+
+    async def draw(
+        self, account_id: str, bucket: Bucket, worst: int, request_ttl_s: int, trace_id: str
+    ) -> Budget | None:
+        """Take the request's worst case from a budget of the account's bucket, opening
+        one when the bucket is busy; None when the request should hold for itself.
+        `request_ttl_s` is what the request's own hold would live."""
+        key = (account_id, bucket)
+        now = self.clock()
+        budget = self.book.draw(key, worst, now, request_ttl_s)
+        busy = self.book.wants_budget(key, now)
+        opening = (key, worst, request_ttl_s, trace_id)
+        if budget is None and busy and await self._open(*opening):
+            budget = self.book.draw(key, worst, self.clock(), request_ttl_s)
+        if budget is not None:
+            metrics.BUDGET_DRAWS.labels("budget").inc()
+            if self.book.room(key) < self.book.size_for(worst) // PRE_OPEN_SHARE:
+                self._start_opening(*opening)
+        return budget
+
+    def refused(self, account_id: str, bucket: Bucket) -> None:
+        """The wallet refused a request's own hold for want of balance: the bucket goes
+        hold by hold for a while, and its budgets take no new draw."""
+        self.book.refused((account_id, bucket), self.clock())
+
+    def give_back(self, budget: Budget, worst: int, charge: int) -> None:
+        budget.give_back(worst, charge, self.clock())
+
+    async def queue_finish(self, budget: Budget, receipt: usage_pb2.Receipt) -> None:
+        """Durably queue the request's receipt with its part still to capture."""
+        await self.queue.put(
+            receipt.request_id,
+            receipt.SerializeToString(),
+            account_id=budget.account_id,
+            hold_id=budget.hold_id,
+            capture=receipt.charge_micros > 0,
+        )
+        self.queued.set()
+
+    def _start_opening(
+        self, key: Key, worst: int, request_ttl_s: int, trace_id: str
+    ) -> asyncio.Task[bool]:
+        task = self._opening.get(key)
+        if task is None:
+            task = asyncio.create_task(self._place(key, worst, request_ttl_s, trace_id))
+            self._opening[key] = task
+            task.add_done_callback(lambda _: self._opening.pop(key, None))
+        return task
+
+    async def _open(self, key: Key, worst: int, request_ttl_s: int, trace_id: str) -> bool:
+        # Shielded: a request that goes away does not cancel the others' budget.
+        return await asyncio.shield(self._start_opening(key, worst, request_ttl_s, trace_id))
+
+    async def _place(self, key: Key, worst: int, request_ttl_s: int, trace_id: str) -> bool:
+        account_id, bucket = key
+        request_id = new_budget_request_id()
+        ttl_s = self.book.ttl_for(request_ttl_s)
+        placed_at = self.clock()
+        try:
+            hold = await self.wallet.hold(
+                account_id,
+                bucket,
+                self.book.size_for(worst),
+                request_id,
+                ttl_seconds=ttl_s,
+                trace_id=trace_id,
+            )
+        except DomainError as error:
+            if error.reason is Reason.INSUFFICIENT_BALANCE:
+                metrics.BUDGETS.labels("refused").inc()
+                self.book.refused(key, self.clock())
+            else:
+                log.warning("budget for %s not opened: %s", account_id, error.reason.value)
+            return False
+        # Its expiry counted from before the call: the wallet's clock started later.
+        self.book.opened(key, hold.hold_id, request_id, hold.amount_micros, placed_at, ttl_s)
+        metrics.BUDGETS.labels("opened").inc()
+        return True
+
+    def due(self, account_id: str = "") -> list[Budget]:
+        """The budgets to close now (all of an account's idle ones when given), with
+        those that could not close before."""
+        fresh = self.book.idle_of(account_id) if account_id else self.book.due(self.clock())
+        closing, self.closing = [*self.closing, *fresh], []
+        return closing
+
+    def retire_all(self) -> None:
+        for budget in self.book.all():
+            budget.retired = True

@@ -1,0 +1,218 @@
+"""The gateway's relay: delivers what waits in its queue (services/gateway/storage/
+receipt_queue.py) and closes the budgets that are done.
+
+For each queued row, in one round for up to `RELAY_BATCH` rows (the wallet and usage
+clients put concurrent calls into one batch call each):
+
+1. a finish of a budget draw first has its part captured from the budget's hold
+   (wallet CapturePart, idempotent per hold and request; the entry id is the one the
+   answer named);
+2. then its receipt is recorded (usage, idempotent per request id);
+3. rows done are deleted. A row the wallet or usage refuses stays, with the reason, for
+   an operator; a row that meets an unreachable service waits for the next round.
+
+A budget closes once its last draw gave back and every queued part of it (any
+replica's rows) is captured: only then is the rest of its hold released, so a part
+never meets a released hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from services.gateway.adapters.peers import Peers
+from services.gateway.domain.budgets import Budget
+from services.gateway.storage.receipt_queue import Waiting
+from tokenforge.errors import DomainError, Reason
+from tokenforge.runtime import metrics
+from tokenforge.usage.v1 import usage_pb2
+
+log = logging.getLogger("tokenforge.gateway.relay")
+
+RELAY_BATCH = 256
+# A queued finish waits this long for others to travel with it.
+LINGER_S = 0.05
+# Rounds run at least this often (other replicas' rows, budgets to close).
+EVERY_S = 0.25
+COUNT_EVERY_S = 5.0
+
+
+class _Refused(Exception):
+    def __init__(self, error: DomainError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def capture_part(peers: Peers, receipt: usage_pb2.Receipt) -> None:
+    """Take the receipt's charge from its budget's hold as its own part. If the hold
+    ended first (it expired through a wallet outage longer than its TTL), nothing was
+    taken and the receipt says so."""
+    try:
+        captured = await peers.wallet_client.capture_part(
+            receipt.hold_id,
+            receipt.charge_micros,
+            receipt.request_id,
+            account_id=receipt.account_id,
+            trace_id=receipt.trace_id,
+        )
+    except DomainError as error:
+        if error.reason not in (Reason.HOLD_NOT_OPEN, Reason.HOLD_EXPIRED):
+            raise
+        metrics.CHARGES_NOT_COLLECTED.inc()
+        log.error(
+            "charge of %s (%d micro-units) not collected: budget hold %s %s",
+            receipt.request_id,
+            receipt.charge_micros,
+            receipt.hold_id,
+            error.reason.value,
+        )
+        receipt.charge_micros = 0
+        receipt.entry_id = ""
+        receipt.error_code = "charge_not_collected"
+        return
+    if captured.entry.entry_id != receipt.entry_id:
+        # Never expected: the wallet derives the id the answer named.
+        log.error(
+            "part of %s written as entry %s, not %s",
+            receipt.request_id,
+            captured.entry.entry_id,
+            receipt.entry_id,
+        )
+        receipt.entry_id = captured.entry.entry_id
+
+
+async def _deliver_one(peers: Peers, row: Waiting) -> bool:
+    receipt = usage_pb2.Receipt.FromString(row.receipt)
+    try:
+        if row.capture and receipt.charge_micros > 0:
+            await capture_part(peers, receipt)
+        await peers.usage_client.record_receipt(receipt)
+    except DomainError as error:
+        if error.reason is Reason.SERVICE_UNAVAILABLE:
+            return False
+        raise _Refused(error) from error
+    return True
+
+
+async def deliver(peers: Peers, *, account_id: str = "", hold_id: str = "") -> tuple[int, int]:
+    """One round: (rows delivered, rows seen). See `ReceiptQueue.waiting` for which."""
+    queue = peers.receipt_queue
+    if queue is None:
+        return 0, 0
+    rows = await queue.waiting(RELAY_BATCH, account_id=account_id, hold_id=hold_id)
+    if not rows:
+        return 0, 0
+    outcomes = await asyncio.gather(
+        *(_deliver_one(peers, row) for row in rows), return_exceptions=True
+    )
+    done: list[str] = []
+    for row, outcome in zip(rows, outcomes, strict=True):
+        if outcome is True:
+            done.append(row.request_id)
+        elif isinstance(outcome, _Refused):
+            metrics.RECEIPTS_RELAYED.labels("refused").inc()
+            log.error("queued receipt of %s refused: %s", row.request_id, outcome.error)
+            await queue.refused(row.request_id, f"{outcome.error.reason.value}: {outcome.error}")
+        elif isinstance(outcome, BaseException):
+            log.error("queued receipt of %s not delivered: %r", row.request_id, outcome)
+    await queue.delivered(done)
+    metrics.RECEIPTS_RELAYED.labels("recorded").inc(len(done))
+    return len(done), len(rows)
+
+
+async def deliver_all(peers: Peers, *, account_id: str = "", hold_id: str = "") -> bool:
+    """Rounds until nothing waits (True) or a row could not be delivered (False)."""
+    while True:
+        done, seen = await deliver(peers, account_id=account_id, hold_id=hold_id)
+        if done < seen:
+            return False
+        if seen < RELAY_BATCH:
+            return True
+
+
+async def close_budget(peers: Peers, budget: Budget) -> bool:
+    """Capture every queued part of the budget, then release the rest of its hold.
+    False when that must wait (the wallet or usage unreachable)."""
+    if not await deliver_all(peers, hold_id=budget.hold_id):
+        return False
+    try:
+        await peers.wallet_client.release(
+            budget.hold_id, reason="budget_closed", account_id=budget.account_id
+        )
+    except DomainError as error:
+        if error.reason is Reason.SERVICE_UNAVAILABLE:
+            return False
+        if error.reason not in (Reason.HOLD_NOT_OPEN, Reason.HOLD_EXPIRED):
+            raise
+    metrics.BUDGETS.labels("closed").inc()
+    return True
+
+
+async def close_due(peers: Peers, account_id: str = "") -> None:
+    """Close the budgets that are done (an account's idle ones, when given)."""
+    budgets = peers.budgets
+    if budgets is None:
+        return
+    for budget in budgets.due(account_id):
+        try:
+            closed = await close_budget(peers, budget)
+        except Exception:  # noqa: BLE001 - logged; the hold's TTL ends it at worst
+            log.exception("closing budget %s failed", budget.hold_id)
+            closed = False
+        if not closed:
+            budgets.closing.append(budget)
+
+
+async def settle_account(peers: Peers, account_id: str) -> None:
+    """Before a read of an account's money or receipts: its queued finishes delivered
+    (every replica's) and this replica's idle budgets of it closed, so the read sees
+    every answer it was given. Best effort: a read is not refused for it."""
+    if peers.receipt_queue is None:
+        return
+    try:
+        await close_due(peers, account_id)
+        await deliver_all(peers, account_id=account_id)
+    except Exception:  # noqa: BLE001 - the read goes on; the relay delivers later
+        log.exception("finishes of %s not delivered before a read", account_id)
+
+
+async def run_relay(peers: Peers) -> None:
+    """The relay's loop (a background task of the gateway)."""
+    counted = 0.0
+    while True:
+        budgets = peers.budgets
+        if budgets is not None:
+            try:
+                await asyncio.wait_for(budgets.queued.wait(), EVERY_S)
+                await asyncio.sleep(LINGER_S)  # others join the round
+            except TimeoutError:
+                pass
+            budgets.queued.clear()
+        else:
+            await asyncio.sleep(1.0)
+        try:
+            await deliver_all(peers)
+            await close_due(peers)
+            if peers.receipt_queue is not None and time.monotonic() - counted > COUNT_EVERY_S:
+                counted = time.monotonic()
+                metrics.RECEIPTS_WAITING.set(await peers.receipt_queue.count())
+        except Exception:  # noqa: BLE001 - logged; the next round tries again
+            log.exception("relaying queued receipts failed; retrying")
+            await asyncio.sleep(1.0)
+
+
+async def drain(peers: Peers, timeout_s: float = 5.0) -> None:
+    """On the way out: every budget retired, what waits delivered and the budgets whose
+    draws ended closed (within `timeout_s`; the rest end by their TTL)."""
+    budgets = peers.budgets
+    if budgets is None:
+        return
+    budgets.retire_all()
+    try:
+        async with asyncio.timeout(timeout_s):
+            await deliver_all(peers)
+            await close_due(peers)
+    except Exception:  # noqa: BLE001 - logged; the holds' TTL ends them
+        log.warning("budgets not all closed on the way out", exc_info=True)

@@ -1,0 +1,34 @@
+"""Names that the gateway, the wallet and usage agree on for holds and their parts.
+
+- A **budget** is one wallet hold that a gateway replica places for a busy account's
+  bucket and draws its requests from (each request's charge is a part of it, as a
+  run's request is). Its request id starts with `BUDGET_PREFIX`, so reconciliation
+  knows the hold pays for many receipts.
+- A **part** of a hold (wallet CapturePart) gets a ledger entry id derived from the hold
+  and the part's request id, so the gateway can name the entry in its answer before
+  the part is captured (a finish durably queued, DESIGN "One request").
+"""
+
+from __future__ import annotations
+
+import uuid
+
+BUDGET_PREFIX = "budget-"
+
+# Fixed forever: changing it changes every part's entry id.
+_PART_NAMESPACE = uuid.UUID("5b0c53a4-54c4-4f0e-9a51-0c1f8f7c2d6e")
+
+
+def new_budget_request_id() -> str:
+    return f"{BUDGET_PREFIX}{uuid.uuid4()}"
+
+
+def is_budget(request_id: str) -> bool:
+    """Whether a hold's request id names a gateway budget."""
+    return request_id.startswith(BUDGET_PREFIX)
+
+
+def part_entry_id(hold_id: str | uuid.UUID, request_id: str) -> uuid.UUID:
+    """The ledger entry id of the part of `hold_id` that pays for `request_id`: one
+    part per (hold, request) (W4), so one id each."""
+    return uuid.uuid5(_PART_NAMESPACE, f"{hold_id}:{request_id}")
