@@ -183,3 +183,33 @@ async def test_a_finish_queued_by_a_replica_that_is_gone_is_delivered_on_the_nex
     finally:
         await wallet.close()
         await engine.dispose()
+
+
+async def test_a_request_drawn_from_a_budget_falls_back_and_pays_on_the_other_route_only(
+    system: System, tmp_path: Path
+) -> None:
+    """The official route is down: the second request in a row takes its worst case
+    from the account's Credit budget, falls back to the routed route (a hold of its
+    own there) and gives the budget its worst case back; nothing is taken from Credit."""
+    account, key = await system.new_account(
+        credit=1_000_000, routed=1_000_000, fallback_allowed=True
+    )
+    body = {"model": "test-route-fallback", "messages": [{"role": "user", "content": "Go"}]}
+    drawn_before = draws("budget")
+    async with system.http(key) as http:
+        answers = [await http.post("/v1/chat/completions", json=body) for _ in range(3)]
+        receipts = [
+            (await http.get(f"/v1/usage/{a.headers['x-request-id']}")).json() for a in answers
+        ]
+        after = await balances(http)
+    assert draws("budget") - drawn_before >= 2  # the 2nd and 3rd came from a budget
+    for answer, receipt in zip(answers, receipts, strict=True):
+        assert answer.status_code == 200, answer.text
+        assert (receipt["route"], receipt["bucket"]) == ("routed", "routed")
+        official, routed = receipt["route_attempts"]
+        assert official["outcome"] == "fell_back" and official["hold_id"]
+        assert receipt["charge"]["micros"] > 0
+    assert after["credit"] == {"posted": 1_000_000, "held": 0, "available": 1_000_000}
+    spent = sum(r["charge"]["micros"] for r in receipts)
+    assert after["routed"]["posted"] == 1_000_000 - spent
+    await assert_reconciled(system, tmp_path, account)

@@ -17,7 +17,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tokenforge.money import configure_labels
     from tokenforge.runtime.grpc_server import run_until_signal
     from tokenforge.runtime.logging import setup_logging
-    from tokenforge.runtime.service import load
+    from tokenforge.runtime.service import load, tune_gc
     from tokenforge.runtime.telemetry import setup_telemetry
 
     settings = Settings.from_env()
@@ -33,6 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             start_http_server(settings.metrics_port, addr="0.0.0.0")
         running = await app.start(settings, port=port)
+        tune_gc()
         import logging
 
         logging.getLogger(args.service).info(

@@ -7,6 +7,7 @@ and `dev` commands and the test harness all go through these.
 
 from __future__ import annotations
 
+import gc
 import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,23 @@ from tokenforge.config import Settings
 from tokenforge.runtime.grpc_server import Server
 
 SERVICES = ("routing", "wallet", "payments", "usage", "gateway")
+
+# The cyclic garbage collector's thresholds once a service serves (docs/PERFORMANCE.md):
+# the youngest generation is collected after this many net allocations, not 700.
+GC_THRESHOLDS = (20_000, 50, 50)
+
+
+def tune_gc() -> None:
+    """Once a service is up: what start-up built (modules, protobuf descriptors, the
+    catalog) moves out of the collector's sight (`gc.freeze`), and young collections
+    run far less often. Every request allocates many short-lived objects (protobuf
+    messages, dicts, coroutines) that reference counting frees anyway; with the default
+    thresholds the collector ran hundreds of times a second under load and scanned
+    everything start-up left behind. Measured: about a quarter more requests per second
+    at concurrency 32, the same memory within a few MB."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @dataclass

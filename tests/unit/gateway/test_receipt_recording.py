@@ -1,51 +1,21 @@
 """Recording a settled request's receipt: queued when usage is unreachable; and when
-it cannot even be queued, a refusal that tells the truth about the charge."""
+it cannot even be queued, a refusal that tells the truth about the charge. The relay
+that delivers the queue: receipts, and budget draws' finishes (part, then receipt)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import pytest
 
 from services.gateway import handlers, relay
 from services.gateway.adapters.peers import Peers
-from services.gateway.storage.receipt_queue import Waiting
+from tests.unit.gateway.fakes import Queue, RecordingUsage, Usage, WaitingQueue, Wallet, peers_with
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
-from tokenforge.runtime.grpc_client import Peer
+from tokenforge.holds import part_entry_id
+from tokenforge.runtime import metrics
 from tokenforge.usage.v1 import usage_pb2
 
 DOWN = DomainError(Reason.SERVICE_UNAVAILABLE, "The usage service is not answering right now.")
-
-
-class Usage:
-    def __init__(self, error: DomainError | None) -> None:
-        self.error = error
-        self.recorded: list[str] = []
-
-    async def record_receipt(self, receipt: usage_pb2.Receipt) -> usage_pb2.Receipt:
-        if self.error is not None:
-            raise self.error
-        self.recorded.append(receipt.request_id)
-        return receipt
-
-
-class Queue:
-    def __init__(self, broken: bool = False) -> None:
-        self.kept: dict[str, bytes] = {}
-        self.broken = broken
-
-    async def put(self, request_id: str, receipt: bytes, **where: object) -> None:
-        if self.broken:
-            raise OSError("the gateway's database is unreachable")
-        self.kept.setdefault(request_id, receipt)
-
-
-def peers_with(usage: Usage, queue: Any) -> Peers:
-    peers = Peers(*(Peer(name, "127.0.0.1:9", "") for name in ("r", "w", "p", "u")))
-    peers.__dict__["usage_client"] = usage  # the cached client, replaced
-    peers.receipt_queue = queue
-    return peers
 
 
 def charged(micros: int = 1_234) -> usage_pb2.Receipt:
@@ -99,28 +69,6 @@ async def test_a_release_that_cannot_be_recorded_says_nothing_was_charged() -> N
     assert not handlers.charged_anyway(raised.value)
 
 
-class WaitingQueue:
-    """The queue as the relay sees it."""
-
-    def __init__(self, *receipts: usage_pb2.Receipt) -> None:
-        self.rows = {r.request_id: r.SerializeToString() for r in receipts}
-        self.errors: dict[str, str] = {}
-
-    async def waiting(self, limit: int, account_id: str = "", hold_id: str = "") -> list[Any]:
-        ready = [(rid, data) for rid, data in self.rows.items() if rid not in self.errors]
-        return [Waiting(rid, data, 0) for rid, data in ready[:limit]]
-
-    async def delivered(self, request_ids: list[str]) -> None:
-        for rid in request_ids:
-            del self.rows[rid]
-
-    async def refused(self, request_id: str, error: str) -> None:
-        self.errors[request_id] = error
-
-    async def count(self) -> int:
-        return len(self.rows)
-
-
 class PickyUsage(Usage):
     """Records, refuses one request id, and goes down at another."""
 
@@ -153,3 +101,52 @@ async def test_the_relay_records_each_keeps_a_refused_one_and_one_usage_could_no
     assert usage.recorded == ["req-0", "req-2", "req-4", "req-3"]
     assert set(queue.rows) == {"req-1"}  # only the refused one, for an operator
     assert await relay.deliver(peers) == (0, 0)
+
+
+def budget_finish(request_id: str, charge: int) -> usage_pb2.Receipt:
+    return usage_pb2.Receipt(
+        request_id=request_id,
+        account_id="acct-1",
+        bucket=common_pb2.BUCKET_CREDIT,
+        hold_id="hold-b",
+        charge_micros=charge,
+        entry_id=str(part_entry_id("hold-b", request_id)) if charge else "",
+    )
+
+
+def relay_peers(wallet: Wallet, usage: Usage, *finishes: usage_pb2.Receipt) -> Peers:
+    peers = peers_with(usage, WaitingQueue(*finishes, capture=True))
+    peers.__dict__["wallet_client"] = wallet
+    return peers
+
+
+async def test_the_relay_captures_each_part_then_records_its_receipt() -> None:
+    wallet, usage = Wallet(), Usage(None)
+    peers = relay_peers(wallet, usage, budget_finish("req-1", 300), budget_finish("req-2", 0))
+    assert await relay.deliver(peers) == (2, 2)
+    assert wallet.parts == [("hold-b", 300, "req-1")]  # nothing to capture for req-2
+    assert usage.recorded == ["req-1", "req-2"]
+    assert peers.receipt_queue.rows == {}  # type: ignore[union-attr]
+
+
+async def test_a_part_whose_budget_hold_ended_is_recorded_as_not_collected() -> None:
+    wallet = Wallet(DomainError(Reason.HOLD_EXPIRED, "The hold expired."))
+    usage = RecordingUsage()
+    before = metrics.CHARGES_NOT_COLLECTED._value.get()  # type: ignore[attr-defined]
+    assert await relay.deliver(relay_peers(wallet, usage, budget_finish("req-1", 300))) == (1, 1)
+    (receipt,) = usage.receipts
+    assert (receipt.charge_micros, receipt.entry_id) == (0, "")
+    assert receipt.error_code == "charge_not_collected"
+    assert metrics.CHARGES_NOT_COLLECTED._value.get() == before + 1  # type: ignore[attr-defined]
+
+
+async def test_a_finish_waits_while_the_wallet_cannot_be_reached_and_is_kept_if_refused() -> None:
+    down = relay_peers(Wallet(DOWN), Usage(None), budget_finish("req-1", 300))
+    assert await relay.deliver(down) == (0, 1)
+    assert set(down.receipt_queue.rows) == {"req-1"}  # type: ignore[union-attr]
+    assert not down.receipt_queue.errors  # type: ignore[union-attr]
+
+    above = DomainError(Reason.INVALID_ARGUMENT, "The part is above what the hold has left.")
+    refused = relay_peers(Wallet(above), Usage(None), budget_finish("req-1", 300))
+    assert await relay.deliver(refused) == (0, 1)
+    assert refused.receipt_queue.errors["req-1"].startswith("INVALID_ARGUMENT")  # type: ignore[union-attr]

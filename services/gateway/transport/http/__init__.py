@@ -50,6 +50,9 @@ def create_app(
         version="1",
         description="One OpenAI-compatible API; the money story of each request, before and after.",
         responses=ERROR_RESPONSES,
+        # Spans and metrics come from the OpenTelemetry FastAPI instrumentation (app.py);
+        # FastAPI's own telemetry would only find it there and step aside, per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
 
     app.add_middleware(RequestContextMiddleware)
