@@ -6,6 +6,7 @@ one with the same answers."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -32,6 +33,21 @@ def holds_placed() -> float:
         "tokenforge_wallet_holds_total", {"bucket": "credit", "outcome": "placed"}
     )
     return found or 0.0
+
+
+async def funded_hold(
+    wallet: Wallet, uow_at: Callable[[timedelta], UnitOfWork], tag: str
+) -> tuple[str, str, Callable[[], UnitOfWork]]:
+    """An account with 1,000 on Credit and a hold of 100 on it (as a run's)."""
+    account = await wallet.open_funded(credit=1_000)
+
+    def uow() -> UnitOfWork:
+        return uow_at(timedelta())
+
+    hold = await handlers.place_hold(
+        commands.PlaceHold(account, Bucket.CREDIT, 100, f"run-{tag}-{account}"), uow()
+    )
+    return account, str(hold.hold_id), uow
 
 
 async def test_a_hold_batch_is_one_transaction_and_never_overdraws(
@@ -96,15 +112,7 @@ async def test_a_settle_batch_charges_once_each_and_answers_replays(
 async def test_a_part_batch_is_one_transaction_that_captures_each_part_once(
     wallet: Wallet, engine: AsyncEngine, uow_at: Callable[[timedelta], UnitOfWork]
 ) -> None:
-    account = await wallet.open_funded(credit=1_000)
-
-    def uow() -> UnitOfWork:
-        return uow_at(timedelta())
-
-    hold = await handlers.place_hold(
-        commands.PlaceHold(account, Bucket.CREDIT, 100, f"run-pt-{account}"), uow()
-    )
-    hold_id = str(hold.hold_id)
+    account, hold_id, uow = await funded_hold(wallet, uow_at, "pt")
     parts = [commands.CapturePart(hold_id, 30, f"req-pt-{n}", account_id=account) for n in range(4)]
     parts.append(commands.CapturePart(hold_id, 30, "req-pt-0", account_id=account))  # a replay
     before = batches("one_transaction")
@@ -117,13 +125,13 @@ async def test_a_part_batch_is_one_transaction_that_captures_each_part_once(
     assert isinstance(outcomes[4], handlers.Settled)
     assert outcomes[4].entry == captured[0].entry
     assert [c.entry.entry_id for c in captured if c.entry] == [
-        part_entry_id(hold.hold_id, f"req-pt-{n}") for n in range(3)
+        part_entry_id(hold_id, f"req-pt-{n}") for n in range(3)
     ]
     async with engine.connect() as conn:
         xids = (
             await conn.execute(
                 text("SELECT DISTINCT xmin::text FROM wallet.journal_entries WHERE hold_id = :h"),
-                {"h": hold.hold_id},
+                {"h": uuid.UUID(hold_id)},
             )
         ).all()
     assert len(xids) == 1  # one transaction wrote every part
@@ -160,15 +168,7 @@ async def test_a_batch_that_waits_too_long_for_a_lock_runs_item_by_item_with_the
 async def test_a_part_batch_that_waits_too_long_for_its_hold_runs_item_by_item_capturing_once(
     wallet: Wallet, engine: AsyncEngine, uow_at: Callable[[timedelta], UnitOfWork]
 ) -> None:
-    account = await wallet.open_funded(credit=1_000)
-
-    def uow() -> UnitOfWork:
-        return uow_at(timedelta())
-
-    hold = await handlers.place_hold(
-        commands.PlaceHold(account, Bucket.CREDIT, 100, f"run-lk-{account}"), uow()
-    )
-    hold_id = str(hold.hold_id)
+    account, hold_id, uow = await funded_hold(wallet, uow_at, "lk")
     parts = [commands.CapturePart(hold_id, 30, f"req-lk-{n}") for n in range(4)]
     parts.append(commands.CapturePart(hold_id, 30, "req-lk-0"))  # the same part again
     before = batches("item_by_item"), batches("one_transaction")
@@ -189,7 +189,7 @@ async def test_a_part_batch_that_waits_too_long_for_its_hold_runs_item_by_item_c
     # Three parts of 30 fit in 100, each once; the part sent twice names one row.
     rows = {c.entry.entry_id: c.entry.request_id for c in captured if c.entry}
     assert len(rows) == 3
-    assert all(e == part_entry_id(hold.hold_id, r) for e, r in rows.items())
+    assert all(e == part_entry_id(hold_id, r) for e, r in rows.items())
     balance = await wallet.balance(account)
     assert (balance.posted_micros, balance.held_micros) == (910, 10)
     await handlers.release_hold(commands.ReleaseHold(hold_id), uow())
