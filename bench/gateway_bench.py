@@ -647,9 +647,14 @@ def write_doc(result: dict[str, Any], table: str) -> None:
         "upstream, LiteLLM, the load generator) shares it.\n\n"
         "The mock upstream answers 64 words (64 stream chunks, 1 ms apart). tokenforge does "
         "the full money path on every request: resolve (routing; an answer routing allows "
-        "to reuse serves the same key for up to 1 s), hold (wallet, durable commit), "
-        "upstream call, settle (wallet, durable commit), receipt (usage, durable commit) "
-        "before answering, the wallet and usage calls batched under load; "
+        "to reuse serves the same key for up to 1 s); a hold before the upstream call (a "
+        "busy account's request takes its worst case from the account's budget, one "
+        "wallet hold per gateway replica for 64 requests, durable commit when placed); "
+        "the upstream call; then, before answering, its charge and receipt recorded or "
+        "durably queued (a budget draw's finish: one insert in the gateway's schema, "
+        "durable commit, shared by the requests finishing together; the relay captures "
+        "each request's part as its own ledger row and records its receipt moments later; "
+        "the checks below wait for that queue to empty); "
         f"{result['accounts']} bench accounts, one API key each, shared by the "
         "load's clients. LiteLLM runs without a database (no spend tracking).\n\n" + table
     )

@@ -1,5 +1,5 @@
-"""The server side of batch calls (HoldMany, SettleMany, ReleaseMany, RecordReceipts,
-ReportOutcomes): one cap on the items of a call, and one way to turn an item's
+"""The server side of batch calls (HoldMany, SettleMany, CapturePartMany, ReleaseMany,
+RecordReceipts, ReportOutcomes): one cap on the items of a call, and one way to turn an item's
 failure into that item's answer while the other items stand.
 
 The client side is `tokenforge.runtime.batching.Batcher`.
