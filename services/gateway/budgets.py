@@ -124,6 +124,9 @@ class Budgets:
             else:
                 log.warning("budget for %s not opened: %s", account_id, error.reason.value)
             return False
+        except Exception:  # noqa: BLE001 - the requests hold for themselves instead
+            log.exception("budget for %s not opened", account_id)
+            return False
         # Its expiry counted from before the call: the wallet's clock started later.
         self.book.opened(key, hold.hold_id, request_id, hold.amount_micros, placed_at, ttl_s)
         metrics.BUDGETS.labels("opened").inc()

@@ -675,6 +675,9 @@ async def finish_budget_request(
     assert p.budget is not None and peers.budgets is not None
     try:
         await peers.budgets.queue_finish(p.budget, receipt)
+    except asyncio.CancelledError:
+        p.end_draw(peers, charge.micros)  # the insert may still commit: counted as spent
+        raise
     except Exception as failure:  # noqa: BLE001 - the finish goes the direct way
         log.warning("finish of %s not queued (%r); capturing now", receipt.request_id, failure)
         try:

@@ -15,12 +15,14 @@ import orjson
 
 from services.gateway.storage.receipt_queue import ReceiptQueue
 from services.wallet.client import WalletClient
-from tests.e2e.harness import ADMIN, System
+from tests.e2e.harness import ADMIN, INTERNAL, System
 from tests.e2e.test_usage_reconcile import assert_reconciled, balances
+from tokenforge.config import Settings
 from tokenforge.holds import is_budget, new_budget_request_id, part_entry_id
 from tokenforge.money import Bucket
 from tokenforge.runtime import metrics
 from tokenforge.runtime.db import create_engine
+from tokenforge.runtime.service import load
 from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wallet.v1 import wallet_pb2
 
@@ -212,4 +214,67 @@ async def test_a_request_drawn_from_a_budget_falls_back_and_pays_on_the_other_ro
     assert after["credit"] == {"posted": 1_000_000, "held": 0, "available": 1_000_000}
     spent = sum(r["charge"]["micros"] for r in receipts)
     assert after["routed"]["posted"] == 1_000_000 - spent
+    await assert_reconciled(system, tmp_path, account)
+
+
+async def test_two_gateway_replicas_draw_one_account_from_their_own_budgets(
+    system: System, database_url: str, tmp_path: Path
+) -> None:
+    """Each replica holds its own budget for the account; the sum of what they hold and
+    take never exceeds the balance (the wallet's holds bound it), and every answer of
+    both is a receipt and a ledger row once the account is quiet."""
+    account, key = await system.new_account(credit=2_000_000, routed=0)
+    other = await load("gateway").start(
+        Settings(
+            database_url=database_url,
+            internal_token=INTERNAL,
+            admin_token=ADMIN,
+            routing_addr=system.services["routing"],
+            wallet_addr=system.services["wallet"],
+            payments_addr=system.services["payments"],
+            usage_addr=system.services["usage"],
+        ),
+        port=0,
+    )
+    opened_before = metrics.BUDGETS.labels("opened")._value.get()  # type: ignore[attr-defined]
+    try:
+        urls = [system.gateway_url, f"http://127.0.0.1:{other.http_port}"]
+        clients = [
+            httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {key}"}, timeout=30)
+            for url in urls
+        ]
+        gate = asyncio.Semaphore(8)
+
+        async def limited(n: int) -> tuple[int, dict[str, Any]]:
+            async with gate:
+                return await one_request(clients[n % 2], n)
+
+        answers = await asyncio.gather(*(limited(n) for n in range(48)))
+        # A read through the second replica delivers the first one's finishes too.
+        listing = (await clients[1].get("/v1/usage", params={"limit": 100})).json()["data"]
+        for client in clients:
+            await client.aclose()
+    finally:
+        await other.stop(grace=0.5)
+    # Both replicas opened budgets of their own (both run in this process).
+    assert metrics.BUDGETS.labels("opened")._value.get() - opened_before >= 2  # type: ignore[attr-defined]
+    answered = {a["request_id"]: a for status, a in answers if status == 200}
+    assert len(answered) == 42  # 6 of 48 went to the failing model
+    recorded = {r["request_id"]: r for r in listing if r["status"] == "succeeded"}
+    assert recorded.keys() == answered.keys()
+    assert all(
+        recorded[rid]["ledger_entry_id"] == a["ledger_entry_id"] for rid, a in answered.items()
+    )
+    deadline = time.monotonic() + 10
+    while await open_holds(system, account) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert await open_holds(system, account) == []
+    async with system.http(key) as http:
+        after = await balances(http)
+    spent = sum(r["charge"]["micros"] for r in listing)
+    assert after["credit"] == {
+        "posted": 2_000_000 - spent,
+        "held": 0,
+        "available": 2_000_000 - spent,
+    }
     await assert_reconciled(system, tmp_path, account)
