@@ -41,7 +41,7 @@ def chat(model: str = "demo-chat", stream: bool = False) -> dict[str, Any]:
 async def one_request(http: httpx.AsyncClient, n: int) -> tuple[int, dict[str, Any]]:
     """Every third request streams, every seventh fails upstream (nothing charged)."""
     if n % 7 == 6:
-        answer = await http.post("/v1/chat/completions", json=chat("test-down"))
+        answer = await http.post("/v1/chat/completions", json=chat("test-down-budgets"))
         return answer.status_code, {}
     if n % 3 == 2:
         async with http.stream("POST", "/v1/chat/completions", json=chat(stream=True)) as s:
