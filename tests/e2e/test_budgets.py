@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import orjson
+from sqlalchemy import text
 
 from services.gateway.storage.receipt_queue import ReceiptQueue
 from services.wallet.client import WalletClient
@@ -22,6 +23,7 @@ from tokenforge.holds import is_budget, new_budget_request_id, part_entry_id
 from tokenforge.money import Bucket
 from tokenforge.runtime import metrics
 from tokenforge.runtime.db import create_engine
+from tokenforge.runtime.embedded import free_port
 from tokenforge.runtime.service import load
 from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wallet.v1 import wallet_pb2
@@ -277,4 +279,65 @@ async def test_two_gateway_replicas_draw_one_account_from_their_own_budgets(
         "held": 0,
         "available": 2_000_000 - spent,
     }
+    await assert_reconciled(system, tmp_path, account)
+
+
+async def waiting_for(engine: Any, account_id: str) -> int:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT count(*) FROM gateway.receipt_queue WHERE account_id = :a"),
+            {"a": account_id},
+        )
+        return int(rows.scalar_one())
+
+
+async def test_while_the_wallet_is_down_a_busy_account_is_served_from_its_budget(
+    system: System, database_url: str, tmp_path: Path
+) -> None:
+    """The budget's money is already held: requests keep being answered while the
+    wallet is away, their finishes wait in the queue, and their parts are captured
+    once a wallet answers again."""
+    account, key = await system.new_account()
+    wallet_port = free_port()
+    settings = Settings(database_url=database_url, internal_token=INTERNAL, admin_token=ADMIN)
+    wallet = await load("wallet").start(settings, port=wallet_port)
+    gateway = await load("gateway").start(
+        Settings(
+            database_url=database_url,
+            internal_token=INTERNAL,
+            admin_token=ADMIN,
+            routing_addr=system.services["routing"],
+            wallet_addr=f"127.0.0.1:{wallet_port}",
+            payments_addr=system.services["payments"],
+            usage_addr=system.services["usage"],
+        ),
+        port=0,
+    )
+    engine = create_engine(database_url, pool_size=1)
+    http = httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{gateway.http_port}",
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    try:
+        answers = [await http.post("/v1/chat/completions", json=chat()) for _ in range(3)]
+        await wallet.stop(grace=0.5)  # the budget is open (requests 2 and 3 drew from it)
+        answers += [await http.post("/v1/chat/completions", json=chat()) for _ in range(5)]
+        assert [a.status_code for a in answers] == [200] * 8
+        assert await waiting_for(engine, account) >= 5  # their parts wait for a wallet
+        wallet = await load("wallet").start(settings, port=wallet_port)
+        deadline = time.monotonic() + 20
+        while await waiting_for(engine, account) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert await waiting_for(engine, account) == 0
+        ledger = (await http.get("/v1/wallet/ledger", params={"limit": 100})).json()["data"]
+        rows = {e["request_id"]: e["entry_id"] for e in ledger if e.get("request_id")}
+        for answer in answers:
+            receipt = answer.json()["receipt"]
+            assert rows[receipt["request_id"]] == receipt["ledger_entry_id"]
+    finally:
+        await http.aclose()
+        await gateway.stop(grace=0.5)  # gives its budgets back
+        await wallet.stop(grace=0.5)
+        await engine.dispose()
     await assert_reconciled(system, tmp_path, account)
