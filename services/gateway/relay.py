@@ -45,10 +45,15 @@ class _Refused(Exception):
         self.error = error
 
 
+# A part the wallet refuses for these reasons was not taken and never will be.
+NOT_COLLECTED = (Reason.HOLD_NOT_OPEN, Reason.HOLD_EXPIRED, Reason.SETTLE_ABOVE_HOLD)
+
+
 async def capture_part(peers: Peers, receipt: usage_pb2.Receipt) -> None:
     """Take the receipt's charge from its budget's hold as its own part. If the hold
-    ended first (it expired through a wallet outage longer than its TTL), nothing was
-    taken and the receipt says so."""
+    ended first (it expired through a wallet outage longer than its TTL) or has less
+    left than the part (never expected: the budget counts what it gave out), nothing
+    was taken and the receipt says so."""
     try:
         captured = await peers.wallet_client.capture_part(
             receipt.hold_id,
@@ -58,7 +63,7 @@ async def capture_part(peers: Peers, receipt: usage_pb2.Receipt) -> None:
             trace_id=receipt.trace_id,
         )
     except DomainError as error:
-        if error.reason not in (Reason.HOLD_NOT_OPEN, Reason.HOLD_EXPIRED):
+        if error.reason not in NOT_COLLECTED:
             raise
         metrics.CHARGES_NOT_COLLECTED.inc()
         log.error(

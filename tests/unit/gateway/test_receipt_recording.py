@@ -129,8 +129,13 @@ async def test_the_relay_captures_each_part_then_records_its_receipt() -> None:
     assert peers.receipt_queue.rows == {}  # type: ignore[union-attr]
 
 
-async def test_a_part_whose_budget_hold_ended_is_recorded_as_not_collected() -> None:
-    wallet = Wallet(DomainError(Reason.HOLD_EXPIRED, "The hold expired."))
+@pytest.mark.parametrize(
+    "reason", [Reason.HOLD_EXPIRED, Reason.HOLD_NOT_OPEN, Reason.SETTLE_ABOVE_HOLD]
+)
+async def test_a_part_the_budget_hold_cannot_pay_is_recorded_as_not_collected(
+    reason: Reason,
+) -> None:
+    wallet = Wallet(DomainError(reason, "The hold cannot pay this part."))
     usage = RecordingUsage()
     before = metrics.CHARGES_NOT_COLLECTED._value.get()  # type: ignore[attr-defined]
     assert await relay.deliver(relay_peers(wallet, usage, budget_finish("req-1", 300))) == (1, 1)
@@ -146,7 +151,7 @@ async def test_a_finish_waits_while_the_wallet_cannot_be_reached_and_is_kept_if_
     assert set(down.receipt_queue.rows) == {"req-1"}  # type: ignore[union-attr]
     assert not down.receipt_queue.errors  # type: ignore[union-attr]
 
-    above = DomainError(Reason.INVALID_ARGUMENT, "The part is above what the hold has left.")
-    refused = relay_peers(Wallet(above), Usage(None), budget_finish("req-1", 300))
+    unknown = DomainError(Reason.NOT_FOUND, "No hold hold-b on this account.")
+    refused = relay_peers(Wallet(unknown), Usage(None), budget_finish("req-1", 300))
     assert await relay.deliver(refused) == (0, 1)
-    assert refused.receipt_queue.errors["req-1"].startswith("INVALID_ARGUMENT")  # type: ignore[union-attr]
+    assert refused.receipt_queue.errors["req-1"].startswith("NOT_FOUND")  # type: ignore[union-attr]
