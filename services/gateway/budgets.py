@@ -66,7 +66,7 @@ class Budgets:
             budget = self.book.draw(key, worst, self.clock(), request_ttl_s)
         if budget is not None:
             metrics.BUDGET_DRAWS.labels("budget").inc()
-            if self.book.room(key) < self.book.size_for(worst) // PRE_OPEN_SHARE:
+            if self.book.room(key) < self.book.nominal_size(worst) // PRE_OPEN_SHARE:
                 self._start_opening(*opening)
         return budget
 
@@ -109,13 +109,14 @@ class Budgets:
         ttl_s = self.book.ttl_for(request_ttl_s)
         placed_at = self.clock()
         try:
+            balance = await self.wallet.balance(account_id, bucket)
+            size = self.book.size_for(worst, balance.available_micros)
+            if size == 0:
+                metrics.BUDGETS.labels("refused").inc()
+                self.book.refused(key, self.clock())
+                return False
             hold = await self.wallet.hold(
-                account_id,
-                bucket,
-                self.book.size_for(worst),
-                request_id,
-                ttl_seconds=ttl_s,
-                trace_id=trace_id,
+                account_id, bucket, size, request_id, ttl_seconds=ttl_s, trace_id=trace_id
             )
         except DomainError as error:
             if error.reason is Reason.INSUFFICIENT_BALANCE:

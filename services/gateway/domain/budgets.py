@@ -14,9 +14,10 @@ The rules this module keeps (plain Python, no I/O):
   the budget (the wallet's hold bounds the same sum again when the parts arrive);
 - a budget takes no new draw once it is retired (idle, old, or the account's balance
   ran short); it closes only when its last draw has given back;
-- an account whose budget the wallet refused (the balance could not cover it) is served
-  hold by hold for a while: near the end of a balance each request gets the wallet's
-  exact answer (a 402 names what is available).
+- a budget takes at most a quarter of what the bucket has available when it opens;
+- an account whose balance is too small for a budget (or whose budget the wallet
+  refused) is served hold by hold for a while: near the end of a balance each request
+  gets the wallet's exact answer (a 402 names what is available).
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ class BudgetPolicy:
     finish_margin_s: float = 120.0
     # After the wallet refused a budget, the account's bucket goes hold by hold this long.
     lean_s: float = 10.0
+    # A budget takes at most 1/available_share of what the bucket has available when it
+    # opens, so a busy account's held money stays a small part of its balance and other
+    # replicas' budgets and requests find the rest; it is not opened at all when that
+    # covers fewer than `min_requests` worst cases.
+    available_share: int = 4
+    min_requests: int = 2
 
     @property
     def enabled(self) -> bool:
@@ -134,8 +141,14 @@ class BudgetBook:
             return False
         return previous is not None and now - previous <= self.policy.busy_within_s
 
-    def size_for(self, worst: int) -> int:
+    def nominal_size(self, worst: int) -> int:
         return worst * self.policy.requests
+
+    def size_for(self, worst: int, available: int) -> int:
+        """A new budget's amount: `requests` worst cases, at most a share of what is
+        available; 0 when that would cover fewer than `min_requests` of them."""
+        size = min(self.nominal_size(worst), available // self.policy.available_share)
+        return size if size >= worst * self.policy.min_requests else 0
 
     def opened(
         self, key: Key, hold_id: str, request_id: str, amount: int, now: float, ttl_s: int

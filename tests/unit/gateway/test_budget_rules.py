@@ -123,3 +123,10 @@ def test_reserved_and_spent_never_exceed_the_budget(steps: list[tuple[bool, int,
         assert 0 <= budget.reserved + budget.spent <= budget.amount
         assert budget.draws == len(in_flight) and budget.reserved == sum(in_flight)
         assert budget.closable == (budget.retired and not in_flight)
+
+
+def test_a_budget_is_at_most_a_quarter_of_what_is_available_and_worth_two_requests() -> None:
+    book = BudgetBook(POLICY)  # 4 requests' worst cases at most
+    assert book.size_for(100, available=10_000) == 400
+    assert book.size_for(100, available=1_000) == 250  # a quarter of the balance
+    assert book.size_for(100, available=799) == 0  # a quarter pays fewer than 2
