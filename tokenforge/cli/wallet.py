@@ -1,4 +1,5 @@
-"""Balances, the ledger, adjustments, reversals and reconciliation (operator verbs)."""
+"""Balances, the ledger, holds, adjustments, reversals and reconciliation (operator
+verbs)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,50 @@ def cmd_wallet_ledger(args: argparse.Namespace) -> int:
             )
         if page.next_page_token:
             out(f"(more rows: raise --limit; next page token {page.next_page_token})")
+        return 0
+
+    return wallet_call(args, action)
+
+
+def cmd_wallet_holds(args: argparse.Namespace) -> int:
+    from tokenforge.money import format_amount
+    from tokenforge.wallet.v1 import wallet_pb2
+    from tokenforge.wire import bucket_from_proto
+
+    status = wallet_pb2.HoldStatus.Value(f"HOLD_STATUS_{args.status.upper()}") if args.status else 0
+
+    async def action(client: Any) -> int:
+        page = await client.holds(args.account_id, status=status, page_size=args.limit)
+        if not page.holds:
+            out("no holds")
+        for h in page.holds:
+            b = bucket_from_proto(h.bucket)
+            state = wallet_pb2.HoldStatus.Name(h.status).removeprefix("HOLD_STATUS_").lower()
+            out(
+                f"{_when(h.created_at)}  {h.hold_id}  {state:<8} {b.label:<15} "
+                f"{format_amount(h.amount_micros, b):>14}  captured "
+                f"{format_amount(h.captured_micros, b):>14}  expires {_when(h.expires_at)}  "
+                f"request={h.request_id}"
+            )
+        if page.next_page_token:
+            out("(more holds: raise --limit)")
+        return 0
+
+    return wallet_call(args, action)
+
+
+def cmd_wallet_release(args: argparse.Namespace) -> int:
+    from tokenforge.money import format_amount
+    from tokenforge.wire import bucket_from_proto
+
+    async def action(client: Any) -> int:
+        hold = await client.release(args.hold_id, reason=args.reason)
+        bucket = bucket_from_proto(hold.bucket)
+        out(
+            f"hold {hold.hold_id} released: "
+            f"{format_amount(hold.amount_micros - hold.captured_micros, bucket)} back to "
+            f"{bucket.label} (it had captured {format_amount(hold.captured_micros, bucket)})"
+        )
         return 0
 
     return wallet_call(args, action)
@@ -199,6 +244,21 @@ def register(sub: Any) -> None:
     led.add_argument("--order-id", default="")
     led.add_argument("--limit", type=int, default=50)
     led.set_defaults(func=cmd_wallet_ledger)
+    hol = wallet.add_parser("holds", help="an account's holds, newest first")
+    add_state_dir(hol)
+    hol.add_argument("account_id")
+    hol.add_argument("--status", choices=["open", "settled", "released", "expired"], default="")
+    hol.add_argument("--limit", type=int, default=50)
+    hol.set_defaults(func=cmd_wallet_holds)
+    rel = wallet.add_parser(
+        "release",
+        help="give an open hold back whole (a budget of a gateway replica that died: only "
+        "once none of its parts waits in gateway.receipt_queue)",
+    )
+    add_state_dir(rel)
+    rel.add_argument("hold_id")
+    rel.add_argument("--reason", required=True)
+    rel.set_defaults(func=cmd_wallet_release)
     rev = wallet.add_parser("reverse", help="reverse one ledger entry, with a reason")
     add_state_dir(rev)
     rev.add_argument("entry_id")

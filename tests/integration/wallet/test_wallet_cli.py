@@ -67,3 +67,42 @@ async def test_ledger_reverse_and_reconcile_verbs(
 
     assert await run_cli(["wallet", "reconcile", *cli_env]) == 0
     assert "ok:" in capsys.readouterr().out
+
+
+async def test_holds_and_release_verbs(
+    wallet: Wallet, cli_env: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    account = await wallet.open_funded(credit=2_000_000)
+    budget = (
+        await wallet.call(
+            "Hold",
+            wallet_pb2.HoldRequest(
+                account_id=account,
+                bucket=common_pb2.BUCKET_CREDIT,
+                amount_micros=600_000,
+                request_id="budget-cli",
+            ),
+        )
+    ).hold
+    await wallet.call(
+        "CapturePart",
+        wallet_pb2.CapturePartRequest(
+            hold_id=budget.hold_id, amount_micros=100_000, request_id="req-cli-part"
+        ),
+    )
+    capsys.readouterr()
+
+    assert await run_cli(["wallet", "holds", account, "--status", "open", *cli_env]) == 0
+    listed = capsys.readouterr().out
+    assert budget.hold_id in listed and "request=budget-cli" in listed
+    assert "0.6 CR" in listed and "captured" in listed and "0.1 CR" in listed
+
+    args = ["wallet", "release", budget.hold_id, "--reason", "replica gone", *cli_env]
+    assert await run_cli(args) == 0
+    assert "0.5 CR back to Credit" in capsys.readouterr().out
+    assert await run_cli(args) == 0  # a repeat answers the first release: it ended once
+    assert "0.5 CR back to Credit" in capsys.readouterr().out
+    assert await run_cli(["wallet", "holds", account, "--status", "open", *cli_env]) == 0
+    assert capsys.readouterr().out.strip() == "no holds"
+    balance = await wallet.balance(account)
+    assert (balance.posted_micros, balance.held_micros) == (1_900_000, 0)
