@@ -196,7 +196,7 @@ async def run_relay(peers: Peers) -> None:
                 pass
             budgets.queued.clear()
         else:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(EVERY_S)
         try:
             await deliver_all(peers)
             await close_due(peers)
