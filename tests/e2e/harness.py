@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tokenforge.admin import Operator
+from tokenforge.config import Settings
 from tokenforge.money import Bucket
 from tokenforge.routing.v1 import routing_pb2
+from tokenforge.runtime.service import RunningService
 
 INTERNAL = "e2e-internal-token"
 ADMIN = "e2e-admin-token"
@@ -46,6 +48,23 @@ class System:
         settings = routing_pb2.KeySettings(fallback_allowed=fallback_allowed)
         key = await self.operator.create_key(account_id, project, "e2e key", settings)
         return account_id, key
+
+    async def another_gateway(self, database_url: str, **addrs: str) -> RunningService:
+        """A second gateway replica on this system's services (and its database), with
+        `addrs` in place of theirs (e.g. `usage_addr` of a port nobody listens on)."""
+        from tokenforge.runtime.service import load
+
+        settings = Settings(
+            database_url=database_url,
+            internal_token=INTERNAL,
+            admin_token=ADMIN,
+            routing_addr=self.services["routing"],
+            wallet_addr=self.services["wallet"],
+            payments_addr=self.services["payments"],
+            usage_addr=self.services["usage"],
+        )
+        running: RunningService = await load("gateway").start(replace(settings, **addrs), port=0)
+        return running
 
     def http(self, api_key: str) -> httpx.AsyncClient:
         return httpx.AsyncClient(

@@ -66,6 +66,14 @@ async def open_holds(system: System, account_id: str) -> list[wallet_pb2.Hold]:
         await wallet.close()
 
 
+async def until_nothing_held(system: System, account_id: str) -> None:
+    """The account quiet: its budgets are given back within a second or so of idling."""
+    deadline = time.monotonic() + 10
+    while await open_holds(system, account_id) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert await open_holds(system, account_id) == []
+
+
 async def test_a_busy_accounts_requests_draw_from_a_budget_and_reconcile(
     system: System, tmp_path: Path
 ) -> None:
@@ -104,10 +112,7 @@ async def test_a_busy_accounts_requests_draw_from_a_budget_and_reconcile(
     assert sorted(r["status"] for r in listing).count("failed") == 6
 
     # Quiet now: the budgets are given back, nothing stays held, and both reconciles pass.
-    deadline = time.monotonic() + 10
-    while await open_holds(system, account) and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    assert await open_holds(system, account) == []
+    await until_nothing_held(system, account)
     async with system.http(key) as http:
         after = await balances(http)
     spent = sum(r["charge"]["micros"] for r in listing)
@@ -226,18 +231,7 @@ async def test_two_gateway_replicas_draw_one_account_from_their_own_budgets(
     take never exceeds the balance (the wallet's holds bound it), and every answer of
     both is a receipt and a ledger row once the account is quiet."""
     account, key = await system.new_account(credit=2_000_000, routed=0)
-    other = await load("gateway").start(
-        Settings(
-            database_url=database_url,
-            internal_token=INTERNAL,
-            admin_token=ADMIN,
-            routing_addr=system.services["routing"],
-            wallet_addr=system.services["wallet"],
-            payments_addr=system.services["payments"],
-            usage_addr=system.services["usage"],
-        ),
-        port=0,
-    )
+    other = await system.another_gateway(database_url)
     opened_before = metrics.BUDGETS.labels("opened")._value.get()  # type: ignore[attr-defined]
     try:
         urls = [system.gateway_url, f"http://127.0.0.1:{other.http_port}"]
@@ -267,10 +261,7 @@ async def test_two_gateway_replicas_draw_one_account_from_their_own_budgets(
     assert all(
         recorded[rid]["ledger_entry_id"] == a["ledger_entry_id"] for rid, a in answered.items()
     )
-    deadline = time.monotonic() + 10
-    while await open_holds(system, account) and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    assert await open_holds(system, account) == []
+    await until_nothing_held(system, account)
     async with system.http(key) as http:
         after = await balances(http)
     spent = sum(r["charge"]["micros"] for r in listing)
@@ -301,18 +292,7 @@ async def test_while_the_wallet_is_down_a_busy_account_is_served_from_its_budget
     wallet_port = free_port()
     settings = Settings(database_url=database_url, internal_token=INTERNAL, admin_token=ADMIN)
     wallet = await load("wallet").start(settings, port=wallet_port)
-    gateway = await load("gateway").start(
-        Settings(
-            database_url=database_url,
-            internal_token=INTERNAL,
-            admin_token=ADMIN,
-            routing_addr=system.services["routing"],
-            wallet_addr=f"127.0.0.1:{wallet_port}",
-            payments_addr=system.services["payments"],
-            usage_addr=system.services["usage"],
-        ),
-        port=0,
-    )
+    gateway = await system.another_gateway(database_url, wallet_addr=f"127.0.0.1:{wallet_port}")
     engine = create_engine(database_url, pool_size=1)
     http = httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{gateway.http_port}",

@@ -12,12 +12,10 @@ import openai
 from prometheus_client import REGISTRY
 
 from services.gateway.storage.receipt_queue import ReceiptQueue
-from tests.e2e.harness import ADMIN, INTERNAL, System
+from tests.e2e.harness import System
 from tests.e2e.test_usage_reconcile import assert_reconciled
-from tokenforge.config import Settings
 from tokenforge.runtime.db import create_engine
 from tokenforge.runtime.embedded import free_port
-from tokenforge.runtime.service import load
 
 
 def queued() -> float:
@@ -29,18 +27,7 @@ async def test_a_receipt_waits_while_usage_is_unreachable_and_a_relay_records_it
 ) -> None:
     account, key = await system.new_account()
     usage_port = free_port()  # nothing listens there
-    gateway = await load("gateway").start(
-        Settings(
-            database_url=database_url,
-            internal_token=INTERNAL,
-            admin_token=ADMIN,
-            routing_addr=system.services["routing"],
-            wallet_addr=system.services["wallet"],
-            payments_addr=system.services["payments"],
-            usage_addr=f"127.0.0.1:{usage_port}",
-        ),
-        port=0,
-    )
+    gateway = await system.another_gateway(database_url, usage_addr=f"127.0.0.1:{usage_port}")
     try:
         sdk = openai.AsyncOpenAI(
             base_url=f"http://127.0.0.1:{gateway.http_port}/v1", api_key=key, max_retries=0
