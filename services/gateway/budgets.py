@@ -21,6 +21,7 @@ from tokenforge.errors import DomainError, Reason
 from tokenforge.holds import new_budget_request_id
 from tokenforge.money import Bucket
 from tokenforge.runtime import metrics
+from tokenforge.runtime.telemetry import current_traceparent
 from tokenforge.usage.v1 import usage_pb2
 
 log = logging.getLogger("tokenforge.gateway.budgets")
@@ -86,6 +87,7 @@ class Budgets:
             account_id=budget.account_id,
             hold_id=budget.hold_id,
             capture=receipt.charge_micros > 0,
+            traceparent=current_traceparent(),
         )
         self.queued.set()
 

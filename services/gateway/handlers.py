@@ -45,6 +45,7 @@ from tokenforge.holds import part_entry_id
 from tokenforge.money import Bucket, Money, Price, format_amount
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.runtime import metrics
+from tokenforge.runtime.telemetry import current_traceparent
 from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wallet.v1 import wallet_pb2
 from tokenforge.wire import (
@@ -600,7 +601,13 @@ async def record_receipt(peers: Peers, receipt: usage_pb2.Receipt) -> None:
     try:
         if queue is None:
             raise unreachable
-        await queue.put(receipt.request_id, receipt.SerializeToString())
+        await queue.put(
+            receipt.request_id,
+            receipt.SerializeToString(),
+            account_id=receipt.account_id,
+            hold_id=receipt.hold_id,
+            traceparent=current_traceparent(),
+        )
     except Exception as failure:
         raise receipt_not_recorded(receipt) from failure
     metrics.RECEIPTS_QUEUED.inc()

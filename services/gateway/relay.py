@@ -22,14 +22,18 @@ import asyncio
 import logging
 import time
 
+from opentelemetry import trace
+
 from services.gateway.adapters.peers import Peers
 from services.gateway.domain.budgets import Budget
 from services.gateway.storage.receipt_queue import Waiting
 from tokenforge.errors import DomainError, Reason
 from tokenforge.runtime import metrics
+from tokenforge.runtime.telemetry import context_of
 from tokenforge.usage.v1 import usage_pb2
 
 log = logging.getLogger("tokenforge.gateway.relay")
+_tracer = trace.get_tracer(__name__)
 
 RELAY_BATCH = 256
 # A queued finish waits this long for others to travel with it.
@@ -89,16 +93,24 @@ async def capture_part(peers: Peers, receipt: usage_pb2.Receipt) -> None:
 
 
 async def _deliver_one(peers: Peers, row: Waiting) -> bool:
+    """Deliver one row, in the trace of the request it finishes: its wallet and usage
+    calls (or the batch calls that carry them, linked) join that trace."""
     receipt = usage_pb2.Receipt.FromString(row.receipt)
-    try:
-        if row.capture and receipt.charge_micros > 0:
-            await capture_part(peers, receipt)
-        await peers.usage_client.record_receipt(receipt)
-    except DomainError as error:
-        if error.reason is Reason.SERVICE_UNAVAILABLE:
-            return False
-        raise _Refused(error) from error
-    return True
+    with _tracer.start_as_current_span(
+        "gateway.relay finish",
+        context=context_of(row.traceparent),
+        kind=trace.SpanKind.INTERNAL,
+        attributes={"tokenforge.request_id": row.request_id, "tokenforge.hold_id": receipt.hold_id},
+    ):
+        try:
+            if row.capture and receipt.charge_micros > 0:
+                await capture_part(peers, receipt)
+            await peers.usage_client.record_receipt(receipt)
+        except DomainError as error:
+            if error.reason is Reason.SERVICE_UNAVAILABLE:
+                return False
+            raise _Refused(error) from error
+        return True
 
 
 async def deliver(peers: Peers, *, account_id: str = "", hold_id: str = "") -> tuple[int, int]:
@@ -109,22 +121,42 @@ async def deliver(peers: Peers, *, account_id: str = "", hold_id: str = "") -> t
     rows = await queue.waiting(RELAY_BATCH, account_id=account_id, hold_id=hold_id)
     if not rows:
         return 0, 0
-    outcomes = await asyncio.gather(
-        *(_deliver_one(peers, row) for row in rows), return_exceptions=True
-    )
-    done: list[str] = []
-    for row, outcome in zip(rows, outcomes, strict=True):
-        if outcome is True:
-            done.append(row.request_id)
-        elif isinstance(outcome, _Refused):
-            metrics.RECEIPTS_RELAYED.labels("refused").inc()
-            log.error("queued receipt of %s refused: %s", row.request_id, outcome.error)
-            await queue.refused(row.request_id, f"{outcome.error.reason.value}: {outcome.error}")
-        elif isinstance(outcome, BaseException):
-            log.error("queued receipt of %s not delivered: %r", row.request_id, outcome)
-    await queue.delivered(done)
-    metrics.RECEIPTS_RELAYED.labels("recorded").inc(len(done))
-    return len(done), len(rows)
+    # A row this replica is delivering already (the relay's round and a read's) is
+    # waited for, not delivered twice; the round that started a delivery deletes it.
+    started: list[tuple[Waiting, asyncio.Future[bool]]] = []
+    deliveries: list[asyncio.Future[bool]] = []
+    for row in rows:
+        delivery = peers.delivering.get(row.request_id)
+        if delivery is None:
+            delivery = asyncio.ensure_future(_deliver_checked(peers, row))
+            peers.delivering[row.request_id] = delivery
+            started.append((row, delivery))
+        deliveries.append(delivery)
+    try:
+        outcomes = await asyncio.gather(*deliveries)
+        mine = [row.request_id for row, delivery in started if delivery.result()]
+        await queue.delivered(mine)
+        metrics.RECEIPTS_RELAYED.labels("recorded").inc(len(mine))
+    finally:
+        for row, _ in started:  # only once its row is gone (or the round failed)
+            peers.delivering.pop(row.request_id, None)
+    return sum(outcomes), len(rows)
+
+
+async def _deliver_checked(peers: Peers, row: Waiting) -> bool:
+    """Deliver the row; a refusal keeps it in the queue with the reason, for an
+    operator; any other failure leaves it for the next round."""
+    queue = peers.receipt_queue
+    assert queue is not None
+    try:
+        return await _deliver_one(peers, row)
+    except _Refused as refused:
+        metrics.RECEIPTS_RELAYED.labels("refused").inc()
+        log.error("queued receipt of %s refused: %s", row.request_id, refused.error)
+        await queue.refused(row.request_id, f"{refused.error.reason.value}: {refused.error}")
+    except Exception as error:  # noqa: BLE001 - the row waits for the next round
+        log.error("queued receipt of %s not delivered: %r", row.request_id, error)
+    return False
 
 
 async def deliver_all(peers: Peers, *, account_id: str = "", hold_id: str = "") -> bool:

@@ -49,3 +49,31 @@ async def test_one_trace_spans_gateway_routing_wallet_upstream_and_usage(system:
         "trace_id"
     ]
     assert receipt_trace == trace_id
+
+
+async def test_a_budget_draws_queued_finish_joins_the_requests_trace(system: System) -> None:
+    """The third request in a row is drawn from the budget the second opened, and its
+    finish queued: the relay's delivery of it (the part's capture, the receipt) is in
+    the request's trace, and no wallet call is."""
+    _, key = await system.new_account()
+    sdk = openai.AsyncOpenAI(base_url=system.gateway_url + "/v1", api_key=key, max_retries=0)
+    for _ in range(3):
+        raw = await sdk.chat.completions.with_raw_response.create(
+            model="demo-chat", messages=[{"role": "user", "content": "trace my budget"}]
+        )
+    trace_id, request_id = raw.headers["x-trace-id"], raw.headers["x-request-id"]
+    async with system.http(key) as http:
+        receipt = (await http.get(f"/v1/usage/{request_id}")).json()  # delivered first
+    assert receipt["ledger_entry_id"] == raw.parse().model_extra["receipt"]["ledger_entry_id"]
+    spans = [
+        s
+        for s in system.spans.get_finished_spans()
+        if format(s.context.trace_id, "032x") == trace_id
+    ]
+    relay, *_ = [s for s in spans if s.name == "gateway.relay finish"]
+    assert (relay.attributes or {})["tokenforge.request_id"] == request_id
+    methods = {(s.attributes or {}).get("rpc.method") for s in spans}
+    batched = any(e.name == "tokenforge.batched" for e in relay.events)
+    # Alone, the calls are the relay span's children; in a batch, an event names the call.
+    assert batched or {"CapturePart", "RecordReceipt"} <= methods
+    assert not methods & {"Hold", "Settle", "GetBalances"}  # none on the request's path

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 
-from opentelemetry import trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -64,3 +65,16 @@ def add_span_processor(processor: SpanProcessor) -> None:
 def current_trace_id() -> str:
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+def current_traceparent() -> str:
+    """The current span as a W3C `traceparent` ("" outside any span), to be stored
+    with work done later on the request's behalf (a queued finish)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+def context_of(traceparent: str) -> otel_context.Context:
+    """The context whose span is the one `traceparent` names (a fresh one for "")."""
+    return propagate.extract({"traceparent": traceparent} if traceparent else {})

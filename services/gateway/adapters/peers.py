@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,9 @@ class Peers:
     receipt_queue: ReceiptQueue | None = None
     # Busy accounts' budgets (None: every request holds for itself).
     budgets: Budgets | None = None
+    # Queued rows this replica's relay is delivering, by request id (a second round
+    # that meets one waits for it).
+    delivering: dict[str, asyncio.Future[bool]] = field(default_factory=dict)
 
     @cached_property
     def routing_stub(self) -> routing_pb2_grpc.RoutingServiceStub:

@@ -36,19 +36,19 @@ from tokenforge.runtime.db import borrowed_driver
 
 ORPHAN_AFTER_S = 5.0
 
-_COLUMNS = "(request_id, receipt, queued_at, account_id, hold_id, capture, owner)"
+_COLUMNS = "(request_id, receipt, queued_at, account_id, hold_id, capture, owner, traceparent)"
 _PUT_SQL = (
     f"INSERT INTO gateway.receipt_queue {_COLUMNS} "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (request_id) DO NOTHING"
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (request_id) DO NOTHING"
 )
 # Many rows in one statement (one commit for all).
 _PUT_MANY_SQL = (
     f"INSERT INTO gateway.receipt_queue {_COLUMNS} "
     "SELECT * FROM unnest($1::text[], $2::bytea[], $3::timestamptz[], $4::text[], "
-    "$5::text[], $6::bool[], $7::text[]) ON CONFLICT (request_id) DO NOTHING"
+    "$5::text[], $6::bool[], $7::text[], $8::text[]) ON CONFLICT (request_id) DO NOTHING"
 )
 
-Row = tuple[str, bytes, datetime, str | None, str | None, bool, str | None]
+Row = tuple[str, bytes, datetime, str | None, str | None, bool, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,8 @@ class Waiting:
     receipt: bytes
     attempts: int
     capture: bool = False
+    # The request's span, W3C `traceparent` ("" when unknown).
+    traceparent: str = ""
 
 
 class ReceiptQueue:
@@ -76,6 +78,7 @@ class ReceiptQueue:
         account_id: str = "",
         hold_id: str = "",
         capture: bool = False,
+        traceparent: str = "",
     ) -> None:
         """Keep the receipt (a second put of the request id keeps the first): one
         statement that commits on its own, on the request's path; puts made at the
@@ -88,6 +91,7 @@ class ReceiptQueue:
             hold_id or None,
             capture,
             self.owner or None,
+            traceparent or None,
         )
         await self._puts.submit(row)
 
@@ -108,9 +112,8 @@ class ReceiptQueue:
         replica's, and other replicas' that waited `ORPHAN_AFTER_S`; with `account_id`
         or `hold_id`, every replica's rows of that account or hold (a read that must see
         them, a budget about to close)."""
-        query = select(t.c.request_id, t.c.receipt, t.c.attempts, t.c.capture).where(
-            t.c.last_error.is_(None)
-        )
+        columns = (t.c.request_id, t.c.receipt, t.c.attempts, t.c.capture, t.c.traceparent)
+        query = select(*columns).where(t.c.last_error.is_(None))
         if account_id:
             query = query.where(t.c.account_id == account_id)
         if hold_id:
@@ -122,7 +125,10 @@ class ReceiptQueue:
             )
         async with self.engine.connect() as conn:
             rows = await conn.execute(query.order_by(t.c.queued_at, t.c.request_id).limit(limit))
-            return [Waiting(r.request_id, r.receipt, r.attempts, r.capture) for r in rows]
+            return [
+                Waiting(r.request_id, r.receipt, r.attempts, r.capture, r.traceparent or "")
+                for r in rows
+            ]
 
     async def delivered(self, request_ids: list[str]) -> None:
         if request_ids:

@@ -53,4 +53,6 @@ receipt_queue = Table(
     Column("capture", Boolean, nullable=False, server_default=false()),
     # The gateway replica that queued it (its relay delivers it first).
     Column("owner", Text),
+    # The request's span (W3C traceparent): its delivery joins the request's trace.
+    Column("traceparent", Text),
 )

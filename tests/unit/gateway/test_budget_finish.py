@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 
 from services.gateway import handlers
 from services.gateway.budgets import Budgets
@@ -80,10 +81,13 @@ async def finish(peers: Any, p: Any, charge: int) -> tuple[Any, Money]:
 async def test_a_finish_is_queued_with_its_part_to_capture_and_the_draw_gives_back() -> None:
     queue, wallet, usage = KeepingQueue(), Wallet(), RecordingUsage()
     peers, budget, p = drawn(queue, wallet, usage)
-    receipt, charge = await finish(peers, p, 120)
+    with TracerProvider().get_tracer(__name__).start_as_current_span("request") as span:
+        receipt, charge = await finish(peers, p, 120)
     assert charge == Money(120, Bucket.CREDIT)
     assert receipt.entry_id == str(part_entry_id("hold-b", "req-1"))
     assert receipt.hold_id == "hold-b" and receipt.charge_micros == 120
+    traceparent = queue.where.pop("traceparent")  # its delivery joins the request's trace
+    assert format(span.get_span_context().span_id, "016x") in traceparent
     assert queue.where == {"account_id": "acct-1", "hold_id": "hold-b", "capture": True}
     assert wallet.parts == [] and usage.receipts == []  # the relay does those
     assert (budget.draws, budget.reserved, budget.spent) == (0, 0, 120)

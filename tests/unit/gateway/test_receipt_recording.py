@@ -4,6 +4,8 @@ that delivers the queue: receipts, and budget draws' finishes (part, then receip
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from services.gateway import handlers, relay
@@ -155,3 +157,28 @@ async def test_a_finish_waits_while_the_wallet_cannot_be_reached_and_is_kept_if_
     refused = relay_peers(Wallet(unknown), Usage(None), budget_finish("req-1", 300))
     assert await relay.deliver(refused) == (0, 1)
     assert refused.receipt_queue.errors["req-1"].startswith("NOT_FOUND")  # type: ignore[union-attr]
+
+
+class SlowUsage(Usage):
+    """Records once released, so two rounds can meet the same row in flight."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.release = asyncio.Event()
+
+    async def record_receipt(self, receipt: usage_pb2.Receipt) -> usage_pb2.Receipt:
+        await self.release.wait()
+        return await super().record_receipt(receipt)
+
+
+async def test_two_rounds_that_meet_one_row_deliver_it_once() -> None:
+    usage = SlowUsage()
+    peers = relay_peers(Wallet(), usage, budget_finish("req-1", 300))
+    relay_round = asyncio.create_task(relay.deliver(peers))
+    await asyncio.sleep(0)  # the relay's round is delivering req-1
+    read_round = asyncio.create_task(relay.deliver(peers, account_id="acct-1"))
+    await asyncio.sleep(0)
+    usage.release.set()
+    assert await relay_round == (1, 1) and await read_round == (1, 1)
+    assert usage.recorded == ["req-1"]  # once
+    assert peers.receipt_queue.rows == {} and peers.delivering == {}  # type: ignore[union-attr]

@@ -26,6 +26,7 @@ def upgrade() -> None:
         schema=SCHEMA,
     )
     op.add_column("receipt_queue", sa.Column("owner", sa.Text), schema=SCHEMA)
+    op.add_column("receipt_queue", sa.Column("traceparent", sa.Text), schema=SCHEMA)
     op.create_index("receipt_queue_account", "receipt_queue", ["account_id"], schema=SCHEMA)
     op.create_index("receipt_queue_hold", "receipt_queue", ["hold_id"], schema=SCHEMA)
 
@@ -33,5 +34,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("receipt_queue_hold", "receipt_queue", schema=SCHEMA)
     op.drop_index("receipt_queue_account", "receipt_queue", schema=SCHEMA)
-    for column in ("owner", "capture", "hold_id", "account_id"):
+    for column in ("traceparent", "owner", "capture", "hold_id", "account_id"):
         op.drop_column("receipt_queue", column, schema=SCHEMA)
