@@ -1,5 +1,5 @@
-"""Budgets at work: drawing a busy account's requests from one wallet hold, queueing
-their finishes, and closing the budget once every part is captured.
+"""Budgets at work: drawing a busy account's requests from one wallet hold, and
+closing the budget once every part is captured.
 
 The rules live in services/gateway/domain/budgets.py; this module talks to the wallet
 (one Hold per budget, one Release when it closes) and to the queue (one durable insert
@@ -21,8 +21,6 @@ from tokenforge.errors import DomainError, Reason
 from tokenforge.holds import new_budget_request_id
 from tokenforge.money import Bucket
 from tokenforge.runtime import metrics
-from tokenforge.runtime.telemetry import current_traceparent
-from tokenforge.usage.v1 import usage_pb2
 
 log = logging.getLogger("tokenforge.gateway.budgets")
 
@@ -45,8 +43,6 @@ class Budgets:
         self.queue = queue
         self.book = BudgetBook(policy)
         self.clock = clock
-        # Set when a finish is queued: the relay wakes up.
-        self.queued = asyncio.Event()
         # Retired budgets whose parts could not all be delivered yet (wallet or usage
         # down): closed on a later round.
         self.closing: list[Budget] = []
@@ -78,18 +74,6 @@ class Budgets:
 
     def give_back(self, budget: Budget, worst: int, charge: int) -> None:
         budget.give_back(worst, charge, self.clock())
-
-    async def queue_finish(self, budget: Budget, receipt: usage_pb2.Receipt) -> None:
-        """Durably queue the request's receipt with its part still to capture."""
-        await self.queue.put(
-            receipt.request_id,
-            receipt.SerializeToString(),
-            account_id=budget.account_id,
-            hold_id=budget.hold_id,
-            capture=receipt.charge_micros > 0,
-            traceparent=current_traceparent(),
-        )
-        self.queued.set()
 
     def _start_opening(
         self, key: Key, worst: int, request_ttl_s: int, trace_id: str

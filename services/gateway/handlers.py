@@ -38,10 +38,17 @@ from services.gateway.domain.planning import (
     usage_from_response,
 )
 from services.gateway.domain.presenting import route_attempts_json
-from services.gateway.domain.settlement import Rule, Settlement, Status, settle
-from services.gateway.relay import capture_part
+from services.gateway.domain.settlement import (
+    FINISH_MARGIN_S,
+    Rule,
+    Settlement,
+    Status,
+    settle,
+)
+from services.gateway.relay import finish_hold
+from services.gateway.storage.receipt_queue import PART, RELEASE, SETTLE
 from tokenforge.errors import DomainError, Reason
-from tokenforge.holds import part_entry_id
+from tokenforge.holds import part_entry_id, settle_entry_id
 from tokenforge.money import Bucket, Money, Price, format_amount
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.runtime import metrics
@@ -360,7 +367,9 @@ async def prepare(peers: Peers, cmd: ChatCommand, endpoint: routing_pb2.Endpoint
     try:
         if cmd.run_id:
             hold, plan = await draw_from_run(peers, account_id, price, plan, cmd)
-        elif drawn := await draw_from_budget(peers, account_id, price, plan, cmd, hold_ttl(route)):
+        elif drawn := await draw_from_budget(
+            peers, account_id, price, plan, cmd, request_bound_s(route)
+        ):
             hold, budget = drawn
         else:
             metrics.BUDGET_DRAWS.labels("hold").inc()
@@ -387,9 +396,15 @@ def plan_for(
     return plan_embeddings(cmd.body, price)
 
 
-def hold_ttl(route: routing_pb2.Route) -> int:
-    """A route's hold outlives every channel's total timeout."""
+def request_bound_s(route: routing_pb2.Route) -> int:
+    """How long a request on the route may run: every channel's total timeout, and a
+    margin."""
     return sum((c.total_timeout_ms or 60_000) for c in route.channels) // 1000 + HOLD_MARGIN_S
+
+
+def hold_ttl(route: routing_pb2.Route) -> int:
+    """A request's own hold outlives the request, and then its queued finish's wait."""
+    return request_bound_s(route) + FINISH_MARGIN_S
 
 
 def upstream_body(
@@ -558,30 +573,11 @@ async def charge_and_record(
     rule: Rule,
     error_code: str,
 ) -> tuple[usage_pb2.Receipt, Money]:
-    """Settle (or release) the request's hold by the outcome, then record its receipt."""
+    """Finish the request by the outcome: its charge (or release) and its receipt."""
     if p.cmd.run_id:
         # A run's request: the run's hold pays; the receipt ends the draw (usage).
         return await finish_run_request(peers, receipt, outcome, rule, error_code)
-    if p.budget is not None:
-        return await finish_budget_request(peers, p, receipt, outcome, rule, error_code)
-    if outcome.usage is not None:
-        settled = await peers.wallet_client.settle(
-            p.hold.hold_id,
-            outcome.charge.micros,
-            account_id=p.hold.account_id,
-            trace_id=p.cmd.trace_id,
-        )
-        receipt.entry_id = settled.entry.entry_id if settled.HasField("entry") else ""
-        if outcome.capped_at_hold:
-            error_code = error_code or "charge_capped_at_hold"
-    else:
-        await peers.wallet_client.release(
-            p.hold.hold_id, reason=error_code or rule.value, account_id=p.hold.account_id
-        )
-    fill_receipt(receipt, outcome, rule, error_code, outcome.charge)
-    count_finish(p, outcome, rule, outcome.charge)
-    await record_receipt(peers, receipt)
-    return receipt, outcome.charge
+    return await finish_request(peers, p, receipt, outcome, rule, error_code)
 
 
 async def record_receipt(peers: Peers, receipt: usage_pb2.Receipt) -> None:
@@ -661,7 +657,7 @@ def fill_receipt(
     receipt.finished_at.CopyFrom(timestamp(datetime.now(UTC)))
 
 
-async def finish_budget_request(
+async def finish_request(
     peers: Peers,
     p: Prepared,
     receipt: usage_pb2.Receipt,
@@ -669,37 +665,57 @@ async def finish_budget_request(
     rule: Rule,
     error_code: str,
 ) -> tuple[usage_pb2.Receipt, Money]:
-    """A request drawn from a budget: its charge is its own part of the budget's hold,
-    under the entry id the wallet will give it, and its receipt is durably queued with
-    the part still to capture (the relay captures it, then records the receipt). If the
-    queue cannot take it, the part is captured and the receipt recorded now."""
+    """Queue the request's finish durably, then let the client see it: the receipt,
+    with what is left to do with the hold (its part of a budget captured, its own hold
+    settled for the charge, or released) and the ledger entry id the wallet will give
+    the charge (derived from the hold, `tokenforge.holds`). The relay does the wallet's
+    side, then records the receipt. If the queue cannot take it, both are done now."""
     charge = outcome.charge
     if outcome.usage is not None and outcome.capped_at_hold:
         error_code = error_code or "charge_capped_at_hold"
-    if charge.micros > 0:
-        receipt.entry_id = str(part_entry_id(receipt.hold_id, receipt.request_id))
+    if p.budget is not None:
+        finish = PART
+        entry_id = part_entry_id(receipt.hold_id, receipt.request_id)
+    else:
+        finish = SETTLE if outcome.usage is not None else RELEASE
+        entry_id = settle_entry_id(receipt.hold_id)
+    receipt.entry_id = str(entry_id) if charge.micros > 0 else ""
     fill_receipt(receipt, outcome, rule, error_code, charge)
-    assert p.budget is not None and peers.budgets is not None
     try:
-        await peers.budgets.queue_finish(p.budget, receipt)
+        await queue_finish(peers, receipt, finish)
     except asyncio.CancelledError:
         p.end_draw(peers, charge.micros)  # the insert may still commit: counted as spent
         raise
     except Exception as failure:  # noqa: BLE001 - the finish goes the direct way
-        log.warning("finish of %s not queued (%r); capturing now", receipt.request_id, failure)
+        log.warning("finish of %s not queued (%r); finishing now", receipt.request_id, failure)
         try:
-            if receipt.charge_micros > 0:
-                await capture_part(peers, receipt)
+            await finish_hold(peers, receipt, finish)
         except BaseException:
             p.end_draw(peers, charge.micros)  # it may have been taken: counted as spent
             raise
-        p.end_draw(peers, receipt.charge_micros)
-        count_finish(p, outcome, rule, Money(receipt.charge_micros, charge.bucket))
+        taken = Money(receipt.charge_micros, charge.bucket)
+        p.end_draw(peers, taken.micros)
+        count_finish(p, outcome, rule, taken)
         await record_receipt(peers, receipt)
-        return receipt, Money(receipt.charge_micros, charge.bucket)
+        return receipt, taken
     p.end_draw(peers, charge.micros)
     count_finish(p, outcome, rule, charge)
     return receipt, charge
+
+
+async def queue_finish(peers: Peers, receipt: usage_pb2.Receipt, finish: str) -> None:
+    """One durable insert in the gateway's schema (shared by the finishes that arrive
+    together), in the request's trace for the relay to continue."""
+    if peers.receipt_queue is None:
+        raise RuntimeError("the gateway has no database to queue finishes in")
+    await peers.receipt_queue.put(
+        receipt.request_id,
+        receipt.SerializeToString(),
+        account_id=receipt.account_id,
+        hold_id=receipt.hold_id,
+        finish=finish,
+        traceparent=current_traceparent(),
+    )
 
 
 def count_finish(p: Prepared, outcome: Settlement, rule: Rule, charge: Money) -> None:

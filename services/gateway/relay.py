@@ -4,9 +4,10 @@ receipt_queue.py) and closes the budgets that are done.
 For each queued row, in one round for up to `RELAY_BATCH` rows (the wallet and usage
 clients put concurrent calls into one batch call each):
 
-1. a finish of a budget draw first has its part captured from the budget's hold
-   (wallet CapturePart, idempotent per hold and request; the entry id is the one the
-   answer named);
+1. the wallet's side of the finish first (`finish_hold`): a budget draw's part
+   captured from the budget's hold (CapturePart, idempotent per hold and request), a
+   request's own hold settled (Settle, idempotent per hold) or released; the ledger
+   entry id is the one the answer named (the wallet derives it, `tokenforge.holds`);
 2. then its receipt is recorded (usage, idempotent per request id);
 3. rows done are deleted. A row the wallet or usage refuses stays, with the reason, for
    an operator; a row that meets an unreachable service waits for the next round.
@@ -21,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from opentelemetry import trace
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.domain.budgets import Budget
-from services.gateway.storage.receipt_queue import Waiting
+from services.gateway.storage.receipt_queue import PART, RELEASE, SETTLE, Waiting
 from tokenforge.errors import DomainError, Reason
 from tokenforge.runtime import metrics
 from tokenforge.runtime.telemetry import context_of
@@ -49,47 +51,65 @@ class _Refused(Exception):
         self.error = error
 
 
-# A part the wallet refuses for these reasons was not taken and never will be.
+# A part or settle the wallet refuses for these reasons was not taken and never will be.
 NOT_COLLECTED = (Reason.HOLD_NOT_OPEN, Reason.HOLD_EXPIRED, Reason.SETTLE_ABOVE_HOLD)
 
 
-async def capture_part(peers: Peers, receipt: usage_pb2.Receipt) -> None:
-    """Take the receipt's charge from its budget's hold as its own part. If the hold
-    ended first (it expired through a wallet outage longer than its TTL) or has less
-    left than the part (never expected: the budget counts what it gave out), nothing
-    was taken and the receipt says so."""
+async def finish_hold(peers: Peers, receipt: usage_pb2.Receipt, finish: str) -> None:
+    """The wallet's side of a request's finish, as its receipt says: its part of a
+    budget captured (PART), its own hold settled for the charge (SETTLE), or released
+    (RELEASE). Each is idempotent, so a repeat answers the first. If the hold ended
+    first (it expired through a wallet outage longer than its margin) or has less left
+    than the charge (never expected), nothing was taken and the receipt says so."""
+    wallet = peers.wallet_client
     try:
-        captured = await peers.wallet_client.capture_part(
-            receipt.hold_id,
-            receipt.charge_micros,
-            receipt.request_id,
-            account_id=receipt.account_id,
-            trace_id=receipt.trace_id,
-        )
+        if finish == RELEASE:
+            reason = receipt.error_code or receipt.settlement_rule
+            await wallet.release(receipt.hold_id, reason=reason, account_id=receipt.account_id)
+            return
+        if finish == PART and receipt.charge_micros > 0:
+            answer: Any = await wallet.capture_part(
+                receipt.hold_id,
+                receipt.charge_micros,
+                receipt.request_id,
+                account_id=receipt.account_id,
+                trace_id=receipt.trace_id,
+            )
+        elif finish == SETTLE:
+            answer = await wallet.settle(
+                receipt.hold_id,
+                receipt.charge_micros,
+                account_id=receipt.account_id,
+                trace_id=receipt.trace_id,
+            )
+        else:
+            return
     except DomainError as error:
         if error.reason not in NOT_COLLECTED:
             raise
-        metrics.CHARGES_NOT_COLLECTED.inc()
-        log.error(
-            "charge of %s (%d micro-units) not collected: budget hold %s %s",
-            receipt.request_id,
-            receipt.charge_micros,
-            receipt.hold_id,
-            error.reason.value,
-        )
+        if receipt.charge_micros:
+            metrics.CHARGES_NOT_COLLECTED.inc()
+            log.error(
+                "charge of %s (%d micro-units) not collected: hold %s %s",
+                receipt.request_id,
+                receipt.charge_micros,
+                receipt.hold_id,
+                error.reason.value,
+            )
+            receipt.error_code = "charge_not_collected"
         receipt.charge_micros = 0
         receipt.entry_id = ""
-        receipt.error_code = "charge_not_collected"
         return
-    if captured.entry.entry_id != receipt.entry_id:
+    written = answer.entry.entry_id if answer.HasField("entry") else ""
+    if written != receipt.entry_id:
         # Never expected: the wallet derives the id the answer named.
         log.error(
-            "part of %s written as entry %s, not %s",
+            "charge of %s written as entry %r, not %r",
             receipt.request_id,
-            captured.entry.entry_id,
+            written,
             receipt.entry_id,
         )
-        receipt.entry_id = captured.entry.entry_id
+        receipt.entry_id = written
 
 
 async def _deliver_one(peers: Peers, row: Waiting) -> bool:
@@ -103,8 +123,7 @@ async def _deliver_one(peers: Peers, row: Waiting) -> bool:
         attributes={"tokenforge.request_id": row.request_id, "tokenforge.hold_id": receipt.hold_id},
     ):
         try:
-            if row.capture and receipt.charge_micros > 0:
-                await capture_part(peers, receipt)
+            await finish_hold(peers, receipt, row.finish)
             await peers.usage_client.record_receipt(receipt)
         except DomainError as error:
             if error.reason is Reason.SERVICE_UNAVAILABLE:
@@ -219,22 +238,21 @@ async def run_relay(peers: Peers) -> None:
     """The relay's loop (a background task of the gateway)."""
     counted = 0.0
     while True:
-        budgets = peers.budgets
-        if budgets is not None:
-            try:
-                await asyncio.wait_for(budgets.queued.wait(), EVERY_S)
-                await asyncio.sleep(LINGER_S)  # others join the round
-            except TimeoutError:
-                pass
-            budgets.queued.clear()
-        else:
-            await asyncio.sleep(EVERY_S)
+        queue = peers.receipt_queue
+        if queue is None:
+            return  # no database: nothing is ever queued
+        try:
+            await asyncio.wait_for(queue.queued.wait(), EVERY_S)
+            await asyncio.sleep(LINGER_S)  # others join the round
+        except TimeoutError:
+            pass
+        queue.queued.clear()
         try:
             await deliver_all(peers)
             await close_due(peers)
-            if peers.receipt_queue is not None and time.monotonic() - counted > COUNT_EVERY_S:
+            if time.monotonic() - counted > COUNT_EVERY_S:
                 counted = time.monotonic()
-                metrics.RECEIPTS_WAITING.set(await peers.receipt_queue.count())
+                metrics.RECEIPTS_WAITING.set(await queue.count())
         except Exception:  # noqa: BLE001 - logged; the next round tries again
             log.exception("relaying queued receipts failed; retrying")
             await asyncio.sleep(1.0)

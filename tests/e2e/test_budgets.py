@@ -178,7 +178,7 @@ async def test_a_finish_queued_by_a_replica_that_is_gone_is_delivered_on_the_nex
             receipt.SerializeToString(),
             account_id=account,
             hold_id=budget.hold_id,
-            capture=True,
+            finish="part",
         )
         async with system.http(key) as http:
             recorded = (await http.get(f"/v1/usage/{request_id}")).json()

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from services.gateway.domain.settlement import FINISH_MARGIN_S
 from tokenforge.money import Bucket
 
 Key = tuple[str, Bucket]  # (account id, bucket)
@@ -42,7 +43,7 @@ class BudgetPolicy:
     max_age_s: float = 30.0
     # A draw needs the budget's hold to outlive the request (its own hold's TTL) by
     # this much more: time for its queued part to be captured, through a wallet outage.
-    finish_margin_s: float = 120.0
+    finish_margin_s: float = FINISH_MARGIN_S
     # After the wallet refused a budget, the account's bucket goes hold by hold this long.
     lean_s: float = 10.0
     # A budget takes at most 1/available_share of what the bucket has available when it

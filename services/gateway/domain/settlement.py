@@ -29,6 +29,11 @@ from dataclasses import dataclass
 from services.gateway.domain.planning import Usage, charge_for
 from tokenforge.money import Money, Price
 
+# A request's finish is queued before the answer; its hold (or budget) outlives the
+# request by this much more, so the relay can still take the charge after a wallet
+# outage of about two minutes.
+FINISH_MARGIN_S = 120
+
 
 class Rule(enum.StrEnum):
     FINISHED_WITH_USAGE = "finished_with_usage"

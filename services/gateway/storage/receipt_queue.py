@@ -7,11 +7,12 @@ Two kinds of rows, one relay (`services.gateway.relay`):
   retries), the receipt is not lost and the client is not told that nothing was
   charged: the gateway keeps the receipt here and answers the request (its receipt is
   durably queued, as docs/ARCHITECTURE.md allows).
-- **A finish of a budget draw** (`capture`): a request drawn from a budget (see
-  services/gateway/domain/budgets.py) ends by queueing its receipt here, its charge
-  still to be taken from the budget's hold as the request's own part. The answer names
-  the part's ledger entry id, which the wallet derives from the hold and the request
-  (`tokenforge.holds.part_entry_id`); the relay captures the part, then records the
+- **A request's finish** (`finish`): every request (but a run's) ends by queueing its
+  receipt here with what is still to be done with its hold: `part` for a request drawn
+  from a budget (see services/gateway/domain/budgets.py: its charge is its own part of
+  the budget's hold), `settle` or `release` for a request's own hold. The answer names
+  the ledger entry id, which the wallet derives from the hold (and the request, for a
+  part: `tokenforge.holds`); the relay does the wallet's part, then records the
   receipt.
 
 A request id is queued once; capturing a part and recording a receipt are idempotent
@@ -23,6 +24,7 @@ may be gone).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,7 +38,7 @@ from tokenforge.runtime.db import borrowed_driver
 
 ORPHAN_AFTER_S = 5.0
 
-_COLUMNS = "(request_id, receipt, queued_at, account_id, hold_id, capture, owner, traceparent)"
+_COLUMNS = "(request_id, receipt, queued_at, account_id, hold_id, finish, owner, traceparent)"
 _PUT_SQL = (
     f"INSERT INTO gateway.receipt_queue {_COLUMNS} "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (request_id) DO NOTHING"
@@ -45,10 +47,13 @@ _PUT_SQL = (
 _PUT_MANY_SQL = (
     f"INSERT INTO gateway.receipt_queue {_COLUMNS} "
     "SELECT * FROM unnest($1::text[], $2::bytea[], $3::timestamptz[], $4::text[], "
-    "$5::text[], $6::bool[], $7::text[], $8::text[]) ON CONFLICT (request_id) DO NOTHING"
+    "$5::text[], $6::text[], $7::text[], $8::text[]) ON CONFLICT (request_id) DO NOTHING"
 )
 
-Row = tuple[str, bytes, datetime, str | None, str | None, bool, str | None, str | None]
+# What is left to do with a queued receipt's hold (`Waiting.finish`).
+PART, SETTLE, RELEASE = "part", "settle", "release"
+
+Row = tuple[str, bytes, datetime, str | None, str | None, str | None, str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,8 @@ class Waiting:
     request_id: str
     receipt: bytes
     attempts: int
-    capture: bool = False
+    # PART, SETTLE, RELEASE, or "" (the receipt only).
+    finish: str = ""
     # The request's span, W3C `traceparent` ("" when unknown).
     traceparent: str = ""
 
@@ -65,6 +71,8 @@ class ReceiptQueue:
     def __init__(self, engine: AsyncEngine, owner: str = "") -> None:
         self.engine = engine
         self.owner = owner
+        # Set once something was queued: the relay wakes up.
+        self.queued = asyncio.Event()
         # Puts that arrive together commit together (one statement, one commit).
         self._puts: Batcher[Row, None] = Batcher(
             self._put_one, self._put_many, name="gateway.receipt_queue.put"
@@ -77,7 +85,7 @@ class ReceiptQueue:
         *,
         account_id: str = "",
         hold_id: str = "",
-        capture: bool = False,
+        finish: str = "",
         traceparent: str = "",
     ) -> None:
         """Keep the receipt (a second put of the request id keeps the first): one
@@ -89,11 +97,12 @@ class ReceiptQueue:
             datetime.now(UTC),
             account_id or None,
             hold_id or None,
-            capture,
+            finish or None,
             self.owner or None,
             traceparent or None,
         )
         await self._puts.submit(row)
+        self.queued.set()
 
     async def _put_one(self, row: Row) -> None:
         async with borrowed_driver(self.engine) as conn:
@@ -112,7 +121,7 @@ class ReceiptQueue:
         replica's, and other replicas' that waited `ORPHAN_AFTER_S`; with `account_id`
         or `hold_id`, every replica's rows of that account or hold (a read that must see
         them, a budget about to close)."""
-        columns = (t.c.request_id, t.c.receipt, t.c.attempts, t.c.capture, t.c.traceparent)
+        columns = (t.c.request_id, t.c.receipt, t.c.attempts, t.c.finish, t.c.traceparent)
         query = select(*columns).where(t.c.last_error.is_(None))
         if account_id:
             query = query.where(t.c.account_id == account_id)
@@ -126,7 +135,7 @@ class ReceiptQueue:
         async with self.engine.connect() as conn:
             rows = await conn.execute(query.order_by(t.c.queued_at, t.c.request_id).limit(limit))
             return [
-                Waiting(r.request_id, r.receipt, r.attempts, r.capture, r.traceparent or "")
+                Waiting(r.request_id, r.receipt, r.attempts, r.finish or "", r.traceparent or "")
                 for r in rows
             ]
 

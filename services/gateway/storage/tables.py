@@ -3,17 +3,7 @@ and finishes waiting for the usage service and the wallet)."""
 
 from __future__ import annotations
 
-from sqlalchemy import (
-    Boolean,
-    Column,
-    DateTime,
-    Integer,
-    LargeBinary,
-    MetaData,
-    Table,
-    Text,
-    false,
-)
+from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, Table, Text
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData(schema="gateway")
@@ -47,10 +37,12 @@ receipt_queue = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("last_error", Text),
     Column("account_id", Text),
-    # The hold the receipt names; with `capture`, the part (its charge) is still to be
-    # taken from it (wallet CapturePart) before the receipt is recorded.
+    # The hold the receipt names, and what is still to be done with it before the
+    # receipt is recorded: `part` (its charge taken from a budget, CapturePart),
+    # `settle` (the request's own hold settled for the charge) or `release`; none: the
+    # receipt only.
     Column("hold_id", Text),
-    Column("capture", Boolean, nullable=False, server_default=false()),
+    Column("finish", Text),
     # The gateway replica that queued it (its relay delivers it first).
     Column("owner", Text),
     # The request's span (W3C traceparent): its delivery joins the request's trace.

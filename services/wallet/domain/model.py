@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from tokenforge.errors import DomainError, Reason
-from tokenforge.holds import part_entry_id
+from tokenforge.holds import part_entry_id, settle_entry_id
 from tokenforge.money import Bucket, format_amount
 
 DEFAULT_HOLD_TTL_S = 300
@@ -464,7 +464,9 @@ def request_charge(
     amount: int | None = None,
 ) -> JournalEntry:
     """The ledger row of a settled request: the user pays revenue. `amount` is the
-    settle's own capture (default: all the hold captured)."""
+    settle's own capture (default: all the hold captured). Its entry id is derived
+    from the hold (`tokenforge.holds.settle_entry_id`), so a caller can name the row
+    before the settle is made."""
     return _entry(
         EntryKind.REQUEST_CHARGE,
         balance,
@@ -473,6 +475,7 @@ def request_charge(
         REVENUE,
         settle_key(hold.hold_id),
         now,
+        settle_entry_id(hold.hold_id),
         request_id=hold.request_id,
         hold_id=hold.hold_id,
         trace_id=trace_id or hold.trace_id,

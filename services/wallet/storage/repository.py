@@ -51,7 +51,7 @@ from services.wallet.storage.tables import (
     postings,
     processed_events,
 )
-from tokenforge.holds import part_entry_id
+from tokenforge.holds import part_entry_id, settle_entry_id
 from tokenforge.money import Bucket
 
 UNIQUE_VIOLATION = "23505"
@@ -688,7 +688,7 @@ class SqlAlchemyWalletRepository(WalletRepository):
     async def settle_open_hold(
         self, hold_id: uuid.UUID, amount: int, account_id: str, now: datetime, trace_id: str
     ) -> tuple[Hold, JournalEntry | None] | None:
-        entry_id = uuid.uuid4()
+        entry_id = settle_entry_id(hold_id)
         rows = await self._fetch(
             _SETTLE_HOLD,
             {

@@ -17,7 +17,7 @@ from services.wallet import app
 from tests.integration.wallet.conftest import Wallet
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
-from tokenforge.holds import part_entry_id
+from tokenforge.holds import part_entry_id, settle_entry_id
 from tokenforge.wallet.v1 import wallet_pb2
 
 CREDIT = common_pb2.BUCKET_CREDIT
@@ -133,6 +133,23 @@ async def test_a_parts_entry_id_is_part_entry_id_of_its_hold_and_request_and_rep
     await wallet.call("Release", wallet_pb2.ReleaseRequest(hold_id=hold.hold_id))
     late = await wallet.call("CapturePart", part(hold, 70, request_id))
     assert late.entry.entry_id == named
+
+
+async def test_a_settles_entry_id_is_settle_entry_id_of_its_hold_and_a_replay_answers_it(
+    wallet: Wallet,
+) -> None:
+    account, hold = await open_hold(wallet, 1_000, 400)
+    named = str(settle_entry_id(hold.hold_id))  # named before the settle, as the gateway does
+    settle = wallet_pb2.SettleRequest(hold_id=hold.hold_id, amount_micros=150)
+    first = await wallet.call("Settle", settle)
+    again = await wallet.call("Settle", settle)
+    listed = await wallet.call(
+        "ListLedger",
+        wallet_pb2.ListLedgerRequest(account_id=account, kind=wallet_pb2.ENTRY_KIND_REQUEST_CHARGE),
+    )
+    assert first.entry.entry_id == again.entry.entry_id == named
+    assert [e.entry_id for e in listed.entries] == [named]
+    assert first.hold.entry_id == named
 
 
 async def test_parts_above_what_is_still_held_are_refused_and_change_nothing(

@@ -8,7 +8,7 @@ from typing import Any
 from services.gateway.adapters.peers import Peers
 from services.gateway.storage.receipt_queue import Waiting
 from tokenforge.errors import DomainError
-from tokenforge.holds import part_entry_id
+from tokenforge.holds import part_entry_id, settle_entry_id
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wallet.v1 import wallet_pb2
@@ -50,14 +50,14 @@ class Queue:
 class WaitingQueue:
     """The queue as the relay sees it."""
 
-    def __init__(self, *receipts: usage_pb2.Receipt, capture: bool = False) -> None:
+    def __init__(self, *receipts: usage_pb2.Receipt, finish: str = "") -> None:
         self.rows = {r.request_id: r.SerializeToString() for r in receipts}
         self.errors: dict[str, str] = {}
-        self.capture = capture
+        self.finish = finish
 
     async def waiting(self, limit: int, account_id: str = "", hold_id: str = "") -> list[Any]:
         ready = [(rid, data) for rid, data in self.rows.items() if rid not in self.errors]
-        return [Waiting(rid, data, 0, self.capture) for rid, data in ready[:limit]]
+        return [Waiting(rid, data, 0, self.finish) for rid, data in ready[:limit]]
 
     async def delivered(self, request_ids: list[str]) -> None:
         for rid in request_ids:
@@ -71,11 +71,29 @@ class WaitingQueue:
 
 
 class Wallet:
-    """Captures parts (under the entry id the wallet derives), or refuses them all."""
+    """Captures parts and settles holds (under the entry ids the wallet derives) and
+    releases them, or refuses them all."""
 
     def __init__(self, error: DomainError | None = None) -> None:
         self.error = error
         self.parts: list[tuple[str, int, str]] = []
+        self.settles: list[tuple[str, int]] = []
+        self.releases: list[tuple[str, str]] = []
+
+    async def settle(self, hold_id: str, amount: int, **_: str) -> wallet_pb2.SettleResponse:
+        if self.error is not None:
+            raise self.error
+        self.settles.append((hold_id, amount))
+        answer = wallet_pb2.SettleResponse()
+        if amount:
+            answer.entry.entry_id = str(settle_entry_id(hold_id))
+        return answer
+
+    async def release(self, hold_id: str, *, reason: str = "", **_: str) -> wallet_pb2.Hold:
+        if self.error is not None:
+            raise self.error
+        self.releases.append((hold_id, reason))
+        return wallet_pb2.Hold(hold_id=hold_id)
 
     async def capture_part(
         self, hold_id: str, amount: int, request_id: str, **_: str

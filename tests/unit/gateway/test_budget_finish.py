@@ -1,5 +1,6 @@
-"""A request drawn from a budget ends by queueing its finish; when the queue cannot
-take it, its part is captured and its receipt recorded at once, and the draw gives
+"""A request ends by queueing its finish (its part of a budget, or its own hold's
+settle or release, under the entry id the wallet derives); when the queue cannot take
+it, the wallet's side is done and the receipt recorded at once, and a budget draw gives
 back either way."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from services.gateway.domain.settlement import Rule, Settlement, Status, Usage
 from tests.unit.gateway.fakes import Queue, RecordingUsage, Wallet, peers_with
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
-from tokenforge.holds import part_entry_id
+from tokenforge.holds import part_entry_id, settle_entry_id
 from tokenforge.money import Bucket, Money, Price
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.wallet.v1 import wallet_pb2
@@ -73,7 +74,7 @@ def outcome(charge: int) -> Settlement:
 
 async def finish(peers: Any, p: Any, charge: int) -> tuple[Any, Money]:
     receipt = handlers.new_receipt(p, [])
-    return await handlers.finish_budget_request(
+    return await handlers.finish_request(
         peers, p, receipt, outcome(charge), Rule.FINISHED_WITH_USAGE, ""
     )
 
@@ -88,7 +89,7 @@ async def test_a_finish_is_queued_with_its_part_to_capture_and_the_draw_gives_ba
     assert receipt.hold_id == "hold-b" and receipt.charge_micros == 120
     traceparent = queue.where.pop("traceparent")  # its delivery joins the request's trace
     assert format(span.get_span_context().span_id, "016x") in traceparent
-    assert queue.where == {"account_id": "acct-1", "hold_id": "hold-b", "capture": True}
+    assert queue.where == {"account_id": "acct-1", "hold_id": "hold-b", "finish": "part"}
     assert wallet.parts == [] and usage.receipts == []  # the relay does those
     assert (budget.draws, budget.reserved, budget.spent) == (0, 0, 120)
     assert p.budget is None
@@ -111,3 +112,29 @@ async def test_when_neither_can_take_it_the_draw_still_gives_back_and_the_error_
         await finish(peers, p, 120)
     # It may have been taken: counted as spent, so the budget never pays it twice.
     assert (budget.draws, budget.reserved, budget.spent) == (0, 0, 120)
+
+
+async def test_a_request_on_its_own_hold_queues_a_settle_naming_the_derived_entry() -> None:
+    queue, wallet, usage = KeepingQueue(), Wallet(), RecordingUsage()
+    peers, budget, p = drawn(queue, wallet, usage)
+    p.end_draw(peers)  # make it a request on a hold of its own
+    p.hold = wallet_pb2.Hold(hold_id="hold-own", account_id="acct-1", amount_micros=500)
+    receipt, charge = await finish(peers, p, 120)
+    assert receipt.entry_id == str(settle_entry_id("hold-own")) and charge.micros == 120
+    queue.where.pop("traceparent")
+    assert queue.where == {"account_id": "acct-1", "hold_id": "hold-own", "finish": "settle"}
+    assert wallet.settles == [] and usage.receipts == []  # the relay does those
+
+
+async def test_a_request_that_charged_nothing_for_no_usage_queues_a_release() -> None:
+    queue, wallet, usage = KeepingQueue(), Wallet(), RecordingUsage()
+    peers, _, p = drawn(queue, wallet, usage)
+    p.end_draw(peers)
+    p.hold = wallet_pb2.Hold(hold_id="hold-own", account_id="acct-1", amount_micros=500)
+    failed = Settlement(
+        Rule.ERROR_BEFORE_FIRST_BYTE, Status.FAILED, None, Money(0, Bucket.CREDIT), False
+    )
+    receipt, _ = await handlers.finish_request(
+        peers, p, handlers.new_receipt(p, []), failed, Rule.ERROR_BEFORE_FIRST_BYTE, "http_503"
+    )
+    assert receipt.entry_id == "" and queue.where["finish"] == "release"

@@ -10,10 +10,11 @@ import pytest
 
 from services.gateway import handlers, relay
 from services.gateway.adapters.peers import Peers
+from services.gateway.storage.receipt_queue import PART, RELEASE, SETTLE
 from tests.unit.gateway.fakes import Queue, RecordingUsage, Usage, WaitingQueue, Wallet, peers_with
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
-from tokenforge.holds import part_entry_id
+from tokenforge.holds import part_entry_id, settle_entry_id
 from tokenforge.runtime import metrics
 from tokenforge.usage.v1 import usage_pb2
 
@@ -117,7 +118,7 @@ def budget_finish(request_id: str, charge: int) -> usage_pb2.Receipt:
 
 
 def relay_peers(wallet: Wallet, usage: Usage, *finishes: usage_pb2.Receipt) -> Peers:
-    peers = peers_with(usage, WaitingQueue(*finishes, capture=True))
+    peers = peers_with(usage, WaitingQueue(*finishes, finish=PART))
     peers.__dict__["wallet_client"] = wallet
     return peers
 
@@ -182,3 +183,48 @@ async def test_two_rounds_that_meet_one_row_deliver_it_once() -> None:
     assert await relay_round == (1, 1) and await read_round == (1, 1)
     assert usage.recorded == ["req-1"]  # once
     assert peers.receipt_queue.rows == {} and peers.delivering == {}  # type: ignore[union-attr]
+
+
+def own_finish(
+    request_id: str, charge: int, rule: str = "finished_with_usage"
+) -> usage_pb2.Receipt:
+    return usage_pb2.Receipt(
+        request_id=request_id,
+        account_id="acct-1",
+        bucket=common_pb2.BUCKET_CREDIT,
+        hold_id=f"hold-{request_id}",
+        charge_micros=charge,
+        entry_id=str(settle_entry_id(f"hold-{request_id}")) if charge else "",
+        settlement_rule=rule,
+    )
+
+
+async def test_the_relay_settles_or_releases_a_requests_own_hold_then_records_its_receipt() -> None:
+    wallet, usage = Wallet(), RecordingUsage()
+    settled = peers_with(usage, WaitingQueue(own_finish("req-1", 300), finish=SETTLE))
+    settled.__dict__["wallet_client"] = wallet
+    assert await relay.deliver(settled) == (1, 1)
+    released = peers_with(
+        usage, WaitingQueue(own_finish("req-2", 0, "error_before_first_byte"), finish=RELEASE)
+    )
+    released.__dict__["wallet_client"] = wallet
+    assert await relay.deliver(released) == (1, 1)
+    assert wallet.settles == [("hold-req-1", 300)]
+    assert wallet.releases == [("hold-req-2", "error_before_first_byte")]
+    assert [(r.request_id, r.entry_id) for r in usage.receipts] == [
+        ("req-1", str(settle_entry_id("hold-req-1"))),
+        ("req-2", ""),
+    ]
+
+
+async def test_a_settle_whose_hold_ended_is_recorded_as_not_collected() -> None:
+    usage = RecordingUsage()
+    peers = peers_with(usage, WaitingQueue(own_finish("req-1", 300), finish=SETTLE))
+    peers.__dict__["wallet_client"] = Wallet(DomainError(Reason.HOLD_EXPIRED, "expired"))
+    assert await relay.deliver(peers) == (1, 1)
+    (receipt,) = usage.receipts
+    assert (receipt.charge_micros, receipt.entry_id, receipt.error_code) == (
+        0,
+        "",
+        "charge_not_collected",
+    )

@@ -1,4 +1,4 @@
-"""gateway: the receipt queue also carries finishes of budget draws (the part to capture)
+"""gateway: the receipt queue also carries finishes (a part to capture, a settle, a release)
 
 Revision ID: 0003
 Revises: 0002
@@ -22,7 +22,7 @@ def upgrade() -> None:
     op.add_column("receipt_queue", sa.Column("hold_id", sa.Text), schema=SCHEMA)
     op.add_column(
         "receipt_queue",
-        sa.Column("capture", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("finish", sa.Text),
         schema=SCHEMA,
     )
     op.add_column("receipt_queue", sa.Column("owner", sa.Text), schema=SCHEMA)
@@ -34,5 +34,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("receipt_queue_hold", "receipt_queue", schema=SCHEMA)
     op.drop_index("receipt_queue_account", "receipt_queue", schema=SCHEMA)
-    for column in ("traceparent", "owner", "capture", "hold_id", "account_id"):
+    for column in ("traceparent", "owner", "finish", "hold_id", "account_id"):
         op.drop_column("receipt_queue", column, schema=SCHEMA)
