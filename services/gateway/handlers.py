@@ -1,7 +1,9 @@
 """The gateway's use cases: one request through resolve, hold, upstream, settle, receipt.
 
 Every step is keyed by the request id the gateway made first. A charge or a receipt
-id is only shown to the client once the settle and the receipt are recorded.
+id is only shown to the client once the request's finish (the settle, release or part
+of a budget, and the receipt) is durably queued, for the relay (relay.py), or, for a
+run's request, recorded.
 
 When every allowed channel of the route fails before the first byte and the API key
 allows other routes (Resolve answered `fallback_routes`), the request moves to the
@@ -542,10 +544,10 @@ async def finish(
     counted: Usage,
     error_code: str = "",
 ) -> tuple[usage_pb2.Receipt, Money]:
-    """Apply the settlement table, settle the charge (or release the hold), then
-    record the receipt. Only then may the client see the charge. The outcome report
-    to routing (channel attempts, the charge taken, the lease's end) leaves after
-    both, off the answer's path, and names only a charge that was taken."""
+    """Apply the settlement table, then finish: the charge (or the release) and the
+    receipt durably queued, or done (a run's request). Only then may the client see
+    the charge. The outcome report to routing (channel attempts, the charge, the
+    lease's end) leaves after, off the answer's path."""
     outcome = settle(
         rule,
         p.price,
