@@ -41,8 +41,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from services.routing.domain.health import is_channel_failure
 from tokenforge.errors import DomainError
@@ -51,7 +52,10 @@ from tokenforge.runtime import metrics
 from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
 from tokenforge.runtime.grpc_client import DEFAULT_DEADLINE_S, Peer
 from tokenforge.runtime.service_client import ServiceClient
-from tokenforge.wire import bucket_from_proto, item_outcomes, price_from_proto
+from tokenforge.wire import bucket_from_proto, price_from_proto
+
+# Outcome reports, each answered alone or in a ReportOutcomes batch.
+Reports = Batcher[routing_pb2.ReportOutcomeRequest, routing_pb2.ReportOutcomeResponse]
 
 log = logging.getLogger(__name__)
 
@@ -119,22 +123,10 @@ class RoutingClient(ServiceClient):
         # Bumped by forget_key: an answer that was on its way meanwhile is not kept.
         self._forgets = 0
         # Without batching, every report goes alone on ReportOutcome.
-        self.reports = Batcher(
-            self._report_one,
-            self._report_many,
-            max_size=max_batch,
-            name="routing.ReportOutcome",
-            batching=batching,
-        )
+        self.reports: Reports = self._reports(max_size=max_batch, batching=batching)
         # Reports that change nothing routing decides: they wait for company.
         self.settled_reports = (
-            Batcher(
-                self._report_one,
-                self._report_many,
-                max_size=max_batch,
-                name="routing.ReportOutcome",
-                linger=report_linger_s,
-            )
+            self._reports(max_size=max_batch, linger=report_linger_s)
             if batching and report_linger_s > 0
             else self.reports
         )
@@ -316,7 +308,7 @@ class RoutingClient(ServiceClient):
     async def _report(
         self,
         request: routing_pb2.ReportOutcomeRequest,
-        batcher: Batcher[routing_pb2.ReportOutcomeRequest, routing_pb2.ReportOutcomeResponse],
+        batcher: Reports,
     ) -> None:
         try:
             await batcher.submit(request)
@@ -328,20 +320,10 @@ class RoutingClient(ServiceClient):
                 error,
             )
 
-    async def _report_one(
-        self, request: routing_pb2.ReportOutcomeRequest
-    ) -> routing_pb2.ReportOutcomeResponse:
-        answer: routing_pb2.ReportOutcomeResponse = await self._once(
-            "ReportOutcome", request, request.request_id
-        )
-        return answer
-
-    async def _report_many(
-        self, requests: Sequence[routing_pb2.ReportOutcomeRequest]
-    ) -> list[routing_pb2.ReportOutcomeResponse | BaseException]:
-        answer: routing_pb2.ReportOutcomesResponse = await self._once(
+    def _reports(self, **options: Any) -> Reports:
+        return self._batcher(
+            "ReportOutcome",
             "ReportOutcomes",
-            routing_pb2.ReportOutcomesRequest(reports=requests),
-            requests[0].request_id,
+            lambda reports: routing_pb2.ReportOutcomesRequest(reports=reports),
+            **options,
         )
-        return item_outcomes(answer.outcomes)

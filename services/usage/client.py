@@ -19,7 +19,7 @@ shared by the callers of a process, batches best.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
 from tokenforge.runtime.grpc_client import Peer
@@ -30,7 +30,6 @@ from tokenforge.runtime.service_client import (
     ServiceClient,
 )
 from tokenforge.usage.v1 import usage_pb2, usage_pb2_grpc
-from tokenforge.wire import item_outcomes
 
 
 class UsageClient(ServiceClient):
@@ -52,11 +51,14 @@ class UsageClient(ServiceClient):
         super().__init__(peer, deadline=deadline, attempts=attempts, backoff=backoff, sleep=sleep)
         self.stub = usage_pb2_grpc.UsageServiceStub(peer.channel)
         # Without batching, every receipt goes alone on RecordReceipt.
-        self.receipts = Batcher(
-            self._record_one,
-            self._record_many,
+        self.receipts: Batcher[usage_pb2.Receipt, usage_pb2.RecordReceiptResponse] = self._batcher(
+            "RecordReceipt",
+            "RecordReceipts",
+            lambda receipts: usage_pb2.RecordReceiptsRequest(
+                receipts=[usage_pb2.RecordReceiptRequest(receipt=r) for r in receipts]
+            ),
+            alone=lambda receipt: usage_pb2.RecordReceiptRequest(receipt=receipt),
             max_size=max_batch,
-            name="usage.RecordReceipt",
             batching=batching,
         )
 
@@ -66,23 +68,3 @@ class UsageClient(ServiceClient):
         # A batch that found the service unavailable is not retried whole: each caller
         # retries its own receipt, which may then leave in another batch.
         return await self._retrying(lambda: self.receipts.submit(receipt))
-
-    async def _record_one(self, receipt: usage_pb2.Receipt) -> usage_pb2.RecordReceiptResponse:
-        answer: usage_pb2.RecordReceiptResponse = await self._once(
-            "RecordReceipt", usage_pb2.RecordReceiptRequest(receipt=receipt), receipt.request_id
-        )
-        return answer
-
-    async def _record_many(
-        self, receipts: Sequence[usage_pb2.Receipt]
-    ) -> list[usage_pb2.RecordReceiptResponse | BaseException]:
-        """One outcome per receipt: its answer, or the DomainError RecordReceipt raises."""
-        answer: usage_pb2.RecordReceiptsResponse = await self._once(
-            "RecordReceipts",
-            usage_pb2.RecordReceiptsRequest(
-                receipts=[usage_pb2.RecordReceiptRequest(receipt=r) for r in receipts]
-            ),
-            # The batch runs in the first caller's trace; its request id names the call.
-            receipts[0].request_id,
-        )
-        return item_outcomes(answer.outcomes)

@@ -25,7 +25,7 @@ of a process, batches best.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -43,7 +43,7 @@ from tokenforge.runtime.service_client import (
 )
 from tokenforge.runtime.telemetry import current_trace_id
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from tokenforge.wire import bucket_to_proto, item_outcomes
+from tokenforge.wire import bucket_to_proto
 
 
 def _stamp(when: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -72,89 +72,43 @@ class WalletClient(ServiceClient):
     ) -> None:
         super().__init__(peer, deadline=deadline, attempts=attempts, backoff=backoff, sleep=sleep)
         self.stub = wallet_pb2_grpc.WalletServiceStub(peer.channel)
-        # Without batching, every call goes alone on its unary RPC.
-        self.hold_batcher = Batcher(
-            self._hold_one,
-            self._hold_many,
+        # Without batching, every call goes alone on its unary RPC. A batch call is not
+        # retried here: each item's caller retries its own call, which may then leave
+        # in another batch.
+        self.hold_batcher: Batcher[wallet_pb2.HoldRequest, wallet_pb2.HoldResponse] = self._batcher(
+            "Hold",
+            "HoldMany",
+            lambda holds: wallet_pb2.HoldManyRequest(holds=holds),
             max_size=max_batch,
-            name="wallet.Hold",
             batching=batching,
         )
-        self.settle_batcher = Batcher(
-            self._settle_one,
-            self._settle_many,
-            max_size=max_batch,
-            name="wallet.Settle",
-            batching=batching,
+        self.settle_batcher: Batcher[wallet_pb2.SettleRequest, wallet_pb2.SettleResponse] = (
+            self._batcher(
+                "Settle",
+                "SettleMany",
+                lambda settles: wallet_pb2.SettleManyRequest(settles=settles),
+                max_size=max_batch,
+                batching=batching,
+            )
         )
-        self.part_batcher = Batcher(
-            self._part_one,
-            self._part_many,
-            max_size=max_batch,
-            name="wallet.CapturePart",
-            batching=batching,
-        )
-        self.release_batcher = Batcher(
-            self._release_one,
-            self._release_many,
-            max_size=max_batch,
-            name="wallet.Release",
-            batching=batching,
-        )
-
-    # What the batchers send: one call alone (the unary RPC), or several in one batch
-    # call answered item by item (the batch call is not retried here: each item's
-    # caller retries its own call, which may then leave in another batch).
-
-    async def _hold_one(self, request: wallet_pb2.HoldRequest) -> wallet_pb2.HoldResponse:
-        answer: wallet_pb2.HoldResponse = await self._once("Hold", request, request.request_id)
-        return answer
-
-    async def _hold_many(
-        self, requests: Sequence[wallet_pb2.HoldRequest]
-    ) -> list[wallet_pb2.HoldResponse | BaseException]:
-        answer = await self._once(
-            "HoldMany", wallet_pb2.HoldManyRequest(holds=requests), requests[0].request_id
-        )
-        return item_outcomes(answer.outcomes)
-
-    async def _settle_one(self, request: wallet_pb2.SettleRequest) -> wallet_pb2.SettleResponse:
-        answer: wallet_pb2.SettleResponse = await self._once("Settle", request)
-        return answer
-
-    async def _settle_many(
-        self, requests: Sequence[wallet_pb2.SettleRequest]
-    ) -> list[wallet_pb2.SettleResponse | BaseException]:
-        answer = await self._once("SettleMany", wallet_pb2.SettleManyRequest(settles=requests))
-        return item_outcomes(answer.outcomes)
-
-    async def _part_one(
-        self, request: wallet_pb2.CapturePartRequest
-    ) -> wallet_pb2.CapturePartResponse:
-        answer: wallet_pb2.CapturePartResponse = await self._once(
-            "CapturePart", request, request.request_id
-        )
-        return answer
-
-    async def _part_many(
-        self, requests: Sequence[wallet_pb2.CapturePartRequest]
-    ) -> list[wallet_pb2.CapturePartResponse | BaseException]:
-        answer = await self._once(
+        self.part_batcher: Batcher[
+            wallet_pb2.CapturePartRequest, wallet_pb2.CapturePartResponse
+        ] = self._batcher(
+            "CapturePart",
             "CapturePartMany",
-            wallet_pb2.CapturePartManyRequest(parts=requests),
-            requests[0].request_id,
+            lambda parts: wallet_pb2.CapturePartManyRequest(parts=parts),
+            max_size=max_batch,
+            batching=batching,
         )
-        return item_outcomes(answer.outcomes)
-
-    async def _release_one(self, request: wallet_pb2.ReleaseRequest) -> wallet_pb2.ReleaseResponse:
-        answer: wallet_pb2.ReleaseResponse = await self._once("Release", request)
-        return answer
-
-    async def _release_many(
-        self, requests: Sequence[wallet_pb2.ReleaseRequest]
-    ) -> list[wallet_pb2.ReleaseResponse | BaseException]:
-        answer = await self._once("ReleaseMany", wallet_pb2.ReleaseManyRequest(releases=requests))
-        return item_outcomes(answer.outcomes)
+        self.release_batcher: Batcher[wallet_pb2.ReleaseRequest, wallet_pb2.ReleaseResponse] = (
+            self._batcher(
+                "Release",
+                "ReleaseMany",
+                lambda releases: wallet_pb2.ReleaseManyRequest(releases=releases),
+                max_size=max_batch,
+                batching=batching,
+            )
+        )
 
     # Accounts and balances.
 

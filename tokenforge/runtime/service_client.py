@@ -4,18 +4,20 @@ One `Peer` (channel, credential, request id, client span), a deadline on every c
 and the retry that every idempotent call may take: a call that found the service
 unavailable is tried again with jittered exponential backoff; a refusal is never
 retried. Subclasses set `service` (the peer's name in errors) and `stub`, and add
-the typed methods.
+the typed methods; a call that has a batch RPC goes through `_batcher`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Self, TypeVar
 
 from tokenforge.errors import DomainError, Reason
+from tokenforge.runtime.batching import Batcher
 from tokenforge.runtime.grpc_client import Peer
+from tokenforge.wire import item_outcomes
 
 T = TypeVar("T")
 
@@ -49,6 +51,31 @@ class ServiceClient:
 
     async def close(self) -> None:
         await self.peer.close()
+
+    def _batcher(
+        self,
+        unary: str,
+        many: str,
+        batch: Callable[[Sequence[Any]], Any],
+        *,
+        alone: Callable[[Any], Any] = lambda item: item,
+        **options: Any,
+    ) -> Batcher[Any, Any]:
+        """A `Batcher` over the `unary` RPC and its batch RPC `many`: an item goes alone
+        as `alone(item)` (the item itself by default), several as `batch(items)`, whose
+        answer's `outcomes` become each item's answer or error (tokenforge.wire). A call
+        carries its item's request id, a batch its first item's (the batch runs in the
+        first caller's trace). `options` go to the Batcher (max_size, batching, linger);
+        it is named `<service>.<unary>` in the metrics."""
+
+        async def one(item: Any) -> Any:
+            return await self._once(unary, alone(item), getattr(item, "request_id", ""))
+
+        async def several(items: Sequence[Any]) -> list[Any]:
+            answer = await self._once(many, batch(items), getattr(items[0], "request_id", ""))
+            return item_outcomes(answer.outcomes)
+
+        return Batcher(one, several, name=f"{self.service}.{unary}", **options)
 
     async def _once(self, method: str, request: Any, request_id: str = "") -> Any:
         return await self.peer.call(
