@@ -79,7 +79,7 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
             requests=settings.budget_requests, idle_s=settings.budget_idle_ms / 1000
         )
         if policy.enabled:
-            peers.budgets = Budgets(peers.wallet_client, peers.receipt_queue, policy)
+            peers.budgets = Budgets(peers.wallet_client, policy)
     app = create_app(peers, upstream, IdempotencyStore(engine) if engine else None)
     # No span per ASGI `send`/`receive` message: a 64-chunk stream made 66 spans that
     # say nothing the request span does not (its duration, its status).

@@ -1,10 +1,10 @@
-"""Budgets at work: drawing a busy account's requests from one wallet hold, and
-closing the budget once every part is captured.
+"""Budgets at work: drawing a busy account's requests from one wallet hold.
 
 The rules live in services/gateway/domain/budgets.py; this module talks to the wallet
-(one Hold per budget, one Release when it closes) and to the queue (one durable insert
-per request). The relay (services/gateway/relay.py) captures the queued parts and
-records the receipts.
+(one balance read and one Hold per budget). Each request's finish is queued like any
+other (handlers.finish_request); the relay (services/gateway/relay.py) captures the
+queued parts, records the receipts and closes the budgets that are done (one Release
+each).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 
 from services.gateway.domain.budgets import Budget, BudgetBook, BudgetPolicy, Key
-from services.gateway.storage.receipt_queue import ReceiptQueue
 from services.wallet.client import WalletClient
 from tokenforge.errors import DomainError, Reason
 from tokenforge.holds import new_budget_request_id
@@ -35,12 +34,10 @@ class Budgets:
     def __init__(
         self,
         wallet: WalletClient,
-        queue: ReceiptQueue,
         policy: BudgetPolicy,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.wallet = wallet
-        self.queue = queue
         self.book = BudgetBook(policy)
         self.clock = clock
         # Retired budgets whose parts could not all be delivered yet (wallet or usage

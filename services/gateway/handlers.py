@@ -558,28 +558,16 @@ async def finish(
         charge_policy=charge_policy_name(p.route.charge_policy),
     )
     charged: Money | None = None
+    receipt = new_receipt(p, attempts)
     try:
-        receipt, charged = await charge_and_record(
-            peers, p, new_receipt(p, attempts), outcome, rule, error_code
-        )
+        if p.cmd.run_id:
+            # A run's request: the run's hold pays; the receipt ends the draw (usage).
+            receipt, charged = await finish_run_request(peers, receipt, outcome, rule, error_code)
+        else:
+            receipt, charged = await finish_request(peers, p, receipt, outcome, rule, error_code)
         return receipt, charged
     finally:
         report_outcome(peers, p.resolved, p.cmd.request_id, attempts, charged)
-
-
-async def charge_and_record(
-    peers: Peers,
-    p: Prepared,
-    receipt: usage_pb2.Receipt,
-    outcome: Settlement,
-    rule: Rule,
-    error_code: str,
-) -> tuple[usage_pb2.Receipt, Money]:
-    """Finish the request by the outcome: its charge (or release) and its receipt."""
-    if p.cmd.run_id:
-        # A run's request: the run's hold pays; the receipt ends the draw (usage).
-        return await finish_run_request(peers, receipt, outcome, rule, error_code)
-    return await finish_request(peers, p, receipt, outcome, rule, error_code)
 
 
 async def record_receipt(peers: Peers, receipt: usage_pb2.Receipt) -> None:

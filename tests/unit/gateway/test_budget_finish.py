@@ -37,7 +37,7 @@ class KeepingQueue(Queue):
 def drawn(queue: Queue, wallet: Wallet, usage: RecordingUsage) -> tuple[Any, Budget, Any]:
     peers = peers_with(usage, queue)
     peers.__dict__["wallet_client"] = wallet
-    peers.budgets = Budgets(wallet, queue, BudgetPolicy())  # type: ignore[arg-type]
+    peers.budgets = Budgets(wallet, BudgetPolicy())  # type: ignore[arg-type]
     budget = peers.budgets.book.opened(
         ("acct-1", Bucket.CREDIT), "hold-b", "budget-1", 10_000, 0.0, 600
     )

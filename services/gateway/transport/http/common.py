@@ -83,8 +83,12 @@ class Deps:
             request_id=request.state.request_id,
         )
         principal: routing_pb2.Principal = answer.principal
-        if scope == routing_pb2.SCOPE_WALLET_READ:
-            # A read of the account's money or receipts sees every answer it was given:
-            # queued finishes delivered, this replica's idle budgets given back.
-            await settle_account(self.peers, principal.account_id)
+        return principal
+
+    async def reader(self, request: Request) -> routing_pb2.Principal:
+        """Authenticate a read of the account's money or receipts; the read then sees
+        every answer the account was given (its queued finishes delivered, this
+        replica's idle budgets given back: relay.settle_account)."""
+        principal = await self.principal(request, routing_pb2.SCOPE_WALLET_READ)
+        await settle_account(self.peers, principal.account_id)
         return principal

@@ -72,7 +72,7 @@ def router(deps: Deps) -> APIRouter:
 
     @r.get("/v1/runs/{run_id}/receipt", tags=["runs"])
     async def get_run_receipt(run_id: str, request: Request) -> Response:
-        who = await deps.principal(request, routing_pb2.SCOPE_WALLET_READ)
+        who = await deps.reader(request)
         answer = await peers.usage.call(
             peers.usage_stub.GetRunReceipt,
             usage_pb2.GetRunReceiptRequest(account_id=who.account_id, run_id=run_id),

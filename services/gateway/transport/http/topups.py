@@ -175,7 +175,7 @@ def router(deps: Deps) -> APIRouter:
     async def list_topups(
         request: Request, limit: PageSize = 20, cursor: str | None = None, status: str | None = None
     ) -> Response:
-        who = await deps.principal(request, routing_pb2.SCOPE_WALLET_READ)
+        who = await deps.reader(request)
         wanted = payments_pb2.TOP_UP_STATUS_UNSPECIFIED
         if status:
             if status not in STATUS_FILTER:
@@ -203,7 +203,7 @@ def router(deps: Deps) -> APIRouter:
 
     @r.get("/v1/topups/{order_id}", tags=["topups"])
     async def get_topup(order_id: str, request: Request) -> Response:
-        who = await deps.principal(request, routing_pb2.SCOPE_WALLET_READ)
+        who = await deps.reader(request)
         answer = await peers.payments.call(
             peers.payments_stub.GetTopUp,
             payments_pb2.GetTopUpRequest(account_id=who.account_id, order_id=order_id),

@@ -19,7 +19,6 @@ from services.gateway.domain.presenting import (
 from services.gateway.transport.http.common import Deps, PageSize, json_response
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import format_amount
-from tokenforge.routing.v1 import routing_pb2
 from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wire import (
     bucket_from_name,
@@ -169,7 +168,7 @@ def router(deps: Deps) -> APIRouter:
         """Requests, tokens and charge by day / model / key / project / bucket / status,
         always per bucket (Credit and Routed balance are never added together). Same
         filters as GET /v1/usage."""
-        who = await deps.principal(request, routing_pb2.SCOPE_WALLET_READ)
+        who = await deps.reader(request)
         if by not in AGGREGATE_BY:
             raise DomainError(
                 Reason.INVALID_ARGUMENT,
@@ -206,7 +205,7 @@ def router(deps: Deps) -> APIRouter:
     @r.get("/v1/usage/{receipt_request_id}", tags=["usage"])
     async def get_receipt(receipt_request_id: str, request: Request) -> Response:
         """The receipt of one request, with its ledger row and trace id."""
-        who = await deps.principal(request, routing_pb2.SCOPE_WALLET_READ)
+        who = await deps.reader(request)
         answer = await peers.usage.call(
             peers.usage_stub.GetReceipt,
             usage_pb2.GetReceiptRequest(account_id=who.account_id, request_id=receipt_request_id),
@@ -231,7 +230,7 @@ def router(deps: Deps) -> APIRouter:
         """Receipts newest first. Filters: from, to (ISO 8601), model, key, project,
         bucket, status, run; `cursor` is the previous page's next_cursor. With
         `Accept: text/csv` every matching receipt streams as CSV."""
-        who = await deps.principal(request, routing_pb2.SCOPE_WALLET_READ)
+        who = await deps.reader(request)
         where = receipt_filter(who.account_id, params_of(request))
         if "text/csv" in request.headers.get("accept", ""):
             request_id = request.state.request_id

@@ -13,7 +13,6 @@ from services.gateway.domain.presenting import (
     ledger_entry_json,
 )
 from services.gateway.transport.http.common import Deps, PageSize, json_response
-from tokenforge.routing.v1 import routing_pb2
 from tokenforge.wallet.v1 import wallet_pb2
 from tokenforge.wire import (
     bucket_from_name,
@@ -30,7 +29,7 @@ def router(deps: Deps) -> APIRouter:
     @r.get("/v1/wallet", tags=["wallet"])
     async def wallet(request: Request) -> Response:
         """Both balances side by side: posted, reserved for requests in progress, available."""
-        who = await deps.principal(request, routing_pb2.SCOPE_WALLET_READ)
+        who = await deps.reader(request)
         answer = await peers.wallet.call(
             peers.wallet_stub.GetBalances,
             wallet_pb2.GetBalancesRequest(account_id=who.account_id),
@@ -50,7 +49,7 @@ def router(deps: Deps) -> APIRouter:
         cursor: str | None = None,
     ) -> Response:
         """Ledger rows, newest first, each with the balance after it."""
-        who = await deps.principal(request, routing_pb2.SCOPE_WALLET_READ)
+        who = await deps.reader(request)
         answer = await peers.wallet.call(
             peers.wallet_stub.ListLedger,
             wallet_pb2.ListLedgerRequest(
