@@ -2,7 +2,7 @@
 
 The rules live in services/gateway/domain/budgets.py; this module talks to the wallet
 (one balance read and one Hold per budget). Each request's finish is queued like any
-other (handlers.finish_request); the relay (services/gateway/relay.py) captures the
+other (flow/finish.py, a `BudgetDraw`); the relay (services/gateway/relay.py) captures the
 queued parts, records the receipts and closes the budgets that are done (one Release
 each).
 """

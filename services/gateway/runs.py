@@ -1,7 +1,7 @@
 """Run use cases: open (one wallet hold for the whole budget), close (release what
 the run's hold still holds), and the sweeper that closes runs nobody closed. Requests
-draw on a run in handlers.prepare (usage.ReserveFromRun) and pay in
-handlers.finish_run_request.
+take a slice of a run in the reserve stage (flow/reserve.py, usage.ReserveFromRun)
+and pay as a `RunSlice` (flow/reservation.py).
 
 The ledger gets one request-charge row per charged request of the run: each request
 takes its charge from the run's hold as a part of its own (wallet CapturePart, the
@@ -21,7 +21,7 @@ from typing import Any
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.domain.runs import Estimate, parse_budget, parse_estimate
-from services.gateway.handlers import CHAT, insufficient, resolve
+from services.gateway.flow.admit import CHAT, insufficient, resolve
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket, Money, Price
 from tokenforge.routing.v1 import routing_pb2

@@ -100,11 +100,11 @@ async def test_a_busy_accounts_requests_draw_from_a_budget_and_reconcile(
         if status != 200:
             continue
         recorded = receipts[answered["request_id"]]
-        assert recorded["charge"]["micros"] == answered["charge_micros"] > 0
+        assert recorded["charge"]["micros"] == answered["charge"]["micros"] > 0
         assert recorded["ledger_entry_id"] == answered["ledger_entry_id"]
         row = rows[answered["request_id"]]
         assert row["entry_id"] == answered["ledger_entry_id"]
-        assert -row["amount"]["micros"] == answered["charge_micros"]
+        assert -row["amount"]["micros"] == answered["charge"]["micros"]
         hold_id = recorded.get("hold_id", "")
         if answered["ledger_entry_id"] == str(part_entry_id(hold_id, answered["request_id"])):
             budget_holds.add(hold_id)

@@ -124,7 +124,7 @@ async def test_tools_pass_through_and_come_back_as_tool_calls(system: System) ->
     assert choice.finish_reason == "tool_calls"
     assert choice.message.tool_calls and choice.message.tool_calls[0].function.name == "get_price"
     receipt = (completion.model_extra or {})["receipt"]
-    assert receipt["charge_micros"] > 0 and receipt["attempts"][0]["outcome"] == "ok"
+    assert receipt["charge"]["micros"] > 0 and receipt["attempts"][0]["outcome"] == "ok"
 
 
 async def test_unknown_fields_are_passed_on_not_refused(system: System) -> None:

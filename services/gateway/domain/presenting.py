@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from tokenforge.money import Bucket, format_amount
+from tokenforge.money import Bucket, Money, format_amount
 from tokenforge.payments.v1 import payments_pb2
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.usage.v1 import usage_pb2
@@ -78,6 +78,8 @@ def ledger_entry_json(e: wallet_pb2.LedgerEntry) -> dict[str, Any]:
 
 
 def receipt_json(r: usage_pb2.Receipt) -> dict[str, Any]:
+    """The one shape of a receipt: in the answer (`receipt`, the stream's last chunk)
+    and at GET /v1/usage/{request_id} alike."""
     bucket = bucket_from_proto(r.bucket)
     status, words = RECEIPT_STATUS.get(r.status, ("unspecified", ""))
     return {
@@ -111,6 +113,7 @@ def receipt_json(r: usage_pb2.Receipt) -> dict[str, Any]:
         "hold_id": r.hold_id,
         "ledger_entry_id": r.entry_id or None,
         "ledger_url": f"/v1/wallet/ledger?request_id={r.request_id}",
+        "receipt_url": f"/v1/usage/{r.request_id}",
         "trace_id": r.trace_id,
         "catalog_version": r.catalog_version,
         "run_id": r.run_id or None,
@@ -119,6 +122,40 @@ def receipt_json(r: usage_pb2.Receipt) -> dict[str, Any]:
         "started_at": iso(r.started_at),
         "finished_at": iso(r.finished_at),
     }
+
+
+def cost_fields(charge: Money) -> dict[str, Any]:
+    """`usage.cost` as an exact decimal string (no float near money) with its unit."""
+    text = format_amount(charge.micros, charge.bucket)
+    value, symbol = text.rsplit(" ", 1)
+    return {
+        "cost": value,
+        "cost_micros": charge.micros,
+        "cost_currency": symbol,
+        "cost_bucket": charge.bucket.value,
+    }
+
+
+def receipt_headers(receipt: usage_pb2.Receipt, final: bool = True) -> dict[str, str]:
+    """Route and bucket are known before the first byte; the charge only at the end."""
+    bucket = bucket_from_proto(receipt.bucket)
+    headers = {
+        "x-tokenforge-route": route_kind_from_proto(receipt.route_kind),
+        "x-tokenforge-bucket": bucket.value,
+        "x-tokenforge-upstream-model": receipt.upstream_model,
+        "x-tokenforge-receipt": f"/v1/usage/{receipt.request_id}",
+    }
+    left = [a for a in receipt.route_attempts if a.outcome == "fell_back"]
+    if left:
+        # The route (and bucket) that paid is the one above; this names the way here.
+        path = [route_kind_from_proto(a.route_kind) for a in left]
+        headers["x-tokenforge-fallback-route"] = "->".join(
+            [*path, route_kind_from_proto(receipt.route_kind)]
+        )
+    if final:
+        headers["x-tokenforge-charge"] = format_amount(receipt.charge_micros, bucket)
+        headers["x-tokenforge-charge-micros"] = str(receipt.charge_micros)
+    return headers
 
 
 def route_attempts_json(r: usage_pb2.Receipt) -> list[dict[str, Any]]:

@@ -15,6 +15,9 @@ Each rule: when it applies -> receipt status; what is charged.
   was generated (reported, else counted). Never retried.
 - client_disconnect: the client went away mid-stream -> partial; what was
   generated (reported, else counted); the upstream call is cancelled at once.
+- not_answered: the request ended before any answer reached the client (the client
+  cancelled a request that was not streamed, or the gateway failed) -> failed;
+  nothing charged.
 
 Whatever the rule, completion tokens are capped at the output cap the hold was
 planned for, and the charge at the hold itself: a settle never exceeds the hold.
@@ -42,6 +45,7 @@ class Rule(enum.StrEnum):
     TIMEOUT_BEFORE_FIRST_BYTE = "timeout_before_first_byte"
     ERROR_MID_STREAM = "error_mid_stream"
     CLIENT_DISCONNECT = "client_disconnect"
+    NOT_ANSWERED = "not_answered"
 
 
 class Status(enum.StrEnum):
@@ -57,6 +61,7 @@ STATUS = {
     Rule.TIMEOUT_BEFORE_FIRST_BYTE: Status.FAILED,
     Rule.ERROR_MID_STREAM: Status.PARTIAL,
     Rule.CLIENT_DISCONNECT: Status.PARTIAL,
+    Rule.NOT_ANSWERED: Status.FAILED,
 }
 
 
@@ -88,7 +93,9 @@ def settle(
 ) -> Settlement:
     """Apply the table: which tokens are charged, the charge, and the receipt status."""
     usage: Usage | None
-    if rule in (Rule.ERROR_BEFORE_FIRST_BYTE, Rule.TIMEOUT_BEFORE_FIRST_BYTE):
+    if rule is Rule.NOT_ANSWERED:
+        usage = None
+    elif rule in (Rule.ERROR_BEFORE_FIRST_BYTE, Rule.TIMEOUT_BEFORE_FIRST_BYTE):
         if charge_policy == "prompt_only":
             usage = Usage(counted.prompt_tokens, 0, 0, False)
         elif charge_policy == "as_reported":

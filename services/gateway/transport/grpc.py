@@ -6,7 +6,8 @@ import grpc
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.domain.planning import new_request_id
-from services.gateway.handlers import charge_policy_name, preview
+from services.gateway.flow.call import charge_policy_name
+from services.gateway.flow.preview import preview
 from tokenforge.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 

@@ -8,8 +8,10 @@ import asyncio
 
 import pytest
 
-from services.gateway import handlers, relay
+from services.gateway import relay
 from services.gateway.adapters.peers import Peers
+from services.gateway.flow.ends import PeerEnds
+from services.gateway.flow.finish import charged_anyway
 from services.gateway.storage.receipt_queue import PART, RELEASE, SETTLE
 from tests.unit.gateway.fakes import Queue, RecordingUsage, Usage, WaitingQueue, Wallet, peers_with
 from tokenforge.common.v1 import common_pb2
@@ -33,13 +35,13 @@ def charged(micros: int = 1_234) -> usage_pb2.Receipt:
 
 async def test_usage_up_records_it_and_queues_nothing() -> None:
     usage, queue = Usage(None), Queue()
-    await handlers.record_receipt(peers_with(usage, queue), charged())
+    await PeerEnds(peers_with(usage, queue)).record(charged())
     assert usage.recorded == ["req-1"] and queue.kept == {}
 
 
 async def test_usage_down_queues_the_receipt_whole_and_answers() -> None:
     queue = Queue()
-    await handlers.record_receipt(peers_with(Usage(DOWN), queue), charged())
+    await PeerEnds(peers_with(Usage(DOWN), queue)).record(charged())
     assert usage_pb2.Receipt.FromString(queue.kept["req-1"]) == charged()
 
 
@@ -47,7 +49,7 @@ async def test_a_refusal_other_than_unreachable_is_raised_and_nothing_queued() -
     queue = Queue()
     conflict = DomainError(Reason.IDEMPOTENCY_CONFLICT, "another receipt")
     with pytest.raises(DomainError) as raised:
-        await handlers.record_receipt(peers_with(Usage(conflict), queue), charged())
+        await PeerEnds(peers_with(Usage(conflict), queue)).record(charged())
     assert raised.value is conflict and queue.kept == {}
 
 
@@ -56,20 +58,20 @@ async def test_when_it_cannot_wait_anywhere_the_refusal_names_the_charge_taken(
     queue: Queue | None,
 ) -> None:
     with pytest.raises(DomainError) as raised:
-        await handlers.record_receipt(peers_with(Usage(DOWN), queue), charged())
+        await PeerEnds(peers_with(Usage(DOWN), queue)).record(charged())
     error = raised.value
     assert error.reason is Reason.SERVICE_UNAVAILABLE
     assert "0.001234 CR was taken from Credit (ledger entry entry-1)" in error.message
     assert "Do not send it again" in error.message
-    assert handlers.charged_anyway(error)  # the Idempotency-Key is not given back
+    assert charged_anyway(error)  # the Idempotency-Key is not given back
 
 
 async def test_a_release_that_cannot_be_recorded_says_nothing_was_charged() -> None:
     with pytest.raises(DomainError) as raised:
-        await handlers.record_receipt(peers_with(Usage(DOWN), None), charged(0))
+        await PeerEnds(peers_with(Usage(DOWN), None)).record(charged(0))
     assert "nothing was charged" in raised.value.message
     assert "You may send it again" in raised.value.message
-    assert not handlers.charged_anyway(raised.value)
+    assert not charged_anyway(raised.value)
 
 
 class PickyUsage(Usage):

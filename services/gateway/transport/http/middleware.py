@@ -39,7 +39,9 @@ class RequestContextMiddleware:
         async def send_with_context(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
+                # A replayed answer already names the first request's id.
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode()))
                 if trace_id := current_trace_id():
                     headers.append((b"x-trace-id", trace_id.encode()))
                 message = {**message, "headers": headers}

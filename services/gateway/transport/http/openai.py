@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from opentelemetry import trace
 
 from services.gateway.adapters.peers import Peers
@@ -16,20 +16,14 @@ from services.gateway.adapters.upstream import Upstream
 from services.gateway.domain.presenting import (
     model_json,
 )
-from services.gateway.handlers import (
-    CHAT,
-    EMBEDDINGS,
-    ChatCommand,
-    annotate_span,
-    charged_anyway,
-    complete,
-    start_chat_stream,
-)
-from services.gateway.storage.idempotency import digest
+from services.gateway.flow import replay
+from services.gateway.flow.admit import CHAT, EMBEDDINGS, ChatCommand
+from services.gateway.flow.complete import complete
+from services.gateway.flow.finish import annotate_span
+from services.gateway.flow.stream import ReservedStreamingResponse, start_chat_stream
 from services.gateway.transport.http.common import (
     Deps,
     api_key_of,
-    error_response,
     json_body,
     json_response,
 )
@@ -38,7 +32,7 @@ from services.gateway.transport.http.schemas import (
     EmbeddingsRequest,
     body_of,
 )
-from tokenforge.errors import DomainError, Reason, http_status
+from tokenforge.errors import DomainError, Reason
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.runtime.telemetry import current_trace_id
 
@@ -64,64 +58,7 @@ def router(deps: Deps) -> APIRouter:
         annotate_span(trace.get_current_span(), outcome_receipt, operation)
 
     async def idempotent(request: Request, run: Callable[[], Awaitable[Response]]) -> Response:
-        """Honour `Idempotency-Key`: one effect per key; a repeat gets the first answer."""
-        key = request.headers.get("idempotency-key")
-        store = deps.idempotency
-        if not key or store is None:
-            return await run()
-        if len(key) > 255:
-            raise DomainError(Reason.INVALID_ARGUMENT, "Idempotency-Key is at most 255 characters.")
-        api_key = api_key_of(request)
-        raw = await request.body()
-        stored = await store.claim(api_key, key, raw, request.state.request_id)
-        if stored is not None:
-            if stored.body_digest != digest(raw):
-                raise DomainError(
-                    Reason.IDEMPOTENCY_CONFLICT,
-                    "This Idempotency-Key was used with another request body; "
-                    "use a new key for a new request.",
-                )
-            if stored.state == "running":
-                raise DomainError(
-                    Reason.REQUEST_IN_PROGRESS,
-                    f"The request with this Idempotency-Key ({stored.request_id}) is still "
-                    "running; retry in a moment to get its answer.",
-                    {"retry_after_s": "1"},
-                )
-            headers = {**(stored.headers or {}), "idempotent-replayed": "true"}
-            return Response(
-                stored.body or b"",
-                stored.status_code or 200,
-                headers=headers,
-                media_type="application/json",
-            )
-        try:
-            response = await run()
-        except DomainError as error:
-            if http_status(error) >= 500 and not charged_anyway(error):
-                await store.give_back(api_key, key)  # nothing charged: a retry may run
-            else:
-                answer = error_response(error)
-                await store.complete(api_key, key, answer.status_code, bytes(answer.body), {})
-            raise
-        except BaseException:
-            await store.give_back(api_key, key)
-            raise
-        if isinstance(response, StreamingResponse):
-            # A stream cannot be replayed: a repeat is told where its receipt is.
-            receipt_url = response.headers.get("x-tokenforge-receipt", "")
-            replay = error_response(
-                DomainError(
-                    Reason.IDEMPOTENCY_CONFLICT,
-                    "This Idempotency-Key was used for a stream, which is delivered once; "
-                    f"its receipt is at {receipt_url}.",
-                )
-            )
-            await store.complete(api_key, key, replay.status_code, bytes(replay.body), {})
-            return response
-        kept = {k: v for k, v in response.headers.items() if k.startswith("x-tokenforge-")}
-        await store.complete(api_key, key, response.status_code, bytes(response.body), kept)
-        return response
+        return await replay.idempotent(deps.idempotency, request, run)
 
     @r.post("/v1/chat/completions", tags=["openai"], openapi_extra=body_of(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
@@ -132,11 +69,7 @@ def router(deps: Deps) -> APIRouter:
         async def run() -> Response:
             if body.get("stream") is True:
                 stream = await start_chat_stream(peers, upstream, command(request, body))
-                return StreamingResponse(
-                    stream.events(),
-                    media_type="text/event-stream",
-                    headers={**stream.headers, "cache-control": "no-cache"},
-                )
+                return ReservedStreamingResponse(stream)
             outcome = await complete(peers, upstream, command(request, body), CHAT)
             annotate(outcome.receipt, "chat")
             return json_response(outcome.payload, outcome.status, outcome.headers)

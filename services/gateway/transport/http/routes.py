@@ -11,10 +11,8 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.domain.presenting import (
     amount,
 )
-from services.gateway.handlers import (
-    charge_policy_name,
-    preview,
-)
+from services.gateway.flow.call import charge_policy_name
+from services.gateway.flow.preview import preview
 from services.gateway.transport.http.common import Deps, api_key_of, json_body, json_response
 from services.gateway.transport.http.schemas import ChatCompletionRequest, body_of
 from tokenforge.wire import (

@@ -1,0 +1,208 @@
+"""Stage 1, admit: validate the request, resolve its route (routing authenticates the
+key and picks route, bucket, prices and channels) and plan its worst case.
+
+Nothing is held yet: a request refused here costs nothing and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from services.gateway.adapters.health import request_shape
+from services.gateway.adapters.peers import Peers
+from services.gateway.domain.planning import Plan, plan_chat, plan_embeddings
+from services.gateway.domain.settlement import FINISH_MARGIN_S
+from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket, Money, Price, format_amount
+from tokenforge.routing.v1 import routing_pb2
+from tokenforge.usage.v1 import usage_pb2
+from tokenforge.wire import bucket_from_proto, price_from_proto, timestamp
+
+log = logging.getLogger("tokenforge.gateway.admit")
+
+HOLD_MARGIN_S = 30
+CHAT = routing_pb2.ENDPOINT_CHAT_COMPLETIONS
+EMBEDDINGS = routing_pb2.ENDPOINT_EMBEDDINGS
+ENDPOINT_PATH = {CHAT: "/chat/completions", EMBEDDINGS: "/embeddings"}
+ENDPOINT_NAME = {CHAT: "chat.completions", EMBEDDINGS: "embeddings"}
+
+
+@dataclass
+class ChatCommand:
+    request_id: str
+    api_key: str
+    body: dict[str, Any]
+    trace_id: str
+    client_ip: str = ""
+    # `x-tokenforge-run`: draw a slice of that run's budget instead of holding.
+    run_id: str = ""
+
+
+@dataclass
+class ChatOutcome:
+    """What the client gets back: the upstream body and the receipt."""
+
+    status: int
+    payload: dict[str, Any]
+    receipt: usage_pb2.Receipt
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Admitted:
+    """A request validated, resolved and planned: what it may cost, and who pays."""
+
+    cmd: ChatCommand
+    endpoint: routing_pb2.Endpoint
+    resolved: routing_pb2.ResolveResponse
+    price: Price
+    plan: Plan
+    started: datetime
+
+    @property
+    def account_id(self) -> str:
+        return str(self.resolved.principal.account_id)
+
+
+async def resolve(
+    peers: Peers,
+    api_key: str,
+    model: str,
+    client_ip: str,
+    request_id: str,
+    endpoint: routing_pb2.Endpoint,
+    shape: tuple[int, int] = (0, 0),
+    preview: bool = False,
+) -> routing_pb2.ResolveResponse:
+    request = routing_pb2.ResolveRequest(
+        api_key=api_key,
+        model=model,
+        endpoint=endpoint,
+        client_ip=client_ip,
+        estimated_prompt_tokens=shape[0],
+        output_tokens_cap=shape[1],
+        preview=preview,
+    )
+    return await peers.routing_client.resolve(request, request_id=request_id)
+
+
+def require_model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            "`model` is required: a model id from GET /v1/models.",
+            {"param": "model"},
+        )
+    return model
+
+
+def _require_messages(body: dict[str, Any]) -> None:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            "`messages` must be a non-empty list of chat messages.",
+            {"param": "messages"},
+        )
+
+
+async def admit(peers: Peers, cmd: ChatCommand, endpoint: routing_pb2.Endpoint) -> Admitted:
+    """Validate, resolve the route and plan the worst case."""
+    started = datetime.now(UTC)
+    model = require_model(cmd.body)
+    if endpoint == CHAT:
+        _require_messages(cmd.body)
+    resolved = await resolve(
+        peers,
+        cmd.api_key,
+        model,
+        cmd.client_ip,
+        cmd.request_id,
+        endpoint,
+        request_shape(cmd.body),
+    )
+    route = resolved.route
+    price = price_from_proto(bucket_from_proto(route.bucket), route.prices)
+    plan = plan_for(cmd.body, endpoint, resolved, price)
+    return Admitted(cmd, endpoint, resolved, price, plan, started)
+
+
+def plan_for(
+    body: dict[str, Any],
+    endpoint: routing_pb2.Endpoint,
+    resolved: routing_pb2.ResolveResponse,
+    price: Price,
+) -> Plan:
+    if endpoint == CHAT:
+        return plan_chat(body, price, resolved.max_output_tokens)
+    return plan_embeddings(body, price)
+
+
+def request_bound_s(route: routing_pb2.Route) -> int:
+    """How long a request on the route may run: every channel's total timeout, and a
+    margin."""
+    return sum((c.total_timeout_ms or 60_000) for c in route.channels) // 1000 + HOLD_MARGIN_S
+
+
+def hold_ttl(route: routing_pb2.Route) -> int:
+    """A request's own hold outlives the request, and then its queued finish's wait."""
+    return request_bound_s(route) + FINISH_MARGIN_S
+
+
+def upstream_body(
+    cmd: ChatCommand, endpoint: routing_pb2.Endpoint, route: routing_pb2.Route, plan: Plan
+) -> dict[str, Any]:
+    body = dict(cmd.body)
+    body["model"] = route.upstream_model
+    if endpoint == CHAT and plan.output_cap_set_by_gateway:
+        body["max_tokens"] = plan.max_output_tokens
+    return body
+
+
+def insufficient(bucket: Bucket, available: Money, worst: Money) -> DomainError:
+    other = "official" if bucket is Bucket.ROUTED else "routed"
+    return DomainError(
+        Reason.INSUFFICIENT_BALANCE,
+        f"{bucket.label} too low: {format_amount(available.micros, bucket)} available, "
+        f"this request may cost up to {format_amount(worst.micros, bucket)}. "
+        f"Top up the {bucket.label} or use `model@{other}`.",
+        {
+            "bucket": bucket.value,
+            "available_micros": str(available.micros),
+            "requested_micros": str(worst.micros),
+        },
+    )
+
+
+async def record_rejected(peers: Peers, admitted: Admitted, error: DomainError) -> None:
+    """A request refused for money gets a `rejected` receipt (nothing charged), so the
+    history shows it; best effort: the refusal reaches the client either way."""
+    cmd, resolved = admitted.cmd, admitted.resolved
+    route = resolved.route
+    receipt = usage_pb2.Receipt(
+        request_id=cmd.request_id,
+        account_id=resolved.principal.account_id,
+        project_id=resolved.principal.project_id,
+        key_id=resolved.principal.key_id,
+        selected_model=resolved.selected_model or str(cmd.body.get("model")),
+        upstream_model=route.upstream_model,
+        route_kind=route.kind,
+        bucket=route.bucket,
+        prices=route.prices,
+        status=usage_pb2.RECEIPT_STATUS_REJECTED,
+        trace_id=cmd.trace_id,
+        catalog_version=resolved.catalog_version,
+        endpoint=ENDPOINT_NAME[admitted.endpoint],
+        run_id=cmd.run_id,
+        error_code=error.reason.value.lower(),
+    )
+    receipt.started_at.CopyFrom(timestamp(admitted.started))
+    receipt.finished_at.CopyFrom(timestamp(datetime.now(UTC)))
+    try:
+        await peers.usage_client.record_receipt(receipt)
+    except DomainError as failure:
+        log.warning("rejected receipt not recorded: %s", failure.reason.value)

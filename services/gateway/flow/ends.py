@@ -1,0 +1,107 @@
+"""Where reservations end on the real services: the finish queue, the wallet, usage.
+
+`PeerEnds` is the `Ends` port of services/gateway/flow/reservation.py over the gateway's
+peers: a finish is one durable insert in the gateway's finish queue (shared by the
+finishes that arrive together), in the request's trace for the relay to continue; when
+the queue cannot take it, the wallet's side is done now (relay.finish_hold), then the
+receipt is recorded (and queued alone if usage cannot be reached).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from services.gateway.adapters.peers import Peers
+from services.gateway.relay import finish_hold
+from tokenforge.errors import DomainError, Reason
+from tokenforge.money import format_amount
+from tokenforge.runtime import metrics
+from tokenforge.runtime.telemetry import current_traceparent
+from tokenforge.usage.v1 import usage_pb2
+from tokenforge.wire import bucket_from_proto
+
+log = logging.getLogger("tokenforge.gateway.finish")
+
+
+class PeerEnds:
+    def __init__(self, peers: Peers) -> None:
+        self.peers = peers
+
+    async def enqueue(self, receipt: usage_pb2.Receipt, finish: str) -> None:
+        queue = self.peers.receipt_queue
+        if queue is None:
+            raise RuntimeError("the gateway has no database to queue finishes in")
+        await queue.put(
+            receipt.request_id,
+            receipt.SerializeToString(),
+            account_id=receipt.account_id,
+            hold_id=receipt.hold_id,
+            finish=finish,
+            traceparent=current_traceparent(),
+        )
+
+    async def apply(self, receipt: usage_pb2.Receipt, finish: str) -> None:
+        await finish_hold(self.peers, receipt, finish)
+        await self.record(receipt)
+
+    async def release(self, hold_id: str, reason: str, account_id: str) -> None:
+        await self.peers.wallet_client.release(hold_id, reason=reason, account_id=account_id)
+
+    async def capture_part(self, receipt: usage_pb2.Receipt, micros: int) -> str:
+        captured = await self.peers.wallet_client.capture_part(
+            receipt.hold_id,
+            micros,
+            receipt.request_id,
+            account_id=receipt.account_id,
+            trace_id=receipt.trace_id,
+        )
+        return str(captured.entry.entry_id)
+
+    async def record(self, receipt: usage_pb2.Receipt) -> None:
+        """Record the receipt of a request whose charge (or release) is already done. If
+        the usage service cannot be reached (after the client's retries), the receipt
+        waits in the gateway's queue and the request is answered: its charge is recorded
+        and its receipt durably queued. Only if that fails too is the request refused,
+        and then with the truth: the charge stands, so it must not be sent again."""
+        try:
+            await self.peers.usage_client.record_receipt(receipt)
+            return
+        except DomainError as error:
+            if error.reason is not Reason.SERVICE_UNAVAILABLE:
+                raise
+            unreachable = error
+        queue = self.peers.receipt_queue
+        try:
+            if queue is None:
+                raise unreachable
+            await queue.put(
+                receipt.request_id,
+                receipt.SerializeToString(),
+                account_id=receipt.account_id,
+                hold_id=receipt.hold_id,
+                traceparent=current_traceparent(),
+            )
+        except Exception as failure:
+            raise receipt_not_recorded(receipt) from failure
+        metrics.RECEIPTS_QUEUED.inc()
+        log.warning("usage unreachable: receipt of %s queued for delivery", receipt.request_id)
+
+
+def receipt_not_recorded(receipt: usage_pb2.Receipt) -> DomainError:
+    bucket = bucket_from_proto(receipt.bucket)
+    if receipt.charge_micros:
+        story = (
+            f"{format_amount(receipt.charge_micros, bucket)} was taken from {bucket.label} "
+            f"(ledger entry {receipt.entry_id}), but its receipt could not be recorded "
+            "right now. Do not send it again; the ledger shows the charge."
+        )
+    else:
+        story = (
+            "nothing was charged, but its receipt could not be recorded right now. "
+            "You may send it again."
+        )
+    return DomainError(
+        Reason.SERVICE_UNAVAILABLE,
+        f"Request {receipt.request_id} ran and {story}",
+        {"request_id": receipt.request_id, "charge_micros": str(receipt.charge_micros)},
+    )

@@ -1,0 +1,233 @@
+"""Stage 4, finish: the settlement table decides the charge, the receipt is made, and
+the request's reservation ends with them (queued durably for the relay, or done now:
+services/gateway/flow/reservation.py). Only then may the client see the charge.
+
+Every way a request can end comes here exactly once: an answer, an upstream failure, a
+client that goes away (`abandon`: charged by the table, or nothing for an unanswered
+request), a cancellation, an unexpected error. A second finish answers the first.
+The outcome report to routing (channel attempts, the charge, the lease's end) leaves
+after, off the answer's path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from opentelemetry import trace
+
+from services.gateway.adapters.health import report_outcome
+from services.gateway.adapters.peers import Peers
+from services.gateway.adapters.upstream import Attempt
+from services.gateway.domain.planning import Usage, counted_usage
+from services.gateway.domain.settlement import Rule, Settlement, settle
+from services.gateway.flow.admit import ENDPOINT_NAME
+from services.gateway.flow.call import charge_policy_name, route_attempt
+from services.gateway.flow.ends import PeerEnds
+from services.gateway.flow.reservation import Ended, State
+from services.gateway.flow.reserve import Prepared
+from tokenforge.errors import DomainError
+from tokenforge.money import Money
+from tokenforge.runtime import metrics
+from tokenforge.usage.v1 import usage_pb2
+from tokenforge.wire import (
+    bucket_from_proto,
+    price_to_proto,
+    route_kind_from_proto,
+    timestamp,
+)
+
+log = logging.getLogger("tokenforge.gateway.finish")
+
+# Finishes started for a request whose client went away: kept referenced until done.
+_background: set[asyncio.Task[Any]] = set()
+
+
+def new_receipt(p: Prepared, attempts: list[Attempt]) -> usage_pb2.Receipt:
+    hold_id = p.reservation.hold_id
+    receipt = usage_pb2.Receipt(
+        request_id=p.cmd.request_id,
+        account_id=p.resolved.principal.account_id,
+        project_id=p.resolved.principal.project_id,
+        key_id=p.resolved.principal.key_id,
+        selected_model=p.resolved.selected_model or str(p.cmd.body.get("model")),
+        upstream_model=p.route.upstream_model,
+        route_kind=p.route.kind,
+        bucket=p.route.bucket,
+        attempts=[
+            usage_pb2.Attempt(channel_id=a.channel_id, outcome=a.outcome, latency_ms=a.latency_ms)
+            for a in attempts
+        ],
+        prices=price_to_proto(p.price),
+        hold_id=hold_id,
+        trace_id=p.cmd.trace_id,
+        catalog_version=p.resolved.catalog_version,
+        endpoint=ENDPOINT_NAME[p.endpoint],
+        fallback_used=len(attempts) > 1 or p.fell_back,
+        run_id=p.cmd.run_id,
+    )
+    if p.route_attempts:
+        receipt.route_attempts.extend(p.route_attempts)
+        receipt.route_attempts.append(
+            route_attempt(p.route, hold_id, "final", len(attempts) - p.earlier_attempts)
+        )
+    receipt.started_at.CopyFrom(timestamp(p.admitted.started))
+    return receipt
+
+
+def settlement_of(p: Prepared, rule: Rule, reported: Usage | None, counted: Usage) -> Settlement:
+    return settle(
+        rule,
+        p.price,
+        p.reservation.amount,
+        max_output_tokens=p.plan.max_output_tokens * p.plan.choices,
+        reported=reported,
+        counted=counted,
+        charge_policy=charge_policy_name(p.route.charge_policy),
+    )
+
+
+async def finish(
+    peers: Peers,
+    p: Prepared,
+    attempts: list[Attempt],
+    rule: Rule,
+    reported: Usage | None,
+    counted: Usage,
+    error_code: str = "",
+) -> tuple[usage_pb2.Receipt, Money]:
+    """End the request's reservation by the settlement table (once; a second finish
+    answers the first): the answer's receipt and charge. The first finish runs in its
+    own task, so a caller that goes away never cuts it (nor its bookkeeping) short."""
+    if p.finishing is None:
+        settlement = settlement_of(p, rule, reported, counted)
+        p.finishing = asyncio.ensure_future(
+            _first_finish(peers, p, attempts, settlement, error_code)
+        )
+        p.finishing.add_done_callback(_logged)
+    return await asyncio.shield(p.finishing)
+
+
+async def _first_finish(
+    peers: Peers,
+    p: Prepared,
+    attempts: list[Attempt],
+    settlement: Settlement,
+    error_code: str,
+) -> tuple[usage_pb2.Receipt, Money]:
+    ended: Ended | None = None
+    try:
+        receipt = new_receipt(p, attempts)
+        receipt.error_code = error_code
+        ended = await p.reservation.finish(PeerEnds(peers), receipt, settlement)
+        count_finish(p, ended)
+        return _answer(p, ended)
+    finally:
+        charge = ended.charge if ended else None
+        report_outcome(peers, p.resolved, p.cmd.request_id, attempts, charge)
+
+
+def _logged(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled() and (error := done.exception()) is not None:
+        if not isinstance(error, DomainError):
+            log.error("a request's finish failed: %r", error)
+
+
+def _answer(p: Prepared, ended: Ended) -> tuple[usage_pb2.Receipt, Money]:
+    if ended.receipt is None:  # never expected: the request's reservation was given back
+        raise RuntimeError(f"request {p.cmd.request_id} finished a given-back reservation")
+    return ended.receipt, ended.charge
+
+
+def abandon(
+    peers: Peers,
+    p: Prepared,
+    attempts: list[Attempt],
+    rule: Rule,
+    reported: Usage | None = None,
+    generated_chunks: int = 0,
+    error_code: str = "",
+) -> None:
+    """The request ends without its answer (the client went away, a cancellation, an
+    unexpected error): unless something ended its reservation already, finish it in the
+    background, off the cancelled task: charged by the table for what was generated
+    (`client_disconnect`), nothing for a request never answered (`not_answered`)."""
+    if p.finishing is not None or p.reservation.state is not State.TAKEN:
+        return
+    task = asyncio.create_task(
+        finish(
+            peers,
+            p,
+            attempts,
+            rule,
+            reported,
+            counted_usage(p.cmd.body, generated_chunks),
+            error_code,
+        )
+    )
+    _background.add(task)
+    task.add_done_callback(_done)
+
+
+def _done(task: asyncio.Task[Any]) -> None:
+    _background.discard(task)
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("finish of an abandoned request failed: %r", error)
+
+
+async def drain_abandoned(timeout_s: float = 5.0) -> None:
+    """On the way out: wait for the background finishes (within `timeout_s`)."""
+    if _background:
+        await asyncio.wait(list(_background), timeout=timeout_s)
+
+
+def count_finish(p: Prepared, ended: Ended) -> None:
+    receipt = ended.receipt
+    if receipt is None:
+        return
+    status = usage_pb2.ReceiptStatus.Name(receipt.status).removeprefix("RECEIPT_STATUS_").lower()
+    metrics.RECEIPTS.labels(status, receipt.settlement_rule).inc()
+    if ended.charge.micros:
+        metrics.CHARGES.labels(ended.charge.bucket.value, route_kind_from_proto(p.route.kind)).inc(
+            ended.charge.micros
+        )
+
+
+def charged_anyway(error: DomainError) -> bool:
+    """A refusal that comes after a charge was taken (`receipt_not_recorded`, or an
+    upstream failure the route's policy charges for): the request must not run again
+    under the same Idempotency-Key."""
+    return (error.metadata or {}).get("charge_micros", "0") not in ("", "0")
+
+
+def answer_text_tokens(payload: dict[str, Any]) -> int:
+    """Counted completion tokens of a finished answer: about four characters a token."""
+    chars = 0
+    for choice in payload.get("choices") or []:
+        message = choice.get("message") or {}
+        chars += len(str(message.get("content") or ""))
+        if message.get("tool_calls"):
+            chars += len(orjson.dumps(message["tool_calls"]))
+    return -(-chars // 4)
+
+
+def annotate_span(span: trace.Span, receipt: usage_pb2.Receipt, operation: str) -> None:
+    """The request span's GenAI semantic-convention attributes, with the route, the
+    bucket and the charge (an operator finds the money story in the trace)."""
+    span.set_attributes(
+        {
+            "gen_ai.system": "openai",
+            "gen_ai.operation.name": operation,
+            "gen_ai.request.model": receipt.selected_model,
+            "gen_ai.response.model": receipt.upstream_model,
+            "gen_ai.usage.input_tokens": receipt.prompt_tokens,
+            "gen_ai.usage.output_tokens": receipt.completion_tokens,
+            "tokenforge.request_id": receipt.request_id,
+            "tokenforge.route": route_kind_from_proto(receipt.route_kind),
+            "tokenforge.bucket": bucket_from_proto(receipt.bucket).value,
+            "tokenforge.charge_micros": receipt.charge_micros,
+            "tokenforge.receipt_status": usage_pb2.ReceiptStatus.Name(receipt.status),
+        }
+    )

@@ -1,0 +1,202 @@
+"""Stage 2, reserve: set the worst case aside before anything is sent upstream.
+
+Which `Reservation` (services/gateway/flow/reservation.py) a request takes:
+
+- a request on a run (`x-tokenforge-run`) takes a **slice** of the run's budget;
+- a request of a busy account's bucket takes a **draw** from a budget (in memory, no
+  wallet call), when the replica has or can open one;
+- any other request places its own wallet **hold**.
+
+When the gateway chose the output cap, a hold or a slice the balance cannot pay is
+lowered to what it can pay rather than refused. A refusal for money records a
+`rejected` receipt and ends the routing lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.gateway.adapters.health import report_outcome
+from services.gateway.adapters.peers import Peers
+from services.gateway.domain.planning import Plan, shrink_to_budget
+from services.gateway.flow.admit import (
+    Admitted,
+    ChatCommand,
+    hold_ttl,
+    insufficient,
+    record_rejected,
+    request_bound_s,
+    upstream_body,
+)
+from services.gateway.flow.reservation import BudgetDraw, OwnHold, Reservation, RunSlice
+from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Money, Price
+from tokenforge.routing.v1 import routing_pb2
+from tokenforge.runtime import metrics
+from tokenforge.usage.v1 import usage_pb2
+from tokenforge.wire import bucket_to_proto
+
+
+@dataclass
+class Prepared:
+    """A request admitted and reserved for, ready to call upstream; the route it is on
+    changes when it falls back to another route (with a new reservation)."""
+
+    admitted: Admitted
+    reservation: Reservation
+    price: Price
+    plan: Plan
+    upstream_body: dict[str, Any]
+    # Set once the request fell back to another route: the route it is on now.
+    fallback_route: routing_pb2.Route | None = None
+    # The next of `resolved.fallback_routes` to try.
+    next_fallback: int = 0
+    # The routes left behind (or not payable), in order; empty while on the first.
+    route_attempts: list[usage_pb2.RouteAttempt] = field(default_factory=list)
+    # Channel attempts that ran on the routes left behind.
+    earlier_attempts: int = 0
+    # The request's finish once started (flow/finish.py): a second finish answers it.
+    finishing: asyncio.Future[tuple[usage_pb2.Receipt, Money]] | None = None
+
+    @property
+    def cmd(self) -> ChatCommand:
+        return self.admitted.cmd
+
+    @property
+    def resolved(self) -> routing_pb2.ResolveResponse:
+        return self.admitted.resolved
+
+    @property
+    def endpoint(self) -> routing_pb2.Endpoint:
+        return self.admitted.endpoint
+
+    @property
+    def route(self) -> routing_pb2.Route:
+        route: routing_pb2.Route = self.fallback_route or self.resolved.route
+        return route
+
+    @property
+    def fell_back(self) -> bool:
+        return self.fallback_route is not None
+
+
+async def reserve(peers: Peers, admitted: Admitted) -> Prepared:
+    """Take the request's reservation: a slice, a draw or its own hold."""
+    cmd, route = admitted.cmd, admitted.resolved.route
+    price, plan = admitted.price, admitted.plan
+    try:
+        reservation: Reservation
+        if cmd.run_id:
+            reservation, plan = await take_slice(peers, admitted)
+        elif drawn := await take_draw(peers, admitted):
+            reservation = drawn
+        else:
+            metrics.BUDGET_DRAWS.labels("hold").inc()
+            reservation, plan = await take_hold(peers, admitted, price, plan, hold_ttl(route))
+    except DomainError as error:
+        report_outcome(peers, admitted.resolved, cmd.request_id, [], None)  # ends the lease
+        if error.reason is Reason.INSUFFICIENT_BALANCE:
+            if peers.budgets is not None and not cmd.run_id:
+                peers.budgets.refused(admitted.account_id, price.bucket)
+            await record_rejected(peers, admitted, error)
+        raise
+    body = upstream_body(cmd, admitted.endpoint, route, plan)
+    return Prepared(admitted, reservation, price, plan, body)
+
+
+async def take_hold(
+    peers: Peers,
+    admitted: Admitted,
+    price: Price,
+    plan: Plan,
+    ttl_s: int,
+    idempotency_key: str = "",
+) -> tuple[OwnHold, Plan]:
+    """Hold the worst case; when the gateway chose the output cap, lower it to what the
+    available balance pays for rather than refuse. `idempotency_key` (default: the
+    request id) names a request's second hold, on a fallback route."""
+    cmd = admitted.cmd
+    for _ in range(2):
+        try:
+            hold = await peers.wallet_client.hold(
+                admitted.account_id,
+                price.bucket,
+                plan.worst_case.micros,
+                cmd.request_id,
+                ttl_seconds=ttl_s,
+                trace_id=cmd.trace_id,
+                idempotency_key=idempotency_key,
+            )
+            amount = Money(hold.amount_micros, price.bucket)
+            return OwnHold(hold.hold_id, admitted.account_id, amount), plan
+        except DomainError as error:
+            if error.reason is not Reason.INSUFFICIENT_BALANCE:
+                raise
+            available = Money(
+                int((error.metadata or {}).get("available_micros", "0")), price.bucket
+            )
+            smaller = shrink_to_budget(plan, price, available)
+            if smaller is None or smaller == plan:
+                raise insufficient(price.bucket, available, plan.worst_case) from None
+            # A refused hold leaves no record, so the same request id may ask again.
+            plan = smaller
+    raise insufficient(price.bucket, Money(0, price.bucket), plan.worst_case)
+
+
+async def take_draw(peers: Peers, admitted: Admitted) -> BudgetDraw | None:
+    """The worst case drawn from a budget of the account's bucket (in memory: the
+    budget's wallet hold already pays for it), when the bucket is busy; None when the
+    request holds for itself."""
+    budgets = peers.budgets
+    if budgets is None:
+        return None
+    price, worst = admitted.price, admitted.plan.worst_case.micros
+    budget = await budgets.draw(
+        admitted.account_id,
+        price.bucket,
+        worst,
+        request_bound_s(admitted.resolved.route),
+        admitted.cmd.trace_id,
+    )
+    if budget is None:
+        return None
+
+    def on_end(charge: int) -> None:
+        budgets.give_back(budget, worst, charge)
+
+    return BudgetDraw(budget, Money(worst, price.bucket), on_end)
+
+
+async def take_slice(peers: Peers, admitted: Admitted) -> tuple[RunSlice, Plan]:
+    """Reserve the worst case from the run's remaining budget (the run's wallet hold
+    already pays for it); when the gateway chose the output cap, lower it to the rest
+    of the budget rather than refuse."""
+    cmd, price, plan = admitted.cmd, admitted.price, admitted.plan
+    for _ in range(2):
+        try:
+            answer = await peers.usage.call(
+                peers.usage_stub.ReserveFromRun,
+                usage_pb2.ReserveFromRunRequest(
+                    account_id=admitted.account_id,
+                    run_id=cmd.run_id,
+                    request_id=cmd.request_id,
+                    amount_micros=plan.worst_case.micros,
+                    bucket=bucket_to_proto(price.bucket),
+                ),
+                request_id=cmd.request_id,
+            )
+        except DomainError as error:
+            if error.reason is not Reason.INSUFFICIENT_BALANCE:
+                raise
+            left = Money(int((error.metadata or {}).get("available_micros", "0")), price.bucket)
+            smaller = shrink_to_budget(plan, price, left)
+            if smaller is None or smaller == plan:
+                raise
+            plan = smaller
+            continue
+        run = answer.run
+        amount = Money(plan.worst_case.micros, price.bucket)
+        return RunSlice(run.hold_id, admitted.account_id, run.run_id, amount), plan
+    raise DomainError(Reason.INSUFFICIENT_BALANCE, f"Run {cmd.run_id} budget spent.")

@@ -1,0 +1,193 @@
+"""A streamed chat completion, as its stages: admit -> reserve -> call (until the first
+byte: backups and other routes) -> pass the chunks through -> finish at the end.
+
+Whatever ends it, its reservation ends once: at the upstream's end (the final chunk
+then names the charge), or, when the client goes away at any moment (before the first
+byte, mid-stream, after the finish chunk, while the finish is being queued), by
+`abandon` in the background: charged for what was generated (`partial`). A finish
+already started is never cut short by the client leaving (flow/finish.py), and
+`ReservedStreamingResponse` ends the reservation even when the response never started
+to iterate the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from fastapi.responses import StreamingResponse
+from opentelemetry import trace
+from starlette.types import Receive, Scope, Send
+
+from services.gateway.adapters.peers import Peers
+from services.gateway.adapters.upstream import Attempt, Upstream
+from services.gateway.adapters.upstream_stream import STREAM_ERRORS, UpstreamStream
+from services.gateway.domain.planning import Usage, counted_usage, usage_from_response
+from services.gateway.domain.presenting import cost_fields, receipt_headers, receipt_json
+from services.gateway.domain.settlement import Rule
+from services.gateway.flow.admit import CHAT, ChatCommand, admit
+from services.gateway.flow.call import call_stream, failure_rule, upstream_failed
+from services.gateway.flow.finish import abandon, annotate_span, finish, new_receipt
+from services.gateway.flow.reserve import Prepared, reserve
+from tokenforge.runtime import metrics
+
+log = logging.getLogger("tokenforge.gateway.stream")
+
+
+@dataclass
+class ChatStream:
+    """An open upstream stream, passed through chunk by chunk, finished at its end."""
+
+    peers: Peers
+    prepared: Prepared
+    response: UpstreamStream
+    attempts: list[Attempt]
+    headers: dict[str, str]
+    client_wants_usage: bool
+    opened_at: float = field(default_factory=time.monotonic)
+    # The HTTP request's span (current when the stream opens), annotated at the end.
+    span: trace.Span = field(default_factory=trace.get_current_span)
+    # What was generated so far (for a client that goes away).
+    usage: Usage | None = None
+    content_chunks: int = 0
+
+    def abandon(self) -> None:
+        """The client went away (or the response ended without the stream's end):
+        finish for what was generated, unless a finish already started."""
+        abandon(
+            self.peers,
+            self.prepared,
+            self.attempts,
+            Rule.CLIENT_DISCONNECT,
+            self.usage,
+            self.content_chunks,
+            "client_disconnected",
+        )
+
+    async def events(self) -> AsyncIterator[bytes]:
+        p = self.prepared
+        usage_chunk: dict[str, Any] | None = None
+        done = False
+        cut = False
+        try:
+            try:
+                async for line in self.response.lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    chunk = orjson.loads(data)
+                    if isinstance(chunk.get("usage"), dict):
+                        self.usage = usage_from_response(chunk)
+                        if not chunk.get("choices"):
+                            usage_chunk = chunk
+                            continue
+                    for choice in chunk.get("choices") or []:
+                        if (choice.get("delta") or {}).get("content"):
+                            if self.content_chunks == 0:
+                                metrics.UPSTREAM_TTFT.labels(self.attempts[-1].channel_id).observe(
+                                    time.monotonic() - self.opened_at
+                                )
+                            self.content_chunks += 1
+                    chunk["model"] = p.resolved.selected_model
+                    yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            except (*STREAM_ERRORS, orjson.JSONDecodeError) as error:
+                log.warning("upstream stream broke: %s", type(error).__name__)
+                cut = True
+            counted = counted_usage(p.cmd.body, self.content_chunks)
+            if done and not cut:
+                rule = Rule.FINISHED_WITH_USAGE if self.usage else Rule.FINISHED_WITHOUT_USAGE
+            else:
+                rule = Rule.ERROR_MID_STREAM
+            receipt, charge = await finish(
+                self.peers,
+                p,
+                self.attempts,
+                rule,
+                self.usage,
+                counted,
+                "" if done and not cut else "upstream_cut",
+            )
+            annotate_span(self.span, receipt, "chat")
+            if self.client_wants_usage:
+                charged = receipt.prompt_tokens, receipt.completion_tokens
+                final = usage_chunk or {
+                    "id": f"chatcmpl-{p.cmd.request_id}",
+                    "object": "chat.completion.chunk",
+                    "choices": [],
+                }
+                final["model"] = receipt.selected_model
+                final["usage"] = {
+                    "prompt_tokens": charged[0],
+                    "completion_tokens": charged[1],
+                    "total_tokens": charged[0] + charged[1],
+                    **(usage_chunk or {}).get("usage", {}),
+                    **cost_fields(charge),
+                }
+                final["receipt"] = receipt_json(receipt)
+                yield b"data: " + orjson.dumps(final) + b"\n\n"
+            if cut:
+                notice = {
+                    "error": {
+                        "message": "The upstream stream ended early; you were charged only "
+                        "for what was generated.",
+                        "type": "api_error",
+                        "code": "upstream_cut",
+                    }
+                }
+                yield b"data: " + orjson.dumps(notice) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        finally:
+            self.abandon()  # nothing when the finish above started
+            await self.response.close()
+
+
+class ReservedStreamingResponse(StreamingResponse):
+    """A streamed answer whose request's reservation ends however the response ends,
+    even when the client left before the stream was first iterated."""
+
+    def __init__(self, stream: ChatStream) -> None:
+        super().__init__(
+            stream.events(),
+            media_type="text/event-stream",
+            headers={**stream.headers, "cache-control": "no-cache"},
+        )
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.stream.abandon()
+            if self.stream.response is not None:
+                await self.stream.response.close()
+
+
+async def start_chat_stream(peers: Peers, upstream: Upstream, cmd: ChatCommand) -> ChatStream:
+    """Admit, reserve, and open the upstream stream, moving to backup channels (and
+    routes) on retryable failures while nothing has reached the client yet."""
+    admitted = await admit(peers, cmd, CHAT)
+    p = await reserve(peers, admitted)
+    options = p.upstream_body.get("stream_options")
+    client_wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    attempts: list[Attempt] = []
+    try:
+        response = await call_stream(peers, upstream, p, attempts)
+        if response is None:
+            code = attempts[-1].outcome if attempts else "no_channel"
+            counted = counted_usage(cmd.body, 0)
+            _, charged = await finish(
+                peers, p, attempts, failure_rule(attempts), None, counted, code
+            )
+            raise upstream_failed(p, attempts, charged)
+    except BaseException:
+        abandon(peers, p, attempts, Rule.NOT_ANSWERED, error_code="not_answered")
+        raise
+    headers = receipt_headers(new_receipt(p, attempts), final=False)
+    return ChatStream(peers, p, response, attempts, headers, client_wants_usage)
