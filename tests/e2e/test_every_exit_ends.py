@@ -1,0 +1,146 @@
+"""Every charge an answer names lands, however the client behaves (G1): the issue's
+scenario (a busy account, streams the client closes right after the `finish_reason`
+chunk) and the other exits: a stream closed before its first chunk, a request cut
+short client-side, a replay, a failure inside the gateway. Nothing stays held."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from tests.e2e.harness import System
+from tests.e2e.test_budgets import until_nothing_held
+from tests.e2e.test_usage_reconcile import assert_reconciled, balances
+from tokenforge.runtime import metrics
+
+BODY = {"model": "demo-chat@routed", "messages": [{"role": "user", "content": "count the money"}]}
+
+
+def not_collected() -> float:
+    return metrics.CHARGES_NOT_COLLECTED._value.get()  # type: ignore[attr-defined,no-any-return]
+
+
+async def plain(http: httpx.AsyncClient) -> dict[str, Any]:
+    answer = await http.post("/v1/chat/completions", json=BODY)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert answer.headers["x-request-id"] == body["receipt"]["request_id"]
+    return {
+        "request_id": answer.headers["x-request-id"],
+        "charge": body["usage"]["cost_micros"],
+        "entry": body["receipt"]["ledger_entry_id"],
+    }
+
+
+async def closed_after_finish_reason(http: httpx.AsyncClient) -> str:
+    """Read until the chunk with `finish_reason`, then close the stream."""
+    body = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
+    async with http.stream("POST", "/v1/chat/completions", json=body) as s:
+        assert s.status_code == 200
+        async for line in s.aiter_lines():
+            if line.startswith("data: {"):
+                chunk = orjson.loads(line.removeprefix("data: "))
+                if any(c.get("finish_reason") for c in chunk.get("choices") or []):
+                    break
+        return s.headers["x-request-id"]
+
+
+async def closed_before_first_chunk(http: httpx.AsyncClient) -> str:
+    body = {**BODY, "stream": True}
+    async with http.stream("POST", "/v1/chat/completions", json=body) as s:
+        return s.headers["x-request-id"]
+
+
+async def settled_story(
+    system: System, account: str, key: str, named: list[dict[str, Any]], others: list[str]
+) -> None:
+    """Every named charge has its receipt and its ledger row; every other request has a
+    receipt that agrees with the ledger; balances are credits minus receipts."""
+    await until_nothing_held(system, account)
+    async with system.http(key) as http:
+        ledger = (await http.get("/v1/wallet/ledger", params={"limit": 500})).json()["data"]
+        rows = {e["request_id"]: e for e in ledger if e.get("kind") == "request_charge"}
+        for answer in named:
+            receipt = (await http.get(f"/v1/usage/{answer['request_id']}")).json()
+            assert receipt["charge"]["micros"] == answer["charge"] > 0, receipt
+            assert receipt["ledger_entry_id"] == answer["entry"]
+            row = rows[answer["request_id"]]
+            assert row["entry_id"] == answer["entry"]
+            assert -row["amount"]["micros"] == answer["charge"]
+        for request_id in others:
+            receipt = (await http.get(f"/v1/usage/{request_id}")).json()
+            assert receipt["error"] != "charge_not_collected", receipt
+            charged = receipt["charge"]["micros"]
+            if charged:
+                assert -rows[request_id]["amount"]["micros"] == charged
+                assert rows[request_id]["entry_id"] == receipt["ledger_entry_id"]
+            else:
+                assert request_id not in rows
+        listing = (await http.get("/v1/usage", params={"limit": 500})).json()["data"]
+        after = await balances(http)
+    assert after["routed"]["posted"] == 10_000_000 - sum(r["charge"]["micros"] for r in listing)
+    assert after["routed"]["held"] == 0
+
+
+async def test_streams_closed_after_finish_reason_on_a_busy_account_lose_no_charge(
+    system: System, tmp_path: Path
+) -> None:
+    account, key = await system.new_account()
+    before = not_collected()
+    async with system.http(key) as http:
+        work = [plain(http) if n % 3 else closed_after_finish_reason(http) for n in range(30)]
+        answers = await asyncio.gather(*work)
+    named = [a for a in answers if isinstance(a, dict)]
+    streams = [a for a in answers if isinstance(a, str)]
+    assert len(streams) == 10
+    await settled_story(system, account, key, named, streams)
+    assert not_collected() == before
+    await assert_reconciled(system, tmp_path, account)
+
+
+async def test_streams_closed_before_the_first_chunk_and_cancelled_requests_hold_nothing(
+    system: System, tmp_path: Path
+) -> None:
+    account, key = await system.new_account()
+    async with system.http(key) as http:
+        early = await asyncio.gather(*(closed_before_first_chunk(http) for _ in range(6)))
+        cut = [asyncio.create_task(plain(http)) for _ in range(6)]
+        await asyncio.sleep(0.01)
+        for task in cut:
+            task.cancel()
+        await asyncio.gather(*cut, return_exceptions=True)
+        named = [await plain(http) for _ in range(2)]
+    await settled_story(system, account, key, named, list(early))
+    await assert_reconciled(system, tmp_path, account)
+
+
+async def test_a_replay_names_the_first_request_whose_receipt_is_one_get_away(
+    system: System,
+) -> None:
+    _, key = await system.new_account()
+    async with system.http(key) as http:
+        headers = {"idempotency-key": "replay-me"}
+        first = await http.post("/v1/chat/completions", json=BODY, headers=headers)
+        again = await http.post("/v1/chat/completions", json=BODY, headers=headers)
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.headers["x-request-id"] == first.headers["x-request-id"]
+        assert again.json() == first.json()
+        receipt = await http.get(f"/v1/usage/{again.headers['x-request-id']}")
+    assert receipt.status_code == 200
+    assert receipt.json()["charge"]["micros"] == first.json()["usage"]["cost_micros"]
+
+
+async def test_the_answers_receipt_and_the_recorded_receipt_have_one_shape(
+    system: System,
+) -> None:
+    _, key = await system.new_account()
+    async with system.http(key) as http:
+        answer = (await http.post("/v1/chat/completions", json=BODY)).json()["receipt"]
+        recorded = (await http.get(f"/v1/usage/{answer['request_id']}")).json()
+    assert set(answer) == set(recorded)
+    # What the answer names is what is recorded (times and ids alike).
+    assert answer == recorded
