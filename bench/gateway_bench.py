@@ -376,7 +376,7 @@ async def check_correctness(
                 waiting = (
                     await conn.execute(
                         text(
-                            "SELECT (SELECT count(*) FROM gateway.receipt_queue "
+                            "SELECT (SELECT count(*) FROM gateway.finish_queue "
                             "WHERE last_error IS NULL) + (SELECT count(*) FROM wallet.holds "
                             "WHERE account_id IN :accounts AND status = 'open')"
                         ).bindparams(bindparam("accounts", expanding=True)),

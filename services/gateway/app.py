@@ -20,10 +20,11 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
 from services.gateway.budgets import Budgets
 from services.gateway.domain.budgets import BudgetPolicy
+from services.gateway.flow.finish import drain_abandoned
 from services.gateway.relay import drain, run_relay
 from services.gateway.runs import run_sweeper
+from services.gateway.storage.finish_queue import FinishQueue
 from services.gateway.storage.idempotency import IdempotencyStore
-from services.gateway.storage.receipt_queue import ReceiptQueue
 from services.gateway.transport.grpc import GatewayServicer
 from services.gateway.transport.http import create_app
 from tokenforge.config import Settings
@@ -74,7 +75,7 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
     if engine is not None:
         # Receipts wait here when usage is down, and budget draws' finishes always.
         owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        peers.receipt_queue = ReceiptQueue(engine, owner)
+        peers.finish_queue = FinishQueue(engine, owner)
         policy = BudgetPolicy(
             requests=settings.budget_requests, idle_s=settings.budget_idle_ms / 1000
         )
@@ -112,6 +113,7 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
         relay.cancel()
         http.should_exit = True
         await http.task  # type: ignore[attr-defined]
+        await drain_abandoned()  # requests whose clients left end their reservations
         await drain(peers)  # what waits is delivered, the budgets closed
         await upstream.close()
         await peers.close()

@@ -1,5 +1,5 @@
 """The gateway's relay: delivers what waits in its queue (services/gateway/storage/
-receipt_queue.py) and closes the budgets that are done.
+finish_queue.py) and closes the budgets that are done.
 
 For each queued row, in one round for up to `RELAY_BATCH` rows (the wallet and usage
 clients put concurrent calls into one batch call each):
@@ -28,7 +28,7 @@ from opentelemetry import trace
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.domain.budgets import Budget
-from services.gateway.storage.receipt_queue import PART, RELEASE, SETTLE, Waiting
+from services.gateway.storage.finish_queue import PART, RELEASE, SETTLE, Waiting
 from tokenforge.errors import DomainError, Reason
 from tokenforge.runtime import metrics
 from tokenforge.runtime.telemetry import context_of
@@ -133,8 +133,8 @@ async def _deliver_one(peers: Peers, row: Waiting) -> bool:
 
 
 async def deliver(peers: Peers, *, account_id: str = "", hold_id: str = "") -> tuple[int, int]:
-    """One round: (rows delivered, rows seen). See `ReceiptQueue.waiting` for which."""
-    queue = peers.receipt_queue
+    """One round: (rows delivered, rows seen). See `FinishQueue.waiting` for which."""
+    queue = peers.finish_queue
     if queue is None:
         return 0, 0
     rows = await queue.waiting(RELAY_BATCH, account_id=account_id, hold_id=hold_id)
@@ -165,7 +165,7 @@ async def deliver(peers: Peers, *, account_id: str = "", hold_id: str = "") -> t
 async def _deliver_checked(peers: Peers, row: Waiting) -> bool:
     """Deliver the row; a refusal keeps it in the queue with the reason, for an
     operator; any other failure leaves it for the next round."""
-    queue = peers.receipt_queue
+    queue = peers.finish_queue
     assert queue is not None
     try:
         return await _deliver_one(peers, row)
@@ -225,7 +225,7 @@ async def settle_account(peers: Peers, account_id: str) -> None:
     """Before a read of an account's money or receipts: its queued finishes delivered
     (every replica's) and this replica's idle budgets of it closed, so the read sees
     every answer it was given. Best effort: a read is not refused for it."""
-    if peers.receipt_queue is None:
+    if peers.finish_queue is None:
         return
     try:
         await close_due(peers, account_id)
@@ -238,7 +238,7 @@ async def run_relay(peers: Peers) -> None:
     """The relay's loop (a background task of the gateway)."""
     counted = 0.0
     while True:
-        queue = peers.receipt_queue
+        queue = peers.finish_queue
         if queue is None:
             return  # no database: nothing is ever queued
         try:

@@ -14,7 +14,7 @@ import httpx
 import orjson
 from sqlalchemy import text
 
-from services.gateway.storage.receipt_queue import ReceiptQueue
+from services.gateway.storage.finish_queue import FinishQueue
 from services.wallet.client import WalletClient
 from tests.e2e.harness import ADMIN, INTERNAL, System
 from tests.e2e.test_usage_reconcile import assert_reconciled, balances
@@ -172,7 +172,7 @@ async def test_a_finish_queued_by_a_replica_that_is_gone_is_delivered_on_the_nex
             endpoint="chat.completions",
             selected_model="demo-chat",
         )
-        gone = ReceiptQueue(engine, owner="replica-that-is-gone")
+        gone = FinishQueue(engine, owner="replica-that-is-gone")
         await gone.put(
             request_id,
             receipt.SerializeToString(),
@@ -276,7 +276,7 @@ async def test_two_gateway_replicas_draw_one_account_from_their_own_budgets(
 async def waiting_for(engine: Any, account_id: str) -> int:
     async with engine.connect() as conn:
         rows = await conn.execute(
-            text("SELECT count(*) FROM gateway.receipt_queue WHERE account_id = :a"),
+            text("SELECT count(*) FROM gateway.finish_queue WHERE account_id = :a"),
             {"a": account_id},
         )
         return int(rows.scalar_one())

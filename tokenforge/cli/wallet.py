@@ -253,7 +253,7 @@ def register(sub: Any) -> None:
     rel = wallet.add_parser(
         "release",
         help="give an open hold back whole (a budget of a gateway replica that died: only "
-        "once none of its parts waits in gateway.receipt_queue)",
+        "once none of its parts waits in gateway.finish_queue)",
     )
     add_state_dir(rel)
     rel.add_argument("hold_id")

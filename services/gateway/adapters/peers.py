@@ -19,7 +19,7 @@ from tokenforge.wallet.v1 import wallet_pb2_grpc
 
 if TYPE_CHECKING:
     from services.gateway.budgets import Budgets
-    from services.gateway.storage.receipt_queue import ReceiptQueue
+    from services.gateway.storage.finish_queue import FinishQueue
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Peers:
     # How long an outcome report that changes nothing may wait for others (seconds).
     report_linger_s: float = 0.0
     # Where receipts wait when usage cannot be reached (None: no database).
-    receipt_queue: ReceiptQueue | None = None
+    finish_queue: FinishQueue | None = None
     # Busy accounts' budgets (None: every request holds for itself).
     budgets: Budgets | None = None
     # Queued rows this replica's relay is delivering, by request id (a second round

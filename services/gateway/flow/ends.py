@@ -28,7 +28,7 @@ class PeerEnds:
         self.peers = peers
 
     async def enqueue(self, receipt: usage_pb2.Receipt, finish: str) -> None:
-        queue = self.peers.receipt_queue
+        queue = self.peers.finish_queue
         if queue is None:
             raise RuntimeError("the gateway has no database to queue finishes in")
         await queue.put(
@@ -70,7 +70,7 @@ class PeerEnds:
             if error.reason is not Reason.SERVICE_UNAVAILABLE:
                 raise
             unreachable = error
-        queue = self.peers.receipt_queue
+        queue = self.peers.finish_queue
         try:
             if queue is None:
                 raise unreachable

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from services.gateway.domain.settlement import Settlement, Status
-from services.gateway.storage.receipt_queue import PART, RELEASE, SETTLE
+from services.gateway.storage.finish_queue import PART, RELEASE, SETTLE
 from tokenforge.errors import DomainError, Reason
 from tokenforge.holds import part_entry_id, settle_entry_id
 from tokenforge.money import Money

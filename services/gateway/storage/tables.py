@@ -23,12 +23,12 @@ idempotency_records = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
-# Receipts waiting for the relay, kept durably: those of requests that the usage
-# service could not take when they ended (it was unreachable), and the finishes of
-# requests drawn from a budget (their charge is still to be captured from the
-# budget's hold, then the receipt recorded).
-receipt_queue = Table(
-    "receipt_queue",
+# Requests' finishes waiting for the relay, kept durably: what is left to do with each
+# request's hold (a part of a budget to capture, a settle, a release: the wallet
+# commands) and its receipt to record; and receipts alone, of requests finished at once
+# while the usage service could not take them.
+finish_queue = Table(
+    "finish_queue",
     metadata,
     Column("request_id", Text, primary_key=True),
     # The usage.v1.Receipt, serialized.

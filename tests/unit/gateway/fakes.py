@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.gateway.adapters.peers import Peers
-from services.gateway.storage.receipt_queue import Waiting
+from services.gateway.storage.finish_queue import Waiting
 from tokenforge.errors import DomainError
 from tokenforge.holds import part_entry_id, settle_entry_id
 from tokenforge.runtime.grpc_client import Peer
@@ -108,5 +108,5 @@ class Wallet:
 def peers_with(usage: Usage, queue: Any) -> Peers:
     peers = Peers(*(Peer(name, "127.0.0.1:9", "") for name in ("r", "w", "p", "u")))
     peers.__dict__["usage_client"] = usage  # the cached client, replaced
-    peers.receipt_queue = queue
+    peers.finish_queue = queue
     return peers

@@ -12,7 +12,7 @@ from services.gateway import relay
 from services.gateway.adapters.peers import Peers
 from services.gateway.flow.ends import PeerEnds
 from services.gateway.flow.finish import charged_anyway
-from services.gateway.storage.receipt_queue import PART, RELEASE, SETTLE
+from services.gateway.storage.finish_queue import PART, RELEASE, SETTLE
 from tests.unit.gateway.fakes import Queue, RecordingUsage, Usage, WaitingQueue, Wallet, peers_with
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
@@ -131,7 +131,7 @@ async def test_the_relay_captures_each_part_then_records_its_receipt() -> None:
     assert await relay.deliver(peers) == (2, 2)
     assert wallet.parts == [("hold-b", 300, "req-1")]  # nothing to capture for req-2
     assert usage.recorded == ["req-1", "req-2"]
-    assert peers.receipt_queue.rows == {}  # type: ignore[union-attr]
+    assert peers.finish_queue.rows == {}  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -153,13 +153,13 @@ async def test_a_part_the_budget_hold_cannot_pay_is_recorded_as_not_collected(
 async def test_a_finish_waits_while_the_wallet_cannot_be_reached_and_is_kept_if_refused() -> None:
     down = relay_peers(Wallet(DOWN), Usage(None), budget_finish("req-1", 300))
     assert await relay.deliver(down) == (0, 1)
-    assert set(down.receipt_queue.rows) == {"req-1"}  # type: ignore[union-attr]
-    assert not down.receipt_queue.errors  # type: ignore[union-attr]
+    assert set(down.finish_queue.rows) == {"req-1"}  # type: ignore[union-attr]
+    assert not down.finish_queue.errors  # type: ignore[union-attr]
 
     unknown = DomainError(Reason.NOT_FOUND, "No hold hold-b on this account.")
     refused = relay_peers(Wallet(unknown), Usage(None), budget_finish("req-1", 300))
     assert await relay.deliver(refused) == (0, 1)
-    assert refused.receipt_queue.errors["req-1"].startswith("NOT_FOUND")  # type: ignore[union-attr]
+    assert refused.finish_queue.errors["req-1"].startswith("NOT_FOUND")  # type: ignore[union-attr]
 
 
 class SlowUsage(Usage):
@@ -184,7 +184,7 @@ async def test_two_rounds_that_meet_one_row_deliver_it_once() -> None:
     usage.release.set()
     assert await relay_round == (1, 1) and await read_round == (1, 1)
     assert usage.recorded == ["req-1"]  # once
-    assert peers.receipt_queue.rows == {} and peers.delivering == {}  # type: ignore[union-attr]
+    assert peers.finish_queue.rows == {} and peers.delivering == {}  # type: ignore[union-attr]
 
 
 def own_finish(

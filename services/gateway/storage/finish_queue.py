@@ -1,7 +1,9 @@
-"""Receipts (and finishes) that wait for the relay, in the gateway's own schema.
+"""The finish queue: requests' finishes (the wallet command left to do with each
+request's hold, then its receipt) that wait for the relay, in the gateway's own schema.
 
 Two kinds of rows, one relay (`services.gateway.relay`):
 
+- **A request's finish** (`finish`): see below.
 - **A receipt usage could not take.** A request's charge is settled before its receipt
   is recorded. When the usage service cannot be reached then (after the client's
   retries), the receipt is not lost and the client is not told that nothing was
@@ -32,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.gateway.storage.tables import receipt_queue as t
+from services.gateway.storage.tables import finish_queue as t
 from tokenforge.runtime.batching import Batcher
 from tokenforge.runtime.db import borrowed_driver
 
@@ -40,12 +42,12 @@ ORPHAN_AFTER_S = 5.0
 
 _COLUMNS = "(request_id, receipt, queued_at, account_id, hold_id, finish, owner, traceparent)"
 _PUT_SQL = (
-    f"INSERT INTO gateway.receipt_queue {_COLUMNS} "
+    f"INSERT INTO gateway.finish_queue {_COLUMNS} "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (request_id) DO NOTHING"
 )
 # Many rows in one statement (one commit for all).
 _PUT_MANY_SQL = (
-    f"INSERT INTO gateway.receipt_queue {_COLUMNS} "
+    f"INSERT INTO gateway.finish_queue {_COLUMNS} "
     "SELECT * FROM unnest($1::text[], $2::bytea[], $3::timestamptz[], $4::text[], "
     "$5::text[], $6::text[], $7::text[], $8::text[]) ON CONFLICT (request_id) DO NOTHING"
 )
@@ -67,7 +69,7 @@ class Waiting:
     traceparent: str = ""
 
 
-class ReceiptQueue:
+class FinishQueue:
     def __init__(self, engine: AsyncEngine, owner: str = "") -> None:
         self.engine = engine
         self.owner = owner
@@ -75,7 +77,7 @@ class ReceiptQueue:
         self.queued = asyncio.Event()
         # Puts that arrive together commit together (one statement, one commit).
         self._puts: Batcher[Row, None] = Batcher(
-            self._put_one, self._put_many, name="gateway.receipt_queue.put"
+            self._put_one, self._put_many, name="gateway.finish_queue.put"
         )
 
     async def put(

@@ -11,7 +11,7 @@ from pathlib import Path
 import openai
 from sqlalchemy import text
 
-from services.gateway.storage.receipt_queue import ReceiptQueue
+from services.gateway.storage.finish_queue import FinishQueue
 from tests.e2e.harness import System
 from tests.e2e.test_usage_reconcile import assert_reconciled
 from tokenforge.runtime.db import create_engine
@@ -23,7 +23,7 @@ async def waiting(database_url: str, request_id: str) -> int:
     try:
         async with engine.connect() as conn:
             rows = await conn.execute(
-                text("SELECT count(*) FROM gateway.receipt_queue WHERE request_id = :r"),
+                text("SELECT count(*) FROM gateway.finish_queue WHERE request_id = :r"),
                 {"r": request_id},
             )
             return int(rows.scalar_one())
@@ -81,7 +81,7 @@ async def test_a_receipt_waits_while_usage_is_unreachable_and_a_relay_records_it
 async def until_queue_empty(database_url: str) -> None:
     engine = create_engine(database_url, pool_size=1)
     try:
-        queue = ReceiptQueue(engine)
+        queue = FinishQueue(engine)
         for _ in range(100):
             if await queue.count() == 0:
                 return
