@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from tests.e2e.harness import System
 from tests.e2e.test_budgets import until_nothing_held
@@ -144,3 +145,33 @@ async def test_the_answers_receipt_and_the_recorded_receipt_have_one_shape(
     assert set(answer) == set(recorded)
     # What the answer names is what is recorded (times and ids alike).
     assert answer == recorded
+
+
+async def test_a_failure_inside_the_gateway_ends_the_hold_and_answers_with_the_request_id(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error after the upstream answered (forced here): the request's
+    hold is released at once (not at its TTL), its receipt says nothing was charged,
+    and the 500 names the request id and nothing else of ours."""
+    from services.gateway.flow import complete
+
+    def broken(payload: dict[str, Any]) -> int:
+        raise RuntimeError("SELECT secret FROM wallet.balances")
+
+    account, key = await system.new_account()
+    monkeypatch.setattr(complete, "answer_text_tokens", broken)
+    async with system.http(key) as http:
+        answer = await http.post("/v1/chat/completions", json=BODY)
+    monkeypatch.undo()
+    assert answer.status_code == 500
+    request_id = answer.headers["x-request-id"]
+    error = answer.json()["error"]
+    assert error["code"] == "internal_error" and request_id in error["message"]
+    assert "SELECT" not in answer.text and "wallet." not in answer.text
+    await until_nothing_held(system, account)
+    async with system.http(key) as http:
+        receipt = (await http.get(f"/v1/usage/{request_id}")).json()
+        after = await balances(http)
+    assert receipt["status"] == "failed" and receipt["charge"]["micros"] == 0
+    assert receipt["settlement_rule"] == "not_answered"
+    assert after["routed"] == {"posted": 10_000_000, "held": 0, "available": 10_000_000}

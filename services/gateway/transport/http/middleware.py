@@ -12,14 +12,36 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.domain.planning import new_request_id
+from tokenforge.errors import DomainError, Reason, openai_error_body
 from tokenforge.runtime import metrics
 from tokenforge.runtime.logging import request_id_var
 from tokenforge.runtime.telemetry import current_trace_id
 
 log = logging.getLogger("services.gateway.transport.http")
+
+
+async def internal_error(request_id: str, send: Send) -> None:
+    """An unexpected failure answers `internal_error` with the request id alone (the
+    details go to the log, under that id): never SQL, schema names or a stack trace."""
+    body = openai_error_body(
+        DomainError(
+            Reason.INTERNAL,
+            "Something went wrong on our side; nothing was charged for an unfinished "
+            f"request. Quote request id {request_id}.",
+        )
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": orjson.dumps(body)})
 
 
 class RequestContextMiddleware:
@@ -51,7 +73,13 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_context)
+            try:
+                await self.app(scope, receive, send_with_context)
+            except Exception:
+                if "elapsed" in answer:  # the answer had started: nothing more to send
+                    raise
+                log.exception("unexpected error")
+                await internal_error(request_id, send_with_context)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope.get("method", "-")
