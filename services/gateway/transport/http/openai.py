@@ -29,6 +29,7 @@ from services.gateway.storage.idempotency import digest
 from services.gateway.transport.http.common import (
     Deps,
     api_key_of,
+    client_ip_of,
     error_response,
     json_body,
     json_response,
@@ -56,7 +57,7 @@ def router(deps: Deps) -> APIRouter:
             api_key=api_key_of(request),
             body=body,
             trace_id=current_trace_id(),
-            client_ip=request.client.host if request.client else "",
+            client_ip=client_ip_of(request),
             run_id=request.headers.get("x-tokenforge-run", "").strip(),
         )
 
