@@ -271,9 +271,11 @@ def test_every_route_checks_scope_and_address() -> None:
     )
 
     require_usable(key, Scope.WALLET_READ, "10.11.12.9")
+    require_usable(key, Scope.WALLET_READ, "::ffff:10.11.12.9")  # a dual-stack listener
     for scope, ip, reason in [
         (Scope.WALLET_READ, "127.0.0.1", Reason.PERMISSION_DENIED),
         (Scope.WALLET_READ, "", Reason.PERMISSION_DENIED),
+        (Scope.WALLET_READ, "::ffff:127.0.0.1", Reason.PERMISSION_DENIED),
         (None, "127.0.0.1", Reason.PERMISSION_DENIED),
         (Scope.KEYS, "10.11.12.9", Reason.SCOPE_MISSING),
     ]:
