@@ -285,12 +285,16 @@ def require_within(actor: ApiKey, powers: KeyPowers, action: str) -> None:
         exceeds["expires_at"] = f"an end after the key's own ({mine.expires_at.isoformat()})"
     exceeds.update(_limits_beyond(powers.limits, mine.limits))
     if exceeds:
+        instead = (
+            "Ask for no more than the key has (a setting left out is the key's own)"
+            if action == "create"
+            else "Use a key with at least those powers"
+        )
         raise DomainError(
             Reason.PERMISSION_DENIED,
             f"This API key may {action} only keys within its own powers, and this one "
-            f"would have more: {'; '.join(exceeds.values())}. Ask for no more than the key "
-            "has (a setting left out is the key's own), or have an operator do it "
-            "(tokenforge keys).",
+            f"would have more: {'; '.join(exceeds.values())}. {instead}, or have an "
+            "operator do it (tokenforge keys).",
             {"param": next(iter(exceeds)), "exceeds": ",".join(exceeds)},
         )
 
