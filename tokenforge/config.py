@@ -6,6 +6,7 @@ tokenforge.runtime.telemetry).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 
@@ -59,6 +60,10 @@ class Settings:
     # A budget no request drew from for this long (ms) is given back
     # (TOKENFORGE_BUDGET_IDLE_MS).
     budget_idle_ms: int = 1000
+    # The proxies whose `X-Forwarded-For` the gateway believes (IPs or CIDR blocks,
+    # TOKENFORGE_TRUSTED_PROXIES="10.0.0.0/8,192.0.2.7"). None by default: the client
+    # address every key check sees (the IP allow-list) is the connection's peer.
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def peer_token(self) -> str:
@@ -95,6 +100,7 @@ class Settings:
             report_linger_ms=_non_negative("REPORT_LINGER_MS", "50"),
             budget_requests=_non_negative("BUDGET_REQUESTS", "64", "requests"),
             budget_idle_ms=_non_negative("BUDGET_IDLE_MS", "1000"),
+            trusted_proxies=parse_trusted_proxies(_env("TRUSTED_PROXIES")),
         )
 
 
@@ -103,6 +109,25 @@ def _non_negative(name: str, default: str, unit: str = "milliseconds") -> int:
     if value < 0:
         raise ValueError(f"TOKENFORGE_{name} is {value}; give 0 or more ({unit})")
     return value
+
+
+def parse_trusted_proxies(text: str) -> tuple[str, ...]:
+    """ "10.0.0.0/8, 192.0.2.7" -> ("10.0.0.0/8", "192.0.2.7"); anything else refused,
+    `*` too (it would let any client name its own address to an IP allow-list)."""
+    proxies: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"TOKENFORGE_TRUSTED_PROXIES entry {item!r} is not an IP address or CIDR "
+                "block; list your proxies' addresses (e.g. the ingress controller's pod "
+                "CIDR 10.244.0.0/16), never `*`"
+            ) from None
+        proxies.append(item)
+    return tuple(proxies)
 
 
 def parse_caller_tokens(text: str) -> dict[str, str]:

@@ -42,7 +42,12 @@ def migrate(database_url: str) -> None:
     upgrade(MIGRATIONS, database_url, SCHEMA)
 
 
-async def start_http(app: object, port: int) -> uvicorn.Server:
+async def start_http(
+    app: object, port: int, trusted_proxies: tuple[str, ...] = ()
+) -> uvicorn.Server:
+    """`trusted_proxies`: whose `X-Forwarded-For` names the client (none: the
+    connection's peer is the client, whatever the headers say; uvicorn would
+    otherwise believe any process on loopback)."""
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=os.environ.get("TOKENFORGE_BIND_HOST", "127.0.0.1"),
@@ -51,6 +56,8 @@ async def start_http(app: object, port: int) -> uvicorn.Server:
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=5,
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=list(trusted_proxies),
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -103,7 +110,7 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
         else None,
     )
     await grpc_server.server.start()
-    http = await start_http(app, settings.http_port)
+    http = await start_http(app, settings.http_port, settings.trusted_proxies)
     sweeper = asyncio.create_task(run_sweeper(peers))  # forgotten runs release their hold
     # Queued finishes and receipts go to the wallet and usage; done budgets close.
     relay = asyncio.create_task(run_relay(peers))

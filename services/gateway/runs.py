@@ -65,7 +65,12 @@ def _ttl(raw: Any) -> int:
 
 
 async def open_run(
-    peers: Peers, api_key: str, body: dict[str, Any], request_id: str, trace_id: str
+    peers: Peers,
+    api_key: str,
+    body: dict[str, Any],
+    request_id: str,
+    trace_id: str,
+    client_ip: str = "",
 ) -> OpenedRun:
     """Resolve what pays (a model's route, or a bucket), size the budget, hold it."""
     ttl = _ttl(body.get("ttl"))
@@ -74,7 +79,7 @@ async def open_run(
     upstream_model = ""
     route_kind = 0
     if isinstance(model, str) and model:
-        resolved = await resolve(peers, api_key, model, "", request_id, CHAT)
+        resolved = await resolve(peers, api_key, model, client_ip, request_id, CHAT)
         principal = resolved.principal
         bucket = bucket_from_proto(resolved.route.bucket)
         price = price_from_proto(bucket, resolved.route.prices)
@@ -96,12 +101,9 @@ async def open_run(
                 "`bucket` is `credit` or `routed`.",
                 {"param": "bucket"},
             ) from None
-        answer = await peers.routing.call(
-            peers.routing_stub.Authenticate,
-            routing_pb2.AuthenticateRequest(api_key=api_key, scope=routing_pb2.SCOPE_INFERENCE),
-            request_id=request_id,
+        principal = await peers.routing_client.authenticate(
+            api_key, routing_pb2.SCOPE_INFERENCE, client_ip, request_id=request_id
         )
-        principal = answer.principal
         model = ""
     estimate: Estimate | None = None
     if body.get("budget") is not None:

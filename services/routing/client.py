@@ -145,6 +145,25 @@ class RoutingClient(ServiceClient):
         await asyncio.gather(*self._renewals, return_exceptions=True)
         await super().close()
 
+    # Authenticate.
+
+    async def authenticate(
+        self, api_key: str, scope: int, client_ip: str, *, request_id: str = ""
+    ) -> routing_pb2.Principal:
+        """The key's principal for a route of the user API, after routing checked the
+        whole key as Resolve does: active, `scope` (SCOPE_UNSPECIFIED: none), and
+        `client_ip` against its IP allow-list. Never reused: a revocation or a
+        refusal shows at once."""
+        request = routing_pb2.AuthenticateRequest(
+            api_key=api_key,
+            scope=scope,  # type: ignore[arg-type]
+            client_ip=client_ip,
+        )
+        answer: routing_pb2.AuthenticateResponse = await self._once(
+            "Authenticate", request, request_id
+        )
+        return answer.principal
+
     # Resolve.
 
     async def resolve(

@@ -21,18 +21,19 @@ from datetime import datetime, timedelta
 
 from services.routing.domain import keys
 from services.routing.domain.access import (
-    ALL_ROUTE_KINDS,
-    ALL_SCOPES,
     Account,
     ApiKey,
+    KeyPowers,
     Principal,
     Project,
     Resolution,
     Scope,
     choose_route,
+    powers_for_new_key,
     request_tokens,
     require_active,
-    require_scope,
+    require_usable,
+    require_within,
     unknown_key,
     worst_case_micros,
 )
@@ -46,7 +47,6 @@ from services.routing.domain.limits import (
     check_rate,
     check_spend,
     check_tokens_fit,
-    require_ip_allowed,
     spend_day,
     window_start,
 )
@@ -114,6 +114,9 @@ class ListApiKeys:
 class RevokeApiKey:
     account_id: str
     key_id: str
+    # The API key that asks (the user API): it may revoke only keys within its own
+    # powers. Empty for an operator.
+    acting_key_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,8 @@ class RotateApiKey:
     account_id: str
     key_id: str
     grace: timedelta = timedelta(0)
+    # As for RevokeApiKey: a key rotates only keys within its own powers.
+    acting_key_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,8 @@ class RotatedApiKey:
 class Authenticate:
     api_key: str
     scope: Scope | None = None
+    # The caller's address, checked against the key's IP allow-list as Resolve does.
+    client_ip: str = ""
 
 
 @dataclass(frozen=True)
@@ -151,16 +158,23 @@ class OpenedAccount:
 
 @dataclass(frozen=True)
 class CreateApiKey:
+    """A setting left empty (None, zero) is not given: the new key gets the acting
+    key's own, or everything when an operator creates it (domain/access.py,
+    `powers_for_new_key`)."""
+
     account_id: str
     project_id: str = ""
     name: str = ""
     scopes: tuple[Scope, ...] = ()
     expires_at: datetime | None = None
-    allowed_models: tuple[str, ...] = ("*",)
-    allowed_route_kinds: tuple[RouteKind, ...] = ALL_ROUTE_KINDS
-    route_preference: tuple[RouteKind, ...] = ALL_ROUTE_KINDS
+    allowed_models: tuple[str, ...] = ()
+    allowed_route_kinds: tuple[RouteKind, ...] = ()
+    route_preference: tuple[RouteKind, ...] = ()
     fallback_allowed: bool = False
     limits: KeyLimits = KeyLimits()
+    # The API key that asks (the user API): the new key must be within its powers.
+    # Empty for an operator (the admin token), who may give any.
+    acting_key_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -216,8 +230,7 @@ async def resolve(
 ) -> Resolution:
     """`reuse_limit_ms` (TOKENFORGE_RESOLVE_REUSE_MS) caps `reuse_for_ms`; 0: no reuse."""
     key, fresh_for = await _active_key(command.api_key, uow, cache)
-    require_scope(key, Scope.INFERENCE)
-    require_ip_allowed(key.limits, command.client_ip)
+    require_usable(key, Scope.INFERENCE, command.client_ip)
     resolution = choose_route(catalog, key, command.model, command.endpoint)
     tokens = request_tokens(
         resolution.model, command.endpoint, command.prompt_tokens, command.output_cap
@@ -423,9 +436,9 @@ async def sweep_counters(uow: UnitOfWork) -> None:
 async def authenticate(
     command: Authenticate, uow: UnitOfWork, cache: KeyCache | None = None
 ) -> Principal:
+    """The same checks of the key as Resolve: active, scoped, from an allowed address."""
     key, _ = await _active_key(command.api_key, uow, cache)
-    if command.scope is not None:
-        require_scope(key, command.scope)
+    require_usable(key, command.scope, command.client_ip)
     return Principal.of(key)
 
 
@@ -446,11 +459,6 @@ async def open_account(command: OpenAccount, uow: UnitOfWork) -> OpenedAccount:
 async def create_api_key(command: CreateApiKey, uow: UnitOfWork) -> CreatedApiKey:
     if not command.account_id:
         raise DomainError(Reason.INVALID_ARGUMENT, "account_id is required to create an API key.")
-    if not command.allowed_models or not command.route_preference:
-        raise DomainError(
-            Reason.INVALID_ARGUMENT,
-            "An API key needs at least one allowed model pattern and one route preference.",
-        )
     async with uow:
         now = uow.now()
         if command.expires_at is not None and command.expires_at <= now:
@@ -466,6 +474,17 @@ async def create_api_key(command: CreateApiKey, uow: UnitOfWork) -> CreatedApiKe
                 "(tokenforge accounts open).",
                 {"account_id": command.account_id},
             )
+        actor = await _acting_key(uow, command.account_id, command.acting_key_id)
+        asked = KeyPowers(
+            scopes=frozenset(command.scopes),
+            allowed_models=command.allowed_models,
+            allowed_route_kinds=command.allowed_route_kinds,
+            route_preference=command.route_preference,
+            fallback_allowed=command.fallback_allowed,
+            expires_at=command.expires_at,
+            limits=command.limits,
+        )
+        powers = powers_for_new_key(asked, actor)
         if command.project_id:
             project = await uow.access.get_project(command.project_id)
             if project is None or project.account_id != command.account_id:
@@ -490,13 +509,13 @@ async def create_api_key(command: CreateApiKey, uow: UnitOfWork) -> CreatedApiKe
             prefix=new_key.prefix,
             digest=new_key.digest,
             created_at=now,
-            scopes=frozenset(command.scopes or ALL_SCOPES),
-            allowed_models=command.allowed_models,
-            allowed_route_kinds=command.allowed_route_kinds,
-            route_preference=command.route_preference,
-            fallback_allowed=command.fallback_allowed,
-            expires_at=command.expires_at,
-            limits=command.limits,
+            scopes=powers.scopes,
+            allowed_models=powers.allowed_models,
+            allowed_route_kinds=powers.allowed_route_kinds,
+            route_preference=powers.route_preference,
+            fallback_allowed=powers.fallback_allowed,
+            expires_at=powers.expires_at,
+            limits=powers.limits,
         )
         await uow.access.add_key(key)
         await uow.commit()
@@ -520,11 +539,32 @@ async def _own_key(uow: UnitOfWork, account_id: str, key_id: str) -> ApiKey:
     return key
 
 
+async def _acting_key(uow: UnitOfWork, account_id: str, acting_key_id: str) -> ApiKey | None:
+    """The key that asks (None for an operator); it must be active and of the account."""
+    if not acting_key_id:
+        return None
+    key = await uow.access.get_key(acting_key_id)
+    if key is None or key.account_id != account_id:
+        raise unknown_key()
+    return require_active(key, uow.now())
+
+
+async def _managed_key(
+    uow: UnitOfWork, account_id: str, key_id: str, acting_key_id: str, action: str
+) -> ApiKey:
+    """The account's key `key_id`, which the acting key (if any) may `action`."""
+    key = await _own_key(uow, account_id, key_id)
+    actor = await _acting_key(uow, account_id, acting_key_id)
+    if actor is not None:
+        require_within(actor, KeyPowers.of(key), action)
+    return key
+
+
 async def revoke_api_key(
     command: RevokeApiKey, uow: UnitOfWork, cache: KeyCache | None = None
 ) -> ApiKey:
     async with uow:
-        await _own_key(uow, command.account_id, command.key_id)
+        await _managed_key(uow, command.account_id, command.key_id, command.acting_key_id, "revoke")
         await uow.access.revoke_key(command.key_id, uow.now())
         key = await _own_key(uow, command.account_id, command.key_id)
         await uow.commit()
@@ -540,7 +580,9 @@ async def rotate_api_key(
     if command.grace < timedelta(0):
         raise DomainError(Reason.INVALID_ARGUMENT, "The grace period cannot be negative.")
     async with uow:
-        old = await _own_key(uow, command.account_id, command.key_id)
+        old = await _managed_key(
+            uow, command.account_id, command.key_id, command.acting_key_id, "rotate"
+        )
         now = uow.now()
         if not old.is_active(now):
             raise DomainError(

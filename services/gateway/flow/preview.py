@@ -23,11 +23,20 @@ class Preview:
     available: Money
 
 
-async def preview(peers: Peers, api_key: str, body: dict[str, Any], request_id: str) -> Preview:
+async def preview(
+    peers: Peers, api_key: str, body: dict[str, Any], request_id: str, client_ip: str = ""
+) -> Preview:
     model = require_model(body)
     endpoint = EMBEDDINGS if "input" in body else CHAT
     resolved = await resolve(
-        peers, api_key, model, "", request_id, endpoint, request_shape(body), preview=True
+        peers,
+        api_key,
+        model,
+        client_ip,
+        request_id,
+        endpoint,
+        request_shape(body),
+        preview=True,
     )
     bucket = bucket_from_proto(resolved.route.bucket)
     price = price_from_proto(bucket, resolved.route.prices)

@@ -1,21 +1,26 @@
 """Access: accounts' projects and API keys, and the choice of a route for a request.
 
-`choose_route` is the whole "before" decision of a request, given a key that has
-already been authenticated: which model, which route (and so which bucket pays),
-and which other routes the key allows falling back to.
+`require_usable` is the whole check of a key on every authenticated route (active,
+scoped, called from an allowed address). `choose_route` is the whole "before"
+decision of a request, given a key that has already been checked: which model, which
+route (and so which bucket pays), and which other routes the key allows falling back
+to. `powers_for_new_key` and `require_within` are the one rule for keys managed by a
+key: a key creates, rotates or revokes only keys within its own powers.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import ipaddress
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from fnmatch import fnmatchcase
 
 from tokenforge.errors import DomainError, Reason
+from tokenforge.money import format_amount
 
 from .catalog import Catalog, Endpoint, Model, Route, RouteKind
-from .limits import KeyLimits
+from .limits import KeyLimits, SpendCap, require_ip_allowed
 
 
 class Scope(enum.StrEnum):
@@ -89,6 +94,13 @@ class ApiKey:
     def allows_model(self, model_id: str) -> bool:
         return any(fnmatchcase(model_id, pattern) for pattern in self.allowed_models)
 
+    @property
+    def ends_at(self) -> datetime | None:
+        """When the key stops working: its expiry, or a revocation still to come (the
+        grace period of a rotated key), whichever is first."""
+        ends = [t for t in (self.expires_at, self.revoked_at) if t is not None]
+        return min(ends) if ends else None
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -158,6 +170,186 @@ def require_scope(key: ApiKey, scope: Scope) -> None:
             f"Create a key with the {scope.value!r} scope in the console.",
             {"scope": scope.value},
         )
+
+
+def require_usable(key: ApiKey, scope: Scope | None, client_ip: str) -> None:
+    """Everything a route checks of an active key, the same on every route (Resolve
+    and Authenticate): the scope the route needs, and the caller's address against
+    the key's IP allow-list (an unknown address is refused when there is a list)."""
+    if scope is not None:
+        require_scope(key, scope)
+    require_ip_allowed(key.limits, client_ip)
+
+
+# -- keys managed by a key ---------------------------------------------------------
+
+_GLOB = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class KeyPowers:
+    """What a key may do. On a request for a new key, an empty tuple, None or zero
+    means "not given": the key gets what its creator has (everything for an operator)."""
+
+    scopes: frozenset[Scope] = frozenset()
+    allowed_models: tuple[str, ...] = ()
+    allowed_route_kinds: tuple[RouteKind, ...] = ()
+    route_preference: tuple[RouteKind, ...] = ()
+    fallback_allowed: bool = False
+    expires_at: datetime | None = None
+    limits: KeyLimits = field(default_factory=KeyLimits)
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyPowers:
+        return cls(
+            scopes=key.scopes,
+            allowed_models=key.allowed_models,
+            allowed_route_kinds=key.allowed_route_kinds,
+            route_preference=key.route_preference,
+            fallback_allowed=key.fallback_allowed,
+            expires_at=key.ends_at,
+            limits=key.limits,
+        )
+
+
+EVERYTHING = KeyPowers(
+    scopes=frozenset(ALL_SCOPES),
+    allowed_models=("*",),
+    allowed_route_kinds=ALL_ROUTE_KINDS,
+    route_preference=ALL_ROUTE_KINDS,
+)
+
+
+def powers_for_new_key(asked: KeyPowers, creator: ApiKey | None) -> KeyPowers:
+    """The powers of a new key: what was asked, and for what was not given, the
+    creator's own (an operator, `creator` None, gives everything not asked for). A key
+    creates only keys within its own powers (`require_within`)."""
+    base = EVERYTHING if creator is None else KeyPowers.of(creator)
+    powers = KeyPowers(
+        scopes=asked.scopes or base.scopes,
+        allowed_models=asked.allowed_models or base.allowed_models,
+        allowed_route_kinds=asked.allowed_route_kinds or base.allowed_route_kinds,
+        route_preference=asked.route_preference or base.route_preference,
+        fallback_allowed=asked.fallback_allowed,
+        expires_at=asked.expires_at or base.expires_at,
+        limits=_inherit_limits(asked.limits, base.limits),
+    )
+    if creator is not None:
+        require_within(creator, powers, "create")
+    return powers
+
+
+def _inherit_limits(asked: KeyLimits, base: KeyLimits) -> KeyLimits:
+    """Each limit not given (zero, empty) is the base's; a spend cap per bucket too."""
+    caps = {c.bucket: c for c in asked.spend_caps}
+    for cap in base.spend_caps:
+        mine = caps.get(cap.bucket, SpendCap(cap.bucket))
+        caps[cap.bucket] = replace(
+            mine,
+            daily_micros=mine.daily_micros or cap.daily_micros,
+            total_micros=mine.total_micros or cap.total_micros,
+        )
+    return KeyLimits(
+        ip_allowlist=asked.ip_allowlist or base.ip_allowlist,
+        requests_per_minute=asked.requests_per_minute or base.requests_per_minute,
+        tokens_per_minute=asked.tokens_per_minute or base.tokens_per_minute,
+        max_in_flight=asked.max_in_flight or base.max_in_flight,
+        spend_caps=tuple(caps.values()),
+    )
+
+
+def require_within(actor: ApiKey, powers: KeyPowers, action: str) -> None:
+    """A key may `action` (create, rotate, revoke) only a key within its own powers:
+    scopes, models and route kinds a subset of its own, fallback only if it has it,
+    every limit and spend cap set and no higher, every address range inside one of
+    its own, an end no later. Refused (403) naming everything that exceeds."""
+    mine = KeyPowers.of(actor)
+    exceeds: dict[str, str] = {}
+    if extra := sorted(s.value for s in powers.scopes - mine.scopes):
+        exceeds["scopes"] = f"scopes {', '.join(extra)} (the key has {_words(mine.scopes)})"
+    wider = [p for p in powers.allowed_models if not _pattern_within(p, mine.allowed_models)]
+    if wider:
+        exceeds["allowed_models"] = (
+            f"models {', '.join(wider)} (the key allows {', '.join(mine.allowed_models)})"
+        )
+    if kinds := [k.value for k in powers.allowed_route_kinds if k not in mine.allowed_route_kinds]:
+        exceeds["allowed_route_kinds"] = (
+            f"{' and '.join(kinds)} routes (the key allows "
+            f"{', '.join(k.value for k in mine.allowed_route_kinds) or 'none'})"
+        )
+    if powers.fallback_allowed and not mine.fallback_allowed:
+        exceeds["fallback_allowed"] = "falling back to another route (the key may not)"
+    if mine.expires_at is not None and (
+        powers.expires_at is None or powers.expires_at > mine.expires_at
+    ):
+        exceeds["expires_at"] = f"an end after the key's own ({mine.expires_at.isoformat()})"
+    exceeds.update(_limits_beyond(powers.limits, mine.limits))
+    if exceeds:
+        instead = (
+            "Ask for no more than the key has (a setting left out is the key's own)"
+            if action == "create"
+            else "Use a key with at least those powers"
+        )
+        raise DomainError(
+            Reason.PERMISSION_DENIED,
+            f"This API key may {action} only keys within its own powers, and this one "
+            f"would have more: {'; '.join(exceeds.values())}. {instead}, or have an "
+            "operator do it (tokenforge keys).",
+            {"param": next(iter(exceeds)), "exceeds": ",".join(exceeds)},
+        )
+
+
+def _words(scopes: frozenset[Scope]) -> str:
+    return ", ".join(sorted(s.value for s in scopes)) or "none"
+
+
+def _pattern_within(pattern: str, patterns: tuple[str, ...]) -> bool:
+    """Does every model id `pattern` matches match one of `patterns`? Answered
+    safely: yes for the same pattern, a plain id one of them matches, or a pattern
+    starting with the fixed prefix of a `prefix*` one; otherwise no."""
+    for other in patterns:
+        if pattern == other:
+            return True
+        if not _GLOB & set(pattern) and fnmatchcase(pattern, other):
+            return True
+        prefix = other[:-1]
+        if other.endswith("*") and not _GLOB & set(prefix) and pattern.startswith(prefix):
+            return True
+    return False
+
+
+def _limits_beyond(asked: KeyLimits, mine: KeyLimits) -> dict[str, str]:
+    exceeds: dict[str, str] = {}
+    wider = [e for e in asked.ip_allowlist if not _network_within(e, mine.ip_allowlist)]
+    if mine.ip_allowlist and (wider or not asked.ip_allowlist):
+        exceeds["ip_allowlist"] = (
+            f"addresses {', '.join(wider) or 'anywhere'} "
+            f"(the key allows {', '.join(mine.ip_allowlist)})"
+        )
+    for name in ("requests_per_minute", "tokens_per_minute", "max_in_flight"):
+        limit, asked_for = getattr(mine, name), getattr(asked, name)
+        if limit and not 0 < asked_for <= limit:
+            exceeds[name] = f"{name} {asked_for or 'unlimited'} (the key has {limit})"
+    for cap in mine.spend_caps:
+        theirs = asked.cap(cap.bucket) or SpendCap(cap.bucket)
+        for kind in ("daily_micros", "total_micros"):
+            limit, asked_for = getattr(cap, kind), getattr(theirs, kind)
+            if limit and not 0 < asked_for <= limit:
+                asked_words = format_amount(asked_for, cap.bucket) if asked_for else "none"
+                exceeds["spend_caps"] = (
+                    f"a {kind.removesuffix('_micros')} spend cap on the {cap.bucket.label} of "
+                    f"{asked_words} (the key has {format_amount(limit, cap.bucket)})"
+                )
+    return exceeds
+
+
+def _network_within(entry: str, allowed: tuple[str, ...]) -> bool:
+    network = ipaddress.ip_network(entry, strict=False)
+    for other in allowed:
+        mine = ipaddress.ip_network(other, strict=False)
+        if network.version == mine.version and network.subnet_of(mine):  # type: ignore[arg-type]
+            return True
+    return False
 
 
 def split_selected_model(selected: str) -> tuple[str, RouteKind | None]:

@@ -108,7 +108,11 @@ def require_ip_allowed(limits: KeyLimits, client_ip: str) -> None:
     if not limits.ip_allowlist:
         return
     try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
         address = ipaddress.ip_address(client_ip)
+        # A dual-stack listener sees an IPv4 client as ::ffff:a.b.c.d.
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
     except ValueError:
         address = None
     if address is not None and any(

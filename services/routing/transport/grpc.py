@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from services.routing import handlers
-from services.routing.domain.access import ALL_ROUTE_KINDS, ApiKey, Principal, Scope
+from services.routing.domain.access import ApiKey, Principal, Scope
 from services.routing.domain.catalog import (
     Catalog,
     ChargePolicy,
@@ -287,7 +287,9 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
     ) -> routing_pb2.AuthenticateResponse:
         scope = None if request.scope == routing_pb2.SCOPE_UNSPECIFIED else _scope(request.scope)
         principal = await handlers.authenticate(
-            handlers.Authenticate(request.api_key, scope), self._uow(), self._cache
+            handlers.Authenticate(request.api_key, scope, request.client_ip),
+            self._uow(),
+            self._cache,
         )
         return routing_pb2.AuthenticateResponse(principal=principal_to_wire(principal))
 
@@ -320,11 +322,12 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
             name=request.name,
             scopes=tuple(_scope(s) for s in request.scopes),
             expires_at=expires_at,
-            allowed_models=tuple(request.settings.allowed_models) or ("*",),
-            allowed_route_kinds=_kinds(request.settings.allowed_route_kinds) or ALL_ROUTE_KINDS,
-            route_preference=_kinds(request.settings.route_preference) or ALL_ROUTE_KINDS,
+            allowed_models=tuple(request.settings.allowed_models),
+            allowed_route_kinds=_kinds(request.settings.allowed_route_kinds),
+            route_preference=_kinds(request.settings.route_preference),
             fallback_allowed=request.settings.fallback_allowed,
             limits=limits_from_wire(request.settings),
+            acting_key_id=request.acting_key_id,
         )
         created = await handlers.create_api_key(command, self._uow())
         return routing_pb2.CreateApiKeyResponse(
@@ -341,7 +344,9 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
         self, request: routing_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> routing_pb2.RevokeApiKeyResponse:
         key = await handlers.revoke_api_key(
-            handlers.RevokeApiKey(request.account_id, request.key_id), self._uow(), self._cache
+            handlers.RevokeApiKey(request.account_id, request.key_id, request.acting_key_id),
+            self._uow(),
+            self._cache,
         )
         return routing_pb2.RevokeApiKeyResponse(key=key_to_wire(key))
 
@@ -350,7 +355,10 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
     ) -> routing_pb2.RotateApiKeyResponse:
         rotated = await handlers.rotate_api_key(
             handlers.RotateApiKey(
-                request.account_id, request.key_id, timedelta(seconds=request.grace_seconds)
+                request.account_id,
+                request.key_id,
+                timedelta(seconds=request.grace_seconds),
+                request.acting_key_id,
             ),
             self._uow(),
             self._cache,

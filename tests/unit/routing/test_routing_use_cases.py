@@ -13,6 +13,7 @@ from services.routing import handlers
 from services.routing.domain.access import Account, ApiKey, Project, Scope
 from services.routing.domain.catalog import Catalog, Endpoint, RouteKind, parse_catalog
 from services.routing.domain.health import HealthBoard
+from services.routing.domain.keys import digest_of
 from services.routing.domain.limits import TOTAL, KeyLimits, SpendCap, spend_day
 from services.routing.storage.catalog_file import DEMO_CATALOG, read_catalog
 from services.routing.storage.key_cache import KeyCache
@@ -435,6 +436,105 @@ async def test_an_account_cannot_list_revoke_or_rotate_another_accounts_keys(
             await action
         assert caught.value.reason is Reason.NOT_FOUND
     assert (await world.repo.get_key(victim.key_id)).revoked_at is None  # type: ignore[union-attr]
+
+
+async def test_authenticate_checks_the_ip_allow_list_as_resolve_does(world: World) -> None:
+    secret = await _key(world, limits=KeyLimits(ip_allowlist=("10.11.12.0/24",)))
+
+    principal = await handlers.authenticate(
+        handlers.Authenticate(secret, Scope.WALLET_READ, "10.11.12.40"), world.uow()
+    )
+
+    assert principal.account_id == "acct-1"
+    for ip in ("127.0.0.1", ""):
+        with pytest.raises(DomainError) as caught:
+            await handlers.authenticate(
+                handlers.Authenticate(secret, Scope.WALLET_READ, ip), world.uow()
+            )
+        assert caught.value.reason is Reason.PERMISSION_DENIED
+
+
+def _stored(world: World, secret: str) -> ApiKey:
+    return world.repo.keys[digest_of(secret)]
+
+
+async def test_a_key_creates_only_keys_within_its_powers_and_nothing_is_stored_otherwise(
+    world: World,
+) -> None:
+    parent = _stored(
+        world,
+        await _key(
+            world,
+            scopes=(Scope.INFERENCE, Scope.KEYS),
+            allowed_models=("demo-embed",),
+            allowed_route_kinds=(RouteKind.ROUTED,),
+        ),
+    )
+    before = dict(world.repo.keys)
+
+    with pytest.raises(DomainError) as caught:
+        await handlers.create_api_key(
+            handlers.CreateApiKey(
+                "acct-1",
+                scopes=tuple(Scope),
+                allowed_models=("*",),
+                allowed_route_kinds=(RouteKind.OFFICIAL, RouteKind.ROUTED),
+                acting_key_id=parent.key_id,
+            ),
+            world.uow(),
+        )
+
+    assert caught.value.reason is Reason.PERMISSION_DENIED
+    assert world.repo.keys == before
+    child = await handlers.create_api_key(
+        handlers.CreateApiKey("acct-1", name="child", acting_key_id=parent.key_id), world.uow()
+    )
+    stored = _stored(world, child.secret)
+    assert stored.scopes == parent.scopes
+    assert stored.allowed_models == ("demo-embed",)
+    assert stored.allowed_route_kinds == (RouteKind.ROUTED,)
+
+
+async def test_a_key_of_another_account_or_a_revoked_one_creates_nothing(world: World) -> None:
+    other = _stored(world, await _key(world, "acct-2"))
+    revoked = _stored(world, await _key(world, "acct-1"))
+    await handlers.revoke_api_key(handlers.RevokeApiKey("acct-1", revoked.key_id), world.uow())
+    before = dict(world.repo.keys)
+
+    for actor in (other.key_id, revoked.key_id, "key_missing"):
+        with pytest.raises(DomainError) as caught:
+            await handlers.create_api_key(
+                handlers.CreateApiKey("acct-1", acting_key_id=actor), world.uow()
+            )
+        assert caught.value.reason is Reason.UNKNOWN_API_KEY
+    assert world.repo.keys == before
+
+
+async def test_a_restricted_key_can_neither_rotate_nor_revoke_a_broader_one(
+    world: World,
+) -> None:
+    owner = _stored(world, await _key(world))
+    restricted = _stored(world, await _key(world, scopes=(Scope.KEYS,)))
+
+    for action in (
+        handlers.rotate_api_key(
+            handlers.RotateApiKey("acct-1", owner.key_id, acting_key_id=restricted.key_id),
+            world.uow(),
+        ),
+        handlers.revoke_api_key(
+            handlers.RevokeApiKey("acct-1", owner.key_id, restricted.key_id), world.uow()
+        ),
+    ):
+        with pytest.raises(DomainError) as caught:
+            await action
+        assert caught.value.reason is Reason.PERMISSION_DENIED
+    assert len(world.repo.keys) == 2
+    assert (await world.repo.get_key(owner.key_id)).revoked_at is None  # type: ignore[union-attr]
+    rotated = await handlers.rotate_api_key(
+        handlers.RotateApiKey("acct-1", restricted.key_id, acting_key_id=owner.key_id),
+        world.uow(),
+    )
+    assert rotated.key.scopes == frozenset({Scope.KEYS})
 
 
 async def test_a_preview_counts_no_limit(world: World, catalog: Catalog) -> None:

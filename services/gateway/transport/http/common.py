@@ -33,6 +33,13 @@ def error_response(error: DomainError) -> Response:
     )
 
 
+def client_ip_of(request: Request) -> str:
+    """The caller's address, as every key check sees it (the IP allow-list): the
+    connection's peer, or what a trusted proxy says in `X-Forwarded-For` (the server
+    trusts proxy headers only from TOKENFORGE_TRUSTED_PROXIES, none by default)."""
+    return request.client.host if request.client else ""
+
+
 def api_key_of(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
@@ -76,14 +83,14 @@ class Deps:
     idempotency: IdempotencyStore | None = None
 
     async def principal(self, request: Request, scope: int) -> routing_pb2.Principal:
-        """Authenticate the request's API key for one scope."""
-        answer = await self.peers.routing.call(
-            self.peers.routing_stub.Authenticate,
-            routing_pb2.AuthenticateRequest(api_key=api_key_of(request), scope=scope),  # type: ignore[arg-type]
+        """Authenticate the request's API key for one scope, with every check routing
+        makes of a key (active, scope, the caller's address against its allow-list)."""
+        return await self.peers.routing_client.authenticate(
+            api_key_of(request),
+            scope,
+            client_ip_of(request),
             request_id=request.state.request_id,
         )
-        principal: routing_pb2.Principal = answer.principal
-        return principal
 
     async def reader(self, request: Request) -> routing_pb2.Principal:
         """Authenticate a read of the account's money or receipts; the read then sees

@@ -2,7 +2,10 @@
 
 The caller's key needs the `keys` scope, and only ever sees its own account's keys:
 the account comes from the caller's key, never from the request, and routing
-answers NOT_FOUND for another account's key id.
+answers NOT_FOUND for another account's key id. The caller's key is named to routing
+(`acting_key_id`) on create, revoke and rotate: a key manages only keys within its
+own powers, and a setting left out of a new key is the caller's own
+(services/routing/domain/access.py).
 """
 
 from __future__ import annotations
@@ -144,14 +147,15 @@ def router(deps: Deps) -> APIRouter:
     r = APIRouter()
     peers: Peers = deps.peers
 
-    async def account_of(request: Request) -> str:
-        who = await deps.principal(request, routing_pb2.SCOPE_KEYS)
-        return str(who.account_id)
+    async def caller(request: Request) -> routing_pb2.Principal:
+        return await deps.principal(request, routing_pb2.SCOPE_KEYS)
 
     @r.post("/v1/keys", tags=["keys"])
     async def create_key(request: Request) -> Response:
-        """A new key in the caller's account; its secret is in this answer only."""
-        account_id = await account_of(request)
+        """A new key in the caller's account, within the caller's key's powers (a
+        setting left out is the caller's own); its secret is in this answer only."""
+        who = await caller(request)
+        account_id = who.account_id
         body = await json_body(request)
         scopes = _strings(body, "scopes")
         unknown = [s for s in scopes if s not in SCOPE_NAMES]
@@ -168,6 +172,7 @@ def router(deps: Deps) -> APIRouter:
                 scopes=[SCOPE_NAMES[s] for s in scopes],
                 expires_at=_expires_at(body),
                 settings=settings_from_json(body),
+                acting_key_id=who.key_id,
             ),
             request_id=request.state.request_id,
         )
@@ -179,17 +184,20 @@ def router(deps: Deps) -> APIRouter:
     @r.get("/v1/keys", tags=["keys"])
     async def list_keys(request: Request) -> Response:
         """The caller's account's keys (prefix, scopes, limits, last use; no secrets)."""
-        account_id = await account_of(request)
+        account_id = (await caller(request)).account_id
         keys = await _list(peers, account_id, request.state.request_id)
         return json_response({"object": "list", "data": [key_json(k) for k in keys]})
 
     @r.post("/v1/keys/{key_id}/revoke", tags=["keys"])
     async def revoke_key(key_id: str, request: Request) -> Response:
-        """Stop a key: at once here, within 2 s everywhere."""
-        account_id = await account_of(request)
+        """Stop a key (one within the caller's key's powers): at once here, within 2 s
+        everywhere."""
+        who = await caller(request)
         answer = await peers.routing.call(
             peers.routing_stub.RevokeApiKey,
-            routing_pb2.RevokeApiKeyRequest(account_id=account_id, key_id=key_id),
+            routing_pb2.RevokeApiKeyRequest(
+                account_id=who.account_id, key_id=key_id, acting_key_id=who.key_id
+            ),
             request_id=request.state.request_id,
         )
         peers.routing_client.forget_key(key_id)  # no reused answer outlives the revocation
@@ -197,14 +205,18 @@ def router(deps: Deps) -> APIRouter:
 
     @r.post("/v1/keys/{key_id}/rotate", tags=["keys"])
     async def rotate_key(key_id: str, request: Request) -> Response:
-        """A new secret with the same settings; the old one stops after `grace_seconds`."""
-        account_id = await account_of(request)
+        """A new secret with the same settings (of a key within the caller's key's
+        powers); the old one stops after `grace_seconds`."""
+        who = await caller(request)
         raw = await request.body()
         body = await json_body(request) if raw.strip() else {}
         answer = await peers.routing.call(
             peers.routing_stub.RotateApiKey,
             routing_pb2.RotateApiKeyRequest(
-                account_id=account_id, key_id=key_id, grace_seconds=_count(body, "grace_seconds")
+                account_id=who.account_id,
+                key_id=key_id,
+                grace_seconds=_count(body, "grace_seconds"),
+                acting_key_id=who.key_id,
             ),
             request_id=request.state.request_id,
         )

@@ -24,6 +24,7 @@ from services.gateway.flow.stream import ReservedStreamingResponse, start_chat_s
 from services.gateway.transport.http.common import (
     Deps,
     api_key_of,
+    client_ip_of,
     json_body,
     json_response,
 )
@@ -50,7 +51,7 @@ def router(deps: Deps) -> APIRouter:
             api_key=api_key_of(request),
             body=body,
             trace_id=current_trace_id(),
-            client_ip=request.client.host if request.client else "",
+            client_ip=client_ip_of(request),
             run_id=request.headers.get("x-tokenforge-run", "").strip(),
         )
 

@@ -13,7 +13,13 @@ from services.gateway.domain.presenting import (
 )
 from services.gateway.flow.call import charge_policy_name
 from services.gateway.flow.preview import preview
-from services.gateway.transport.http.common import Deps, api_key_of, json_body, json_response
+from services.gateway.transport.http.common import (
+    Deps,
+    api_key_of,
+    client_ip_of,
+    json_body,
+    json_response,
+)
 from services.gateway.transport.http.schemas import ChatCompletionRequest, body_of
 from tokenforge.wire import (
     bucket_from_proto,
@@ -31,7 +37,9 @@ def router(deps: Deps) -> APIRouter:
     async def route_preview(request: Request) -> Response:
         """The "before" list of a chat or embeddings body, without calling upstream."""
         body = await json_body(request)
-        p = await preview(peers, api_key_of(request), body, request.state.request_id)
+        p = await preview(
+            peers, api_key_of(request), body, request.state.request_id, client_ip_of(request)
+        )
         route = p.resolved.route
         bucket = p.price.bucket
         return json_response(

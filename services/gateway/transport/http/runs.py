@@ -12,7 +12,13 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.domain.presenting import amount
 from services.gateway.domain.runs import run_json, run_receipt_json
 from services.gateway.runs import bucket_of, close_run, open_run
-from services.gateway.transport.http.common import Deps, api_key_of, json_body, json_response
+from services.gateway.transport.http.common import (
+    Deps,
+    api_key_of,
+    client_ip_of,
+    json_body,
+    json_response,
+)
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.runtime.telemetry import current_trace_id
 from tokenforge.usage.v1 import usage_pb2
@@ -32,7 +38,12 @@ def router(deps: Deps) -> APIRouter:
         available before, and the hold placed for the whole budget."""
         body = await json_body(request)
         opened = await open_run(
-            peers, api_key_of(request), body, request.state.request_id, current_trace_id()
+            peers,
+            api_key_of(request),
+            body,
+            request.state.request_id,
+            current_trace_id(),
+            client_ip_of(request),
         )
         bucket = bucket_of(opened.run)
         estimate = None
