@@ -125,9 +125,17 @@ async def fall_back(peers: Peers, p: Prepared, attempts: list[Attempt]) -> bool:
         on_left = len(attempts) - p.earlier_attempts
         p.route_attempts.append(route_attempt(left, given_back.hold_id, "fell_back", on_left))
         p.earlier_attempts = len(attempts)
-        await given_back.give_back(
-            PeerEnds(peers), f"fallback_to_{route_kind_from_proto(route.kind)}"
-        )
+        try:
+            await given_back.give_back(
+                PeerEnds(peers), f"fallback_to_{route_kind_from_proto(route.kind)}"
+            )
+        except Exception as error:  # noqa: BLE001 - the request goes on; the hold expires
+            log.warning(
+                "hold %s left behind by %s not released (%r); it ends by its TTL",
+                given_back.hold_id,
+                p.cmd.request_id,
+                error,
+            )
         log.info(
             "request %s falls back from the %s route to the %s route",
             p.cmd.request_id,
