@@ -40,6 +40,9 @@ class Settings:
     grpc_port: int = 0
     http_port: int = 0
     metrics_port: int = 0
+    # The address the Prometheus endpoint binds (TOKENFORGE_METRICS_HOST): loopback
+    # unless set; the k8s manifests set 0.0.0.0 where Prometheus scrapes the pod.
+    metrics_host: str = "127.0.0.1"
     # Bucket labels and symbols are configuration; one set is used everywhere.
     bucket_labels: dict[str, tuple[str, str]] = field(default_factory=dict)
     log_level: str = "INFO"
@@ -89,6 +92,7 @@ class Settings:
             grpc_port=int(_env("GRPC_PORT", "0")),
             http_port=int(_env("HTTP_PORT", "0")),
             metrics_port=int(_env("METRICS_PORT", "0")),
+            metrics_host=_env("METRICS_HOST") or "127.0.0.1",
             bucket_labels=labels,
             log_level=_env("LOG_LEVEL", "INFO"),
             resolve_reuse_ms=int(_env("RESOLVE_REUSE_MS", "1000")),

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
 import openai
+import pytest
 from prometheus_client import REGISTRY
 
-from tests.e2e.harness import System
+from tests.e2e.harness import INTERNAL, System
+from tokenforge.config import Settings
+from tokenforge.runtime.embedded import free_port
 
 
 def sample(name: str, labels: dict[str, str]) -> float:
@@ -40,3 +52,61 @@ async def test_a_paid_request_moves_the_grpc_http_upstream_and_charge_metrics(
     assert after[1] == before[1] + 1
     assert after[2] == before[2] + charge
     assert after[3] == before[3] + 1
+
+
+def listening(port: int) -> set[str]:
+    """The local addresses a TCP socket LISTENs on at `port` (from /proc/net/tcp, tcp6)."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)
+            # The kernel prints each 32-bit word in host (little-endian) order.
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add(str(ipaddress.ip_address(words)))
+    return found
+
+
+async def test_a_service_started_with_default_settings_serves_metrics_on_loopback_only(
+    system: System, database_url: str
+) -> None:
+    """`tokenforge serve` with TOKENFORGE_METRICS_PORT and no TOKENFORGE_METRICS_HOST:
+    the endpoint answers on 127.0.0.1 and listens nowhere else."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENFORGE_")}
+    env |= {
+        "TOKENFORGE_DATABASE_URL": database_url,
+        "TOKENFORGE_INTERNAL_TOKEN": INTERNAL,
+        "TOKENFORGE_METRICS_PORT": str(port),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenforge.cli", "serve", "usage", "--port", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not listening(port):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the metrics endpoint never listened"
+            await asyncio.sleep(0.1)
+        assert listening(port) == {"127.0.0.1"}
+        async with httpx.AsyncClient() as client:
+            answer = await client.get(f"http://127.0.0.1:{port}/metrics")
+        assert answer.status_code == 200
+        assert "tokenforge_grpc_server_handled_total" in answer.text
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def test_the_metrics_host_is_loopback_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOKENFORGE_METRICS_HOST", raising=False)
+    assert Settings.from_env().metrics_host == "127.0.0.1"
+    assert Settings().metrics_host == "127.0.0.1"
+    monkeypatch.setenv("TOKENFORGE_METRICS_HOST", "0.0.0.0")
+    assert Settings.from_env().metrics_host == "0.0.0.0"

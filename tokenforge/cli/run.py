@@ -28,10 +28,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else settings.grpc_port
 
     async def main() -> None:
-        if settings.metrics_port:
-            from prometheus_client import start_http_server
+        from tokenforge.runtime.metrics import start_metrics_server
 
-            start_http_server(settings.metrics_port, addr="0.0.0.0")
+        start_metrics_server(settings)
         running = await app.start(settings, port=port)
         tune_gc()
         import logging
