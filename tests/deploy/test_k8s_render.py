@@ -139,6 +139,7 @@ def test_the_settings_point_at_the_rendered_services(
     assert settings["TOKENFORGE_GRPC_PORT"] == "50051"
     assert settings["TOKENFORGE_HTTP_PORT"] == "8080"
     assert settings["TOKENFORGE_METRICS_PORT"] == "9464"
+    assert settings["TOKENFORGE_METRICS_HOST"] == "0.0.0.0"  # loopback unless set
     assert settings["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://otel-collector.")
     assert settings["TOKENFORGE_CATALOG_PATH"] == "/etc/tokenforge/catalog/catalog.yaml"
 
