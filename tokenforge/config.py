@@ -6,7 +6,9 @@ tokenforge.runtime.telemetry).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 
 
@@ -24,6 +26,9 @@ class Settings:
     internal_token: str = ""
     # Held by operators (the CLI): allows operator-only calls (Adjust, review...).
     admin_token: str = ""
+    # What servers hold instead of the admin token (TOKENFORGE_ADMIN_TOKEN_SHA256, hex):
+    # enough to verify an operator, useless to act as one.
+    admin_token_sha256: str = ""
     # One token per calling service, name -> token (TOKENFORGE_CALLER_TOKENS,
     # "gateway=tok1,payments=tok2"): servers know who calls and may refuse by name.
     caller_tokens: dict[str, str] = field(default_factory=dict)
@@ -64,6 +69,14 @@ class Settings:
     budget_idle_ms: int = 1000
 
     @property
+    def admin_digest(self) -> str:
+        """The SHA-256 (hex) of the admin token servers accept: the configured digest,
+        or the token's own when a process holds the token (dev, tests, the CLI)."""
+        if self.admin_token_sha256:
+            return self.admin_token_sha256.lower()
+        return admin_token_sha256(self.admin_token) if self.admin_token else ""
+
+    @property
     def peer_token(self) -> str:
         """The credential this process presents when it calls another service."""
         return self.service_token or self.internal_token
@@ -81,6 +94,7 @@ class Settings:
             nats_url=_env("NATS_URL"),
             internal_token=_env("INTERNAL_TOKEN"),
             admin_token=_env("ADMIN_TOKEN"),
+            admin_token_sha256=_admin_token_sha256(_env("ADMIN_TOKEN"), _env("ADMIN_TOKEN_SHA256")),
             caller_tokens=parse_caller_tokens(_env("CALLER_TOKENS")),
             service_token=_env("SERVICE_TOKEN") or _env("INTERNAL_TOKEN"),
             routing_addr=_env("ROUTING_ADDR"),
@@ -100,6 +114,28 @@ class Settings:
             budget_requests=_non_negative("BUDGET_REQUESTS", "64", "requests"),
             budget_idle_ms=_non_negative("BUDGET_IDLE_MS", "1000"),
         )
+
+
+def admin_token_sha256(token: str) -> str:
+    """What to put in TOKENFORGE_ADMIN_TOKEN_SHA256 for `token`."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _admin_token_sha256(token: str, digest: str) -> str:
+    digest = digest.strip().lower()
+    if not digest:
+        return ""
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError(
+            "TOKENFORGE_ADMIN_TOKEN_SHA256 is not a SHA-256 in hex (64 characters): "
+            'give the output of `printf %s "$ADMIN_TOKEN" | sha256sum`'
+        )
+    if token and admin_token_sha256(token) != digest:
+        raise ValueError(
+            "TOKENFORGE_ADMIN_TOKEN and TOKENFORGE_ADMIN_TOKEN_SHA256 disagree: "
+            "set the digest of that token, or only one of them"
+        )
+    return digest
 
 
 def _non_negative(name: str, default: str, unit: str = "milliseconds") -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenforge.admin import Operator, health_status
+from tokenforge.config import admin_token_sha256
 from tokenforge.money import Bucket
 from tokenforge.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port, wait_for_port
 from tokenforge.runtime.service import SERVICES, load
@@ -30,6 +31,8 @@ from tokenforge.runtime.service import SERVICES, load
 log = logging.getLogger("tokenforge.dev")
 
 DEMO_ACCOUNT = "acct_demo"
+# Never inherited by the children: what only operators (and this process) hold.
+CHILD_UNSET = frozenset({"TOKENFORGE_ADMIN_TOKEN"})
 DEMO_GRANTS = {Bucket.CREDIT: 25_000_000, Bucket.ROUTED: 50_000_000}
 
 
@@ -66,9 +69,12 @@ class DevSystem:
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         logfile = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
+        # The services verify operators by the admin token's digest: the token itself
+        # (this process's, or one in the user's shell) stays out of their environment.
+        inherited = {k: v for k, v in os.environ.items() if k not in CHILD_UNSET}
         self.children[name] = subprocess.Popen(
             [sys.executable, "-m", "tokenforge.cli", *args],
-            env={**os.environ, **env},
+            env={**inherited, **env},
             stdout=logfile,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -95,7 +101,7 @@ class DevSystem:
             "TOKENFORGE_DATABASE_URL": database_url,
             "TOKENFORGE_NATS_URL": nats_url,
             "TOKENFORGE_INTERNAL_TOKEN": self.internal_token,
-            "TOKENFORGE_ADMIN_TOKEN": self.admin_token,
+            "TOKENFORGE_ADMIN_TOKEN_SHA256": admin_token_sha256(self.admin_token),
             "TOKENFORGE_CALLER_TOKENS": ",".join(
                 f"{name}={token}" for name, token in self.service_tokens.items()
             ),
