@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -21,6 +22,10 @@ class Settings:
     """What every service reads at start. Build it with `Settings.from_env()`."""
 
     database_url: str = ""
+    # A service's own URL, as its own role (TOKENFORGE_<SERVICE>_DATABASE_URL): what
+    # `serve <service>` and `migrate <service>` use before database_url; the owner's
+    # database_url then only provisions the roles (tokenforge.runtime.db_roles).
+    service_database_urls: dict[str, str] = field(default_factory=dict)
     nats_url: str = ""
     # Held by the services themselves: allows internal-only calls (Credit, Hold...).
     internal_token: str = ""
@@ -68,6 +73,10 @@ class Settings:
     # (TOKENFORGE_BUDGET_IDLE_MS).
     budget_idle_ms: int = 1000
 
+    def database_url_for(self, service: str) -> str:
+        """The URL `service` connects with: its own, else the shared one."""
+        return self.service_database_urls.get(service) or self.database_url
+
     @property
     def admin_digest(self) -> str:
         """The SHA-256 (hex) of the admin token servers accept: the configured digest,
@@ -91,6 +100,7 @@ class Settings:
                 labels[bucket] = (label, symbol)
         return cls(
             database_url=_env("DATABASE_URL"),
+            service_database_urls=service_database_urls(os.environ),
             nats_url=_env("NATS_URL"),
             internal_token=_env("INTERNAL_TOKEN"),
             admin_token=_env("ADMIN_TOKEN"),
@@ -114,6 +124,16 @@ class Settings:
             budget_requests=_non_negative("BUDGET_REQUESTS", "64", "requests"),
             budget_idle_ms=_non_negative("BUDGET_IDLE_MS", "1000"),
         )
+
+
+def service_database_urls(environ: Mapping[str, str]) -> dict[str, str]:
+    """{"wallet": url} from TOKENFORGE_WALLET_DATABASE_URL=url, for every service."""
+    found = {}
+    for name, value in environ.items():
+        matched = re.fullmatch(r"TOKENFORGE_([A-Z]+)_DATABASE_URL", name)
+        if matched and value:
+            found[matched.group(1).lower()] = value
+    return found
 
 
 def admin_token_sha256(token: str) -> str:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import openai
@@ -16,6 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.e2e.harness import INTERNAL, System
+from tests.e2e.sockets import listening
 from tokenforge.config import Settings
 from tokenforge.runtime.embedded import free_port
 
@@ -52,22 +51,6 @@ async def test_a_paid_request_moves_the_grpc_http_upstream_and_charge_metrics(
     assert after[1] == before[1] + 1
     assert after[2] == before[2] + charge
     assert after[3] == before[3] + 1
-
-
-def listening(port: int) -> set[str]:
-    """The local addresses a TCP socket LISTENs on at `port` (from /proc/net/tcp, tcp6)."""
-    found: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, _, hex_port = local.partition(":")
-            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
-                continue
-            raw = bytes.fromhex(address)
-            # The kernel prints each 32-bit word in host (little-endian) order.
-            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-            found.add(str(ipaddress.ip_address(words)))
-    return found
 
 
 async def test_a_service_started_with_default_settings_serves_metrics_on_loopback_only(
