@@ -5,9 +5,9 @@ wheel) with their data in the state dir, gives each service a database role of i
 own (owner of its schema only; tokenforge.runtime.db_roles) and applies its migrations
 as that role, starts the mock upstream and the five services as child processes
 (each with its own database URL, and the admin token's digest, never the token),
-opens the demo account (money in both buckets, an API key), and writes `<state-dir>/dev.json` once every service
-reports SERVING. Ctrl-C stops everything it started. A second start reuses the
-state dir: the data and the demo key survive.
+opens the demo account (money in both buckets, an API key), and writes
+`<state-dir>/dev.json` once every service reports SERVING. Ctrl-C stops everything
+it started. A second start reuses the state dir: the data and the demo key survive.
 """
 
 from __future__ import annotations
