@@ -112,9 +112,10 @@ async def _provision_one(conn: asyncpg.Connection, role: ServiceRole, others: li
 
 
 async def _hand_over_contents(conn: asyncpg.Connection, role: ServiceRole) -> None:
-    """Tables, views and free sequences in the schema that another role created (the
-    migrations of a release before roles, run as the owner) become the role's: it must
-    own them to migrate them. A table's indexes and owned sequences follow the table."""
+    """Tables, views, free sequences, types and functions in the schema that another
+    role created (the migrations of a release before roles, run as the owner) become
+    the role's: it must own them to migrate them. A table's indexes, triggers and owned
+    sequences follow the table."""
     rows = await conn.fetch(
         """
         SELECT c.relname, c.relkind
@@ -150,3 +151,15 @@ async def _hand_over_contents(conn: asyncpg.Connection, role: ServiceRole) -> No
     for row in types:
         target = f"{_ident(role.schema)}.{_ident(row['typname'])}"
         await conn.execute(f"ALTER TYPE {target} OWNER TO {_ident(role.role)}")
+    routines = await conn.fetch(
+        """
+        SELECT p.oid::regprocedure::text AS signature, p.prokind
+          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = $1 AND pg_get_userbyid(p.proowner) <> $2
+        """,
+        role.schema,
+        role.role,
+    )
+    for row in routines:
+        kind = "PROCEDURE" if row["prokind"] == "p" else "FUNCTION"
+        await conn.execute(f"ALTER {kind} {row['signature']} OWNER TO {_ident(role.role)}")

@@ -97,21 +97,33 @@ async def test_a_schema_the_owner_migrated_before_roles_is_handed_to_the_service
     fresh_database: str,
 ) -> None:
     """An existing install (a `make run` state dir, a cluster) migrated as the owner:
-    provisioning gives the role every table, and the next release migrates as it."""
-    await asyncio.to_thread(load("usage").migrate, fresh_database)
-    usage = role("usage")
-    await provision(fresh_database, [usage])
-    await provision(fresh_database, [usage])  # idempotent: every start runs it
-    url = with_user(fresh_database, usage.role, usage.password)
-    await asyncio.to_thread(load("usage").migrate, url)
+    provisioning gives the role every table and function, and the next release migrates
+    as it. The wallet's: tables, sequences, its ledger's trigger functions."""
+    await asyncio.to_thread(load("wallet").migrate, fresh_database)
+    wallet = role("wallet")
+    await provision(fresh_database, [wallet])
+    await provision(fresh_database, [wallet])  # idempotent: every start runs it
+    url = with_user(fresh_database, wallet.role, wallet.password)
+    await asyncio.to_thread(load("wallet").migrate, url)
     conn = await asyncpg.connect(url)
     try:
         owners = await conn.fetch(
-            "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'usage'"
+            """
+            SELECT DISTINCT pg_get_userbyid(c.relowner) AS owner FROM pg_class c
+              JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'wallet'
+            UNION
+            SELECT DISTINCT pg_get_userbyid(p.proowner) FROM pg_proc p
+              JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'wallet'
+            """
         )
-        assert [r["tableowner"] for r in owners] == [usage.role]
-        assert await conn.fetchval('SELECT count(*) FROM "usage".receipts') == 0
-        await conn.execute('ALTER TABLE "usage".receipts ADD COLUMN role_probe int')
+        assert [r["owner"] for r in owners] == [wallet.role]
+        assert await conn.fetchval('SELECT count(*) FROM "wallet".alembic_version') == 1
+        await conn.execute('CREATE TABLE "wallet".role_probe (x int)')
+        await conn.execute('ALTER TABLE "wallet".role_probe ADD COLUMN y int')
+        await conn.execute(
+            'CREATE OR REPLACE FUNCTION "wallet".refuse_ledger_change() RETURNS trigger '
+            "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'append-only'; END $$"
+        )
     finally:
         await conn.close()
 
