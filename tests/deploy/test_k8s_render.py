@@ -139,6 +139,7 @@ def test_the_settings_point_at_the_rendered_services(
     assert settings["TOKENFORGE_GRPC_PORT"] == "50051"
     assert settings["TOKENFORGE_HTTP_PORT"] == "8080"
     assert settings["TOKENFORGE_METRICS_PORT"] == "9464"
+    assert settings["TOKENFORGE_METRICS_HOST"] == "0.0.0.0"  # loopback unless set
     assert settings["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://otel-collector.")
     assert settings["TOKENFORGE_CATALOG_PATH"] == "/etc/tokenforge/catalog/catalog.yaml"
 
@@ -176,6 +177,11 @@ def test_prod_runs_two_or_more_replicas_cloudnativepg_three_nats_and_tls_ingress
     cluster = named(objects, "Cluster")["tokenforge-pg"]
     assert cluster["spec"]["instances"] >= 3
     assert cluster["spec"]["inheritedMetadata"]["labels"]["tokenforge.io/role"] == "database"
+    # tokenforge-pg-superuser, from which the Job tokenforge-db-roles' Secret is made.
+    assert cluster["spec"]["enableSuperuserAccess"] is True
+    assert named(objects, "Job")["tokenforge-db-roles"]["spec"]["template"]["spec"]["containers"][
+        0
+    ]["image"].startswith("registry.example.com/tokenforge:")
     assert "postgres" not in named(objects, "StatefulSet")
     nats = named(objects, "StatefulSet")["nats"]
     assert nats["spec"]["replicas"] == 3

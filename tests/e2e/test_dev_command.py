@@ -3,17 +3,22 @@ servers, dev.json, the openai SDK, Ctrl-C, and a second start that keeps the dat
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from tests.devsystem import start_dev, stop_dev, wait_for_dev_json
 from tests.e2e.observability import check_dev_metrics, check_request_followed_in_logs
+from tests.e2e.sockets import listening
 from tokenforge.runtime.embedded import free_port
 
 
@@ -40,6 +45,30 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def check_services_hold_only_their_own_credentials(dev_pid: int, info: dict[str, Any]) -> None:
+    """Issue 17's open doors, shut in `make run`: each service connects to PostgreSQL
+    as its own role (never the owner), holds the admin token's digest (never the
+    token), and serves its metrics on loopback only."""
+    served = {}
+    for child in psutil.Process(dev_pid).children():
+        command = child.cmdline()
+        if "serve" in command:
+            served[command[command.index("serve") + 1]] = child.environ()
+    assert set(served) == set(info["services"])
+    digest = hashlib.sha256(info["admin_token"].encode()).hexdigest()
+    for name, env in served.items():
+        assert "TOKENFORGE_ADMIN_TOKEN" not in env, name
+        assert info["admin_token"] not in "".join(env.values()), name
+        assert env["TOKENFORGE_ADMIN_TOKEN_SHA256"] == digest, name
+        user = urlsplit(env["TOKENFORGE_DATABASE_URL"]).username
+        assert user == f"tokenforge_{name}", name
+        assert not [
+            k for k in env if k.endswith("_DATABASE_URL") and k != "TOKENFORGE_DATABASE_URL"
+        ]
+        metrics_port = urlsplit(info["metrics"][name]).port
+        assert metrics_port is not None and listening(metrics_port) == {"127.0.0.1"}, name
+
+
 @pytest.fixture(scope="module")
 def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("devstate")
@@ -61,6 +90,7 @@ def test_dev_serves_a_paid_request_and_a_topup_then_stops_everything(state_dir: 
         assert set(info["services"]) == {"routing", "wallet", "payments", "usage", "gateway"}
         for address in info["services"].values():
             assert health(address) == "SERVING"
+        check_services_hold_only_their_own_credentials(proc.pid, info)
 
         sdk = openai.OpenAI(
             base_url=info["gateway_url"] + "/v1", api_key=info["api_key"], max_retries=0

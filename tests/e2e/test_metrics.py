@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import httpx
 import openai
+import pytest
 from prometheus_client import REGISTRY
 
-from tests.e2e.harness import System
+from tests.e2e.harness import INTERNAL, System
+from tests.e2e.sockets import listening
+from tokenforge.config import Settings
+from tokenforge.runtime.embedded import free_port
 
 
 def sample(name: str, labels: dict[str, str]) -> float:
@@ -40,3 +51,45 @@ async def test_a_paid_request_moves_the_grpc_http_upstream_and_charge_metrics(
     assert after[1] == before[1] + 1
     assert after[2] == before[2] + charge
     assert after[3] == before[3] + 1
+
+
+async def test_a_service_started_with_default_settings_serves_metrics_on_loopback_only(
+    system: System, database_url: str
+) -> None:
+    """`tokenforge serve` with TOKENFORGE_METRICS_PORT and no TOKENFORGE_METRICS_HOST:
+    the endpoint answers on 127.0.0.1 and listens nowhere else."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENFORGE_")}
+    env |= {
+        "TOKENFORGE_DATABASE_URL": database_url,
+        "TOKENFORGE_INTERNAL_TOKEN": INTERNAL,
+        "TOKENFORGE_METRICS_PORT": str(port),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenforge.cli", "serve", "usage", "--port", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not listening(port):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the metrics endpoint never listened"
+            await asyncio.sleep(0.1)
+        assert listening(port) == {"127.0.0.1"}
+        async with httpx.AsyncClient() as client:
+            answer = await client.get(f"http://127.0.0.1:{port}/metrics")
+        assert answer.status_code == 200
+        assert "tokenforge_grpc_server_handled_total" in answer.text
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def test_the_metrics_host_is_loopback_unless_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOKENFORGE_METRICS_HOST", raising=False)
+    assert Settings.from_env().metrics_host == "127.0.0.1"
+    assert Settings().metrics_host == "127.0.0.1"
+    monkeypatch.setenv("TOKENFORGE_METRICS_HOST", "0.0.0.0")
+    assert Settings.from_env().metrics_host == "0.0.0.0"

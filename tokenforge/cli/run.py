@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tokenforge.runtime.telemetry import setup_telemetry
 
     settings = Settings.from_env()
+    # The service's own role when TOKENFORGE_<SERVICE>_DATABASE_URL is set.
+    settings = replace(settings, database_url=settings.database_url_for(args.service))
     setup_logging(args.service, settings.log_level)
     setup_telemetry(f"tokenforge-{args.service}")
     configure_labels(settings.bucket_labels)
@@ -28,10 +31,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else settings.grpc_port
 
     async def main() -> None:
-        if settings.metrics_port:
-            from prometheus_client import start_http_server
+        from tokenforge.runtime.metrics import start_metrics_server
 
-            start_http_server(settings.metrics_port, addr="0.0.0.0")
+        start_metrics_server(settings)
         running = await app.start(settings, port=port)
         tune_gc()
         import logging
@@ -59,13 +61,48 @@ def run_event_loop(main: Any) -> None:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from tokenforge.runtime.service import load
 
-    url = Settings.from_env().database_url
-    if not url:
-        sys.stderr.write("Set TOKENFORGE_DATABASE_URL to the PostgreSQL to migrate.\n")
-        return 2
+    settings = Settings.from_env()
     for name in args.services or SERVICES:
+        url = settings.database_url_for(name)
+        if not url:
+            sys.stderr.write(
+                f"Set TOKENFORGE_{name.upper()}_DATABASE_URL (or TOKENFORGE_DATABASE_URL) "
+                "to the PostgreSQL to migrate.\n"
+            )
+            return 2
         load(name).migrate(url)
         out(f"migrated {name}")
+    return 0
+
+
+def cmd_db_roles(args: argparse.Namespace) -> int:
+    """One login role per service owning its schema only (tokenforge.runtime.db_roles):
+    run with the database owner's TOKENFORGE_DATABASE_URL; each service's role and
+    password come from its TOKENFORGE_<SERVICE>_DATABASE_URL."""
+    from tokenforge.runtime.db_roles import provision, role_from_url
+    from tokenforge.runtime.service import load
+
+    settings = Settings.from_env()
+    if not settings.database_url:
+        sys.stderr.write("Set TOKENFORGE_DATABASE_URL to the database owner's URL.\n")
+        return 2
+    roles = []
+    for name in args.services or SERVICES:
+        url = settings.service_database_urls.get(name)
+        if not url:
+            sys.stderr.write(
+                f"Set TOKENFORGE_{name.upper()}_DATABASE_URL to {name}'s own URL "
+                f"(postgresql://tokenforge_{name}:<password>@host:port/db).\n"
+            )
+            return 2
+        try:
+            roles.append(role_from_url(name, load(name).SCHEMA, url))
+        except ValueError as error:
+            sys.stderr.write(f"{error}\n")
+            return 2
+    asyncio.run(provision(settings.database_url, roles))
+    for role in roles:
+        out(f"{role.role} owns schema {role.schema}")
     return 0
 
 
@@ -112,6 +149,12 @@ def register(sub: Any) -> None:
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.add_argument("services", nargs="*", default=[], help="default: all")
     migrate.set_defaults(func=cmd_migrate)
+
+    roles = sub.add_parser(
+        "db-roles", help="create each service's database role, owner of its schema only"
+    )
+    roles.add_argument("services", nargs="*", default=[], help="default: all")
+    roles.set_defaults(func=cmd_db_roles)
 
     mock = sub.add_parser("mock-upstream", help="the bundled OpenAI-compatible mock upstream")
     mock.add_argument("--port", type=int, default=9999)

@@ -75,6 +75,18 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[typ
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+def ensure_schema_sql(schema: str) -> str:
+    """Create `schema` unless it exists. Not `CREATE SCHEMA IF NOT EXISTS`: PostgreSQL
+    checks the right to create schemas in the database first, which a service's own
+    role (owner of its schema, tokenforge.runtime.db_roles) does not have."""
+    literal = schema.replace("'", "''")
+    ident = schema.replace('"', '""')
+    return (
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '{literal}') "
+        f'THEN CREATE SCHEMA "{ident}"; END IF; END $$'
+    )
+
+
 def alembic_config(migrations_dir: Path, url: str, schema: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir))
@@ -117,7 +129,7 @@ def run_env(metadata: MetaData) -> None:
             )
             await conn.commit()
             try:
-                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                await conn.execute(text(ensure_schema_sql(schema)))
                 await conn.commit()
                 await conn.run_sync(do_run)
             finally:

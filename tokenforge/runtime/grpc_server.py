@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
+import hashlib
 import hmac
 import logging
 import os
@@ -64,23 +65,39 @@ OPERATOR_NAME = "operator"
 class Credentials:
     """Tokens a server accepts: the admin token (operators), the shared internal token
     (role internal, caller "internal"), and one token per calling service
-    (`callers`: name -> token; role internal, caller = that name)."""
+    (`callers`: name -> token; role internal, caller = that name).
+
+    A server need not hold the admin token itself: `admin_token_sha256` (hex) verifies
+    an operator just as well, and is what the Kubernetes pods get (docs/DEPLOY.md)."""
 
     internal_token: str
-    admin_token: str
+    admin_token: str = ""
     callers: Mapping[str, str] = field(default_factory=dict)
+    admin_token_sha256: str = ""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Credentials | None:
         """None (no check at all) only when no token is configured."""
-        if not (settings.internal_token or settings.admin_token or settings.caller_tokens):
+        admin_digest = settings.admin_digest
+        if not (settings.internal_token or admin_digest or settings.caller_tokens):
             return None
-        return cls(settings.internal_token, settings.admin_token, dict(settings.caller_tokens))
+        return cls(
+            settings.internal_token,
+            callers=dict(settings.caller_tokens),
+            admin_token_sha256=admin_digest,
+        )
+
+    @property
+    def admin_digest(self) -> bytes:
+        if self.admin_token_sha256:
+            return bytes.fromhex(self.admin_token_sha256)
+        return hashlib.sha256(self.admin_token.encode()).digest() if self.admin_token else b""
 
     def identify(self, token: str) -> Caller | None:
         # Every candidate is compared, so timing does not tell which one matched.
         found: Caller | None = None
-        if self.admin_token and hmac.compare_digest(token, self.admin_token):
+        admin = self.admin_digest
+        if admin and hmac.compare_digest(hashlib.sha256(token.encode()).digest(), admin):
             found = Caller(Role.OPERATOR, OPERATOR_NAME)
         if self.internal_token and hmac.compare_digest(token, self.internal_token):
             found = found or Caller(Role.INTERNAL, LEGACY_INTERNAL)

@@ -1,6 +1,7 @@
 """Prometheus metrics every service shares: gRPC calls by method, HTTP requests by
 route, and the gateway's upstream calls by channel. Each process serves them on
-TOKENFORGE_METRICS_PORT (`tokenforge serve` starts the endpoint).
+TOKENFORGE_METRICS_HOST:TOKENFORGE_METRICS_PORT (`tokenforge serve` starts the endpoint
+with `start_metrics_server`; the host is loopback unless configured).
 
 Service-specific metrics (holds, charges, orders, outbox, consumer lag, breakers) live
 in `services/<context>/metrics.py`, named `tokenforge_<context>_...`.
@@ -15,11 +16,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import trace
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from tokenforge.config import Settings
 
 from tokenforge.runtime.logging import request_id_var
 
@@ -121,6 +127,17 @@ CHARGES_NOT_COLLECTED = Counter(
     "Queued finishes whose charge could not be captured because the budget's hold had "
     "already ended (expired through a wallet outage): the receipt says charge 0.",
 )
+
+
+def start_metrics_server(settings: Settings) -> WSGIServer | None:
+    """The `/metrics` endpoint on settings.metrics_host:metrics_port, in a thread of its
+    own; None when no port is configured. Loopback unless TOKENFORGE_METRICS_HOST says
+    otherwise: the counters name methods, routes and channels, and nobody outside the
+    host (or the pod, where Prometheus is let in on purpose) needs to read them."""
+    if not settings.metrics_port:
+        return None
+    server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    return server
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

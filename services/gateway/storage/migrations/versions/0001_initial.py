@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from tokenforge.runtime.db import ensure_schema_sql
+
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -19,7 +21,7 @@ SCHEMA = "gateway"
 
 
 def upgrade() -> None:
-    op.execute(f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}"')
+    op.execute(ensure_schema_sql(SCHEMA))
     op.create_table(
         "idempotency_records",
         sa.Column("key_digest", sa.Text, primary_key=True),

@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from tokenforge.runtime.db import ensure_schema_sql
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -21,7 +23,7 @@ STATUSES = "'pending', 'awaiting_review', 'succeeded', 'failed', 'expired', 'rej
 
 
 def upgrade() -> None:
-    op.execute(f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}"')
+    op.execute(ensure_schema_sql(SCHEMA))
     op.create_table(
         "orders",
         sa.Column("order_id", postgresql.UUID(as_uuid=False), primary_key=True),
