@@ -26,7 +26,7 @@ from services.gateway.storage.idempotency import IdempotencyStore
 from services.gateway.storage.receipt_queue import ReceiptQueue
 from services.gateway.transport.grpc import GatewayServicer
 from services.gateway.transport.http import create_app
-from tokenforge.config import Settings
+from tokenforge.config import Settings, refuse_unsafe_prod
 from tokenforge.gateway.v1 import gateway_pb2_grpc
 from tokenforge.runtime.db import create_engine, upgrade
 from tokenforge.runtime.grpc_server import Credentials, create_server
@@ -68,6 +68,7 @@ def bound_port(server: uvicorn.Server) -> int:
 
 
 async def start(settings: Settings, port: int = 0) -> RunningService:
+    refuse_unsafe_prod(settings, "gateway")
     peers = Peers.from_settings(settings)
     upstream = Upstream()
     engine = create_engine(settings.database_url, pool_size=10) if settings.database_url else None

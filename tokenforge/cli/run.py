@@ -20,8 +20,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tokenforge.runtime.service import load, tune_gc
     from tokenforge.runtime.telemetry import setup_telemetry
 
+    from tokenforge.config import UnsafeForProduction, refuse_unsafe_prod
+
     settings = Settings.from_env()
     setup_logging(args.service, settings.log_level)
+    try:
+        refuse_unsafe_prod(settings, args.service)
+    except UnsafeForProduction as error:
+        sys.stderr.write(f"{error}\n")
+        return 78  # EX_CONFIG: a setting must change, restarting will not help
     setup_telemetry(f"tokenforge-{args.service}")
     configure_labels(settings.bucket_labels)
     app = load(args.service)
