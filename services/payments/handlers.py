@@ -164,9 +164,7 @@ async def create_top_up(
     now: datetime | None = None,
 ) -> Order:
     """Open a pending order; the same idempotency key returns the first order (W4)."""
-    order, _ = await open_top_up(
-        cmd, uow, providers=providers, ttl=ttl, checkout=checkout, now=now
-    )
+    order, _ = await open_top_up(cmd, uow, providers=providers, ttl=ttl, checkout=checkout, now=now)
     return order
 
 

@@ -14,13 +14,12 @@ from tokenforge.runtime.service import SERVICES
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from tokenforge.config import UnsafeForProduction, refuse_unsafe_prod
     from tokenforge.money import configure_labels
     from tokenforge.runtime.grpc_server import run_until_signal
     from tokenforge.runtime.logging import setup_logging
     from tokenforge.runtime.service import load, tune_gc
     from tokenforge.runtime.telemetry import setup_telemetry
-
-    from tokenforge.config import UnsafeForProduction, refuse_unsafe_prod
 
     settings = Settings.from_env()
     setup_logging(args.service, settings.log_level)

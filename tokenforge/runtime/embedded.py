@@ -246,9 +246,7 @@ class EmbeddedNats:
                 kept = {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
             except (json.JSONDecodeError, AttributeError):
                 kept = {}
-        passwords = {
-            user: kept.get(user) or secrets.token_urlsafe(24) for user in NATS_PERMISSIONS
-        }
+        passwords = {user: kept.get(user) or secrets.token_urlsafe(24) for user in NATS_PERMISSIONS}
         if passwords != kept:
             path.touch(mode=0o600)
             path.write_text(json.dumps(passwords, indent=2) + "\n")
@@ -256,18 +254,12 @@ class EmbeddedNats:
 
     def config(self) -> str:
         """nats-server's configuration: listen, JetStream, and the users."""
-        users = []
-        for user, rights in NATS_PERMISSIONS.items():
-            users.append(
-                "    { user: %s, password: %s, permissions: { publish: { allow: %s }, "
-                "subscribe: { allow: %s } } }"
-                % (
-                    json.dumps(user),
-                    json.dumps(self.passwords[user]),
-                    json.dumps(list(rights.publish)),
-                    json.dumps(list(rights.subscribe)),
-                )
-            )
+        users = [
+            f"    {{ user: {json.dumps(user)}, password: {json.dumps(self.passwords[user])}, "
+            f"permissions: {{ publish: {{ allow: {json.dumps(list(rights.publish))} }}, "
+            f"subscribe: {{ allow: {json.dumps(list(rights.subscribe))} }} }} }}"
+            for user, rights in NATS_PERMISSIONS.items()
+        ]
         return (
             f"listen: 127.0.0.1:{self.port}\n"
             'server_name: "tokenforge-dev"\n'

@@ -45,7 +45,8 @@ def refusal(credit: CreditTopUp, order: ConfirmedOrder | None) -> str:
         problems.append(f"the order credits {named}, the event {credit.bucket.value}")
     if order.received_micros != credit.amount:
         problems.append(
-            f"the order credits {order.received_micros} micro-units, the event {credit.amount}"
+            f"the order credits {order.received_micros} micro-units, the event {credit.amount} "
+            "micro-units"
         )
     if not problems:
         return ""

@@ -1,4 +1,6 @@
-"""The wallet started once against the real PostgreSQL and NATS of the session."""
+"""The wallet started once against the real PostgreSQL and NATS of the session, with
+the payments service it asks to confirm each top-up (sandbox orders, no NATS of its
+own: the tests publish the events themselves, as payments' NATS user)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.payments import app as payments_service
 from services.wallet import app
 from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork, utcnow
 from tokenforge.common.v1 import common_pb2
 from tokenforge.config import Settings
+from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
 from tokenforge.runtime.db import create_engine, sessionmaker
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import RunningService
@@ -25,12 +29,31 @@ ADMIN = "t-admin"
 
 
 @pytest.fixture(scope="session")
-async def wallet_app(database_url: str, nats_url: str) -> AsyncIterator[RunningService]:
+async def payments_app(database_url: str) -> AsyncIterator[RunningService]:
+    await asyncio.to_thread(payments_service.migrate, database_url)
+    running = await payments_service.start(
+        Settings(
+            database_url=database_url,
+            internal_token=INTERNAL,
+            admin_token=ADMIN,
+            sandbox_provider=True,
+        ),
+        port=0,
+    )
+    yield running
+    await running.stop()
+
+
+@pytest.fixture(scope="session")
+async def wallet_app(
+    database_url: str, nats_urls: dict[str, str], payments_app: RunningService
+) -> AsyncIterator[RunningService]:
     await asyncio.to_thread(app.migrate, database_url)
     running = await app.start(
         Settings(
             database_url=database_url,
-            nats_url=nats_url,
+            nats_url=nats_urls["wallet"],
+            payments_addr=payments_app.address,
             internal_token=INTERNAL,
             admin_token=ADMIN,
         ),
@@ -38,6 +61,48 @@ async def wallet_app(database_url: str, nats_url: str) -> AsyncIterator[RunningS
     )
     yield running
     await running.stop()
+
+
+class Payments:
+    """Real orders in the payments service, opened and paid (sandbox) over gRPC."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.stub = payments_pb2_grpc.PaymentsServiceStub(peer.channel)
+
+    async def order(
+        self, account: str, bucket: int, cents: int, *, pay: bool = True
+    ) -> payments_pb2.TopUp:
+        """A sandbox order of `cents` USD for `bucket`, paid unless `pay` is False."""
+        created = await self.peer.call(
+            self.stub.CreateTopUp,
+            payments_pb2.CreateTopUpRequest(
+                account_id=account,
+                bucket=bucket,
+                provider="sandbox",
+                paid_amount_minor=cents,
+                currency="USD",
+                idempotency_key=str(uuid.uuid4()),
+            ),
+        )
+        if not pay:
+            return created.top_up
+        paid = await self.peer.call(
+            self.stub.SimulateSandboxOutcome,
+            payments_pb2.SimulateSandboxOutcomeRequest(
+                account_id=account,
+                order_id=created.top_up.order_id,
+                outcome=payments_pb2.SANDBOX_OUTCOME_PAY,
+            ),
+        )
+        return paid.top_up
+
+
+@pytest.fixture(scope="session")
+async def payments(payments_app: RunningService) -> AsyncIterator[Payments]:
+    peer = Peer("payments", payments_app.address, INTERNAL)
+    yield Payments(peer)
+    await peer.close()
 
 
 @pytest.fixture(scope="session")
