@@ -37,4 +37,5 @@ class PaymentsClient(ServiceClient):
             payments_pb2.GetTopUpRequest(account_id=account_id, order_id=order_id),
             request_id,
         )
-        return answer.top_up
+        top_up: payments_pb2.TopUp = answer.top_up
+        return top_up

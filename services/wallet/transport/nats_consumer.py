@@ -118,7 +118,7 @@ class OrderReader(Protocol):
 
 def _status_name(status: int) -> str:
     try:
-        return str(payments_pb2.TopUpStatus.Name(status)).removeprefix("TOP_UP_STATUS_").lower()  # type: ignore[arg-type]
+        return str(payments_pb2.TopUpStatus.Name(status)).removeprefix("TOP_UP_STATUS_").lower()
     except ValueError:
         return ""
 

@@ -11,7 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.payments import app as payments_service
 from services.wallet import app
@@ -19,7 +20,7 @@ from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWor
 from tokenforge.common.v1 import common_pb2
 from tokenforge.config import Settings
 from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
-from tokenforge.runtime.db import create_engine, sessionmaker
+from tokenforge.runtime.db import async_url, create_engine, sessionmaker
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import RunningService
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -30,10 +31,19 @@ ADMIN = "t-admin"
 
 @pytest.fixture(scope="session")
 async def payments_app(database_url: str) -> AsyncIterator[RunningService]:
-    await asyncio.to_thread(payments_service.migrate, database_url)
+    """Payments on a database of its own: the session's other payments services (whose
+    relays publish every unpublished outbox row of their database) leave its orders'
+    events alone, so the only events about them are the ones these tests publish."""
+    name = f"payments_wallet_tests_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(async_url(database_url), isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    await admin.dispose()
+    url = make_url(async_url(database_url)).set(database=name).render_as_string(hide_password=False)
+    await asyncio.to_thread(payments_service.migrate, url)
     running = await payments_service.start(
         Settings(
-            database_url=database_url,
+            database_url=url,
             internal_token=INTERNAL,
             admin_token=ADMIN,
             sandbox_provider=True,
