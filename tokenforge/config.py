@@ -6,10 +6,8 @@ tokenforge.runtime.telemetry).
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 # TOKENFORGE_ENV: "dev" (the default: `tokenforge dev`, tests, a laptop) or "prod".
 ENVIRONMENTS = ("dev", "prod")
@@ -81,64 +79,11 @@ class Settings:
         return self.service_token or self.internal_token
 
     def unsafe_for_prod(self, service: str) -> list[str]:
-        """Why `service` must not run in production with these settings (empty: safe).
+        """Why `service` must not run in production with these settings (empty: safe);
+        the rules are in tokenforge/prod_mode.py."""
+        from tokenforge.prod_mode import unsafe_reasons
 
-        Every service checks this at start when TOKENFORGE_ENV=prod
-        (`refuse_unsafe_prod`); docs/DEPLOY.md lists what to set instead."""
-        reasons: list[str] = []
-        if self.sandbox_provider:
-            reasons.append(
-                "the sandbox payments provider is on (TOKENFORGE_SANDBOX_PROVIDER): it pays "
-                "any order without a payment, so anyone with a top-up key mints balance; "
-                "unset it"
-            )
-        if service in NATS_USERS:
-            nats = urlsplit(self.nats_url) if self.nats_url else None
-            if nats is None:
-                reasons.append(
-                    "TOKENFORGE_NATS_URL is not set: top-up events would not flow; give the "
-                    "NATS URL with this service's user and password"
-                )
-            else:
-                if not (nats.username and nats.password):
-                    reasons.append(
-                        "TOKENFORGE_NATS_URL has no user and password: anyone who reaches "
-                        "NATS could publish top-up events; use "
-                        f"tls://{service}:<password>@<host>:4222"
-                    )
-                if nats.scheme != "tls":
-                    reasons.append(
-                        f"TOKENFORGE_NATS_URL is {nats.scheme}://, not tls://: passwords and "
-                        "events would cross the network in clear text"
-                    )
-        if not (self.admin_token or self.internal_token or self.caller_tokens):
-            reasons.append(
-                "no token is set (TOKENFORGE_ADMIN_TOKEN, TOKENFORGE_INTERNAL_TOKEN, "
-                "TOKENFORGE_CALLER_TOKENS): the service would take every call with no "
-                "credential at all; set long random tokens from a Secret"
-            )
-        if self.admin_token and _weak(self.admin_token):
-            reasons.append(
-                "TOKENFORGE_ADMIN_TOKEN is a development default or shorter than "
-                f"{MIN_TOKEN_LENGTH} characters; set a long random token from a Secret"
-            )
-        if self.internal_token and _weak(self.internal_token):
-            reasons.append(
-                "TOKENFORGE_INTERNAL_TOKEN is a development default or shorter than "
-                f"{MIN_TOKEN_LENGTH} characters; set a long random token from a Secret"
-            )
-        if self.service_token and _weak(self.service_token):
-            reasons.append(
-                "TOKENFORGE_SERVICE_TOKEN is a development default or shorter than "
-                f"{MIN_TOKEN_LENGTH} characters; set a long random token from a Secret"
-            )
-        weak_callers = sorted(name for name, tok in self.caller_tokens.items() if _weak(tok))
-        if weak_callers:
-            reasons.append(
-                f"TOKENFORGE_CALLER_TOKENS has a development default or short token for "
-                f"{', '.join(weak_callers)}; give each service a long random token"
-            )
-        return reasons
+        return unsafe_reasons(self, service)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -174,48 +119,6 @@ class Settings:
             sandbox_provider=_switch("SANDBOX_PROVIDER"),
             nats_ca_file=_env("NATS_CA_FILE"),
         )
-
-
-# The services that connect to NATS (payments publishes, the wallet consumes).
-NATS_USERS = ("payments", "wallet")
-MIN_TOKEN_LENGTH = 24
-# Tokens that shipped in examples and dev set-ups (deploy/k8s/base, tests): never in prod.
-DEV_TOKENS = frozenset(
-    {
-        "change-me",
-        "changeme",
-        "dev-internal-token",
-        "dev-admin-token",
-        "e2e-internal-token",
-        "e2e-admin-token",
-        "t-internal",
-        "t-admin",
-    }
-)
-
-
-def _weak(token: str) -> bool:
-    return token in DEV_TOKENS or token.startswith("dev-") or len(token) < MIN_TOKEN_LENGTH
-
-
-class UnsafeForProduction(RuntimeError):
-    """A service asked to start in production with settings that open a door."""
-
-
-def refuse_unsafe_prod(settings: Settings, service: str) -> None:
-    """In production (TOKENFORGE_ENV=prod), refuse to start `service` with an unsafe
-    setting, saying every reason at once. Called by each service's `start`."""
-    if settings.env != "prod":
-        return
-    reasons = settings.unsafe_for_prod(service)
-    if reasons:
-        error = UnsafeForProduction(
-            f"{service} refuses to start in production (TOKENFORGE_ENV=prod): "
-            + "; ".join(reasons)
-            + '. See docs/DEPLOY.md, "Security settings".'
-        )
-        logging.getLogger("tokenforge.config").error("%s", error)
-        raise error
 
 
 def _environment() -> str:

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from tokenforge.admin import Operator, health_status
-from tokenforge.config import NATS_USERS
 from tokenforge.money import Bucket
+from tokenforge.prod_mode import NATS_USERS
 from tokenforge.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port, wait_for_port
 from tokenforge.runtime.service import SERVICES, load
 

@@ -17,8 +17,9 @@ from services.payments.domain.providers import PROVIDERS
 from services.payments.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
 from services.payments.transport.grpc import PaymentsServicer
 from services.payments.transport.outbox_relay import start_relay
-from tokenforge.config import Settings, refuse_unsafe_prod
+from tokenforge.config import Settings
 from tokenforge.payments.v1 import payments_pb2_grpc
+from tokenforge.prod_mode import refuse_unsafe_prod
 from tokenforge.runtime import nats as tf_nats
 from tokenforge.runtime.db import create_engine, sessionmaker, upgrade
 from tokenforge.runtime.grpc_server import AccessPolicy, Credentials, Role, create_server

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from services.usage.storage.unit_of_work import SqlAlchemyUnitOfWork
 from services.usage.transport.grpc import UsageServicer
-from tokenforge.config import Settings, refuse_unsafe_prod
+from tokenforge.config import Settings
+from tokenforge.prod_mode import refuse_unsafe_prod
 from tokenforge.runtime.db import create_engine, sessionmaker, upgrade
 from tokenforge.runtime.grpc_server import AccessPolicy, Credentials, Role, create_server
 from tokenforge.runtime.service import RunningService

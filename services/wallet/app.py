@@ -14,8 +14,9 @@ from services.wallet.domain import commands
 from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
 from services.wallet.transport.grpc import WalletServicer
 from services.wallet.transport.nats_consumer import DURABLE, TopUpConsumer
-from tokenforge.config import Settings, refuse_unsafe_prod
+from tokenforge.config import Settings
 from tokenforge.money import configure_labels
+from tokenforge.prod_mode import refuse_unsafe_prod
 from tokenforge.runtime import nats as tf_nats
 from tokenforge.runtime.db import create_engine, sessionmaker, upgrade
 from tokenforge.runtime.grpc_server import AccessPolicy, Credentials, Role, create_server

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from k8s_tree import OVERLAYS, tool
 
-from tokenforge.config import NATS_USERS, Settings
+from tokenforge.config import Settings
+from tokenforge.prod_mode import NATS_USERS
 from tokenforge.runtime.nats import NATS_PERMISSIONS
 
 Obj = dict[str, Any]

@@ -14,8 +14,8 @@ from tokenforge.runtime.service import SERVICES
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from tokenforge.config import UnsafeForProduction, refuse_unsafe_prod
     from tokenforge.money import configure_labels
+    from tokenforge.prod_mode import UnsafeForProduction, refuse_unsafe_prod
     from tokenforge.runtime.grpc_server import run_until_signal
     from tokenforge.runtime.logging import setup_logging
     from tokenforge.runtime.service import load, tune_gc

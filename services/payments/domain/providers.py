@@ -168,7 +168,7 @@ class ProvidersOn:
         if provider.name not in self.names:
             raise DomainError(
                 Reason.PROVIDER_NOT_ALLOWED,
-                f"{provider.label} ({provider.name}) is not offered on this deployment; "
+                f"{provider.label} (`{provider.name}`) is not offered on this deployment; "
                 f"top up with one of {self.listed}.",
                 {"provider": provider.name, "available": ",".join(sorted(self.names))},
             )

@@ -13,7 +13,8 @@ from dataclasses import replace
 
 import pytest
 
-from tokenforge.config import NATS_USERS, Settings, UnsafeForProduction
+from tokenforge.config import Settings
+from tokenforge.prod_mode import NATS_USERS, UnsafeForProduction
 from tokenforge.runtime.service import SERVICES, load
 
 
