@@ -5,9 +5,11 @@ own: the tests publish the events themselves, as payments' NATS user)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,12 +23,45 @@ from tokenforge.common.v1 import common_pb2
 from tokenforge.config import Settings
 from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
 from tokenforge.runtime.db import async_url, create_engine, sessionmaker
+from tokenforge.runtime.embedded import EmbeddedNats
 from tokenforge.runtime.grpc_client import Peer
+from tokenforge.runtime.nats import NATS_PERMISSIONS
 from tokenforge.runtime.service import RunningService
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 INTERNAL = "t-internal"
 ADMIN = "t-admin"
+
+
+@pytest.fixture(scope="session")
+def wallet_nats(servers_dir: Path) -> Iterator[EmbeddedNats | None]:
+    """A NATS server of the wallet tests' own (with the same users): the wallets other
+    tests of the session started (the e2e system's) share the durable consumer
+    `wallet-topup-credits` and would take some of these tests' events, asking another
+    payments service, which knows none of these orders."""
+    if os.environ.get("TOKENFORGE_NATS_URL"):
+        yield None
+        return
+    server = EmbeddedNats(servers_dir / "wallet-nats")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(wallet_nats: EmbeddedNats | None) -> str:
+    """The operator's URL of the wallet tests' NATS (overrides the session's)."""
+    return wallet_nats.url if wallet_nats else os.environ["TOKENFORGE_NATS_URL"]
+
+
+@pytest.fixture(scope="session")
+def nats_urls(wallet_nats: EmbeddedNats | None) -> dict[str, str]:
+    """Each service's URL on the wallet tests' NATS (overrides the session's)."""
+    if wallet_nats is None:
+        return dict.fromkeys(NATS_PERMISSIONS, os.environ["TOKENFORGE_NATS_URL"])
+    return {user: wallet_nats.url_for(user) for user in NATS_PERMISSIONS}
 
 
 @pytest.fixture(scope="session")
