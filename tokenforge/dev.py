@@ -171,6 +171,9 @@ class DevSystem:
             "mock_upstream_url": self.mock_url,
             "services": dict(self.addresses),
             "metrics": dict(self.metrics),
+            # The embedded NATS as its `operator` user (every right: read the streams,
+            # e.g. DEADLETTER); empty with an external TOKENFORGE_NATS_URL.
+            "nats_url": self.nats.url if self.nats.passwords else "",
         }
 
     def stop(self) -> None:
