@@ -172,10 +172,10 @@ class RssSampler:
 class BenchSystem(DevSystem):
     """`tokenforge dev`'s processes, with the bench catalog and quiet logs."""
 
-    def start_processes(self, database_url: str, nats_url: str) -> None:
+    def start_processes(self, database_url: str, nats_urls: dict[str, str]) -> None:
         os.environ["TOKENFORGE_CATALOG_PATH"] = str(CATALOG)
         os.environ.setdefault("TOKENFORGE_LOG_LEVEL", "WARNING")
-        super().start_processes(database_url, nats_url)
+        super().start_processes(database_url, nats_urls)
 
     def process_groups(self) -> dict[str, int]:
         groups = {name: proc.pid for name, proc in self.children.items()}
@@ -674,8 +674,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     proxy: litellm_proxy.LiteLLMProxy | None = None
     litellm_unavailable = ""
     try:
-        database_url, nats_url = await asyncio.to_thread(system.start_servers)
-        system.start_processes(database_url, nats_url)
+        database_url, nats_urls = await asyncio.to_thread(system.start_servers)
+        system.start_processes(database_url, nats_urls)
         await system.wait_serving()
         info = await system.bootstrap_demo()
         (system.state / "dev.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tokenforge.runtime.embedded import EmbeddedNats, EmbeddedPostgres
+from tokenforge.runtime.nats import NATS_PERMISSIONS
 
 
 @pytest.fixture(scope="session")
@@ -32,14 +33,30 @@ def database_url(servers_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def nats_url(servers_dir: Path) -> Iterator[str]:
-    external = os.environ.get("TOKENFORGE_NATS_URL")
-    if external:
-        yield external
+def nats_server(servers_dir: Path) -> Iterator[EmbeddedNats | None]:
+    """NATS with its users (tokenforge.runtime.nats.NATS_PERMISSIONS): no anonymous
+    client gets in. None when TOKENFORGE_NATS_URL names an external server."""
+    if os.environ.get("TOKENFORGE_NATS_URL"):
+        yield None
         return
     server = EmbeddedNats(servers_dir / "nats")
-    url = server.start()
+    server.start()
     try:
-        yield url
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: EmbeddedNats | None) -> str:
+    """The operator's URL (every right): for tests that look into the streams."""
+    return nats_server.url if nats_server else os.environ["TOKENFORGE_NATS_URL"]
+
+
+@pytest.fixture(scope="session")
+def nats_urls(nats_server: EmbeddedNats | None) -> dict[str, str]:
+    """Each service's own URL, with its own user and password: hand these to the
+    services (payments publishes events, the wallet consumes them)."""
+    if nats_server is None:
+        return dict.fromkeys(NATS_PERMISSIONS, os.environ["TOKENFORGE_NATS_URL"])
+    return {user: nats_server.url_for(user) for user in NATS_PERMISSIONS}

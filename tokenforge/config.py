@@ -13,6 +13,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+# TOKENFORGE_ENV: "dev" (the default: `tokenforge dev`, tests, a laptop) or "prod".
+ENVIRONMENTS = ("dev", "prod")
+
 
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(f"TOKENFORGE_{name}", default)
@@ -77,6 +80,16 @@ class Settings:
     # TOKENFORGE_TRUSTED_PROXIES="10.0.0.0/8,192.0.2.7"). None by default: the client
     # address every key check sees (the IP allow-list) is the connection's peer.
     trusted_proxies: tuple[str, ...] = ()
+    # "prod" makes every service refuse to start with an unsafe setting
+    # (`unsafe_for_prod`); "dev" allows them (TOKENFORGE_ENV).
+    env: str = "dev"
+    # Test money: the `sandbox` payments provider pays any order on request, so it
+    # mints balance. Off unless configured (TOKENFORGE_SANDBOX_PROVIDER=on); `tokenforge
+    # dev` turns it on; production refuses to start with it.
+    sandbox_provider: bool = False
+    # A CA bundle (PEM) to verify the NATS server's certificate with, for a `tls://`
+    # NATS URL whose certificate a private CA signed (TOKENFORGE_NATS_CA_FILE).
+    nats_ca_file: str = ""
 
     def database_url_for(self, service: str) -> str:
         """The URL `service` connects with: its own, else the shared one."""
@@ -94,6 +107,13 @@ class Settings:
     def peer_token(self) -> str:
         """The credential this process presents when it calls another service."""
         return self.service_token or self.internal_token
+
+    def unsafe_for_prod(self, service: str) -> list[str]:
+        """Why `service` must not run in production with these settings (empty: safe);
+        the rules are in tokenforge/prod_mode.py."""
+        from tokenforge.prod_mode import unsafe_reasons
+
+        return unsafe_reasons(self, service)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -129,6 +149,9 @@ class Settings:
             budget_requests=_non_negative("BUDGET_REQUESTS", "64", "requests"),
             budget_idle_ms=_non_negative("BUDGET_IDLE_MS", "1000"),
             trusted_proxies=parse_trusted_proxies(_env("TRUSTED_PROXIES")),
+            env=_environment(),
+            sandbox_provider=_switch("SANDBOX_PROVIDER"),
+            nats_ca_file=_env("NATS_CA_FILE"),
         )
 
 
@@ -162,6 +185,22 @@ def _admin_token_sha256(token: str, digest: str) -> str:
             "set the digest of that token, or only one of them"
         )
     return digest
+
+
+def _environment() -> str:
+    value = _env("ENV", "dev").strip().lower() or "dev"
+    if value not in ENVIRONMENTS:
+        raise ValueError(f"TOKENFORGE_ENV is {value!r}; give one of: {', '.join(ENVIRONMENTS)}")
+    return value
+
+
+def _switch(name: str) -> bool:
+    value = _env(name, "off").strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no", ""):
+        return False
+    raise ValueError(f"TOKENFORGE_{name} is {value!r}; give on or off")
 
 
 def _non_negative(name: str, default: str, unit: str = "milliseconds") -> int:

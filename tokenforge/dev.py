@@ -27,6 +27,7 @@ from typing import Any
 from tokenforge.admin import Operator, health_status
 from tokenforge.config import admin_token_sha256
 from tokenforge.money import Bucket
+from tokenforge.prod_mode import NATS_USERS
 from tokenforge.runtime.db_roles import ServiceRole, provision, role_for, with_user
 from tokenforge.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port, wait_for_port
 from tokenforge.runtime.service import SERVICES, load
@@ -88,14 +89,20 @@ class DevSystem:
             start_new_session=True,
         )
 
-    def start_servers(self) -> tuple[str, str]:
+    def start_servers(self) -> tuple[str, dict[str, str]]:
         """PostgreSQL and NATS; each service's role (owner of its schema only, a new
         password every start) and its migrations, run as that role. Answers the owner's
-        URL, which no service gets, and NATS's."""
+        URL, which no service gets, and each NATS user's URL (its own credentials; an
+        external TOKENFORGE_NATS_URL is given to both services as it is)."""
         self.state.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         database_url = os.environ.get("TOKENFORGE_DATABASE_URL") or self.pg.start()
-        nats_url = os.environ.get("TOKENFORGE_NATS_URL") or self.nats.start()
+        external = os.environ.get("TOKENFORGE_NATS_URL")
+        if external:
+            nats_urls = dict.fromkeys(NATS_USERS, external)
+        else:
+            self.nats.start()
+            nats_urls = {name: self.nats.url_for(name) for name in NATS_USERS}
         roles = [
             ServiceRole(name, load(name).SCHEMA, role_for(name), secrets.token_urlsafe(24))
             for name in SERVICES
@@ -104,9 +111,9 @@ class DevSystem:
         for role in roles:
             self.database_urls[role.service] = with_user(database_url, role.role, role.password)
             load(role.service).migrate(self.database_urls[role.service])
-        return database_url, nats_url
+        return database_url, nats_urls
 
-    def start_processes(self, database_url: str, nats_url: str) -> None:
+    def start_processes(self, database_url: str, nats_urls: dict[str, str]) -> None:
         mock_port = free_port()
         self.mock_url = f"http://127.0.0.1:{mock_port}"
         self.spawn("mock-upstream", ["mock-upstream", "--port", str(mock_port)], {})
@@ -115,7 +122,8 @@ class DevSystem:
         metrics_ports = {name: free_port() for name in SERVICES}
         self.metrics = {name: f"http://127.0.0.1:{p}/metrics" for name, p in metrics_ports.items()}
         env = {
-            "TOKENFORGE_NATS_URL": nats_url,
+            # Test money: the sandbox provider is on in dev (docs/OPERATIONS.md).
+            "TOKENFORGE_SANDBOX_PROVIDER": "on",
             "TOKENFORGE_INTERNAL_TOKEN": self.internal_token,
             "TOKENFORGE_ADMIN_TOKEN_SHA256": admin_token_sha256(self.admin_token),
             "TOKENFORGE_CALLER_TOKENS": ",".join(
@@ -130,6 +138,8 @@ class DevSystem:
                 "TOKENFORGE_SERVICE_TOKEN": self.service_tokens[name],
                 "TOKENFORGE_METRICS_PORT": str(metrics_ports[name]),
             }
+            if name in nats_urls:
+                extra["TOKENFORGE_NATS_URL"] = nats_urls[name]
             if name == "gateway":
                 extra["TOKENFORGE_HTTP_PORT"] = str(self.port)
             self.spawn(name, ["serve", name, "--port", str(ports[name])], {**env, **extra})
@@ -183,6 +193,9 @@ class DevSystem:
             "mock_upstream_url": self.mock_url,
             "services": dict(self.addresses),
             "metrics": dict(self.metrics),
+            # The embedded NATS as its `operator` user (every right: read the streams,
+            # e.g. DEADLETTER); empty with an external TOKENFORGE_NATS_URL.
+            "nats_url": self.nats.url if self.nats.passwords else "",
         }
 
     def stop(self) -> None:
@@ -223,8 +236,8 @@ async def run(port: int, state_dir: Path) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        database_url, nats_url = await asyncio.to_thread(system.start_servers)
-        system.start_processes(database_url, nats_url)
+        database_url, nats_urls = await asyncio.to_thread(system.start_servers)
+        system.start_processes(database_url, nats_urls)
         await system.wait_serving()
         info = await system.bootstrap_demo()
         demo = {"account_id": info["account_id"], "api_key": info["api_key"]}

@@ -29,6 +29,7 @@ from services.gateway.transport.grpc import GatewayServicer
 from services.gateway.transport.http import create_app
 from tokenforge.config import Settings
 from tokenforge.gateway.v1 import gateway_pb2_grpc
+from tokenforge.prod_mode import refuse_unsafe_prod
 from tokenforge.runtime.db import create_engine, upgrade
 from tokenforge.runtime.grpc_server import Credentials, create_server
 from tokenforge.runtime.service import RunningService
@@ -76,6 +77,7 @@ def bound_port(server: uvicorn.Server) -> int:
 
 
 async def start(settings: Settings, port: int = 0) -> RunningService:
+    refuse_unsafe_prod(settings, "gateway")
     peers = Peers.from_settings(settings)
     upstream = Upstream()
     engine = create_engine(settings.database_url, pool_size=10) if settings.database_url else None

@@ -19,6 +19,7 @@ from services.payments.transport.grpc import PaymentsServicer
 from services.payments.transport.outbox_relay import start_relay
 from tokenforge.config import Settings
 from tokenforge.payments.v1 import payments_pb2_grpc
+from tokenforge.prod_mode import refuse_unsafe_prod
 from tokenforge.runtime import nats as tf_nats
 from tokenforge.runtime.db import create_engine, sessionmaker, upgrade
 from tokenforge.runtime.grpc_server import AccessPolicy, Credentials, Role, create_server
@@ -98,13 +99,14 @@ async def start(
     stripe: StripeSettings | None = None,
 ) -> RunningService:
     """`order_ttl` and `stripe` override the environment (tests)."""
+    refuse_unsafe_prod(settings, "payments")
     engine = create_engine(settings.database_url)
     session_factory = sessionmaker(engine)
     on_stop: list[Callable[[], Awaitable[None]]] = [engine.dispose]
     wake_relay: Callable[[], None] | None = None
 
     if settings.nats_url:
-        nc = await tf_nats.connect(settings.nats_url, "payments")
+        nc = await tf_nats.connect(settings.nats_url, "payments", ca_file=settings.nats_ca_file)
         on_stop.append(nc.close)
         relay, relay_task = await start_relay(engine, nc.jetstream())
         wake_relay = relay.wake
@@ -121,7 +123,17 @@ async def start(
     checkout = StripeCheckout(stripe) if stripe.configured else None
     if checkout is None:
         log.info("stripe is not configured (TOKENFORGE_STRIPE_API_KEY): card top-ups are off")
-    servicer = PaymentsServicer(uow_factory, order_ttl or order_ttls_from_env(), checkout)
+    if settings.sandbox_provider:
+        log.warning(
+            "the sandbox provider is on (TOKENFORGE_SANDBOX_PROVIDER): test money, any "
+            "order can be paid without a payment; never in production"
+        )
+    servicer = PaymentsServicer(
+        uow_factory,
+        order_ttl or order_ttls_from_env(),
+        checkout,
+        sandbox=settings.sandbox_provider,
+    )
     server = create_server(
         [(payments_pb2_grpc.add_PaymentsServiceServicer_to_server, servicer, SERVICE_NAME)],
         port=port,

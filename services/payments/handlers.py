@@ -25,7 +25,7 @@ from services.payments.domain.checkout import (
 )
 from services.payments.domain.model import Order, TopUpStatus
 from services.payments.domain.orders import OrderTtls, open_order
-from services.payments.domain.providers import PROVIDERS, Provider, provider_named
+from services.payments.domain.providers import PROVIDERS, Provider, ProvidersOn, provider_named
 from services.payments.storage.repository import Cursor
 from services.payments.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
@@ -158,12 +158,13 @@ async def create_top_up(
     cmd: CreateTopUp,
     uow: UnitOfWork,
     *,
+    providers: ProvidersOn,
     ttl: timedelta | OrderTtls | None = None,
     checkout: CardCheckout | None = None,
     now: datetime | None = None,
 ) -> Order:
     """Open a pending order; the same idempotency key returns the first order (W4)."""
-    order, _ = await open_top_up(cmd, uow, ttl=ttl, checkout=checkout, now=now)
+    order, _ = await open_top_up(cmd, uow, providers=providers, ttl=ttl, checkout=checkout, now=now)
     return order
 
 
@@ -171,19 +172,23 @@ async def open_top_up(
     cmd: CreateTopUp,
     uow: UnitOfWork,
     *,
+    providers: ProvidersOn,
     ttl: timedelta | OrderTtls | None = None,
     checkout: CardCheckout | None = None,
     now: datetime | None = None,
 ) -> tuple[Order, bool]:
     """(the order, whether an earlier call with the same key opened it).
 
+    Only a provider this deployment offers (`providers`) opens an order; an order
+    that names none gets the default, if there is one (`ProvidersOn.choose`).
     A Stripe order gets its Checkout Session before it is stored: a Stripe outage
     opens no order, and the order's row names its session from the start.
     """
+    chosen = providers.choose(cmd.provider)
     candidate = open_order(
         account_id=cmd.account_id,
         bucket=cmd.bucket,
-        provider=cmd.provider,
+        provider=chosen.name,
         paid_amount_minor=cmd.paid_amount_minor,
         currency=cmd.currency,
         idempotency_key=cmd.idempotency_key,
@@ -311,9 +316,15 @@ def _decode_cursor(token: str) -> Cursor:
 
 
 async def simulate_sandbox_outcome(
-    cmd: SimulateSandboxOutcome, uow: UnitOfWork, *, now: datetime | None = None
+    cmd: SimulateSandboxOutcome,
+    uow: UnitOfWork,
+    *,
+    providers: ProvidersOn,
+    now: datetime | None = None,
 ) -> Order:
-    """Pay, fail or expire a sandbox order. Replaying an outcome changes nothing."""
+    """Pay, fail or expire a sandbox order. Replaying an outcome changes nothing.
+    Where the sandbox provider is off, there is nothing to simulate (NOT_FOUND)."""
+    providers.check_simulated()
     async with uow:
         order = await uow.orders.get(cmd.order_id, for_update=True)
         if order is None or order.account_id != cmd.account_id:

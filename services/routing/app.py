@@ -17,6 +17,7 @@ from services.routing.storage.key_cache import KeyCache
 from services.routing.storage.unit_of_work import SqlAlchemyUnitOfWork
 from services.routing.transport.grpc import RoutingServicer
 from tokenforge.config import Settings
+from tokenforge.prod_mode import refuse_unsafe_prod
 from tokenforge.routing.v1 import routing_pb2_grpc
 from tokenforge.runtime.db import create_engine, sessionmaker, upgrade
 from tokenforge.runtime.grpc_server import AccessPolicy, Credentials, Role, create_server
@@ -68,6 +69,7 @@ async def _sweep_forever(uow_factory: Callable[[], SqlAlchemyUnitOfWork]) -> Non
 
 
 async def start(settings: Settings, port: int = 0) -> RunningService:
+    refuse_unsafe_prod(settings, "routing")
     engine = create_engine(settings.database_url)
     sessions = sessionmaker(engine)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from services.usage.storage.unit_of_work import SqlAlchemyUnitOfWork
 from services.usage.transport.grpc import UsageServicer
 from tokenforge.config import Settings
+from tokenforge.prod_mode import refuse_unsafe_prod
 from tokenforge.runtime.db import create_engine, sessionmaker, upgrade
 from tokenforge.runtime.grpc_server import AccessPolicy, Credentials, Role, create_server
 from tokenforge.runtime.service import RunningService
@@ -44,6 +45,7 @@ def migrate(database_url: str) -> None:
 
 
 async def start(settings: Settings, port: int = 0) -> RunningService:
+    refuse_unsafe_prod(settings, "usage")
     engine = create_engine(settings.database_url)
     sessions = sessionmaker(engine)
     servicer = UsageServicer(lambda: SqlAlchemyUnitOfWork(sessions))

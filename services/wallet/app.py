@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from services.payments.client import PaymentsClient
 from services.wallet import handlers, metrics
 from services.wallet.domain import commands
 from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
@@ -15,6 +16,7 @@ from services.wallet.transport.grpc import WalletServicer
 from services.wallet.transport.nats_consumer import DURABLE, TopUpConsumer
 from tokenforge.config import Settings
 from tokenforge.money import configure_labels
+from tokenforge.prod_mode import refuse_unsafe_prod
 from tokenforge.runtime import nats as tf_nats
 from tokenforge.runtime.db import create_engine, sessionmaker, upgrade
 from tokenforge.runtime.grpc_server import AccessPolicy, Credentials, Role, create_server
@@ -109,6 +111,7 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 async def start(settings: Settings, port: int = 0) -> RunningService:
+    refuse_unsafe_prod(settings, "wallet")
     configure_labels(settings.bucket_labels)
     engine = create_engine(settings.database_url, pool_size=DB_POOL_SIZE)
     sessions = sessionmaker(engine)
@@ -139,8 +142,15 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
 
     on_stop: list[Callable[[], Awaitable[None]]] = [engine.dispose, stop_sweeper]
     if settings.nats_url:
-        nc = await tf_nats.connect(settings.nats_url, "wallet")
-        consumer = TopUpConsumer(nc, uow_factory)
+        if not settings.payments_addr:
+            raise ValueError(
+                "The wallet credits a top-up only once payments confirms the order: set "
+                "TOKENFORGE_PAYMENTS_ADDR (payments' gRPC host:port) with TOKENFORGE_NATS_URL."
+            )
+        payments = PaymentsClient.connect(settings.payments_addr, settings.peer_token)
+        on_stop.append(payments.close)
+        nc = await tf_nats.connect(settings.nats_url, "wallet", ca_file=settings.nats_ca_file)
+        consumer = TopUpConsumer(nc, uow_factory, payments)
         await consumer.start()
         lag = asyncio.create_task(
             metrics.sample_consumer_lag(nc.jetstream(), PAYMENTS_STREAM, DURABLE),

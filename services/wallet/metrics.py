@@ -33,6 +33,13 @@ TOPUP_CREDITS = Counter(
     "Micro-units credited from paid top-ups, by bucket.",
     ["bucket"],
 )
+REFUSED_EVENTS = Counter(
+    "tokenforge_wallet_topup_events_refused_total",
+    "Top-up events the wallet credited nothing for and dead-lettered (stream DEADLETTER), "
+    "by why: unconfirmed (payments does not confirm the order: forged or corrupted), "
+    "poison (not a top-up event), conflict (another credit of the order differs).",
+    ["reason"],
+)
 BATCHES = Counter(
     "tokenforge_wallet_batches_total",
     "Batch calls (HoldMany, SettleMany, CapturePartMany, ReleaseMany) by how they ran: "

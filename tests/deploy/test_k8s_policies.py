@@ -210,6 +210,7 @@ def test_dev_secrets_hold_only_placeholders(rendered: dict[str, list[Obj]]) -> N
         "tokenforge-pg-admin",
         *(f"tokenforge-pg-{name}" for name in SERVICES),
         "tokenforge-channel-secrets",
+        "tokenforge-nats",
     }
     for secret in secrets:
         assert "stringData" not in secret
@@ -502,8 +503,10 @@ def test_only_the_services_reach_postgresql_and_nats(
 def test_the_flows_the_system_needs_are_open(rendered: dict[str, list[Obj]], overlay: str) -> None:
     policies, everyone = network(rendered[overlay])
     gateway = everyone["gateway"]
-    for name in ("routing", "wallet", "payments", "usage"):
+    for name in ("routing", "wallet", "usage"):
         assert callers(policies, everyone, everyone[name], 50051) == {"gateway"}
+    # The wallet confirms each top-up with payments (GetTopUp) before crediting it.
+    assert callers(policies, everyone, everyone["payments"], 50051) == {"gateway", "wallet"}
     for pod in everyone.values():
         assert reachable(policies, pod, KUBE_DNS, 53), f"{pod.name} -> DNS"
     for name in SERVICES:

@@ -133,7 +133,7 @@ def test_the_settings_point_at_the_rendered_services(
         host, port = settings[f"TOKENFORGE_{svc.upper()}_ADDR"].split(":")
         assert host in services
         assert int(port) in {p["port"] for p in services[host]["spec"]["ports"]}
-    nats_host, nats_port = settings["TOKENFORGE_NATS_URL"].removeprefix("nats://").split(":")
+    nats_host, nats_port = settings["NATS_ADDRESS"].split(":")
     assert int(nats_port) in {p["port"] for p in services[nats_host]["spec"]["ports"]}
     assert settings["TOKENFORGE_BIND_HOST"] == "0.0.0.0"
     assert settings["TOKENFORGE_GRPC_PORT"] == "50051"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from tokenforge.runtime.telemetry import add_span_processor, setup_telemetry
 
 
 @pytest.fixture(scope="session")
-async def system(database_url: str, nats_url: str) -> AsyncIterator[System]:
+async def system(database_url: str, nats_urls: dict[str, str]) -> AsyncIterator[System]:
     setup_telemetry("tokenforge-e2e")
     add_span_processor(SimpleSpanProcessor(SPANS))
     from tokenforge.mock_upstream.server import start as start_mock
@@ -28,20 +29,26 @@ async def system(database_url: str, nats_url: str) -> AsyncIterator[System]:
         await asyncio.to_thread(load(name).migrate, database_url)
     mock = await start_mock()
     os.environ["TOKENFORGE_MOCK_UPSTREAM_URL"] = mock.url
+    # The tests top up with test money: the sandbox provider is on, explicitly.
     base = Settings(
         database_url=database_url,
-        nats_url=nats_url,
         internal_token=INTERNAL,
         admin_token=ADMIN,
         catalog_path=str(Path(__file__).parent / "catalog.yaml"),
+        sandbox_provider=True,
     )
     running: dict[str, RunningService] = {}
-    for name in ("routing", "wallet", "payments", "usage"):
-        running[name] = await load(name).start(base, port=0)
+    for name in ("routing", "payments", "usage"):
+        nats = {"nats_url": nats_urls[name]} if name in nats_urls else {}
+        running[name] = await load(name).start(replace(base, **nats), port=0)
+    # The wallet credits a top-up only once payments confirms it: it needs payments.
+    running["wallet"] = await load("wallet").start(
+        replace(base, nats_url=nats_urls["wallet"], payments_addr=running["payments"].address),
+        port=0,
+    )
     addrs = {name: r.address for name, r in running.items()}
     gateway_settings = Settings(
         database_url=database_url,
-        nats_url=nats_url,
         internal_token=INTERNAL,
         admin_token=ADMIN,
         routing_addr=addrs["routing"],

@@ -3,7 +3,9 @@ servers, dev.json, the openai SDK, Ctrl-C, and a second start that keeps the dat
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import nats
 import openai
 import psutil
 import pytest
@@ -67,6 +70,26 @@ def check_services_hold_only_their_own_credentials(dev_pid: int, info: dict[str,
         ]
         metrics_port = urlsplit(info["metrics"][name]).port
         assert metrics_port is not None and listening(metrics_port) == {"127.0.0.1"}, name
+
+
+def anonymous_nats_refusal(operator_url: str) -> str:
+    """What NATS answers a client without credentials on the server of `operator_url`."""
+    parts = urlsplit(operator_url)
+
+    async def attempt() -> str:
+        try:
+            nc = await nats.connect(
+                f"nats://{parts.hostname}:{parts.port}",
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                connect_timeout=2,
+            )
+        except Exception as error:  # noqa: BLE001 - the refusal is what we look for
+            return str(error)
+        await nc.close()
+        return "connected"
+
+    return asyncio.run(attempt())
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +150,20 @@ def test_dev_serves_a_paid_request_and_a_topup_then_stops_everything(state_dir: 
             b["bucket"]: b["posted"]["micros"] for b in http.get("/v1/wallet").json()["balances"]
         }
         check_dev_metrics(info, receipt["charge"]["micros"], 3_000_000)
+        # NATS takes no anonymous client: top-up events come from payments' user only.
+        assert "Authorization Violation" in anonymous_nats_refusal(info["nats_url"])
     finally:
         out = stop_dev(proc)
     assert proc.returncode == 0, out
     assert not port_open(port)
     logs = {p.name: p.read_text(errors="replace") for p in (state_dir / "logs").glob("*.log")}
     assert set(logs) >= {"gateway.log", "wallet.log", "routing.log", "payments.log", "usage.log"}
+    nats_passwords = json.loads((state_dir / "nats" / "users.json").read_text())
+    assert set(nats_passwords) == {"payments", "wallet", "operator"}
+    assert info["nats_url"].startswith("nats://operator:")
     for name, text in logs.items():
+        for user, password in nats_passwords.items():
+            assert password not in text, f"the NATS password of {user} leaked into {name}"
         assert info["api_key"] not in text, f"the API key leaked into {name}"
         assert info["admin_token"] not in text, f"the admin token leaked into {name}"
         assert "hello from dev" not in text, f"a prompt leaked into {name}"

@@ -1,7 +1,10 @@
 """The outbox relay killed between publishing an event and marking it sent, on 10 of
 100 paid orders: every event still reaches the wallet, which credits each order
 exactly once (P2). The relay under test runs on a payments database of its own, so
-the system's relay cannot help it; the system's wallet consumer does the crediting."""
+the system's relay cannot help it. A wallet consumer of the test's own (its own
+durable, the system's wallet database) credits them, confirming each order with a
+payments service on that database; the system's wallet, whose payments knows none of
+these orders, refuses them (S1) and credits nothing."""
 
 from __future__ import annotations
 
@@ -17,15 +20,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.payments import app as payments_app
 from services.payments import handlers
+from services.payments.client import PaymentsClient
+from services.payments.domain.providers import ProvidersOn
 from services.payments.storage.tables import outbox
 from services.payments.storage.unit_of_work import SqlAlchemyUnitOfWork
 from services.payments.transport.outbox_relay import OutboxRelay
-from tests.e2e.harness import System
+from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork as WalletUnitOfWork
+from services.wallet.transport.nats_consumer import TopUpConsumer
+from tests.e2e.harness import ADMIN, INTERNAL, System
 from tokenforge.common.v1 import common_pb2
+from tokenforge.config import Settings
 from tokenforge.money import Bucket
 from tokenforge.runtime import nats as tf_nats
 from tokenforge.runtime.db import async_url, create_engine, sessionmaker
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+
+SANDBOX_ON = ProvidersOn.configured(sandbox=True, card=False)
 
 
 class Killed(BaseException):
@@ -65,6 +75,17 @@ async def own_payments_db(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+@pytest.fixture(scope="module")
+async def own_payments_url(own_payments_db: AsyncEngine) -> AsyncIterator[str]:
+    """A payments service (no NATS: the test's relay publishes) on that database."""
+    url = own_payments_db.url.render_as_string(hide_password=False)
+    running = await payments_app.start(
+        Settings(database_url=url, internal_token=INTERNAL, admin_token=ADMIN), port=0
+    )
+    yield running.address
+    await running.stop(grace=0.5)
+
+
 async def credits_of(system: System, accounts: list[str]) -> dict[str, int]:
     """order id -> ledger credits the wallet wrote for it (fewer than 100 rows each)."""
     stub = wallet_pb2_grpc.WalletServiceStub(system.operator.wallet.channel)
@@ -79,7 +100,11 @@ async def credits_of(system: System, accounts: list[str]) -> dict[str, int]:
 
 
 async def test_relay_killed_after_publish_on_10_of_100_events_loses_nothing_and_credits_once(
-    system: System, own_payments_db: AsyncEngine, nats_url: str
+    system: System,
+    own_payments_db: AsyncEngine,
+    own_payments_url: str,
+    nats_url: str,
+    database_url: str,
 ) -> None:
     uow = sessionmaker(own_payments_db)
     accounts = [(await system.new_account(credit=0, routed=0))[0] for _ in range(4)]
@@ -89,12 +114,14 @@ async def test_relay_killed_after_publish_on_10_of_100_events_loses_nothing_and_
         order = await handlers.create_top_up(
             handlers.CreateTopUp(account_id, Bucket.CREDIT, "sandbox", 100 + i, "USD", f"k{i}"),
             SqlAlchemyUnitOfWork(uow),
+            providers=SANDBOX_ON,
         )
         await handlers.simulate_sandbox_outcome(
             handlers.SimulateSandboxOutcome(
                 account_id, order.order_id, handlers.SandboxOutcome.PAY
             ),
             SqlAlchemyUnitOfWork(uow),
+            providers=SANDBOX_ON,
         )
         order_ids.append(order.order_id)
     async with own_payments_db.connect() as conn:
@@ -103,6 +130,15 @@ async def test_relay_killed_after_publish_on_10_of_100_events_loses_nothing_and_
     assert len(doomed) == 10
 
     nc = await tf_nats.connect(nats_url, "e2e-dying-relay")
+    wallet_db = create_engine(database_url, pool_size=5)
+    payments = PaymentsClient.connect(own_payments_url, INTERNAL)
+    consumer = TopUpConsumer(
+        nc,
+        lambda: WalletUnitOfWork(sessionmaker(wallet_db)),
+        payments,
+        durable=f"e2e-relay-{uuid.uuid4().hex[:12]}",
+    )
+    await consumer.start()
     try:
         js = DiesAfterPublishing(nc.jetstream(), doomed)
         while True:
@@ -112,24 +148,27 @@ async def test_relay_killed_after_publish_on_10_of_100_events_loses_nothing_and_
                     break
             except Killed:
                 continue
+
+        async with own_payments_db.connect() as conn:
+            unsent = (
+                await conn.execute(
+                    select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+                )
+            ).scalar_one()
+        assert js.kills == 10 and unsent == 0
+
+        credits: dict[str, int] = {}
+        for _ in range(400):
+            credits = await credits_of(system, accounts)
+            if len(credits) >= 100:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # a double credit would have landed by now
     finally:
+        await consumer.stop()
+        await payments.close()
         await nc.close()
-
-    async with own_payments_db.connect() as conn:
-        unsent = (
-            await conn.execute(
-                select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
-            )
-        ).scalar_one()
-    assert js.kills == 10 and unsent == 0
-
-    credits: dict[str, int] = {}
-    for _ in range(200):
-        credits = await credits_of(system, accounts)
-        if len(credits) >= 100:
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)  # a double credit would have landed by now
+        await wallet_db.dispose()
     assert await credits_of(system, accounts) == dict.fromkeys(order_ids, 1)
     balances = await system.operator.balances(accounts[0])
     credit = next(b for b in balances if b.bucket == common_pb2.BUCKET_CREDIT)

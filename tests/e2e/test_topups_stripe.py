@@ -40,12 +40,13 @@ def fake_stripe() -> Iterator[FakeStripe]:
 
 @pytest.fixture(scope="module")
 async def card_gateway(
-    system: System, fake_stripe: FakeStripe, database_url: str, nats_url: str
+    system: System, fake_stripe: FakeStripe, database_url: str, nats_urls: dict[str, str]
 ) -> AsyncIterator[str]:
-    """The URL of a gateway whose payments service takes Stripe."""
+    """The URL of a gateway whose payments service takes Stripe (on the system's
+    payments database, so the system's wallet sees its orders confirmed)."""
     base = Settings(
         database_url=database_url,
-        nats_url=nats_url,
+        nats_url=nats_urls["payments"],
         internal_token=INTERNAL,
         admin_token=ADMIN,
     )
@@ -61,7 +62,6 @@ async def card_gateway(
     gateway: RunningService = await load("gateway").start(
         Settings(
             database_url=database_url,
-            nats_url=nats_url,
             internal_token=INTERNAL,
             admin_token=ADMIN,
             routing_addr=system.services["routing"],

@@ -50,6 +50,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     from tokenforge.routing.v1 import routing_pb2
     from tokenforge.wire import timestamp
 
+    scopes: list[str] = args.scope or list(DEFAULT_KEY_SCOPES)
+
     async def action(peer: Any, stub: Any) -> int:
         opened = await peer.call(
             stub.OpenAccount, routing_pb2.OpenAccountRequest(account_id=args.account_id)
@@ -60,14 +62,14 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
                 account_id=args.account_id,
                 project_id=args.project or opened.project_id,
                 name=args.name,
-                scopes=[SCOPES[s] for s in args.scope or []],  # type: ignore[misc]
+                scopes=[SCOPES[s] for s in scopes],  # type: ignore[misc]
                 expires_at=timestamp(datetime.fromisoformat(args.expires))
                 if args.expires
                 else None,
                 settings=_settings(args),
             ),
         )
-        out(f"key id {created.key_id} (prefix {created.prefix})")
+        out(f"key id {created.key_id} (prefix {created.prefix}), scopes: {', '.join(scopes)}")
         out(f"API key (shown once, keep it safe): {created.api_key}")
         return 0
 
@@ -131,6 +133,10 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 SCOPES = {"inference": 1, "wallet_read": 2, "topup": 3, "keys": 4}
+# A key made by `keys create` without --scope may call models and read its wallet; top-ups
+# and key management are asked for by name (--scope topup, --scope keys): a key handed to
+# an application should not open orders or mint other keys unless meant to.
+DEFAULT_KEY_SCOPES = ("inference", "wallet_read")
 
 
 def register(sub: Any) -> None:
@@ -149,7 +155,12 @@ def register(sub: Any) -> None:
     key_create.add_argument("account_id")
     key_create.add_argument("--name", default="cli key")
     key_create.add_argument("--project", default="", help="default: the default project")
-    key_create.add_argument("--scope", action="append", choices=sorted(SCOPES))
+    key_create.add_argument(
+        "--scope",
+        action="append",
+        choices=sorted(SCOPES),
+        help=f"repeat for several; default: {', '.join(DEFAULT_KEY_SCOPES)}",
+    )
     key_create.add_argument("--models", action="append", help="allowed model pattern")
     key_create.add_argument("--kinds", action="append", choices=["official", "routed"])
     key_create.add_argument("--prefer", action="append", choices=["official", "routed"])

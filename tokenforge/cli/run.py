@@ -16,6 +16,7 @@ from tokenforge.runtime.service import SERVICES
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from tokenforge.money import configure_labels
+    from tokenforge.prod_mode import UnsafeForProduction, refuse_unsafe_prod
     from tokenforge.runtime.grpc_server import run_until_signal
     from tokenforge.runtime.logging import setup_logging
     from tokenforge.runtime.service import load, tune_gc
@@ -25,6 +26,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The service's own role when TOKENFORGE_<SERVICE>_DATABASE_URL is set.
     settings = replace(settings, database_url=settings.database_url_for(args.service))
     setup_logging(args.service, settings.log_level)
+    try:
+        refuse_unsafe_prod(settings, args.service)
+    except UnsafeForProduction as error:
+        sys.stderr.write(f"{error}\n")
+        return 78  # EX_CONFIG: a setting must change, restarting will not help
     setup_telemetry(f"tokenforge-{args.service}")
     configure_labels(settings.bucket_labels)
     app = load(args.service)

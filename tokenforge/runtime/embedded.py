@@ -7,9 +7,11 @@ child processes in their own session, so the caller decides when they stop.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -17,6 +19,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tokenforge.runtime.nats import NATS_PERMISSIONS, OPERATOR_USER, with_credentials
 
 log = logging.getLogger(__name__)
 
@@ -206,33 +210,72 @@ def nats_server_binary() -> str:
 
 
 class EmbeddedNats:
-    """A NATS server with JetStream on 127.0.0.1:<port>, its store in `store_dir`."""
+    """A NATS server with JetStream on 127.0.0.1:<port>, its store in `store_dir`.
+
+    It takes only authenticated clients: one user per service that uses NATS, with the
+    permissions of `tokenforge.runtime.nats.NATS_PERMISSIONS` (payments alone publishes
+    top-up events; the wallet only reads and acks its consumer), plus `operator` (all
+    rights, for people and tests). Passwords are made on the first start and kept in
+    `<store_dir>/users.json` (mode 0600), so a second start takes the same ones.
+    `url_for(user)` is the URL with that user's credentials; `url` is the operator's.
+    """
 
     def __init__(self, store_dir: Path, port: int | None = None) -> None:
         self.store_dir = store_dir.resolve()
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.passwords: dict[str, str] = {}
+
+    @property
+    def address(self) -> str:
+        """`nats://127.0.0.1:<port>`, no credentials (NATS refuses it)."""
+        return f"nats://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return self.url_for(OPERATOR_USER)
+
+    def url_for(self, user: str) -> str:
+        return with_credentials(self.address, user, self.passwords[user])
+
+    def _load_passwords(self) -> dict[str, str]:
+        path = self.store_dir / "users.json"
+        kept: dict[str, str] = {}
+        if path.exists():
+            try:
+                kept = {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
+            except (json.JSONDecodeError, AttributeError):
+                kept = {}
+        passwords = {user: kept.get(user) or secrets.token_urlsafe(24) for user in NATS_PERMISSIONS}
+        if passwords != kept:
+            path.touch(mode=0o600)
+            path.write_text(json.dumps(passwords, indent=2) + "\n")
+        return passwords
+
+    def config(self) -> str:
+        """nats-server's configuration: listen, JetStream, and the users."""
+        users = [
+            f"    {{ user: {json.dumps(user)}, password: {json.dumps(self.passwords[user])}, "
+            f"permissions: {{ publish: {{ allow: {json.dumps(list(rights.publish))} }}, "
+            f"subscribe: {{ allow: {json.dumps(list(rights.subscribe))} }} }} }}"
+            for user, rights in NATS_PERMISSIONS.items()
+        ]
+        return (
+            f"listen: 127.0.0.1:{self.port}\n"
+            'server_name: "tokenforge-dev"\n'
+            f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} }}\n"
+            "authorization {\n  users = [\n" + ",\n".join(users) + "\n  ]\n}\n"
+        )
 
     def start(self, timeout: float = 30) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.passwords = self._load_passwords()
+        conf = self.store_dir / "nats.conf"
+        conf.touch(mode=0o600)
+        conf.write_text(self.config())
         logfile = open(self.store_dir / "server.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [
-                nats_server_binary(),
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-sd",
-                str(self.store_dir),
-                "--server_name",
-                "tokenforge-dev",
-            ],
+            [nats_server_binary(), "-c", str(conf)],
             stdout=logfile,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -4,7 +4,9 @@ carried by hand in message headers (no instrumentation exists for nats-py).
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import nats
 from nats.aio.client import Client
@@ -21,13 +23,83 @@ ORDER_TRACEPARENT_HEADER = "tokenforge-order-traceparent"
 PAYMENTS_SUBJECTS = "tokenforge.payments.v1.topup.>"
 
 
+# NATS users and what each may do (docs/DEPLOY.md, "NATS users"). Only payments may
+# publish top-up events; the wallet may only read and ack its own durable consumer
+# and copy refused events to its dead-letter subject; `operator` (people, tests) may
+# do anything. deploy/k8s/*/nats.conf say the same for Kubernetes.
+WALLET_DURABLE = "wallet-topup-credits"
+DEADLETTER_STREAM = "DEADLETTER"
+WALLET_DEADLETTER_SUBJECT = "tokenforge.payments.v1.deadletter.wallet"
+OPERATOR_USER = "operator"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """Subjects a NATS user may publish to and subscribe on (nats-server's
+    `authorization.users[].permissions`; everything else is refused)."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+def _consumer_api(stream: str, durable: str) -> tuple[str, ...]:
+    return (
+        f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+        f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        f"$JS.ACK.{stream}.{durable}.>",
+        f"$JS.ACK.*.*.{stream}.{durable}.>",
+    )
+
+
+NATS_PERMISSIONS: dict[str, Permissions] = {
+    "payments": Permissions(
+        publish=(
+            PAYMENTS_SUBJECTS,
+            f"$JS.API.STREAM.INFO.{PAYMENTS_STREAM}",
+            f"$JS.API.STREAM.CREATE.{PAYMENTS_STREAM}",
+        ),
+        subscribe=("_INBOX.>",),
+    ),
+    "wallet": Permissions(
+        publish=(
+            WALLET_DEADLETTER_SUBJECT,
+            f"$JS.API.STREAM.INFO.{PAYMENTS_STREAM}",
+            f"$JS.API.STREAM.CREATE.{PAYMENTS_STREAM}",
+            f"$JS.API.STREAM.INFO.{DEADLETTER_STREAM}",
+            f"$JS.API.STREAM.CREATE.{DEADLETTER_STREAM}",
+            *_consumer_api(PAYMENTS_STREAM, WALLET_DURABLE),
+        ),
+        subscribe=("_INBOX.>",),
+    ),
+    OPERATOR_USER: Permissions(publish=(">",), subscribe=(">",)),
+}
+
+
+def with_credentials(url: str, user: str, password: str) -> str:
+    """`nats://host:port` -> `nats://user:password@host:port`."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{user}:{password}@{rest.rpartition('@')[2]}"
+
+
 def topup_subject(event: str) -> str:
     return f"tokenforge.payments.v1.topup.{event}"
 
 
-async def connect(url: str, name: str) -> Client:
+async def connect(url: str, name: str, *, ca_file: str = "") -> Client:
+    """A connection that reconnects forever. The URL carries this service's NATS user
+    and password (`nats://wallet:<password>@host:4222`); `tls://` verifies the server
+    against the system's CAs, or against `ca_file` (TOKENFORGE_NATS_CA_FILE)."""
+    tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
     return await nats.connect(
-        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        tls=tls,
     )
 
 

@@ -3,7 +3,10 @@
 A provider says which buckets and currencies it takes, how long its orders wait
 for payment, and what a confirmed payment means for an order:
 
-- `sandbox`: dev and demos, driven by SimulateSandboxOutcome;
+- `sandbox`: dev and demos, driven by SimulateSandboxOutcome. It pays an order with
+  no payment at all, so it mints balance: it is offered only where configured
+  (`ProvidersOn`, TOKENFORGE_SANDBOX_PROVIDER=on, set by `tokenforge dev`), and
+  production refuses to start with it (tokenforge.config.unsafe_for_prod);
 - `manual_transfer`: a bank transfer; the user submits its reference and an operator
   approves or rejects it (`takes_transfer_proof`), so its orders live for days;
 - `stripe`: a card payment through a Stripe Checkout Session, confirmed by a signed
@@ -15,6 +18,7 @@ API, its webhook signatures) lives in `services.payments.adapters`, not here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import ClassVar
 
@@ -120,3 +124,63 @@ def provider_named(name: str) -> Provider:
             f"Unknown payment provider {name!r}; use one of: {', '.join(sorted(PROVIDERS))}.",
             {"provider": name},
         ) from None
+
+
+@dataclass(frozen=True)
+class ProvidersOn:
+    """The providers this deployment offers. A provider that is off takes no new order
+    and no simulated outcome; its orders already open still move by their own rules.
+
+    - `manual_transfer` is always on: its orders credit only once an operator approves;
+    - `stripe` is on when card payments are configured (TOKENFORGE_STRIPE_API_KEY);
+    - `sandbox` is on only when configured (TOKENFORGE_SANDBOX_PROVIDER=on): it mints
+      balance. When it is on it is also the default of an order that names no
+      provider (dev and demos); otherwise such an order is refused, naming the
+      providers that are on.
+    """
+
+    names: frozenset[str]
+
+    @classmethod
+    def configured(cls, *, sandbox: bool, card: bool) -> ProvidersOn:
+        names = {ManualTransferProvider.name}
+        if sandbox:
+            names.add(SandboxProvider.name)
+        if card:
+            names.add(StripeProvider.name)
+        return cls(frozenset(names))
+
+    @property
+    def listed(self) -> str:
+        return ", ".join(f"`{name}`" for name in sorted(self.names))
+
+    def choose(self, name: str) -> Provider:
+        """The provider an order names (the default when it names none), if it is on."""
+        if not name:
+            if SandboxProvider.name in self.names:
+                return PROVIDERS[SandboxProvider.name]
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                f"Say which payment provider pays this top-up: one of {self.listed}.",
+                {"param": "provider", "available": ",".join(sorted(self.names))},
+            )
+        provider = provider_named(name)
+        if provider.name not in self.names:
+            raise DomainError(
+                Reason.PROVIDER_NOT_ALLOWED,
+                f"{provider.label} (`{provider.name}`) is not offered on this deployment; "
+                f"top up with one of {self.listed}.",
+                {"provider": provider.name, "available": ",".join(sorted(self.names))},
+            )
+        return provider
+
+    def check_simulated(self) -> None:
+        """Refuse a simulated outcome when no simulated provider is on (reads as
+        missing, like a route that does not exist here)."""
+        if not any(PROVIDERS[name].simulated for name in self.names):
+            raise DomainError(
+                Reason.NOT_FOUND,
+                "Simulated payments (the sandbox provider) are off on this deployment; "
+                f"top-ups are paid through {self.listed}.",
+                {"provider": SandboxProvider.name},
+            )

@@ -14,6 +14,7 @@ from services.payments import handlers
 from services.payments.domain.checkout import CardCheckout
 from services.payments.domain.model import TopUpStatus
 from services.payments.domain.orders import OrderTtls
+from services.payments.domain.providers import ProvidersOn
 from services.payments.storage.unit_of_work import UnitOfWork
 from services.payments.transport.messages import (
     order_to_proto,
@@ -98,10 +99,13 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
         uow_factory: Callable[[], UnitOfWork],
         order_ttls: OrderTtls,
         checkout: CardCheckout | None = None,
+        *,
+        sandbox: bool = False,
     ) -> None:
         self._uow = uow_factory
         self._order_ttls = order_ttls
         self._checkout = checkout
+        self._providers = ProvidersOn.configured(sandbox=sandbox, card=checkout is not None)
 
     async def CreateTopUp(
         self, request: payments_pb2.CreateTopUpRequest, context: grpc.aio.ServicerContext
@@ -116,6 +120,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
                 idempotency_key=request.idempotency_key,
             ),
             self._uow(),
+            providers=self._providers,
             ttl=self._order_ttls,
             checkout=self._checkout,
         )
@@ -156,6 +161,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
                 _account(request.account_id), request.order_id, _outcome(request.outcome)
             ),
             self._uow(),
+            providers=self._providers,
         )
         return payments_pb2.SimulateSandboxOutcomeResponse(top_up=order_to_proto(order))
 

@@ -1,8 +1,19 @@
-"""Credits paid top-ups from the PAYMENTS stream, exactly once per order (P2).
+"""Credits paid top-ups from the PAYMENTS stream, exactly once per order (P2), and
+only orders payments confirms (S1).
 
-A durable pull consumer reads `tokenforge.payments.v1.topup.succeeded`; each event
-is credited in one transaction that also records its event id, and acked only after
-that commit. A redelivery or a duplicate publish finds the event (or the order's
+A durable pull consumer reads `tokenforge.payments.v1.topup.succeeded`. An event is
+a claim, not a proof: before crediting, the wallet reads the order from payments
+(GetTopUp, services/payments/client.py) and credits only an order that exists on
+that account, succeeded, and credits the same bucket with the same amount. An event
+payments does not confirm (forged, or corrupted) credits nothing: it is
+dead-lettered with the reason, logged, and counted
+(`tokenforge_wallet_topup_events_refused_total{reason="unconfirmed"}`). While payments
+cannot answer, the event is nak'ed and comes back later (not credited, not lost).
+NATS permissions are the first line (only payments may publish on the subject, see
+docs/DEPLOY.md); this check is the second.
+
+A confirmed event is credited in one transaction that also records its event id, and
+acked only after that commit. A redelivery or a duplicate publish finds the event (or the order's
 credit) already there and changes nothing. A message that can never succeed (not
 a TopUpEvent, or conflicting with the order's first credit) is copied to the
 dead-letter subject (stream DEADLETTER, header naming the reason) and then
@@ -15,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client
@@ -32,14 +44,20 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
-from services.wallet import handlers
+from services.wallet import handlers, metrics
 from services.wallet.domain import commands
+from services.wallet.domain.topups import ConfirmedOrder, refusal
 from services.wallet.storage.unit_of_work import UnitOfWork
 from services.wallet.transport.grpc import BUCKET_FROM_PB
 from tokenforge.errors import DomainError, Reason
 from tokenforge.payments.v1 import payments_pb2
 from tokenforge.runtime.nats import (
+    DEADLETTER_STREAM as NATS_DEADLETTER_STREAM,
+)
+from tokenforge.runtime.nats import (
     PAYMENTS_STREAM,
+    WALLET_DEADLETTER_SUBJECT,
+    WALLET_DURABLE,
     context_from_headers,
     ensure_payments_stream,
     topup_subject,
@@ -49,7 +67,7 @@ from tokenforge.runtime.telemetry import current_trace_id
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
-DURABLE = "wallet-topup-credits"
+DURABLE = WALLET_DURABLE
 SUBJECT = topup_subject("succeeded")
 # Seconds JetStream waits for an ack before redelivering (a crashed consumer's
 # messages come back after this), and messages fetched (and credited concurrently)
@@ -61,8 +79,8 @@ PERMANENT = frozenset({Reason.IDEMPOTENCY_CONFLICT, Reason.INVALID_ARGUMENT})
 
 # Messages no retry can fix, kept for an operator to read: their own stream, so the
 # PAYMENTS stream ("tokenforge.payments.v1.topup.>") never captures them.
-DEADLETTER_STREAM = "DEADLETTER"
-DEADLETTER_SUBJECT = "tokenforge.payments.v1.deadletter.wallet"
+DEADLETTER_STREAM = NATS_DEADLETTER_STREAM
+DEADLETTER_SUBJECT = WALLET_DEADLETTER_SUBJECT
 REASON_HEADER = "Tokenforge-Deadletter-Reason"
 ORIGIN_HEADER = "Tokenforge-Original-Subject"
 SEQUENCE_HEADER = "Tokenforge-Original-Sequence"
@@ -88,6 +106,25 @@ def _stream_sequence(msg: Msg) -> str:
         return str(msg.metadata.sequence.stream)
     except Exception:  # noqa: BLE001 - a message without JetStream metadata
         return ""
+
+
+class OrderReader(Protocol):
+    """What the consumer asks payments (services.payments.client.PaymentsClient)."""
+
+    async def get_top_up(
+        self, account_id: str, order_id: str, *, request_id: str = ""
+    ) -> payments_pb2.TopUp: ...
+
+
+def _status_name(status: int) -> str:
+    try:
+        return str(payments_pb2.TopUpStatus.Name(status)).removeprefix("TOP_UP_STATUS_").lower()
+    except ValueError:
+        return ""
+
+
+# Seconds before an event comes back when payments could not confirm it yet.
+UNCONFIRMED_RETRY_S = 2.0
 
 
 class PoisonMessage(Exception):
@@ -132,6 +169,7 @@ class TopUpConsumer:
         self,
         nc: Client,
         uow_factory: Callable[[], UnitOfWork],
+        payments: OrderReader,
         *,
         durable: str = DURABLE,
         subject: str = SUBJECT,
@@ -140,6 +178,7 @@ class TopUpConsumer:
     ) -> None:
         self._nc = nc
         self._uow = uow_factory
+        self._payments = payments
         self._durable = durable
         self._subject = subject
         self._ack_wait = ack_wait
@@ -212,6 +251,7 @@ class TopUpConsumer:
             cmd = decode(msg)
         except PoisonMessage as error:
             log.error("terminating poison message on %s: %s", msg.subject, error)
+            metrics.REFUSED_EVENTS.labels("poison").inc()
             await self.dead_letter(msg, f"poison: {error}")
             return
         parent = context_from_headers(msg.headers)
@@ -220,6 +260,34 @@ class TopUpConsumer:
         ) as span:
             span.set_attribute("tokenforge.order_id", cmd.order_id)
             span.set_attribute("tokenforge.event_id", cmd.event_id)
+            try:
+                refused = await self.confirm(cmd)
+            except DomainError as error:
+                log.warning(
+                    "top-up event %s of order %s not credited yet: payments could not "
+                    "confirm it (%s: %s); it comes back in %s s",
+                    cmd.event_id,
+                    cmd.order_id,
+                    error.reason.value,
+                    error.message,
+                    UNCONFIRMED_RETRY_S,
+                )
+                await msg.nak(delay=UNCONFIRMED_RETRY_S)
+                return
+            if refused:
+                log.error(
+                    "refusing top-up event %s (account %s, %s %s): %s; nothing credited, "
+                    "dead-lettered",
+                    cmd.event_id,
+                    cmd.account_id,
+                    cmd.amount,
+                    cmd.bucket.value,
+                    refused,
+                )
+                span.set_attribute("tokenforge.refused", refused)
+                metrics.REFUSED_EVENTS.labels("unconfirmed").inc()
+                await self.dead_letter(msg, f"unconfirmed: {refused}")
+                return
             try:
                 entry = await handlers.credit_topup(
                     commands.CreditTopUp(
@@ -240,6 +308,7 @@ class TopUpConsumer:
                         cmd.order_id,
                         error.message,
                     )
+                    metrics.REFUSED_EVENTS.labels("conflict").inc()
                     await self.dead_letter(msg, f"{error.reason.value}: {error.message}")
                     return
                 log.warning("top-up event %s not credited yet: %s", cmd.event_id, error)
@@ -257,6 +326,27 @@ class TopUpConsumer:
             cmd.order_id,
             cmd.event_id,
             entry.entry_id,
+        )
+
+    async def confirm(self, cmd: commands.CreditTopUp) -> str:
+        """Why payments does not confirm this credit ("" when it does). A DomainError
+        other than NOT_FOUND (payments unreachable, this service not allowed) is
+        raised: the event must wait, not be refused."""
+        try:
+            order = await self._payments.get_top_up(cmd.account_id, cmd.order_id)
+        except DomainError as error:
+            if error.reason is Reason.NOT_FOUND:
+                return refusal(cmd, None)
+            raise
+        return refusal(
+            cmd,
+            ConfirmedOrder(
+                order_id=order.order_id,
+                account_id=order.account_id,
+                bucket=BUCKET_FROM_PB.get(order.bucket),
+                received_micros=order.received_micros,
+                status=_status_name(order.status),
+            ),
         )
 
     async def _checkpoint(self, stage: str, cmd: commands.CreditTopUp) -> None:

@@ -216,3 +216,22 @@ def test_bad_commands_exit_non_zero_with_a_clear_message(cli: Cli, tmp_path: Pat
         env=env,
     )
     assert lost.returncode == 2 and "tokenforge dev" in lost.stderr, lost.stderr
+
+
+def test_a_key_made_without_scopes_may_call_models_and_read_but_not_top_up(cli: Cli) -> None:
+    account = f"acct-cli-{os.urandom(6).hex()}"
+    cli.ok("accounts", "open", account, "--name", "cli test")
+    created = cli.ok("keys", "create", account, "--name", "app key")
+    key = secret_of(created)
+    with cli.http(key) as http:
+        top_up = http.post(
+            "/v1/topups", json={"bucket": "credit", "provider": "sandbox", "amount": "10.00"}
+        )
+        wallet = http.get("/v1/wallet")
+    listed = cli.ok("keys", "list", account)
+
+    assert "scopes: inference, wallet_read" in created
+    assert top_up.status_code == 403, top_up.text
+    assert "topup" in top_up.json()["error"]["message"].lower().replace("-", "")
+    assert wallet.status_code == 200
+    assert "\tinference,wallet_read\t" in listed

@@ -36,13 +36,16 @@ async def payments_migrated(database_url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-async def payments_service(payments_migrated: str, nats_url: str) -> AsyncIterator[RunningService]:
+async def payments_service(
+    payments_migrated: str, nats_urls: dict[str, str]
+) -> AsyncIterator[RunningService]:
     running = await app.start(
         Settings(
             database_url=payments_migrated,
-            nats_url=nats_url,
+            nats_url=nats_urls["payments"],
             internal_token="t-internal",
             admin_token="t-admin",
+            sandbox_provider=True,
         ),
         port=0,
     )

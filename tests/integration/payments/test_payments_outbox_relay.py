@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.payments import app, handlers
+from services.payments.domain.providers import ProvidersOn
 from services.payments.storage.tables import outbox
 from services.payments.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
 from services.payments.transport.outbox_relay import OutboxRelay
@@ -61,6 +62,9 @@ def units_of_work(
     return lambda: SqlAlchemyUnitOfWork(factory, wake)
 
 
+SANDBOX_ON = ProvidersOn.configured(sandbox=True, card=False)
+
+
 class FlakyPublisher:
     """JetStream that fails its `fail_on`-th publish (1-based), like a broker blip."""
 
@@ -82,13 +86,16 @@ async def paid_orders(uow: Callable[[], UnitOfWork], count: int) -> list[str]:
     order_ids = []
     for _ in range(count):
         order = await handlers.create_top_up(
-            handlers.CreateTopUp(account_id, Bucket.CREDIT, "sandbox", 300, "USD"), uow()
+            handlers.CreateTopUp(account_id, Bucket.CREDIT, "sandbox", 300, "USD"),
+            uow(),
+            providers=SANDBOX_ON,
         )
         await handlers.simulate_sandbox_outcome(
             handlers.SimulateSandboxOutcome(
                 account_id, order.order_id, handlers.SandboxOutcome.PAY
             ),
             uow(),
+            providers=SANDBOX_ON,
         )
         order_ids.append(order.order_id)
     return order_ids
@@ -98,14 +105,17 @@ async def test_relay_restart_after_publishing_but_before_marking_leaves_one_mess
     relay_database_url: str,
     relay_db: AsyncEngine,
     relay_outbox: Any,
-    nats_url: str,
+    nats_urls: dict[str, str],
     payments_nats: Client,
     payments_stream: Any,
     account_id: str,
     create_request: MakeRequest,
 ) -> None:
     settings = Settings(
-        database_url=relay_database_url, nats_url=nats_url, internal_token="t-internal"
+        database_url=relay_database_url,
+        nats_url=nats_urls["payments"],
+        internal_token="t-internal",
+        sandbox_provider=True,
     )
     first = await app.start(settings)
     peer = Peer("payments", first.address, "t-internal")

@@ -38,12 +38,12 @@ def fake_stripe() -> Iterator[FakeStripe]:
 
 @pytest.fixture(scope="module")
 async def stripe_service(
-    payments_migrated: str, nats_url: str, fake_stripe: FakeStripe
+    payments_migrated: str, nats_urls: dict[str, str], fake_stripe: FakeStripe
 ) -> AsyncIterator[RunningService]:
     running = await app.start(
         Settings(
             database_url=payments_migrated,
-            nats_url=nats_url,
+            nats_url=nats_urls["payments"],
             internal_token="t-internal",
             admin_token="t-admin",
         ),

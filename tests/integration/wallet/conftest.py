@@ -1,22 +1,31 @@
-"""The wallet started once against the real PostgreSQL and NATS of the session."""
+"""The wallet started once against the real PostgreSQL and NATS of the session, with
+the payments service it asks to confirm each top-up (sandbox orders, no NATS of its
+own: the tests publish the events themselves, as payments' NATS user)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from services.payments import app as payments_service
 from services.wallet import app
 from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork, utcnow
 from tokenforge.common.v1 import common_pb2
 from tokenforge.config import Settings
-from tokenforge.runtime.db import create_engine, sessionmaker
+from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
+from tokenforge.runtime.db import async_url, create_engine, sessionmaker
+from tokenforge.runtime.embedded import EmbeddedNats
 from tokenforge.runtime.grpc_client import Peer
+from tokenforge.runtime.nats import NATS_PERMISSIONS
 from tokenforge.runtime.service import RunningService
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
@@ -25,12 +34,71 @@ ADMIN = "t-admin"
 
 
 @pytest.fixture(scope="session")
-async def wallet_app(database_url: str, nats_url: str) -> AsyncIterator[RunningService]:
+def wallet_nats(servers_dir: Path) -> Iterator[EmbeddedNats | None]:
+    """A NATS server of the wallet tests' own (with the same users): the wallets other
+    tests of the session started (the e2e system's) share the durable consumer
+    `wallet-topup-credits` and would take some of these tests' events, asking another
+    payments service, which knows none of these orders."""
+    if os.environ.get("TOKENFORGE_NATS_URL"):
+        yield None
+        return
+    server = EmbeddedNats(servers_dir / "wallet-nats")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(wallet_nats: EmbeddedNats | None) -> str:
+    """The operator's URL of the wallet tests' NATS (overrides the session's)."""
+    return wallet_nats.url if wallet_nats else os.environ["TOKENFORGE_NATS_URL"]
+
+
+@pytest.fixture(scope="session")
+def nats_urls(wallet_nats: EmbeddedNats | None) -> dict[str, str]:
+    """Each service's URL on the wallet tests' NATS (overrides the session's)."""
+    if wallet_nats is None:
+        return dict.fromkeys(NATS_PERMISSIONS, os.environ["TOKENFORGE_NATS_URL"])
+    return {user: wallet_nats.url_for(user) for user in NATS_PERMISSIONS}
+
+
+@pytest.fixture(scope="session")
+async def payments_app(database_url: str) -> AsyncIterator[RunningService]:
+    """Payments on a database of its own: the session's other payments services (whose
+    relays publish every unpublished outbox row of their database) leave its orders'
+    events alone, so the only events about them are the ones these tests publish."""
+    name = f"payments_wallet_tests_{uuid.uuid4().hex[:12]}"
+    admin = create_async_engine(async_url(database_url), isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    await admin.dispose()
+    url = make_url(async_url(database_url)).set(database=name).render_as_string(hide_password=False)
+    await asyncio.to_thread(payments_service.migrate, url)
+    running = await payments_service.start(
+        Settings(
+            database_url=url,
+            internal_token=INTERNAL,
+            admin_token=ADMIN,
+            sandbox_provider=True,
+        ),
+        port=0,
+    )
+    yield running
+    await running.stop()
+
+
+@pytest.fixture(scope="session")
+async def wallet_app(
+    database_url: str, nats_urls: dict[str, str], payments_app: RunningService
+) -> AsyncIterator[RunningService]:
     await asyncio.to_thread(app.migrate, database_url)
     running = await app.start(
         Settings(
             database_url=database_url,
-            nats_url=nats_url,
+            nats_url=nats_urls["wallet"],
+            payments_addr=payments_app.address,
             internal_token=INTERNAL,
             admin_token=ADMIN,
         ),
@@ -38,6 +106,48 @@ async def wallet_app(database_url: str, nats_url: str) -> AsyncIterator[RunningS
     )
     yield running
     await running.stop()
+
+
+class Payments:
+    """Real orders in the payments service, opened and paid (sandbox) over gRPC."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.stub = payments_pb2_grpc.PaymentsServiceStub(peer.channel)
+
+    async def order(
+        self, account: str, bucket: int, cents: int, *, pay: bool = True
+    ) -> payments_pb2.TopUp:
+        """A sandbox order of `cents` USD for `bucket`, paid unless `pay` is False."""
+        created = await self.peer.call(
+            self.stub.CreateTopUp,
+            payments_pb2.CreateTopUpRequest(
+                account_id=account,
+                bucket=bucket,
+                provider="sandbox",
+                paid_amount_minor=cents,
+                currency="USD",
+                idempotency_key=str(uuid.uuid4()),
+            ),
+        )
+        if not pay:
+            return created.top_up
+        paid = await self.peer.call(
+            self.stub.SimulateSandboxOutcome,
+            payments_pb2.SimulateSandboxOutcomeRequest(
+                account_id=account,
+                order_id=created.top_up.order_id,
+                outcome=payments_pb2.SANDBOX_OUTCOME_PAY,
+            ),
+        )
+        return paid.top_up
+
+
+@pytest.fixture(scope="session")
+async def payments(payments_app: RunningService) -> AsyncIterator[Payments]:
+    peer = Peer("payments", payments_app.address, INTERNAL)
+    yield Payments(peer)
+    await peer.close()
 
 
 @pytest.fixture(scope="session")

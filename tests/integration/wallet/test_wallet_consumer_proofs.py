@@ -1,6 +1,7 @@
 """Issue 4's wallet-side proofs on real PostgreSQL and NATS JetStream (P2): paid
 top-up events credit exactly once whatever the duplicates, the missing Nats-Msg-Id
-headers and the consumer crashes; balances always equal a plain-Python model."""
+headers and the consumer crashes; balances always equal a plain-Python model. Every
+event names a real paid order of the payments service, which the wallet confirms."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from nats.aio.msg import Msg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.payments.client import PaymentsClient
 from services.wallet.domain import commands
 from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork
 from services.wallet.transport.nats_consumer import DURABLE, SUBJECT, TopUpConsumer
+from tests.integration.wallet.conftest import INTERNAL
 from tokenforge.common.v1 import common_pb2
 from tokenforge.payments.v1 import payments_pb2
 from tokenforge.runtime import nats as tf_nats
@@ -47,17 +50,27 @@ class Paid:
         ).SerializeToString()
 
 
-def paid_events(rng: random.Random, accounts: list[str], n: int) -> list[Paid]:
-    return [
-        Paid(
-            event_id=f"evt-{uuid.uuid4()}",
-            order_id=f"order-{uuid.uuid4()}",
-            account_id=rng.choice(accounts),
-            bucket=rng.choice(list(BUCKETS)),
-            amount=rng.randint(1, 5_000_000),
-        )
-        for _ in range(n)
+async def paid_events(payments, rng: random.Random, accounts: list[str], n: int) -> list[Paid]:
+    """`n` orders paid in the payments service (sandbox), each with its event."""
+    wanted = [
+        (rng.choice(accounts), rng.choice(list(BUCKETS)), rng.randint(1, 500)) for _ in range(n)
     ]
+    events: list[Paid] = []
+    for start in range(0, n, 50):
+        orders = await asyncio.gather(
+            *(payments.order(a, BUCKETS[b], cents) for a, b, cents in wanted[start : start + 50])
+        )
+        events += [
+            Paid(
+                event_id=f"evt-{uuid.uuid4()}",
+                order_id=order.order_id,
+                account_id=account,
+                bucket=bucket,
+                amount=order.received_micros,
+            )
+            for order, (account, bucket, _) in zip(orders, wanted[start : start + 50], strict=True)
+        ]
+    return events
 
 
 def model_balances(events: list[Paid]) -> Counter[tuple[str, str]]:
@@ -115,11 +128,11 @@ async def wait_until(predicate, seconds: float, what: str) -> None:
 
 
 async def test_a_thousand_paid_events_delivered_three_times_credit_exactly_once_each(
-    wallet, operator, nats_url: str, engine: AsyncEngine
+    wallet, operator, nats_url: str, engine: AsyncEngine, payments
 ) -> None:
     rng = random.Random(4)
     accounts = [await wallet.open_funded() for _ in range(5)]
-    events = paid_events(rng, accounts, 1_000)
+    events = await paid_events(payments, rng, accounts, 1_000)
     # Three deliveries of every event, shuffled; half of them without Nats-Msg-Id, so
     # JetStream's duplicate window can not drop them: the wallet's inbox must.
     deliveries = [e for e in events for _ in range(3)]
@@ -212,11 +225,12 @@ class CrashingConsumer(TopUpConsumer):
 
 
 async def test_consumer_crashes_before_commit_after_commit_and_after_ack_lose_and_double_nothing(
-    wallet, nats_url: str, engine: AsyncEngine
+    wallet, nats_url: str, engine: AsyncEngine, payments, payments_app
 ) -> None:
     rng = random.Random(44)
     accounts = [await wallet.open_funded() for _ in range(4)]
-    events = paid_events(rng, accounts, 500)
+    events = await paid_events(payments, rng, accounts, 500)
+    payments_client = PaymentsClient.connect(payments_app.address, INTERNAL)
     planned = rng.sample(events, 36)
     stages = ("before_commit", "committed", "acked")
     faults = Faults({e.order_id: stages[i % 3] for i, e in enumerate(planned)})
@@ -238,7 +252,9 @@ async def test_consumer_crashes_before_commit_after_commit_and_after_ack_lose_an
     restarts = 0
 
     async def fresh_consumer() -> CrashingConsumer:
-        c = CrashingConsumer(nc, uow, durable=durable, subject=subject, ack_wait=1.0)
+        c = CrashingConsumer(
+            nc, uow, payments_client, durable=durable, subject=subject, ack_wait=1.0
+        )
         c.faults = faults
         await c.start()
         return c
@@ -271,6 +287,7 @@ async def test_consumer_crashes_before_commit_after_commit_and_after_ack_lose_an
         if consumer is not None:
             await consumer.stop()
         await nc.close()
+        await payments_client.close()
 
     assert faults.fired == {"before_commit": 12, "committed": 12, "acked": 12}
     # Two crashes of one batch can end one consumer: at most one restart per crash.

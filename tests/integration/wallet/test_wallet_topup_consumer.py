@@ -1,12 +1,13 @@
 """The top-up consumer on real NATS JetStream: one credit per order whatever the
-duplicates and redeliveries (P2), trace joined, poison messages terminated."""
+duplicates and redeliveries (P2), trace joined, poison messages terminated. Every
+event names a real order of the payments service (the wallet confirms it there)."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 import pytest
@@ -15,13 +16,22 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.payments.client import PaymentsClient
 from services.wallet.storage.unit_of_work import UnitOfWork
 from services.wallet.transport.nats_consumer import DURABLE, SUBJECT, TopUpConsumer
+from tests.integration.wallet.conftest import INTERNAL
 from tokenforge.common.v1 import common_pb2
 from tokenforge.payments.v1 import payments_pb2
 from tokenforge.runtime import nats as tf_nats
 from tokenforge.runtime.telemetry import add_span_processor
 from tokenforge.wallet.v1 import wallet_pb2
+
+
+@pytest.fixture
+async def payments_client(payments_app) -> AsyncIterator[PaymentsClient]:
+    client = PaymentsClient.connect(payments_app.address, INTERNAL)
+    yield client
+    await client.close()
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +74,11 @@ async def test_an_event_published_twice_and_redelivered_credits_once_in_its_trac
     engine: AsyncEngine,
     uow_at: Callable[[timedelta], UnitOfWork],
     spans: InMemorySpanExporter,
+    payments,
+    payments_client: PaymentsClient,
 ) -> None:
     account = await wallet.open_funded()
-    order = f"order-{uuid.uuid4()}"
+    order = (await payments.order(account, common_pb2.BUCKET_ROUTED, 700)).order_id
     payload = topup_event(account, order, 7_000_000)
     trace_id, parent_span_id = secrets.token_hex(16), secrets.token_hex(8)
     headers = {"traceparent": f"00-{trace_id}-{parent_span_id}-01"}
@@ -86,7 +98,7 @@ async def test_an_event_published_twice_and_redelivered_credits_once_in_its_trac
 
         # A redelivery: the same messages handed to the consumer once more.
         replay = await js.pull_subscribe(SUBJECT, durable=f"test-replay-{uuid.uuid4().hex}")
-        consumer = TopUpConsumer(nc, lambda: uow_at(timedelta()))
+        consumer = TopUpConsumer(nc, lambda: uow_at(timedelta()), payments_client)
         mine = 0
         while mine < 2:
             for msg in await replay.fetch(batch=50, timeout=2.0):
@@ -124,17 +136,17 @@ async def test_an_event_published_twice_and_redelivered_credits_once_in_its_trac
 
 
 async def test_a_poison_message_is_terminated_and_the_next_event_still_credits(
-    wallet, nats_url: str
+    wallet, nats_url: str, payments
 ) -> None:
     account = await wallet.open_funded()
-    order = f"order-{uuid.uuid4()}"
+    order = (await payments.order(account, common_pb2.BUCKET_ROUTED, 1)).order_id
     nc = await tf_nats.connect(nats_url, "test-payments")
     try:
         js = nc.jetstream()
         await js.publish(SUBJECT, b"\x0a\x05ab", headers={"Nats-Msg-Id": str(uuid.uuid4())})
         await js.publish(
             SUBJECT,
-            topup_event(account, order, 1_000),
+            topup_event(account, order, 10_000),
             headers={"Nats-Msg-Id": str(uuid.uuid4())},
         )
 
@@ -152,11 +164,11 @@ async def test_a_poison_message_is_terminated_and_the_next_event_still_credits(
         assert info.num_redelivered == 0
     finally:
         await nc.close()
-    assert (await wallet.balance(account, common_pb2.BUCKET_ROUTED)).posted_micros == 1_000
+    assert (await wallet.balance(account, common_pb2.BUCKET_ROUTED)).posted_micros == 10_000
 
 
 async def test_a_message_that_can_never_credit_is_dead_lettered_with_its_reason(
-    wallet, nats_url: str
+    wallet, nats_url: str, payments
 ) -> None:
     from services.wallet.transport.nats_consumer import (
         DEADLETTER_STREAM,
@@ -166,9 +178,9 @@ async def test_a_message_that_can_never_credit_is_dead_lettered_with_its_reason(
     )
 
     account = await wallet.open_funded()
-    order = f"order-{uuid.uuid4()}"
-    first = topup_event(account, order, 1_000)
-    conflicting = topup_event(account, order, 2_000)  # same order, another amount
+    order = (await payments.order(account, common_pb2.BUCKET_ROUTED, 1)).order_id
+    first = topup_event(account, order, 10_000)
+    conflicting = topup_event(account, order, 20_000)  # same order, another amount
     nc = await tf_nats.connect(nats_url, "test-payments")
     try:
         js = nc.jetstream()
@@ -192,8 +204,9 @@ async def test_a_message_that_can_never_credit_is_dead_lettered_with_its_reason(
     assert copy.subject == DEADLETTER_SUBJECT
     assert copy.data == conflicting
     assert copy.headers is not None
-    assert copy.headers[REASON_HEADER].startswith("IDEMPOTENCY_CONFLICT")
+    # Payments' order says 10,000: the other amount is not confirmed (S1).
+    assert copy.headers[REASON_HEADER].startswith("unconfirmed: payments does not confirm")
     assert copy.headers[ORIGIN_HEADER] == SUBJECT
     assert DEADLETTER_SUBJECT not in (payments.config.subjects or [])
     assert not DEADLETTER_SUBJECT.startswith(tf_nats.PAYMENTS_SUBJECTS.rstrip(">"))
-    assert (await wallet.balance(account, common_pb2.BUCKET_ROUTED)).posted_micros == 1_000
+    assert (await wallet.balance(account, common_pb2.BUCKET_ROUTED)).posted_micros == 10_000

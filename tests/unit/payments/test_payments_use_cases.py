@@ -8,11 +8,13 @@ import pytest
 
 from services.payments import handlers
 from services.payments.domain.model import TopUpStatus
+from services.payments.domain.providers import ProvidersOn
 from tests.unit.payments.fakes import FakeUnitOfWork
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+SANDBOX_ON = ProvidersOn.configured(sandbox=True, card=False)
 
 
 @pytest.fixture
@@ -32,8 +34,10 @@ def create(account: str = "acct-1", key: str = "k1", amount: int = 500) -> handl
 
 
 async def test_same_key_and_arguments_return_the_first_order(uow: FakeUnitOfWork) -> None:
-    first = await handlers.create_top_up(create(), uow, now=NOW)
-    again = await handlers.create_top_up(create(), uow, now=NOW + timedelta(seconds=5))
+    first = await handlers.create_top_up(create(), uow, providers=SANDBOX_ON, now=NOW)
+    again = await handlers.create_top_up(
+        create(), uow, providers=SANDBOX_ON, now=NOW + timedelta(seconds=5)
+    )
 
     assert again.order_id == first.order_id
     assert again.expires_at == first.expires_at
@@ -43,10 +47,10 @@ async def test_same_key_and_arguments_return_the_first_order(uow: FakeUnitOfWork
 async def test_same_key_with_other_arguments_is_an_idempotency_conflict(
     uow: FakeUnitOfWork,
 ) -> None:
-    first = await handlers.create_top_up(create(amount=500), uow, now=NOW)
+    first = await handlers.create_top_up(create(amount=500), uow, providers=SANDBOX_ON, now=NOW)
 
     with pytest.raises(DomainError) as caught:
-        await handlers.create_top_up(create(amount=900), uow, now=NOW)
+        await handlers.create_top_up(create(amount=900), uow, providers=SANDBOX_ON, now=NOW)
 
     assert caught.value.reason is Reason.IDEMPOTENCY_CONFLICT
     assert first.order_id in caught.value.message
@@ -54,8 +58,8 @@ async def test_same_key_with_other_arguments_is_an_idempotency_conflict(
 
 
 async def test_same_key_on_another_account_opens_another_order(uow: FakeUnitOfWork) -> None:
-    a = await handlers.create_top_up(create(account="a"), uow, now=NOW)
-    b = await handlers.create_top_up(create(account="b"), uow, now=NOW)
+    a = await handlers.create_top_up(create(account="a"), uow, providers=SANDBOX_ON, now=NOW)
+    b = await handlers.create_top_up(create(account="b"), uow, providers=SANDBOX_ON, now=NOW)
 
     assert a.order_id != b.order_id
 
@@ -63,7 +67,9 @@ async def test_same_key_on_another_account_opens_another_order(uow: FakeUnitOfWo
 async def test_another_accounts_order_is_not_found_for_reads_and_outcomes(
     uow: FakeUnitOfWork,
 ) -> None:
-    order = await handlers.create_top_up(create(account="owner"), uow, now=NOW)
+    order = await handlers.create_top_up(
+        create(account="owner"), uow, providers=SANDBOX_ON, now=NOW
+    )
 
     with pytest.raises(DomainError) as read:
         await handlers.get_top_up(handlers.GetTopUp("intruder", order.order_id), uow)
@@ -73,6 +79,7 @@ async def test_another_accounts_order_is_not_found_for_reads_and_outcomes(
                 "intruder", order.order_id, handlers.SandboxOutcome.PAY
             ),
             uow,
+            providers=SANDBOX_ON,
             now=NOW,
         )
 
@@ -84,11 +91,13 @@ async def test_another_accounts_order_is_not_found_for_reads_and_outcomes(
 async def test_replayed_pay_returns_the_order_unchanged_and_writes_no_second_event(
     uow: FakeUnitOfWork,
 ) -> None:
-    order = await handlers.create_top_up(create(), uow, now=NOW)
+    order = await handlers.create_top_up(create(), uow, providers=SANDBOX_ON, now=NOW)
     pay = handlers.SimulateSandboxOutcome("acct-1", order.order_id, handlers.SandboxOutcome.PAY)
 
-    first = await handlers.simulate_sandbox_outcome(pay, uow, now=NOW)
-    second = await handlers.simulate_sandbox_outcome(pay, uow, now=NOW + timedelta(seconds=1))
+    first = await handlers.simulate_sandbox_outcome(pay, uow, providers=SANDBOX_ON, now=NOW)
+    second = await handlers.simulate_sandbox_outcome(
+        pay, uow, providers=SANDBOX_ON, now=NOW + timedelta(seconds=1)
+    )
 
     assert first.status is second.status is TopUpStatus.SUCCEEDED
     assert second.version == first.version
@@ -96,9 +105,13 @@ async def test_replayed_pay_returns_the_order_unchanged_and_writes_no_second_eve
 
 
 async def test_sweeper_expires_only_pending_orders_past_their_time(uow: FakeUnitOfWork) -> None:
-    due = await handlers.create_top_up(create(key="due"), uow, now=NOW - timedelta(hours=1))
-    fresh = await handlers.create_top_up(create(key="fresh"), uow, now=NOW)
-    paid = await handlers.create_top_up(create(key="paid"), uow, now=NOW - timedelta(hours=1))
+    due = await handlers.create_top_up(
+        create(key="due"), uow, providers=SANDBOX_ON, now=NOW - timedelta(hours=1)
+    )
+    fresh = await handlers.create_top_up(create(key="fresh"), uow, providers=SANDBOX_ON, now=NOW)
+    paid = await handlers.create_top_up(
+        create(key="paid"), uow, providers=SANDBOX_ON, now=NOW - timedelta(hours=1)
+    )
     paid.confirm_payment(at=NOW - timedelta(hours=1), actor="t")
     await uow.orders.save(paid)
 
@@ -112,7 +125,9 @@ async def test_sweeper_expires_only_pending_orders_past_their_time(uow: FakeUnit
 
 async def test_list_pages_newest_first_until_the_token_is_empty(uow: FakeUnitOfWork) -> None:
     made = [
-        await handlers.create_top_up(create(key=f"k{i}"), uow, now=NOW + timedelta(minutes=i))
+        await handlers.create_top_up(
+            create(key=f"k{i}"), uow, providers=SANDBOX_ON, now=NOW + timedelta(minutes=i)
+        )
         for i in range(5)
     ]
 

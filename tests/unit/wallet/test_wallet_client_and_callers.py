@@ -180,7 +180,7 @@ class Msg:
 
 
 async def test_a_poison_message_is_copied_to_the_dead_letter_subject_then_terminated() -> None:
-    consumer = TopUpConsumer(None, lambda: None)  # type: ignore[arg-type,return-value]
+    consumer = TopUpConsumer(None, lambda: None, None)  # type: ignore[arg-type,return-value]
     consumer._js = js = FakeJetStream()  # type: ignore[assignment]
     msg = Msg()
     await consumer.handle(msg)  # type: ignore[arg-type]
@@ -191,7 +191,7 @@ async def test_a_poison_message_is_copied_to_the_dead_letter_subject_then_termin
 
 
 async def test_a_message_that_can_not_be_dead_lettered_is_not_lost() -> None:
-    consumer = TopUpConsumer(None, lambda: None)  # type: ignore[arg-type,return-value]
+    consumer = TopUpConsumer(None, lambda: None, None)  # type: ignore[arg-type,return-value]
     consumer._js = FakeJetStream(fail=True)  # type: ignore[assignment]
     msg = Msg()
     await consumer.handle(msg)  # type: ignore[arg-type]

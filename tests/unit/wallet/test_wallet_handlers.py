@@ -202,6 +202,33 @@ class FakeMsg:
         self.outcome.append("nak")
 
 
+class Orders:
+    """Payments' orders as the consumer reads them (an in-memory OrderReader)."""
+
+    def __init__(self, *orders: payments_pb2.TopUp, down: bool = False) -> None:
+        self.orders = {o.order_id: o for o in orders}
+        self.down = down
+
+    async def get_top_up(
+        self, account_id: str, order_id: str, *, request_id: str = ""
+    ) -> payments_pb2.TopUp:
+        if self.down:
+            raise DomainError(Reason.SERVICE_UNAVAILABLE, "payments is not answering")
+        order = self.orders.get(order_id)
+        if order is None or order.account_id != account_id:
+            raise DomainError(Reason.NOT_FOUND, f"No top-up {order_id!r} on this account.")
+        return order
+
+
+PAID = payments_pb2.TopUp(
+    order_id="order-9",
+    account_id="acct-1",
+    bucket=common_pb2.BUCKET_CREDIT,
+    received_micros=7,
+    status=payments_pb2.TOP_UP_STATUS_SUCCEEDED,
+)
+
+
 def event(**overrides: object) -> bytes:
     fields: dict[str, object] = {
         "event_id": "evt-1",
@@ -229,7 +256,7 @@ async def test_a_message_that_can_never_credit_is_terminated(
     uow: FakeUnitOfWork, data: bytes
 ) -> None:
     msg = FakeMsg(data)
-    await TopUpConsumer(None, lambda: uow).handle(msg)  # type: ignore[arg-type]
+    await TopUpConsumer(None, lambda: uow, Orders(PAID)).handle(msg)  # type: ignore[arg-type]
     assert msg.outcome == ["term"]
     assert len(uow.committed.entries) == 1
 
@@ -237,7 +264,7 @@ async def test_a_message_that_can_never_credit_is_terminated(
 async def test_a_message_is_acked_after_its_credit_and_a_conflict_is_terminated(
     uow: FakeUnitOfWork,
 ) -> None:
-    consumer = TopUpConsumer(None, lambda: uow)  # type: ignore[arg-type]
+    consumer = TopUpConsumer(None, lambda: uow, Orders(PAID))  # type: ignore[arg-type]
     first, again, conflicting = (
         FakeMsg(event()),
         FakeMsg(event()),
@@ -246,4 +273,49 @@ async def test_a_message_is_acked_after_its_credit_and_a_conflict_is_terminated(
     for msg in (first, again, conflicting):
         await consumer.handle(msg)  # type: ignore[arg-type]
     assert (first.outcome, again.outcome, conflicting.outcome) == (["ack"], ["ack"], ["term"])
+    assert uow.committed.balances_[("acct-1", Bucket.CREDIT)].posted == 1_000_007
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        event(order_id="order-404", received_micros=777_000_000),
+        event(received_micros=777_000_000),
+        event(bucket=common_pb2.BUCKET_ROUTED),
+        event(account_id="acct-2"),
+    ],
+)
+async def test_an_event_payments_does_not_confirm_is_terminated_and_credits_nothing(
+    uow: FakeUnitOfWork, data: bytes
+) -> None:
+    msg = FakeMsg(data)
+    await TopUpConsumer(None, lambda: uow, Orders(PAID)).handle(msg)  # type: ignore[arg-type]
+
+    assert msg.outcome == ["term"]
+    assert len(uow.committed.entries) == 1  # the fixture's opening entry only
+
+
+async def test_an_unpaid_order_confirms_no_credit(uow: FakeUnitOfWork) -> None:
+    pending = payments_pb2.TopUp()
+    pending.CopyFrom(PAID)
+    pending.status = payments_pb2.TOP_UP_STATUS_PENDING
+    msg = FakeMsg(event())
+    await TopUpConsumer(None, lambda: uow, Orders(pending)).handle(msg)  # type: ignore[arg-type]
+
+    assert msg.outcome == ["term"]
+    assert len(uow.committed.entries) == 1
+
+
+async def test_while_payments_cannot_answer_an_event_is_nacked_not_credited_not_dropped(
+    uow: FakeUnitOfWork,
+) -> None:
+    msg = FakeMsg(event())
+    down = Orders(PAID, down=True)
+    await TopUpConsumer(None, lambda: uow, down).handle(msg)  # type: ignore[arg-type]
+    assert msg.outcome == ["nak"]
+    assert len(uow.committed.entries) == 1
+
+    down.down = False
+    await TopUpConsumer(None, lambda: uow, down).handle(msg)  # type: ignore[arg-type]
+    assert msg.outcome == ["nak", "ack"]
     assert uow.committed.balances_[("acct-1", Bucket.CREDIT)].posted == 1_000_007

@@ -144,6 +144,11 @@ def router(deps: Deps) -> APIRouter:
     async def create_topup(request: Request) -> Response:
         """Open a top-up order: it names the balance it will credit, for good.
 
+        `provider` is one this deployment offers (`manual_transfer`; `stripe` where
+        card payments are configured; `sandbox`, test money, only where it is turned
+        on, and then it is also the default); another is refused (400
+        `provider_not_allowed`, naming those on).
+
         Send `Idempotency-Key`: a retry with the same key and body returns the same
         order (200); the same key with another body is refused (409).
         """
@@ -151,7 +156,9 @@ def router(deps: Deps) -> APIRouter:
         body = await json_body(request)
         _refuse_server_fields(body, CREATE_FIELDS)
         bucket = bucket_from_name(str(body.get("bucket", "")))
-        provider = str(body.get("provider", "sandbox"))
+        # No provider named: the payments service picks its default (the sandbox, only
+        # where test money is on) or refuses, naming the providers this deployment offers.
+        provider = str(body.get("provider", ""))
         currency = str(body.get("currency", "USD")).upper()
         minor = _minor_units(body.get("amount", ""))
         key = request.headers.get("idempotency-key") or request.state.request_id
@@ -240,7 +247,8 @@ def router(deps: Deps) -> APIRouter:
 
     @r.post("/v1/topups/{order_id}/sandbox", tags=["topups"])
     async def sandbox_outcome(order_id: str, request: Request) -> Response:
-        """Sandbox provider only: pay, fail or expire the order (dev and demos)."""
+        """Sandbox provider only: pay, fail or expire the order (dev and demos). Where
+        the sandbox provider is off (TOKENFORGE_SANDBOX_PROVIDER), this answers 404."""
         who = await deps.principal(request, routing_pb2.SCOPE_TOPUP)
         body = await json_body(request)
         outcome = SANDBOX_OUTCOMES.get(str(body.get("outcome", "")))
