@@ -4,7 +4,8 @@ Every service's `start` calls `refuse_unsafe_prod` first (and `tokenforge serve`
 anything else, exiting 78): in production a service refuses to start, logging every
 reason at once, with test money on (the sandbox provider mints balance), NATS without
 a user and password or without TLS (payments and the wallet), no token at all, or a
-development or short token. docs/DEPLOY.md, "Production mode, test money and NATS users", lists what to set.
+development or short token. docs/DEPLOY.md, "Production mode, test money and NATS
+users", lists what to set.
 In dev the same settings are allowed: `Settings.unsafe_for_prod` still lists them.
 """
 
