@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
-from tokenforge.config import Settings
+from tokenforge.config import Settings, admin_token_sha256
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,13 @@ DEV_TOKENS = frozenset(
         "t-internal",
         "t-admin",
     }
+)
+
+
+# The placeholders the k8s dev overlay and the docs use, as the digests servers hold.
+DEV_TOKEN_DIGESTS = frozenset(
+    admin_token_sha256(token)
+    for token in (*DEV_TOKENS, "dev-only-admin-token", "dev-only-internal-token")
 )
 
 
@@ -81,6 +88,11 @@ def unsafe_reasons(settings: Settings, service: str) -> list[str]:
         reasons.append(
             "TOKENFORGE_ADMIN_TOKEN is a development default or shorter than "
             f"{MIN_TOKEN_LENGTH} characters; set a long random token from a Secret"
+        )
+    if settings.admin_token_sha256.lower() in DEV_TOKEN_DIGESTS:
+        reasons.append(
+            "TOKENFORGE_ADMIN_TOKEN_SHA256 is the digest of a development token; give the "
+            "digest of a long random token that only operators hold"
         )
     if settings.internal_token and weak(settings.internal_token):
         reasons.append(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from k8s_tree import OVERLAYS, tool
 
-from tokenforge.config import Settings
+from tokenforge.config import Settings, admin_token_sha256
 from tokenforge.prod_mode import NATS_USERS
 from tokenforge.runtime.nats import NATS_PERMISSIONS
 
@@ -179,12 +179,13 @@ def test_a_prod_pod_with_strong_secrets_passes_the_production_check(
     strong = {
         f"{secret}/{key}": secrets.token_urlsafe(32)
         for secret, keys in {
-            "tokenforge-tokens": ("internal-token", "admin-token"),
-            "tokenforge-pg-app": ("uri",),
+            "tokenforge-tokens": ("internal-token",),
+            **{f"tokenforge-pg-{name}": ("uri",) for name in SERVICES},
             "tokenforge-nats": tuple(f"{u}-password" for u in NATS_PERMISSIONS),
         }.items()
         for key in keys
     }
+    strong["tokenforge-tokens/admin-token-sha256"] = admin_token_sha256(secrets.token_urlsafe(32))
     env = pod_environment(rendered["prod"], service, strong)
     settings = settings_from(env, monkeypatch)
 
@@ -206,8 +207,11 @@ def test_the_dev_overlay_would_be_refused_in_production(
 ) -> None:
     placeholders = {
         "tokenforge-tokens/internal-token": "dev-only-internal-token",
-        "tokenforge-tokens/admin-token": "dev-only-admin-token",
-        "tokenforge-pg-app/uri": "postgresql://tokenforge@postgres/tokenforge",
+        "tokenforge-tokens/admin-token-sha256": admin_token_sha256("dev-only-admin-token"),
+        **{
+            f"tokenforge-pg-{name}/uri": f"postgresql://tokenforge_{name}@postgres/tokenforge"
+            for name in SERVICES
+        },
         **{f"tokenforge-nats/{u}-password": f"dev-only-nats-{u}" for u in NATS_PERMISSIONS},
     }
     env = pod_environment(rendered["dev"], service, placeholders)
@@ -215,5 +219,5 @@ def test_the_dev_overlay_would_be_refused_in_production(
 
     text = " ".join(reasons)
     assert "sandbox payments provider is on" in text
-    assert "TOKENFORGE_ADMIN_TOKEN is a development default" in text
+    assert "TOKENFORGE_ADMIN_TOKEN_SHA256 is the digest of a development token" in text
     assert "not tls://" in text
