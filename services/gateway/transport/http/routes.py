@@ -11,6 +11,7 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.domain.presenting import (
     amount,
 )
+from services.gateway.domain.validation import validate_request
 from services.gateway.handlers import (
     charge_policy_name,
     preview,
@@ -33,6 +34,7 @@ def router(deps: Deps) -> APIRouter:
     async def route_preview(request: Request) -> Response:
         """The "before" list of a chat or embeddings body, without calling upstream."""
         body = await json_body(request)
+        validate_request(body)
         p = await preview(peers, api_key_of(request), body, request.state.request_id)
         route = p.resolved.route
         bucket = p.price.bucket
