@@ -37,6 +37,7 @@ MAX_EMBEDDING_INPUTS = 2048
 # walked: no escaped NUL, too few brackets to nest MAX_JSON_DEPTH deep, no number of
 # 19 digits or more (int64 has 19).
 _ESCAPED_NUL = b"\\u0000"
+TOO_DEEP = f"nests deeper than {MAX_JSON_DEPTH} levels; flatten it."
 _LONG_DIGITS = re.compile(rb"\d{19}")
 
 
@@ -55,40 +56,41 @@ def check_json(raw: bytes, body: Any) -> None:
         return
     problem = _walk(body, 0)
     if problem is not None:
-        path, message = problem
+        parts, message = problem
+        # Too deep: the field it starts in says enough (its full path is 64 levels).
+        path = _path(parts[-1:] if message == TOO_DEEP else reversed(parts))
         raise invalid(path or "body", f"`{path}` {message}" if path else f"The body {message}")
 
 
-def _walk(value: Any, depth: int) -> tuple[str, str] | None:
-    """(the path of the first bad value, what is wrong), or None."""
+def _walk(value: Any, depth: int) -> tuple[list[str | int], str] | None:
+    """(the path of the first bad value, innermost first; what is wrong), or None."""
     if isinstance(value, str):
-        return None if "\x00" not in value else ("", "must not contain a NUL character.")
+        return None if "\x00" not in value else ([], "must not contain a NUL character.")
     if isinstance(value, bool) or value is None or isinstance(value, float):
         return None
     if isinstance(value, int):
         if INT64_MIN <= value <= INT64_MAX:
             return None
-        return "", f"is {value}, beyond the 64-bit integer range."
+        return [], f"is {value}, beyond the 64-bit integer range."
     if depth >= MAX_JSON_DEPTH:
-        return "", f"nests deeper than {MAX_JSON_DEPTH} levels; flatten it."
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if "\x00" in key:
-                return "", "has a key with a NUL character."
-            found = _walk(item, depth + 1)
-            if found is not None:
-                return _join(key, found)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _walk(item, depth + 1)
-            if found is not None:
-                return f"[{index}]{found[0]}", found[1]
+        return [], TOO_DEEP
+    items: Any = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return [], "has a key with a NUL character."
+        found = _walk(item, depth + 1)
+        if found is not None:
+            found[0].append(key)
+            return found
     return None
 
 
-def _join(key: str, found: tuple[str, str]) -> tuple[str, str]:
-    path, message = found
-    return (f"{key}.{path}" if path and not path.startswith("[") else f"{key}{path}"), message
+def _path(parts: Any) -> str:
+    """`messages[0].content`: keys joined by dots, list indexes in brackets."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
 
 
 def check_url_value(param: str, value: str, limit: int = MAX_ID_CHARS) -> None:
