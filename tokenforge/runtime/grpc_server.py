@@ -126,6 +126,13 @@ class AccessPolicy:
         return caller.role in (roles or frozenset()) or caller.name in (names or frozenset())
 
 
+# The batch calls: the guard leaves their NUL check to the servicer
+# (batch_items.without_nul_items), so an item with a NUL is refused alone, as its
+# unary call would be, and the batch's other items stand.
+BATCH_METHODS = frozenset(
+    {"HoldMany", "SettleMany", "CapturePartMany", "ReleaseMany", "RecordReceipts", "ReportOutcomes"}
+)
+
 # A status travels in the call's trailers, which gRPC caps at 16 KiB: a message or a
 # detail that echoes a huge input is cut short rather than lose the whole status.
 MAX_STATUS_MESSAGE_CHARS = 2048
@@ -161,6 +168,18 @@ def unexpected_error(method: str) -> DomainError:
         f"{method.rsplit('/', 1)[-1]} failed unexpectedly{named}; the details are in the "
         "service's log.",
         {"request_id": request_id} if request_id else {},
+    )
+
+
+def nul_refusal(message: Any) -> DomainError | None:
+    """The refusal of a request (or a batch's item) with a NUL in a string field."""
+    bad = nul_field(message) if isinstance(message, Message) else None
+    if bad is None:
+        return None
+    return DomainError(
+        Reason.INVALID_ARGUMENT,
+        f"`{bad}` holds a NUL character, which no id, name or text may hold.",
+        {"field": bad},
     )
 
 
@@ -219,16 +238,13 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         inner = handler.unary_unary
         caller, denial = self._check(method, details.invocation_metadata or ())
+        # A batch call refuses an item with a NUL alone (batch_items.without_nul_items).
+        check_nul = method.rsplit("/", 1)[-1] not in BATCH_METHODS
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if denial is not None:
                 await context.abort_with_status(rpc_status.to_status(rich_status(denial)))
-            if isinstance(request, Message) and (bad := nul_field(request)):
-                refusal = DomainError(
-                    Reason.INVALID_ARGUMENT,
-                    f"`{bad}` holds a NUL character, which no id, name or text may hold.",
-                    {"field": bad},
-                )
+            if check_nul and (refusal := nul_refusal(request)):
                 await context.abort_with_status(rpc_status.to_status(rich_status(refusal)))
             reset = current_caller.set(caller)
             try:

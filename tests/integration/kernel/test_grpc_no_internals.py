@@ -13,6 +13,7 @@ import pytest
 
 from tokenforge.errors import DomainError, Reason
 from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
+from tokenforge.runtime.batch_items import without_nul_items
 from tokenforge.runtime.grpc_client import Peer, to_domain_error
 from tokenforge.runtime.grpc_server import create_server
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
@@ -135,3 +136,23 @@ def test_the_client_never_copies_a_plain_status_details_into_the_message() -> No
     assert error.reason is Reason.INTERNAL
     assert "usage" in error.message
     assert "SELECT" not in error.message and "sqlalchemy" not in error.message
+
+
+async def test_a_batch_item_with_a_nul_is_refused_alone_and_the_others_run() -> None:
+    items = [
+        wallet_pb2.GetBalancesRequest(account_id="a"),
+        wallet_pb2.GetBalancesRequest(account_id="b\x00"),
+        wallet_pb2.GetBalancesRequest(account_id="c"),
+    ]
+    ran: list[str] = []
+
+    async def run(clean: list[Any]) -> list[Any]:
+        ran.extend(item.account_id for item in clean)
+        return [f"done {item.account_id}" for item in clean]
+
+    outcomes = await without_nul_items(items, run)
+    assert ran == ["a", "c"]
+    assert outcomes[0] == "done a" and outcomes[2] == "done c"
+    assert isinstance(outcomes[1], DomainError)
+    assert outcomes[1].reason is Reason.INVALID_ARGUMENT
+    assert outcomes[1].metadata == {"field": "account_id"}
