@@ -78,3 +78,15 @@ async def test_a_query_parameter_out_of_its_declared_range_names_it(
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == "limit"
     assert answer.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("header", "value"), [("idempotency-key", "k" * 256), ("x-tokenforge-run", "r" * 257)]
+)
+async def test_an_overlong_id_in_a_header_is_refused_naming_it(
+    client: httpx.AsyncClient, header: str, value: str
+) -> None:
+    answer = await client.post("/v1/chat/completions", headers={header: value}, json={})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == header
+    assert answer.headers["x-request-id"]

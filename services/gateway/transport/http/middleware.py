@@ -6,8 +6,9 @@ It makes the request id, puts it in the log context and `request.state`, adds
 template, and writes one log line per request.
 
 It is also the edge of the HTTP front (DESIGN S2): a URL whose path parameters or
-query values carry a NUL, bytes that are not UTF-8 or too many characters is refused
-400 naming the parameter before any handler runs; and a failure nobody planned for
+query values carry a NUL, bytes that are not UTF-8 or too many characters (or an
+overlong `Idempotency-Key` or `x-tokenforge-run`) is refused 400 naming the parameter
+before any handler runs; and a failure nobody planned for
 is logged with its traceback here and answered `internal_error` with the request id
 alone (inside this middleware, so that answer carries `x-request-id` too).
 """
@@ -35,6 +36,8 @@ log = logging.getLogger("services.gateway.transport.http")
 
 # A query value (an id, a time, a cursor) is at most this long.
 MAX_QUERY_VALUE_CHARS = 512
+# Headers whose value becomes an id in our services (ids are bounded like any other).
+BOUNDED_HEADERS = {b"idempotency-key": 255, b"x-tokenforge-run": MAX_ID_CHARS}
 # A path no longer than this cannot hold a path parameter above MAX_ID_CHARS.
 _SHORT_PATH = MAX_ID_CHARS + 8
 
@@ -47,6 +50,10 @@ def url_problem(scope: Scope) -> DomainError | None:
         found = _path_problem(scope, undecodable)
         if found is not None:
             return found
+    for name, value in scope.get("headers", ()):
+        if name in BOUNDED_HEADERS and len(value) > BOUNDED_HEADERS[name]:
+            header = name.decode()
+            return invalid(header, f"`{header}` is at most {BOUNDED_HEADERS[name]} characters.")
     query: bytes = scope.get("query_string", b"")
     return _query_problem(query) if query else None
 

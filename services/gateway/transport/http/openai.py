@@ -16,11 +16,7 @@ from services.gateway.adapters.upstream import Upstream
 from services.gateway.domain.presenting import (
     model_json,
 )
-from services.gateway.domain.validation import (
-    check_url_value,
-    validate_chat,
-    validate_embeddings,
-)
+from services.gateway.domain.validation import validate_chat, validate_embeddings
 from services.gateway.handlers import (
     CHAT,
     EMBEDDINGS,
@@ -64,11 +60,6 @@ def router(deps: Deps) -> APIRouter:
             client_ip=request.client.host if request.client else "",
             run_id=request.headers.get("x-tokenforge-run", "").strip(),
         )
-
-    def admit(request: Request, body: dict[str, Any], validate: Callable[..., None]) -> None:
-        """Refuse a body or header no honest client sends, before anything runs."""
-        validate(body)
-        check_url_value("x-tokenforge-run", request.headers.get("x-tokenforge-run", ""))
 
     def annotate(outcome_receipt: Any, operation: str) -> None:
         annotate_span(trace.get_current_span(), outcome_receipt, operation)
@@ -138,7 +129,7 @@ def router(deps: Deps) -> APIRouter:
         """Chat completion (OpenAI wire format, `stream` included) with `usage.cost` and a
         `receipt` summary; the full receipt is at GET /v1/usage/{x-request-id}."""
         body = await json_body(request)
-        admit(request, body, validate_chat)
+        validate_chat(body)  # before anything runs: nothing resolved, held or sent
 
         async def run() -> Response:
             if body.get("stream") is True:
@@ -158,7 +149,7 @@ def router(deps: Deps) -> APIRouter:
     async def embeddings(request: Request) -> Response:
         """Embeddings (OpenAI wire format) with `usage.cost` and a receipt."""
         body = await json_body(request)
-        admit(request, body, validate_embeddings)
+        validate_embeddings(body)
 
         async def run() -> Response:
             outcome = await complete(peers, upstream, command(request, body), EMBEDDINGS)
