@@ -17,7 +17,6 @@ Two layers, both plain Python (no I/O):
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from services.gateway.domain.runs import parse_budget, parse_estimate
@@ -38,7 +37,10 @@ MAX_EMBEDDING_INPUTS = 2048
 # 19 digits or more (int64 has 19).
 _ESCAPED_NUL = b"\\u0000"
 TOO_DEEP = f"nests deeper than {MAX_JSON_DEPTH} levels; flatten it."
-_LONG_DIGITS = re.compile(rb"\d{19}")
+# Digits made all zeros: a run of 19 is then a plain substring search (a regex costs
+# about 15 ns per byte, 0.4 ms for a 27 kB prompt).
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_NINETEEN_DIGITS = b"0" * 19
 
 
 def invalid(param: str, message: str) -> DomainError:
@@ -51,7 +53,7 @@ def check_json(raw: bytes, body: Any) -> None:
     if (
         _ESCAPED_NUL not in raw
         and raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH
-        and _LONG_DIGITS.search(raw) is None
+        and _NINETEEN_DIGITS not in raw.translate(_DIGITS_TO_ZERO)
     ):
         return
     problem = _walk(body, 0)
@@ -195,6 +197,15 @@ def validate_chat(body: dict[str, Any]) -> None:
     if not isinstance(messages, list) or not messages:
         raise invalid("messages", "`messages` must be a non-empty list of chat messages.")
     for index, message in enumerate(messages):
+        # The common message, {"role": "user", "content": "..."}, at the cost of a glance.
+        if (
+            type(message) is dict
+            and len(message) == 2
+            and type(message.get("content")) is str
+            and type(role := message.get("role")) is str
+            and 0 < len(role) <= 64
+        ):
+            continue
         _message(index, message)
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
