@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.fuzz_edge import fuzz_every_route
-from tests.e2e.fuzz_hooks import MARK_ENV
+from tests.e2e.fuzz_hooks import MARK_ENV, internals_in
 from tests.e2e.harness import System
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,3 +85,21 @@ async def test_hostile_input_on_every_route_gets_a_4xx_without_internals(
     # Every route got hostile input, and the examples asked for ran.
     assert seen.routes == seen.expected_routes, seen.expected_routes - seen.routes
     assert seen.requests >= 1000
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ('{"message": "[SQL: SELECT usage.receipts.request_id FROM usage.receipts]"}', True),
+        ("(sqlalchemy.dialects.postgresql.asyncpg.Error) invalid byte sequence", True),
+        ("INSERT INTO routing.api_keys (key_id) VALUES ($1)", True),
+        ('Traceback (most recent call last):\n  File "x.py"', True),
+        ("digest " + "ab12" * 16, True),
+        ("relation wallet.balances does not exist", True),
+        ('{"usage": {"cost": "0.1 CR"}, "note": "see usage.cost"}', False),
+        ('{"trace_id": "' + "f" * 32 + '", "id": "req_0123456789abcdef01234567"}', False),
+        ('{"error": {"message": "Quote request id req_0123 to support."}}', False),
+    ],
+)
+def test_the_internals_pattern_finds_internals_and_only_them(text: str, found: bool) -> None:
+    assert (internals_in(text) is not None) is found
