@@ -16,6 +16,10 @@ from dataclasses import dataclass
 
 MICROS_PER_UNIT = 1_000_000
 TOKENS_PER_PRICE_UNIT = 1_000_000
+# The largest amount a person may write (a top-up, a budget, an adjustment, a cap):
+# a billion units. Sums of many such amounts stay far inside int64, the range of
+# every wire field and database column that carries money.
+MAX_AMOUNT_MICROS = 1_000_000_000 * MICROS_PER_UNIT
 
 
 class Bucket(enum.StrEnum):
@@ -103,17 +107,23 @@ def format_amount(micros: int, bucket: Bucket) -> str:
 
 
 def parse_amount(text: str) -> int:
-    """Parse a decimal amount ("12.5") into micro-units, exactly; refuses > 6 decimals."""
+    """Parse a decimal amount ("12.5") into micro-units, exactly; refuses > 6 decimals
+    and amounts beyond MAX_AMOUNT_MICROS either way."""
     text = text.strip()
     negative = text.startswith("-")
     if negative:
         text = text[1:]
     whole, _, frac = text.partition(".")
-    if not whole.isdigit() and whole != "" or (frac and not frac.isdigit()):
+    digits = (whole + frac).isascii() and (not whole or whole.isdigit())
+    if not digits or (frac and not frac.isdigit()):
         raise MoneyError(f"not an amount: {text!r}")
     if len(frac) > 6:
         raise MoneyError(f"amounts have at most 6 decimals: {text!r}")
+    if len(whole.lstrip("0")) > len(str(MAX_AMOUNT_MICROS // MICROS_PER_UNIT)):
+        raise MoneyError(f"amounts are at most {MAX_AMOUNT_MICROS // MICROS_PER_UNIT:,}")
     micros = int(whole or "0") * MICROS_PER_UNIT + int(frac.ljust(6, "0") or "0")
+    if micros > MAX_AMOUNT_MICROS:
+        raise MoneyError(f"amounts are at most {MAX_AMOUNT_MICROS // MICROS_PER_UNIT:,}")
     return -micros if negative else micros
 
 

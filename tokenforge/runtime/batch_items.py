@@ -8,14 +8,18 @@ The client side is `tokenforge.runtime.batching.Batcher`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from google.protobuf.message import Message
+
 from tokenforge.errors import DomainError, Reason
+from tokenforge.runtime.grpc_server import nul_refusal
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Item = TypeVar("Item", bound=Message)
 
 # A batch call carries at most this many items (clients send at most 64).
 MAX_BATCH_ITEMS = 256
@@ -44,3 +48,16 @@ async def item_outcome(call: Awaitable[T], item: str) -> T | DomainError:
         return DomainError(
             Reason.INTERNAL, f"{item} could not be done; try it again.", {"item": item}
         )
+
+
+async def without_nul_items(
+    items: Sequence[Item],
+    run: Callable[[list[Item]], Awaitable[list[T | DomainError]]],
+) -> list[T | DomainError]:
+    """Run the items that hold no NUL character; each one that does is refused alone
+    (INVALID_ARGUMENT naming the field), in its place among the outcomes."""
+    refusals = [nul_refusal(item) for item in items]
+    if not any(refusals):
+        return await run(list(items))
+    ran = iter(await run([item for item, no in zip(items, refusals, strict=True) if not no]))
+    return [no if no is not None else next(ran) for no in refusals]

@@ -11,6 +11,7 @@ request (docs/PERFORMANCE.md); the span and the propagation are the same.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,6 +23,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tokenforge.errors import DomainError, Reason
 from tokenforge.runtime.logging import request_id_var
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_S = 5.0
 
@@ -105,7 +108,11 @@ class Peer:
 
 
 def to_domain_error(err: grpc.aio.AioRpcError, peer: str) -> DomainError:
-    """Read the ErrorInfo of a rich status; a peer that is down is SERVICE_UNAVAILABLE."""
+    """Read the ErrorInfo of a rich status; a peer that is down is SERVICE_UNAVAILABLE.
+
+    Only a rich status's message (a refusal the peer wrote for its caller) is passed
+    on; the details of any other status (grpc's own text, an exception's) go to the
+    log, never into the message a user may see."""
     code = err.code()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return DomainError(
@@ -118,8 +125,7 @@ def to_domain_error(err: grpc.aio.AioRpcError, peer: str) -> DomainError:
         # An older version of the peer (a rolling upgrade): batching clients fall back.
         return DomainError(
             Reason.INTERNAL,
-            f"The {peer} service does not offer this call ({err.details()}); it may run an "
-            "older version.",
+            f"The {peer} service does not offer this call; it may run an older version.",
             {"service": peer, "grpc_code": "UNIMPLEMENTED"},
         )
     status = rpc_status.from_call(err)
@@ -133,6 +139,9 @@ def to_domain_error(err: grpc.aio.AioRpcError, peer: str) -> DomainError:
                 except ValueError:
                     reason = Reason.INTERNAL
                 return DomainError(reason, status.message, dict(info.metadata))
+    log.warning("the %s service answered %s: %s", peer, code.name, err.details())
     return DomainError(
-        Reason.INTERNAL, f"The {peer} service failed: {code.name} {err.details()}", {}
+        Reason.INTERNAL,
+        f"The {peer} service failed unexpectedly ({code.name}).",
+        {"service": peer, "grpc_code": code.name},
     )

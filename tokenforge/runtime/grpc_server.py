@@ -3,6 +3,12 @@
 `create_server()` binds port 0 when asked, so tests learn the port; interceptors
 check the caller's credential, map domain errors to rich gRPC statuses and trace
 every call.
+
+Callers are users too (DESIGN S2): a request with a NUL character in any string
+field is refused INVALID_ARGUMENT naming the field before a handler runs
+(PostgreSQL text cannot hold one), and a failure nobody planned for is logged here
+with its traceback and the request id, and answered INTERNAL with a message that
+says nothing of the internals (no exception text, SQL or parameters).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -28,6 +36,7 @@ from grpc_status import rpc_status
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from tokenforge.errors import ERROR_DOMAIN, GRPC_STATUS, DomainError, Reason
+from tokenforge.runtime.logging import request_id_var
 from tokenforge.runtime.metrics import MetricsInterceptor
 
 if TYPE_CHECKING:
@@ -134,14 +143,92 @@ class AccessPolicy:
         return caller.role in (roles or frozenset()) or caller.name in (names or frozenset())
 
 
+# The batch calls: the guard leaves their NUL check to the servicer
+# (batch_items.without_nul_items), so an item with a NUL is refused alone, as its
+# unary call would be, and the batch's other items stand.
+BATCH_METHODS = frozenset(
+    {"HoldMany", "SettleMany", "CapturePartMany", "ReleaseMany", "RecordReceipts", "ReportOutcomes"}
+)
+
+# A status travels in the call's trailers, which gRPC caps at 16 KiB: a message or a
+# detail that echoes a huge input is cut short rather than lose the whole status.
+MAX_STATUS_MESSAGE_CHARS = 2048
+MAX_STATUS_DETAIL_CHARS = 512
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def rich_status(error: DomainError) -> status_pb2.Status:
+    metadata = {
+        _clip(k, MAX_STATUS_DETAIL_CHARS): _clip(v, MAX_STATUS_DETAIL_CHARS)
+        for k, v in (error.metadata or {}).items()
+    }
     info = error_details_pb2.ErrorInfo(
-        reason=error.reason.value, domain=ERROR_DOMAIN, metadata=error.metadata or {}
+        reason=error.reason.value, domain=ERROR_DOMAIN, metadata=metadata
     )
     detail = any_pb2.Any()
     detail.Pack(info)
     code = GRPC_STATUS[error.reason]
-    return status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+    message = _clip(error.message, MAX_STATUS_MESSAGE_CHARS)
+    return status_pb2.Status(code=code.value[0], message=message, details=[detail])
+
+
+def unexpected_error(method: str) -> DomainError:
+    """What a caller learns of a failure nobody planned for: which call, the request
+    id; the traceback is in this service's log under that id."""
+    request_id = request_id_var.get()
+    named = f" (request {request_id})" if request_id else ""
+    return DomainError(
+        Reason.INTERNAL,
+        f"{method.rsplit('/', 1)[-1]} failed unexpectedly{named}; the details are in the "
+        "service's log.",
+        {"request_id": request_id} if request_id else {},
+    )
+
+
+def nul_refusal(message: Any) -> DomainError | None:
+    """The refusal of a request (or a batch's item) with a NUL in a string field.
+
+    A NUL character is a zero byte on the wire; most requests have none at all, and
+    serializing (C code) to look costs a fifth of walking the fields."""
+    if not isinstance(message, Message) or b"\x00" not in message.SerializeToString():
+        return None
+    bad = nul_field(message)
+    if bad is None:
+        return None
+    return DomainError(
+        Reason.INVALID_ARGUMENT,
+        f"`{bad}` holds a NUL character, which no id, name or text may hold.",
+        {"field": bad},
+    )
+
+
+def nul_field(message: Message, prefix: str = "") -> str | None:
+    """The first string field (dotted path) of `message` holding a NUL character."""
+    for fd, value in message.ListFields():
+        name = f"{prefix}{fd.name}"
+        if fd.type == FieldDescriptor.TYPE_STRING:
+            values = value if fd.is_repeated else (value,)
+            if any("\x00" in v for v in values):
+                return name
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+            if fd.message_type.GetOptions().map_entry:
+                items = list(value.items())
+                if any(isinstance(k, str) and "\x00" in k for k, _ in items):
+                    return name
+                for key, item in items:
+                    if isinstance(item, str) and "\x00" in item:
+                        return f"{name}[{key}]"
+                    if isinstance(item, Message) and (found := nul_field(item, f"{name}.")):
+                        return found
+            else:
+                for index, item in enumerate(value if fd.is_repeated else (value,)):
+                    where = f"{name}[{index}]." if fd.is_repeated else f"{name}."
+                    if found := nul_field(item, where):
+                        return found
+    return None
 
 
 def _wrap_unary(
@@ -173,15 +260,25 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         inner = handler.unary_unary
         caller, denial = self._check(method, details.invocation_metadata or ())
+        # A batch call refuses an item with a NUL alone (batch_items.without_nul_items).
+        check_nul = method.rsplit("/", 1)[-1] not in BATCH_METHODS
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if denial is not None:
                 await context.abort_with_status(rpc_status.to_status(rich_status(denial)))
+            if check_nul and (refusal := nul_refusal(request)):
+                await context.abort_with_status(rpc_status.to_status(rich_status(refusal)))
             reset = current_caller.set(caller)
             try:
                 return await inner(request, context)
             except DomainError as error:
                 await context.abort_with_status(rpc_status.to_status(rich_status(error)))
+            except grpc.aio.AbortError:
+                raise  # a handler's own abort: its status is already set
+            except Exception:
+                log.exception("%s failed unexpectedly", method)
+                status = rich_status(unexpected_error(method))
+                await context.abort_with_status(rpc_status.to_status(status))
             finally:
                 current_caller.reset(reset)
 

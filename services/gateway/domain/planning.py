@@ -94,7 +94,9 @@ def plan_chat(body: dict[str, Any], price: Price, model_max_output: int) -> Plan
     prompt = estimate_prompt_tokens(body)
     n = body.get("n", 1)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1 or n > 16:
-        raise DomainError(Reason.INVALID_ARGUMENT, "`n` must be an integer from 1 to 16.")
+        raise DomainError(
+            Reason.INVALID_ARGUMENT, "`n` must be an integer from 1 to 16.", {"param": "n"}
+        )
     cap = requested_output_cap(body)
     set_by_gateway = cap is None
     if cap is None:

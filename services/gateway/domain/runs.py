@@ -7,9 +7,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokenforge.errors import DomainError, Reason
-from tokenforge.money import Bucket, MoneyError, Price, parse_amount
+from tokenforge.money import (
+    MAX_AMOUNT_MICROS,
+    MICROS_PER_UNIT,
+    Bucket,
+    MoneyError,
+    Price,
+    parse_amount,
+)
 
 MAX_ESTIMATE_REQUESTS = 10_000
+# A request's tokens fit a 32-bit integer (every wire field that carries them does).
+MAX_ESTIMATE_TOKENS = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -37,10 +46,14 @@ def parse_estimate(raw: Any) -> Estimate:
     values: dict[str, int] = {}
     for name in ("requests", "prompt_tokens", "max_tokens"):
         value = raw.get(name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or not 1 <= value <= MAX_ESTIMATE_TOKENS
+        ):
             raise DomainError(
                 Reason.INVALID_ARGUMENT,
-                f"`estimate.{name}` must be a whole number above zero.",
+                f"`estimate.{name}` must be a whole number from 1 to {MAX_ESTIMATE_TOKENS}.",
                 {"param": f"estimate.{name}"},
             )
         values[name] = value
@@ -53,21 +66,24 @@ def parse_estimate(raw: Any) -> Estimate:
     return Estimate(values["requests"], values["prompt_tokens"], values["max_tokens"])
 
 
-def parse_budget(raw: Any, bucket: Bucket) -> int:
-    """A decimal string in the bucket's unit ("2.5" = 2.5 CR); never a float."""
+def parse_budget(raw: Any, bucket: Bucket | None = None) -> int:
+    """A decimal string in the bucket's unit ("2.5" = 2.5 CR); never a float; at most
+    MAX_AMOUNT_MICROS."""
+    unit = f" in {bucket.symbol}" if bucket is not None else ""
     if not isinstance(raw, str):
         raise DomainError(
             Reason.INVALID_ARGUMENT,
-            f'`budget` is a decimal string in {bucket.symbol}, e.g. "2.5".',
+            f'`budget` is a decimal string{unit}, e.g. "2.5".',
             {"param": "budget"},
         )
     try:
         micros = parse_amount(raw)
     except (MoneyError, ValueError):
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise DomainError(
             Reason.INVALID_ARGUMENT,
-            f'`budget` {raw!r} is not an amount: use a decimal string like "2.5" '
-            "(at most 6 decimals).",
+            f'`budget` {shown!r} is not an amount: use a decimal string like "2.5" '
+            f"(at most 6 decimals, at most {MAX_AMOUNT_MICROS // MICROS_PER_UNIT:,}).",
             {"param": "budget"},
         ) from None
     if micros <= 0:

@@ -15,6 +15,7 @@ from services.gateway.adapters.health import request_shape
 from services.gateway.adapters.peers import Peers
 from services.gateway.domain.planning import Plan, plan_chat, plan_embeddings
 from services.gateway.domain.settlement import FINISH_MARGIN_S
+from services.gateway.domain.validation import validate_chat, validate_embeddings
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket, Money, Price, format_amount
 from tokenforge.routing.v1 import routing_pb2
@@ -90,32 +91,19 @@ async def resolve(
 
 
 def require_model(body: dict[str, Any]) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise DomainError(
-            Reason.INVALID_ARGUMENT,
-            "`model` is required: a model id from GET /v1/models.",
-            {"param": "model"},
-        )
-    return model
-
-
-def _require_messages(body: dict[str, Any]) -> None:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise DomainError(
-            Reason.INVALID_ARGUMENT,
-            "`messages` must be a non-empty list of chat messages.",
-            {"param": "messages"},
-        )
+    """The model id of a body that passed validation (domain/validation.py)."""
+    return str(body["model"])
 
 
 async def admit(peers: Peers, cmd: ChatCommand, endpoint: routing_pb2.Endpoint) -> Admitted:
-    """Validate, resolve the route and plan the worst case."""
+    """Validate (every problem a 400 naming its param, before anything is resolved,
+    held or sent), resolve the route and plan the worst case."""
     started = datetime.now(UTC)
-    model = require_model(cmd.body)
     if endpoint == CHAT:
-        _require_messages(cmd.body)
+        validate_chat(cmd.body)
+    else:
+        validate_embeddings(cmd.body)
+    model = require_model(cmd.body)
     resolved = await resolve(
         peers,
         cmd.api_key,

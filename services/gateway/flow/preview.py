@@ -9,6 +9,7 @@ from typing import Any
 from services.gateway.adapters.health import request_shape
 from services.gateway.adapters.peers import Peers
 from services.gateway.domain.planning import Plan
+from services.gateway.domain.validation import validate_request
 from services.gateway.flow.admit import CHAT, EMBEDDINGS, plan_for, require_model, resolve
 from tokenforge.money import Money, Price
 from tokenforge.routing.v1 import routing_pb2
@@ -26,6 +27,7 @@ class Preview:
 async def preview(
     peers: Peers, api_key: str, body: dict[str, Any], request_id: str, client_ip: str = ""
 ) -> Preview:
+    validate_request(body)
     model = require_model(body)
     endpoint = EMBEDDINGS if "input" in body else CHAT
     resolved = await resolve(

@@ -26,6 +26,7 @@ from services.routing.storage.repository import StoredCatalog
 from services.routing.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
 from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
+from tokenforge.runtime.batch_items import check_batch_size, without_nul_items
 from tokenforge.wire import (
     bucket_from_proto,
     bucket_to_proto,
@@ -378,11 +379,15 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
     async def ReportOutcomes(  # noqa: N802
         self, request: routing_pb2.ReportOutcomesRequest, context: grpc.aio.ServicerContext
     ) -> routing_pb2.ReportOutcomesResponse:
-        outcomes = await handlers.report_outcomes(
-            handlers.ReportOutcomes([_read_report(r) for r in request.reports]),
-            self._uow,
-            self._health,
-        )
+        async def report(items: list[Any]) -> list[Any]:
+            return await handlers.report_outcomes(
+                handlers.ReportOutcomes([_read_report(r) for r in items]),
+                self._uow,
+                self._health,
+            )
+
+        check_batch_size(len(request.reports), "outcome reports")
+        outcomes = await without_nul_items(request.reports, report)
         return routing_pb2.ReportOutcomesResponse(outcomes=[_report_outcome(o) for o in outcomes])
 
     async def GetHealth(  # noqa: N802

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -22,6 +22,7 @@ from services.usage.domain.runs import ModelTotal, Run, RunReceipt, RunStatus
 from services.usage.storage.unit_of_work import UnitOfWork
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
+from tokenforge.runtime.batch_items import check_batch_size, without_nul_items
 from tokenforge.usage.v1 import usage_pb2, usage_pb2_grpc
 from tokenforge.wire import (
     bucket_from_proto,
@@ -319,10 +320,14 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
     async def RecordReceipts(  # noqa: N802
         self, request: usage_pb2.RecordReceiptsRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.RecordReceiptsResponse:
-        outcomes = await handlers.record_receipts(
-            handlers.RecordReceipts([_read_receipt(item.receipt) for item in request.receipts]),
-            self._uow,
-        )
+        async def record(items: list[Any]) -> list[Any]:
+            return await handlers.record_receipts(
+                handlers.RecordReceipts([_read_receipt(item.receipt) for item in items]),
+                self._uow,
+            )
+
+        check_batch_size(len(request.receipts), "receipts")
+        outcomes = await without_nul_items(request.receipts, record)
         return usage_pb2.RecordReceiptsResponse(outcomes=[_outcome(o) for o in outcomes])
 
     async def GetReceipt(  # noqa: N802

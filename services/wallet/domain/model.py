@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from tokenforge.errors import DomainError, Reason
 from tokenforge.holds import part_entry_id, settle_entry_id
-from tokenforge.money import Bucket, format_amount
+from tokenforge.money import MAX_AMOUNT_MICROS, Bucket, format_amount
 
 DEFAULT_HOLD_TTL_S = 300
 MAX_HOLD_TTL_S = 3600
@@ -72,6 +72,18 @@ def require_positive(amount: int, what: str) -> None:
         raise DomainError(
             Reason.INVALID_ARGUMENT,
             f"{what} must be a positive number of micro-units; got {amount}.",
+            {"field": "amount_micros"},
+        )
+    require_bounded(amount, what)
+
+
+def require_bounded(amount: int, what: str) -> None:
+    """At most MAX_AMOUNT_MICROS either way: balances, the sums of many amounts, stay
+    far inside int64 (the database's bigint)."""
+    if abs(amount) > MAX_AMOUNT_MICROS:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            f"{what} is at most {MAX_AMOUNT_MICROS} micro-units; got {amount}.",
             {"field": "amount_micros"},
         )
 
@@ -545,6 +557,7 @@ def adjustment(
             "An adjustment moves money: give a positive or negative amount.",
             {"field": "amount_micros"},
         )
+    require_bounded(amount, "An adjustment")
     if not reason.strip():
         raise DomainError(
             Reason.INVALID_ARGUMENT,

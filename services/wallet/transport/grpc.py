@@ -24,7 +24,7 @@ from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
 from tokenforge.runtime.batch_items import check_batch_size
-from tokenforge.runtime.grpc_server import OPERATOR_NAME, Role, current_caller
+from tokenforge.runtime.grpc_server import OPERATOR_NAME, Role, current_caller, nul_refusal
 from tokenforge.runtime.telemetry import current_trace_id
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tokenforge.wire import item_error_to_proto
@@ -296,10 +296,14 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
         answer: Callable[[Result], Any],
     ) -> list[dict[str, Any]]:
         """Each item's outcome, in order: `{"answer": ...}` or `{"error": ItemError}`.
-        An item the wire cannot translate (no bucket, ...) is refused alone."""
+        An item the wire cannot translate (no bucket, a NUL in a text, ...) is refused
+        alone."""
         check_batch_size(len(items))
         translated: list[Cmd | DomainError] = []
         for item in items:
+            if refusal := nul_refusal(item):
+                translated.append(refusal)
+                continue
             try:
                 translated.append(command(item))
             except DomainError as error:

@@ -264,9 +264,12 @@ async def test_every_field_reads_back_the_same_from_a_batch_and_from_a_single_ca
     assert singles == alone
 
 
-async def test_a_receipt_the_database_refuses_fails_alone_in_its_batch(usage: Any) -> None:
+async def test_a_receipt_with_a_nul_fails_alone_in_its_batch_as_its_own_call_would(
+    usage: Any,
+) -> None:
     account = f"acct-{uuid.uuid4()}"
-    # PostgreSQL text holds no NUL character: the insert of this one row fails.
+    # PostgreSQL text holds no NUL character: the service refuses this one receipt
+    # before the database sees it (its own call is refused the same way).
     batch = [a_receipt(account), a_receipt(account, endpoint="chat\x00"), a_receipt(account)]
 
     batched = await record_batch(usage, batch)
@@ -274,7 +277,8 @@ async def test_a_receipt_the_database_refuses_fails_alone_in_its_batch(usage: An
 
     assert batched[0] == batch[0] and batched[2] == batch[2]
     assert isinstance(batched[1], DomainError) and isinstance(alone, DomainError)
-    assert batched[1].reason is alone.reason is Reason.INTERNAL
+    assert batched[1].reason is alone.reason is Reason.INVALID_ARGUMENT
+    assert batched[1].metadata == alone.metadata == {"field": "receipt.endpoint"}
     assert await requests_recorded(usage, account) == 2
 
 

@@ -267,19 +267,21 @@ async def test_a_hold_batch_of_good_and_refused_items_answers_each_as_its_unary_
         hold_request(rich, 0),  # not a positive amount
         hold_request(taken, 999, "req-first"),  # the key with other arguments
         hold_request(taken, 100, "req-first"),  # a replay: the first hold
+        hold_request(rich, 10, "req-\x00"),  # a NUL: refused before the database
     ]
     answer = await wallet.call("HoldMany", wallet_pb2.HoldManyRequest(holds=items))
     batch = [outcome_of(o) for o in answer.outcomes]
     # Each request alone now: replays answer the same holds, refusals the same errors.
     alone = [await unary_outcome(wallet, "Hold", item) for item in items]
     assert batch == alone
-    assert [kind for kind, _ in batch] == ["answer", *["error"] * 5, "answer"]
+    assert [kind for kind, _ in batch] == ["answer", *["error"] * 5, "answer", "error"]
     assert [what[0] for kind, what in batch if kind == "error"] == [
         Reason.INSUFFICIENT_BALANCE,
         Reason.ACCOUNT_NOT_FOUND,
         Reason.INVALID_ARGUMENT,
         Reason.INVALID_ARGUMENT,
         Reason.IDEMPOTENCY_CONFLICT,
+        Reason.INVALID_ARGUMENT,
     ]
     assert answer.outcomes[6].answer.hold.hold_id == first.hold_id
     assert (await wallet.balance(rich)).held_micros == 300

@@ -20,7 +20,7 @@ from services.wallet.domain.model import (
     topup_credit,
 )
 from tokenforge.errors import DomainError, Reason
-from tokenforge.money import Bucket
+from tokenforge.money import MAX_AMOUNT_MICROS, Bucket
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -225,3 +225,17 @@ def test_an_expired_hold_keeps_its_parts_and_gives_the_rest_back() -> None:
     assert caught.value.reason is Reason.HOLD_EXPIRED
     assert hold.expire(balance, later)
     assert (hold.captured, balance.posted, balance.held) == (100, 900, 0)
+
+
+@pytest.mark.parametrize("amount", [MAX_AMOUNT_MICROS + 1, 2**63 - 1])
+def test_an_amount_beyond_the_bound_is_refused_before_any_balance_moves(amount: int) -> None:
+    balance = funded(2**62)
+    for attempt in (
+        lambda: Hold.place(balance, amount, "req-1", 0, NOW),
+        lambda: adjustment(balance, amount, "why", "op", "k-1", NOW),
+        lambda: adjustment(balance, -amount, "why", "op", "k-2", NOW),
+    ):
+        with pytest.raises(DomainError) as refused:
+            attempt()
+        assert refused.value.reason is Reason.INVALID_ARGUMENT
+    assert (balance.posted, balance.held) == (2**62, 0)

@@ -1,7 +1,9 @@
 """The HTTP front: the OpenAI-compatible API and the user API.
 
 Handlers translate HTTP to use-case calls and map DomainError to the OpenAI error
-object through tokenforge.errors.HTTP_ERROR. Every answer carries x-request-id.
+object through tokenforge.errors.HTTP_ERROR. Every answer carries x-request-id; a
+failure nobody planned for is answered by RequestContextMiddleware (the request id
+alone, the traceback to the log).
 One router per area (openai, routes, wallet, usage, topups); `create_app` wires them.
 """
 
@@ -63,8 +65,15 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, error: RequestValidationError) -> Response:
+        first = error.errors()[0] if error.errors() else {}
+        location = [str(part) for part in first.get("loc", ()) if part not in ("query", "path")]
+        param = ".".join(location) or "request"
         return error_response(
-            DomainError(Reason.INVALID_ARGUMENT, f"Invalid request: {error.errors()}")
+            DomainError(
+                Reason.INVALID_ARGUMENT,
+                f"`{param}`: {first.get('msg', 'invalid value')}.",
+                {"param": param},
+            )
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -76,17 +85,6 @@ def create_app(
             else str(error.detail)
         )
         return json_response(openai_error_body(DomainError(reason, message)), error.status_code)
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, error: Exception) -> Response:
-        log.exception("unexpected error")
-        return error_response(
-            DomainError(
-                Reason.INTERNAL,
-                "Something went wrong on our side; nothing was charged for an unfinished "
-                f"request. Quote request id {getattr(request.state, 'request_id', '')}.",
-            )
-        )
 
     deps = Deps(peers, upstream, idempotency)
     for module in ROUTERS:

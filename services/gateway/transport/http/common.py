@@ -12,10 +12,12 @@ from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
+from services.gateway.domain.validation import check_json
 from services.gateway.relay import settle_account
 from services.gateway.storage.idempotency import IdempotencyStore
 from tokenforge.errors import DomainError, Reason, http_status, openai_error_body
 from tokenforge.routing.v1 import routing_pb2
+from tokenforge.runtime.logging import request_id_var
 
 
 def json_response(
@@ -24,8 +26,22 @@ def json_response(
     return Response(orjson.dumps(payload), status, headers=headers, media_type="application/json")
 
 
+def internal_error(request_id: str) -> DomainError:
+    """What a user sees of a failure nobody planned for: the request id, nothing of
+    the internals (those go to the log under that id)."""
+    return DomainError(
+        Reason.INTERNAL,
+        f"Something went wrong on our side. Quote request id {request_id} to support.",
+        {"request_id": request_id},
+    )
+
+
 def error_response(error: DomainError) -> Response:
-    """The OpenAI error object; `Retry-After` when the refusal clears with time."""
+    """The OpenAI error object; `Retry-After` when the refusal clears with time.
+
+    An INTERNAL error (ours, or a peer's) answers with the request id alone."""
+    if error.reason is Reason.INTERNAL:
+        error = internal_error(request_id_var.get())
     metadata = error.metadata or {}
     headers = {"retry-after": metadata["retry_after_s"]} if "retry_after_s" in metadata else None
     return json_response(
@@ -67,10 +83,18 @@ async def json_body(request: Request) -> dict[str, Any]:
         )
     try:
         body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise DomainError(Reason.INVALID_ARGUMENT, "The request body is not valid JSON.") from None
+    except orjson.JSONDecodeError as error:
+        # orjson says where (and refuses invalid UTF-8 and lone surrogates).
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            f"The request body is not valid JSON ({error}).",
+            {"param": "body"},
+        ) from None
     if not isinstance(body, dict):
-        raise DomainError(Reason.INVALID_ARGUMENT, "The request body must be a JSON object.")
+        raise DomainError(
+            Reason.INVALID_ARGUMENT, "The request body must be a JSON object.", {"param": "body"}
+        )
+    check_json(raw, body)
     return body
 
 

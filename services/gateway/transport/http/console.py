@@ -62,7 +62,7 @@ def research_plan_json(query: dict[str, str]) -> dict[str, object]:
 
     def whole(name: str, default: int) -> int:
         raw = query.get(name, "").strip() or str(default)
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             raise DomainError(
                 Reason.INVALID_ARGUMENT,
                 f"`{name}` is a whole number; got {raw!r}.",

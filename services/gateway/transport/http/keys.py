@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
+from services.gateway.domain.validation import MAX_ID_CHARS
 from services.gateway.transport.http.common import Deps, json_body, json_response
 from tokenforge.errors import DomainError, Reason
 from tokenforge.routing.v1 import routing_pb2
@@ -43,11 +44,31 @@ def _invalid(param: str, message: str) -> DomainError:
     return DomainError(Reason.INVALID_ARGUMENT, message, {"param": param})
 
 
+# A list setting (models, scopes, IPs) has at most this many entries of at most
+# MAX_ID_CHARS each.
+MAX_LIST_ITEMS = 256
+
+
 def _strings(body: dict[str, Any], name: str) -> list[str]:
     value = body.get(name) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _invalid(name, f"`{name}` must be a list of strings.")
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_LIST_ITEMS
+        or not all(isinstance(v, str) and len(v) <= MAX_ID_CHARS for v in value)
+    ):
+        raise _invalid(
+            name,
+            f"`{name}` must be a list of at most {MAX_LIST_ITEMS} strings of at most "
+            f"{MAX_ID_CHARS} characters.",
+        )
     return list(value)
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name) or ""
+    if not isinstance(value, str) or len(value) > MAX_ID_CHARS:
+        raise _invalid(name, f"`{name}` must be a string of at most {MAX_ID_CHARS} characters.")
+    return value
 
 
 INT32_MAX = 2**31 - 1
@@ -138,8 +159,11 @@ def _expires_at(body: dict[str, Any]) -> Any:
     if value is None:
         return None
     try:
-        return timestamp(datetime.fromisoformat(str(value)))
-    except ValueError:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        if when.tzinfo is None:
+            raise ValueError("no time zone")
+        return timestamp(when)
+    except (ValueError, OverflowError):
         raise _invalid("expires_at", "`expires_at` must be an ISO 8601 time with a zone.") from None
 
 
@@ -167,8 +191,8 @@ def router(deps: Deps) -> APIRouter:
             peers.routing_stub.CreateApiKey,
             routing_pb2.CreateApiKeyRequest(
                 account_id=account_id,
-                project_id=str(body.get("project_id") or ""),
-                name=str(body.get("name") or ""),
+                project_id=_text(body, "project_id"),
+                name=_text(body, "name"),
                 scopes=[SCOPE_NAMES[s] for s in scopes],
                 expires_at=_expires_at(body),
                 settings=settings_from_json(body),

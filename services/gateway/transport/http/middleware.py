@@ -4,44 +4,116 @@ it wraps every response in an extra task and stream, which costs on every reques
 It makes the request id, puts it in the log context and `request.state`, adds
 `x-request-id` and `x-trace-id` to the answer, counts and times the request by route
 template, and writes one log line per request.
+
+It is also the edge of the HTTP front (DESIGN S2): a URL whose path parameters or
+query values carry a NUL, bytes that are not UTF-8 or too many characters (or an
+overlong `Idempotency-Key` or `x-tokenforge-run`) is refused 400 naming the parameter
+before any handler runs; and a failure nobody planned for
+is logged with its traceback here and answered `internal_error` with the request id
+alone (inside this middleware, so that answer carries `x-request-id` too).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
-import orjson
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.domain.planning import new_request_id
-from tokenforge.errors import DomainError, Reason, openai_error_body
+from services.gateway.domain.validation import MAX_ID_CHARS, check_url_value, invalid
+from services.gateway.transport.http.common import error_response, internal_error
+from tokenforge.errors import DomainError
 from tokenforge.runtime import metrics
 from tokenforge.runtime.logging import request_id_var
 from tokenforge.runtime.telemetry import current_trace_id
 
 log = logging.getLogger("services.gateway.transport.http")
 
+# A query value (an id, a time, a cursor) is at most this long.
+MAX_QUERY_VALUE_CHARS = 512
+# Headers whose value becomes an id in our services (ids are bounded like any other).
+BOUNDED_HEADERS = {b"idempotency-key": 255, b"x-tokenforge-run": MAX_ID_CHARS}
+# A path no longer than this cannot hold a path parameter above MAX_ID_CHARS.
+_SHORT_PATH = MAX_ID_CHARS + 8
 
-async def internal_error(request_id: str, send: Send) -> None:
-    """An unexpected failure answers `internal_error` with the request id alone (the
-    details go to the log, under that id): never SQL, schema names or a stack trace."""
-    body = openai_error_body(
-        DomainError(
-            Reason.INTERNAL,
-            "Something went wrong on our side; nothing was charged for an unfinished "
-            f"request. Quote request id {request_id}.",
-        )
-    )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 500,
-            "headers": [(b"content-type", b"application/json")],
-        }
-    )
-    await send({"type": "http.response.body", "body": orjson.dumps(body)})
+
+def url_problem(scope: Scope) -> DomainError | None:
+    """The refusal of a request whose URL carries what no handler should see."""
+    path: str = scope.get("path", "")
+    undecodable = "\ufffd" in path and not _utf8(scope.get("raw_path") or path.encode())
+    if "\x00" in path or undecodable or len(path) > _SHORT_PATH:
+        found = _path_problem(scope, undecodable)
+        if found is not None:
+            return found
+    for name, value in scope.get("headers", ()):
+        if name in BOUNDED_HEADERS and len(value) > BOUNDED_HEADERS[name]:
+            header = name.decode()
+            return invalid(header, f"`{header}` is at most {BOUNDED_HEADERS[name]} characters.")
+    query: bytes = scope.get("query_string", b"")
+    return _query_problem(query) if query else None
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _path_problem(scope: Scope, undecodable: bool) -> DomainError | None:
+    params: dict[str, Any] = {}
+    for route in _routes(getattr(scope.get("app"), "router", None)):
+        match, child = route.matches(scope)
+        if match is Match.FULL and child.get("path_params"):
+            params = child["path_params"]
+            break
+    try:
+        for name, value in params.items():
+            if undecodable and "\ufffd" in str(value):
+                raise invalid(name, f"`{name}` is not UTF-8 text.")
+            check_url_value(name, str(value))
+    except DomainError as error:
+        return error
+    if "\x00" in scope.get("path", "") or undecodable:
+        return invalid("path", "The URL path must be UTF-8 text without NUL characters.")
+    return None
+
+
+def _routes(router: Any) -> Iterator[Any]:
+    """Every route of a router, the routes of included routers too (FastAPI keeps
+    those behind an include whose own `matches` names no path parameter)."""
+    for route in getattr(router, "routes", []):
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _routes(included)
+        else:
+            yield route
+
+
+def _query_problem(query: bytes) -> DomainError | None:
+    for pair in query.split(b"&"):
+        raw_name, _, raw_value = pair.partition(b"=")
+        try:
+            name = unquote_to_bytes(raw_name.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            return invalid("query", "The query string is not UTF-8 text.")
+        try:
+            value = unquote_to_bytes(raw_value.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            return invalid(name, f"`{name}` is not UTF-8 text.")
+        if "\x00" in name or len(name) > MAX_ID_CHARS:
+            return invalid("query", "A query parameter name is too long or holds a NUL.")
+        try:
+            check_url_value(name, value, MAX_QUERY_VALUE_CHARS)
+        except DomainError as error:
+            return error
+    return None
 
 
 class RequestContextMiddleware:
@@ -73,13 +145,17 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            try:
-                await self.app(scope, receive, send_with_context)
-            except Exception:
-                if "elapsed" in answer:  # the answer had started: nothing more to send
-                    raise
-                log.exception("unexpected error")
-                await internal_error(request_id, send_with_context)
+            refused = url_problem(scope)
+            if refused is not None:
+                await error_response(refused)(scope, receive, send_with_context)
+                return
+            await self.app(scope, receive, send_with_context)
+        except Exception:
+            log.exception("unexpected error (request %s)", request_id)
+            if "elapsed" in answer:  # the answer has begun: it can only be cut short
+                raise
+            fallback = error_response(internal_error(request_id))
+            await fallback(scope, receive, send_with_context)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope.get("method", "-")

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from services.gateway.adapters.peers import Peers
 from services.gateway.domain.presenting import amount
 from services.gateway.domain.runs import run_json, run_receipt_json
+from services.gateway.domain.validation import validate_run
 from services.gateway.runs import bucket_of, close_run, open_run
 from services.gateway.transport.http.common import (
     Deps,
@@ -37,6 +38,7 @@ def router(deps: Deps) -> APIRouter:
         prompt_tokens, max_tokens}, ttl (s)}. Answers the estimate, the balance
         available before, and the hold placed for the whole budget."""
         body = await json_body(request)
+        validate_run(body)
         opened = await open_run(
             peers,
             api_key_of(request),

@@ -3,23 +3,43 @@ OpenAI parameters pass through untouched; these describe what is understood)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+
+class ChatMessage(BaseModel):
+    """One chat message; other OpenAI message fields pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str = Field(
+        min_length=1, max_length=64, description="system, developer, user, assistant or tool."
+    )
+    content: str | list[dict[str, Any]] | None = None
+
 
 class ChatCompletionRequest(BaseModel):
-    """An OpenAI chat completion request; other OpenAI parameters pass through."""
+    """An OpenAI chat completion request; other OpenAI parameters pass through.
+    The bounds are the ones the gateway enforces before anything runs."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(
-        min_length=1, description="A model id from GET /v1/models, optionally @official/@routed."
+        min_length=1,
+        max_length=256,
+        description="A model id from GET /v1/models, optionally @official/@routed.",
     )
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     n: int | None = Field(default=None, ge=1, le=16)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    seed: int | None = Field(default=None, ge=-INT64_MAX - 1, le=INT64_MAX)
     stream: bool | None = None
     stream_options: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
@@ -30,18 +50,37 @@ class EmbeddingsRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1)
-    input: str | list[str] | list[int] | list[list[int]]
+    model: str = Field(min_length=1, max_length=256)
+    input: (
+        str
+        | list[str]
+        | list[Annotated[int, Field(ge=0, le=INT32_MAX)]]
+        | list[list[Annotated[int, Field(ge=0, le=INT32_MAX)]]]
+    ) = Field(description="Text, texts, a token array or token arrays (at most 2048 items).")
 
 
 def body_of(model: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra` for a route whose JSON body follows `model`."""
+    """`openapi_extra` for a route whose JSON body follows `model` (nested models
+    inlined: a `#/$defs/...` reference would not resolve inside /openapi.json)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "content": {"application/json": {"schema": _inline(schema, defs)}},
         }
     }
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        ref = node.get("$ref", "")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {key: _inline(value, defs) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline(item, defs) for item in node]
+    return node
 
 
 class OpenAIErrorBody(BaseModel):

@@ -19,7 +19,7 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.domain.presenting import TOPUP_STATUS, topup_json
 from services.gateway.transport.http.common import Deps, PageSize, json_body, json_response
 from tokenforge.errors import DomainError, Reason
-from tokenforge.money import MoneyError, parse_amount
+from tokenforge.money import MAX_AMOUNT_MICROS, MICROS_PER_UNIT, MoneyError, parse_amount
 from tokenforge.payments.v1 import payments_pb2
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.wallet.v1 import wallet_pb2
@@ -70,17 +70,33 @@ def _refuse_server_fields(body: dict[str, object], allowed: frozenset[str]) -> N
 
 def _minor_units(raw: object) -> int:
     try:
-        micros = parse_amount(str(raw))
+        micros = parse_amount(str(raw)) if isinstance(raw, str | int) else -1
     except MoneyError:
         micros = -1
     if micros <= 0 or micros % 10_000:
         raise DomainError(
             Reason.INVALID_ARGUMENT,
             "amount must be a positive decimal number of the currency with at most 2 "
-            'decimals, like "10.00".',
+            f'decimals, like "10.00", and at most {MAX_AMOUNT_MICROS // MICROS_PER_UNIT:,}.',
             {"param": "amount"},
         )
     return micros // 10_000
+
+
+# A provider name, a currency code; a bank transfer's reference.
+MAX_NAME_CHARS = 64
+MAX_REFERENCE_CHARS = 256
+
+
+def _text(body: dict[str, object], name: str, default: str, limit: int) -> str:
+    value = body.get(name, default)
+    if not isinstance(value, str) or len(value) > limit:
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            f"`{name}` must be a string of at most {limit} characters.",
+            {"param": name},
+        )
+    return value
 
 
 def router(deps: Deps) -> APIRouter:
@@ -155,11 +171,11 @@ def router(deps: Deps) -> APIRouter:
         who = await deps.principal(request, routing_pb2.SCOPE_TOPUP)
         body = await json_body(request)
         _refuse_server_fields(body, CREATE_FIELDS)
-        bucket = bucket_from_name(str(body.get("bucket", "")))
+        bucket = bucket_from_name(_text(body, "bucket", "", MAX_NAME_CHARS))
         # No provider named: the payments service picks its default (the sandbox, only
         # where test money is on) or refuses, naming the providers this deployment offers.
-        provider = str(body.get("provider", ""))
-        currency = str(body.get("currency", "USD")).upper()
+        provider = _text(body, "provider", "", MAX_NAME_CHARS)
+        currency = _text(body, "currency", "USD", MAX_NAME_CHARS).upper()
         minor = _minor_units(body.get("amount", ""))
         key = request.headers.get("idempotency-key") or request.state.request_id
         answer = await peers.payments.call(
@@ -224,7 +240,8 @@ def router(deps: Deps) -> APIRouter:
         who = await deps.principal(request, routing_pb2.SCOPE_TOPUP)
         body = await json_body(request)
         _refuse_server_fields(body, frozenset({"transfer_reference"}))
-        reference = body.get("transfer_reference", body.get("reference", ""))
+        name = "transfer_reference" if "transfer_reference" in body else "reference"
+        reference = _text(body, name, "", MAX_REFERENCE_CHARS)
         answer = await peers.payments.call(
             peers.payments_stub.SubmitTransferProof,
             payments_pb2.SubmitTransferProofRequest(

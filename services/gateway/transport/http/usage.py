@@ -6,7 +6,7 @@ import csv
 import io
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -81,7 +81,14 @@ def _time(value: str | None, param: str) -> datetime | None:
         raise DomainError(
             Reason.INVALID_ARGUMENT, f"`{param}` needs a time zone (Z or +hh:mm).", {"param": param}
         )
-    return parsed
+    try:
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            f"`{param}` is outside the years 1 to 9999 once in UTC.",
+            {"param": param},
+        ) from None
 
 
 def receipt_filter(account_id: str, params: dict[str, str | None]) -> usage_pb2.ReceiptFilter:
