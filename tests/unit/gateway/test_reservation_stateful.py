@@ -46,7 +46,11 @@ class Reservations(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.wallet = Wallet()
         self.queue = GatedQueue()
-        peers = peers_with(RecordingUsage(), self.queue)
+
+        async def peers() -> Any:  # in the loop: the fakes' gRPC channels bind to it
+            return peers_with(RecordingUsage(), self.queue)
+
+        peers = self.loop.run_until_complete(peers())
         peers.__dict__["wallet_client"] = self.wallet
         self.ends = PeerEnds(peers)
         self.budgets = Budgets(self.wallet, BudgetPolicy())  # type: ignore[arg-type]
