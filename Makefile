@@ -41,11 +41,11 @@ bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The conservation soak (not part of `make test`): money rule G1 on the whole system,
-# tests/e2e/test_conservation.py with 20,000 requests from 64 seeded clients; figures
+# tests/e2e/test_conservation.py with 20,000 requests from 48 seeded clients; figures
 # printed at the end (docs/PERFORMANCE.md). TOKENFORGE_SOAK_SEED=<seed> replays a run.
 soak: install
 	TOKENFORGE_SOAK_REQUESTS=$${TOKENFORGE_SOAK_REQUESTS:-20000} \
-	TOKENFORGE_SOAK_CLIENTS=$${TOKENFORGE_SOAK_CLIENTS:-64} \
+	TOKENFORGE_SOAK_CLIENTS=$${TOKENFORGE_SOAK_CLIENTS:-48} \
 	TOKENFORGE_SOAK_RUNS=$${TOKENFORGE_SOAK_RUNS:-1} \
 	$(BIN)/pytest -q -s -p no:logging tests/e2e/test_conservation.py -k every_charge $(PYTEST_ARGS)
 

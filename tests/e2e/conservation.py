@@ -16,7 +16,6 @@ fails with the seed and the first few findings of each kind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import Counter
@@ -62,7 +61,9 @@ KINDS: dict[str, int] = {
 ABANDON_AT = ("headers", "mid_stream", "finish_reason", "finish_queued", "after_usage")
 
 # Expected statuses beyond 200: a small account may be refused for want of money; a
-# model whose channels are all down answers 502 (503 once its breaker is open).
+# model whose channels are all down answers 502 (503 once its breaker is open). Any
+# request may meet a peer that is not answering in time under this load (503
+# service_unavailable, "nothing was charged"): allowed, and checked to be true.
 NEAR_EMPTY = {402}
 FAILED_UPSTREAM = {502, 503}
 
@@ -259,6 +260,7 @@ class Run:
     http: dict[tuple[int, int], httpx.AsyncClient] = field(default_factory=dict)
     started: float = 0.0
     ran_s: float = 0.0
+    checked_s: float = 0.0
     not_collected_before: float = 0.0
 
     async def open_accounts(self) -> None:
@@ -267,7 +269,11 @@ class Run:
                 credit=plan.credit, routed=plan.routed, fallback_allowed=plan.fallback_allowed
             )
             self.accounts.append((account, key, plan))
-        limits = httpx.Limits(max_connections=self.clients * 4, max_keepalive_connections=64)
+        # A connection idle for a second is not reused: uvicorn closes idle ones after
+        # 5 s, and a request sent on a connection as it closes fails with no answer.
+        limits = httpx.Limits(
+            max_connections=self.clients * 4, max_keepalive_connections=64, keepalive_expiry=1.0
+        )
         for a, (_, key, _) in enumerate(self.accounts):
             for g, url in enumerate(self.gateway_urls):
                 self.http[(a, g)] = httpx.AsyncClient(
@@ -286,10 +292,11 @@ class Run:
         self.not_collected_before = not_collected()
         plan = schedule(self.seed, self.requests, self.clients, len(self.gateway_urls))
         self.started = time.monotonic()
-        await asyncio.gather(*(self._client(steps) for steps in plan))
+        await asyncio.gather(*(self._client(i, steps) for i, steps in enumerate(plan)))
         self.ran_s = time.monotonic() - self.started
 
-    async def _client(self, steps: list[Step]) -> None:
+    async def _client(self, index: int, steps: list[Step]) -> None:
+        await asyncio.sleep(index * 0.01)  # clients arrive over a moment, not all at once
         for step in steps:
             await self._step(step)
 
@@ -315,7 +322,10 @@ class Run:
         self, http: httpx.AsyncClient, step: Step, headers: dict[str, str] | None = None
     ) -> Answer:
         path = "/v1/embeddings" if step.model == EMBED else "/v1/chat/completions"
-        response = await http.post(path, json=body_of(step), headers=headers)
+        try:
+            response = await http.post(path, json=body_of(step), headers=headers)
+        except httpx.TransportError as error:
+            return self._record(dropped(Answer(step), error))
         return self._record(read_json_answer(Answer(step), response))
 
     async def _cancelled(self, http: httpx.AsyncClient, step: Step) -> None:
@@ -327,26 +337,37 @@ class Run:
             except httpx.TimeoutException:
                 self._record(Answer(step))  # gone before an answer: nothing named
                 return
+            except httpx.TransportError as error:
+                self._record(dropped(Answer(step), error))
+                return
             self._record(read_json_answer(Answer(step), response))
             return
         task = asyncio.ensure_future(http.post("/v1/chat/completions", json=body_of(step)))
         await asyncio.sleep(step.cancel_after_s)
-        if task.done():  # the answer came first: the client saw it
-            self._record(read_json_answer(Answer(step), task.result()))
+        if not task.done():
+            task.cancel()
+        try:
+            response = await task
+        except asyncio.CancelledError:
+            self._record(Answer(step))  # gone before an answer: nothing named
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        self._record(Answer(step))
+        except httpx.TransportError as error:
+            self._record(dropped(Answer(step), error))
+            return
+        self._record(read_json_answer(Answer(step), response))  # the answer came first
 
     async def _idempotent(self, http: httpx.AsyncClient, step: Step, key: str, copy: int) -> None:
         """A copy waits for the first while it runs (409 request_in_progress), as a
         client told to retry in a moment does, then gets the first answer."""
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while True:
-            response = await http.post(
-                "/v1/chat/completions", json=body_of(step), headers={"idempotency-key": key}
-            )
+            try:
+                response = await http.post(
+                    "/v1/chat/completions", json=body_of(step), headers={"idempotency-key": key}
+                )
+            except httpx.TransportError as error:
+                self._record(dropped(Answer(step, copy=copy), error))
+                return
             answer = read_json_answer(Answer(step, copy=copy), response)
             if answer.error_code != "request_in_progress" or time.monotonic() > deadline:
                 self._record(answer)
@@ -355,40 +376,23 @@ class Run:
 
     async def _stream(self, http: httpx.AsyncClient, step: Step) -> None:
         answer = self._record(Answer(step))
-        async with http.stream("POST", "/v1/chat/completions", json=body_of(step)) as s:
-            answer.status = s.status_code
-            answer.request_id = s.headers.get("x-request-id", "")
-            if s.status_code != 200:
-                read_error(answer, await s.aread())
-                return
-            if step.abandon_at == "headers":
-                return  # closed right after the headers, before the first byte
-            chunks = 0
-            async for line in s.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+        try:
+            async with http.stream("POST", "/v1/chat/completions", json=body_of(step)) as s:
+                answer.status = s.status_code
+                answer.request_id = s.headers.get("x-request-id", "")
+                if s.status_code != 200:
+                    read_error(answer, await s.aread())
                     return
-                chunk = orjson.loads(data)
-                chunks += 1
-                if "error" in chunk:
-                    answer.problems.append(f"stream_error: {chunk['error']}")
-                if "receipt" in chunk:
-                    answer.read_usage(chunk.get("usage"))
-                    answer.read_receipt(chunk["receipt"])
-                    if step.abandon_at == "after_usage":
-                        return
-                if step.abandon_at == "mid_stream" and chunks >= step.abandon_after_chunks:
+                if step.abandon_at == "headers":
+                    return  # closed right after the headers, before the first byte
+                if await read_stream(answer, s):
                     return
-                finished = any(c.get("finish_reason") for c in chunk.get("choices") or [])
-                if finished and step.abandon_at == "finish_reason":
-                    return
-                if finished and step.abandon_at == "finish_queued":
-                    await asyncio.sleep(step.abandon_delay_s)
-                    return
+            answer.problems.append("stream_cut: the stream ended without [DONE] or an error")
+        except httpx.TransportError as error:
+            dropped(answer, error)
 
-    def figures(self, checked: int) -> str:
+    def figures(self, checked: int | None = None) -> str:
+        """The run's figures; with the number of named charges checked, once checked."""
         kinds = Counter(a.step.kind for a in self.answers)
         abandoned = Counter(a.step.abandon_at for a in self.answers if a.step.abandon_at)
         statuses = Counter(str(a.status) if a.status else "gone" for a in self.answers)
@@ -397,8 +401,46 @@ class Run:
             f"seed {self.seed}: {len(self.answers)} requests by {self.clients} clients in "
             f"{self.ran_s:.1f} s ({rate:.0f} requests/s); "
             f"kinds {dict(sorted(kinds.items()))}; abandoned at {dict(sorted(abandoned.items()))}; "
-            f"statuses {dict(sorted(statuses.items()))}; charges checked {checked}"
+            f"statuses {dict(sorted(statuses.items()))}"
+            + ("" if checked is None else f"; {checked} charges checked in {self.checked_s:.1f} s")
         )
+
+
+async def read_stream(answer: Answer, s: httpx.Response) -> bool:
+    """Read the stream as the step says (abandoning it where it says); True when the
+    client stopped or the stream said [DONE], False when it just ended."""
+    step = answer.step
+    chunks = 0
+    async for line in s.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return True
+        chunk = orjson.loads(data)
+        chunks += 1
+        if "error" in chunk:
+            answer.problems.append(f"stream_error: {chunk['error']}")
+        if "receipt" in chunk:
+            answer.read_usage(chunk.get("usage"))
+            answer.read_receipt(chunk["receipt"])
+            if step.abandon_at == "after_usage":
+                return True
+        if step.abandon_at == "mid_stream" and chunks >= step.abandon_after_chunks:
+            return True
+        finished = any(c.get("finish_reason") for c in chunk.get("choices") or [])
+        if finished and step.abandon_at == "finish_reason":
+            return True
+        if finished and step.abandon_at == "finish_queued":
+            await asyncio.sleep(step.abandon_delay_s)
+            return True
+    return False
+
+
+def dropped(answer: Answer, error: httpx.TransportError) -> Answer:
+    """The server closed the connection before a whole answer (the client did not)."""
+    answer.problems.append(f"connection_dropped: {type(error).__name__} {error}".strip())
+    return answer
 
 
 def body_of(step: Step) -> dict[str, Any]:
@@ -470,9 +512,12 @@ FINDING_ORDER = (
     "receipt_not_found",
     "receipt_names_another_request",
     "answer_names_two_charges",
+    "refused_but_charged",
     "no_request_id",
     "unexpected_status",
     "stream_error",
+    "stream_cut",
+    "connection_dropped",
     "no_receipt",
     "receipt_shape",
 )
@@ -512,8 +557,12 @@ class Report:
         return "\n".join(lines)
 
 
+def refused_unavailable(answer: Answer) -> bool:
+    return answer.status == 503 and answer.error_code == "service_unavailable"
+
+
 def expected_status(answer: Answer, plan: AccountPlan) -> bool:
-    if answer.status is None or answer.status == 200:
+    if answer.status is None or answer.status == 200 or refused_unavailable(answer):
         return True
     if answer.status in NEAR_EMPTY and plan.small:
         return answer.error_code == "insufficient_balance"
@@ -537,7 +586,7 @@ async def until_at_rest(run: Run, engine: AsyncEngine, timeout_s: float = 30) ->
         deadline = time.monotonic() + timeout_s
         while True:
             for (_, _g), http in run.http.items():
-                await http.get("/v1/wallet")
+                await read(http, "/v1/wallet")
             queued = await queued_rows(engine, ids)
             held = [
                 h
@@ -578,6 +627,7 @@ async def check(run: Run, engine: AsyncEngine, tmp: Path) -> Report:
     """Every answer that named a charge against its receipt and its ledger row; every
     bucket's balance against its grants and all its receipts; the counter of charges
     not collected; both reconcile commands."""
+    started = time.monotonic()
     report = await until_at_rest(run, engine)
     by_account = {i: account for i, (account, _, _) in enumerate(run.accounts)}
     for answer in run.answers:
@@ -596,7 +646,7 @@ async def check(run: Run, engine: AsyncEngine, tmp: Path) -> Report:
             kind, _, detail = problem.partition(": ")
             report.add(kind, answer.label(), detail)
 
-    gate = asyncio.Semaphore(16)
+    gate = asyncio.Semaphore(32)
 
     async def one(answer: Answer) -> None:
         async with gate:
@@ -604,6 +654,8 @@ async def check(run: Run, engine: AsyncEngine, tmp: Path) -> Report:
 
     named = [a for a in run.answers if a.names_a_charge]
     await asyncio.gather(*(one(a) for a in named))
+    unavailable = [a for a in run.answers if refused_unavailable(a) and not a.names_a_charge]
+    await asyncio.gather(*(nothing_charged(run, a, report) for a in unavailable))
     report.charges_checked = len(named)
 
     for a, (account, _, plan) in enumerate(run.accounts):
@@ -621,6 +673,7 @@ async def check(run: Run, engine: AsyncEngine, tmp: Path) -> Report:
     except AssertionError as failed:
         lines = [line for line in str(failed).splitlines() if line.strip()]
         report.add("reconcile_failed", "tokenforge usage/wallet reconcile", " | ".join(lines[:8]))
+    run.checked_s = time.monotonic() - started
     return report
 
 
@@ -644,7 +697,7 @@ async def check_answer(run: Run, answer: Answer, report: Report) -> None:
             f"x-request-id {answer.request_id}, receipt.request_id {answer.receipt_request_id}",
         )
     http = run.http[(answer.step.account, answer.step.replica)]
-    found = await http.get(f"/v1/usage/{answer.request_id}")
+    found = await read(http, f"/v1/usage/{answer.request_id}")
     if found.status_code != 200:
         report.add(
             "receipt_not_found",
@@ -671,8 +724,10 @@ async def check_answer(run: Run, answer: Answer, report: Report) -> None:
         )
     if named <= 0:
         return
-    ledger = await http.get(
-        "/v1/wallet/ledger", params={"request_id": answer.request_id, "limit": 100}
+    ledger = await read(
+        http,
+        "/v1/wallet/ledger",
+        {"request_id": answer.request_id, "limit": 100},
     )
     rows = ledger.json().get("data", []) if ledger.status_code == 200 else []
     row = next((r for r in rows if r["entry_id"] == answer.entry_id), None)
@@ -699,6 +754,31 @@ async def check_answer(run: Run, answer: Answer, report: Report) -> None:
         )
 
 
+async def nothing_charged(run: Run, answer: Answer, report: Report) -> None:
+    """A 503 that said nothing was charged: no receipt, or one that charged nothing."""
+    http = run.http[(answer.step.account, answer.step.replica)]
+    found = await read(http, f"/v1/usage/{answer.request_id}")
+    if found.status_code == 200 and found.json()["charge"]["micros"]:
+        report.add(
+            "refused_but_charged",
+            answer.label(),
+            f"HTTP 503 said nothing was charged; the receipt charges "
+            f"{found.json()['charge']['micros']} micros",
+        )
+
+
+async def read(
+    http: httpx.AsyncClient, path: str, params: dict[str, Any] | None = None
+) -> httpx.Response:
+    """A GET of the checks, sent again if the connection failed under it (a read)."""
+    for _ in range(3):
+        try:
+            return await http.get(path, params=params)
+        except httpx.TransportError:
+            await asyncio.sleep(0.2)
+    return await http.get(path, params=params)
+
+
 async def all_receipts(http: httpx.AsyncClient) -> list[dict[str, Any]]:
     receipts: list[dict[str, Any]] = []
     cursor: str | None = None
@@ -706,7 +786,7 @@ async def all_receipts(http: httpx.AsyncClient) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": 500}
         if cursor:
             params["cursor"] = cursor
-        page = (await http.get("/v1/usage", params=params)).json()
+        page = (await read(http, "/v1/usage", params)).json()
         receipts += page["data"]
         cursor = page.get("next_cursor")
         if not cursor:
@@ -723,7 +803,7 @@ async def check_balances(
     for r in receipts:
         spent[r["bucket"]] += r["charge"]["micros"]
     granted = {Bucket.CREDIT.value: plan.credit, Bucket.ROUTED.value: plan.routed}
-    wallet = (await http.get("/v1/wallet")).json()
+    wallet = (await read(http, "/v1/wallet")).json()
     for b in wallet["balances"]:
         bucket = b["bucket"]
         posted, held = b["posted"]["micros"], b["held"]["micros"]

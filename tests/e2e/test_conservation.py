@@ -62,6 +62,7 @@ async def test_every_charge_an_answer_names_lands(
     try:
         await run.open_accounts()
         await run.drive()
+        print(run.figures())  # the run's figures, even if a check cannot finish
         report = await check(run, engine, tmp_path)
     finally:
         await run.close()
