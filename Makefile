@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos -name '*.proto')
 PROTO_STAMP := tokenforge/.protos-generated
 
-.PHONY: install protos run test test-unit lint fmt clean bench browser
+.PHONY: install protos run test test-unit lint fmt clean bench soak browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ test: install browser
 # Benchmarks (not part of `make test`): figures go to bench-results/ and docs/PERFORMANCE.md.
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The conservation soak (not part of `make test`): money rule G1 on the whole system,
+# tests/e2e/test_conservation.py with 20,000 requests from 48 seeded clients; figures
+# printed at the end (docs/PERFORMANCE.md). TOKENFORGE_SOAK_SEED=<seed> replays a run.
+soak: install
+	TOKENFORGE_SOAK_REQUESTS=$${TOKENFORGE_SOAK_REQUESTS:-20000} \
+	TOKENFORGE_SOAK_CLIENTS=$${TOKENFORGE_SOAK_CLIENTS:-48} \
+	TOKENFORGE_SOAK_RUNS=$${TOKENFORGE_SOAK_RUNS:-1} \
+	$(BIN)/pytest -q -s -p no:logging tests/e2e/test_conservation.py -k every_charge $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/pytest -q tests/unit
