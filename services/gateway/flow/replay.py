@@ -23,8 +23,13 @@ MAX_KEY_LENGTH = 255
 
 
 async def idempotent(
-    store: IdempotencyStore | None, request: Request, run: Callable[[], Awaitable[Response]]
+    store: IdempotencyStore | None,
+    request: Request,
+    run: Callable[[], Awaitable[Response]],
+    api_key: str = "",
 ) -> Response:
+    """`api_key`: the key when it did not come as `Authorization: Bearer` (Anthropic
+    clients send `x-api-key`)."""
     key = request.headers.get("idempotency-key")
     if not key or store is None:
         return await run()
@@ -34,7 +39,7 @@ async def idempotent(
             f"Idempotency-Key is at most {MAX_KEY_LENGTH} characters.",
             {"param": "Idempotency-Key"},
         )
-    api_key = api_key_of(request)
+    api_key = api_key or api_key_of(request)
     raw = await request.body()
     stored = await store.claim(api_key, key, raw, request.state.request_id)
     if stored is not None:

@@ -2,7 +2,7 @@
 
 Handlers translate HTTP to use-case calls and map DomainError to the OpenAI error
 object through tokenforge.errors.HTTP_ERROR. Every answer carries x-request-id.
-One router per area (openai, routes, wallet, usage, topups); `create_app` wires them.
+One router per area (openai, formats, routes, wallet, usage, topups); `create_app` wires them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from services.gateway.adapters.upstream import Upstream
 from services.gateway.storage.idempotency import IdempotencyStore
 from services.gateway.transport.http import (
     console,
+    formats,
     keys,
     openai,
     routes,
@@ -39,7 +40,7 @@ from tokenforge.errors import DomainError, Reason, openai_error_body
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (openai, routes, wallet, usage, topups, webhooks, console, keys, runs)
+ROUTERS = (openai, formats, routes, wallet, usage, topups, webhooks, console, keys, runs)
 
 
 def create_app(
