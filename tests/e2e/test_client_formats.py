@@ -40,7 +40,9 @@ def gpt(system: System, key: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=system.gateway_url + "/v1", api_key=key, max_retries=0)
 
 
-async def money_story(system: System, key: str, request_id: str, cost_micros: int) -> dict[str, Any]:
+async def money_story(
+    system: System, key: str, request_id: str, cost_micros: int
+) -> dict[str, Any]:
     """The answer's cost is the receipt's charge and the ledger row's amount."""
     receipt = await receipt_of(system, key, request_id)
     async with system.http(key) as http:
