@@ -91,6 +91,7 @@ async def test_anthropic_messages_create_is_charged_as_its_receipt_and_ledger_ro
     receipt = await money_story(system, key, request_id, cost)
     assert (message.model_extra or {})["receipt"] == receipt
     assert receipt["route"] == route and receipt["tokens"]["prompt"] == PROMPT_TOKENS
+    assert receipt["client_format"] == "anthropic_messages"
 
 
 async def test_anthropic_max_tokens_cuts_the_answer_with_stop_reason_max_tokens(
@@ -263,6 +264,7 @@ async def test_responses_create_is_charged_as_its_receipt_and_ledger_row(
     assert raw.headers["x-tokenforge-route"] == route
     receipt = await money_story(system, key, request_id, cost)
     assert (response.model_extra or {})["receipt"] == receipt
+    assert receipt["client_format"] == "openai_responses"
 
 
 async def test_responses_function_calls_and_json_schema_reach_the_channel(
@@ -368,7 +370,7 @@ async def test_completions_create_is_charged_as_its_receipt_and_ledger_row(
     assert cost == expected_charge(prices, 9, 32)
     receipt = await money_story(system, key, raw.headers["x-request-id"], cost)
     assert (completion.model_extra or {})["receipt"] == receipt
-    assert receipt["route"] == route
+    assert receipt["route"] == route and receipt["client_format"] == "openai_completions"
 
 
 async def test_completions_stream_in_text_completion_chunks_with_the_charge_last(
@@ -423,6 +425,10 @@ async def test_an_empty_balance_is_402_in_every_openai_format(system: System) ->
         assert "Top up" in refused.message
     await until_nothing_held(system, account)
     assert (await balances(system, key))["credit"] == {"posted": 10, "held": 0, "available": 10}
+    async with system.http(key) as http:
+        rejected = (await http.get("/v1/usage")).json()["data"]
+    assert sorted(r["client_format"] for r in rejected) == ["openai_completions", "openai_responses"]
+    assert {r["status"] for r in rejected} == {"rejected"}
 
 
 STREAMS: list[tuple[str, dict[str, Any]]] = [

@@ -23,11 +23,16 @@ from services.gateway.flow.complete import complete
 from services.gateway.flow.stream import ReservedStreamingResponse, start_chat_stream
 
 
+def as_chat(cmd: ChatCommand, fmt: ClientFormat) -> ChatCommand:
+    """The command as a chat request, its receipt naming the client's format."""
+    return replace(cmd, body=fmt.chat_body(), client_format=fmt.name)
+
+
 async def complete_in(
     peers: Peers, upstream: Upstream, cmd: ChatCommand, fmt: ClientFormat
 ) -> ChatOutcome:
     """A request that is not streamed: the chat flow, its answer in the client's format."""
-    outcome = await complete(peers, upstream, replace(cmd, body=fmt.chat_body()), CHAT)
+    outcome = await complete(peers, upstream, as_chat(cmd, fmt), CHAT)
     answer = fmt.answer(outcome.payload)
     return ChatOutcome(outcome.status, answer, outcome.receipt, outcome.headers)
 
@@ -37,5 +42,5 @@ async def stream_in(
 ) -> ReservedStreamingResponse:
     """A streamed request: the chat stream (its reservation ended however the response
     ends), each piece written as the client format's events."""
-    stream = await start_chat_stream(peers, upstream, replace(cmd, body=fmt.chat_body()))
+    stream = await start_chat_stream(peers, upstream, as_chat(cmd, fmt))
     return ReservedStreamingResponse(stream, lambda events: translate(events, fmt.translator()))
