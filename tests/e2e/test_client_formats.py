@@ -185,6 +185,23 @@ async def test_anthropic_tools_get_a_tool_use_and_tool_results_reach_the_channel
     assert streamed.input == {"city": "mock"} and final.stop_reason == "tool_use"
 
 
+async def test_an_anthropic_repeat_with_the_same_idempotency_key_gets_the_first_answer(
+    system: System,
+) -> None:
+    _, key = await system.new_account()
+    body = {"model": "demo-chat", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"x-api-key": key, "idempotency-key": "messages-once"}
+    async with httpx.AsyncClient(base_url=system.gateway_url) as http:
+        first = await http.post("/v1/messages", json=body, headers=headers)
+        again = await http.post("/v1/messages", json=body, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["x-request-id"] == first.headers["x-request-id"]
+    assert again.json() == first.json()
+    async with system.http(key) as http:
+        assert len((await http.get("/v1/usage")).json()["data"]) == 1
+
+
 async def test_anthropic_count_tokens_charges_nothing(system: System) -> None:
     _, key = await system.new_account()
     before = await balances(system, key)
@@ -339,6 +356,22 @@ async def test_responses_stream_sends_the_typed_events_and_completes_with_the_ch
     await money_story(system, key, receipt["request_id"], cost)
 
 
+async def test_a_responses_stream_of_a_function_call_completes_with_the_call(
+    system: System,
+) -> None:
+    _, key = await system.new_account()
+    tools: Any = [{"type": "function", "name": "get_weather", "parameters": WEATHER}]
+    async with gpt(system, key).responses.stream(
+        model="demo-chat", input="Please call a tool for Paris", tools=tools
+    ) as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_response()
+    assert "response.function_call_arguments.delta" in kinds
+    [call] = [item for item in final.output if item.type == "function_call"]
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "mock"}
+    assert final.usage is not None and (final.usage.model_extra or {})["cost_micros"] > 0
+
+
 async def test_responses_refuse_previous_response_id_naming_the_param(system: System) -> None:
     _, key = await system.new_account()
     with pytest.raises(openai.BadRequestError) as refused:
@@ -427,7 +460,10 @@ async def test_an_empty_balance_is_402_in_every_openai_format(system: System) ->
     assert (await balances(system, key))["credit"] == {"posted": 10, "held": 0, "available": 10}
     async with system.http(key) as http:
         rejected = (await http.get("/v1/usage")).json()["data"]
-    assert sorted(r["client_format"] for r in rejected) == ["openai_completions", "openai_responses"]
+    assert sorted(r["client_format"] for r in rejected) == [
+        "openai_completions",
+        "openai_responses",
+    ]
     assert {r["status"] for r in rejected} == {"rejected"}
 
 

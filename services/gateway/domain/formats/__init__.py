@@ -55,6 +55,8 @@ class ClientFormat(ABC):
     """One request in a client format: its body, and how it reads as a chat request."""
 
     name: ClassVar[str]
+    # The GenAI semantic-convention operation of the request's span.
+    operation: ClassVar[str] = "chat"
 
     def __init__(self, body: Json, request_id: str) -> None:
         self.body = body

@@ -58,6 +58,7 @@ def prompt_text(prompt: Any) -> str:
 
 class CompletionsFormat(ClientFormat):
     name = "openai_completions"
+    operation = "text_completion"
 
     def chat_body(self) -> Json:
         body = self.body

@@ -92,7 +92,7 @@ def router(deps: Deps) -> APIRouter:
             if fmt.streamed:
                 return await stream_in(peers, upstream, cmd, fmt)
             outcome = await complete_in(peers, upstream, cmd, fmt)
-            annotate_span(trace.get_current_span(), outcome.receipt, fmt.name)
+            annotate_span(trace.get_current_span(), outcome.receipt, fmt.operation)
             return json_response(outcome.payload, outcome.status, outcome.headers)
 
         return await replay.idempotent(deps.idempotency, request, run, api_key)
