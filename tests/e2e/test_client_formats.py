@@ -201,6 +201,15 @@ async def test_an_anthropic_repeat_with_the_same_idempotency_key_gets_the_first_
     async with system.http(key) as http:
         assert len((await http.get("/v1/usage")).json()["data"]) == 1
 
+    _, poor = await system.new_account(credit=10, routed=0)
+    headers = {"x-api-key": poor, "idempotency-key": "refused-once"}
+    async with httpx.AsyncClient(base_url=system.gateway_url) as http:
+        refused = [await http.post("/v1/messages", json=body, headers=headers) for _ in range(2)]
+    assert [r.status_code for r in refused] == [402, 402]
+    assert refused[1].headers["idempotent-replayed"] == "true"
+    assert refused[0].json()["error"] == refused[1].json()["error"]
+    assert refused[1].json()["error"]["type"] == "billing_error"
+
 
 async def test_anthropic_count_tokens_charges_nothing(system: System) -> None:
     _, key = await system.new_account()

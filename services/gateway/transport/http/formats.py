@@ -29,6 +29,7 @@ from services.gateway.transport.http.common import (
     Deps,
     api_key_of,
     client_ip_of,
+    error_response,
     json_body,
     json_response,
 )
@@ -83,7 +84,12 @@ def router(deps: Deps) -> APIRouter:
             run_id=request.headers.get("x-tokenforge-run", "").strip(),
         )
 
-    async def run_format(request: Request, fmt: ClientFormat, api_key: str) -> Response:
+    async def run_format(
+        request: Request,
+        fmt: ClientFormat,
+        api_key: str,
+        render: Callable[[DomainError], Response] = error_response,
+    ) -> Response:
         """The request through the chat flow, answered in its format (Idempotency-Key
         honoured as for chat)."""
 
@@ -95,7 +101,7 @@ def router(deps: Deps) -> APIRouter:
             annotate_span(trace.get_current_span(), outcome.receipt, fmt.operation)
             return json_response(outcome.payload, outcome.status, outcome.headers)
 
-        return await replay.idempotent(deps.idempotency, request, run, api_key)
+        return await replay.idempotent(deps.idempotency, request, run, api_key, render)
 
     @r.post("/v1/completions", tags=["openai"], openapi_extra=body_of(CompletionRequest))
     async def completions(request: Request) -> Response:
@@ -138,7 +144,9 @@ def router(deps: Deps) -> APIRouter:
             api_key = anthropic_key_of(request)
             body = await json_body(request)
             fmt = AnthropicFormat(body, request.state.request_id)
-            return await run_format(request, fmt, api_key)
+            return await run_format(
+                request, fmt, api_key, lambda error: anthropic_error(request, error)
+            )
 
         return await anthropic(request, handle)
 
