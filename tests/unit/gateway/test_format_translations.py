@@ -410,6 +410,25 @@ def test_anthropic_messages_become_chat_messages_tool_results_first() -> None:
     assert chat["tool_choice"] == "required" and chat["parallel_tool_calls"] is False
 
 
+def test_an_image_in_a_tool_result_goes_to_the_user_message_after_the_tool_message() -> None:
+    png = {"type": "base64", "media_type": "image/png", "data": "AA=="}
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "tu_1",
+        "is_error": True,
+        "content": [{"type": "text", "text": "a screenshot"}, {"type": "image", "source": png}],
+    }
+    messages = [{"role": "user", "content": [result]}]
+    body = {"model": "m", "max_tokens": 10, "messages": messages}
+    assert AnthropicFormat(body, REQUEST_ID).chat_body()["messages"] == [
+        {"role": "tool", "tool_call_id": "tu_1", "content": "Error: a screenshot"},
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}],
+        },
+    ]
+
+
 @pytest.mark.parametrize(
     ("extra", "param"),
     [

@@ -3,7 +3,8 @@
 Request: `system` (a string or text blocks) -> a system message; `messages` with content
 as a string or blocks: `text`, `image` (base64 or URL) -> chat parts, an assistant's
 `tool_use` -> `tool_calls`, a user's `tool_result` -> a `tool` message (before the
-user's other blocks; `is_error` results start with "Error: "), `thinking` blocks are
+user's other blocks; `is_error` results start with "Error: "; images in a result go to
+the user message after the tool messages, a `tool` message holding text only), `thinking` blocks are
 left out; `tools` (name, description, input_schema) -> function tools; `tool_choice`
 (auto, any, tool, none) and `disable_parallel_tool_use`; `max_tokens` (required);
 `stop_sequences` -> `stop`; `temperature`, `top_p`; `metadata.user_id` -> `user`.
@@ -65,14 +66,24 @@ def _image(block: Json, param: str) -> Json:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _tool_result(block: Json, param: str) -> Json:
+def _tool_result(block: Json, param: str) -> tuple[Json, list[Json]]:
+    """The `tool` message of a tool result, and the images it held: a chat `tool`
+    message carries text only, so they go to the user message that follows."""
     if not isinstance(block.get("tool_use_id"), str):
         raise invalid(f"`{param}` (tool_result) needs `tool_use_id`.", param)
     content = block.get("content")
+    images: list[Json] = []
+    if isinstance(content, list):
+        images = [
+            _image(part, f"{param}.content[{k}]")
+            for k, part in enumerate(content)
+            if isinstance(part, dict) and part.get("type") == "image"
+        ]
+        content = [p for p in content if not (isinstance(p, dict) and p.get("type") == "image")]
     text = "" if content is None else text_of(content, f"{param}.content")
     if block.get("is_error"):
         text = f"Error: {text}"
-    return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}
+    return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}, images
 
 
 def _refused(kind: Any, param: str) -> Exception:
@@ -104,7 +115,9 @@ def chat_messages(message: Any, param: str) -> list[Json]:
         elif kind == "image" and role == "user":
             parts.append(_image(block, where))
         elif kind == "tool_result" and role == "user":
-            tools.append(_tool_result(block, where))
+            result, images = _tool_result(block, where)
+            tools.append(result)
+            parts.extend(images)
         elif kind == "tool_use" and role == "assistant":
             if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
                 raise invalid(f"`{where}` (tool_use) needs `id` and `name`.", where)
