@@ -518,5 +518,54 @@ async def test_a_stream_abandoned_in_any_format_leaves_nothing_held(
     await money_story(system, key, request_id, receipt["charge"]["micros"])
 
 
+async def events_of(system: System, key: str, path: str, body: dict[str, Any]) -> list[Any]:
+    """(event name, data) of a whole stream, read raw."""
+    seen: list[Any] = []
+    name = None
+    async with (
+        httpx.AsyncClient(base_url=system.gateway_url, timeout=30) as http,
+        http.stream("POST", path, headers=auth(key), json=body) as response,
+    ):
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                seen.append((name, orjson.loads(line[6:])))
+    return seen
+
+
+async def test_a_stream_the_upstream_cuts_names_its_partial_charge_in_each_format(
+    system: System,
+) -> None:
+    _, key = await system.new_account()
+    asked = [{"role": "user", "content": "tell me everything"}]
+    messages = await events_of(
+        system,
+        key,
+        "/v1/messages",
+        {"model": "test-cut", "max_tokens": 100, "stream": True, "messages": asked},
+    )
+    (_, delta), (last, error) = messages[-2], messages[-1]
+    assert last == "error" and error["error"]["type"] == "api_error"
+    receipt = await money_story(
+        system, key, delta["receipt"]["request_id"], delta["usage"]["cost_micros"]
+    )
+    assert receipt["status"] == "partial" and receipt["settlement_rule"] == "error_mid_stream"
+
+    responses = await events_of(
+        system, key, "/v1/responses", {"model": "test-cut", "input": "tell me", "stream": True}
+    )
+    name, failed = responses[-1]
+    assert name == "response.failed" and failed["response"]["status"] == "failed"
+    receipt = await money_story(
+        system,
+        key,
+        failed["response"]["receipt"]["request_id"],
+        failed["response"]["usage"]["cost_micros"],
+    )
+    assert receipt["status"] == "partial"
+
+
 def auth(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
