@@ -235,6 +235,11 @@ def test_responses_input_items_become_chat_messages() -> None:
         ({"input": [{"type": "web_search_call", "id": "ws"}]}, "input[0]"),
         ({"input": [{"role": "user", "content": [{"type": "input_file"}]}]}, "input[0].content[0]"),
         ({"tools": [{"type": "web_search"}]}, "tools[0]"),
+        (
+            {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {}}]},
+            "input[0]",
+        ),
+        ({"text": "json"}, "text"),
         ({"text": {"format": {"type": "json_schema"}}}, "text.format"),
         ({"input": None}, "input"),
     ],
@@ -440,6 +445,11 @@ def test_an_image_in_a_tool_result_goes_to_the_user_message_after_the_tool_messa
             "messages[0].content[0]",
         ),
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0]"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image", "source": "x"}]}]},
+            "messages[0].content[0]",
+        ),
+        ({"stop_sequences": ["a", "b", "c", "d", "e"]}, "stop_sequences"),
         ({"tool_choice": {"type": "sometimes"}}, "tool_choice"),
     ],
 )

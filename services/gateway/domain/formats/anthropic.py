@@ -53,10 +53,14 @@ STOP_REASONS = {
     "content_filter": "refusal",
 }
 SKIPPED_BLOCKS = ("thinking", "redacted_thinking")
+# What an OpenAI chat channel takes.
+MAX_STOP_SEQUENCES = 4
 
 
 def _image(block: Json, param: str) -> Json:
-    source = block.get("source") or {}
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise invalid(f"`{param}.source` must be a base64 or url image source.", param)
     if source.get("type") == "base64" and isinstance(source.get("data"), str):
         url = f"data:{source.get('media_type', 'image/png')};base64,{source['data']}"
     elif source.get("type") == "url" and isinstance(source.get("url"), str):
@@ -220,8 +224,17 @@ class AnthropicFormat(ClientFormat):
             messages.extend(chat_messages(message, f"messages[{i}]"))
         chat: Json = {"model": model, "messages": messages, "max_tokens": cap}
         copy_keys(body, chat, ("temperature", "top_p"))
-        if body.get("stop_sequences"):
-            chat["stop"] = body["stop_sequences"]
+        stops = body.get("stop_sequences")
+        if stops:
+            if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+                raise invalid("`stop_sequences` must be a list of strings.", "stop_sequences")
+            if len(stops) > MAX_STOP_SEQUENCES:
+                raise invalid(
+                    f"`stop_sequences` holds {len(stops)}; a chat channel takes at most "
+                    f"{MAX_STOP_SEQUENCES}.",
+                    "stop_sequences",
+                )
+            chat["stop"] = stops
         metadata = body.get("metadata")
         if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
             chat["user"] = metadata["user_id"]

@@ -103,8 +103,14 @@ def input_messages(value: Any) -> list[Json]:
                 )
             messages.append({"role": role, "content": _content(item.get("content"), param)})
         elif kind == "function_call":
-            if not isinstance(item.get("call_id"), str) or not isinstance(item.get("name"), str):
-                raise invalid(f"`{param}` (function_call) needs `call_id` and `name`.", param)
+            if not all(isinstance(item.get(k), str) for k in ("call_id", "name")) or not (
+                isinstance(item.get("arguments"), str | None)
+            ):
+                raise invalid(
+                    f"`{param}` (function_call) needs `call_id`, `name` and `arguments` "
+                    "(a JSON string).",
+                    param,
+                )
             call = {
                 "id": item["call_id"],
                 "type": "function",
