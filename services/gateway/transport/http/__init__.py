@@ -2,7 +2,7 @@
 
 Handlers translate HTTP to use-case calls and map DomainError to the OpenAI error
 object through tokenforge.errors.HTTP_ERROR. Every answer carries x-request-id.
-One router per area (openai, formats, routes, wallet, usage, topups); `create_app` wires them.
+One router per area (openai, routes, wallet, usage, topups); `create_app` wires them.
 """
 
 from __future__ import annotations
