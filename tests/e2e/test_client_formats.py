@@ -266,6 +266,36 @@ async def test_anthropic_errors_come_in_anthropics_shape(system: System) -> None
     assert (await balances(system, key))["credit"] == {"posted": 10, "held": 0, "available": 10}
 
 
+async def test_an_unexpected_failure_on_messages_answers_api_error_with_the_request_id(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.gateway.domain.formats.anthropic import AnthropicFormat
+
+    def broken(self: AnthropicFormat) -> dict[str, Any]:
+        raise RuntimeError("SELECT secret FROM wallet.balances")
+
+    account, key = await system.new_account()
+    monkeypatch.setattr(AnthropicFormat, "chat_body", broken)
+    async with httpx.AsyncClient(base_url=system.gateway_url) as http:
+        answer = await http.post(
+            "/v1/messages",
+            headers={"x-api-key": key},
+            json={
+                "model": "demo-chat",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
+    monkeypatch.undo()
+    assert answer.status_code == 500
+    request_id = answer.headers["x-request-id"]
+    body = answer.json()
+    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    assert body["request_id"] == request_id and request_id in body["error"]["message"]
+    assert "SELECT" not in answer.text and "wallet." not in answer.text
+    await until_nothing_held(system, account)
+
+
 # --- OpenAI Responses ------------------------------------------------------------------
 
 

@@ -125,13 +125,16 @@ def router(deps: Deps) -> APIRouter:
         except DomainError as error:
             return anthropic_error(request, error)
         except Exception:
+            # The details go to the log under the request id; the answer names only it.
             log.exception("unexpected error")
+            request_id = request.state.request_id
             return anthropic_error(
                 request,
                 DomainError(
                     Reason.INTERNAL,
                     "Something went wrong on our side; nothing was charged for an unfinished "
-                    f"request. Quote request id {request.state.request_id}.",
+                    f"request. Quote request id {request_id}.",
+                    {"request_id": request_id},
                 ),
             )
 
