@@ -133,3 +133,37 @@ def openai_error_body(error: DomainError, param: str | None = None) -> dict[str,
 
 def http_status(error: DomainError) -> int:
     return HTTP_ERROR[error.reason][0]
+
+
+# Anthropic Messages clients (`POST /v1/messages`) read the error's `type` by HTTP status.
+ANTHROPIC_ERROR_TYPE: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error_body(error: DomainError, request_id: str = "") -> dict[str, object]:
+    """Anthropic's error object for a domain error, keeping our message, our `code` and
+    our details (e.g. the bucket and amounts of a 402)."""
+    status, _, code = HTTP_ERROR[error.reason]
+    inner: dict[str, object] = {
+        "type": ANTHROPIC_ERROR_TYPE.get(status, "api_error"),
+        "message": error.message,
+        "code": code,
+    }
+    if error.metadata:
+        inner["details"] = dict(error.metadata)
+    body: dict[str, object] = {"type": "error", "error": inner}
+    if request_id:
+        body["request_id"] = request_id
+    return body

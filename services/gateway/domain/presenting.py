@@ -117,6 +117,8 @@ def receipt_json(r: usage_pb2.Receipt) -> dict[str, Any]:
         "trace_id": r.trace_id,
         "catalog_version": r.catalog_version,
         "run_id": r.run_id or None,
+        # The API format the client spoke; "openai" for Chat Completions and Embeddings.
+        "client_format": r.client_format or "openai",
         "error": r.error_code or None,
         "settlement_rule": r.settlement_rule or None,
         "started_at": iso(r.started_at),

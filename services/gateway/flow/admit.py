@@ -40,6 +40,9 @@ class ChatCommand:
     client_ip: str = ""
     # `x-tokenforge-run`: draw a slice of that run's budget instead of holding.
     run_id: str = ""
+    # The API format the client spoke, for the receipt ("" for OpenAI chat and
+    # embeddings; see flow/formats.py).
+    client_format: str = ""
 
 
 @dataclass
@@ -187,6 +190,7 @@ async def record_rejected(peers: Peers, admitted: Admitted, error: DomainError) 
         endpoint=ENDPOINT_NAME[admitted.endpoint],
         run_id=cmd.run_id,
         error_code=error.reason.value.lower(),
+        client_format=cmd.client_format,
     )
     receipt.started_at.CopyFrom(timestamp(admitted.started))
     receipt.finished_at.CopyFrom(timestamp(datetime.now(UTC)))

@@ -67,6 +67,7 @@ def new_receipt(p: Prepared, attempts: list[Attempt]) -> usage_pb2.Receipt:
         endpoint=ENDPOINT_NAME[p.endpoint],
         fallback_used=len(attempts) > 1 or p.fell_back,
         run_id=p.cmd.run_id,
+        client_format=p.cmd.client_format,
     )
     if p.route_attempts:
         receipt.route_attempts.extend(p.route_attempts)

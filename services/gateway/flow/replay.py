@@ -23,8 +23,15 @@ MAX_KEY_LENGTH = 255
 
 
 async def idempotent(
-    store: IdempotencyStore | None, request: Request, run: Callable[[], Awaitable[Response]]
+    store: IdempotencyStore | None,
+    request: Request,
+    run: Callable[[], Awaitable[Response]],
+    api_key: str = "",
+    render: Callable[[DomainError], Response] = error_response,
 ) -> Response:
+    """`api_key`: the key when it did not come as `Authorization: Bearer` (Anthropic
+    clients send `x-api-key`); `render`: the error object a repeat gets (Anthropic's
+    shape on /v1/messages)."""
     key = request.headers.get("idempotency-key")
     if not key or store is None:
         return await run()
@@ -34,7 +41,7 @@ async def idempotent(
             f"Idempotency-Key is at most {MAX_KEY_LENGTH} characters.",
             {"param": "Idempotency-Key"},
         )
-    api_key = api_key_of(request)
+    api_key = api_key or api_key_of(request)
     raw = await request.body()
     stored = await store.claim(api_key, key, raw, request.state.request_id)
     if stored is not None:
@@ -69,7 +76,7 @@ async def idempotent(
         if http_status(error) >= 500 and not charged_anyway(error):
             await store.give_back(api_key, key)  # nothing charged: a retry may run
         else:
-            answer = error_response(error)
+            answer = render(error)
             await store.complete(api_key, key, answer.status_code, bytes(answer.body), {})
         raise
     except BaseException:
@@ -78,7 +85,7 @@ async def idempotent(
     if isinstance(response, StreamingResponse):
         # A stream cannot be replayed: a repeat is told where its receipt is.
         receipt_url = response.headers.get("x-tokenforge-receipt", "")
-        replay = error_response(
+        replay = render(
             DomainError(
                 Reason.IDEMPOTENCY_CONFLICT,
                 "This Idempotency-Key was used for a stream, which is delivered once; "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,9 +152,15 @@ class ReservedStreamingResponse(StreamingResponse):
     """A streamed answer whose request's reservation ends however the response ends,
     even when the client left before the stream was first iterated."""
 
-    def __init__(self, stream: ChatStream) -> None:
+    def __init__(
+        self,
+        stream: ChatStream,
+        translate: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]] | None = None,
+    ) -> None:
+        # `translate`: a client format's events made of the chat stream's (flow/formats.py).
+        events = stream.events() if translate is None else translate(stream.events())
         super().__init__(
-            stream.events(),
+            events,
             media_type="text/event-stream",
             headers={**stream.headers, "cache-control": "no-cache"},
         )

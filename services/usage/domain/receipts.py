@@ -102,6 +102,8 @@ class Receipt:
     settlement_rule: str = ""
     # Every route tried, when the request fell back to another route (else empty).
     route_attempts: tuple[RouteAttempt, ...] = ()
+    # The API format the client spoke ("" for OpenAI chat and embeddings).
+    client_format: str = ""
 
     @property
     def released_hold_ids(self) -> tuple[str, ...]:

@@ -150,6 +150,7 @@ def to_row(receipt: Receipt) -> dict[str, Any]:
         "error_code": receipt.error_code,
         "settlement_rule": receipt.settlement_rule,
         "route_attempts": _route_attempts_json(receipt),
+        "client_format": receipt.client_format,
         "started_at": receipt.started_at,
         "finished_at": receipt.finished_at,
     }
@@ -192,6 +193,7 @@ def from_row(row: Any) -> Receipt:
         error_code=row.error_code,
         settlement_rule=row.settlement_rule,
         route_attempts=_route_attempts(row.route_attempts),
+        client_format=row.client_format,
     )
 
 

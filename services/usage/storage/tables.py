@@ -54,6 +54,7 @@ receipts = Table(
     # [{"route_kind", "bucket", "upstream_model", "prices", "hold_id", "outcome",
     #   "channel_attempts"}, ...] when the request fell back to another route.
     Column("route_attempts", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("client_format", Text, nullable=False, server_default=""),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True), nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),

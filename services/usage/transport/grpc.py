@@ -143,6 +143,7 @@ def receipt_from_wire(wire: usage_pb2.Receipt) -> Receipt:
         error_code=wire.error_code,
         settlement_rule=wire.settlement_rule,
         route_attempts=tuple(_route_attempt_from_wire(a) for a in wire.route_attempts),
+        client_format=wire.client_format,
     )
 
 
@@ -184,6 +185,7 @@ def receipt_to_wire(receipt: Receipt) -> usage_pb2.Receipt:
         error_code=receipt.error_code,
         settlement_rule=receipt.settlement_rule,
         route_attempts=[_route_attempt_to_wire(a) for a in receipt.route_attempts],
+        client_format=receipt.client_format,
     )
 
 

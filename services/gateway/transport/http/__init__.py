@@ -21,6 +21,7 @@ from services.gateway.adapters.upstream import Upstream
 from services.gateway.storage.idempotency import IdempotencyStore
 from services.gateway.transport.http import (
     console,
+    formats,
     keys,
     openai,
     routes,
@@ -41,7 +42,7 @@ from tokenforge.errors import DomainError, Reason, openai_error_body
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (openai, routes, wallet, usage, topups, webhooks, console, keys, runs)
+ROUTERS = (openai, formats, routes, wallet, usage, topups, webhooks, console, keys, runs)
 
 
 def create_app(

@@ -115,3 +115,56 @@ _STATUS_WORDS = {
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": OpenAIError, "description": words} for status, words in _STATUS_WORDS.items()
 }
+
+
+class CompletionRequest(BaseModel):
+    """A legacy text completion request (one prompt per request)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=16)
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+
+
+class ResponseRequest(BaseModel):
+    """An OpenAI Responses request (stateless: nothing is stored)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    text: dict[str, Any] | None = None
+    stream: bool | None = None
+
+
+class MessagesRequest(BaseModel):
+    """An Anthropic Messages request (`x-api-key` or Bearer; `max_tokens` required)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    max_tokens: int = Field(ge=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    stop_sequences: list[str] | None = None
+    temperature: float | None = None
+    stream: bool | None = None
+
+
+class CountTokensRequest(BaseModel):
+    """An Anthropic token count: the body of a Messages request, `max_tokens` optional."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
