@@ -615,7 +615,7 @@ async def queued_rows(engine: AsyncEngine, accounts: list[str]) -> list[tuple[st
     async with engine.connect() as conn:
         rows = await conn.execute(
             text(
-                "SELECT request_id, coalesce(last_error, 'waiting') FROM gateway.receipt_queue "
+                "SELECT request_id, coalesce(last_error, 'waiting') FROM gateway.finish_queue "
                 "WHERE account_id = ANY(:a)"
             ),
             {"a": accounts},
