@@ -90,3 +90,38 @@ async def test_an_overlong_id_in_a_header_is_refused_naming_it(
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == header
     assert answer.headers["x-request-id"]
+
+
+async def test_a_client_gone_before_its_body_arrived_is_no_unexpected_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that disconnects while its body is read: nothing ran, nothing is sent,
+    and the log says so at INFO (no traceback of an 'unexpected error')."""
+    app: FastAPI = create_app(None, None)  # type: ignore[arg-type]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"authorization", b"Bearer tf_x"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("gateway", 80),
+    }
+    with caplog.at_level("INFO"):
+        await app(scope, receive, send)  # type: ignore[arg-type]
+    assert sent == []
+    assert "went away before its body arrived" in caplog.text
+    assert "unexpected error" not in caplog.text

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -150,6 +151,9 @@ class RequestContextMiddleware:
                 await error_response(refused)(scope, receive, send_with_context)
                 return
             await self.app(scope, receive, send_with_context)
+        except ClientDisconnect:
+            # The client left before its request was read: nothing ran, nobody to answer.
+            log.info("request %s: the client went away before its body arrived", request_id)
         except Exception:
             log.exception("unexpected error (request %s)", request_id)
             if "elapsed" in answer:  # the answer has begun: it can only be cut short
