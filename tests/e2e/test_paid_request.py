@@ -133,7 +133,7 @@ async def test_insufficient_balance_is_402_naming_the_bucket_and_amounts(system:
     assert isinstance(error, dict)
     assert error["code"] == "insufficient_balance"
     assert error["details"]["bucket"] == "credit"
-    assert error["details"]["available_micros"] == "10"
+    assert error["details"]["available_micros"] == 10
     assert "Credit" in error["message"] and "Top up" in error["message"]
     after = await balances(system, key)
     assert after["credit"] == {"posted": 10, "held": 0, "available": 10}
