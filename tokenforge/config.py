@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 # TOKENFORGE_ENV: "dev" (the default: `tokenforge dev`, tests, a laptop) or "prod".
 ENVIRONMENTS = ("dev", "prod")
@@ -80,6 +81,10 @@ class Settings:
     # TOKENFORGE_TRUSTED_PROXIES="10.0.0.0/8,192.0.2.7"). None by default: the client
     # address every key check sees (the IP allow-list) is the connection's peer.
     trusted_proxies: tuple[str, ...] = ()
+    # The web origins whose pages may call the API from a browser (CORS), e.g.
+    # TOKENFORGE_CORS_ORIGINS="https://app.example.com,http://localhost:5173"; `*` for
+    # any. None by default: the console is served by the gateway itself (same origin).
+    cors_origins: tuple[str, ...] = ()
     # "prod" makes every service refuse to start with an unsafe setting
     # (`unsafe_for_prod`); "dev" allows them (TOKENFORGE_ENV).
     env: str = "dev"
@@ -149,6 +154,7 @@ class Settings:
             budget_requests=_non_negative("BUDGET_REQUESTS", "64", "requests"),
             budget_idle_ms=_non_negative("BUDGET_IDLE_MS", "1000"),
             trusted_proxies=parse_trusted_proxies(_env("TRUSTED_PROXIES")),
+            cors_origins=parse_cors_origins(_env("CORS_ORIGINS")),
             env=_environment(),
             sandbox_provider=_switch("SANDBOX_PROVIDER"),
             nats_ca_file=_env("NATS_CA_FILE"),
@@ -227,6 +233,27 @@ def parse_trusted_proxies(text: str) -> tuple[str, ...]:
             ) from None
         proxies.append(item)
     return tuple(proxies)
+
+
+def parse_cors_origins(text: str) -> tuple[str, ...]:
+    """ "https://a.example, http://localhost:5173" -> the two origins; `*` alone for any
+    origin. An entry that is not an origin (a path, no scheme, a trailing slash) is
+    refused: a browser sends the bare origin, so it would never match."""
+    origins: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if item != "*":
+            parts = urlsplit(item)
+            bare = f"{parts.scheme}://{parts.netloc}"
+            if parts.scheme not in ("http", "https") or not parts.netloc or item != bare:
+                raise ValueError(
+                    f"TOKENFORGE_CORS_ORIGINS entry {item!r} is not an origin; give "
+                    "scheme://host[:port] with no path, e.g. https://app.example.com, "
+                    "or `*` for any origin"
+                )
+        origins.append(item)
+    return tuple(origins)
 
 
 def parse_caller_tokens(text: str) -> dict[str, str]:

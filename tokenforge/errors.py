@@ -117,6 +117,25 @@ HTTP_ERROR: dict[Reason, tuple[int, str, str]] = {
 }
 
 
+# Details that are numbers on the wire (the metadata is strings, as gRPC carries it):
+# every amount (`*_micros`) and these counts are written as JSON integers.
+INTEGER_DETAILS = frozenset({"retry_after_s", "limit", "max_items"})
+
+
+def details_json(metadata: dict[str, str]) -> dict[str, object]:
+    """An error's `details` as clients read them: amounts and counts as integers."""
+    details: dict[str, object] = {}
+    for key, value in metadata.items():
+        numeric = key.endswith("_micros") or key in INTEGER_DETAILS
+        details[key] = int(value) if numeric and _is_integer(value) else value
+    return details
+
+
+def _is_integer(text: str) -> bool:
+    digits = text.removeprefix("-")
+    return digits.isascii() and digits.isdigit()
+
+
 def openai_error_body(error: DomainError, param: str | None = None) -> dict[str, object]:
     """The OpenAI error object for a domain error (plus our details under `details`)."""
     _, err_type, code = HTTP_ERROR[error.reason]
@@ -127,7 +146,7 @@ def openai_error_body(error: DomainError, param: str | None = None) -> dict[str,
         "code": code,
     }
     if error.metadata:
-        body["details"] = dict(error.metadata)
+        body["details"] = details_json(error.metadata)
     return {"error": body}
 
 
@@ -162,7 +181,7 @@ def anthropic_error_body(error: DomainError, request_id: str = "") -> dict[str, 
         "code": code,
     }
     if error.metadata:
-        inner["details"] = dict(error.metadata)
+        inner["details"] = details_json(error.metadata)
     body: dict[str, object] = {"type": "error", "error": inner}
     if request_id:
         body["request_id"] = request_id

@@ -98,12 +98,18 @@ class Money:
         return format_amount(self.micros, self.bucket)
 
 
-def format_amount(micros: int, bucket: Bucket) -> str:
-    """`12.5 CR`, `0.000042 RB`: up to 6 decimals, trailing zeros trimmed."""
+def decimal_text(micros: int) -> str:
+    """`12.5`, `0.000042`, `-3`: the exact decimal, up to 6 decimals, trailing zeros
+    trimmed."""
     sign = "-" if micros < 0 else ""
     whole, frac = divmod(abs(micros), MICROS_PER_UNIT)
     text = f"{whole}.{frac:06d}".rstrip("0").rstrip(".")
-    return f"{sign}{text} {bucket.symbol}"
+    return f"{sign}{text}"
+
+
+def format_amount(micros: int, bucket: Bucket) -> str:
+    """`12.5 CR`, `0.000042 RB`: up to 6 decimals, trailing zeros trimmed."""
+    return f"{decimal_text(micros)} {bucket.symbol}"
 
 
 def parse_amount(text: str) -> int:

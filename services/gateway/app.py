@@ -90,7 +90,12 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
         )
         if policy.enabled:
             peers.budgets = Budgets(peers.wallet_client, policy)
-    app = create_app(peers, upstream, IdempotencyStore(engine) if engine else None)
+    app = create_app(
+        peers,
+        upstream,
+        IdempotencyStore(engine) if engine else None,
+        cors_origins=settings.cors_origins,
+    )
     # No span per ASGI `send`/`receive` message: a 64-chunk stream made 66 spans that
     # say nothing the request span does not (its duration, its status).
     FastAPIInstrumentor.instrument_app(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
+from typing import Any
 
 import httpx
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -49,9 +50,10 @@ class System:
         key = await self.operator.create_key(account_id, project, "e2e key", settings)
         return account_id, key
 
-    async def another_gateway(self, database_url: str, **addrs: str) -> RunningService:
+    async def another_gateway(self, database_url: str, **addrs: Any) -> RunningService:
         """A second gateway replica on this system's services (and its database), with
-        `addrs` in place of theirs (e.g. `usage_addr` of a port nobody listens on)."""
+        `addrs` in place of theirs (e.g. `usage_addr` of a port nobody listens on) or
+        other settings (e.g. `cors_origins`)."""
         from tokenforge.runtime.service import load
 
         settings = Settings(

@@ -262,7 +262,7 @@ async def test_anthropic_errors_come_in_anthropics_shape(system: System) -> None
     error: Any = refused.value.body
     assert error["type"] == "error" and error["error"]["type"] == "billing_error"
     assert "Top up" in error["error"]["message"]
-    assert error["error"]["details"]["available_micros"] == "10"
+    assert error["error"]["details"]["available_micros"] == 10
     assert (await balances(system, key))["credit"] == {"posted": 10, "held": 0, "available": 10}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import openai
 
 from tests.e2e.harness import System
@@ -156,3 +157,62 @@ async def test_the_sync_sdk_lists_models_with_routes_and_completes(system: Syste
     assert "demo-chat" in ids
     assert routes
     assert text
+
+
+APP = "https://app.example"
+PREFLIGHT = {
+    "access-control-request-method": "POST",
+    "access-control-request-headers": "authorization, content-type, idempotency-key, "
+    "x-tokenforge-run, x-stainless-os",
+}
+
+
+async def test_a_browser_on_an_allowed_origin_may_call_the_api_and_read_its_headers(
+    system: System, database_url: str
+) -> None:
+    _, key = await system.new_account()
+    gateway = await system.another_gateway(database_url, cors_origins=(APP,))
+    try:
+        url = f"http://127.0.0.1:{gateway.http_port}"
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            allowed = await http.options(
+                "/v1/chat/completions", headers={"origin": APP, **PREFLIGHT}
+            )
+            foreign = await http.options(
+                "/v1/chat/completions", headers={"origin": "https://evil.example", **PREFLIGHT}
+            )
+            answer = await http.post(
+                "/v1/chat/completions",
+                json=CHAT,
+                headers={"origin": APP, "authorization": f"Bearer {key}"},
+            )
+            refused = await http.post("/v1/chat/completions", json=CHAT, headers={"origin": APP})
+            other = await http.get(
+                "/v1/wallet",
+                headers={"origin": "https://evil.example", "authorization": f"Bearer {key}"},
+            )
+    finally:
+        await gateway.stop(grace=0.5)
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == APP
+    assert "POST" in allowed.headers["access-control-allow-methods"]
+    sent = {h.strip() for h in PREFLIGHT["access-control-request-headers"].split(",")}
+    assert sent <= {h.strip() for h in allowed.headers["access-control-allow-headers"].split(",")}
+    # Another origin's preflight is not allowed: no allow-origin, so the browser stops.
+    assert foreign.status_code == 400
+    assert "access-control-allow-origin" not in foreign.headers
+    assert "access-control-allow-origin" not in other.headers
+    # The real request: the page reads the request id and the charge.
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] == APP
+    exposed = {h.strip() for h in answer.headers["access-control-expose-headers"].split(",")}
+    assert {"x-request-id", "x-tokenforge-charge", "x-tokenforge-charge-micros"} <= exposed
+    # Errors carry it too, so the page can read why.
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == APP
+
+
+async def test_without_configured_origins_no_preflight_is_allowed(system: System) -> None:
+    async with httpx.AsyncClient(base_url=system.gateway_url, timeout=30) as http:
+        preflight = await http.options("/v1/chat/completions", headers={"origin": APP, **PREFLIGHT})
+    assert "access-control-allow-origin" not in preflight.headers

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from decimal import Decimal
 
 import openai
+import pydantic
 import pytest
 
 from tests.e2e.harness import ADMIN, INTERNAL, System
@@ -74,6 +77,48 @@ async def test_openai_sdk_chat_is_charged_to_credit_with_receipt_and_ledger_row(
     assert row["balance_after"]["micros"] == after["credit"]["posted"]
 
 
+class UsageAsClientsType(pydantic.BaseModel):
+    """`usage` as LiteLLM and OpenRouter clients type it: `cost` a float, strictly (a
+    string would be refused, where LiteLLM only warns)."""
+
+    model_config = pydantic.ConfigDict(strict=True, extra="allow")
+    cost: float
+    cost_micros: int
+
+
+async def test_clients_read_the_cost_as_a_number_equal_to_the_micros(system: System) -> None:
+    _, key = await system.new_account()
+    sdk = client(system, key)
+    raw = await sdk.chat.completions.with_raw_response.create(
+        model="demo-chat", messages=[{"role": "user", "content": "What does this cost?"}]
+    )
+    usage = raw.parse().usage
+    assert usage is not None
+    extra = usage.model_extra or {}
+    # The openai SDK hands the number over as a float, the integer as an int.
+    assert type(extra["cost"]) is float and type(extra["cost_micros"]) is int
+    typed = UsageAsClientsType.model_validate(extra)
+    assert typed.cost_micros > 0
+    # The JSON number on the wire is exactly the micros in units.
+    wire = json.loads(raw.http_response.content, parse_float=Decimal)["usage"]
+    assert wire["cost"] == Decimal(wire["cost_micros"]).scaleb(-6)
+    assert wire["cost_micros"] == typed.cost_micros
+
+    # The same in a stream's usage chunk.
+    stream = await sdk.chat.completions.create(
+        model="demo-chat",
+        messages=[{"role": "user", "content": "And streamed?"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    last = chunks[-1].usage
+    assert last is not None
+    streamed = UsageAsClientsType.model_validate(last.model_extra or {})
+    assert streamed.cost_micros > 0
+    assert Decimal(repr(streamed.cost)) == Decimal(streamed.cost_micros).scaleb(-6)
+
+
 async def test_routed_suffix_is_paid_from_the_routed_balance_only(system: System) -> None:
     _, key = await system.new_account()
     before = await balances(system, key)
@@ -133,7 +178,7 @@ async def test_insufficient_balance_is_402_naming_the_bucket_and_amounts(system:
     assert isinstance(error, dict)
     assert error["code"] == "insufficient_balance"
     assert error["details"]["bucket"] == "credit"
-    assert error["details"]["available_micros"] == "10"
+    assert error["details"]["available_micros"] == 10
     assert "Credit" in error["message"] and "Top up" in error["message"]
     after = await balances(system, key)
     assert after["credit"] == {"posted": 10, "held": 0, "available": 10}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenforge.money import decimal_text
 from tokenforge.research.plan import DISCLAIMER, Plan
 
 
@@ -27,9 +28,10 @@ def before(plan: Plan, preview: dict[str, Any], run: dict[str, Any] | None = Non
 
 def progress(index: int, total: int, title: str, answer: dict[str, Any]) -> str:
     usage = answer.get("usage") or {}
+    cost = decimal_text(int(usage.get("cost_micros", 0)))
     return (
         f"[{index}/{total}] {title}: {usage.get('completion_tokens', 0)} tokens, "
-        f"{usage.get('cost', '0')} {usage.get('cost_currency', '')}".rstrip()
+        f"{cost} {usage.get('cost_currency', '')}".rstrip()
     )
 
 

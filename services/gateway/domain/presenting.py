@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from tokenforge.money import Bucket, Money, format_amount
+from tokenforge.money import MAX_AMOUNT_MICROS, Bucket, Money, decimal_text, format_amount
 from tokenforge.payments.v1 import payments_pb2
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.usage.v1 import usage_pb2
@@ -127,15 +127,26 @@ def receipt_json(r: usage_pb2.Receipt) -> dict[str, Any]:
 
 
 def cost_fields(charge: Money) -> dict[str, Any]:
-    """`usage.cost` as an exact decimal string (no float near money) with its unit."""
-    text = format_amount(charge.micros, charge.bucket)
-    value, symbol = text.rsplit(" ", 1)
+    """`usage.cost` as a JSON number (what OpenRouter sends and clients read), with the
+    exact integer `cost_micros` beside it and the unit."""
     return {
-        "cost": value,
+        "cost": cost_number(charge.micros),
         "cost_micros": charge.micros,
-        "cost_currency": symbol,
+        "cost_currency": charge.bucket.symbol,
         "cost_bucket": charge.bucket.value,
     }
+
+
+def cost_number(micros: int) -> float:
+    """The JSON number for an amount, made from its exact decimal text at the last step
+    before serialization (nothing computes with it). Exact: every amount within
+    MAX_AMOUNT_MICROS has at most 15 significant digits, so the nearest double's
+    shortest text (what orjson writes) is that decimal again: parsing the number back
+    gives micros / 10**6 exactly (docs/ARCHITECTURE.md, "Numbers where clients expect
+    numbers"; tests/unit/gateway/test_cost_number.py)."""
+    if abs(micros) > MAX_AMOUNT_MICROS:
+        raise ValueError(f"{micros} micro-units is beyond MAX_AMOUNT_MICROS")
+    return float(decimal_text(micros))
 
 
 def receipt_headers(receipt: usage_pb2.Receipt, final: bool = True) -> dict[str, str]:

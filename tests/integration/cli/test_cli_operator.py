@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from tests.integration.cli.conftest import Cli, secret_of, wait_until
+from tokenforge.money import decimal_text
 
 
 def balances(cli: Cli, account: str) -> dict[str, str]:
@@ -177,7 +178,7 @@ def test_usage_aggregates_count_a_paid_request_and_reconcile_passes(cli: Cli) ->
             json={"model": "demo-chat", "messages": [{"role": "user", "content": "hello"}]},
         )
         assert answer.status_code == 200, answer.text
-        charge = answer.json()["usage"]["cost"]
+        charge = decimal_text(answer.json()["usage"]["cost_micros"])
     text = wait_until(lambda: "1 req" in (t := cli.ok("usage", "aggregates", account)) and t)
     assert text and "Credit" in text
     by_model = cli.ok("usage", "aggregates", account, "--by", "model")

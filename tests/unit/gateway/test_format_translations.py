@@ -24,7 +24,7 @@ from tokenforge.errors import (
 )
 
 REQUEST_ID = "req_0123456789abcdef01234567"
-COST = {"cost": "0.000170", "cost_micros": 170, "cost_currency": "CR", "cost_bucket": "credit"}
+COST = {"cost": 0.00017, "cost_micros": 170, "cost_currency": "CR", "cost_bucket": "credit"}
 RECEIPT = {"request_id": REQUEST_ID, "charge": {"micros": 170}, "tokens": {"prompt": 9}}
 
 

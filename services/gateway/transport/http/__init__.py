@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
@@ -42,12 +43,55 @@ from tokenforge.errors import DomainError, Reason, openai_error_body
 
 log = logging.getLogger(__name__)
 
+# What a browser page on an allowed origin may send: our API's headers and those the
+# official openai and anthropic SDKs add in a browser (x-stainless-*, anthropic-*).
+CORS_ALLOW_HEADERS = (
+    "authorization",
+    "content-type",
+    "x-api-key",
+    "anthropic-version",
+    "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access",
+    "idempotency-key",
+    "x-tokenforge-run",
+    "openai-organization",
+    "openai-project",
+    "x-stainless-arch",
+    "x-stainless-lang",
+    "x-stainless-os",
+    "x-stainless-package-version",
+    "x-stainless-retry-count",
+    "x-stainless-runtime",
+    "x-stainless-runtime-version",
+    "x-stainless-timeout",
+    "x-stainless-helper-method",
+)
+# What a page may read of an answer: the request id and the money headers.
+CORS_EXPOSE_HEADERS = (
+    "x-request-id",
+    "x-trace-id",
+    "retry-after",
+    "idempotent-replayed",
+    "x-tokenforge-route",
+    "x-tokenforge-bucket",
+    "x-tokenforge-upstream-model",
+    "x-tokenforge-receipt",
+    "x-tokenforge-fallback-route",
+    "x-tokenforge-charge",
+    "x-tokenforge-charge-micros",
+)
+
 ROUTERS = (openai, formats, routes, wallet, usage, topups, webhooks, console, keys, runs)
 
 
 def create_app(
-    peers: Peers, upstream: Upstream, idempotency: IdempotencyStore | None = None
+    peers: Peers,
+    upstream: Upstream,
+    idempotency: IdempotencyStore | None = None,
+    cors_origins: tuple[str, ...] = (),
 ) -> FastAPI:
+    """The gateway's HTTP app. `cors_origins` (TOKENFORGE_CORS_ORIGINS): the web origins
+    whose pages may call the API; none, no CORS headers at all."""
     app = FastAPI(
         title="tokenforge gateway",
         version="1",
@@ -59,6 +103,19 @@ def create_app(
     )
 
     app.add_middleware(RequestContextMiddleware)
+    if cors_origins:
+        # Outermost: a preflight is answered before anything else runs, and every answer
+        # (errors included) carries the allow-origin header. No credentials: the API is
+        # called with a key in a header, never a cookie.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=list(CORS_ALLOW_HEADERS),
+            expose_headers=list(CORS_EXPOSE_HEADERS),
+            allow_credentials=False,
+            max_age=600,
+        )
 
     @app.exception_handler(DomainError)
     async def on_domain_error(request: Request, error: DomainError) -> Response:

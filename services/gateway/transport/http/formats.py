@@ -25,6 +25,13 @@ from services.gateway.flow import replay
 from services.gateway.flow.admit import CHAT, ChatCommand, resolve
 from services.gateway.flow.finish import annotate_span
 from services.gateway.flow.formats import complete_in, stream_in
+from services.gateway.transport.http.answers import (
+    COMPLETION,
+    MESSAGE,
+    RESPONSE,
+    TOKEN_COUNT,
+    answer,
+)
 from services.gateway.transport.http.common import (
     Deps,
     api_key_of,
@@ -103,7 +110,12 @@ def router(deps: Deps) -> APIRouter:
 
         return await replay.idempotent(deps.idempotency, request, run, api_key, render)
 
-    @r.post("/v1/completions", tags=["openai"], openapi_extra=body_of(CompletionRequest))
+    @r.post(
+        "/v1/completions",
+        tags=["openai"],
+        openapi_extra=body_of(CompletionRequest),
+        responses=answer(COMPLETION, stream="Server-sent events: text_completion chunks."),
+    )
     async def completions(request: Request) -> Response:
         """Legacy text completion (`prompt` -> `text_completion`), streaming too, priced,
         held and receipted as a chat completion; `usage.cost` and `receipt` as in chat."""
@@ -111,7 +123,12 @@ def router(deps: Deps) -> APIRouter:
         fmt = CompletionsFormat(body, request.state.request_id)
         return await run_format(request, fmt, api_key_of(request))
 
-    @r.post("/v1/responses", tags=["openai"], openapi_extra=body_of(ResponseRequest))
+    @r.post(
+        "/v1/responses",
+        tags=["openai"],
+        openapi_extra=body_of(ResponseRequest),
+        responses=answer(RESPONSE, stream="Typed events ending in response.completed."),
+    )
     async def responses(request: Request) -> Response:
         """OpenAI Responses, stateless (`store: false`; `previous_response_id` refused),
         streaming with the typed events; `usage` with the cost, and the `receipt`."""
@@ -138,7 +155,12 @@ def router(deps: Deps) -> APIRouter:
                 ),
             )
 
-    @r.post("/v1/messages", tags=["anthropic"], openapi_extra=body_of(MessagesRequest))
+    @r.post(
+        "/v1/messages",
+        tags=["anthropic"],
+        openapi_extra=body_of(MessagesRequest),
+        responses=answer(MESSAGE, stream="message_start ... message_stop."),
+    )
     async def messages(request: Request) -> Response:
         """Anthropic Messages (`x-api-key` or Bearer; `anthropic-version` accepted),
         streaming with Anthropic's events; `usage` with the cost, and the `receipt`."""
@@ -157,6 +179,7 @@ def router(deps: Deps) -> APIRouter:
         "/v1/messages/count_tokens",
         tags=["anthropic"],
         openapi_extra=body_of(CountTokensRequest),
+        responses=answer(TOKEN_COUNT),
     )
     async def count_tokens(request: Request) -> Response:
         """The prompt's tokens as the gateway counts them (about four bytes a token);

@@ -18,7 +18,14 @@ from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.domain.validation import MAX_ID_CHARS
+from services.gateway.transport.http.answers import KEY, NEW_KEY, ROTATED_KEY, answer, listing
 from services.gateway.transport.http.common import Deps, json_body, json_response
+from services.gateway.transport.http.schemas import (
+    KeyCreateRequest,
+    KeyRotateRequest,
+    body_of,
+    optional_body_of,
+)
 from tokenforge.errors import DomainError, Reason
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.wire import (
@@ -174,7 +181,13 @@ def router(deps: Deps) -> APIRouter:
     async def caller(request: Request) -> routing_pb2.Principal:
         return await deps.principal(request, routing_pb2.SCOPE_KEYS)
 
-    @r.post("/v1/keys", tags=["keys"])
+    @r.post(
+        "/v1/keys",
+        tags=["keys"],
+        status_code=201,
+        openapi_extra=body_of(KeyCreateRequest),
+        responses=answer(NEW_KEY, 201),
+    )
     async def create_key(request: Request) -> Response:
         """A new key in the caller's account, within the caller's key's powers (a
         setting left out is the caller's own); its secret is in this answer only."""
@@ -205,14 +218,14 @@ def router(deps: Deps) -> APIRouter:
         answer = key_json(info) if info is not None else {"id": created.key_id}
         return json_response({**answer, "key": created.api_key}, 201)
 
-    @r.get("/v1/keys", tags=["keys"])
+    @r.get("/v1/keys", tags=["keys"], responses=answer(listing(KEY, cursor=False)))
     async def list_keys(request: Request) -> Response:
         """The caller's account's keys (prefix, scopes, limits, last use; no secrets)."""
         account_id = (await caller(request)).account_id
         keys = await _list(peers, account_id, request.state.request_id)
         return json_response({"object": "list", "data": [key_json(k) for k in keys]})
 
-    @r.post("/v1/keys/{key_id}/revoke", tags=["keys"])
+    @r.post("/v1/keys/{key_id}/revoke", tags=["keys"], responses=answer(KEY))
     async def revoke_key(key_id: str, request: Request) -> Response:
         """Stop a key (one within the caller's key's powers): at once here, within 2 s
         everywhere."""
@@ -227,7 +240,12 @@ def router(deps: Deps) -> APIRouter:
         peers.routing_client.forget_key(key_id)  # no reused answer outlives the revocation
         return json_response(key_json(answer.key))
 
-    @r.post("/v1/keys/{key_id}/rotate", tags=["keys"])
+    @r.post(
+        "/v1/keys/{key_id}/rotate",
+        tags=["keys"],
+        openapi_extra=optional_body_of(KeyRotateRequest),
+        responses=answer(ROTATED_KEY),
+    )
     async def rotate_key(key_id: str, request: Request) -> Response:
         """A new secret with the same settings (of a key within the caller's key's
         powers); the old one stops after `grace_seconds`."""

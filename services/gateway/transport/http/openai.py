@@ -21,6 +21,13 @@ from services.gateway.flow.admit import CHAT, EMBEDDINGS, ChatCommand
 from services.gateway.flow.complete import complete
 from services.gateway.flow.finish import annotate_span
 from services.gateway.flow.stream import ReservedStreamingResponse, start_chat_stream
+from services.gateway.transport.http.answers import (
+    CHAT_COMPLETION,
+    EMBEDDING_LIST,
+    MODEL,
+    answer,
+    listing,
+)
 from services.gateway.transport.http.common import (
     Deps,
     api_key_of,
@@ -61,7 +68,16 @@ def router(deps: Deps) -> APIRouter:
     async def idempotent(request: Request, run: Callable[[], Awaitable[Response]]) -> Response:
         return await replay.idempotent(deps.idempotency, request, run)
 
-    @r.post("/v1/chat/completions", tags=["openai"], openapi_extra=body_of(ChatCompletionRequest))
+    @r.post(
+        "/v1/chat/completions",
+        tags=["openai"],
+        openapi_extra=body_of(ChatCompletionRequest),
+        responses=answer(
+            CHAT_COMPLETION,
+            stream="Server-sent events: chat.completion.chunk objects; the last carries "
+            "usage (with the cost) and the receipt.",
+        ),
+    )
     async def chat_completions(request: Request) -> Response:
         """Chat completion (OpenAI wire format, `stream` included) with `usage.cost` and a
         `receipt` summary; the full receipt is at GET /v1/usage/{x-request-id}."""
@@ -77,7 +93,12 @@ def router(deps: Deps) -> APIRouter:
 
         return await idempotent(request, run)
 
-    @r.post("/v1/embeddings", tags=["openai"], openapi_extra=body_of(EmbeddingsRequest))
+    @r.post(
+        "/v1/embeddings",
+        tags=["openai"],
+        openapi_extra=body_of(EmbeddingsRequest),
+        responses=answer(EMBEDDING_LIST),
+    )
     async def embeddings(request: Request) -> Response:
         """Embeddings (OpenAI wire format) with `usage.cost` and a receipt."""
         body = await json_body(request)
@@ -89,7 +110,7 @@ def router(deps: Deps) -> APIRouter:
 
         return await idempotent(request, run)
 
-    @r.get("/v1/models", tags=["openai"])
+    @r.get("/v1/models", tags=["openai"], responses=answer(listing(MODEL, cursor=False)))
     async def list_models(request: Request) -> Response:
         """Every model with its routes: kind, the bucket that pays, prices."""
         await deps.principal(request, routing_pb2.SCOPE_INFERENCE)
@@ -105,7 +126,7 @@ def router(deps: Deps) -> APIRouter:
             }
         )
 
-    @r.get("/v1/models/{model_id}", tags=["openai"])
+    @r.get("/v1/models/{model_id}", tags=["openai"], responses=answer(MODEL))
     async def get_model(model_id: str, request: Request) -> Response:
         await deps.principal(request, routing_pb2.SCOPE_INFERENCE)
         answer = await peers.routing.call(

@@ -13,6 +13,7 @@ from services.gateway.domain.presenting import (
 )
 from services.gateway.flow.call import charge_policy_name
 from services.gateway.flow.preview import preview
+from services.gateway.transport.http.answers import PREVIEW, answer
 from services.gateway.transport.http.common import (
     Deps,
     api_key_of,
@@ -33,7 +34,12 @@ def router(deps: Deps) -> APIRouter:
     r = APIRouter()
     peers: Peers = deps.peers
 
-    @r.post("/v1/routes/preview", tags=["routes"], openapi_extra=body_of(ChatCompletionRequest))
+    @r.post(
+        "/v1/routes/preview",
+        tags=["routes"],
+        openapi_extra=body_of(ChatCompletionRequest),
+        responses=answer(PREVIEW),
+    )
     async def route_preview(request: Request) -> Response:
         """The "before" list of a chat or embeddings body, without calling upstream."""
         body = await json_body(request)

@@ -13,6 +13,7 @@ from services.gateway.domain.presenting import amount
 from services.gateway.domain.runs import run_json, run_receipt_json
 from services.gateway.domain.validation import validate_run
 from services.gateway.runs import bucket_of, close_run, open_run
+from services.gateway.transport.http.answers import OPENED_RUN, RUN, RUN_RECEIPT, answer
 from services.gateway.transport.http.common import (
     Deps,
     api_key_of,
@@ -20,6 +21,7 @@ from services.gateway.transport.http.common import (
     json_body,
     json_response,
 )
+from services.gateway.transport.http.schemas import RunRequest, body_of
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.runtime.telemetry import current_trace_id
 from tokenforge.usage.v1 import usage_pb2
@@ -32,7 +34,13 @@ def router(deps: Deps) -> APIRouter:
     r = APIRouter()
     peers: Peers = deps.peers
 
-    @r.post("/v1/runs", tags=["runs"])
+    @r.post(
+        "/v1/runs",
+        tags=["runs"],
+        status_code=201,
+        openapi_extra=body_of(RunRequest),
+        responses=answer(OPENED_RUN, 201),
+    )
     async def create_run(request: Request) -> Response:
         """Open a run: {model | bucket, budget ("2.5") | estimate {requests,
         prompt_tokens, max_tokens}, ttl (s)}. Answers the estimate, the balance
@@ -73,7 +81,7 @@ def router(deps: Deps) -> APIRouter:
         }
         return json_response(payload, 201)
 
-    @r.get("/v1/runs/{run_id}", tags=["runs"])
+    @r.get("/v1/runs/{run_id}", tags=["runs"], responses=answer(RUN))
     async def get_run(run_id: str, request: Request) -> Response:
         who = await deps.principal(request, routing_pb2.SCOPE_INFERENCE)
         answer = await peers.usage.call(
@@ -83,7 +91,7 @@ def router(deps: Deps) -> APIRouter:
         )
         return json_response(run_json(answer.run))
 
-    @r.get("/v1/runs/{run_id}/receipt", tags=["runs"])
+    @r.get("/v1/runs/{run_id}/receipt", tags=["runs"], responses=answer(RUN_RECEIPT))
     async def get_run_receipt(run_id: str, request: Request) -> Response:
         who = await deps.reader(request)
         answer = await peers.usage.call(
@@ -93,7 +101,7 @@ def router(deps: Deps) -> APIRouter:
         )
         return json_response(run_receipt_json(answer.receipt))
 
-    @r.post("/v1/runs/{run_id}/close", tags=["runs"])
+    @r.post("/v1/runs/{run_id}/close", tags=["runs"], responses=answer(RUN_RECEIPT))
     async def close(run_id: str, request: Request) -> Response:
         """Close: settle what the run's requests spent, release the rest, answer the
         aggregate receipt (lines, totals per model, totals)."""

@@ -11,6 +11,12 @@ INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 
 
+def example(body: dict[str, Any]) -> ConfigDict:
+    """The model config of a request body with one example that runs on the demo
+    catalog; other parameters pass through."""
+    return ConfigDict(extra="allow", json_schema_extra={"examples": [body]})
+
+
 class ChatMessage(BaseModel):
     """One chat message; other OpenAI message fields pass through."""
 
@@ -26,7 +32,9 @@ class ChatCompletionRequest(BaseModel):
     """An OpenAI chat completion request; other OpenAI parameters pass through.
     The bounds are the ones the gateway enforces before anything runs."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = example(
+        {"model": "demo-chat", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}
+    )
 
     model: str = Field(
         min_length=1,
@@ -48,7 +56,7 @@ class ChatCompletionRequest(BaseModel):
 class EmbeddingsRequest(BaseModel):
     """An OpenAI embeddings request."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = example({"model": "demo-embed", "input": "Hello"})
 
     model: str = Field(min_length=1, max_length=256)
     input: (
@@ -64,12 +72,12 @@ def body_of(model: type[BaseModel]) -> dict[str, Any]:
     inlined: a `#/$defs/...` reference would not resolve inside /openapi.json)."""
     schema = model.model_json_schema()
     defs = schema.pop("$defs", {})
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": _inline(schema, defs)}},
-        }
-    }
+    media: dict[str, Any] = {"schema": _inline(schema, defs)}
+    if schema.get("examples"):
+        # A request that runs, for readers and for schemathesis's examples phase (so
+        # the success answers are checked against their schema too).
+        media["example"] = schema["examples"][0]
+    return {"requestBody": {"required": True, "content": {"application/json": media}}}
 
 
 def _inline(node: Any, defs: dict[str, Any]) -> Any:
@@ -88,7 +96,8 @@ class OpenAIErrorBody(BaseModel):
     type: str
     param: str | None = None
     code: str | None = None
-    details: dict[str, str] | None = None
+    # Amounts (`*_micros`) and counts are integers; ids and names strings.
+    details: dict[str, str | int] | None = None
 
 
 class OpenAIError(BaseModel):
@@ -120,7 +129,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 class CompletionRequest(BaseModel):
     """A legacy text completion request (one prompt per request)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = example({"model": "demo-chat", "prompt": "Hello", "max_tokens": 16})
 
     model: str = Field(min_length=1)
     prompt: str | list[str]
@@ -133,7 +142,7 @@ class CompletionRequest(BaseModel):
 class ResponseRequest(BaseModel):
     """An OpenAI Responses request (stateless: nothing is stored)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = example({"model": "demo-chat", "input": "Hello", "max_output_tokens": 16})
 
     model: str = Field(min_length=1)
     input: str | list[dict[str, Any]]
@@ -147,7 +156,9 @@ class ResponseRequest(BaseModel):
 class MessagesRequest(BaseModel):
     """An Anthropic Messages request (`x-api-key` or Bearer; `max_tokens` required)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = example(
+        {"model": "demo-chat", "max_tokens": 16, "messages": [{"role": "user", "content": "Hello"}]}
+    )
 
     model: str = Field(min_length=1)
     max_tokens: int = Field(ge=1)
@@ -162,9 +173,102 @@ class MessagesRequest(BaseModel):
 class CountTokensRequest(BaseModel):
     """An Anthropic token count: the body of a Messages request, `max_tokens` optional."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = example(
+        {"model": "demo-chat", "messages": [{"role": "user", "content": "Hello"}]}
+    )
 
     model: str = Field(min_length=1)
     messages: list[dict[str, Any]] = Field(min_length=1)
     system: str | list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None
+
+
+class TopUpRequest(BaseModel):
+    """POST /v1/topups: the balance to credit and what you pay."""
+
+    model_config = example({"bucket": "credit", "amount": "10.00", "provider": "sandbox"})
+
+    bucket: str = Field(max_length=64, description="credit or routed: the balance credited.")
+    amount: str | int = Field(
+        description='What you pay, in the currency, at most 2 decimals: "10.00".'
+    )
+    currency: str | None = Field(default=None, max_length=64, description="Default USD.")
+    provider: str | None = Field(
+        default=None,
+        max_length=64,
+        description="manual_transfer, stripe or sandbox, as this deployment offers.",
+    )
+
+
+class TransferProofRequest(BaseModel):
+    """POST /v1/topups/{order_id}/proof: the bank transfer's reference."""
+
+    model_config = ConfigDict(extra="allow")
+
+    transfer_reference: str | None = Field(default=None, max_length=512)
+    reference: str | None = Field(default=None, max_length=512, description="The same.")
+
+
+class SandboxOutcomeRequest(BaseModel):
+    """POST /v1/topups/{order_id}/sandbox: what the sandbox provider does with the order."""
+
+    model_config = ConfigDict(extra="allow")
+
+    outcome: str = Field(description="paid, failed or expired.")
+
+
+class SpendCap(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    bucket: str
+    daily_micros: int | None = Field(default=None, ge=0)
+    total_micros: int | None = Field(default=None, ge=0)
+
+
+class KeyCreateRequest(BaseModel):
+    """POST /v1/keys: a new key of your account, with its scopes and settings."""
+
+    model_config = example({"name": "ci", "scopes": ["chat", "read"]})
+
+    name: str | None = Field(default=None, max_length=256)
+    project_id: str | None = Field(default=None, max_length=256)
+    scopes: list[str] | None = Field(default=None, description="e.g. chat, read, topup, keys.")
+    expires_at: str | None = Field(default=None, description="ISO 8601 with a time zone.")
+    allowed_models: list[str] | None = None
+    allowed_route_kinds: list[str] | None = None
+    route_preference: list[str] | None = None
+    fallback_allowed: bool | None = None
+    ip_allowlist: list[str] | None = None
+    requests_per_minute: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    tokens_per_minute: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    max_in_flight: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    spend_caps: list[SpendCap] | None = None
+
+
+class KeyRotateRequest(BaseModel):
+    """POST /v1/keys/{key_id}/rotate (body optional): how long the old key still works."""
+
+    model_config = ConfigDict(extra="allow")
+
+    grace_seconds: int | None = Field(default=None, ge=0, le=INT32_MAX)
+
+
+class RunRequest(BaseModel):
+    """POST /v1/runs: one hold for many requests, from a budget or an estimate."""
+
+    model_config = example({"model": "demo-chat", "budget": "0.5", "ttl": 60})
+
+    model: str | None = Field(default=None, max_length=256)
+    bucket: str | None = Field(default=None, description="credit or routed.")
+    budget: str | int | None = Field(default=None, description='A decimal amount: "2.5".')
+    estimate: dict[str, Any] | None = Field(
+        default=None, description="{requests, max_tokens, ...}: the budget is worked out."
+    )
+    ttl: int | None = Field(default=None, ge=1, le=INT32_MAX, description="Seconds.")
+
+
+def optional_body_of(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` for a route whose JSON body may be left out."""
+    extra = body_of(model)
+    extra["requestBody"]["required"] = False
+    return extra

@@ -17,7 +17,14 @@ from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.domain.presenting import TOPUP_STATUS, topup_json
+from services.gateway.transport.http.answers import TOPUP, answer, listing
 from services.gateway.transport.http.common import Deps, PageSize, json_body, json_response
+from services.gateway.transport.http.schemas import (
+    SandboxOutcomeRequest,
+    TopUpRequest,
+    TransferProofRequest,
+    body_of,
+)
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import MAX_AMOUNT_MICROS, MICROS_PER_UNIT, MoneyError, parse_amount
 from tokenforge.payments.v1 import payments_pb2
@@ -156,7 +163,13 @@ def router(deps: Deps) -> APIRouter:
         entry = await ledger_entry_id(account_id, top_up, request.state.request_id)
         return json_response(topup_json(top_up, entry), status)
 
-    @r.post("/v1/topups", tags=["topups"])
+    @r.post(
+        "/v1/topups",
+        tags=["topups"],
+        status_code=201,
+        openapi_extra=body_of(TopUpRequest),
+        responses=answer(TOPUP, 200, 201),
+    )
     async def create_topup(request: Request) -> Response:
         """Open a top-up order: it names the balance it will credit, for good.
 
@@ -194,7 +207,7 @@ def router(deps: Deps) -> APIRouter:
             who.account_id, answer.top_up, request, 200 if answer.replayed else 201
         )
 
-    @r.get("/v1/topups", tags=["topups"])
+    @r.get("/v1/topups", tags=["topups"], responses=answer(listing(TOPUP)))
     async def list_topups(
         request: Request, limit: PageSize = 20, cursor: str | None = None, status: str | None = None
     ) -> Response:
@@ -224,7 +237,7 @@ def router(deps: Deps) -> APIRouter:
             }
         )
 
-    @r.get("/v1/topups/{order_id}", tags=["topups"])
+    @r.get("/v1/topups/{order_id}", tags=["topups"], responses=answer(TOPUP))
     async def get_topup(order_id: str, request: Request) -> Response:
         who = await deps.reader(request)
         answer = await peers.payments.call(
@@ -234,7 +247,12 @@ def router(deps: Deps) -> APIRouter:
         )
         return await present(who.account_id, answer.top_up, request)
 
-    @r.post("/v1/topups/{order_id}/proof", tags=["topups"])
+    @r.post(
+        "/v1/topups/{order_id}/proof",
+        tags=["topups"],
+        openapi_extra=body_of(TransferProofRequest),
+        responses=answer(TOPUP),
+    )
     async def submit_proof(order_id: str, request: Request) -> Response:
         """Bank transfer orders: send the transfer's reference; an operator reviews it."""
         who = await deps.principal(request, routing_pb2.SCOPE_TOPUP)
@@ -251,7 +269,7 @@ def router(deps: Deps) -> APIRouter:
         )
         return await present(who.account_id, answer.top_up, request)
 
-    @r.post("/v1/topups/{order_id}/cancel", tags=["topups"])
+    @r.post("/v1/topups/{order_id}/cancel", tags=["topups"], responses=answer(TOPUP))
     async def cancel_topup(order_id: str, request: Request) -> Response:
         """Cancel a pending order: nothing was paid, nothing is added."""
         who = await deps.principal(request, routing_pb2.SCOPE_TOPUP)
@@ -262,7 +280,12 @@ def router(deps: Deps) -> APIRouter:
         )
         return await present(who.account_id, answer.top_up, request)
 
-    @r.post("/v1/topups/{order_id}/sandbox", tags=["topups"])
+    @r.post(
+        "/v1/topups/{order_id}/sandbox",
+        tags=["topups"],
+        openapi_extra=body_of(SandboxOutcomeRequest),
+        responses=answer(TOPUP),
+    )
     async def sandbox_outcome(order_id: str, request: Request) -> Response:
         """Sandbox provider only: pay, fail or expire the order (dev and demos). Where
         the sandbox provider is off (TOKENFORGE_SANDBOX_PROVIDER), this answers 404."""

@@ -16,6 +16,7 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.domain.presenting import (
     receipt_json,
 )
+from services.gateway.transport.http.answers import AGGREGATES, RECEIPT, answer, listing
 from services.gateway.transport.http.common import Deps, PageSize, json_response
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import format_amount
@@ -159,7 +160,7 @@ def router(deps: Deps) -> APIRouter:
     def params_of(request: Request) -> dict[str, str | None]:
         return dict(request.query_params)
 
-    @r.get("/v1/usage/aggregates", tags=["usage"])
+    @r.get("/v1/usage/aggregates", tags=["usage"], responses=answer(AGGREGATES))
     async def aggregates(
         request: Request,
         by: str = "day",
@@ -209,7 +210,7 @@ def router(deps: Deps) -> APIRouter:
             )
         return json_response({"object": "list", "by": by, "data": rows})
 
-    @r.get("/v1/usage/{receipt_request_id}", tags=["usage"])
+    @r.get("/v1/usage/{receipt_request_id}", tags=["usage"], responses=answer(RECEIPT))
     async def get_receipt(receipt_request_id: str, request: Request) -> Response:
         """The receipt of one request, with its ledger row and trace id."""
         who = await deps.reader(request)
@@ -220,7 +221,7 @@ def router(deps: Deps) -> APIRouter:
         )
         return json_response(receipt_json(answer.receipt))
 
-    @r.get("/v1/usage", tags=["usage"])
+    @r.get("/v1/usage", tags=["usage"], responses=answer(listing(RECEIPT)))
     async def list_receipts(
         request: Request,
         limit: PageSize = 50,

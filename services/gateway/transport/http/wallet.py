@@ -12,6 +12,7 @@ from services.gateway.domain.presenting import (
     balance_json,
     ledger_entry_json,
 )
+from services.gateway.transport.http.answers import LEDGER_ROW, WALLET, answer, listing
 from services.gateway.transport.http.common import Deps, PageSize, json_response
 from tokenforge.wallet.v1 import wallet_pb2
 from tokenforge.wire import (
@@ -26,7 +27,7 @@ def router(deps: Deps) -> APIRouter:
     r = APIRouter()
     peers: Peers = deps.peers
 
-    @r.get("/v1/wallet", tags=["wallet"])
+    @r.get("/v1/wallet", tags=["wallet"], responses=answer(WALLET))
     async def wallet(request: Request) -> Response:
         """Both balances side by side: posted, reserved for requests in progress, available."""
         who = await deps.reader(request)
@@ -39,7 +40,7 @@ def router(deps: Deps) -> APIRouter:
             {"account_id": who.account_id, "balances": [balance_json(b) for b in answer.balances]}
         )
 
-    @r.get("/v1/wallet/ledger", tags=["wallet"])
+    @r.get("/v1/wallet/ledger", tags=["wallet"], responses=answer(listing(LEDGER_ROW)))
     async def ledger(
         request: Request,
         bucket: str | None = None,

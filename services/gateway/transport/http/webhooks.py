@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
+from services.gateway.transport.http.answers import WEBHOOK, answer
 from services.gateway.transport.http.common import Deps, json_response
 from tokenforge.payments.v1 import payments_pb2
 
@@ -22,12 +23,29 @@ OUTCOMES = {
     payments_pb2.PROVIDER_EVENT_OUTCOME_IGNORED: "ignored",
 }
 
+# The provider's own event, signed over its raw bytes (e.g. a Stripe event object).
+PROVIDER_EVENT = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "description": "The provider's signed event."}
+            }
+        },
+    }
+}
+
 
 def router(deps: Deps) -> APIRouter:
     r = APIRouter()
     peers: Peers = deps.peers
 
-    @r.post("/webhooks/payments/{provider}", tags=["webhooks"])
+    @r.post(
+        "/webhooks/payments/{provider}",
+        tags=["webhooks"],
+        openapi_extra=PROVIDER_EVENT,
+        responses=answer(WEBHOOK),
+    )
     async def provider_webhook(provider: str, request: Request) -> Response:
         body = await request.body()
         answer = await peers.payments.call(
