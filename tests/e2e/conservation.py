@@ -786,12 +786,18 @@ async def nothing_charged(run: Run, answer: Answer, report: Report) -> None:
 async def read(
     http: httpx.AsyncClient, path: str, params: dict[str, Any] | None = None
 ) -> httpx.Response:
-    """A GET of the checks, sent again if the connection failed under it (a read)."""
-    for _ in range(3):
+    """A GET of the checks, sent again if the connection failed under it, or if the
+    gateway answered 503 (a service it asks was too busy: "try again in a moment"), so a
+    finding is about the data, never about a read that could not be made."""
+    for attempt in range(8):
         try:
-            return await http.get(path, params=params)
+            answer = await http.get(path, params=params)
         except httpx.TransportError:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2 * (attempt + 1))
+            continue
+        if answer.status_code != 503:
+            return answer
+        await asyncio.sleep(0.5 * (attempt + 1))
     return await http.get(path, params=params)
 
 
