@@ -30,7 +30,7 @@ async def run_cli(argv: list[str]) -> tuple[int, str]:
 
     def call() -> tuple[int, str]:
         buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             code = cli_main(argv)
         return code, buffer.getvalue()
 
