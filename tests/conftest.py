@@ -32,19 +32,32 @@ def database_url(servers_dir: Path) -> Iterator[str]:
         pg.stop()
 
 
-@pytest.fixture(scope="session")
-def nats_server(servers_dir: Path) -> Iterator[EmbeddedNats | None]:
-    """NATS with its users (tokenforge.runtime.nats.NATS_PERMISSIONS): no anonymous
-    client gets in. None when TOKENFORGE_NATS_URL names an external server."""
+def embedded_nats(directory: Path) -> Iterator[EmbeddedNats | None]:
+    """A NATS server with its users in `directory`, stopped after; None (nothing
+    started) when TOKENFORGE_NATS_URL names an external server."""
     if os.environ.get("TOKENFORGE_NATS_URL"):
         yield None
         return
-    server = EmbeddedNats(servers_dir / "nats")
+    server = EmbeddedNats(directory)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+def service_urls(server: EmbeddedNats | None) -> dict[str, str]:
+    """Each NATS user's URL on `server` (the external URL as it is when None)."""
+    if server is None:
+        return dict.fromkeys(NATS_PERMISSIONS, os.environ["TOKENFORGE_NATS_URL"])
+    return {user: server.url_for(user) for user in NATS_PERMISSIONS}
+
+
+@pytest.fixture(scope="session")
+def nats_server(servers_dir: Path) -> Iterator[EmbeddedNats | None]:
+    """NATS with its users (tokenforge.runtime.nats.NATS_PERMISSIONS): no anonymous
+    client gets in. None when TOKENFORGE_NATS_URL names an external server."""
+    yield from embedded_nats(servers_dir / "nats")
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +70,4 @@ def nats_url(nats_server: EmbeddedNats | None) -> str:
 def nats_urls(nats_server: EmbeddedNats | None) -> dict[str, str]:
     """Each service's own URL, with its own user and password: hand these to the
     services (payments publishes events, the wallet consumes them)."""
-    if nats_server is None:
-        return dict.fromkeys(NATS_PERMISSIONS, os.environ["TOKENFORGE_NATS_URL"])
-    return {user: nats_server.url_for(user) for user in NATS_PERMISSIONS}
+    return service_urls(nats_server)

@@ -19,13 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from services.payments import app as payments_service
 from services.wallet import app
 from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork, utcnow
+from tests.conftest import embedded_nats, service_urls
 from tokenforge.common.v1 import common_pb2
 from tokenforge.config import Settings
 from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
 from tokenforge.runtime.db import async_url, create_engine, sessionmaker
 from tokenforge.runtime.embedded import EmbeddedNats
 from tokenforge.runtime.grpc_client import Peer
-from tokenforge.runtime.nats import NATS_PERMISSIONS
 from tokenforge.runtime.service import RunningService
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
@@ -39,15 +39,7 @@ def wallet_nats(servers_dir: Path) -> Iterator[EmbeddedNats | None]:
     tests of the session started (the e2e system's) share the durable consumer
     `wallet-topup-credits` and would take some of these tests' events, asking another
     payments service, which knows none of these orders."""
-    if os.environ.get("TOKENFORGE_NATS_URL"):
-        yield None
-        return
-    server = EmbeddedNats(servers_dir / "wallet-nats")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from embedded_nats(servers_dir / "wallet-nats")
 
 
 @pytest.fixture(scope="session")
@@ -59,9 +51,7 @@ def nats_url(wallet_nats: EmbeddedNats | None) -> str:
 @pytest.fixture(scope="session")
 def nats_urls(wallet_nats: EmbeddedNats | None) -> dict[str, str]:
     """Each service's URL on the wallet tests' NATS (overrides the session's)."""
-    if wallet_nats is None:
-        return dict.fromkeys(NATS_PERMISSIONS, os.environ["TOKENFORGE_NATS_URL"])
-    return {user: wallet_nats.url_for(user) for user in NATS_PERMISSIONS}
+    return service_urls(wallet_nats)
 
 
 @pytest.fixture(scope="session")
