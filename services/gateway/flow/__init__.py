@@ -1,4 +1,5 @@
 """The gateway's request flow: one module per stage, in the order of a request.
+(Replay, `Idempotency-Key`, keeps HTTP answers: transport/http/replay.py.)
 
 admit     validate, resolve the route (routing), plan the worst case
 reserve   set the worst case aside: a `Reservation` (reservation.py): the request's

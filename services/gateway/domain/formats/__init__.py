@@ -35,20 +35,16 @@ class StreamTranslator(Protocol):
 
     def start(self) -> list[bytes]:
         """Frames sent before the first chat chunk arrives."""
-        ...
 
     def chunk(self, chunk: Json) -> list[bytes]:
         """A `chat.completion.chunk`; the last one (no choices) carries `usage` with the
         cost and the `receipt`."""
-        ...
 
     def error(self, error: Json) -> list[bytes]:
         """The gateway's notice that the upstream stream broke (after the final chunk)."""
-        ...
 
     def done(self) -> list[bytes]:
         """The chat stream's `[DONE]`."""
-        ...
 
 
 class ClientFormat(ABC):

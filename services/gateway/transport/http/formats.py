@@ -21,10 +21,10 @@ from services.gateway.domain.formats.anthropic import AnthropicFormat
 from services.gateway.domain.formats.completions import CompletionsFormat
 from services.gateway.domain.formats.responses import ResponsesFormat
 from services.gateway.domain.planning import counted_usage
-from services.gateway.flow import replay
 from services.gateway.flow.admit import CHAT, ChatCommand, resolve
 from services.gateway.flow.finish import annotate_span
 from services.gateway.flow.formats import complete_in, stream_in
+from services.gateway.transport.http import replay
 from services.gateway.transport.http.answers import (
     COMPLETION,
     MESSAGE,

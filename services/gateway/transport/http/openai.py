@@ -16,11 +16,11 @@ from services.gateway.adapters.upstream import Upstream
 from services.gateway.domain.presenting import (
     model_json,
 )
-from services.gateway.flow import replay
 from services.gateway.flow.admit import CHAT, EMBEDDINGS, ChatCommand
 from services.gateway.flow.complete import complete
 from services.gateway.flow.finish import annotate_span
 from services.gateway.flow.stream import ReservedStreamingResponse, start_chat_stream
+from services.gateway.transport.http import replay
 from services.gateway.transport.http.answers import (
     CHAT_COMPLETION,
     EMBEDDING_LIST,
