@@ -18,6 +18,7 @@ from alembic.config import Config
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from sqlalchemy import MetaData, pool, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 
 def async_url(url: str) -> str:
@@ -45,16 +46,23 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
-def give_back(
+async def give_back(
     pooled: Any, exc: BaseException | None, sound: tuple[type[BaseException], ...] = ()
 ) -> None:
     """A borrowed pooled connection back to the pool when the database answered (no
     error, an error PostgreSQL raised, or one of `sound`); dropped otherwise (a lost
-    connection, a statement cancelled midway): never lent again in an unknown state."""
-    if exc is None or isinstance(exc, (asyncpg.PostgresError, *sound)):
-        pooled.close()
-    else:
-        pooled.invalidate()
+    connection, a statement cancelled midway): never lent again in an unknown state.
+
+    Through SQLAlchemy's greenlet bridge: the pool closes an overflow connection it
+    cannot keep, or a dropped one, with the driver's (awaited) close, which outside
+    the bridge fails with MissingGreenlet and leaks the connection."""
+    healthy = exc is None or isinstance(exc, (asyncpg.PostgresError, *sound))
+    await return_to_pool(pooled, healthy=healthy)
+
+
+async def return_to_pool(pooled: Any, *, healthy: bool) -> None:
+    """`pooled` back to the pool if `healthy`, else dropped (see `give_back`)."""
+    await greenlet_spawn(pooled.close if healthy else pooled.invalidate)
 
 
 @asynccontextmanager
@@ -66,9 +74,9 @@ async def borrowed_driver(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connecti
     try:
         yield pooled.driver_connection
     except BaseException as exc:
-        give_back(pooled, exc)
+        await give_back(pooled, exc)
         raise
-    give_back(pooled, None)
+    await give_back(pooled, None)
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignore[type-arg]

@@ -83,7 +83,7 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
         driver: asyncpg.Connection = self._pooled.driver_connection
         return driver
 
-    def _return_driver(
+    async def _return_driver(
         self, exc: BaseException | None, sound: tuple[type[BaseException], ...] = ()
     ) -> None:
         """Back to the pool when the database answered (no error, a refusal, an error
@@ -91,7 +91,7 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
         statement cancelled midway): never lent again in an unknown state."""
         pooled, self._pooled = self._pooled, None
         if pooled is not None:
-            give_back(pooled, exc, (DomainError, *sound))
+            await give_back(pooled, exc, (DomainError, *sound))
 
     @abc.abstractmethod
     def bind(self, session: AsyncSession) -> None:
@@ -110,7 +110,7 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._return_driver(exc)
+        await self._return_driver(exc)
         session, self._session = self._session, None
         if session is not None:
             try:

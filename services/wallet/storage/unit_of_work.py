@@ -24,6 +24,7 @@ from services.wallet.storage.repository import (
 )
 from tokenforge.errors import DomainError
 from tokenforge.runtime import unit_of_work as base
+from tokenforge.runtime.db import return_to_pool
 from tokenforge.runtime.unit_of_work import utcnow
 
 __all__ = ["SqlAlchemyUnitOfWork", "UnitOfWork", "utcnow"]
@@ -125,10 +126,7 @@ class SqlAlchemyUnitOfWork(base.SqlAlchemyUnitOfWork, UnitOfWork):
             healthy = True  # the database answered: the connection is sound
             raise
         finally:
-            if healthy:
-                pooled.close()  # back to the pool
-            else:
-                pooled.invalidate()
+            await return_to_pool(pooled, healthy=healthy)
 
     async def __aexit__(
         self,
@@ -137,7 +135,7 @@ class SqlAlchemyUnitOfWork(base.SqlAlchemyUnitOfWork, UnitOfWork):
         tb: TracebackType | None,
     ) -> None:
         # Each single statement committed on its own; a replayed key is an answer too.
-        self._return_driver(exc, sound=(DuplicateKey,))
+        await self._return_driver(exc, sound=(DuplicateKey,))
         await super().__aexit__(exc_type, exc, tb)
 
     async def commit(self) -> None:
