@@ -81,7 +81,7 @@ def bound_port(server: uvicorn.Server) -> int:
 async def start(settings: Settings, port: int = 0) -> RunningService:
     refuse_unsafe_prod(settings, "gateway")
     peers = Peers.from_settings(settings)
-    upstream = Upstream()
+    upstream = Upstream(settings.upstream_max_connections)
     engine = create_engine(settings.database_url, pool_size=10) if settings.database_url else None
     if engine is not None:
         # Receipts wait here when usage is down, and budget draws' finishes always.
