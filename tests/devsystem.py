@@ -5,11 +5,12 @@ tests/browser)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,21 @@ import pytest
 from tokenforge.runtime.embedded import free_port
 
 
-def start_dev(state_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    """Start `tokenforge dev`; an old dev.json is removed so the new one can be awaited."""
+def start_dev(
+    state_dir: Path,
+    port: int,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `tokenforge dev` (with more `args`, and `env` over this environment); an
+    old dev.json is removed so the new one can be awaited."""
     (state_dir / "dev.json").unlink(missing_ok=True)
     return subprocess.Popen(
         [sys.executable, "-m", "tokenforge.cli", "dev", "--port", str(port)]
-        + ["--state-dir", str(state_dir)],
+        + ["--state-dir", str(state_dir), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
 
 

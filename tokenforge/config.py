@@ -77,6 +77,17 @@ class Settings:
     # A budget no request drew from for this long (ms) is given back
     # (TOKENFORGE_BUDGET_IDLE_MS).
     budget_idle_ms: int = 1000
+    # How long (ms) a gateway that is told to stop (SIGTERM) lets its open requests and
+    # streams finish before it ends the rest (each settled for what it delivered) and
+    # gives its budgets back (TOKENFORGE_SHUTDOWN_GRACE_MS); below the pod's
+    # terminationGracePeriodSeconds.
+    shutdown_grace_ms: int = 25_000
+    # Upstream calls one gateway process keeps open at once (TOKENFORGE_UPSTREAM_MAX_
+    # CONNECTIONS): one more is refused at once with 503 gateway_busy and Retry-After.
+    upstream_max_connections: int = 4096
+    # Replicas of the PAYMENTS stream (TOKENFORGE_NATS_REPLICAS): 1 on one server,
+    # 3 on a 3-node JetStream cluster (the prod overlay); an existing stream is updated.
+    nats_replicas: int = 1
     # The proxies whose `X-Forwarded-For` the gateway believes (IPs or CIDR blocks,
     # TOKENFORGE_TRUSTED_PROXIES="10.0.0.0/8,192.0.2.7"). None by default: the client
     # address every key check sees (the IP allow-list) is the connection's peer.
@@ -153,6 +164,11 @@ class Settings:
             report_linger_ms=_non_negative("REPORT_LINGER_MS", "50"),
             budget_requests=_non_negative("BUDGET_REQUESTS", "64", "requests"),
             budget_idle_ms=_non_negative("BUDGET_IDLE_MS", "1000"),
+            shutdown_grace_ms=_non_negative("SHUTDOWN_GRACE_MS", "25000"),
+            upstream_max_connections=_non_negative(
+                "UPSTREAM_MAX_CONNECTIONS", "4096", "connections"
+            ),
+            nats_replicas=_non_negative("NATS_REPLICAS", "1", "replicas"),
             trusted_proxies=parse_trusted_proxies(_env("TRUSTED_PROXIES")),
             cors_origins=parse_cors_origins(_env("CORS_ORIGINS")),
             env=_environment(),

@@ -8,6 +8,13 @@ as that role, starts the mock upstream and the five services as child processes
 opens the demo account (money in both buckets, an API key), and writes
 `<state-dir>/dev.json` once every service reports SERVING. Ctrl-C stops everything
 it started. A second start reuses the state dir: the data and the demo key survive.
+
+Once up, it supervises what it started like a pod's kubelet would: a child (a service,
+a gateway replica, the mock upstream, NATS, PostgreSQL) that exits is started again on
+the same port after a backoff (0.5 s, doubling while it keeps exiting within
+`STEADY_S`, at most `BACKOFF_MAX_S`), and each exit and restart is logged on stderr
+and in the child's own log. `--gateways N` runs N gateway replicas (HTTP ports in
+dev.json's `gateway_urls`), as the chaos harness does.
 """
 
 from __future__ import annotations
@@ -41,16 +48,73 @@ CHILD_UNSET = frozenset(
     {"TOKENFORGE_ADMIN_TOKEN", *(f"TOKENFORGE_{name.upper()}_DATABASE_URL" for name in SERVICES)}
 )
 DEMO_GRANTS = {Bucket.CREDIT: 25_000_000, Bucket.ROUTED: 50_000_000}
+# Restart backoff: the first delay, doubled for each exit within STEADY_S of its start.
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 15.0
+STEADY_S = 10.0
+# PostgreSQL and NATS are supervised under these names.
+SERVERS = ("postgres", "nats")
+
+
+def note(text: str) -> None:
+    """A supervisor line on stderr (the terminal of `make run`)."""
+    stamp = time.strftime("%H:%M:%S")
+    sys.stderr.write(f"[tokenforge dev {stamp}] {text}\n")
+    sys.stderr.flush()
+
+
+class Supervision:
+    """When each supervised child started, how often it exited quickly in a row, and
+    when it is due to start again."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}
+        self.quick_exits: dict[str, int] = {}
+        self.due: dict[str, float] = {}
+        self.restarts: dict[str, int] = {}
+
+    def began(self, name: str) -> None:
+        self.started[name] = time.monotonic()
+
+    def exited(self, name: str, code: int | None) -> float | None:
+        """Schedules the restart of a child seen dead; answers the delay (None: already
+        scheduled)."""
+        if name in self.due:
+            return None
+        now = time.monotonic()
+        ran = now - self.started.get(name, now)
+        quick = 0 if ran >= STEADY_S else self.quick_exits.get(name, 0) + 1
+        self.quick_exits[name] = quick
+        delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * float(2 ** max(0, quick - 1)))
+        self.due[name] = now + delay
+        note(f"{name} exited (code {code}) after {ran:.1f} s; restarting in {delay:.1f} s")
+        return delay
+
+    def ready(self, name: str) -> bool:
+        return name in self.due and time.monotonic() >= self.due[name]
+
+    def restarted(self, name: str) -> None:
+        del self.due[name]
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        self.began(name)
+        note(f"{name} restarted (restart {self.restarts[name]})")
 
 
 class DevSystem:
-    def __init__(self, port: int, state_dir: Path) -> None:
+    def __init__(self, port: int, state_dir: Path, gateways: int = 1) -> None:
         self.port = port
+        self.gateways = max(1, gateways)
         self.state = state_dir.resolve()
         self.logs = self.state / "logs"
         self.pg = EmbeddedPostgres(self.state / "postgres")
         self.nats = EmbeddedNats(self.state / "nats")
         self.children: dict[str, subprocess.Popen[bytes]] = {}
+        # What each child was started with, to start it again the same way.
+        self.specs: dict[str, tuple[list[str], dict[str, str]]] = {}
+        self.supervision = Supervision()
+        # Gateway replicas after the first: name -> gRPC address; their HTTP URLs.
+        self.replicas: dict[str, str] = {}
+        self.gateway_urls: list[str] = []
         self.addresses: dict[str, str] = {}
         # Each service's Prometheus endpoint, {name: "http://127.0.0.1:port/metrics"}.
         self.metrics: dict[str, str] = {}
@@ -77,6 +141,8 @@ class DevSystem:
         return {}
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        self.specs[name] = (args, env)
+        self.supervision.began(name)
         logfile = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
         # The services verify operators by the admin token's digest: the token itself
         # (this process's, or one in the user's shell) stays out of their environment.
@@ -88,6 +154,7 @@ class DevSystem:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        logfile.close()  # the child has its own copy
 
     def start_servers(self) -> tuple[str, dict[str, str]]:
         """PostgreSQL and NATS; each service's role (owner of its schema only, a new
@@ -143,6 +210,23 @@ class DevSystem:
             if name == "gateway":
                 extra["TOKENFORGE_HTTP_PORT"] = str(self.port)
             self.spawn(name, ["serve", name, "--port", str(ports[name])], {**env, **extra})
+            if name == "gateway":
+                self.gateway_urls = [f"http://127.0.0.1:{self.port}"]
+                for n in range(2, self.gateways + 1):
+                    replica = f"gateway-{n}"
+                    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+                    self.replicas[replica] = f"127.0.0.1:{grpc_port}"
+                    self.gateway_urls.append(f"http://127.0.0.1:{http_port}")
+                    self.metrics[replica] = f"http://127.0.0.1:{metrics_port}/metrics"
+                    own = {
+                        "TOKENFORGE_HTTP_PORT": str(http_port),
+                        "TOKENFORGE_METRICS_PORT": str(metrics_port),
+                    }
+                    self.spawn(
+                        replica,
+                        ["serve", "gateway", "--port", str(grpc_port)],
+                        {**env, **extra, **own},
+                    )
 
     def check_children(self) -> None:
         for name, proc in self.children.items():
@@ -150,9 +234,37 @@ class DevSystem:
                 tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
 
+    async def supervise(self) -> None:
+        """Start again, after its backoff, every child that exited (a service, a gateway
+        replica, the mock upstream, NATS, PostgreSQL)."""
+        for name, proc in self.children.items():
+            if proc.poll() is not None:
+                if self.supervision.exited(name, proc.returncode) is not None:
+                    with open(self.logs / f"{name}.log", "ab") as logfile:
+                        logfile.write(
+                            f"--- tokenforge dev: exited with code {proc.returncode} ---\n".encode()
+                        )
+            if self.supervision.ready(name):
+                args, env = self.specs[name]
+                self.spawn(name, args, env)
+                self.supervision.restarted(name)
+        for name, server in (("postgres", self.pg), ("nats", self.nats)):
+            if server.proc is None:
+                continue  # an external server (TOKENFORGE_DATABASE_URL / _NATS_URL)
+            if server.proc.poll() is not None:
+                self.supervision.exited(name, server.proc.returncode)
+            if self.supervision.ready(name):
+                try:
+                    await asyncio.to_thread(server.start)
+                except Exception as error:  # noqa: BLE001 - tried again after the backoff
+                    self.supervision.due.pop(name, None)
+                    note(f"{name} did not start again: {error}")
+                    continue
+                self.supervision.restarted(name)
+
     async def wait_serving(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
-        pending = dict(self.addresses)
+        pending = {**self.addresses, **self.replicas}
         while pending:
             self.check_children()
             for name, address in list(pending.items()):
@@ -193,6 +305,10 @@ class DevSystem:
             "mock_upstream_url": self.mock_url,
             "services": dict(self.addresses),
             "metrics": dict(self.metrics),
+            # Every gateway replica's HTTP URL (the first is gateway_url).
+            "gateway_urls": list(self.gateway_urls),
+            # The database owner's URL (the embedded PostgreSQL trusts loopback).
+            "database_url": self.pg.url if self.pg.proc is not None else "",
             # The embedded NATS as its `operator` user (every right: read the streams,
             # e.g. DEADLETTER); empty with an external TOKENFORGE_NATS_URL.
             "nats_url": self.nats.url if self.nats.passwords else "",
@@ -203,9 +319,11 @@ class DevSystem:
             proc = self.children[name]
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        # A gateway lets open streams finish within its grace period (SIGTERM).
+        grace_s = float(os.environ.get("TOKENFORGE_SHUTDOWN_GRACE_MS", "25000")) / 1000
         for proc in self.children.values():
             try:
-                proc.wait(15)
+                proc.wait(grace_s + 15)
             except subprocess.TimeoutExpired:
                 proc.kill()
         self.nats.stop()
@@ -224,11 +342,11 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-async def run(port: int, state_dir: Path) -> int:
+async def run(port: int, state_dir: Path, gateways: int = 1) -> int:
     if not port_is_free(port):
         sys.stderr.write(f"Port {port} is in use; start with `tokenforge dev --port <other>`.\n")
         return 2
-    system = DevSystem(port, state_dir)
+    system = DevSystem(port, state_dir, gateways)
     # dev.json appears only once everything is SERVING; an old one names dead ports.
     (system.state / "dev.json").unlink(missing_ok=True)
     loop = asyncio.get_running_loop()
@@ -251,9 +369,9 @@ async def run(port: int, state_dir: Path) -> int:
         )
         sys.stdout.flush()
         while not stop.is_set():
-            system.check_children()
+            await system.supervise()
             try:
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), 0.25)
             except TimeoutError:
                 pass
         return 0

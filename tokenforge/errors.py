@@ -36,6 +36,7 @@ class Reason(enum.StrEnum):
     UPSTREAM_FAILED = "UPSTREAM_FAILED"
     UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    GATEWAY_BUSY = "GATEWAY_BUSY"
     INTERNAL = "INTERNAL"
 
 
@@ -83,6 +84,7 @@ GRPC_STATUS: dict[Reason, grpc.StatusCode] = {
     Reason.UPSTREAM_FAILED: grpc.StatusCode.UNAVAILABLE,
     Reason.UPSTREAM_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
     Reason.SERVICE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.GATEWAY_BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -113,6 +115,9 @@ HTTP_ERROR: dict[Reason, tuple[int, str, str]] = {
     Reason.UPSTREAM_FAILED: (502, "api_error", "upstream_failed"),
     Reason.UPSTREAM_TIMEOUT: (504, "api_error", "upstream_timeout"),
     Reason.SERVICE_UNAVAILABLE: (503, "api_error", "service_unavailable"),
+    # This gateway process holds as many upstream calls as it may (a setting): nothing
+    # was reserved or charged; `Retry-After` says when to try again (SDKs retry 503).
+    Reason.GATEWAY_BUSY: (503, "api_error", "gateway_busy"),
     Reason.INTERNAL: (500, "api_error", "internal_error"),
 }
 

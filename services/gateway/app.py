@@ -44,11 +44,13 @@ def migrate(database_url: str) -> None:
 
 
 async def start_http(
-    app: object, port: int, trusted_proxies: tuple[str, ...] = ()
+    app: object, port: int, trusted_proxies: tuple[str, ...] = (), grace_s: float = 25.0
 ) -> uvicorn.Server:
     """`trusted_proxies`: whose `X-Forwarded-For` names the client (none: the
     connection's peer is the client, whatever the headers say; uvicorn would
-    otherwise believe any process on loopback)."""
+    otherwise believe any process on loopback). `grace_s`: on stop, how long open
+    requests and streams may still run; uvicorn then cancels the rest, and each ends
+    like a request whose client left (settled for what it delivered)."""
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=os.environ.get("TOKENFORGE_BIND_HOST", "127.0.0.1"),
@@ -56,7 +58,7 @@ async def start_http(
         log_config=None,
         access_log=False,
         lifespan="off",
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=max(1, round(grace_s)),
         proxy_headers=bool(trusted_proxies),
         forwarded_allow_ips=list(trusted_proxies),
     )
@@ -79,7 +81,7 @@ def bound_port(server: uvicorn.Server) -> int:
 async def start(settings: Settings, port: int = 0) -> RunningService:
     refuse_unsafe_prod(settings, "gateway")
     peers = Peers.from_settings(settings)
-    upstream = Upstream()
+    upstream = Upstream(settings.upstream_max_connections)
     engine = create_engine(settings.database_url, pool_size=10) if settings.database_url else None
     if engine is not None:
         # Receipts wait here when usage is down, and budget draws' finishes always.
@@ -113,16 +115,20 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
         credentials=Credentials.from_settings(settings),
     )
     await grpc_server.server.start()
-    http = await start_http(app, settings.http_port, settings.trusted_proxies)
+    http = await start_http(
+        app, settings.http_port, settings.trusted_proxies, settings.shutdown_grace_ms / 1000
+    )
     sweeper = asyncio.create_task(run_sweeper(peers))  # forgotten runs release their hold
     # Queued finishes and receipts go to the wallet and usage; done budgets close.
     relay = asyncio.create_task(run_relay(peers))
 
     async def stop_http() -> None:
-        sweeper.cancel()
-        relay.cancel()
+        # No new connections; open requests and streams run on within the grace period
+        # while the relay still delivers their finishes (docs/OPERATIONS.md, "Stopping").
         http.should_exit = True
         await http.task  # type: ignore[attr-defined]
+        sweeper.cancel()
+        relay.cancel()
         await drain_abandoned()  # requests whose clients left end their reservations
         await drain(peers)  # what waits is delivered, the budgets closed
         await upstream.close()

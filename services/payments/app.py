@@ -108,7 +108,7 @@ async def start(
     if settings.nats_url:
         nc = await tf_nats.connect(settings.nats_url, "payments", ca_file=settings.nats_ca_file)
         on_stop.append(nc.close)
-        relay, relay_task = await start_relay(engine, nc.jetstream())
+        relay, relay_task = await start_relay(engine, nc.jetstream(), settings.nats_replicas)
         wake_relay = relay.wake
         on_stop.append(lambda: _cancel(relay_task))
     else:

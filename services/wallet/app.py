@@ -150,7 +150,7 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
         payments = PaymentsClient.connect(settings.payments_addr, settings.peer_token)
         on_stop.append(payments.close)
         nc = await tf_nats.connect(settings.nats_url, "wallet", ca_file=settings.nats_ca_file)
-        consumer = TopUpConsumer(nc, uow_factory, payments)
+        consumer = TopUpConsumer(nc, uow_factory, payments, replicas=settings.nats_replicas)
         await consumer.start()
         lag = asyncio.create_task(
             metrics.sample_consumer_lag(nc.jetstream(), PAYMENTS_STREAM, DURABLE),

@@ -115,7 +115,7 @@ def cmd_db_roles(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from tokenforge.dev import run
 
-    return asyncio.run(run(args.port, Path(args.state_dir)))
+    return asyncio.run(run(args.port, Path(args.state_dir), args.gateways))
 
 
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
@@ -145,6 +145,12 @@ def register(sub: Any) -> None:
     dev = sub.add_parser("dev", help="run the whole system on embedded defaults")
     dev.add_argument("--port", type=int, default=8080, help="gateway HTTP port (default 8080)")
     dev.add_argument("--state-dir", default=".dev", help="data and dev.json (default .dev)")
+    dev.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        help="gateway replicas (default 1; dev.json gateway_urls)",
+    )
     dev.set_defaults(func=cmd_dev)
 
     serve = sub.add_parser("serve", help="run one service")

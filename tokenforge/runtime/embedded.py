@@ -220,9 +220,25 @@ class EmbeddedNats:
     `url_for(user)` is the URL with that user's credentials; `url` is the operator's.
     """
 
-    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int | None = None,
+        *,
+        name: str = "tokenforge-dev",
+        cluster_port: int = 0,
+        routes: tuple[int, ...] = (),
+        users_file: Path | None = None,
+    ) -> None:
+        """`cluster_port` and `routes` (the other servers' cluster ports) make this
+        server one node of a JetStream cluster (`nats_cluster`); its nodes share one
+        `users_file`."""
         self.store_dir = store_dir.resolve()
         self.port = port or free_port()
+        self.name = name
+        self.cluster_port = cluster_port
+        self.routes = routes
+        self.users_file = users_file or self.store_dir / "users.json"
         self.proc: subprocess.Popen[bytes] | None = None
         self.passwords: dict[str, str] = {}
 
@@ -239,7 +255,7 @@ class EmbeddedNats:
         return with_credentials(self.address, user, self.passwords[user])
 
     def _load_passwords(self) -> dict[str, str]:
-        path = self.store_dir / "users.json"
+        path = self.users_file
         kept: dict[str, str] = {}
         if path.exists():
             try:
@@ -260,11 +276,21 @@ class EmbeddedNats:
             f"subscribe: {{ allow: {json.dumps(list(rights.subscribe))} }} }} }}"
             for user, rights in NATS_PERMISSIONS.items()
         ]
+        cluster = ""
+        if self.cluster_port:
+            routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.routes)
+            cluster = (
+                'cluster {\n  name: "tokenforge"\n'
+                f"  listen: 127.0.0.1:{self.cluster_port}\n  routes: [{routes}]\n}}\n"
+            )
         return (
             f"listen: 127.0.0.1:{self.port}\n"
-            'server_name: "tokenforge-dev"\n'
+            f"server_name: {json.dumps(self.name)}\n"
             f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} }}\n"
-            "authorization {\n  users = [\n" + ",\n".join(users) + "\n  ]\n}\n"
+            + cluster
+            + "authorization {\n  users = [\n"
+            + ",\n".join(users)
+            + "\n  ]\n}\n"
         )
 
     def start(self, timeout: float = 30) -> str:
@@ -286,3 +312,28 @@ class EmbeddedNats:
 
     def stop(self) -> None:
         _stop(self.proc, signal.SIGTERM)
+
+
+def nats_cluster(base_dir: Path, size: int = 3) -> list[EmbeddedNats]:
+    """`size` NATS servers (not started) that form one JetStream cluster, with their
+    stores under `base_dir` and one set of users; `cluster_url(nodes, user)` is the
+    URL naming them all."""
+    client_ports = [free_port() for _ in range(size)]
+    cluster_ports = [free_port() for _ in range(size)]
+    base_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        EmbeddedNats(
+            base_dir / f"n{i}",
+            client_ports[i],
+            name=f"tokenforge-n{i}",
+            cluster_port=cluster_ports[i],
+            routes=tuple(p for j, p in enumerate(cluster_ports) if j != i),
+            users_file=base_dir / "users.json",
+        )
+        for i in range(size)
+    ]
+
+
+def cluster_url(nodes: list[EmbeddedNats], user: str) -> str:
+    """Every node's URL with `user`'s credentials, comma-separated (runtime.nats.connect)."""
+    return ",".join(node.url_for(user) for node in nodes)

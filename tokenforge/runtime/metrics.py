@@ -122,6 +122,15 @@ BUDGETS = Counter(
     "by event: opened, refused (the balance could not cover it), closed.",
     ["event"],
 )
+UPSTREAM_OPEN = Gauge(
+    "tokenforge_upstream_open_connections",
+    "Upstream calls this gateway process holds open (streams included).",
+)
+GATEWAY_BUSY = Counter(
+    "tokenforge_gateway_busy_total",
+    "Requests refused at once (503 gateway_busy) because this gateway process held "
+    "TOKENFORGE_UPSTREAM_MAX_CONNECTIONS upstream calls open.",
+)
 CHARGES_NOT_COLLECTED = Counter(
     "tokenforge_charges_not_collected_total",
     "Queued finishes whose charge could not be captured because the budget's hold had "

@@ -29,10 +29,14 @@ import orjson
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from tokenforge.errors import DomainError, Reason
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.runtime import metrics
 
-MAX_CONNECTIONS = 512
+# Upstream calls one gateway process keeps open at once unless configured
+# (TOKENFORGE_UPSTREAM_MAX_CONNECTIONS); a request past it is refused at once
+# (`check_capacity`), never left waiting for a connection.
+DEFAULT_MAX_CONNECTIONS = 4096
 # A network failure, a refused connection or a broken body, after the request left.
 TRANSPORT_ERRORS = (aiohttp.ClientError,)
 TIMEOUT_ERRORS = (asyncio.TimeoutError,)
@@ -66,14 +70,38 @@ class Upstream:
     """The gateway's HTTP client to upstream channels (opened on first use, inside
     the running loop, and reused: connections stay warm)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
         self._session: aiohttp.ClientSession | None = None
+        # 0: no limit. The pool itself has none: this count is the limit.
+        self.max_connections = max_connections
+        self.open = 0
+
+    def check_capacity(self) -> None:
+        """Before a request reserves anything: refuse it at once (503 gateway_busy,
+        Retry-After) when this process already holds its limit of upstream calls."""
+        if self.max_connections and self.open >= self.max_connections:
+            metrics.GATEWAY_BUSY.inc()
+            raise DomainError(
+                Reason.GATEWAY_BUSY,
+                f"This gateway is holding its limit of {self.max_connections} upstream "
+                "calls open (TOKENFORGE_UPSTREAM_MAX_CONNECTIONS). Nothing was reserved or "
+                "charged; try again in a second (another replica may have room).",
+                {"retry_after_s": "1", "limit": str(self.max_connections)},
+            )
+
+    def opened(self) -> None:
+        self.open += 1
+        metrics.UPSTREAM_OPEN.set(self.open)
+
+    def closed(self) -> None:
+        self.open -= 1
+        metrics.UPSTREAM_OPEN.set(self.open)
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0),
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
                 json_serialize=lambda value: orjson.dumps(value).decode(),
                 auto_decompress=True,
             )
@@ -85,6 +113,7 @@ class Upstream:
         """POST to one channel; network failures become an answer with status 0."""
         url, headers, timeout = channel_request(channel, path)
         started = time.monotonic()
+        self.opened()
         with upstream_span(url, headers) as span:
             try:
                 async with self.session.post(
@@ -98,6 +127,8 @@ class Upstream:
             except TRANSPORT_ERRORS:
                 failed(span, "connect_error")
                 return UpstreamAnswer(0, None, attempt_of(channel, "connect_error", started))
+            finally:
+                self.closed()
             answered(span, status)
         payload: dict[str, Any] | None
         try:

@@ -32,8 +32,9 @@ STREAM_ERRORS = (*TRANSPORT_ERRORS, *TIMEOUT_ERRORS, ValueError)
 class UpstreamStream:
     """An open upstream answer whose body is read as text lines."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, upstream: Upstream) -> None:
         self._response = response
+        self._upstream: Upstream | None = upstream  # counted open until closed
 
     async def lines(self) -> AsyncIterator[str]:
         """Each line of the body, without its line break (raises STREAM_ERRORS)."""
@@ -51,6 +52,9 @@ class UpstreamStream:
     async def close(self) -> None:
         self._response.release()
         self._response.close()
+        if self._upstream is not None:
+            self._upstream.closed()
+            self._upstream = None
 
 
 async def open_stream(
@@ -60,23 +64,31 @@ async def open_stream(
     url, headers, timeout = channel_request(channel, path)
     started = time.monotonic()
     # The span covers the call up to the status line; the body is the stream's.
+    upstream.opened()
     with upstream_span(url, headers) as span:
         try:
             response = await upstream.session.post(
                 url, data=orjson.dumps(body), headers=headers, timeout=timeout
             )
         except TIMEOUT_ERRORS:
+            upstream.closed()
             failed(span, "timeout")
             return None, attempt_of(channel, "timeout", started)
         except TRANSPORT_ERRORS:
+            upstream.closed()
             failed(span, "connect_error")
             return None, attempt_of(channel, "connect_error", started)
+        except BaseException:
+            upstream.closed()
+            raise
         answered(span, response.status)
     if response.status != 200:
         try:
             await response.read()
         except (*TRANSPORT_ERRORS, *TIMEOUT_ERRORS):
             pass
-        response.release()
+        finally:
+            response.release()
+            upstream.closed()
         return None, attempt_of(channel, f"http_{response.status}", started)
-    return UpstreamStream(response), attempt_of(channel, "ok", started)
+    return UpstreamStream(response, upstream), attempt_of(channel, "ok", started)

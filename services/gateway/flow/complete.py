@@ -23,6 +23,7 @@ from tokenforge.routing.v1 import routing_pb2
 async def complete(
     peers: Peers, upstream: Upstream, cmd: ChatCommand, endpoint: routing_pb2.Endpoint
 ) -> ChatOutcome:
+    upstream.check_capacity()  # refused at once, before anything is reserved
     admitted = await admit(peers, cmd, endpoint)
     p = await reserve(peers, admitted)
     attempts: list[Attempt] = []

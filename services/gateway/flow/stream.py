@@ -178,6 +178,7 @@ class ReservedStreamingResponse(StreamingResponse):
 async def start_chat_stream(peers: Peers, upstream: Upstream, cmd: ChatCommand) -> ChatStream:
     """Admit, reserve, and open the upstream stream, moving to backup channels (and
     routes) on retryable failures while nothing has reached the client yet."""
+    upstream.check_capacity()  # refused at once, before anything is reserved
     admitted = await admit(peers, cmd, CHAT)
     p = await reserve(peers, admitted)
     options = p.upstream_body.get("stream_options")

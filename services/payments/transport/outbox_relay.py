@@ -158,9 +158,12 @@ class OutboxRelay:
             self._wake.clear()
 
 
-async def start_relay(engine: AsyncEngine, js: Any) -> tuple[OutboxRelay, asyncio.Task[None]]:
-    """Ensure the PAYMENTS stream exists, then run the relay in the background."""
-    await ensure_payments_stream(js)
+async def start_relay(
+    engine: AsyncEngine, js: Any, replicas: int = 1
+) -> tuple[OutboxRelay, asyncio.Task[None]]:
+    """Ensure the PAYMENTS stream exists with `replicas` copies, then run the relay in
+    the background."""
+    await ensure_payments_stream(js, replicas)
     relay = OutboxRelay(engine, js)
     task = asyncio.create_task(relay.run(), name="payments-outbox-relay")
     return relay, task

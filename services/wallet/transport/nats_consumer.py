@@ -41,7 +41,6 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
 from services.wallet import handlers, metrics
@@ -60,7 +59,9 @@ from tokenforge.runtime.nats import (
     WALLET_DURABLE,
     context_from_headers,
     ensure_payments_stream,
+    ensure_stream,
     topup_subject,
+    while_cluster_settles,
 )
 from tokenforge.runtime.telemetry import current_trace_id
 
@@ -86,19 +87,18 @@ ORIGIN_HEADER = "Tokenforge-Original-Subject"
 SEQUENCE_HEADER = "Tokenforge-Original-Sequence"
 
 
-async def ensure_deadletter_stream(js: JetStreamContext) -> None:
-    try:
-        await js.stream_info(DEADLETTER_STREAM)
-    except NotFoundError:
-        await js.add_stream(
-            StreamConfig(
-                name=DEADLETTER_STREAM,
-                subjects=["tokenforge.payments.v1.deadletter.>"],
-                retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE,
-                duplicate_window=24 * 3600.0,
-            )
-        )
+async def ensure_deadletter_stream(js: JetStreamContext, replicas: int = 1) -> None:
+    await ensure_stream(
+        js,
+        StreamConfig(
+            name=DEADLETTER_STREAM,
+            subjects=["tokenforge.payments.v1.deadletter.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=24 * 3600.0,
+            num_replicas=max(1, replicas),
+        ),
+    )
 
 
 def _stream_sequence(msg: Msg) -> str:
@@ -175,6 +175,7 @@ class TopUpConsumer:
         subject: str = SUBJECT,
         ack_wait: float = ACK_WAIT_S,
         batch: int = BATCH,
+        replicas: int = 1,
     ) -> None:
         self._nc = nc
         self._uow = uow_factory
@@ -183,6 +184,7 @@ class TopUpConsumer:
         self._subject = subject
         self._ack_wait = ack_wait
         self._batch = batch
+        self._replicas = replicas
         self._task: asyncio.Task[None] | None = None
         self._js: JetStreamContext | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
@@ -194,19 +196,21 @@ class TopUpConsumer:
 
     async def start(self) -> None:
         js = self._js = self._nc.jetstream()
-        await ensure_payments_stream(js)
-        await ensure_deadletter_stream(js)
-        self._sub = await js.pull_subscribe(
-            self._subject,
-            durable=self._durable,
-            stream=PAYMENTS_STREAM,
-            config=ConsumerConfig(
-                durable_name=self._durable,
-                filter_subject=self._subject,
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self._ack_wait,
-            ),
+        await ensure_payments_stream(js, self._replicas)
+        await ensure_deadletter_stream(js, self._replicas)
+        self._sub = await while_cluster_settles(
+            lambda: js.pull_subscribe(
+                self._subject,
+                durable=self._durable,
+                stream=PAYMENTS_STREAM,
+                config=ConsumerConfig(
+                    durable_name=self._durable,
+                    filter_subject=self._subject,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=self._ack_wait,
+                ),
+            )
         )
         self._task = asyncio.create_task(self._run(), name=f"wallet-{self._durable}")
 
