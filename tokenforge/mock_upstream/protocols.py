@@ -96,6 +96,8 @@ def messages_request(value: object) -> ChatRequest:
     if isinstance(choice, dict):
         if choice.get("type") == "none":
             tool_choice = "none"
+        elif choice.get("type") == "any":
+            tool_choice = "required"
         elif choice.get("type") == "tool":
             tool_choice = {"type": "function", "function": {"name": choice.get("name")}}
     return ChatRequest(

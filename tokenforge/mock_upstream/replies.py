@@ -380,17 +380,19 @@ def _tool_call(call: ToolCall) -> Json:
 
 def _chosen_tool(request: ChatRequest) -> tuple[str, Mapping[str, object]] | None:
     """The tool to call: the named one of `tool_choice`, else the first, when the last user
-    message asks to call a tool and `tool_choice` is not `none`."""
+    message asks to call a tool and `tool_choice` is not `none`, or when `tool_choice`
+    forces a call (`required`, or a named tool)."""
     if not request.tools or request.tool_choice == "none":
         return None
-    if TOOL_TRIGGER not in tokens.last_user_text(request.messages).lower():
+    choice = request.tool_choice
+    forced = choice == "required" or isinstance(choice, dict)
+    if not forced and TOOL_TRIGGER not in tokens.last_user_text(request.messages).lower():
         return None
     functions = [t.get("function") for t in request.tools]
     named = [f for f in functions if isinstance(f, dict) and isinstance(f.get("name"), str)]
     if not named:
         return None
     chosen = named[0]
-    choice = request.tool_choice
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         wanted = choice["function"].get("name")
         chosen = next((f for f in named if f["name"] == wanted), chosen)
