@@ -142,29 +142,51 @@ class Price:
     output_per_million: int
     cached_input_per_million: int = 0
     request_fee: int = 0
+    # Prompt tokens written to the upstream's prompt cache; None: the input price.
+    cache_write_per_million: int | None = None
 
-    def charge(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Money:
-        """The charge of one request, by the rounding rule of this module."""
-        if min(prompt_tokens, completion_tokens, cached_tokens) < 0:
+    @property
+    def cache_write(self) -> int:
+        if self.cache_write_per_million is None:
+            return self.input_per_million
+        return self.cache_write_per_million
+
+    def charge(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> Money:
+        """The charge of one request, by the rounding rule of this module. Cached (read)
+        and cache-write tokens are parts of `prompt_tokens`, each at its own price."""
+        if min(prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens) < 0:
             raise MoneyError("token counts are never negative")
         cached = min(cached_tokens, prompt_tokens)
+        written = min(cache_write_tokens, prompt_tokens - cached)
         exact = (
-            (prompt_tokens - cached) * self.input_per_million
+            (prompt_tokens - cached - written) * self.input_per_million
             + cached * self.cached_input_per_million
+            + written * self.cache_write
             + completion_tokens * self.output_per_million
         )
         micros = -(-exact // TOKENS_PER_PRICE_UNIT) + self.request_fee
         return Money(micros, self.bucket)
 
     def worst_case(self, prompt_tokens: int, max_output_tokens: int) -> Money:
-        """The most a request can cost: the whole prompt uncached plus the output cap."""
-        return self.charge(prompt_tokens, max_output_tokens, 0)
+        """The most a request can cost: every prompt token at the dearest prompt price
+        (input, cached read or cache write), plus the output cap."""
+        dearest = max(self.input_per_million, self.cached_input_per_million, self.cache_write)
+        if min(prompt_tokens, max_output_tokens) < 0:
+            raise MoneyError("token counts are never negative")
+        exact = prompt_tokens * dearest + max_output_tokens * self.output_per_million
+        return Money(-(-exact // TOKENS_PER_PRICE_UNIT) + self.request_fee, self.bucket)
 
     def max_output_for(self, budget: Money, prompt_tokens: int) -> int:
         """The largest output cap whose worst case fits in `budget` (0 if none does)."""
         if self.output_per_million <= 0:
             return 2**31 - 1
-        base = self.charge(prompt_tokens, 0).micros
+        base = self.worst_case(prompt_tokens, 0).micros
         room = budget.micros - base
         if room <= 0:
             return 0

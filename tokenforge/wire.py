@@ -63,6 +63,7 @@ def price_from_proto(bucket: Bucket, prices: common_pb2.Prices) -> Price:
         output_per_million=prices.output_per_million_micros,
         cached_input_per_million=prices.cached_input_per_million_micros,
         request_fee=prices.request_fee_micros,
+        cache_write_per_million=prices.cache_write_per_million_micros,
     )
 
 
@@ -72,6 +73,7 @@ def price_to_proto(price: Price) -> common_pb2.Prices:
         cached_input_per_million_micros=price.cached_input_per_million,
         output_per_million_micros=price.output_per_million,
         request_fee_micros=price.request_fee,
+        cache_write_per_million_micros=price.cache_write,
     )
 
 

@@ -5,6 +5,13 @@ Routes, each also under a knob prefix `/knobs/<name>=<value>,.../` (see `knobs.p
 - `POST /v1/chat/completions`: a deterministic reply (see `tokens.py`), streamed as SSE
   when `stream` is true; honours `n`, `max_tokens` / `max_completion_tokens`, `tools`,
   `stream_options.include_usage`.
+- `POST /v1/messages`: Anthropic Messages (`max_tokens` required; `system`, content
+  blocks, tools), streamed as Anthropic's events when `stream` is true.
+- `POST /v1/responses`: OpenAI Responses (`input`, `instructions`,
+  `max_output_tokens`, function tools, `text.format`), streamed as its typed events.
+- Every answer honours `response_format` / `text.format` (valid JSON filling the
+  schema's required fields) and calls a tool when the last user text asks to "call a
+  tool"; the token-class knobs report cache reads/writes and reasoning tokens.
 - `POST /v1/embeddings`: unit vectors of dimension 8 derived from SHA-256 of each input.
 - `GET /v1/models`, `GET /v1/models/{model}`: the models listed (any model id is answered).
 
@@ -30,7 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from tokenforge.mock_upstream import replies
+from tokenforge.mock_upstream import protocols, replies
 from tokenforge.mock_upstream.knobs import KnobError, Knobs, header_knobs, parse_path_knobs
 
 # The first three are the upstream models of the demo catalog (services/routing/catalog/demo.yaml).
@@ -197,11 +204,14 @@ class MockEndpoints:
             )
         if knobs.latency_ms:
             await asyncio.sleep(knobs.latency_ms / 1000)
-        if not knobs.accepts_key(request.headers.get("authorization")):
+        if not knobs.accepts_key(
+            request.headers.get("authorization"), request.headers.get("x-api-key")
+        ):
             return error_response(
                 401,
                 replies.error_body(
-                    "Missing or wrong API key: send `Authorization: Bearer <key>`.",
+                    "Missing or wrong API key: send `Authorization: Bearer <key>` "
+                    "(or `x-api-key: <key>`).",
                     "authentication_error",
                     "invalid_api_key",
                 ),
@@ -226,7 +236,7 @@ class MockEndpoints:
 
     async def chat(self, request: Request, body: object, knobs: Knobs) -> Response:
         chat = replies.ChatRequest.parse(body)
-        plan = replies.plan_chat(chat, knobs.reply_tokens)
+        plan = replies.plan_chat(chat, knobs.reply_tokens, token_classes(knobs))
         completion_id = replies.new_completion_id()
         created = int(time.time())
         ttfb = knobs.ttfb_ms / 1000
@@ -241,6 +251,37 @@ class MockEndpoints:
         return EventStreamResponse(
             [frame.data for frame in frames],
             ttfb=ttfb,
+            chunk_gap=knobs.chunk_gap_ms / 1000,
+            cut=knobs.cut_after is not None,
+        )
+
+    async def messages(self, request: Request, body: object, knobs: Knobs) -> Response:
+        """Anthropic Messages, natively (tokenforge/mock_upstream/protocols.py)."""
+        asked = protocols.messages_request(body)
+        plan = replies.plan_chat(asked, knobs.reply_tokens, token_classes(knobs))
+        if not asked.stream:
+            return self.whole(protocols.message_object(plan, not knobs.no_usage), knobs)
+        return self.streamed(protocols.message_frames(plan, not knobs.no_usage), knobs)
+
+    async def responses(self, request: Request, body: object, knobs: Knobs) -> Response:
+        """OpenAI Responses, natively (tokenforge/mock_upstream/protocols.py)."""
+        asked = protocols.responses_request(body)
+        plan = replies.plan_chat(asked, knobs.reply_tokens, token_classes(knobs))
+        if not asked.stream:
+            return self.whole(protocols.response_object(plan, not knobs.no_usage), knobs)
+        return self.streamed(protocols.response_frames(plan, not knobs.no_usage), knobs)
+
+    @staticmethod
+    def whole(answer: Json, knobs: Knobs) -> Response:
+        return JsonResponse(answer, ttfb=knobs.ttfb_ms / 1000, cut=knobs.cut_after is not None)
+
+    @staticmethod
+    def streamed(frames: list[replies.Frame], knobs: Knobs) -> Response:
+        if knobs.cut_after is not None:
+            frames = replies.cut_frames(frames, knobs.cut_after)
+        return EventStreamResponse(
+            [frame.data for frame in frames],
+            ttfb=knobs.ttfb_ms / 1000,
             chunk_gap=knobs.chunk_gap_ms / 1000,
             cut=knobs.cut_after is not None,
         )
@@ -280,6 +321,8 @@ class MockEndpoints:
         v1 = [
             ("/v1/chat/completions", endpoint(self.chat), ["POST"]),
             ("/v1/embeddings", endpoint(self.embeddings), ["POST"]),
+            ("/v1/messages", endpoint(self.messages), ["POST"]),
+            ("/v1/responses", endpoint(self.responses), ["POST"]),
             ("/v1/models", endpoint(self.models), ["GET"]),
             ("/v1/models/{model:path}", endpoint(self.models), ["GET"]),
         ]
@@ -293,6 +336,12 @@ class MockEndpoints:
             Route("/mock/health", self.health, methods=["GET"]),
         ]
         return routes
+
+
+def token_classes(knobs: Knobs) -> replies.TokenClasses:
+    return replies.TokenClasses(
+        knobs.cached_tokens, knobs.cache_write_tokens, knobs.reasoning_tokens
+    )
 
 
 def create_app(models: Sequence[str] = DEFAULT_MODELS, history: int = DEFAULT_HISTORY) -> Starlette:

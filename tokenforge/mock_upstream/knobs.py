@@ -15,8 +15,14 @@ same knob in the path. A bare name in the path (`/knobs/no-usage/v1`) means `1`.
 - `reply-tokens`: the reply length in words (default 16).
 - `fail-first`: the first N requests under this path prefix (or without a prefix) answer
   503, the next ones succeed; `POST /mock/reset` restarts the counts.
-- `require-key`: refuse with 401 unless an `Authorization` header is sent; a value other
-  than `1`/`true` must equal the bearer key.
+- `require-key`: refuse with 401 unless a key is sent (`Authorization: Bearer <key>`, or
+  `x-api-key: <key>` as Anthropic clients send it); a value other than `1`/`true` must
+  equal the key.
+- `cached-tokens`, `cache-write-tokens`: report that many of the prompt's tokens as read
+  from / written to the prompt cache (at most the prompt; cache writes on
+  `/v1/messages` only, as Anthropic reports them).
+- `reasoning-tokens`: report that many reasoning tokens, generated before the answer
+  (counted in the output tokens, named apart).
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ _INT_KNOBS = (
     "cut-after",
     "reply-tokens",
     "fail-first",
+    "cached-tokens",
+    "cache-write-tokens",
+    "reasoning-tokens",
 )
 _FLAG_KNOBS = ("no-usage",)
 _TEXT_KNOBS = ("require-key",)
@@ -58,6 +67,9 @@ class Knobs:
     reply_tokens: int = DEFAULT_REPLY_TOKENS
     fail_first: int = 0
     require_key: str | None = None
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @classmethod
     def from_values(cls, values: Mapping[str, str]) -> Knobs:
@@ -81,16 +93,21 @@ class Knobs:
             reply_tokens=ints.get("reply-tokens", DEFAULT_REPLY_TOKENS),
             fail_first=ints.get("fail-first", 0),
             require_key=values.get("require-key") or None,
+            cached_tokens=ints.get("cached-tokens", 0),
+            cache_write_tokens=ints.get("cache-write-tokens", 0),
+            reasoning_tokens=ints.get("reasoning-tokens", 0),
         )
 
-    def accepts_key(self, authorization: str | None) -> bool:
+    def accepts_key(self, authorization: str | None, api_key: str | None = None) -> bool:
+        """`Authorization: Bearer <key>` or `x-api-key: <key>` (`api_key`)."""
         if self.require_key is None:
             return True
-        if not authorization:
+        key = api_key or (authorization or "").removeprefix("Bearer ")
+        if not key:
             return False
         if self.require_key.lower() in _TRUE:
             return True
-        return authorization == f"Bearer {self.require_key}"
+        return key == self.require_key
 
 
 def parse_path_knobs(segment: str) -> dict[str, str]:

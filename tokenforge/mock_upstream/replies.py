@@ -14,7 +14,7 @@ import math
 import secrets
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import orjson
@@ -55,6 +55,8 @@ class ChatRequest:
     include_usage: bool
     tools: list[Mapping[str, object]]
     tool_choice: object
+    # `response_format`: the JSON schema the answer satisfies ({} for any JSON object).
+    answer_schema: Mapping[str, object] | None = None
 
     @classmethod
     def parse(cls, body: object) -> ChatRequest:
@@ -92,7 +94,40 @@ class ChatRequest:
             include_usage=include_usage,
             tools=tools,
             tool_choice=body.get("tool_choice"),
+            answer_schema=answer_schema(body.get("response_format"), "response_format"),
         )
+
+
+def answer_schema(value: object, param: str) -> Mapping[str, object] | None:
+    """The schema a JSON answer must satisfy, from `response_format` (chat) or
+    `text.format` (Responses): {} for any JSON object, None for text."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("type") not in (
+        "text",
+        "json_object",
+        "json_schema",
+    ):
+        raise InvalidRequest(f"Set `{param}.type` to text, json_object or json_schema.", param)
+    if value["type"] == "text":
+        return None
+    if value["type"] == "json_object":
+        return {}
+    # Chat nests it in `json_schema`; Responses' text.format holds it directly.
+    holder = value.get("json_schema", value)
+    schema = holder.get("schema") if isinstance(holder, dict) else None
+    if not isinstance(schema, dict):
+        raise InvalidRequest(f"Set `{param}` json_schema's `schema` to an object.", param)
+    return schema
+
+
+@dataclass(frozen=True)
+class TokenClasses:
+    """Prompt tokens reported as cache reads or writes, and reasoning tokens (knobs)."""
+
+    cached: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,7 +140,11 @@ class ChatPlan:
     tool_call: ToolCall | None
     finish_reason: str
     prompt_tokens: int
+    # Output tokens of one choice: its reasoning tokens included.
     completion_tokens_per_choice: int
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     def usage(self) -> Json:
         completion = self.completion_tokens_per_choice * self.n
@@ -113,10 +152,26 @@ class ChatPlan:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": self.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens * self.n},
         }
 
 
-def plan_chat(request: ChatRequest, reply_tokens: int) -> ChatPlan:
+def plan_chat(
+    request: ChatRequest, reply_tokens: int, classes: TokenClasses = TokenClasses()
+) -> ChatPlan:
+    plan = _plan_answer(request, reply_tokens)
+    cached = min(classes.cached, plan.prompt_tokens)
+    return replace(
+        plan,
+        completion_tokens_per_choice=plan.completion_tokens_per_choice + classes.reasoning,
+        cached_tokens=cached,
+        cache_write_tokens=min(classes.cache_write, plan.prompt_tokens - cached),
+        reasoning_tokens=classes.reasoning,
+    )
+
+
+def _plan_answer(request: ChatRequest, reply_tokens: int) -> ChatPlan:
     prompt = tokens.prompt_tokens(request.messages)
     tool = _chosen_tool(request)
     if tool is not None:
@@ -132,9 +187,14 @@ def plan_chat(request: ChatRequest, reply_tokens: int) -> ChatPlan:
             prompt_tokens=prompt,
             completion_tokens_per_choice=tokens.tool_call_tokens(call.name, call.arguments),
         )
-    words, capped = tokens.cap_reply(
-        tokens.reply_words(request.messages, reply_tokens), request.max_tokens
-    )
+    if request.answer_schema is not None:
+        # Valid JSON satisfying the schema's required fields, one "word" per token.
+        text = json.dumps(_sample_value(request.answer_schema) or {"answer": "mock"})
+        words, capped = tokens.cap_reply(text.split(" "), request.max_tokens)
+    else:
+        words, capped = tokens.cap_reply(
+            tokens.reply_words(request.messages, reply_tokens), request.max_tokens
+        )
     return ChatPlan(
         model=request.model,
         n=request.n,
@@ -320,17 +380,19 @@ def _tool_call(call: ToolCall) -> Json:
 
 def _chosen_tool(request: ChatRequest) -> tuple[str, Mapping[str, object]] | None:
     """The tool to call: the named one of `tool_choice`, else the first, when the last user
-    message asks to call a tool and `tool_choice` is not `none`."""
+    message asks to call a tool and `tool_choice` is not `none`, or when `tool_choice`
+    forces a call (`required`, or a named tool)."""
     if not request.tools or request.tool_choice == "none":
         return None
-    if TOOL_TRIGGER not in tokens.last_user_text(request.messages).lower():
+    choice = request.tool_choice
+    forced = choice == "required" or isinstance(choice, dict)
+    if not forced and TOOL_TRIGGER not in tokens.last_user_text(request.messages).lower():
         return None
     functions = [t.get("function") for t in request.tools]
     named = [f for f in functions if isinstance(f, dict) and isinstance(f.get("name"), str)]
     if not named:
         return None
     chosen = named[0]
-    choice = request.tool_choice
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         wanted = choice["function"].get("name")
         chosen = next((f for f in named if f["name"] == wanted), chosen)
@@ -350,16 +412,27 @@ _SAMPLES: dict[str, object] = {
 
 def _sample_arguments(parameters: Mapping[str, object]) -> str:
     """Arguments JSON filling each required property with a sample of its type."""
-    properties = parameters.get("properties")
-    required = parameters.get("required")
-    if not isinstance(properties, dict) or not isinstance(required, list):
-        return "{}"
-    arguments: dict[str, object] = {}
-    for name in required:
-        spec = properties.get(name)
-        kind = spec.get("type") if isinstance(spec, dict) else None
-        arguments[str(name)] = _SAMPLES.get(kind, "mock") if isinstance(kind, str) else "mock"
-    return json.dumps(arguments)
+    return json.dumps(_sample_value(parameters) or {})
+
+
+def _sample_value(spec: object) -> object:
+    """A sample of a JSON schema: an object fills each required property (nested
+    objects too), an enum takes its first value, other types a sample of the type."""
+    if not isinstance(spec, Mapping):
+        return "mock"
+    enum = spec.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    kind = spec.get("type")
+    if kind == "object" or "properties" in spec:
+        properties = spec.get("properties")
+        required = spec.get("required")
+        if not isinstance(properties, dict) or not isinstance(required, list):
+            return {}
+        return {str(name): _sample_value(properties.get(name)) for name in required}
+    if kind == "array":
+        return []
+    return _SAMPLES.get(kind, "mock") if isinstance(kind, str) else "mock"
 
 
 def _embedding_inputs(value: object) -> list[str | list[int]]:

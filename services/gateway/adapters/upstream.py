@@ -42,6 +42,8 @@ TRANSPORT_ERRORS = (aiohttp.ClientError,)
 TIMEOUT_ERRORS = (asyncio.TimeoutError,)
 
 tracer = trace.get_tracer(__name__)
+# Headers a channel's protocol requires (the catalog's `headers` may override them).
+PROTOCOL_HEADERS = {"anthropic_messages": {"anthropic-version": "2023-06-01"}}
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,8 @@ def failed(span: Span, outcome: str) -> None:
 def channel_request(
     channel: routing_pb2.Channel, path: str
 ) -> tuple[str, dict[str, str], aiohttp.ClientTimeout]:
-    """URL, headers (with the channel's key) and the per-channel timeouts.
+    """URL, headers (the channel's key, by its `auth`: Bearer or x-api-key; its extra
+    headers) and the per-channel timeouts.
 
     `sock_read` is the time to the first byte and then between bytes of a stream.
     """
@@ -186,9 +189,13 @@ def channel_request(
         connect=(channel.connect_timeout_ms or 5_000) / 1000,
         sock_read=(channel.first_byte_timeout_ms or channel.total_timeout_ms or 60_000) / 1000,
     )
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **PROTOCOL_HEADERS.get(channel.protocol, {})}
+    headers.update(channel.headers)
     if secret := channel_secret(channel.secret_name):
-        headers["authorization"] = f"Bearer {secret}"
+        if channel.auth == "x-api-key":
+            headers["x-api-key"] = secret
+        else:
+            headers["authorization"] = f"Bearer {secret}"
     return channel.base_url.rstrip("/") + path, headers, timeout
 
 

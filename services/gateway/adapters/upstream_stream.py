@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -57,10 +57,34 @@ class UpstreamStream:
             self._upstream = None
 
 
+class LineReader(Protocol):
+    def line(self, line: str) -> list[str]: ...
+
+
+class TranslatedStream(UpstreamStream):
+    """An open stream of a channel of another protocol, read as chat SSE lines."""
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, upstream: Upstream, reader: LineReader
+    ) -> None:
+        super().__init__(response, upstream)
+        self._reader = reader
+
+    async def lines(self) -> AsyncIterator[str]:
+        async for line in super().lines():
+            for translated in self._reader.line(line):
+                yield translated
+
+
 async def open_stream(
-    upstream: Upstream, channel: routing_pb2.Channel, path: str, body: dict[str, Any]
+    upstream: Upstream,
+    channel: routing_pb2.Channel,
+    path: str,
+    body: dict[str, Any],
+    reader: LineReader | None = None,
 ) -> tuple[UpstreamStream | None, Attempt]:
-    """Send the request and wait for the status line; the body is read by the caller."""
+    """Send the request and wait for the status line; the body is read by the caller
+    (through `reader` when the channel speaks another protocol than chat)."""
     url, headers, timeout = channel_request(channel, path)
     started = time.monotonic()
     # The span covers the call up to the status line; the body is the stream's.
@@ -91,4 +115,9 @@ async def open_stream(
             response.release()
             upstream.closed()
         return None, attempt_of(channel, f"http_{response.status}", started)
-    return UpstreamStream(response, upstream), attempt_of(channel, "ok", started)
+    stream = (
+        UpstreamStream(response, upstream)
+        if reader is None
+        else TranslatedStream(response, upstream, reader)
+    )
+    return stream, attempt_of(channel, "ok", started)

@@ -107,7 +107,7 @@ def plan_chat(body: dict[str, Any], price: Price, model_max_output: int) -> Plan
             f"`max_tokens` is {cap} but this model answers at most {model_max_output} tokens.",
             {"param": "max_tokens"},
         )
-    worst = price.charge(prompt, cap * n)
+    worst = price.worst_case(prompt, cap * n)
     return Plan(prompt, cap, set_by_gateway, worst, n)
 
 
@@ -123,7 +123,7 @@ def shrink_to_budget(plan: Plan, price: Price, available: Money) -> Plan | None:
     cap = min(per_choice, plan.max_output_tokens)
     if cap < 1:
         return None
-    worst = price.charge(plan.prompt_estimate, cap * plan.choices)
+    worst = price.worst_case(plan.prompt_estimate, cap * plan.choices)
     return Plan(plan.prompt_estimate, cap, True, worst, plan.choices)
 
 
@@ -133,6 +133,16 @@ class Usage:
     completion_tokens: int
     cached_tokens: int
     reported: bool
+    # Prompt tokens written to the upstream's cache (part of prompt_tokens).
+    cache_write_tokens: int = 0
+    # Reasoning tokens (part of completion_tokens: charged as output, shown apart).
+    reasoning_tokens: int = 0
+
+
+def _detail(usage: dict[str, Any], details: str, key: str) -> int:
+    part = usage.get(details)
+    value = part.get(key, 0) if isinstance(part, dict) else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def usage_from_response(payload: dict[str, Any]) -> Usage | None:
@@ -141,16 +151,23 @@ def usage_from_response(payload: dict[str, Any]) -> Usage | None:
         return None
     prompt = usage.get("prompt_tokens")
     completion = usage.get("completion_tokens", 0)
-    details = usage.get("prompt_tokens_details") or {}
-    cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
-    return Usage(prompt, completion or 0, cached or 0, True)
+    return Usage(
+        prompt,
+        completion or 0,
+        _detail(usage, "prompt_tokens_details", "cached_tokens"),
+        True,
+        _detail(usage, "prompt_tokens_details", "cache_write_tokens"),
+        _detail(usage, "completion_tokens_details", "reasoning_tokens"),
+    )
 
 
 def charge_for(price: Price, usage: Usage, hold: Money) -> tuple[Money, bool]:
     """The charge, never above the hold (the second value says it was capped)."""
-    charge = price.charge(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+    charge = price.charge(
+        usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens
+    )
     if charge.micros > hold.micros:
         return Money(hold.micros, hold.bucket), True
     return charge, False
@@ -166,7 +183,7 @@ def plan_embeddings(body: dict[str, Any], price: Price) -> Plan:
             {"param": "input"},
         )
     prompt = estimate_prompt_tokens({"input": inputs})
-    return Plan(prompt, 0, False, price.charge(prompt, 0), 1)
+    return Plan(prompt, 0, False, price.worst_case(prompt, 0), 1)
 
 
 def counted_usage(body: dict[str, Any], completion_chunks: int) -> Usage:

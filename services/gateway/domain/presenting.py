@@ -100,13 +100,19 @@ def receipt_json(r: usage_pb2.Receipt) -> dict[str, Any]:
         "tokens": {
             "prompt": r.prompt_tokens,
             "cached": r.cached_tokens,
+            # Parts of `prompt` (written to the upstream's cache) and of `completion`
+            # (reasoning, charged as output).
+            "cache_write": r.cache_write_tokens,
             "completion": r.completion_tokens,
+            "reasoning": r.reasoning_tokens,
             "reported_by_upstream": r.tokens_reported,
         },
         "prices": {
             "input_per_million": amount(r.prices.input_per_million_micros, bucket),
             "cached_input_per_million": amount(r.prices.cached_input_per_million_micros, bucket),
+            "cache_write_per_million": amount(r.prices.cache_write_per_million_micros, bucket),
             "output_per_million": amount(r.prices.output_per_million_micros, bucket),
+            "reasoning_per_million": amount(r.prices.output_per_million_micros, bucket),
             "request_fee": amount(r.prices.request_fee_micros, bucket),
         },
         "charge": amount(r.charge_micros, bucket),
@@ -119,6 +125,8 @@ def receipt_json(r: usage_pb2.Receipt) -> dict[str, Any]:
         "run_id": r.run_id or None,
         # The API format the client spoke; "openai" for Chat Completions and Embeddings.
         "client_format": r.client_format or "openai",
+        # The protocol of the channel that answered (None when no channel did).
+        "channel_protocol": r.channel_protocol or None,
         "error": r.error_code or None,
         "settlement_rule": r.settlement_rule or None,
         "started_at": iso(r.started_at),
@@ -283,10 +291,15 @@ def model_json(m: routing_pb2.Model, created: int) -> dict[str, Any]:
                     "cached_input_per_million": amount(
                         r.prices.cached_input_per_million_micros, bucket
                     ),
+                    "cache_write_per_million": amount(
+                        r.prices.cache_write_per_million_micros, bucket
+                    ),
                     "output_per_million": amount(r.prices.output_per_million_micros, bucket),
                     "request_fee": amount(r.prices.request_fee_micros, bucket),
                 },
                 "channels": [c.channel_id for c in r.channels],
+                # The API each channel speaks (the gateway translates to it and back).
+                "channel_protocols": [c.protocol or "openai_chat" for c in r.channels],
                 # Each channel's circuit state, error rate and latency (routing's view).
                 "health": [
                     {

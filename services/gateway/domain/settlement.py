@@ -27,7 +27,7 @@ Cached prompt tokens are charged at the route's cached-input price.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from services.gateway.domain.planning import Usage, charge_for
 from tokenforge.money import Money, Price
@@ -77,7 +77,8 @@ class Settlement:
 
 def _capped(usage: Usage, max_output_tokens: int) -> Usage:
     if max_output_tokens > 0 and usage.completion_tokens > max_output_tokens:
-        return Usage(usage.prompt_tokens, max_output_tokens, usage.cached_tokens, usage.reported)
+        reasoning = min(usage.reasoning_tokens, max_output_tokens)
+        return replace(usage, completion_tokens=max_output_tokens, reasoning_tokens=reasoning)
     return usage
 
 

@@ -14,6 +14,8 @@ from typing import Any
 from services.gateway.adapters.health import request_shape
 from services.gateway.adapters.peers import Peers
 from services.gateway.domain.planning import Plan, plan_chat, plan_embeddings
+from services.gateway.domain.protocols import OPENAI_CHAT, refusal
+from services.gateway.domain.protocols.base import cannot_carry
 from services.gateway.domain.settlement import FINISH_MARGIN_S
 from services.gateway.domain.validation import validate_chat, validate_embeddings
 from tokenforge.errors import DomainError, Reason
@@ -116,10 +118,31 @@ async def admit(peers: Peers, cmd: ChatCommand, endpoint: routing_pb2.Endpoint) 
         endpoint,
         request_shape(cmd.body),
     )
+    refuse_uncarried(cmd.body, endpoint, resolved)
     route = resolved.route
     price = price_from_proto(bucket_from_proto(route.bucket), route.prices)
     plan = plan_for(cmd.body, endpoint, resolved, price)
     return Admitted(cmd, endpoint, resolved, price, plan, started)
+
+
+def refuse_uncarried(
+    body: dict[str, Any], endpoint: routing_pb2.Endpoint, resolved: routing_pb2.ResolveResponse
+) -> None:
+    """Refuse, before anything is held, what a channel the request may go to (its
+    route's, and the routes it may fall back to) cannot carry in its protocol."""
+    protocols = {
+        channel.protocol or OPENAI_CHAT
+        for route in (resolved.route, *resolved.fallback_routes)
+        for channel in route.channels
+    }
+    if protocols == {OPENAI_CHAT}:
+        return
+    if endpoint != CHAT:
+        other = sorted(protocols - {OPENAI_CHAT})[0]
+        raise cannot_carry(other, "input", "embeddings")
+    error = refusal(body, protocols)
+    if error is not None:
+        raise error
 
 
 def plan_for(

@@ -10,12 +10,15 @@ No retry after the first byte has gone to the client.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
+from typing import Any
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Attempt, Upstream, UpstreamAnswer, retryable
 from services.gateway.adapters.upstream_stream import UpstreamStream, open_stream
+from services.gateway.domain.protocols import OPENAI_CHAT, protocol_for
 from services.gateway.domain.settlement import Rule
-from services.gateway.flow.admit import ENDPOINT_PATH, hold_ttl, plan_for, upstream_body
+from services.gateway.flow.admit import CHAT, ENDPOINT_PATH, hold_ttl, plan_for, upstream_body
 from services.gateway.flow.ends import PeerEnds
 from services.gateway.flow.reserve import Prepared, take_hold
 from tokenforge.errors import DomainError, Reason
@@ -34,7 +37,9 @@ async def call_json(
     answer: UpstreamAnswer | None = None
     while True:
         for channel in channels_to_try(p):
-            answer = await upstream.post_json(channel, ENDPOINT_PATH[p.endpoint], p.upstream_body)
+            answer = await post_in_protocol(
+                upstream, channel, ENDPOINT_PATH[p.endpoint], p.upstream_body
+            )
             attempts.append(answer.attempt)
             if answer.attempt.outcome == "ok" or not retryable(
                 answer.attempt.outcome, list(p.route.retry.retry_on)
@@ -53,9 +58,11 @@ async def call_stream(
     while True:
         p.upstream_body["stream_options"] = {**(options or {}), "include_usage": True}
         for channel in channels_to_try(p):
-            response, attempt = await open_stream(
-                upstream, channel, "/chat/completions", p.upstream_body
-            )
+            # In the channel's protocol, its stream read back as chat chunks.
+            call = protocol_for(channel.protocol)
+            body = call.request(p.upstream_body)
+            reader = None if call.name == OPENAI_CHAT else call.reader()
+            response, attempt = await open_stream(upstream, channel, call.path, body, reader)
             attempts.append(attempt)
             if response is not None:
                 return response
@@ -64,6 +71,24 @@ async def call_stream(
         # Nothing has reached the client yet: another route may still be tried.
         if not may_fall_back(p, attempts) or not await fall_back(peers, p, attempts):
             return None
+
+
+async def post_in_protocol(
+    upstream: Upstream, channel: routing_pb2.Channel, path: str, body: dict[str, Any]
+) -> UpstreamAnswer:
+    """One call that is not streamed, in the channel's protocol (domain/protocols/), its
+    answer read back as a chat completion (an answer the protocol does not recognise is
+    the attempt's failure, `bad_answer`)."""
+    if path != ENDPOINT_PATH[CHAT]:
+        return await upstream.post_json(channel, path, body)
+    call = protocol_for(channel.protocol)
+    answer = await upstream.post_json(channel, call.path, call.request(body))
+    if call.name == OPENAI_CHAT or answer.attempt.outcome != "ok" or answer.payload is None:
+        return answer
+    chat = call.answer(answer.payload)
+    if chat is None:
+        return UpstreamAnswer(answer.status, None, replace(answer.attempt, outcome="bad_answer"))
+    return UpstreamAnswer(answer.status, chat, answer.attempt)
 
 
 def channels_to_try(p: Prepared) -> list[routing_pb2.Channel]:

@@ -22,6 +22,7 @@ from services.gateway.adapters.health import report_outcome
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Attempt
 from services.gateway.domain.planning import Usage, counted_usage
+from services.gateway.domain.protocols import OPENAI_CHAT
 from services.gateway.domain.settlement import Rule, Settlement, settle
 from services.gateway.flow.admit import ENDPOINT_NAME
 from services.gateway.flow.call import charge_policy_name, route_attempt
@@ -68,6 +69,7 @@ def new_receipt(p: Prepared, attempts: list[Attempt]) -> usage_pb2.Receipt:
         fallback_used=len(attempts) > 1 or p.fell_back,
         run_id=p.cmd.run_id,
         client_format=p.cmd.client_format,
+        channel_protocol=answered_protocol(p, attempts),
     )
     if p.route_attempts:
         receipt.route_attempts.extend(p.route_attempts)
@@ -76,6 +78,14 @@ def new_receipt(p: Prepared, attempts: list[Attempt]) -> usage_pb2.Receipt:
         )
     receipt.started_at.CopyFrom(timestamp(p.admitted.started))
     return receipt
+
+
+def answered_protocol(p: Prepared, attempts: list[Attempt]) -> str:
+    """The protocol of the channel of the last attempt ("" when none was made)."""
+    if not attempts:
+        return ""
+    channel = next((c for c in p.route.channels if c.channel_id == attempts[-1].channel_id), None)
+    return (channel.protocol or OPENAI_CHAT) if channel is not None else ""
 
 
 def settlement_of(p: Prepared, rule: Rule, reported: Usage | None, counted: Usage) -> Settlement:

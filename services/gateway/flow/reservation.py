@@ -302,6 +302,8 @@ def fill_receipt(
         receipt.prompt_tokens = settlement.usage.prompt_tokens
         receipt.completion_tokens = settlement.usage.completion_tokens
         receipt.cached_tokens = settlement.usage.cached_tokens
+        receipt.cache_write_tokens = settlement.usage.cache_write_tokens
+        receipt.reasoning_tokens = settlement.usage.reasoning_tokens
         receipt.tokens_reported = settlement.usage.reported
     if error_code:
         receipt.error_code = error_code

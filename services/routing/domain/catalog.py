@@ -39,6 +39,21 @@ class Endpoint(enum.StrEnum):
     EMBEDDINGS = "embeddings"
 
 
+class Protocol(enum.StrEnum):
+    """The API a channel speaks; the gateway translates chat requests to it and back."""
+
+    OPENAI_CHAT = "openai_chat"
+    OPENAI_RESPONSES = "openai_responses"
+    ANTHROPIC_MESSAGES = "anthropic_messages"
+
+
+class Auth(enum.StrEnum):
+    """How a channel's key is sent: `Authorization: Bearer <key>` or `x-api-key: <key>`."""
+
+    BEARER = "bearer"
+    X_API_KEY = "x-api-key"
+
+
 class ChargePolicy(enum.StrEnum):
     """What a failed request costs: nothing, its prompt, or what upstream reported."""
 
@@ -61,6 +76,10 @@ class Channel:
     total_timeout_ms: int = 300_000
     # Share of load among channels of equal priority (see domain/health.py).
     weight: int = 1
+    protocol: Protocol = Protocol.OPENAI_CHAT
+    auth: Auth = Auth.BEARER
+    # Extra headers sent with every call (e.g. anthropic-version), sorted by name.
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -322,7 +341,18 @@ class _Parser:
         for index, raw in enumerate(self.sequence(value, path)):
             here = (*path, index)
             obj = self.mapping(
-                raw, here, {"id", "base_url", "secret_name", "timeouts_ms", "weight"}
+                raw,
+                here,
+                {
+                    "id",
+                    "base_url",
+                    "secret_name",
+                    "timeouts_ms",
+                    "weight",
+                    "protocol",
+                    "auth",
+                    "headers",
+                },
             )
             channel_id = self.string(obj, "id", here)
             if channel_id in found:
@@ -346,8 +376,28 @@ class _Parser:
                 ),
                 total_timeout_ms=self.integer(timeouts, "total", timeouts_path, 300_000, 1),
                 weight=self.integer(obj, "weight", here, 1, 0),
+                protocol=self.choice(obj, "protocol", here, Protocol, Protocol.OPENAI_CHAT.value),
+                auth=self.choice(obj, "auth", here, Auth, Auth.BEARER.value),
+                headers=self.headers(obj.get("headers"), (*here, "headers")),
             )
         return found
+
+    def headers(self, value: Any, path: Path) -> tuple[tuple[str, str], ...]:
+        """A channel's extra headers: names to string values; never the key's header."""
+        if value is None:
+            return ()
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected a mapping of header names to values, got {value!r}")
+        found: list[tuple[str, str]] = []
+        for name in value:
+            lowered = str(name).lower()
+            if lowered in ("authorization", "x-api-key", "content-type"):
+                raise self.fail(
+                    (*path, name),
+                    f"{name!r} is set by the gateway (the key from secret_name, by `auth`)",
+                )
+            found.append((lowered, self.string(value, name, path)))
+        return tuple(sorted(found))
 
     def model(self, raw: Any, path: Path, channels: dict[str, Channel]) -> Model:
         obj = self.mapping(
@@ -422,7 +472,9 @@ class _Parser:
             )
         prices_path = (*path, "prices")
         prices = self.mapping(
-            obj.get("prices"), prices_path, {"input", "cached_input", "output", "request_fee"}
+            obj.get("prices"),
+            prices_path,
+            {"input", "cached_input", "cache_write", "output", "request_fee"},
         )
         input_price = self.integer(prices, "input", prices_path)
         price = Price(
@@ -432,6 +484,8 @@ class _Parser:
             # Without a cached price, cached tokens cost what input tokens cost.
             cached_input_per_million=self.integer(prices, "cached_input", prices_path, input_price),
             request_fee=self.integer(prices, "request_fee", prices_path, 0),
+            # Without a cache-write price, tokens written to the cache cost input's.
+            cache_write_per_million=self.integer(prices, "cache_write", prices_path, input_price),
         )
         route_channels: list[Channel] = []
         channel_groups: list[int] = []

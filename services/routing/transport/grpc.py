@@ -107,6 +107,9 @@ def route_to_wire(route: Route, health: HealthBoard | None = None) -> routing_pb
                 connect_timeout_ms=c.connect_timeout_ms,
                 first_byte_timeout_ms=c.first_byte_timeout_ms,
                 total_timeout_ms=c.total_timeout_ms,
+                protocol=c.protocol.value,
+                auth=c.auth.value,
+                headers=dict(c.headers),
             )
             for c in route.channels
         ],

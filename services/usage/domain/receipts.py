@@ -51,6 +51,7 @@ class Prices:
     cached_input_per_million: int = 0
     output_per_million: int = 0
     request_fee: int = 0
+    cache_write_per_million: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,12 @@ class Receipt:
     route_attempts: tuple[RouteAttempt, ...] = ()
     # The API format the client spoke ("" for OpenAI chat and embeddings).
     client_format: str = ""
+    # Parts of prompt_tokens (written to the upstream's cache) and of completion_tokens
+    # (reasoning, priced as output).
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    # The protocol of the channel that answered ("" when none did).
+    channel_protocol: str = ""
 
     @property
     def released_hold_ids(self) -> tuple[str, ...]:
@@ -130,7 +137,16 @@ def validate(receipt: Receipt) -> None:
         problems.append("account_id is required")
     if receipt.charge_micros < 0:
         problems.append(f"charge_micros is never negative (got {receipt.charge_micros})")
-    if min(receipt.prompt_tokens, receipt.cached_tokens, receipt.completion_tokens) < 0:
+    if (
+        min(
+            receipt.prompt_tokens,
+            receipt.cached_tokens,
+            receipt.completion_tokens,
+            receipt.cache_write_tokens,
+            receipt.reasoning_tokens,
+        )
+        < 0
+    ):
         problems.append("token counts are never negative")
     prices = receipt.prices
     if (
@@ -139,6 +155,7 @@ def validate(receipt: Receipt) -> None:
             prices.cached_input_per_million,
             prices.output_per_million,
             prices.request_fee,
+            prices.cache_write_per_million,
         )
         < 0
     ):

@@ -78,6 +78,7 @@ def _prices_json(p: Prices) -> dict[str, int]:
         "cached_input": p.cached_input_per_million,
         "output": p.output_per_million,
         "request_fee": p.request_fee,
+        "cache_write": p.cache_write_per_million,
     }
 
 
@@ -107,6 +108,7 @@ def _route_attempts(rows: list[dict[str, Any]] | None) -> tuple[RouteAttempt, ..
                 cached_input_per_million=int(a["prices"]["cached_input"]),
                 output_per_million=int(a["prices"]["output"]),
                 request_fee=int(a["prices"]["request_fee"]),
+                cache_write_per_million=int(a["prices"].get("cache_write", 0)),
             ),
             hold_id=a.get("hold_id", ""),
             outcome=a.get("outcome", ""),
@@ -138,6 +140,10 @@ def to_row(receipt: Receipt) -> dict[str, Any]:
         "cached_input_price_micros": receipt.prices.cached_input_per_million,
         "output_price_micros": receipt.prices.output_per_million,
         "request_fee_micros": receipt.prices.request_fee,
+        "cache_write_price_micros": receipt.prices.cache_write_per_million,
+        "cache_write_tokens": receipt.cache_write_tokens,
+        "reasoning_tokens": receipt.reasoning_tokens,
+        "channel_protocol": receipt.channel_protocol,
         "charge_micros": receipt.charge_micros,
         "status": receipt.status.value,
         "hold_id": receipt.hold_id,
@@ -178,6 +184,7 @@ def from_row(row: Any) -> Receipt:
             cached_input_per_million=row.cached_input_price_micros,
             output_per_million=row.output_price_micros,
             request_fee=row.request_fee_micros,
+            cache_write_per_million=row.cache_write_price_micros,
         ),
         charge_micros=row.charge_micros,
         status=ReceiptStatus(row.status),
@@ -194,6 +201,9 @@ def from_row(row: Any) -> Receipt:
         settlement_rule=row.settlement_rule,
         route_attempts=_route_attempts(row.route_attempts),
         client_format=row.client_format,
+        cache_write_tokens=row.cache_write_tokens,
+        reasoning_tokens=row.reasoning_tokens,
+        channel_protocol=row.channel_protocol,
     )
 
 

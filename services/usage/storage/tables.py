@@ -55,6 +55,12 @@ receipts = Table(
     #   "channel_attempts"}, ...] when the request fell back to another route.
     Column("route_attempts", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("client_format", Text, nullable=False, server_default=""),
+    # Parts of prompt_tokens (cache writes) and completion_tokens (reasoning), the
+    # cache-write price, and the protocol of the channel that answered.
+    Column("cache_write_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("reasoning_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cache_write_price_micros", BigInteger, nullable=False, server_default="0"),
+    Column("channel_protocol", Text, nullable=False, server_default=""),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True), nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),

@@ -64,6 +64,7 @@ def _prices_from_wire(wire: common_pb2.Prices) -> Prices:
         cached_input_per_million=wire.cached_input_per_million_micros,
         output_per_million=wire.output_per_million_micros,
         request_fee=wire.request_fee_micros,
+        cache_write_per_million=wire.cache_write_per_million_micros,
     )
 
 
@@ -73,6 +74,7 @@ def _prices_to_wire(prices: Prices) -> common_pb2.Prices:
         cached_input_per_million_micros=prices.cached_input_per_million,
         output_per_million_micros=prices.output_per_million,
         request_fee_micros=prices.request_fee,
+        cache_write_per_million_micros=prices.cache_write_per_million,
     )
 
 
@@ -124,12 +126,7 @@ def receipt_from_wire(wire: usage_pb2.Receipt) -> Receipt:
         cached_tokens=wire.cached_tokens,
         completion_tokens=wire.completion_tokens,
         tokens_reported=wire.tokens_reported,
-        prices=Prices(
-            input_per_million=wire.prices.input_per_million_micros,
-            cached_input_per_million=wire.prices.cached_input_per_million_micros,
-            output_per_million=wire.prices.output_per_million_micros,
-            request_fee=wire.prices.request_fee_micros,
-        ),
+        prices=_prices_from_wire(wire.prices),
         charge_micros=wire.charge_micros,
         hold_id=wire.hold_id,
         entry_id=wire.entry_id,
@@ -144,6 +141,9 @@ def receipt_from_wire(wire: usage_pb2.Receipt) -> Receipt:
         settlement_rule=wire.settlement_rule,
         route_attempts=tuple(_route_attempt_from_wire(a) for a in wire.route_attempts),
         client_format=wire.client_format,
+        cache_write_tokens=wire.cache_write_tokens,
+        reasoning_tokens=wire.reasoning_tokens,
+        channel_protocol=wire.channel_protocol,
     )
 
 
@@ -165,12 +165,7 @@ def receipt_to_wire(receipt: Receipt) -> usage_pb2.Receipt:
         cached_tokens=receipt.cached_tokens,
         completion_tokens=receipt.completion_tokens,
         tokens_reported=receipt.tokens_reported,
-        prices=common_pb2.Prices(
-            input_per_million_micros=receipt.prices.input_per_million,
-            cached_input_per_million_micros=receipt.prices.cached_input_per_million,
-            output_per_million_micros=receipt.prices.output_per_million,
-            request_fee_micros=receipt.prices.request_fee,
-        ),
+        prices=_prices_to_wire(receipt.prices),
         charge_micros=receipt.charge_micros,
         status=STATUSES_TO_WIRE[receipt.status],
         hold_id=receipt.hold_id,
@@ -186,6 +181,9 @@ def receipt_to_wire(receipt: Receipt) -> usage_pb2.Receipt:
         settlement_rule=receipt.settlement_rule,
         route_attempts=[_route_attempt_to_wire(a) for a in receipt.route_attempts],
         client_format=receipt.client_format,
+        cache_write_tokens=receipt.cache_write_tokens,
+        reasoning_tokens=receipt.reasoning_tokens,
+        channel_protocol=receipt.channel_protocol,
     )
 
 

@@ -70,3 +70,33 @@ def test_max_output_for_budget_never_exceeds_the_budget(budget: int, prompt: int
     if cap > 0:
         assert PRICE.worst_case(prompt, cap).micros <= budget
         assert PRICE.worst_case(prompt, cap + 1).micros > budget or cap == 0
+
+
+def test_cache_writes_use_the_cache_write_price_and_default_to_the_input_price() -> None:
+    price = Price(Bucket.CREDIT, 2_000_000, 0, 500_000, cache_write_per_million=3_000_000)
+    # 1000 prompt tokens: 400 read from the cache, 100 written to it, 500 fresh.
+    assert price.charge(1000, 0, cached_tokens=400, cache_write_tokens=100).micros == (
+        500 * 2 + 400 // 2 + 100 * 3
+    )
+    assert Price(Bucket.CREDIT, 2_000_000, 0).cache_write == 2_000_000
+
+
+@given(
+    prompt=st.integers(0, 10**6),
+    cap=st.integers(0, 10**5),
+    cached=st.integers(0, 10**6),
+    written=st.integers(0, 10**6),
+    completion=st.integers(0, 10**5),
+    prices=st.tuples(*(st.integers(0, 10**8) for _ in range(4))),
+)
+def test_the_worst_case_covers_any_split_of_the_prompt_into_token_classes(
+    prompt: int,
+    cap: int,
+    cached: int,
+    written: int,
+    completion: int,
+    prices: tuple[int, int, int, int],
+) -> None:
+    price = Price(Bucket.CREDIT, prices[0], prices[1], prices[2], 0, prices[3])
+    charged = price.charge(prompt, min(completion, cap), cached, written)
+    assert charged.micros <= price.worst_case(prompt, cap).micros

@@ -3,6 +3,7 @@ stream frames and embedding vectors."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -84,6 +85,40 @@ def test_require_key_accepts_any_key_for_true_and_only_that_key_otherwise() -> N
     assert any_key.accepts_key("Bearer whatever") and not any_key.accepts_key(None)
     assert one_key.accepts_key("Bearer sk-channel") and not one_key.accepts_key("Bearer x")
     assert Knobs().accepts_key(None)
+    # Anthropic clients send the key as x-api-key.
+    assert one_key.accepts_key(None, "sk-channel") and not one_key.accepts_key(None, "x")
+
+
+def test_a_json_schema_answer_fills_the_required_fields_and_a_forced_tool_is_called() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "kind": {"enum": ["sunny", "rainy"]},
+            "at": {
+                "type": "object",
+                "properties": {"hour": {"type": "integer"}},
+                "required": ["hour"],
+            },
+            "note": {"type": "string"},
+        },
+        "required": ["city", "kind", "at"],
+    }
+    body = {
+        **_chat_body(),
+        "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": schema}},
+    }
+    plan = replies.plan_chat(replies.ChatRequest.parse(body), reply_tokens=5)
+    text = replies.completion_object(plan, "c", 0, True)["choices"][0]["message"]["content"]
+    assert json.loads(text) == {"city": "mock", "kind": "sunny", "at": {"hour": 1}}
+
+    forced = {
+        **_chat_body(),
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        "tool_choice": "required",
+    }
+    plan = replies.plan_chat(replies.ChatRequest.parse(forced), reply_tokens=5)
+    assert plan.tool_call is not None and plan.finish_reason == "tool_calls"
 
 
 def test_cut_frames_keep_role_chunks_and_the_first_content_chunks_only() -> None:

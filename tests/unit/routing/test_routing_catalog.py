@@ -8,10 +8,12 @@ import pytest
 
 from services.routing.domain.catalog import (
     DEFAULT_RETRY_ON,
+    Auth,
     Catalog,
     CatalogError,
     ChargePolicy,
     Endpoint,
+    Protocol,
     RouteKind,
     interpolate,
     parse_catalog,
@@ -164,6 +166,26 @@ def test_an_official_route_paid_from_the_routed_balance_is_refused() -> None:
             "as_reported",
         ),
         ("        upstream_model: real-m1\n", "", "models[0].routes[0].upstream_model", "required"),
+        (
+            '/v1"\n',
+            '/v1"\n    protocol: gemini\n',
+            "channels[0].protocol",
+            "anthropic_messages",
+        ),
+        ('/v1"\n', '/v1"\n    auth: basic\n', "channels[0].auth", "x-api-key"),
+        (
+            '/v1"\n',
+            '/v1"\n    headers: {Authorization: "Bearer x"}\n',
+            "channels[0].headers.Authorization",
+            "set by the gateway",
+        ),
+        ('/v1"\n', '/v1"\n    headers: [a]\n', "channels[0].headers", "mapping"),
+        (
+            "{input: 1000, output: 2000}",
+            "{input: 1000, output: 2000, cache_write: -1}",
+            "models[0].routes[0].prices.cache_write",
+            "at least 0",
+        ),
     ],
 )
 def test_each_invalid_field_is_named_by_its_path(old: str, new: str, path: str, words: str) -> None:
@@ -173,6 +195,30 @@ def test_each_invalid_field_is_named_by_its_path(old: str, new: str, path: str, 
     assert error.path == path
     assert words in error.problem
     assert error.line is not None
+
+
+def test_a_channel_says_its_protocol_auth_and_headers_and_a_route_its_cache_write_price() -> None:
+    plain = parse(MINIMAL)
+    [channel] = plain.channels
+    assert (channel.protocol, channel.auth, channel.headers) == (
+        Protocol.OPENAI_CHAT,
+        Auth.BEARER,
+        (),
+    )
+    # Without a cache-write price, tokens written to the cache cost what input costs.
+    [route] = plain.models[0].routes
+    assert route.price.cache_write == 1000
+
+    text = MINIMAL.replace(
+        '/v1"\n',
+        '/v1"\n    protocol: anthropic_messages\n    auth: x-api-key\n'
+        '    headers: {Anthropic-Beta: "prompt-caching-2024-07-31"}\n',
+    ).replace("{input: 1000, output: 2000}", "{input: 1000, output: 2000, cache_write: 1250}")
+    catalog = parse(text)
+    [channel] = catalog.channels
+    assert channel.protocol is Protocol.ANTHROPIC_MESSAGES and channel.auth is Auth.X_API_KEY
+    assert channel.headers == (("anthropic-beta", "prompt-caching-2024-07-31"),)
+    assert catalog.models[0].routes[0].price.cache_write == 1250
 
 
 def test_a_model_defined_twice_is_refused() -> None:

@@ -110,6 +110,15 @@ def tokens_of(chat: Json) -> tuple[int, int, int]:
     )
 
 
+def cache_write_of(chat: Json) -> int:
+    """The prompt tokens the upstream wrote to its cache (part of the prompt tokens)."""
+    details = (chat.get("usage") or {}).get("prompt_tokens_details") or {}
+    written = details.get("cache_write_tokens") if isinstance(details, dict) else None
+    if isinstance(written, int):
+        return written
+    return int(((chat.get("receipt") or {}).get("tokens") or {}).get("cache_write", 0))
+
+
 def first_choice(chat: Json) -> Json:
     choices = chat.get("choices") or []
     return choices[0] if choices and isinstance(choices[0], dict) else {}

@@ -34,6 +34,7 @@ from services.gateway.domain.formats import (
     ClientFormat,
     Json,
     StreamTranslator,
+    cache_write_of,
     copy_keys,
     cost_of,
     event,
@@ -187,9 +188,10 @@ def chat_tool_choice(choice: Any) -> Any:
 
 def usage_of(chat: Json) -> Json:
     prompt, completion, cached = tokens_of(chat)
+    written = cache_write_of(chat)
     return {
-        "input_tokens": prompt - cached,
-        "cache_creation_input_tokens": 0,
+        "input_tokens": prompt - cached - written,
+        "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached,
         "output_tokens": completion,
         **cost_of(chat.get("usage") or {}),

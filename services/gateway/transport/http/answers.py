@@ -52,10 +52,21 @@ RECEIPT = obj(
     route=STRING,
     bucket=STRING,
     selected_model=STRING,
-    tokens=obj(prompt=INTEGER, cached=INTEGER, completion=INTEGER),
+    tokens=obj(
+        prompt=INTEGER, cached=INTEGER, cache_write=INTEGER, completion=INTEGER, reasoning=INTEGER
+    ),
+    prices=obj(
+        input_per_million=AMOUNT,
+        cached_input_per_million=AMOUNT,
+        cache_write_per_million=AMOUNT,
+        output_per_million=AMOUNT,
+        reasoning_per_million=AMOUNT,
+        request_fee=AMOUNT,
+    ),
     charge=AMOUNT,
     receipt_url=STRING,
     client_format=STRING,
+    channel_protocol=OPTIONAL_STRING,
 )
 # `usage` of every paid answer: the format's token counts plus these.
 COST = obj(

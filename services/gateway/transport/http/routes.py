@@ -59,6 +59,7 @@ def router(deps: Deps) -> APIRouter:
                     "input_per_million": amount(p.price.input_per_million, bucket),
                     "output_per_million": amount(p.price.output_per_million, bucket),
                     "cached_input_per_million": amount(p.price.cached_input_per_million, bucket),
+                    "cache_write_per_million": amount(p.price.cache_write, bucket),
                     "request_fee": amount(p.price.request_fee, bucket),
                     "text": p.price.describe(),
                 },
