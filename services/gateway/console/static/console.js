@@ -422,7 +422,7 @@ async function preview() {
     ["Upstream model", p.upstream_model],
     ["Paid from", h("span", { "data-testid": "preview-bucket" }, p.bucket_label)],
     ["Prices", p.prices.text || `${p.prices.input_per_million.display} / 1M input, ${p.prices.output_per_million.display} / 1M output`],
-    ["Worst-case cost", h("span", { "data-testid": "preview-worst" }, `${p.worst_case_cost.display} (for ${p.max_output_tokens} output tokens)`)],
+    ["Worst case", h("span", { "data-testid": "preview-worst" }, `${p.worst_case.display} (for ${p.max_output_tokens} output tokens)`)],
     ["Available", p.available.display],
     ["Channels", [p.channels.primary, ...p.channels.backups].filter(Boolean).join(", then ")],
     ["If the request fails", FAILURE_POLICY[p.if_the_request_fails] || p.if_the_request_fails],
@@ -694,7 +694,7 @@ async function planResearch(event) {
   const plan = await api("GET", `/console/research/plan?${params}`);
   const preview = await api("POST", "/v1/routes/preview", plan.preview_request);
   // The run's estimate, as the CLI sizes it: every section at its worst case.
-  const budget = preview.worst_case_cost.micros * plan.sections.length;
+  const budget = preview.worst_case.micros * plan.sections.length;
   Object.assign(research, { plan, preview, budget });
   for (const id of ["#research-progress", "#research-receipt", "#research-report"]) $(id).hidden = true;
   const enough = preview.available.micros >= budget;
@@ -709,7 +709,7 @@ async function planResearch(event) {
       ["Route", h("span", { "data-testid": "research-route" }, preview.route)],
       ["Paid from", h("span", { "data-testid": "research-bucket" }, preview.bucket_label)],
       ["Prices", preview.prices.text],
-      ["Worst case per section", h("span", { "data-testid": "research-worst" }, `${preview.worst_case_cost.display} (for ${preview.max_output_tokens} output tokens)`)],
+      ["Worst case per section", h("span", { "data-testid": "research-worst" }, `${preview.worst_case.display} (for ${preview.max_output_tokens} output tokens)`)],
       ["Run estimate (held while it runs)", h("span", { "data-testid": "research-estimate" }, `${fmt(budget, preview.bucket)} for ${plan.sections.length} sections`)],
       ["Available", h("span", { "data-testid": "research-available" }, preview.available.display)],
       ["Can run", enough ? "yes" : `no: top up ${preview.bucket_label}`],
