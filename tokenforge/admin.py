@@ -83,7 +83,7 @@ class Operator:
     async def balances(self, account_id: str) -> list[wallet_pb2.BucketBalance]:
         answer = await self.wallet.call(
             wallet_pb2_grpc.WalletServiceStub(self.wallet.channel).GetBalances,
-            wallet_pb2.GetBalancesRequest(account_id=account_id),
+            wallet_pb2.GetBalancesRequest(account_id=account_id, split_held=True),
         )
         return list(answer.balances)
 

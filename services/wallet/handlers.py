@@ -30,8 +30,10 @@ from typing import TypeVar
 
 from services.wallet import metrics
 from services.wallet.domain import commands
+from services.wallet.domain.attribution import Attribution, Movement, Slice, attribute
 from services.wallet.domain.model import (
     Balance,
+    EntryKind,
     Hold,
     HoldStatus,
     JournalEntry,
@@ -51,10 +53,21 @@ from services.wallet.domain.model import (
     topup_credit,
     topup_key,
 )
-from services.wallet.domain.reconcile import ReconcileReport
-from services.wallet.storage.repository import DuplicateKey, HoldQuery, LedgerQuery
+from services.wallet.domain.reconcile import (
+    RULE_ATTRIBUTED,
+    ReconcileReport,
+    Violation,
+    attribution_problems,
+)
+from services.wallet.storage.repository import (
+    ATTRIBUTION_ROW_LIMIT,
+    DuplicateKey,
+    HoldQuery,
+    LedgerQuery,
+)
 from services.wallet.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
+from tokenforge.holds import is_budget
 from tokenforge.money import Bucket
 from tokenforge.runtime.batch_items import check_batch_size, item_outcome
 
@@ -101,6 +114,18 @@ async def get_balances(cmd: commands.GetBalances, uow: UnitOfWork) -> list[Balan
         found = await uow.wallet.balances(cmd.account_id)
     if not found:
         raise account_not_found(cmd.account_id)
+    return found
+
+
+async def set_aside(account_id: str, uow: UnitOfWork) -> dict[Bucket, int]:
+    """Per bucket, what the gateway's budgets still hold (tokenforge.holds: a budget's
+    request id names it); the rest of `held` is held for requests and runs."""
+    async with uow:
+        open_holds = await uow.wallet.open_holds(account_id)
+    found = dict.fromkeys(Bucket, 0)
+    for hold in open_holds:
+        if is_budget(hold.request_id):
+            found[hold.bucket] += hold.remaining
     return found
 
 
@@ -546,9 +571,19 @@ async def reverse_entry(cmd: commands.ReverseEntry, uow: UnitOfWork) -> JournalE
 
 
 async def reconcile(cmd: commands.Reconcile, uow: UnitOfWork) -> ReconcileReport:
-    """Recompute every balance from the journal and check every money rule."""
+    """Recompute every balance from the journal and check every money rule, and the
+    attribution of every bucket's charges to its credits (W8), from one snapshot."""
     async with uow:
         report = await uow.wallet.reconcile()
+        every = await uow.wallet.ledger(LedgerQuery(account_id="", limit=ATTRIBUTION_ROW_LIMIT))
+    by_bucket: dict[tuple[str, Bucket], list[JournalEntry]] = {}
+    for entry in reversed(every):
+        by_bucket.setdefault((entry.account_id, entry.bucket), []).append(entry)
+    for (account_id, bucket), rows in sorted(by_bucket.items()):
+        problems = attribution_problems(attribute(_movement(e) for e in rows), rows)
+        report.violations.extend(
+            Violation(RULE_ATTRIBUTED, f"{account_id}/{bucket.value}", p) for p in problems
+        )
     if report.violations:
         log.error("wallet reconciliation found %s violations", len(report.violations))
     return report
@@ -666,3 +701,109 @@ async def list_ledger(cmd: commands.ListLedger, uow: UnitOfWork) -> LedgerPage:
         rows = await uow.wallet.ledger(query)
     page, more = rows[:size], len(rows) > size
     return LedgerPage(page, _encode_token(page[-1].seq) if more else "")
+
+
+def _movement(e: JournalEntry) -> Movement:
+    return Movement(
+        entry_id=str(e.entry_id),
+        kind=e.kind.value,
+        change=e.amount,
+        request_id=e.request_id,
+        order_id=e.order_id,
+        reverses_entry_id=str(e.reverses_entry_id) if e.reverses_entry_id else "",
+        created_at=e.created_at,
+    )
+
+
+async def _attribution(uow: UnitOfWork, account_id: str, bucket: Bucket) -> Attribution:
+    return attribute(_movement(e) for e in await uow.wallet.bucket_rows(account_id, bucket))
+
+
+@dataclass(frozen=True)
+class CreditUse:
+    credit: JournalEntry
+    received: int
+    used: int
+    left: int
+    slices: list[Slice]
+    slices_total: int
+    next_page_token: str
+
+
+def _credit_not_found(what: str) -> DomainError:
+    return DomainError(
+        Reason.NOT_FOUND,
+        f"No credit {what} in this account: name a top-up's order id (credited) or a "
+        "ledger row that added money (a top-up credit or a positive adjustment).",
+        {"field": "order_id" if what.startswith("for order") else "entry_id"},
+    )
+
+
+async def credit_use(cmd: commands.GetCreditUse, uow: UnitOfWork) -> CreditUse:
+    """What one credit paid for: first in, first out over its bucket's ledger
+    (domain/attribution.py); its slices oldest first, one page at a time."""
+    _require(cmd.account_id, "account_id")
+    size = _page_size(cmd.page_size)
+    start = _decode_offset(cmd.page_token) if cmd.page_token else 0
+    async with uow:
+        if cmd.order_id:
+            found = await uow.wallet.ledger(
+                LedgerQuery(
+                    account_id=cmd.account_id,
+                    limit=1,
+                    kind=EntryKind.TOPUP_CREDIT,
+                    order_id=cmd.order_id,
+                )
+            )
+            entry = found[0] if found else None
+            what = f"for order {cmd.order_id}"
+        else:
+            entry = await uow.wallet.entry(_entry_id(cmd.entry_id))
+            what = f"with entry id {cmd.entry_id}"
+        if entry is None or entry.account_id != cmd.account_id:
+            raise _credit_not_found(what)
+        result = await _attribution(uow, cmd.account_id, entry.bucket)
+    credit = result.credit(str(entry.entry_id))
+    if credit is None:
+        raise _credit_not_found(what)
+    page = credit.slices[start : start + size]
+    more = start + size < len(credit.slices)
+    return CreditUse(
+        credit=entry,
+        received=credit.received,
+        used=credit.used,
+        left=credit.left,
+        slices=page,
+        slices_total=len(credit.slices),
+        next_page_token=_encode_offset(start + size) if more else "",
+    )
+
+
+async def paid_from(cmd: commands.GetPaidFrom, uow: UnitOfWork) -> list[Slice]:
+    """The credits that paid a request's ledger rows (both buckets, when a fallback
+    to another route paid from the other one)."""
+    _require(cmd.account_id, "account_id")
+    _require(cmd.request_id, "request_id")
+    async with uow:
+        rows = await uow.wallet.ledger(
+            LedgerQuery(account_id=cmd.account_id, limit=MAX_PAGE_SIZE, request_id=cmd.request_id)
+        )
+        slices: list[Slice] = []
+        for bucket in sorted({e.bucket for e in rows}):
+            slices += (await _attribution(uow, cmd.account_id, bucket)).paid_from(cmd.request_id)
+    return slices
+
+
+def _encode_offset(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"o1:{offset}".encode()).decode().rstrip("=")
+
+
+def _decode_offset(token: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        version, _, offset = raw.partition(":")
+        if version != "o1" or int(offset) < 0:
+            raise ValueError(version)
+        return int(offset)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise _bad_token() from None

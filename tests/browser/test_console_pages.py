@@ -80,7 +80,8 @@ def test_wallet_shows_both_buckets_side_by_side_with_their_words(
     expect(credit.get_by_role("heading")).to_have_text("Credit (CR)")
     expect(routed.get_by_role("heading")).to_have_text("Routed balance (RB)")
     for card in (credit, routed):
-        expect(card).to_contain_text("Reserved for requests in progress")
+        expect(card).to_contain_text("Held for your requests in progress")
+        expect(card).to_contain_text("Set aside for fast serving")
         expect(card).to_contain_text("Available to spend")
         expect(card).to_contain_text("Pays for")
     expect(page.locator('[data-testid="posted-credit"]')).to_contain_text(" CR")
@@ -109,7 +110,7 @@ def test_sandbox_topup_is_followed_live_until_paid_and_grows_the_chosen_bucket(
     shot(page, "topup-pending")
 
     page.get_by_role("button", name="Pay (sandbox)").click()
-    expect(state).to_have_text("Paid: 7 RB added to Routed balance")
+    expect(state).to_have_text("Credited: 7 RB added to Routed balance")
     expect(
         page.locator("#topup-order").get_by_role("link", name=re.compile("^\\+?7 RB"))
     ).to_be_visible()
@@ -120,10 +121,10 @@ def test_sandbox_topup_is_followed_live_until_paid_and_grows_the_chosen_bucket(
     assert after["credit"] == before["credit"]
 
     page.locator("#topup-order").get_by_role("link").click()
-    expect(page.locator("#ledger tr.highlight")).to_contain_text("Top-up")
+    expect(page.locator("#ledger tr.highlight")).to_contain_text("Top-up credit")
     expect(page.locator("#ledger tr.highlight")).to_contain_text("7 RB")
     expect(page.locator("#latest-topups li").first).to_contain_text(
-        "Paid: 7 RB added to Routed balance"
+        "Credited: 7 RB added to Routed balance"
     )
 
 
@@ -199,7 +200,7 @@ def test_playground_streams_an_answer_then_shows_its_receipt_and_ledger_row(
 
     receipt.locator('[data-testid="receipt-ledger-link"]').click()
     row = page.locator("#ledger tr.highlight")
-    expect(row).to_contain_text("Request cost")
+    expect(row).to_contain_text("Request charge")
     assert row.get_attribute("data-entry") == full["ledger_entry_id"]
     expect(row).to_contain_text("-" + full["charge"]["display"])
 

@@ -129,7 +129,7 @@ def test_research_report_shows_plan_then_progress_then_a_receipt_whose_lines_are
     first = receipt["lines"][0]
     receipt_panel.locator('[data-testid="research-line-ledger-link"]').first.click()
     highlighted = page.locator("#ledger tr.highlight")
-    expect(highlighted).to_contain_text("Request cost")
+    expect(highlighted).to_contain_text("Request charge")
     expect(highlighted).to_contain_text("-" + first["charge"]["display"])
     assert highlighted.get_attribute("data-entry") == first["ledger_entry_id"]
 

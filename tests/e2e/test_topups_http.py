@@ -112,7 +112,8 @@ async def test_a_bank_transfer_is_credited_only_after_an_operator_approves_it(
         shown["ledger_entry_id"]
     ]
     assert shown["status"] == "succeeded"
-    assert shown["status_text"] == "Paid: 21.6 CR added to Credit"
+    assert shown["status_text"] == "Credited: 21.6 CR added to Credit"
+    assert (shown["state"], shown["state_text"]) == ("credited", shown["status_text"])
     assert shown["topup_amount"]["display"] == "20.00 EUR"
     assert (await balances(http))["credit"] == 21_600_000
 
@@ -142,6 +143,11 @@ async def test_expired_failed_and_canceled_orders_create_no_spendable_balance(
     assert [s["status"] for s in shown] == ["awaiting_review", "failed", "canceled"]
     assert late_payment.json()["status"] == "awaiting_review"
     assert paying_failed.status_code == 409
+    assert shown[0]["state"] == "awaiting_review" and shown[0]["late"]
+    assert shown[0]["state_text"] == (
+        "Waiting for review: your payment arrived after the order expired; we are "
+        "checking it before adding 3 RB to Routed balance"
+    )
     assert shown[1]["status_text"] == "Payment failed: no balance was added"
     assert shown[2]["status_text"] == "Canceled: no balance was added"
     assert all(s["ledger_entry_id"] is None for s in shown)

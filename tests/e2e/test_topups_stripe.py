@@ -133,7 +133,7 @@ async def test_a_paid_card_order_is_credited_once_and_shows_its_ledger_entry(
     assert (first.status_code, first.json()["outcome"]) == (200, "accepted")
     assert (again.status_code, again.json()["outcome"]) == (200, "duplicate")
     assert shown["status"] == "succeeded"
-    assert shown["status_text"] == "Paid: 12 RB added to Routed balance"
+    assert shown["status_text"] == "Credited: 12 RB added to Routed balance"
     assert shown["ledger_entry_id"]
     assert await credits_of(system, account_id) == {order["order_id"]: 1}
 

@@ -10,6 +10,10 @@ tokenforge keys create <account-id>               admin token (from --state-dir'
 tokenforge wallet balances <account-id>           or TOKENFORGE_ADMIN_TOKEN and
 tokenforge wallet adjust <account-id> <bucket> <amount> --reason R   TOKENFORGE_<SVC>_ADDR)
 tokenforge health                                 grpc.health.v1 of every service
+
+Read verbs take --json (one JSON document; amounts as integer <name>_micros plus the
+display text <name>); a listing that prints a next-page token takes it back with
+--cursor. Installed by `make install` as .venv/bin/tokenforge.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tokenforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--version", action="version", version=f"tokenforge {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -33,6 +38,15 @@ def parser() -> argparse.ArgumentParser:
         if register is not None:
             register(sub)
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tokenforge")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,3 +87,20 @@ def operator_call(args: argparse.Namespace, action: Callable[[Any], Awaitable[in
             await operator.close()
 
     return asyncio.run(main())
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    """`--json`: the verb prints one JSON document instead of lines (amounts as integer
+    `<name>_micros` plus `<name>` display text, docs/GLOSSARY.md)."""
+    parser.add_argument("--json", action="store_true", help="print JSON instead of lines")
+
+
+def out_json(document: Any) -> None:
+    out(json.dumps(document, indent=2, sort_keys=False))
+
+
+def money_fields(name: str, micros: int, bucket: Any) -> dict[str, Any]:
+    """One amount as flat CLI JSON: `<name>_micros` (integer) and `<name>` (display)."""
+    from tokenforge.money import format_amount
+
+    return {f"{name}_micros": micros, name: format_amount(micros, bucket)}

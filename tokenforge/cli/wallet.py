@@ -11,7 +11,16 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, amount_arg, connection, operator_call, out
+from tokenforge.cli.common import (
+    add_json,
+    add_state_dir,
+    amount_arg,
+    connection,
+    money_fields,
+    operator_call,
+    out,
+    out_json,
+)
 
 
 def wallet_call(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]) -> int:
@@ -60,7 +69,16 @@ def cmd_wallet_ledger(args: argparse.Namespace) -> int:
             request_id=args.request_id,
             order_id=args.order_id,
             page_size=args.limit,
+            page_token=args.cursor,
         )
+        if args.json:
+            out_json(
+                {
+                    "data": [_entry_json(e) for e in page.entries],
+                    "next_cursor": page.next_page_token or None,
+                }
+            )
+            return 0
         if not page.entries:
             out("no ledger rows")
         for e in page.entries:
@@ -83,10 +101,50 @@ def cmd_wallet_ledger(args: argparse.Namespace) -> int:
                 f"{format_amount(e.balance_after_micros, b):>14}  {refs}".rstrip()
             )
         if page.next_page_token:
-            out(f"(more rows: raise --limit; next page token {page.next_page_token})")
+            out(f"(more rows: --cursor {page.next_page_token})")
         return 0
 
     return wallet_call(args, action)
+
+
+def _entry_json(e: Any) -> dict[str, Any]:
+    from tokenforge.vocabulary import ENTRY_KINDS
+    from tokenforge.wallet.v1 import wallet_pb2
+    from tokenforge.wire import bucket_from_proto
+
+    b = bucket_from_proto(e.bucket)
+    kind = wallet_pb2.EntryKind.Name(e.kind).removeprefix("ENTRY_KIND_").lower()
+    return {
+        "entry_id": e.entry_id,
+        "created_at": e.created_at.ToDatetime().isoformat() + "Z",
+        "kind": kind,
+        "kind_text": ENTRY_KINDS[kind].reads if kind in ENTRY_KINDS else kind,
+        "bucket": b.value,
+        **money_fields("change", e.amount_micros, b),
+        **money_fields("balance_after", e.balance_after_micros, b),
+        "request_id": e.request_id or None,
+        "order_id": e.order_id or None,
+        "reverses_entry_id": e.reverses_entry_id or None,
+        "operator": e.operator or None,
+        "reason": e.reason or None,
+    }
+
+
+def _hold_json(h: Any) -> dict[str, Any]:
+    from tokenforge.wallet.v1 import wallet_pb2
+    from tokenforge.wire import bucket_from_proto
+
+    b = bucket_from_proto(h.bucket)
+    return {
+        "hold_id": h.hold_id,
+        "status": wallet_pb2.HoldStatus.Name(h.status).removeprefix("HOLD_STATUS_").lower(),
+        "bucket": b.value,
+        **money_fields("held", h.amount_micros, b),
+        **money_fields("charged", h.captured_micros, b),
+        "request_id": h.request_id,
+        "created_at": h.created_at.ToDatetime().isoformat() + "Z",
+        "expires_at": h.expires_at.ToDatetime().isoformat() + "Z",
+    }
 
 
 def cmd_wallet_holds(args: argparse.Namespace) -> int:
@@ -97,7 +155,17 @@ def cmd_wallet_holds(args: argparse.Namespace) -> int:
     status = wallet_pb2.HoldStatus.Value(f"HOLD_STATUS_{args.status.upper()}") if args.status else 0
 
     async def action(client: Any) -> int:
-        page = await client.holds(args.account_id, status=status, page_size=args.limit)
+        page = await client.holds(
+            args.account_id, status=status, page_size=args.limit, page_token=args.cursor
+        )
+        if args.json:
+            out_json(
+                {
+                    "data": [_hold_json(h) for h in page.holds],
+                    "next_cursor": page.next_page_token or None,
+                }
+            )
+            return 0
         if not page.holds:
             out("no holds")
         for h in page.holds:
@@ -110,7 +178,7 @@ def cmd_wallet_holds(args: argparse.Namespace) -> int:
                 f"request={h.request_id}"
             )
         if page.next_page_token:
-            out("(more holds: raise --limit)")
+            out(f"(more holds: --cursor {page.next_page_token})")
         return 0
 
     return wallet_call(args, action)
@@ -155,6 +223,20 @@ def cmd_wallet_reverse(args: argparse.Namespace) -> int:
 def cmd_wallet_reconcile(args: argparse.Namespace) -> int:
     async def action(client: Any) -> int:
         report = await client.reconcile()
+        if args.json:
+            out_json(
+                {
+                    "ok": report.ok,
+                    "accounts_checked": report.accounts_checked,
+                    "entries_checked": report.entries_checked,
+                    "holds_checked": report.holds_checked,
+                    "violations": [
+                        {"rule": v.rule, "subject": v.subject, "detail": v.detail}
+                        for v in report.violations
+                    ],
+                }
+            )
+            return 0 if report.ok else 1
         out(
             f"checked {report.accounts_checked} accounts, {report.entries_checked} ledger "
             f"entries, {report.holds_checked} holds"
@@ -164,7 +246,8 @@ def cmd_wallet_reconcile(args: argparse.Namespace) -> int:
         if report.ok:
             out(
                 "ok: every entry sums to zero, every balance is the fold of its journal, "
-                "no bucket below zero, every hold open or ended once"
+                "no bucket below zero, every hold open or ended once, every charge paid by "
+                "credits first in, first out"
             )
             return 0
         out(f"{len(report.violations)} violations")
@@ -178,11 +261,24 @@ def cmd_wallet_balances(args: argparse.Namespace) -> int:
     from tokenforge.wire import bucket_from_proto
 
     async def action(op: Any) -> int:
-        for b in await op.balances(args.account_id):
+        found = await op.balances(args.account_id)
+        if args.json:
+            rows = []
+            for b in found:
+                bucket = bucket_from_proto(b.bucket)
+                row: dict[str, Any] = {"bucket": bucket.value, "label": bucket.label}
+                for name in ("posted", "held", "held_for_requests", "set_aside", "available"):
+                    row |= money_fields(name, getattr(b, f"{name}_micros"), bucket)
+                rows.append(row)
+            out_json({"account_id": args.account_id, "balances": rows})
+            return 0
+        for b in found:
             bucket = bucket_from_proto(b.bucket)
             out(
                 f"{bucket.label:<15} balance {format_amount(b.posted_micros, bucket):>16}  "
-                f"reserved {format_amount(b.held_micros, bucket):>14}  "
+                f"held {format_amount(b.held_micros, bucket):>14} (for requests "
+                f"{format_amount(b.held_for_requests_micros, bucket)}, set aside "
+                f"{format_amount(b.set_aside_micros, bucket)})  "
                 f"available {format_amount(b.available_micros, bucket):>16}"
             )
         return 0
@@ -222,6 +318,7 @@ def register(sub: Any) -> None:
     bal = wallet.add_parser("balances", help="both balances of an account")
     add_state_dir(bal)
     bal.add_argument("account_id")
+    add_json(bal)
     bal.set_defaults(func=cmd_wallet_balances)
     adj = wallet.add_parser("adjust", help="an operator's adjustment, with a reason")
     add_state_dir(adj)
@@ -243,12 +340,16 @@ def register(sub: Any) -> None:
     led.add_argument("--request-id", default="")
     led.add_argument("--order-id", default="")
     led.add_argument("--limit", type=int, default=50)
+    led.add_argument("--cursor", default="", help="the next-page token a listing printed")
+    add_json(led)
     led.set_defaults(func=cmd_wallet_ledger)
     hol = wallet.add_parser("holds", help="an account's holds, newest first")
     add_state_dir(hol)
     hol.add_argument("account_id")
     hol.add_argument("--status", choices=["open", "settled", "released", "expired"], default="")
     hol.add_argument("--limit", type=int, default=50)
+    hol.add_argument("--cursor", default="", help="the next-page token a listing printed")
+    add_json(hol)
     hol.set_defaults(func=cmd_wallet_holds)
     rel = wallet.add_parser(
         "release",
@@ -268,4 +369,5 @@ def register(sub: Any) -> None:
         "reconcile", help="prove every balance from the journal; exits 1 on any violation"
     )
     add_state_dir(rec)
+    add_json(rec)
     rec.set_defaults(func=cmd_wallet_reconcile)

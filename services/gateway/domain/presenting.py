@@ -10,11 +10,12 @@ from tokenforge.money import MAX_AMOUNT_MICROS, Bucket, Money, decimal_text, for
 from tokenforge.payments.v1 import payments_pb2
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.usage.v1 import usage_pb2
+from tokenforge.vocabulary import ENTRY_KINDS, TOPUP_STATES, amount_json
 from tokenforge.wallet.v1 import wallet_pb2
 from tokenforge.wire import bucket_from_proto, iso, route_kind_from_proto
 
 RECEIPT_STATUS = {
-    usage_pb2.RECEIPT_STATUS_SUCCEEDED: ("succeeded", "Completed"),
+    usage_pb2.RECEIPT_STATUS_SUCCEEDED: ("succeeded", "Succeeded"),
     usage_pb2.RECEIPT_STATUS_PARTIAL: ("partial", "Stopped early: charged for what was generated"),
     usage_pb2.RECEIPT_STATUS_FAILED: ("failed", "Failed: see the charge policy"),
     usage_pb2.RECEIPT_STATUS_REJECTED: ("rejected", "Not run: nothing charged"),
@@ -39,7 +40,7 @@ TOPUP_STATUS = {
 
 
 def amount(micros: int, bucket: Bucket) -> dict[str, Any]:
-    return {"micros": micros, "display": format_amount(micros, bucket)}
+    return amount_json(micros, bucket)
 
 
 def balance_json(b: wallet_pb2.BucketBalance) -> dict[str, Any]:
@@ -52,15 +53,22 @@ def balance_json(b: wallet_pb2.BucketBalance) -> dict[str, Any]:
         "posted": amount(b.posted_micros, bucket),
         "held": amount(b.held_micros, bucket),
         "available": amount(b.available_micros, bucket),
+        # `held` split (docs/GLOSSARY.md, "Held money"): they sum to `held`.
+        "held_for_requests": amount(b.held_for_requests_micros, bucket),
+        "set_aside": amount(b.set_aside_micros, bucket),
     }
 
 
 def ledger_entry_json(e: wallet_pb2.LedgerEntry) -> dict[str, Any]:
     bucket = bucket_from_proto(e.bucket)
+    kind = ENTRY_KIND.get(e.kind, "unspecified")
     row: dict[str, Any] = {
         "entry_id": e.entry_id,
-        "kind": ENTRY_KIND.get(e.kind, "unspecified"),
+        "kind": kind,
+        "kind_text": ENTRY_KINDS[kind].reads if kind in ENTRY_KINDS else kind,
         "bucket": bucket.value,
+        "change": amount(e.amount_micros, bucket),
+        # Kept one release (docs/GLOSSARY.md, "Wire changes"): `change`.
         "amount": amount(e.amount_micros, bucket),
         "balance_after": amount(e.balance_after_micros, bucket),
         "created_at": iso(e.created_at),
@@ -72,6 +80,12 @@ def ledger_entry_json(e: wallet_pb2.LedgerEntry) -> dict[str, Any]:
     if e.order_id:
         row["order_id"] = e.order_id
         row["topup_url"] = f"/v1/topups/{e.order_id}"
+    if e.kind == wallet_pb2.ENTRY_KIND_REQUEST_CHARGE:
+        row["charge"] = amount(-e.amount_micros, bucket)
+    if e.kind == wallet_pb2.ENTRY_KIND_TOPUP_CREDIT:
+        row["received_balance"] = amount(e.amount_micros, bucket)
+    if e.reverses_entry_id:
+        row["reverses_entry_id"] = e.reverses_entry_id
     if e.reason:
         row["reason"] = e.reason
     return row
@@ -203,10 +217,32 @@ def route_attempts_json(r: usage_pb2.Receipt) -> list[dict[str, Any]]:
     return rows
 
 
-def topup_status_text(t: payments_pb2.TopUp, now: datetime | None = None) -> str:
-    bucket = bucket_from_proto(t.bucket)
+def topup_state(t: payments_pb2.TopUp, ledger_entry_id: str | None) -> str:
+    """The order's state as the user reads it (tokenforge.vocabulary.TOPUP_STATES): a
+    paid order is `paid` until its ledger row exists, then `credited`."""
     status = TOPUP_STATUS.get(t.status, "unspecified")
-    if status == "pending":
+    if status == "succeeded":
+        return "credited" if ledger_entry_id else "paid"
+    return status
+
+
+def arrived_late(t: payments_pb2.TopUp) -> bool:
+    """Whether the order went to review because its payment came after it expired."""
+    expires = t.expires_at.ToDatetime(tzinfo=UTC)
+    return any(
+        TOPUP_STATUS.get(x.to_status) == "awaiting_review"
+        and (TOPUP_STATUS.get(x.from_status) == "expired" or x.at.ToDatetime(tzinfo=UTC) >= expires)
+        for x in t.transitions
+    )
+
+
+def topup_status_text(
+    t: payments_pb2.TopUp, now: datetime | None = None, ledger_entry_id: str | None = None
+) -> str:
+    bucket = bucket_from_proto(t.bucket)
+    state = topup_state(t, ledger_entry_id)
+    words = TOPUP_STATES[state].reads if state in TOPUP_STATES else state
+    if state == "pending":
         now = now or datetime.now(UTC)
         left_s = max(int((t.expires_at.ToDatetime(tzinfo=UTC) - now).total_seconds()), 0)
         left = (
@@ -215,28 +251,31 @@ def topup_status_text(t: payments_pb2.TopUp, now: datetime | None = None) -> str
             else (f"{left_s // 60} min")
         )
         if t.provider == "manual_transfer":
-            return (
-                f"Waiting for payment (expires in {left}): send the bank transfer, then "
-                "submit its reference"
-            )
-        return f"Waiting for payment (expires in {left})"
+            return f"{words} (expires in {left}): send the bank transfer, then submit its reference"
+        return f"{words} (expires in {left})"
     received = format_amount(t.received_micros, bucket)
-    rejected = "Not approved: no balance was added"
-    if status == "rejected":
+    rejected = f"{words}: no balance was added"
+    if state == "rejected":
         reasons = [x.reason for x in t.transitions if TOPUP_STATUS.get(x.to_status) == "rejected"]
         if reasons:
             rejected += f" ({reasons[-1].removeprefix('rejected: ')})"
-    review = "Waiting for review: we received your transfer details"
-    if t.provider != "manual_transfer":
-        review = "Waiting for review: we received your payment and are checking it"
+    review = f"{words}: we received your transfer details"
+    if arrived_late(t):
+        review = (
+            f"{words}: your payment arrived after the order expired; we are checking it "
+            f"before adding {received} to {bucket.label}"
+        )
+    elif t.provider != "manual_transfer":
+        review = f"{words}: we received your payment and are checking it"
     return {
         "awaiting_review": review,
-        "succeeded": f"Paid: {received} added to {bucket.label}",
-        "expired": "Expired before payment: nothing was charged, no balance added",
-        "failed": "Payment failed: no balance was added",
+        "paid": f"{words}: {received} is being added to {bucket.label}",
+        "credited": f"{words}: {received} added to {bucket.label}",
+        "expired": f"{words} before payment: nothing was charged, no balance added",
+        "failed": f"{words}: no balance was added",
         "rejected": rejected,
-        "canceled": "Canceled: no balance was added",
-    }.get(status, status)
+        "canceled": f"{words}: no balance was added",
+    }.get(state, state)
 
 
 def topup_json(t: payments_pb2.TopUp, ledger_entry_id: str | None = None) -> dict[str, Any]:
@@ -245,8 +284,13 @@ def topup_json(t: payments_pb2.TopUp, ledger_entry_id: str | None = None) -> dic
     return {
         "object": "topup",
         "order_id": t.order_id,
+        # `state` and its text; `status` (the payments service's word, `succeeded`
+        # where `state` says paid or credited) is kept one release.
+        "state": topup_state(t, ledger_entry_id),
+        "state_text": topup_status_text(t, ledger_entry_id=ledger_entry_id),
+        "late": arrived_late(t),
         "status": TOPUP_STATUS.get(t.status, "unspecified"),
-        "status_text": topup_status_text(t),
+        "status_text": topup_status_text(t, ledger_entry_id=ledger_entry_id),
         "bucket": bucket.value,
         "bucket_label": bucket.label,
         "provider": t.provider,
@@ -262,6 +306,7 @@ def topup_json(t: payments_pb2.TopUp, ledger_entry_id: str | None = None) -> dic
         "expires_at": iso(t.expires_at),
         "ledger_entry_id": ledger_entry_id,
         "ledger_url": f"/v1/wallet/ledger?order_id={t.order_id}",
+        "uses_url": f"/v1/topups/{t.order_id}/uses",
         "transitions": [
             {
                 "from": TOPUP_STATUS.get(x.from_status, "none"),

@@ -97,9 +97,9 @@ RUN_STATUS_NAMES = {1: "open", 2: "closing", 3: "closed", 4: "expired"}
 
 
 def _amount(micros: int, bucket: Bucket) -> dict[str, Any]:
-    from tokenforge.money import format_amount
+    from tokenforge.vocabulary import amount_json
 
-    return {"micros": micros, "display": format_amount(micros, bucket)}
+    return amount_json(micros, bucket)
 
 
 def run_json(run: Any) -> dict[str, Any]:
@@ -116,6 +116,10 @@ def run_json(run: Any) -> dict[str, Any]:
         "bucket": bucket.value,
         "bucket_label": bucket.label,
         "budget": _amount(run.budget_micros, bucket),
+        "charged": _amount(run.spent_micros, bucket),
+        "held": _amount(run.reserved_micros, bucket),
+        "left": _amount(max(remaining, 0), bucket),
+        # Kept one release (docs/GLOSSARY.md, "Wire changes"): charged, held, left.
         "spent": _amount(run.spent_micros, bucket),
         "reserved": _amount(run.reserved_micros, bucket),
         "remaining": _amount(max(remaining, 0), bucket),

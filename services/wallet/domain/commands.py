@@ -127,3 +127,22 @@ class Reconcile:
 @dataclass(frozen=True)
 class ExpireHolds:
     limit: int = 500
+
+
+@dataclass(frozen=True)
+class GetCreditUse:
+    """What one credit paid for (by its top-up's order id or its entry id)."""
+
+    account_id: str
+    order_id: str = ""
+    entry_id: str = ""
+    page_size: int = 0
+    page_token: str = ""
+
+
+@dataclass(frozen=True)
+class GetPaidFrom:
+    """The credits that paid one request's ledger rows."""
+
+    account_id: str
+    request_id: str

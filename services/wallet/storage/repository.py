@@ -55,6 +55,10 @@ from tokenforge.holds import part_entry_id, settle_entry_id
 from tokenforge.money import Bucket
 
 UNIQUE_VIOLATION = "23505"
+# Attribution folds a bucket's whole journal; past this many rows it would need a
+# stored fold (docs/ARCHITECTURE.md, "Money words and attribution").
+ATTRIBUTION_ROW_LIMIT = 1_000_000
+OPEN_HOLDS_LIMIT = 10_000
 
 # A row by column name: a SQLAlchemy row's `_mapping`, or an asyncpg record.
 Row = Mapping[Any, Any]
@@ -244,6 +248,19 @@ class WalletRepository(abc.ABC):
     @abc.abstractmethod
     async def reconcile(self) -> ReconcileReport:
         """Check every money rule over the whole wallet, from one snapshot."""
+
+    async def bucket_rows(self, account_id: str, bucket: Bucket) -> list[JournalEntry]:
+        """Every ledger row of one bucket, oldest first (what attribution folds)."""
+        rows = await self.ledger(
+            LedgerQuery(account_id=account_id, limit=ATTRIBUTION_ROW_LIMIT, bucket=bucket)
+        )
+        return rows[::-1]
+
+    async def open_holds(self, account_id: str) -> list[Hold]:
+        """The account's open holds (few: requests in flight and budgets)."""
+        return await self.holds(
+            HoldQuery(account_id=account_id, limit=OPEN_HOLDS_LIMIT, status=HoldStatus.OPEN)
+        )
 
 
 def _balance(row: Any) -> Balance:

@@ -18,6 +18,7 @@ from google.protobuf import timestamp_pb2
 
 from services.wallet import handlers
 from services.wallet.domain import commands
+from services.wallet.domain.attribution import Slice
 from services.wallet.domain.model import Balance, EntryKind, Hold, HoldStatus, JournalEntry
 from services.wallet.storage.unit_of_work import UnitOfWork
 from tokenforge.common.v1 import common_pb2
@@ -158,6 +159,19 @@ def entry_pb(entry: JournalEntry) -> Any:
     )
 
 
+def slice_pb(piece: Slice) -> Any:
+    return wallet_pb2.CreditSlice(
+        credit_entry_id=piece.credit.entry_id,
+        credit_order_id=piece.credit.order_id,
+        credit_kind=KIND_TO_PB[EntryKind(piece.credit.kind)],
+        entry_id=piece.debit.entry_id,
+        kind=KIND_TO_PB[EntryKind(piece.debit.kind)],
+        request_id=piece.debit.request_id,
+        used_micros=piece.used,
+        created_at=_timestamp(piece.debit.created_at),
+    )
+
+
 def _balances_pb(found: list[Balance]) -> list[Any]:
     order = list(Bucket)
     return [balance_pb(b) for b in sorted(found, key=lambda b: order.index(b.bucket))]
@@ -234,7 +248,37 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
 
     async def GetBalances(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         found = await handlers.get_balances(commands.GetBalances(request.account_id), self._uow())
-        return wallet_pb2.GetBalancesResponse(balances=_balances_pb(found))
+        answer = wallet_pb2.GetBalancesResponse(balances=_balances_pb(found))
+        if request.split_held:
+            aside = await handlers.set_aside(request.account_id, self._uow())
+            for b in answer.balances:
+                b.set_aside_micros = aside[BUCKET_FROM_PB[b.bucket]]
+                b.held_for_requests_micros = b.held_micros - b.set_aside_micros
+        return answer
+
+    async def GetCreditUse(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        cmd = commands.GetCreditUse(
+            account_id=request.account_id,
+            order_id=request.order_id,
+            entry_id=request.entry_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        use = await handlers.credit_use(cmd, self._uow())
+        return wallet_pb2.GetCreditUseResponse(
+            credit=entry_pb(use.credit),
+            received_micros=use.received,
+            used_micros=use.used,
+            left_micros=use.left,
+            slices=[slice_pb(s) for s in use.slices],
+            next_page_token=use.next_page_token,
+            slices_total=use.slices_total,
+        )
+
+    async def GetPaidFrom(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        cmd = commands.GetPaidFrom(account_id=request.account_id, request_id=request.request_id)
+        slices = await handlers.paid_from(cmd, self._uow())
+        return wallet_pb2.GetPaidFromResponse(slices=[slice_pb(s) for s in slices])
 
     async def Hold(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         hold = await handlers.place_hold(_hold_command(request), self._uow())

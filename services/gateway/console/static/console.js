@@ -107,7 +107,7 @@ function signOut(message) {
 }
 
 async function loadBuckets() {
-  const wallet = await api("GET", "/v1/wallet");
+  const [wallet] = await Promise.all([api("GET", "/v1/wallet"), loadWords()]);
   state.buckets = {};
   for (const b of wallet.balances) state.buckets[b.bucket] = b;
   return wallet;
@@ -148,10 +148,13 @@ function route() {
 
 // ---------- Wallet ----------
 
-const ENTRY_WORDS = {
-  topup_credit: "Top-up", request_charge: "Request cost",
-  adjustment: "Adjustment", reversal: "Correction",
-};
+// The glossary's words (GET /console/vocabulary.json, from tokenforge/vocabulary.py);
+// a row's own `kind_text` first.
+const WORDS = { amounts: {}, receipt_states: {}, topup_states: {}, entry_kinds: {} };
+async function loadWords() {
+  if (!Object.keys(WORDS.amounts).length) Object.assign(WORDS, await api("GET", "/console/vocabulary.json"));
+}
+function word(table, code) { return (WORDS[table] || {})[code] || code; }
 
 function bucketCard(b) {
   return h("section", { class: `card bucket ${b.bucket}`, "aria-labelledby": `bucket-${b.bucket}`, "data-bucket": b.bucket },
@@ -160,18 +163,19 @@ function bucketCard(b) {
     h("p", { class: "available", "data-testid": `available-${b.bucket}` }, b.available.display),
     h("p", { class: "hint" }, "available to spend"),
     h("dl", { class: "facts" }, facts([
-      ["Balance", h("span", { "data-testid": `posted-${b.bucket}` }, b.posted.display)],
-      ["Reserved for requests in progress", b.held.display],
-      ["Available to spend", b.available.display],
+      [word("amounts", "posted"), h("span", { "data-testid": `posted-${b.bucket}` }, b.posted.display)],
+      [word("amounts", "held_for_requests"), h("span", { "data-testid": `held-for-requests-${b.bucket}` }, (b.held_for_requests || b.held).display)],
+      [word("amounts", "set_aside"), h("span", { "data-testid": `set-aside-${b.bucket}` }, (b.set_aside || { display: fmt(0, b.bucket) }).display)],
+      [word("amounts", "available"), b.available.display],
     ])));
 }
 
 function topupItem(t) {
   return h("li", { "data-order": t.order_id },
     h("div", {}, h("strong", {}, t.bucket_label), ` · ${t.topup_amount.display} via ${t.provider}`),
-    h("div", { class: `state ${t.status}` }, t.status_text),
+    h("div", { class: `state ${t.state}`, "data-state": t.state }, t.state_text),
     h("div", { class: "hint" }, `Received balance: ${t.received_balance.display} · ${when(t.created_at)}`),
-    t.status === "succeeded" ? h("a", { href: `#/wallet/order/${encodeURIComponent(t.order_id)}` }, "Ledger row") : null);
+    t.state === "credited" ? h("a", { href: `#/wallet/order/${encodeURIComponent(t.order_id)}` }, "Ledger row") : null);
 }
 
 // The balance of every bucket after each row; rows come newest first, and a bucket
@@ -183,7 +187,7 @@ function runningBalances(rows) {
     for (let i = 0; i < rows.length; i += 1) {
       if (rows[i].bucket === bucket) known = rows[i].balance_after.micros;
       after[i][bucket] = known;
-      if (rows[i].bucket === bucket) known = rows[i].balance_after.micros - rows[i].amount.micros;
+      if (rows[i].bucket === bucket) known = rows[i].balance_after.micros - rows[i].change.micros;
     }
   }
   return after;
@@ -209,9 +213,9 @@ async function showWallet([focus, id]) {
     else if (e.reason) detail = h("span", {}, e.reason);
     return h("tr", { id: `entry-${e.entry_id}`, "data-entry": e.entry_id, class: match ? "highlight" : null },
       h("td", {}, when(e.created_at)),
-      h("td", {}, ENTRY_WORDS[e.kind] || e.kind),
+      h("td", {}, e.kind_text || word("entry_kinds", e.kind)),
       h("td", {}, label(e.bucket)),
-      h("td", { class: `num ${e.amount.micros < 0 ? "neg" : "pos"}` }, e.amount.display),
+      h("td", { class: `num ${e.change.micros < 0 ? "neg" : "pos"}` }, e.change.display),
       h("td", { class: "num" }, fmt(after[i].credit ?? 0, "credit")),
       h("td", { class: "num" }, fmt(after[i].routed ?? 0, "routed")),
       h("td", {}, detail));
@@ -250,13 +254,13 @@ function renderOrder(order, credited) {
   const bucket = state.buckets[order.bucket];
   fill(panel,
     h("h2", {}, `Top-up order ${order.order_id}`),
-    h("p", { class: `state ${order.status}`, "data-testid": "order-state" }, order.status_text),
+    h("p", { class: `state ${order.state}`, "data-testid": "order-state", "data-state": order.state }, order.state_text),
     h("dl", { class: "facts" }, facts([
       ["Top-up amount", order.topup_amount.display],
       ["Received balance", `${order.received_balance.display} to ${order.bucket_label}`],
       ["Payment provider", order.provider],
       open && order.status === "pending" ? ["Pay before", when(order.expires_at)] : null,
-      credited ? ["Ledger row", h("a", { href: `#/wallet/order/${encodeURIComponent(order.order_id)}` }, `${credited.amount.display}, ${order.bucket_label} after: ${credited.balance_after.display}`)] : null,
+      credited ? ["Ledger row", h("a", { href: `#/wallet/order/${encodeURIComponent(order.order_id)}` }, `${credited.change.display}, ${order.bucket_label} after: ${credited.balance_after.display}`)] : null,
       bucket ? [`${bucket.label} available now`, h("span", { "data-testid": "order-bucket-available" }, bucket.available.display)] : null,
     ])),
     open && order.provider === "sandbox" && order.status === "pending"
@@ -299,13 +303,13 @@ async function followOrder(orderId) {
   stopPolling();
   const order = await api("GET", `/v1/topups/${encodeURIComponent(orderId)}`);
   let credited = null;
-  if (order.status === "succeeded") {
+  if (order.state === "credited") {
     const rows = await api("GET", `/v1/wallet/ledger?order_id=${encodeURIComponent(orderId)}`);
     credited = rows.data[0] || null;
     if (credited) await loadBuckets();
   }
   renderOrder(order, credited);
-  const done = !OPEN_STATES.has(order.status) && (order.status !== "succeeded" || credited);
+  const done = !OPEN_STATES.has(order.state) && order.state !== "paid";
   if (!done && !$("#page-topup").hidden) {
     // A bank transfer waits for a person: look again now and then, not every moment.
     const pause = order.status === "awaiting_review" ? 5000 : 700;
@@ -418,7 +422,7 @@ async function preview() {
     ["Upstream model", p.upstream_model],
     ["Paid from", h("span", { "data-testid": "preview-bucket" }, p.bucket_label)],
     ["Prices", p.prices.text || `${p.prices.input_per_million.display} / 1M input, ${p.prices.output_per_million.display} / 1M output`],
-    ["Worst-case cost", h("span", { "data-testid": "preview-worst" }, `${p.worst_case_cost.display} (for ${p.max_output_tokens} output tokens)`)],
+    ["Worst case", h("span", { "data-testid": "preview-worst" }, `${p.worst_case.display} (for ${p.max_output_tokens} output tokens)`)],
     ["Available", p.available.display],
     ["Channels", [p.channels.primary, ...p.channels.backups].filter(Boolean).join(", then ")],
     ["If the request fails", FAILURE_POLICY[p.if_the_request_fails] || p.if_the_request_fails],
@@ -518,7 +522,7 @@ function receiptView(r, summary) {
       ["Attempts", attempts || "none"],
       ["Tokens", `${r.tokens.prompt} input${r.tokens.cached ? ` (${r.tokens.cached} cached)` : ""} · ${r.tokens.completion} output${r.tokens.reported_by_upstream ? "" : " (counted by us)"}`],
       ["Prices", priceLine(r.prices)],
-      ["Request cost", h("strong", { "data-testid": "receipt-charge" }, r.charge.display)],
+      [word("amounts", "charge"), h("strong", { "data-testid": "receipt-charge" }, r.charge.display)],
       ["Settlement rule", (r.settlement_rule || (summary && summary.settlement_rule) || "n/a").replace(/_/g, " ")],
       ["Ledger row", r.ledger_entry_id
         ? h("a", { href: `#/wallet/entry/${encodeURIComponent(r.ledger_entry_id)}`, "data-testid": "receipt-ledger-link" }, `Ledger row ${r.ledger_entry_id}`)
@@ -622,7 +626,7 @@ function drawCharts(receipts) {
   const charts = [];
   for (const bucket of Object.keys(state.buckets)) {
     const mine = receipts.filter((r) => r.bucket === bucket);
-    charts.push(barChart(`Request cost per day, ${label(bucket)}`,
+    charts.push(barChart(`Charges per day, ${label(bucket)}`,
       groupDaily(mine, (r) => r.selected_model, (r) => r.charge.micros), (r) => fmt(r.value, bucket), () => `bar-${bucket}`));
   }
   charts.push(barChart("Tokens per day, per model", groupDaily(receipts, (r) => r.selected_model, tokens), (r) => `${r.value} tokens`, () => "bar"));
@@ -690,7 +694,7 @@ async function planResearch(event) {
   const plan = await api("GET", `/console/research/plan?${params}`);
   const preview = await api("POST", "/v1/routes/preview", plan.preview_request);
   // The run's estimate, as the CLI sizes it: every section at its worst case.
-  const budget = preview.worst_case_cost.micros * plan.sections.length;
+  const budget = preview.worst_case.micros * plan.sections.length;
   Object.assign(research, { plan, preview, budget });
   for (const id of ["#research-progress", "#research-receipt", "#research-report"]) $(id).hidden = true;
   const enough = preview.available.micros >= budget;
@@ -705,7 +709,7 @@ async function planResearch(event) {
       ["Route", h("span", { "data-testid": "research-route" }, preview.route)],
       ["Paid from", h("span", { "data-testid": "research-bucket" }, preview.bucket_label)],
       ["Prices", preview.prices.text],
-      ["Worst case per section", h("span", { "data-testid": "research-worst" }, `${preview.worst_case_cost.display} (for ${preview.max_output_tokens} output tokens)`)],
+      ["Worst case per section", h("span", { "data-testid": "research-worst" }, `${preview.worst_case.display} (for ${preview.max_output_tokens} output tokens)`)],
       ["Run estimate (held while it runs)", h("span", { "data-testid": "research-estimate" }, `${fmt(budget, preview.bucket)} for ${plan.sections.length} sections`)],
       ["Available", h("span", { "data-testid": "research-available" }, preview.available.display)],
       ["Can run", enough ? "yes" : `no: top up ${preview.bucket_label}`],
@@ -801,7 +805,7 @@ async function startResearch() {
   if (stopped) throw stopped;
 }
 
-const LINE_STATUS = { succeeded: "Completed", partial: "Stopped early", failed: "Failed", rejected: "Not run" };
+const LINE_STATUS = { succeeded: "Succeeded", partial: "Stopped early", failed: "Failed", rejected: "Not run" };
 
 function showResearchReceipt(r, plan) {
   const panel = $("#research-receipt");
@@ -830,7 +834,7 @@ function showResearchReceipt(r, plan) {
         h("thead", {}, h("tr", {},
           h("th", { scope: "col" }, "Section"), h("th", { scope: "col" }, "Request"), h("th", { scope: "col" }, "Model"),
           h("th", { scope: "col" }, "Status"), h("th", { scope: "col", class: "num" }, "Tokens in / out"),
-          h("th", { scope: "col", class: "num" }, "Request cost"), h("th", { scope: "col" }, "Ledger row"))),
+          h("th", { scope: "col", class: "num" }, "Charge"), h("th", { scope: "col" }, "Ledger row"))),
         h("tbody", {}, r.lines.map((line, i) => h("tr", { "data-request": line.request_id },
           h("td", {}, plan && plan.sections[i] ? plan.sections[i].title : ""),
           h("td", {}, h("a", { href: `#/usage/${encodeURIComponent(line.request_id)}` }, line.request_id)),

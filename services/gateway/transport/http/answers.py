@@ -152,6 +152,8 @@ TOPUP = obj(
     "A top-up order, its status in words and each transition.",
     object={"const": "topup"},
     order_id=STRING,
+    state=STRING,
+    state_text=STRING,
     status=STRING,
     status_text=STRING,
     bucket=STRING,
@@ -159,6 +161,15 @@ TOPUP = obj(
     topup_amount=obj(minor=INTEGER, currency=STRING, display=STRING),
     received_balance=AMOUNT,
     transitions=array(obj(to=STRING, at=STRING)),
+)
+TOPUP_USES = obj(
+    "What a credited top-up paid for, first in, first out: one page, oldest first.",
+    object={"const": "list"},
+    received_balance=AMOUNT,
+    used=AMOUNT,
+    left=AMOUNT,
+    total=INTEGER,
+    data=array(obj(entry_id=STRING, kind=STRING, used=AMOUNT, created_at=STRING)),
 )
 WEBHOOK = obj(received=BOOLEAN, outcome=STRING)
 KEY = obj(

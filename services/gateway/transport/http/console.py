@@ -47,6 +47,14 @@ def router(deps: Deps) -> APIRouter:
             (ASSETS / name).read_bytes(), media_type=media_type, headers=SECURITY_HEADERS
         )
 
+    @r.get("/console/vocabulary.json")
+    async def vocabulary() -> Response:
+        """The glossary's words (tokenforge.vocabulary): the console's one source of
+        what amounts, balances and states are called."""
+        from tokenforge.vocabulary import as_json
+
+        return json_response(as_json())
+
     @r.get("/console/research/plan")
     async def research_plan(request: Request) -> Response:
         """The research assistant's plan for a topic (tokenforge.research.plan), as

@@ -81,6 +81,8 @@ def router(deps: Deps) -> APIRouter:
                 ],
                 "if_the_request_fails": charge_policy_name(route.charge_policy),
                 "max_output_tokens": p.plan.max_output_tokens,
+                "worst_case": amount(p.plan.worst_case.micros, bucket),
+                # Kept one release (docs/GLOSSARY.md, "Wire changes"): `worst_case`.
                 "worst_case_cost": amount(p.plan.worst_case.micros, bucket),
                 "available": amount(p.available.micros, bucket),
                 "can_run": p.available.micros >= p.plan.worst_case.micros,

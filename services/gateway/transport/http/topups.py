@@ -16,8 +16,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
+from services.gateway.domain.paid_for import credit_use_json
 from services.gateway.domain.presenting import TOPUP_STATUS, topup_json
-from services.gateway.transport.http.answers import TOPUP, answer, listing
+from services.gateway.transport.http.answers import TOPUP, TOPUP_USES, answer, listing
 from services.gateway.transport.http.common import Deps, PageSize, json_body, json_response
 from services.gateway.transport.http.schemas import (
     SandboxOutcomeRequest,
@@ -246,6 +247,26 @@ def router(deps: Deps) -> APIRouter:
             request_id=request.state.request_id,
         )
         return await present(who.account_id, answer.top_up, request)
+
+    @r.get("/v1/topups/{order_id}/uses", tags=["topups"], responses=answer(TOPUP_USES))
+    async def topup_uses(
+        order_id: str, request: Request, limit: PageSize = 50, cursor: str | None = None
+    ) -> Response:
+        """What a credited top-up paid for: its received balance, how much is used and
+        left, and the requests (with their receipts) it paid, oldest first. First in,
+        first out over the bucket's ledger (docs/GLOSSARY.md, "What a top-up paid for")."""
+        who = await deps.reader(request)
+        found = await peers.wallet.call(
+            peers.wallet_stub.GetCreditUse,
+            wallet_pb2.GetCreditUseRequest(
+                account_id=who.account_id,
+                order_id=order_id,
+                page_size=limit,
+                page_token=cursor or "",
+            ),
+            request_id=request.state.request_id,
+        )
+        return json_response(credit_use_json(found))
 
     @r.post(
         "/v1/topups/{order_id}/proof",

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from services.gateway.adapters.peers import Peers
+from services.gateway.domain.paid_for import paid_from_json
 from services.gateway.domain.presenting import (
     receipt_json,
 )
@@ -21,6 +22,7 @@ from services.gateway.transport.http.common import Deps, PageSize, json_response
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import format_amount
 from tokenforge.usage.v1 import usage_pb2
+from tokenforge.wallet.v1 import wallet_pb2
 from tokenforge.wire import (
     bucket_from_name,
     bucket_from_proto,
@@ -219,7 +221,22 @@ def router(deps: Deps) -> APIRouter:
             usage_pb2.GetReceiptRequest(account_id=who.account_id, request_id=receipt_request_id),
             request_id=request.state.request_id,
         )
-        return json_response(receipt_json(answer.receipt))
+        shown = receipt_json(answer.receipt)
+        # The credits (top-ups) that paid it, first in, first out; none before its
+        # ledger row exists.
+        try:
+            paid = await peers.wallet.call(
+                peers.wallet_stub.GetPaidFrom,
+                wallet_pb2.GetPaidFromRequest(
+                    account_id=who.account_id, request_id=receipt_request_id
+                ),
+                request_id=request.state.request_id,
+            )
+            shown["paid_from"] = paid_from_json(paid, bucket_from_proto(answer.receipt.bucket))
+        except DomainError as error:  # the receipt still answers; `paid_from` unknown
+            log.warning("paid-from lookup for %s failed: %s", receipt_request_id, error)
+            shown["paid_from"] = None
+        return json_response(shown)
 
     @r.get("/v1/usage", tags=["usage"], responses=answer(listing(RECEIPT)))
     async def list_receipts(

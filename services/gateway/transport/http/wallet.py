@@ -29,11 +29,12 @@ def router(deps: Deps) -> APIRouter:
 
     @r.get("/v1/wallet", tags=["wallet"], responses=answer(WALLET))
     async def wallet(request: Request) -> Response:
-        """Both balances side by side: posted, reserved for requests in progress, available."""
+        """Both balances side by side: posted, held (split into held for your requests
+        and set aside for fast serving) and available to spend."""
         who = await deps.reader(request)
         answer = await peers.wallet.call(
             peers.wallet_stub.GetBalances,
-            wallet_pb2.GetBalancesRequest(account_id=who.account_id),
+            wallet_pb2.GetBalancesRequest(account_id=who.account_id, split_held=True),
             request_id=request.state.request_id,
         )
         return json_response(
