@@ -74,7 +74,17 @@ AMOUNTS = _table(
     Word("total", "Total spend cap", "the most an API key may spend in all"),
     Word("input_per_million", "Input price", "price of a million prompt tokens"),
     Word("cached_input_per_million", "Cached input price", "price of a million cached tokens"),
+    Word(
+        "cache_write_per_million",
+        "Cache write price",
+        "price of a million prompt tokens written to the upstream's prompt cache",
+    ),
     Word("output_per_million", "Output price", "price of a million generated tokens"),
+    Word(
+        "reasoning_per_million",
+        "Reasoning price",
+        "price of a million reasoning tokens: the output price (they are output, shown apart)",
+    ),
     Word("request_fee", "Request fee", "a fixed fee per request"),
 )
 
