@@ -23,6 +23,7 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.domain.runs import Estimate, parse_budget, parse_estimate
 from services.gateway.flow.admit import CHAT, insufficient, resolve
 from tokenforge.errors import DomainError, Reason
+from tokenforge.holds import RUN_PREFIX
 from tokenforge.money import Bucket, Money, Price
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.usage.v1 import usage_pb2
@@ -133,7 +134,7 @@ async def open_run(
         (b.available_micros for b in balances.balances if bucket_from_proto(b.bucket) is bucket),
         0,
     )
-    run_id = "run_" + uuid.uuid4().hex
+    run_id = RUN_PREFIX + uuid.uuid4().hex
     try:
         held = await peers.wallet.call(
             peers.wallet_stub.Hold,

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from services.routing.domain.health import is_channel_failure
+from tokenforge.attempts import is_channel_failure
 from tokenforge.errors import DomainError
 from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
 from tokenforge.runtime import metrics

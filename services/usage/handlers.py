@@ -6,6 +6,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Protocol
 
 from services.usage.domain.receipts import (
     AggregateBy,
@@ -18,6 +20,7 @@ from services.usage.domain.receipts import (
     page_size,
     validate,
 )
+from services.usage.domain.reconcile import EntryView, HoldView, Report, reconcile
 from services.usage.domain.runs import (
     Draw,
     Run,
@@ -29,6 +32,7 @@ from services.usage.domain.runs import (
 )
 from services.usage.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
+from tokenforge.holds import RUN_PREFIX
 from tokenforge.money import Bucket
 from tokenforge.runtime.batch_items import check_batch_size, item_outcome
 
@@ -418,3 +422,76 @@ async def get_run_receipt(command: GetRunReceipt, uow: UnitOfWork) -> RunReceipt
             assert last.finished_at is not None
             after = Cursor(last.finished_at, last.request_id)
     return run_receipt(run, lines)
+
+
+# Reconciliation ------------------------------------------------------------------------
+
+# Receipts are read from this much before `since`, so a hold placed just before the
+# window still finds its receipt.
+RECEIPT_MARGIN = timedelta(hours=1)
+READ_PAGE = 500
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """Compare from `since` on (None: everything), for these accounts (empty: all)."""
+
+    since: datetime | None = None
+    account_ids: tuple[str, ...] = ()
+
+
+class WalletRecords(Protocol):
+    """The wallet's side of the comparison, read through the wallet's client
+    (services/usage/transport/wallet_records.py). An empty account id reads every
+    account (one scan across accounts: an account whose charges have no receipt at
+    all is seen too)."""
+
+    async def holds(self, account_id: str, since: datetime | None) -> list[HoldView]: ...
+
+    async def charge_entries(self, account_id: str, since: datetime | None) -> list[EntryView]: ...
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    report: Report
+    runs_checked: int
+
+
+async def reconcile_with_wallet(
+    command: Reconcile, new_uow: Callable[[], UnitOfWork], wallet: WalletRecords
+) -> Reconciled:
+    """Receipts (from an hour before `since`), then the wallet's holds and
+    request-charge rows, then the runs they name; services.usage.domain.reconcile
+    decides. Run it when the gateways' finish queues are empty: a finish still queued
+    shows as a ledger row without its receipt for a moment."""
+    wide_start = command.since - RECEIPT_MARGIN if command.since else None
+    receipts: list[Receipt] = []
+    holds: list[HoldView] = []
+    entries: list[EntryView] = []
+    for account_id in command.account_ids or ("",):
+        where = ReceiptFilter(account_id=account_id, from_time=wide_start)
+        token = ""
+        while True:
+            page = await list_receipts(ListReceipts(where, READ_PAGE, token), new_uow())
+            receipts += page.receipts
+            token = page.next_page_token
+            if not token:
+                break
+        holds += await wallet.holds(account_id, command.since)
+        entries += await wallet.charge_entries(account_id, command.since)
+    in_scope = [
+        r
+        for r in receipts
+        if command.since is None or (r.finished_at is not None and r.finished_at >= command.since)
+    ]
+    run_ids = {r.run_id for r in receipts if r.run_id} | {
+        h.request_id for h in holds if h.request_id.startswith(RUN_PREFIX)
+    }
+    runs: list[Run] = []
+    async with new_uow() as uow:
+        for run_id in sorted(run_ids):
+            run = await uow.runs.get(run_id)
+            if run is None:
+                raise run_not_found(run_id)
+            runs.append(run)
+    return Reconciled(reconcile(holds, receipts, entries, runs, in_scope), len(runs))

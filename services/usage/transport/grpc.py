@@ -20,9 +20,11 @@ from services.usage.domain.receipts import (
 )
 from services.usage.domain.runs import ModelTotal, Run, RunReceipt, RunStatus
 from services.usage.storage.unit_of_work import UnitOfWork
+from services.usage.transport.wallet_records import WalletRecords
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
 from tokenforge.runtime.batch_items import check_batch_size, without_nul_items
+from tokenforge.runtime.grpc_server import bearer_token
 from tokenforge.usage.v1 import usage_pb2, usage_pb2_grpc
 from tokenforge.wire import (
     bucket_from_proto,
@@ -308,8 +310,16 @@ def _outcome(outcome: Receipt | DomainError) -> usage_pb2.RecordReceiptOutcome:
 
 
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
-    def __init__(self, uow_factory: Callable[[], UnitOfWork]) -> None:
+    def __init__(
+        self,
+        uow_factory: Callable[[], UnitOfWork],
+        wallet_for: Callable[[str], WalletRecords] | None = None,
+    ) -> None:
         self._uow = uow_factory
+        # The wallet's holds and ledger rows for Reconcile, read with the operator's own
+        # credential: listing every account is the wallet's operators' alone (None: no
+        # wallet address).
+        self._wallet_for = wallet_for
 
     async def RecordReceipt(  # noqa: N802
         self, request: usage_pb2.RecordReceiptRequest, context: grpc.aio.ServicerContext
@@ -447,3 +457,36 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
             handlers.GetRunReceipt(request.account_id, request.run_id), self._uow()
         )
         return usage_pb2.GetRunReceiptResponse(receipt=run_receipt_to_wire(receipt))
+
+    async def Reconcile(  # noqa: N802
+        self, request: usage_pb2.ReconcileRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.ReconcileResponse:
+        if self._wallet_for is None:
+            raise DomainError(
+                Reason.SERVICE_UNAVAILABLE,
+                "This usage service was started without the wallet's address, so it cannot "
+                "compare receipts with the ledger: set TOKENFORGE_WALLET_ADDR and restart it.",
+                {"service": "wallet"},
+            )
+        wallet = self._wallet_for(bearer_token(context.invocation_metadata() or ()))
+        try:
+            done = await handlers.reconcile_with_wallet(
+                handlers.Reconcile(from_timestamp(request.since), tuple(request.account_ids)),
+                self._uow,
+                wallet,
+            )
+        finally:
+            await wallet.close()
+        report = done.report
+        return usage_pb2.ReconcileResponse(
+            holds_checked=report.holds_checked,
+            receipts_checked=report.receipts_checked,
+            entries_checked=report.entries_checked,
+            runs_checked=done.runs_checked,
+            mismatches=[
+                usage_pb2.ReconcileMismatch(
+                    problem=m.problem.value, subject=m.subject, detail=m.detail
+                )
+                for m in report.mismatches
+            ],
+        )

@@ -13,13 +13,13 @@ from opentelemetry import trace
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
-from services.gateway.domain.presenting import (
-    model_json,
-)
 from services.gateway.flow.admit import CHAT, EMBEDDINGS, ChatCommand
 from services.gateway.flow.complete import complete
 from services.gateway.flow.finish import annotate_span
 from services.gateway.flow.stream import ReservedStreamingResponse, start_chat_stream
+from services.gateway.presenting import (
+    model_json,
+)
 from services.gateway.transport.http import replay
 from services.gateway.transport.http.answers import (
     CHAT_COMPLETION,

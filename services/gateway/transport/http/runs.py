@@ -9,9 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
-from services.gateway.domain.presenting import amount
-from services.gateway.domain.runs import run_json, run_receipt_json
 from services.gateway.domain.validation import validate_run
+from services.gateway.presenting import amount, run_json, run_receipt_json
 from services.gateway.runs import bucket_of, close_run, open_run
 from services.gateway.transport.http.answers import OPENED_RUN, RUN, RUN_RECEIPT, answer
 from services.gateway.transport.http.common import (

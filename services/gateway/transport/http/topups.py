@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
-from services.gateway.domain.presenting import TOPUP_STATUS, topup_json
+from services.gateway.presenting import TOPUP_STATUS, topup_json
 from services.gateway.transport.http.answers import TOPUP, answer, listing
 from services.gateway.transport.http.common import Deps, PageSize, json_body, json_response
 from services.gateway.transport.http.schemas import (

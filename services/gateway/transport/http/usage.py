@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from services.gateway.adapters.peers import Peers
-from services.gateway.domain.presenting import (
+from services.gateway.presenting import (
     receipt_json,
 )
 from services.gateway.transport.http.answers import AGGREGATES, RECEIPT, answer, listing

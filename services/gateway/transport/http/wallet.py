@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
-from services.gateway.domain.presenting import (
+from services.gateway.presenting import (
     balance_json,
     ledger_entry_json,
 )
