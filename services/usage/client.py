@@ -87,12 +87,18 @@ class UsageClient(ServiceClient):
         return receipt
 
     async def list_receipts(
-        self, where: usage_pb2.ReceiptFilter, *, page_size: int = 0, page_token: str = ""
+        self,
+        where: usage_pb2.ReceiptFilter,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        request_id: str = "",
     ) -> usage_pb2.ListReceiptsResponse:
         """Newest first; `next_page_token` is empty on the last page."""
         answer: usage_pb2.ListReceiptsResponse = await self._call(
             "ListReceipts",
             usage_pb2.ListReceiptsRequest(filter=where, page_size=page_size, page_token=page_token),
+            request_id,
         )
         return answer
 

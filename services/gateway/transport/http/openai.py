@@ -114,9 +114,7 @@ def router(deps: Deps) -> APIRouter:
     async def list_models(request: Request) -> Response:
         """Every model with its routes: kind, the bucket that pays, prices."""
         await deps.principal(request, routing_pb2.SCOPE_INFERENCE)
-        answer = await peers.routing.call(
-            peers.routing_stub.ListModels, routing_pb2.ListModelsRequest()
-        )
+        answer = await peers.routing_client.list_models()
         created = int(time.time())
         return json_response(
             {
@@ -129,9 +127,7 @@ def router(deps: Deps) -> APIRouter:
     @r.get("/v1/models/{model_id}", tags=["openai"], responses=answer(MODEL))
     async def get_model(model_id: str, request: Request) -> Response:
         await deps.principal(request, routing_pb2.SCOPE_INFERENCE)
-        answer = await peers.routing.call(
-            peers.routing_stub.ListModels, routing_pb2.ListModelsRequest()
-        )
+        answer = await peers.routing_client.list_models()
         for m in answer.models:
             if m.id == model_id:
                 return json_response(model_json(m, int(time.time())))

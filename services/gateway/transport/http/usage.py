@@ -183,16 +183,11 @@ def router(deps: Deps) -> APIRouter:
                 f"`by` is one of {', '.join(AGGREGATE_BY)}.",
                 {"param": "by"},
             )
-        answer = await peers.usage.call(
-            peers.usage_stub.AggregateReceipts,
-            usage_pb2.AggregateReceiptsRequest(
-                filter=receipt_filter(who.account_id, params_of(request)),
-                by=AGGREGATE_BY[by],
-            ),
-            request_id=request.state.request_id,
+        found = await peers.usage_client.aggregate_receipts(
+            receipt_filter(who.account_id, params_of(request)), AGGREGATE_BY[by]
         )
         rows = []
-        for row in answer.rows:
+        for row in found:
             bucket = bucket_from_proto(row.bucket) if row.bucket else None
             rows.append(
                 {
@@ -214,12 +209,8 @@ def router(deps: Deps) -> APIRouter:
     async def get_receipt(receipt_request_id: str, request: Request) -> Response:
         """The receipt of one request, with its ledger row and trace id."""
         who = await deps.reader(request)
-        answer = await peers.usage.call(
-            peers.usage_stub.GetReceipt,
-            usage_pb2.GetReceiptRequest(account_id=who.account_id, request_id=receipt_request_id),
-            request_id=request.state.request_id,
-        )
-        return json_response(receipt_json(answer.receipt))
+        receipt = await peers.usage_client.get_receipt(who.account_id, receipt_request_id)
+        return json_response(receipt_json(receipt))
 
     @r.get("/v1/usage", tags=["usage"], responses=answer(listing(RECEIPT)))
     async def list_receipts(
@@ -247,12 +238,8 @@ def router(deps: Deps) -> APIRouter:
                 yield _csv_line(CSV_COLUMNS)
                 token = ""
                 while True:
-                    page = await peers.usage.call(
-                        peers.usage_stub.ListReceipts,
-                        usage_pb2.ListReceiptsRequest(
-                            filter=where, page_size=500, page_token=token
-                        ),
-                        request_id=request_id,
+                    page = await peers.usage_client.list_receipts(
+                        where, page_size=500, page_token=token, request_id=request_id
                     )
                     for receipt in page.receipts:
                         yield _csv_line(csv_row(receipt))
@@ -265,10 +252,8 @@ def router(deps: Deps) -> APIRouter:
                 media_type="text/csv",
                 headers={"content-disposition": 'attachment; filename="usage.csv"'},
             )
-        answer = await peers.usage.call(
-            peers.usage_stub.ListReceipts,
-            usage_pb2.ListReceiptsRequest(filter=where, page_size=limit, page_token=cursor or ""),
-            request_id=request.state.request_id,
+        answer = await peers.usage_client.list_receipts(
+            where, page_size=limit, page_token=cursor or ""
         )
         return json_response(
             {
