@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from services.usage import metrics
+from services.usage.domain.commands import (
+    AggregateReceipts,
+    CloseRun,
+    ExpireRuns,
+    FinishRun,
+    GetReceipt,
+    GetRun,
+    GetRunReceipt,
+    ListReceipts,
+    OpenRun,
+    Reconcile,
+    RecordReceipt,
+    RecordReceipts,
+    ReserveFromRun,
+)
 from services.usage.domain.receipts import (
-    AggregateBy,
     AggregateRow,
     Cursor,
     Receipt,
@@ -33,28 +48,9 @@ from services.usage.domain.runs import (
 from services.usage.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
 from tokenforge.holds import RUN_PREFIX
-from tokenforge.money import Bucket
 from tokenforge.runtime.batch_items import check_batch_size, item_outcome
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RecordReceipt:
-    receipt: Receipt
-
-
-@dataclass(frozen=True)
-class GetReceipt:
-    account_id: str
-    request_id: str
-
-
-@dataclass(frozen=True)
-class ListReceipts:
-    filter: ReceiptFilter
-    page_size: int = 0
-    page_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,17 +81,13 @@ async def record_receipt(command: RecordReceipt, uow: UnitOfWork) -> Receipt:
             if receipt.run_id:
                 await _end_draw(uow, receipt)
             await uow.commit()
+            metrics.RECEIPTS_STORED.labels(stored.status.value).inc()
             return stored
         existing = await uow.receipts.get(receipt.request_id)
     if existing is None or not receipt.same_as(existing):
+        metrics.RECEIPT_CONFLICTS.inc()
         raise conflict(receipt.request_id)
     return existing
-
-
-@dataclass(frozen=True)
-class RecordReceipts:
-    # Each receipt as read from the wire, or why it could not be read (its answer).
-    receipts: Sequence[Receipt | DomainError]
 
 
 async def record_receipts(
@@ -171,9 +163,13 @@ async def _record_together(batch: list[Receipt], uow: UnitOfWork) -> list[Receip
     answers: list[Receipt | DomainError] = []
     for receipt in batch:
         found = stored.get(receipt.request_id)
-        if found is None:
+        if found is not None:
+            metrics.RECEIPTS_STORED.labels(found.status.value).inc()
+        else:
             first = existing.get(receipt.request_id)
             found = first if first is not None and receipt.same_as(first) else None
+            if found is None:
+                metrics.RECEIPT_CONFLICTS.inc()
         answers.append(found if found is not None else conflict(receipt.request_id))
     return answers
 
@@ -246,12 +242,6 @@ async def list_receipts(command: ListReceipts, uow: UnitOfWork) -> ReceiptPage:
     return ReceiptPage(page, next_token)
 
 
-@dataclass(frozen=True)
-class AggregateReceipts:
-    filter: ReceiptFilter
-    by: AggregateBy
-
-
 async def aggregate_receipts(command: AggregateReceipts, uow: UnitOfWork) -> list[AggregateRow]:
     command.filter.check()
     async with uow:
@@ -259,11 +249,6 @@ async def aggregate_receipts(command: AggregateReceipts, uow: UnitOfWork) -> lis
 
 
 # Runs -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OpenRun:
-    run: Run
 
 
 async def open_run(command: OpenRun, uow: UnitOfWork) -> Run:
@@ -294,24 +279,9 @@ def _mine(run: Run | None, account_id: str, run_id: str) -> Run:
     return run
 
 
-@dataclass(frozen=True)
-class GetRun:
-    account_id: str
-    run_id: str
-
-
 async def get_run(command: GetRun, uow: UnitOfWork) -> Run:
     async with uow:
         return _mine(await uow.runs.get(command.run_id), command.account_id, command.run_id)
-
-
-@dataclass(frozen=True)
-class ReserveFromRun:
-    account_id: str
-    run_id: str
-    request_id: str
-    amount_micros: int
-    bucket: Bucket | None = None
 
 
 async def reserve_from_run(command: ReserveFromRun, uow: UnitOfWork) -> Run:
@@ -339,12 +309,6 @@ async def reserve_from_run(command: ReserveFromRun, uow: UnitOfWork) -> Run:
         return run
 
 
-@dataclass(frozen=True)
-class CloseRun:
-    account_id: str
-    run_id: str
-
-
 async def close_run(command: CloseRun, uow: UnitOfWork) -> Run:
     async with uow:
         run = _mine(
@@ -355,13 +319,6 @@ async def close_run(command: CloseRun, uow: UnitOfWork) -> Run:
             await uow.runs.save(closed)
             await uow.commit()
         return closed
-
-
-@dataclass(frozen=True)
-class FinishRun:
-    run_id: str
-    entry_id: str
-    captured_micros: int
 
 
 async def finish_run(command: FinishRun, uow: UnitOfWork) -> RunReceipt:
@@ -379,11 +336,6 @@ async def finish_run(command: FinishRun, uow: UnitOfWork) -> RunReceipt:
     return await get_run_receipt(GetRunReceipt("", command.run_id), uow)
 
 
-@dataclass(frozen=True)
-class ExpireRuns:
-    limit: int = 100
-
-
 async def expire_runs(command: ExpireRuns, uow: UnitOfWork) -> list[Run]:
     """Open runs past their expiry become closing (expiring); runs left closing past
     the grace period are answered again, for the gateway's sweeper to settle."""
@@ -398,12 +350,6 @@ async def expire_runs(command: ExpireRuns, uow: UnitOfWork) -> list[Run]:
             answer.append(closed)
         await uow.commit()
         return answer
-
-
-@dataclass(frozen=True)
-class GetRunReceipt:
-    account_id: str
-    run_id: str
 
 
 async def get_run_receipt(command: GetRunReceipt, uow: UnitOfWork) -> RunReceipt:
@@ -430,14 +376,6 @@ async def get_run_receipt(command: GetRunReceipt, uow: UnitOfWork) -> RunReceipt
 # window still finds its receipt.
 RECEIPT_MARGIN = timedelta(hours=1)
 READ_PAGE = 500
-
-
-@dataclass(frozen=True)
-class Reconcile:
-    """Compare from `since` on (None: everything), for these accounts (empty: all)."""
-
-    since: datetime | None = None
-    account_ids: tuple[str, ...] = ()
 
 
 class WalletRecords(Protocol):
@@ -494,4 +432,6 @@ async def reconcile_with_wallet(
             if run is None:
                 raise run_not_found(run_id)
             runs.append(run)
-    return Reconciled(reconcile(holds, receipts, entries, runs, in_scope), len(runs))
+    report = reconcile(holds, receipts, entries, runs, in_scope)
+    metrics.RECONCILE_MISMATCHES.set(len(report.mismatches))
+    return Reconciled(report, len(runs))

@@ -29,8 +29,8 @@ import orjson
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from services.gateway import metrics
 from tokenforge.routing.v1 import routing_pb2
-from tokenforge.runtime import metrics
 
 MAX_CONNECTIONS = 512
 # A network failure, a refused connection or a broken body, after the request left.

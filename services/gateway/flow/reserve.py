@@ -18,23 +18,23 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.gateway.adapters.health import report_outcome
+from services.gateway import metrics
 from services.gateway.adapters.peers import Peers
+from services.gateway.domain.commands import ChatCommand
 from services.gateway.domain.planning import Plan, shrink_to_budget
 from services.gateway.flow.admit import (
     Admitted,
-    ChatCommand,
     hold_ttl,
     insufficient,
     record_rejected,
     request_bound_s,
     upstream_body,
 )
+from services.gateway.flow.report import report_outcome
 from services.gateway.flow.reservation import BudgetDraw, OwnHold, Reservation, RunSlice
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Money, Price
 from tokenforge.routing.v1 import routing_pb2
-from tokenforge.runtime import metrics
 from tokenforge.usage.v1 import usage_pb2
 
 

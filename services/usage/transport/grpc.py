@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import grpc
 
 from services.usage import handlers
+from services.usage.domain import commands
 from services.usage.domain.receipts import (
     AggregateBy,
     Attempt,
@@ -325,7 +326,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
         self, request: usage_pb2.RecordReceiptRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.RecordReceiptResponse:
         receipt = await handlers.record_receipt(
-            handlers.RecordReceipt(receipt_from_wire(request.receipt)), self._uow()
+            commands.RecordReceipt(receipt_from_wire(request.receipt)), self._uow()
         )
         return usage_pb2.RecordReceiptResponse(receipt=receipt_to_wire(receipt))
 
@@ -334,7 +335,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
     ) -> usage_pb2.RecordReceiptsResponse:
         async def record(items: list[Any]) -> list[Any]:
             return await handlers.record_receipts(
-                handlers.RecordReceipts([_read_receipt(item.receipt) for item in items]),
+                commands.RecordReceipts([_read_receipt(item.receipt) for item in items]),
                 self._uow,
             )
 
@@ -346,7 +347,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
         self, request: usage_pb2.GetReceiptRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.GetReceiptResponse:
         receipt = await handlers.get_receipt(
-            handlers.GetReceipt(request.account_id, request.request_id), self._uow()
+            commands.GetReceipt(request.account_id, request.request_id), self._uow()
         )
         return usage_pb2.GetReceiptResponse(receipt=receipt_to_wire(receipt))
 
@@ -363,7 +364,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
                 status=STATUSES_FROM_WIRE.get(request.status),
             )
         page = await handlers.list_receipts(
-            handlers.ListReceipts(where, request.page_size, request.page_token), self._uow()
+            commands.ListReceipts(where, request.page_size, request.page_token), self._uow()
         )
         return usage_pb2.ListReceiptsResponse(
             receipts=[receipt_to_wire(r) for r in page.receipts],
@@ -381,7 +382,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
                 {"param": "by"},
             )
         rows = await handlers.aggregate_receipts(
-            handlers.AggregateReceipts(filter_from_wire(request.filter), by), self._uow()
+            commands.AggregateReceipts(filter_from_wire(request.filter), by), self._uow()
         )
         return usage_pb2.AggregateReceiptsResponse(
             rows=[
@@ -401,14 +402,14 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
     async def OpenRun(  # noqa: N802
         self, request: usage_pb2.OpenRunRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.OpenRunResponse:
-        run = await handlers.open_run(handlers.OpenRun(run_from_wire(request.run)), self._uow())
+        run = await handlers.open_run(commands.OpenRun(run_from_wire(request.run)), self._uow())
         return usage_pb2.OpenRunResponse(run=run_to_wire(run))
 
     async def GetRun(  # noqa: N802
         self, request: usage_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.GetRunResponse:
         run = await handlers.get_run(
-            handlers.GetRun(request.account_id, request.run_id), self._uow()
+            commands.GetRun(request.account_id, request.run_id), self._uow()
         )
         return usage_pb2.GetRunResponse(run=run_to_wire(run))
 
@@ -416,7 +417,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
         self, request: usage_pb2.ReserveFromRunRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.ReserveFromRunResponse:
         run = await handlers.reserve_from_run(
-            handlers.ReserveFromRun(
+            commands.ReserveFromRun(
                 request.account_id,
                 request.run_id,
                 request.request_id,
@@ -431,7 +432,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
         self, request: usage_pb2.CloseRunRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.CloseRunResponse:
         run = await handlers.close_run(
-            handlers.CloseRun(request.account_id, request.run_id), self._uow()
+            commands.CloseRun(request.account_id, request.run_id), self._uow()
         )
         return usage_pb2.CloseRunResponse(run=run_to_wire(run))
 
@@ -439,7 +440,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
         self, request: usage_pb2.FinishRunRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.FinishRunResponse:
         receipt = await handlers.finish_run(
-            handlers.FinishRun(request.run_id, request.entry_id, request.captured_micros),
+            commands.FinishRun(request.run_id, request.entry_id, request.captured_micros),
             self._uow(),
         )
         return usage_pb2.FinishRunResponse(receipt=run_receipt_to_wire(receipt))
@@ -447,14 +448,14 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
     async def ExpireRuns(  # noqa: N802
         self, request: usage_pb2.ExpireRunsRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.ExpireRunsResponse:
-        runs = await handlers.expire_runs(handlers.ExpireRuns(request.limit), self._uow())
+        runs = await handlers.expire_runs(commands.ExpireRuns(request.limit), self._uow())
         return usage_pb2.ExpireRunsResponse(runs=[run_to_wire(r) for r in runs])
 
     async def GetRunReceipt(  # noqa: N802
         self, request: usage_pb2.GetRunReceiptRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.GetRunReceiptResponse:
         receipt = await handlers.get_run_receipt(
-            handlers.GetRunReceipt(request.account_id, request.run_id), self._uow()
+            commands.GetRunReceipt(request.account_id, request.run_id), self._uow()
         )
         return usage_pb2.GetRunReceiptResponse(receipt=run_receipt_to_wire(receipt))
 
@@ -471,7 +472,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
         wallet = self._wallet_for(bearer_token(context.invocation_metadata() or ()))
         try:
             done = await handlers.reconcile_with_wallet(
-                handlers.Reconcile(from_timestamp(request.since), tuple(request.account_ids)),
+                commands.Reconcile(from_timestamp(request.since), tuple(request.account_ids)),
                 self._uow,
                 wallet,
             )

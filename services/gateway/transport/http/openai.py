@@ -13,7 +13,8 @@ from opentelemetry import trace
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
-from services.gateway.flow.admit import CHAT, EMBEDDINGS, ChatCommand
+from services.gateway.domain.commands import ChatCommand
+from services.gateway.flow.admit import CHAT, EMBEDDINGS
 from services.gateway.flow.complete import complete
 from services.gateway.flow.finish import annotate_span
 from services.gateway.flow.stream import ReservedStreamingResponse, start_chat_stream
