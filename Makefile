@@ -56,6 +56,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy tokenforge services
+	$(BIN)/lint-imports
 	cd protos && ../$(BIN)/buf lint
 
 fmt: install

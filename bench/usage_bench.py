@@ -34,6 +34,7 @@ from sqlalchemy import text
 
 from services.usage import app as usage_app
 from services.usage import handlers
+from services.usage.domain import commands
 from services.usage.domain.receipts import AggregateBy, ReceiptFilter, ReceiptStatus
 from services.usage.storage.unit_of_work import SqlAlchemyUnitOfWork
 from tokenforge.runtime.db import create_engine, sessionmaker
@@ -104,7 +105,7 @@ async def bench(database_url: str, receipts: int, repeat: int) -> dict[str, Any]
         return SqlAlchemyUnitOfWork(sessions)
 
     async def page(where: ReceiptFilter, token: str = "") -> handlers.ReceiptPage:
-        return await handlers.list_receipts(handlers.ListReceipts(where, 50, token), uow())
+        return await handlers.list_receipts(commands.ListReceipts(where, 50, token), uow())
 
     token = ""
     for _ in range(100):
@@ -121,10 +122,10 @@ async def bench(database_url: str, receipts: int, repeat: int) -> dict[str, Any]
     }
     for by in (AggregateBy.DAY, AggregateBy.MODEL, AggregateBy.KEY, AggregateBy.STATUS):
         cases[f"aggregate by {by.value}, 30 days"] = lambda by=by: handlers.aggregate_receipts(
-            handlers.AggregateReceipts(month, by), uow()
+            commands.AggregateReceipts(month, by), uow()
         )
     cases["aggregate by day, all 90 days"] = lambda: handlers.aggregate_receipts(
-        handlers.AggregateReceipts(ReceiptFilter(BIG), AggregateBy.DAY), uow()
+        commands.AggregateReceipts(ReceiptFilter(BIG), AggregateBy.DAY), uow()
     )
     results = {name: await timed(repeat, call) for name, call in cases.items()}
     async with engine.connect() as conn:

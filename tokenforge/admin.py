@@ -7,20 +7,22 @@ Opening an account opens its wallet buckets (wallet) and its default project
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.routing.client import RoutingClient
+from services.wallet.client import WalletClient
 from tokenforge.money import Bucket
-from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
+from tokenforge.routing.v1 import routing_pb2
 from tokenforge.runtime.grpc_client import Peer
-from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from tokenforge.wire import bucket_to_proto
+from tokenforge.wallet.v1 import wallet_pb2
 
 
 @dataclass
 class Operator:
-    """Peers called with the operator's credential."""
+    """Peers called with the operator's credential, through the services' typed clients."""
 
     routing: Peer
     wallet: Peer
@@ -32,21 +34,22 @@ class Operator:
             wallet=Peer("wallet", services["wallet"], admin_token),
         )
 
+    @cached_property
+    def routing_client(self) -> RoutingClient:
+        return RoutingClient(self.routing)
+
+    @cached_property
+    def wallet_client(self) -> WalletClient:
+        return WalletClient(self.wallet)
+
     async def close(self) -> None:
         await self.routing.close()
         await self.wallet.close()
 
     async def open_account(self, account_id: str, display_name: str = "") -> str:
         """Open the account in wallet and routing; answers its default project id."""
-        await self.wallet.call(
-            wallet_pb2_grpc.WalletServiceStub(self.wallet.channel).OpenAccount,
-            wallet_pb2.OpenAccountRequest(account_id=account_id),
-        )
-        answer = await self.routing.call(
-            routing_pb2_grpc.RoutingServiceStub(self.routing.channel).OpenAccount,
-            routing_pb2.OpenAccountRequest(account_id=account_id, display_name=display_name),
-        )
-        return str(answer.project_id)
+        await self.wallet_client.open_account(account_id)
+        return await self.routing_client.open_account(account_id, display_name)
 
     async def create_key(
         self,
@@ -55,37 +58,22 @@ class Operator:
         name: str,
         settings: routing_pb2.KeySettings | None = None,
     ) -> str:
-        answer = await self.routing.call(
-            routing_pb2_grpc.RoutingServiceStub(self.routing.channel).CreateApiKey,
+        answer = await self.routing_client.create_api_key(
             routing_pb2.CreateApiKeyRequest(
                 account_id=account_id, project_id=project_id, name=name, settings=settings
-            ),
+            )
         )
         return str(answer.api_key)
 
     async def adjust(
         self, account_id: str, bucket: Bucket, micros: int, reason: str, key: str, operator: str
     ) -> wallet_pb2.LedgerEntry:
-        answer = await self.wallet.call(
-            wallet_pb2_grpc.WalletServiceStub(self.wallet.channel).Adjust,
-            wallet_pb2.AdjustRequest(
-                account_id=account_id,
-                bucket=bucket_to_proto(bucket),
-                amount_micros=micros,
-                reason=reason,
-                operator=operator,
-                idempotency_key=key,
-            ),
+        return await self.wallet_client.adjust(
+            account_id, bucket, micros, reason, key, operator=operator
         )
-        entry: wallet_pb2.LedgerEntry = answer.entry
-        return entry
 
     async def balances(self, account_id: str) -> list[wallet_pb2.BucketBalance]:
-        answer = await self.wallet.call(
-            wallet_pb2_grpc.WalletServiceStub(self.wallet.channel).GetBalances,
-            wallet_pb2.GetBalancesRequest(account_id=account_id, split_held=True),
-        )
-        return list(answer.balances)
+        return await self.wallet_client.balances(account_id, split_held=True)
 
 
 async def health_status(address: str, timeout: float = 1.0) -> str:

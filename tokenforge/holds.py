@@ -15,6 +15,8 @@ from __future__ import annotations
 import uuid
 
 BUDGET_PREFIX = "budget-"
+# A run's id, which is also the request id of its hold.
+RUN_PREFIX = "run_"
 
 # Fixed forever: changing them changes every part's and settle's entry id.
 _PART_NAMESPACE = uuid.UUID("5b0c53a4-54c4-4f0e-9a51-0c1f8f7c2d6e")

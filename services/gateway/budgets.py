@@ -14,12 +14,12 @@ import logging
 import time
 from collections.abc import Callable
 
+from services.gateway import metrics
 from services.gateway.domain.budgets import Budget, BudgetBook, BudgetPolicy, Key
 from services.wallet.client import WalletClient
 from tokenforge.errors import DomainError, Reason
 from tokenforge.holds import new_budget_request_id
 from tokenforge.money import Bucket
-from tokenforge.runtime import metrics
 
 log = logging.getLogger("tokenforge.gateway.budgets")
 

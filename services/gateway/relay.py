@@ -26,11 +26,11 @@ from typing import Any
 
 from opentelemetry import trace
 
+from services.gateway import metrics
 from services.gateway.adapters.peers import Peers
 from services.gateway.domain.budgets import Budget
 from services.gateway.storage.finish_queue import PART, RELEASE, SETTLE, Waiting
 from tokenforge.errors import DomainError, Reason
-from tokenforge.runtime import metrics
 from tokenforge.runtime.telemetry import context_of
 from tokenforge.usage.v1 import usage_pb2
 

@@ -23,6 +23,7 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.domain.runs import Estimate, parse_budget, parse_estimate
 from services.gateway.flow.admit import CHAT, insufficient, resolve
 from tokenforge.errors import DomainError, Reason
+from tokenforge.holds import RUN_PREFIX
 from tokenforge.money import Bucket, Money, Price
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.usage.v1 import usage_pb2
@@ -124,28 +125,19 @@ async def open_run(
             "({requests, prompt_tokens, max_tokens}).",
             {"param": "budget"},
         )
-    balances = await peers.wallet.call(
-        peers.wallet_stub.GetBalances,
-        wallet_pb2.GetBalancesRequest(account_id=principal.account_id),
-        request_id=request_id,
-    )
+    balances = await peers.wallet_client.balances(principal.account_id)
     available = next(
-        (b.available_micros for b in balances.balances if bucket_from_proto(b.bucket) is bucket),
-        0,
+        (b.available_micros for b in balances if bucket_from_proto(b.bucket) is bucket), 0
     )
-    run_id = "run_" + uuid.uuid4().hex
+    run_id = RUN_PREFIX + uuid.uuid4().hex
     try:
-        held = await peers.wallet.call(
-            peers.wallet_stub.Hold,
-            wallet_pb2.HoldRequest(
-                account_id=principal.account_id,
-                bucket=bucket_to_proto(bucket),
-                amount_micros=budget,
-                ttl_seconds=ttl + HOLD_MARGIN_S,
-                request_id=run_id,
-                trace_id=trace_id,
-            ),
-            request_id=request_id,
+        hold = await peers.wallet_client.hold(
+            principal.account_id,
+            bucket,
+            budget,
+            run_id,
+            ttl_seconds=ttl + HOLD_MARGIN_S,
+            trace_id=trace_id,
         )
     except DomainError as error:
         if error.reason is Reason.INSUFFICIENT_BALANCE:
@@ -160,25 +152,19 @@ async def open_run(
         bucket=bucket_to_proto(bucket),
         model=model,
         budget_micros=budget,
-        hold_id=held.hold.hold_id,
+        hold_id=hold.hold_id,
         trace_id=trace_id,
     )
     run.created_at.FromDatetime(now)
     run.expires_at.FromDatetime(now + timedelta(seconds=ttl))
     try:
-        stored = await peers.usage.call(
-            peers.usage_stub.OpenRun, usage_pb2.OpenRunRequest(run=run), request_id=request_id
-        )
+        stored = await peers.usage_client.open_run(run, request_id=request_id)
     except BaseException:
-        await peers.wallet.call(
-            peers.wallet_stub.Release,
-            wallet_pb2.ReleaseRequest(hold_id=held.hold.hold_id, reason="run_not_opened"),
-            request_id=request_id,
-        )
+        await peers.wallet_client.release(hold.hold_id, reason="run_not_opened")
         raise
     return OpenedRun(
-        stored.run,
-        held.hold,
+        stored,
+        hold,
         Money(available, bucket),
         price,
         estimate,
@@ -195,69 +181,40 @@ async def settle_run(peers: Peers, run: usage_pb2.Run, request_id: str) -> usage
     deadline = asyncio.get_running_loop().time() + CLOSE_WAIT_S
     while run.reserved_micros > 0 and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
-        run = (
-            await peers.usage.call(
-                peers.usage_stub.GetRun,
-                usage_pb2.GetRunRequest(run_id=run.run_id),
-                request_id=request_id,
-            )
-        ).run
+        run = await peers.usage_client.get_run(run.run_id, request_id=request_id)
     captured = 0
     try:
         # Releasing an expired hold answers it too (its parts stay, the rest is back).
-        released = await peers.wallet.call(
-            peers.wallet_stub.Release,
-            wallet_pb2.ReleaseRequest(
-                hold_id=run.hold_id, reason="run_closed", account_id=run.account_id
-            ),
-            request_id=request_id,
+        released = await peers.wallet_client.release(
+            run.hold_id, reason="run_closed", account_id=run.account_id
         )
-        captured = released.hold.captured_micros
+        captured = released.captured_micros
     except DomainError as error:
         # Settled by someone else (an operator): the reconciliation reports the run.
         if error.reason is not Reason.HOLD_NOT_OPEN:
             raise
         log.error("run %s: hold %s not released: %s", run.run_id, run.hold_id, error.message)
-    finished = await peers.usage.call(
-        peers.usage_stub.FinishRun,
-        usage_pb2.FinishRunRequest(run_id=run.run_id, captured_micros=captured),
-        request_id=request_id,
-    )
-    receipt: usage_pb2.RunReceipt = finished.receipt
-    return receipt
+    return await peers.usage_client.finish_run(run.run_id, captured, request_id=request_id)
 
 
 async def close_run(
     peers: Peers, account_id: str, run_id: str, request_id: str
 ) -> usage_pb2.RunReceipt:
-    closing = await peers.usage.call(
-        peers.usage_stub.CloseRun,
-        usage_pb2.CloseRunRequest(account_id=account_id, run_id=run_id),
-        request_id=request_id,
-    )
-    run = closing.run
+    run = await peers.usage_client.close_run(account_id, run_id, request_id=request_id)
     if run.status in (usage_pb2.RUN_STATUS_CLOSED, usage_pb2.RUN_STATUS_EXPIRED):
-        answer = await peers.usage.call(
-            peers.usage_stub.GetRunReceipt,
-            usage_pb2.GetRunReceiptRequest(account_id=account_id, run_id=run_id),
-            request_id=request_id,
-        )
-        receipt: usage_pb2.RunReceipt = answer.receipt
-        return receipt
+        return await peers.usage_client.get_run_receipt(account_id, run_id, request_id=request_id)
     return await settle_run(peers, run, request_id)
 
 
 async def sweep_runs(peers: Peers) -> int:
     """Close every run past its expiry (and runs a dead gateway left closing)."""
-    answer = await peers.usage.call(
-        peers.usage_stub.ExpireRuns, usage_pb2.ExpireRunsRequest(limit=100)
-    )
-    for run in answer.runs:
+    runs = await peers.usage_client.expire_runs(limit=100)
+    for run in runs:
         try:
             await settle_run(peers, run, f"sweep-{run.run_id}")
         except DomainError as error:
             log.warning("run %s not swept: %s", run.run_id, error.message)
-    return len(answer.runs)
+    return len(runs)
 
 
 async def run_sweeper(peers: Peers, every_s: float = SWEEP_EVERY_S) -> None:

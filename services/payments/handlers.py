@@ -11,8 +11,7 @@ import binascii
 import enum
 import logging
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from services.payments.domain.checkout import (
@@ -23,17 +22,29 @@ from services.payments.domain.checkout import (
     CheckoutSession,
     ProviderEvent,
 )
+from services.payments.domain.commands import (
+    DEFAULT_PAGE_SIZE,
+    CancelTopUp,
+    CreateTopUp,
+    GetTopUp,
+    HandleProviderEvent,
+    ListAllTopUps,
+    ListTopUps,
+    ReviewDecision,
+    ReviewTopUp,
+    SandboxOutcome,
+    SimulateSandboxOutcome,
+    SubmitTransferProof,
+)
 from services.payments.domain.model import Order, TopUpStatus
 from services.payments.domain.orders import OrderTtls, open_order
 from services.payments.domain.providers import PROVIDERS, Provider, ProvidersOn, provider_named
 from services.payments.storage.repository import Cursor
 from services.payments.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
-from tokenforge.money import Bucket
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 SWEEP_BATCH = 100
 
@@ -44,73 +55,6 @@ USER_ACTOR = "user"
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class CreateTopUp:
-    account_id: str
-    bucket: Bucket
-    provider: str
-    paid_amount_minor: int
-    currency: str = ""
-    idempotency_key: str = ""
-
-
-@dataclass(frozen=True)
-class GetTopUp:
-    account_id: str
-    order_id: str
-
-
-@dataclass(frozen=True)
-class ListTopUps:
-    account_id: str
-    page_size: int = DEFAULT_PAGE_SIZE
-    page_token: str = ""
-    status: TopUpStatus | None = None
-
-
-@dataclass(frozen=True)
-class ListAllTopUps:
-    """Operators: orders across accounts, by status."""
-
-    status: TopUpStatus | None = None
-    account_id: str = ""
-    page_size: int = DEFAULT_PAGE_SIZE
-    page_token: str = ""
-
-
-@dataclass(frozen=True)
-class SubmitTransferProof:
-    account_id: str
-    order_id: str
-    transfer_reference: str
-
-
-@dataclass(frozen=True)
-class CancelTopUp:
-    account_id: str
-    order_id: str
-
-
-class ReviewDecision(enum.StrEnum):
-    APPROVE = "approve"
-    REJECT = "reject"
-
-
-@dataclass(frozen=True)
-class ReviewTopUp:
-    order_id: str
-    decision: ReviewDecision
-    reason: str
-    operator: str
-
-
-@dataclass(frozen=True)
-class HandleProviderEvent:
-    provider: str
-    body: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class EventOutcome(enum.StrEnum):
@@ -131,19 +75,6 @@ class ProviderEventResult:
 class TopUpPage:
     orders: list[Order]
     next_page_token: str
-
-
-class SandboxOutcome(enum.StrEnum):
-    PAY = "pay"
-    FAIL = "fail"
-    EXPIRE = "expire"
-
-
-@dataclass(frozen=True)
-class SimulateSandboxOutcome:
-    account_id: str
-    order_id: str
-    outcome: SandboxOutcome
 
 
 def _not_found(order_id: str) -> DomainError:

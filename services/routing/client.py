@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from services.routing.domain.health import is_channel_failure
+from tokenforge.attempts import is_channel_failure
 from tokenforge.errors import DomainError
 from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
 from tokenforge.runtime import metrics
@@ -346,3 +346,77 @@ class RoutingClient(ServiceClient):
             lambda reports: routing_pb2.ReportOutcomesRequest(reports=reports),
             **options,
         )
+
+    # Models, accounts and keys (the user API's and operators' calls; never reused).
+
+    async def list_models(self) -> routing_pb2.ListModelsResponse:
+        """Every model with its routes (kind, the bucket that pays, prices), and the
+        catalog version they are from."""
+        answer: routing_pb2.ListModelsResponse = await self._call(
+            "ListModels", routing_pb2.ListModelsRequest()
+        )
+        return answer
+
+    async def open_account(self, account_id: str, display_name: str = "") -> str:
+        """Open the account (idempotent); answers its default project id."""
+        answer = await self._call(
+            "OpenAccount",
+            routing_pb2.OpenAccountRequest(account_id=account_id, display_name=display_name),
+        )
+        return str(answer.project_id)
+
+    async def create_api_key(
+        self, request: routing_pb2.CreateApiKeyRequest, *, request_id: str = ""
+    ) -> routing_pb2.CreateApiKeyResponse:
+        """A new key (`api_key` holds its secret, in this answer only)."""
+        answer: routing_pb2.CreateApiKeyResponse = await self._call(
+            "CreateApiKey", request, request_id
+        )
+        return answer
+
+    async def list_api_keys(
+        self, account_id: str, *, request_id: str = ""
+    ) -> list[routing_pb2.ApiKeyInfo]:
+        answer = await self._call(
+            "ListApiKeys", routing_pb2.ListApiKeysRequest(account_id=account_id), request_id
+        )
+        return list(answer.keys)
+
+    async def revoke_api_key(
+        self, account_id: str, key_id: str, *, acting_key_id: str = "", request_id: str = ""
+    ) -> routing_pb2.ApiKeyInfo:
+        """Revoke the key; no answer kept here outlives the revocation."""
+        answer = await self._call(
+            "RevokeApiKey",
+            routing_pb2.RevokeApiKeyRequest(
+                account_id=account_id, key_id=key_id, acting_key_id=acting_key_id
+            ),
+            request_id,
+        )
+        self.forget_key(key_id)
+        key: routing_pb2.ApiKeyInfo = answer.key
+        return key
+
+    async def rotate_api_key(
+        self,
+        account_id: str,
+        key_id: str,
+        *,
+        grace_seconds: int = 0,
+        acting_key_id: str = "",
+        request_id: str = "",
+    ) -> routing_pb2.RotateApiKeyResponse:
+        """A new secret with the same settings; the old one stops after `grace_seconds`
+        (no answer kept here for it survives the rotation)."""
+        answer: routing_pb2.RotateApiKeyResponse = await self._call(
+            "RotateApiKey",
+            routing_pb2.RotateApiKeyRequest(
+                account_id=account_id,
+                key_id=key_id,
+                grace_seconds=grace_seconds,
+                acting_key_id=acting_key_id,
+            ),
+            request_id,
+        )
+        self.forget_key(key_id)
+        return answer

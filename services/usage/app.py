@@ -7,6 +7,7 @@ from pathlib import Path
 
 from services.usage.storage.unit_of_work import SqlAlchemyUnitOfWork
 from services.usage.transport.grpc import UsageServicer
+from services.usage.transport.wallet_records import WalletRecords
 from tokenforge.config import Settings
 from tokenforge.prod_mode import refuse_unsafe_prod
 from tokenforge.runtime.db import create_engine, sessionmaker, upgrade
@@ -36,6 +37,7 @@ POLICY = AccessPolicy(
         "ExpireRuns": frozenset({Role.INTERNAL}),
         "GetRun": frozenset({Role.INTERNAL, Role.OPERATOR}),
         "GetRunReceipt": frozenset({Role.INTERNAL, Role.OPERATOR}),
+        "Reconcile": frozenset({Role.OPERATOR}),
     }
 )
 
@@ -48,7 +50,13 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
     refuse_unsafe_prod(settings, "usage")
     engine = create_engine(settings.database_url)
     sessions = sessionmaker(engine)
-    servicer = UsageServicer(lambda: SqlAlchemyUnitOfWork(sessions))
+    # Reconcile reads the wallet's holds and ledger rows through the wallet's client,
+    # with the credential of the operator who asked.
+    wallet_addr = settings.wallet_addr
+    servicer = UsageServicer(
+        lambda: SqlAlchemyUnitOfWork(sessions),
+        (lambda token: WalletRecords.connect(wallet_addr, token)) if wallet_addr else None,
+    )
     credentials = Credentials.from_settings(settings)
     server = create_server(
         [(usage_pb2_grpc.add_UsageServiceServicer_to_server, servicer, SERVICE_NAME)],

@@ -19,8 +19,10 @@ shared by the callers of a process, batches best.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 
+from tokenforge.money import Bucket
 from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service_client import (
@@ -30,6 +32,11 @@ from tokenforge.runtime.service_client import (
     ServiceClient,
 )
 from tokenforge.usage.v1 import usage_pb2, usage_pb2_grpc
+from tokenforge.wire import bucket_to_proto, timestamp
+
+# A reconciliation reads every receipt, hold and row in its window: far more than a
+# call's usual deadline.
+RECONCILE_DEADLINE_S = 120.0
 
 
 class UsageClient(ServiceClient):
@@ -68,3 +75,132 @@ class UsageClient(ServiceClient):
         # A batch that found the service unavailable is not retried whole: each caller
         # retries its own receipt, which may then leave in another batch.
         return await self._retrying(lambda: self.receipts.submit(receipt))
+
+    # Receipts.
+
+    async def get_receipt(self, account_id: str, receipt_of: str) -> usage_pb2.Receipt:
+        """The receipt of request `receipt_of` (NOT_FOUND for another account's)."""
+        answer = await self._call(
+            "GetReceipt", usage_pb2.GetReceiptRequest(account_id=account_id, request_id=receipt_of)
+        )
+        receipt: usage_pb2.Receipt = answer.receipt
+        return receipt
+
+    async def list_receipts(
+        self,
+        where: usage_pb2.ReceiptFilter,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        request_id: str = "",
+    ) -> usage_pb2.ListReceiptsResponse:
+        """Newest first; `next_page_token` is empty on the last page."""
+        answer: usage_pb2.ListReceiptsResponse = await self._call(
+            "ListReceipts",
+            usage_pb2.ListReceiptsRequest(filter=where, page_size=page_size, page_token=page_token),
+            request_id,
+        )
+        return answer
+
+    async def aggregate_receipts(
+        self, where: usage_pb2.ReceiptFilter, by: usage_pb2.AggregateBy
+    ) -> list[usage_pb2.AggregateRow]:
+        answer = await self._call(
+            "AggregateReceipts", usage_pb2.AggregateReceiptsRequest(filter=where, by=by)
+        )
+        return list(answer.rows)
+
+    # Runs.
+
+    async def open_run(self, run: usage_pb2.Run, *, request_id: str = "") -> usage_pb2.Run:
+        """Store a run whose hold the gateway placed (sent once: a run id is taken once)."""
+        answer = await self._once("OpenRun", usage_pb2.OpenRunRequest(run=run), request_id)
+        stored: usage_pb2.Run = answer.run
+        return stored
+
+    async def get_run(
+        self, run_id: str, *, account_id: str = "", request_id: str = ""
+    ) -> usage_pb2.Run:
+        """The run (of `account_id` when given: another account's is NOT_FOUND)."""
+        answer = await self._call(
+            "GetRun", usage_pb2.GetRunRequest(account_id=account_id, run_id=run_id), request_id
+        )
+        run: usage_pb2.Run = answer.run
+        return run
+
+    async def reserve_from_run(
+        self,
+        account_id: str,
+        run_id: str,
+        request_id: str,
+        amount_micros: int,
+        bucket: Bucket,
+    ) -> usage_pb2.Run:
+        """Set the request's worst case aside from the run's rest (idempotent by request
+        id); INSUFFICIENT_BALANCE names what is left (`available_micros`)."""
+        answer = await self._call(
+            "ReserveFromRun",
+            usage_pb2.ReserveFromRunRequest(
+                account_id=account_id,
+                run_id=run_id,
+                request_id=request_id,
+                amount_micros=amount_micros,
+                bucket=bucket_to_proto(bucket),
+            ),
+            request_id,
+        )
+        run: usage_pb2.Run = answer.run
+        return run
+
+    async def close_run(
+        self, account_id: str, run_id: str, *, request_id: str = ""
+    ) -> usage_pb2.Run:
+        answer = await self._once(
+            "CloseRun", usage_pb2.CloseRunRequest(account_id=account_id, run_id=run_id), request_id
+        )
+        run: usage_pb2.Run = answer.run
+        return run
+
+    async def finish_run(
+        self, run_id: str, captured_micros: int, *, request_id: str = ""
+    ) -> usage_pb2.RunReceipt:
+        answer = await self._once(
+            "FinishRun",
+            usage_pb2.FinishRunRequest(run_id=run_id, captured_micros=captured_micros),
+            request_id,
+        )
+        receipt: usage_pb2.RunReceipt = answer.receipt
+        return receipt
+
+    async def expire_runs(self, limit: int = 100) -> list[usage_pb2.Run]:
+        answer = await self._once("ExpireRuns", usage_pb2.ExpireRunsRequest(limit=limit))
+        return list(answer.runs)
+
+    async def get_run_receipt(
+        self, account_id: str, run_id: str, *, request_id: str = ""
+    ) -> usage_pb2.RunReceipt:
+        answer = await self._call(
+            "GetRunReceipt",
+            usage_pb2.GetRunReceiptRequest(account_id=account_id, run_id=run_id),
+            request_id,
+        )
+        receipt: usage_pb2.RunReceipt = answer.receipt
+        return receipt
+
+    # The receipt <-> ledger proof (operators).
+
+    async def reconcile(
+        self,
+        since: datetime | None = None,
+        account_ids: Sequence[str] = (),
+        *,
+        timeout: float = RECONCILE_DEADLINE_S,
+    ) -> usage_pb2.ReconcileResponse:
+        """Usage compares its receipts with the wallet's holds and request-charge rows
+        (it reads the wallet itself); every mismatch is in the answer."""
+        answer: usage_pb2.ReconcileResponse = await self._call(
+            "Reconcile",
+            usage_pb2.ReconcileRequest(since=timestamp(since), account_ids=list(account_ids)),
+            timeout=timeout,
+        )
+        return answer

@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Protocol
 
+from services.usage import metrics
+from services.usage.domain.commands import (
+    AggregateReceipts,
+    CloseRun,
+    ExpireRuns,
+    FinishRun,
+    GetReceipt,
+    GetRun,
+    GetRunReceipt,
+    ListReceipts,
+    OpenRun,
+    Reconcile,
+    RecordReceipt,
+    RecordReceipts,
+    ReserveFromRun,
+)
 from services.usage.domain.receipts import (
-    AggregateBy,
     AggregateRow,
     Cursor,
     Receipt,
@@ -18,6 +35,7 @@ from services.usage.domain.receipts import (
     page_size,
     validate,
 )
+from services.usage.domain.reconcile import EntryView, HoldView, Report, reconcile
 from services.usage.domain.runs import (
     Draw,
     Run,
@@ -29,28 +47,10 @@ from services.usage.domain.runs import (
 )
 from services.usage.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
-from tokenforge.money import Bucket
+from tokenforge.holds import RUN_PREFIX
 from tokenforge.runtime.batch_items import check_batch_size, item_outcome
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RecordReceipt:
-    receipt: Receipt
-
-
-@dataclass(frozen=True)
-class GetReceipt:
-    account_id: str
-    request_id: str
-
-
-@dataclass(frozen=True)
-class ListReceipts:
-    filter: ReceiptFilter
-    page_size: int = 0
-    page_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -81,17 +81,13 @@ async def record_receipt(command: RecordReceipt, uow: UnitOfWork) -> Receipt:
             if receipt.run_id:
                 await _end_draw(uow, receipt)
             await uow.commit()
+            metrics.RECEIPTS_STORED.labels(stored.status.value).inc()
             return stored
         existing = await uow.receipts.get(receipt.request_id)
     if existing is None or not receipt.same_as(existing):
+        metrics.RECEIPT_CONFLICTS.inc()
         raise conflict(receipt.request_id)
     return existing
-
-
-@dataclass(frozen=True)
-class RecordReceipts:
-    # Each receipt as read from the wire, or why it could not be read (its answer).
-    receipts: Sequence[Receipt | DomainError]
 
 
 async def record_receipts(
@@ -167,9 +163,13 @@ async def _record_together(batch: list[Receipt], uow: UnitOfWork) -> list[Receip
     answers: list[Receipt | DomainError] = []
     for receipt in batch:
         found = stored.get(receipt.request_id)
-        if found is None:
+        if found is not None:
+            metrics.RECEIPTS_STORED.labels(found.status.value).inc()
+        else:
             first = existing.get(receipt.request_id)
             found = first if first is not None and receipt.same_as(first) else None
+            if found is None:
+                metrics.RECEIPT_CONFLICTS.inc()
         answers.append(found if found is not None else conflict(receipt.request_id))
     return answers
 
@@ -242,12 +242,6 @@ async def list_receipts(command: ListReceipts, uow: UnitOfWork) -> ReceiptPage:
     return ReceiptPage(page, next_token)
 
 
-@dataclass(frozen=True)
-class AggregateReceipts:
-    filter: ReceiptFilter
-    by: AggregateBy
-
-
 async def aggregate_receipts(command: AggregateReceipts, uow: UnitOfWork) -> list[AggregateRow]:
     command.filter.check()
     async with uow:
@@ -255,11 +249,6 @@ async def aggregate_receipts(command: AggregateReceipts, uow: UnitOfWork) -> lis
 
 
 # Runs -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OpenRun:
-    run: Run
 
 
 async def open_run(command: OpenRun, uow: UnitOfWork) -> Run:
@@ -290,24 +279,9 @@ def _mine(run: Run | None, account_id: str, run_id: str) -> Run:
     return run
 
 
-@dataclass(frozen=True)
-class GetRun:
-    account_id: str
-    run_id: str
-
-
 async def get_run(command: GetRun, uow: UnitOfWork) -> Run:
     async with uow:
         return _mine(await uow.runs.get(command.run_id), command.account_id, command.run_id)
-
-
-@dataclass(frozen=True)
-class ReserveFromRun:
-    account_id: str
-    run_id: str
-    request_id: str
-    amount_micros: int
-    bucket: Bucket | None = None
 
 
 async def reserve_from_run(command: ReserveFromRun, uow: UnitOfWork) -> Run:
@@ -335,12 +309,6 @@ async def reserve_from_run(command: ReserveFromRun, uow: UnitOfWork) -> Run:
         return run
 
 
-@dataclass(frozen=True)
-class CloseRun:
-    account_id: str
-    run_id: str
-
-
 async def close_run(command: CloseRun, uow: UnitOfWork) -> Run:
     async with uow:
         run = _mine(
@@ -351,13 +319,6 @@ async def close_run(command: CloseRun, uow: UnitOfWork) -> Run:
             await uow.runs.save(closed)
             await uow.commit()
         return closed
-
-
-@dataclass(frozen=True)
-class FinishRun:
-    run_id: str
-    entry_id: str
-    captured_micros: int
 
 
 async def finish_run(command: FinishRun, uow: UnitOfWork) -> RunReceipt:
@@ -373,11 +334,6 @@ async def finish_run(command: FinishRun, uow: UnitOfWork) -> RunReceipt:
         elif run.status is RunStatus.OPEN:
             run.finish(command.entry_id, command.captured_micros, 0, uow.now())  # refuses
     return await get_run_receipt(GetRunReceipt("", command.run_id), uow)
-
-
-@dataclass(frozen=True)
-class ExpireRuns:
-    limit: int = 100
 
 
 async def expire_runs(command: ExpireRuns, uow: UnitOfWork) -> list[Run]:
@@ -396,12 +352,6 @@ async def expire_runs(command: ExpireRuns, uow: UnitOfWork) -> list[Run]:
         return answer
 
 
-@dataclass(frozen=True)
-class GetRunReceipt:
-    account_id: str
-    run_id: str
-
-
 async def get_run_receipt(command: GetRunReceipt, uow: UnitOfWork) -> RunReceipt:
     async with uow:
         run = _mine(await uow.runs.get(command.run_id), command.account_id, command.run_id)
@@ -418,3 +368,70 @@ async def get_run_receipt(command: GetRunReceipt, uow: UnitOfWork) -> RunReceipt
             assert last.finished_at is not None
             after = Cursor(last.finished_at, last.request_id)
     return run_receipt(run, lines)
+
+
+# Reconciliation ------------------------------------------------------------------------
+
+# Receipts are read from this much before `since`, so a hold placed just before the
+# window still finds its receipt.
+RECEIPT_MARGIN = timedelta(hours=1)
+READ_PAGE = 500
+
+
+class WalletRecords(Protocol):
+    """The wallet's side of the comparison, read through the wallet's client
+    (services/usage/transport/wallet_records.py). An empty account id reads every
+    account (one scan across accounts: an account whose charges have no receipt at
+    all is seen too)."""
+
+    async def holds(self, account_id: str, since: datetime | None) -> list[HoldView]: ...
+
+    async def charge_entries(self, account_id: str, since: datetime | None) -> list[EntryView]: ...
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    report: Report
+    runs_checked: int
+
+
+async def reconcile_with_wallet(
+    command: Reconcile, new_uow: Callable[[], UnitOfWork], wallet: WalletRecords
+) -> Reconciled:
+    """Receipts (from an hour before `since`), then the wallet's holds and
+    request-charge rows, then the runs they name; services.usage.domain.reconcile
+    decides. Run it when the gateways' finish queues are empty: a finish still queued
+    shows as a ledger row without its receipt for a moment."""
+    wide_start = command.since - RECEIPT_MARGIN if command.since else None
+    receipts: list[Receipt] = []
+    holds: list[HoldView] = []
+    entries: list[EntryView] = []
+    for account_id in command.account_ids or ("",):
+        where = ReceiptFilter(account_id=account_id, from_time=wide_start)
+        token = ""
+        while True:
+            page = await list_receipts(ListReceipts(where, READ_PAGE, token), new_uow())
+            receipts += page.receipts
+            token = page.next_page_token
+            if not token:
+                break
+        holds += await wallet.holds(account_id, command.since)
+        entries += await wallet.charge_entries(account_id, command.since)
+    in_scope = [
+        r
+        for r in receipts
+        if command.since is None or (r.finished_at is not None and r.finished_at >= command.since)
+    ]
+    run_ids = {r.run_id for r in receipts if r.run_id} | {
+        h.request_id for h in holds if h.request_id.startswith(RUN_PREFIX)
+    }
+    runs: list[Run] = []
+    async with new_uow() as uow:
+        for run_id in sorted(run_ids):
+            run = await uow.runs.get(run_id)
+            if run is None:
+                raise run_not_found(run_id)
+            runs.append(run)
+    report = reconcile(holds, receipts, entries, runs, in_scope)
+    metrics.RECONCILE_MISMATCHES.set(len(report.mismatches))
+    return Reconciled(report, len(runs))

@@ -118,9 +118,15 @@ class WalletClient(ServiceClient):
         )
         return list(answer.balances)
 
-    async def balances(self, account_id: str) -> list[wallet_pb2.BucketBalance]:
+    async def balances(
+        self, account_id: str, *, split_held: bool = False, request_id: str = ""
+    ) -> list[wallet_pb2.BucketBalance]:
+        """Both buckets' balances; with `split_held`, `held` also split into held for
+        requests and set aside for budgets (one more read)."""
         answer = await self._call(
-            "GetBalances", wallet_pb2.GetBalancesRequest(account_id=account_id)
+            "GetBalances",
+            wallet_pb2.GetBalancesRequest(account_id=account_id, split_held=split_held),
+            request_id,
         )
         return list(answer.balances)
 
@@ -325,6 +331,38 @@ class WalletClient(ServiceClient):
         )
         found: wallet_pb2.ListLedgerResponse = answer
         return found
+
+    async def credit_use(
+        self,
+        account_id: str,
+        order_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        request_id: str = "",
+    ) -> wallet_pb2.GetCreditUseResponse:
+        """What a top-up's credit paid for, first in, first out, one page at a time."""
+        answer = await self._call(
+            "GetCreditUse",
+            wallet_pb2.GetCreditUseRequest(
+                account_id=account_id,
+                order_id=order_id,
+                page_size=page_size,
+                page_token=page_token,
+            ),
+            request_id,
+        )
+        found: wallet_pb2.GetCreditUseResponse = answer
+        return found
+
+    async def paid_from(self, account_id: str, request_id: str) -> list[wallet_pb2.CreditSlice]:
+        """The credits (top-ups) that paid one request's ledger rows."""
+        answer = await self._call(
+            "GetPaidFrom",
+            wallet_pb2.GetPaidFromRequest(account_id=account_id, request_id=request_id),
+            request_id,
+        )
+        return list(answer.slices)
 
     async def reconcile(self) -> wallet_pb2.ReconcileResponse:
         answer = await self._call("Reconcile", wallet_pb2.ReconcileRequest())

@@ -470,13 +470,13 @@ def test_only_the_gateway_accepts_traffic_from_outside_the_namespace(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_only_the_gateway_and_payments_may_reach_the_wallet(
+def test_only_the_gateway_payments_and_usage_may_reach_the_wallet(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
     policies, everyone = network(rendered[overlay])
     wallet = everyone["wallet"]
     for port in wallet.ports:
-        assert callers(policies, everyone, wallet, port) <= {"gateway", "payments"}
+        assert callers(policies, everyone, wallet, port) <= {"gateway", "payments", "usage"}
     assert "gateway" in callers(policies, everyone, wallet, 50051)
 
 
@@ -503,8 +503,10 @@ def test_only_the_services_reach_postgresql_and_nats(
 def test_the_flows_the_system_needs_are_open(rendered: dict[str, list[Obj]], overlay: str) -> None:
     policies, everyone = network(rendered[overlay])
     gateway = everyone["gateway"]
-    for name in ("routing", "wallet", "usage"):
+    for name in ("routing", "usage"):
         assert callers(policies, everyone, everyone[name], 50051) == {"gateway"}
+    # Usage reads the wallet's holds and ledger rows to reconcile (Reconcile).
+    assert callers(policies, everyone, everyone["wallet"], 50051) == {"gateway", "usage"}
     # The wallet confirms each top-up with payments (GetTopUp) before crediting it.
     assert callers(policies, everyone, everyone["payments"], 50051) == {"gateway", "wallet"}
     for pod in everyone.values():

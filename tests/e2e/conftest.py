@@ -38,13 +38,17 @@ async def system(database_url: str, nats_urls: dict[str, str]) -> AsyncIterator[
         sandbox_provider=True,
     )
     running: dict[str, RunningService] = {}
-    for name in ("routing", "payments", "usage"):
+    for name in ("routing", "payments"):
         nats = {"nats_url": nats_urls[name]} if name in nats_urls else {}
         running[name] = await load(name).start(replace(base, **nats), port=0)
     # The wallet credits a top-up only once payments confirms it: it needs payments.
     running["wallet"] = await load("wallet").start(
         replace(base, nats_url=nats_urls["wallet"], payments_addr=running["payments"].address),
         port=0,
+    )
+    # Usage reads the wallet's holds and ledger rows to reconcile: it needs the wallet.
+    running["usage"] = await load("usage").start(
+        replace(base, wallet_addr=running["wallet"].address), port=0
     )
     addrs = {name: r.address for name, r in running.items()}
     gateway_settings = Settings(

@@ -28,11 +28,11 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.gateway import metrics
 from services.wallet.client import WalletClient
 from tests.e2e.harness import ADMIN, System
 from tests.e2e.test_usage_reconcile import assert_reconciled
 from tokenforge.money import Bucket
-from tokenforge.runtime import metrics
 from tokenforge.wallet.v1 import wallet_pb2
 
 # The models the clients use (tests/e2e/catalog.yaml). The two test-soak-* models have

@@ -14,6 +14,7 @@ import httpx
 import orjson
 from sqlalchemy import text
 
+from services.gateway import metrics
 from services.gateway.storage.finish_queue import FinishQueue
 from services.wallet.client import WalletClient
 from tests.e2e.harness import ADMIN, INTERNAL, System
@@ -21,7 +22,6 @@ from tests.e2e.test_usage_reconcile import assert_reconciled, balances
 from tokenforge.config import Settings
 from tokenforge.holds import is_budget, new_budget_request_id, part_entry_id
 from tokenforge.money import Bucket
-from tokenforge.runtime import metrics
 from tokenforge.runtime.db import create_engine
 from tokenforge.runtime.embedded import free_port
 from tokenforge.runtime.service import load

@@ -14,10 +14,10 @@ import httpx
 import orjson
 import pytest
 
+from services.gateway import metrics
 from tests.e2e.harness import System
 from tests.e2e.test_budgets import until_nothing_held
 from tests.e2e.test_usage_reconcile import assert_reconciled, balances
-from tokenforge.runtime import metrics
 
 BODY = {"model": "demo-chat@routed", "messages": [{"role": "user", "content": "count the money"}]}
 

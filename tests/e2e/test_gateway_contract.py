@@ -8,7 +8,8 @@ import asyncio
 import httpx
 import openai
 
-from tests.e2e.harness import System
+from services.gateway.client import GatewayClient
+from tests.e2e.harness import INTERNAL, System
 
 CHAT = {"model": "demo-chat", "messages": [{"role": "user", "content": "count me once"}]}
 
@@ -216,3 +217,23 @@ async def test_without_configured_origins_no_preflight_is_allowed(system: System
     async with httpx.AsyncClient(base_url=system.gateway_url, timeout=30) as http:
         preflight = await http.options("/v1/chat/completions", headers={"origin": APP, **PREFLIGHT})
     assert "access-control-allow-origin" not in preflight.headers
+
+
+async def test_the_gateway_client_previews_a_route_without_holding_anything(
+    system: System,
+) -> None:
+    """The gateway's typed client (services/gateway/client.py): the route, prices and
+    worst case of a request that is never sent; the balance stays untouched."""
+    account, key = await system.new_account(credit=1_000_000)
+    client = GatewayClient.connect(system.services["gateway"], INTERNAL)
+    try:
+        preview = await client.preview_route(
+            key, "demo-chat", prompt_tokens=100, max_output_tokens=50
+        )
+    finally:
+        await client.close()
+    assert preview.selected_model == "demo-chat"
+    assert preview.channel_ids and preview.catalog_version
+    [paying] = [b for b in await system.operator.balances(account) if b.bucket == preview.bucket]
+    assert 0 < preview.worst_case_micros <= preview.available_micros == paying.available_micros
+    assert paying.held_micros == 0 and paying.available_micros == paying.posted_micros

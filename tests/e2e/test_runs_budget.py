@@ -12,9 +12,9 @@ from services.gateway.runs import sweep_runs
 from tests.e2e.harness import INTERNAL, System
 from tests.e2e.test_usage_reconcile import assert_reconciled, balances
 from tokenforge.common.v1 import common_pb2
+from tokenforge.money import Bucket
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.usage.v1 import usage_pb2
-from tokenforge.wallet.v1 import wallet_pb2
 
 BODY = {
     "model": "test-slow",
@@ -115,18 +115,9 @@ async def test_a_forgotten_run_expires_and_releases_its_hold(system: System) -> 
     account, key = await system.new_account(credit=1_000_000)
     peers = peers_of(system)
     try:
-        hold = (
-            await peers.wallet.call(
-                peers.wallet_stub.Hold,
-                wallet_pb2.HoldRequest(
-                    account_id=account,
-                    bucket=common_pb2.BUCKET_CREDIT,
-                    amount_micros=400_000,
-                    ttl_seconds=600,
-                    request_id="run_forgotten_" + account,
-                ),
-            )
-        ).hold
+        hold = await peers.wallet_client.hold(
+            account, Bucket.CREDIT, 400_000, "run_forgotten_" + account, ttl_seconds=600
+        )
         run = usage_pb2.Run(
             run_id="run_forgotten_" + account,
             account_id=account,
@@ -137,20 +128,18 @@ async def test_a_forgotten_run_expires_and_releases_its_hold(system: System) -> 
         now = datetime.now(UTC)
         run.created_at.FromDatetime(now - timedelta(minutes=20))
         run.expires_at.FromDatetime(now - timedelta(minutes=5))
-        await peers.usage.call(peers.usage_stub.OpenRun, usage_pb2.OpenRunRequest(run=run))
+        await peers.usage_client.open_run(run)
         await sweep_runs(peers)  # the gateway's own sweeper may win the race: either ends it
         for _ in range(100):
-            swept = await peers.usage.call(
-                peers.usage_stub.GetRun, usage_pb2.GetRunRequest(run_id=run.run_id)
-            )
-            if swept.run.status == usage_pb2.RUN_STATUS_EXPIRED:
+            swept = await peers.usage_client.get_run(run.run_id)
+            if swept.status == usage_pb2.RUN_STATUS_EXPIRED:
                 break
             await asyncio.sleep(0.1)
     finally:
         await peers.close()
     async with system.http(key) as http:
         after = await balances(http)
-    assert swept.run.status == usage_pb2.RUN_STATUS_EXPIRED
+    assert swept.status == usage_pb2.RUN_STATUS_EXPIRED
     assert after["credit"] == {"posted": 1_000_000, "held": 0, "available": 1_000_000}
 
 
@@ -164,10 +153,7 @@ async def test_a_request_whose_run_hold_ended_first_is_recorded_without_a_charge
         # The wallet ended the run's hold under the run (as if it had expired).
         peers = peers_of(system)
         try:
-            await peers.wallet.call(
-                peers.wallet_stub.Release,
-                wallet_pb2.ReleaseRequest(hold_id=run["hold"]["hold_id"], reason="test"),
-            )
+            await peers.wallet_client.release(run["hold"]["hold_id"], reason="test")
         finally:
             await peers.close()
         answer = await http.post(

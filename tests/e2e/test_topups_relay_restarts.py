@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from services.payments import app as payments_app
 from services.payments import handlers
 from services.payments.client import PaymentsClient
+from services.payments.domain import commands
 from services.payments.domain.providers import ProvidersOn
 from services.payments.storage.tables import outbox
 from services.payments.storage.unit_of_work import SqlAlchemyUnitOfWork
@@ -112,13 +113,13 @@ async def test_relay_killed_after_publish_on_10_of_100_events_loses_nothing_and_
     for i in range(100):
         account_id = accounts[i % len(accounts)]
         order = await handlers.create_top_up(
-            handlers.CreateTopUp(account_id, Bucket.CREDIT, "sandbox", 100 + i, "USD", f"k{i}"),
+            commands.CreateTopUp(account_id, Bucket.CREDIT, "sandbox", 100 + i, "USD", f"k{i}"),
             SqlAlchemyUnitOfWork(uow),
             providers=SANDBOX_ON,
         )
         await handlers.simulate_sandbox_outcome(
-            handlers.SimulateSandboxOutcome(
-                account_id, order.order_id, handlers.SandboxOutcome.PAY
+            commands.SimulateSandboxOutcome(
+                account_id, order.order_id, commands.SandboxOutcome.PAY
             ),
             SqlAlchemyUnitOfWork(uow),
             providers=SANDBOX_ON,

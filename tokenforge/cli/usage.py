@@ -10,25 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tokenforge.cli.common import add_state_dir, connection, out
-
-# Receipts are fetched from this much before --since, so a hold placed just before
-# the window still finds its receipt.
-RECEIPT_MARGIN = timedelta(hours=1)
-PAGE = 500
-
-
-@dataclass
-class Fetched:
-    holds: list[Any]
-    receipts: list[Any]
-    receipts_in_scope: list[Any]
-    entries: list[Any]
-    runs: list[Any]
 
 
 def _since(text: str) -> datetime | None:
@@ -41,166 +26,9 @@ def _since(text: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-async def _pages(call: Any, make: Any, field: str) -> list[Any]:
-    items: list[Any] = []
-    token = ""
-    while True:
-        answer = await call(make(token))
-        items.extend(getattr(answer, field))
-        token = answer.next_page_token
-        if not token:
-            return items
-
-
-async def fetch(
-    services: dict[str, str], token: str, since: datetime | None, accounts: list[str]
-) -> Fetched:
-    """Everything the comparison needs: holds, receipts, request-charge ledger rows and
-    runs of the named accounts, or of every account (then each listing is one scan
-    across accounts: an account whose charges have no receipt at all is seen too)."""
-    from tokenforge.runtime.grpc_client import Peer
-    from tokenforge.usage.v1 import usage_pb2, usage_pb2_grpc
-    from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-
-    usage_peer = Peer("usage", services["usage"], token)
-    wallet_peer = Peer("wallet", services["wallet"], token)
-    usage = usage_pb2_grpc.UsageServiceStub(usage_peer.channel)
-    wallet = wallet_pb2_grpc.WalletServiceStub(wallet_peer.channel)
-    try:
-
-        def receipt_filter(account: str, start: datetime | None) -> Any:
-            where = usage_pb2.ReceiptFilter(account_id=account)
-            if start is not None:
-                where.from_time.FromDatetime(start)
-            return where
-
-        wide_start = since - RECEIPT_MARGIN if since else None
-        names = list(accounts) or [""]  # "": every account
-        fetched = Fetched([], [], [], [], [])
-        for account in names:
-            fetched.receipts += await _pages(
-                lambda req: usage_peer.call(usage.ListReceipts, req),
-                lambda t, a=account: usage_pb2.ListReceiptsRequest(
-                    filter=receipt_filter(a, wide_start), page_size=PAGE, page_token=t
-                ),
-                "receipts",
-            )
-
-            def hold_request(t: str, a: str = account) -> Any:
-                req = wallet_pb2.ListHoldsRequest(account_id=a, page_size=PAGE, page_token=t)
-                if since is not None:
-                    req.from_time.FromDatetime(since)
-                return req
-
-            def ledger_request(t: str, a: str = account) -> Any:
-                req = wallet_pb2.ListLedgerRequest(
-                    account_id=a,
-                    kind=wallet_pb2.ENTRY_KIND_REQUEST_CHARGE,
-                    page_size=PAGE,
-                    page_token=t,
-                )
-                if since is not None:
-                    req.from_time.FromDatetime(since)
-                return req
-
-            fetched.holds += await _pages(
-                lambda req: wallet_peer.call(wallet.ListHolds, req), hold_request, "holds"
-            )
-            fetched.entries += await _pages(
-                lambda req: wallet_peer.call(wallet.ListLedger, req), ledger_request, "entries"
-            )
-        fetched.receipts_in_scope = [
-            r
-            for r in fetched.receipts
-            if since is None or r.finished_at.ToDatetime(tzinfo=UTC) >= since
-        ]
-        run_ids = {r.run_id for r in fetched.receipts if r.run_id} | {
-            h.request_id for h in fetched.holds if h.request_id.startswith("run_")
-        }
-        for run_id in sorted(run_ids):
-            answer = await usage_peer.call(usage.GetRun, usage_pb2.GetRunRequest(run_id=run_id))
-            fetched.runs.append(answer.run)
-        return fetched
-    finally:
-        await usage_peer.close()
-        await wallet_peer.close()
-
-
-def compare(fetched: Fetched) -> Any:
-    """Wire types -> the pure comparison of services.usage.domain.reconcile."""
-    from services.usage.domain.reconcile import EntryView, HoldState, HoldView, reconcile
-    from services.usage.domain.runs import Run, RunStatus
-    from services.usage.transport.grpc import receipt_from_wire
-    from tokenforge.usage.v1 import usage_pb2
-    from tokenforge.wallet.v1 import wallet_pb2
-    from tokenforge.wire import bucket_from_proto, from_timestamp
-
-    states = {
-        wallet_pb2.HOLD_STATUS_OPEN: HoldState.OPEN,
-        wallet_pb2.HOLD_STATUS_SETTLED: HoldState.SETTLED,
-        wallet_pb2.HOLD_STATUS_RELEASED: HoldState.RELEASED,
-        wallet_pb2.HOLD_STATUS_EXPIRED: HoldState.EXPIRED,
-    }
-    run_states = {
-        usage_pb2.RUN_STATUS_OPEN: RunStatus.OPEN,
-        usage_pb2.RUN_STATUS_CLOSING: RunStatus.CLOSING,
-        usage_pb2.RUN_STATUS_CLOSED: RunStatus.CLOSED,
-        usage_pb2.RUN_STATUS_EXPIRED: RunStatus.EXPIRED,
-    }
-    holds = [
-        HoldView(
-            h.hold_id,
-            h.account_id,
-            bucket_from_proto(h.bucket),
-            h.amount_micros,
-            h.captured_micros,
-            states.get(h.status, HoldState.OPEN),
-            h.request_id,
-            h.entry_id,
-        )
-        for h in fetched.holds
-    ]
-    entries = [
-        EntryView(
-            e.entry_id,
-            e.account_id,
-            bucket_from_proto(e.bucket),
-            e.amount_micros,
-            e.request_id,
-            e.hold_id,
-        )
-        for e in fetched.entries
-    ]
-    runs = []
-    for r in fetched.runs:
-        created = from_timestamp(r.created_at)
-        expires = from_timestamp(r.expires_at)
-        assert created is not None and expires is not None
-        runs.append(
-            Run(
-                run_id=r.run_id,
-                account_id=r.account_id,
-                bucket=bucket_from_proto(r.bucket),
-                budget_micros=r.budget_micros,
-                hold_id=r.hold_id,
-                created_at=created,
-                expires_at=expires,
-                spent_micros=r.spent_micros,
-                status=run_states.get(r.status, RunStatus.OPEN),
-                entry_id=r.entry_id,
-                captured_micros=r.captured_micros,
-            )
-        )
-    return reconcile(
-        holds,
-        [receipt_from_wire(r) for r in fetched.receipts],
-        entries,
-        runs,
-        [receipt_from_wire(r) for r in fetched.receipts_in_scope],
-    )
-
-
 def cmd_usage_reconcile(args: argparse.Namespace) -> int:
+    """Usage compares (its Reconcile call reads the wallet itself); this prints."""
+    from services.usage.client import UsageClient
     from tokenforge.errors import DomainError
 
     services, token = connection(args)
@@ -211,15 +39,18 @@ def cmd_usage_reconcile(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> int:
-        fetched = await fetch(services, token, since, list(args.account or []))
-        report = compare(fetched)
+        usage = UsageClient.connect(services["usage"], token)
+        try:
+            report = await usage.reconcile(since, list(args.account or []))
+        finally:
+            await usage.close()
         out(
             f"checked {report.holds_checked} ended holds, {report.receipts_checked} receipts, "
-            f"{report.entries_checked} request-charge ledger rows, {len(fetched.runs)} runs"
+            f"{report.entries_checked} request-charge ledger rows, {report.runs_checked} runs"
         )
         for m in report.mismatches:
-            out(f"MISMATCH {m.problem.value} {m.subject}: {m.detail}")
-        if report.ok:
+            out(f"MISMATCH {m.problem} {m.subject}: {m.detail}")
+        if not report.mismatches:
             out(
                 "ok: every settled or released hold has one receipt with its charge, "
                 "every charged receipt has its ledger row"
@@ -236,30 +67,27 @@ def cmd_usage_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_usage_aggregates(args: argparse.Namespace) -> int:
+    from services.usage.client import UsageClient
     from tokenforge.errors import DomainError
     from tokenforge.money import format_amount
-    from tokenforge.runtime.grpc_client import Peer
-    from tokenforge.usage.v1 import usage_pb2, usage_pb2_grpc
+    from tokenforge.usage.v1 import usage_pb2
     from tokenforge.wire import bucket_from_proto
 
     services, token = connection(args)
 
     async def main() -> int:
-        peer = Peer("usage", services["usage"], token)
+        usage = UsageClient.connect(services["usage"], token)
         try:
-            stub = usage_pb2_grpc.UsageServiceStub(peer.channel)
             where = usage_pb2.ReceiptFilter(account_id=args.account_id)
             if since := _since(args.since):
                 where.from_time.FromDatetime(since)
             by = usage_pb2.AggregateBy.Value(f"AGGREGATE_BY_{args.by.upper()}")
-            answer = await peer.call(
-                stub.AggregateReceipts, usage_pb2.AggregateReceiptsRequest(filter=where, by=by)
-            )
+            rows = await usage.aggregate_receipts(where, by)
         finally:
-            await peer.close()
-        if not answer.rows:
+            await usage.close()
+        if not rows:
             out("no receipts")
-        for row in answer.rows:
+        for row in rows:
             bucket = bucket_from_proto(row.bucket) if row.bucket else None
             charge = format_amount(row.charge_micros, bucket) if bucket else "0"
             out(

@@ -289,10 +289,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> tuple[Caller | None, DomainError | None]:
         if self._credentials is None:
             return None, None
-        token = ""
-        for key, value in metadata:
-            if key == "authorization" and isinstance(value, str):
-                token = value.removeprefix("Bearer ").strip()
+        token = bearer_token(metadata)
         caller = self._credentials.identify(token) if token else None
         if caller is None:
             return None, DomainError(
@@ -306,6 +303,15 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 f"credential of {caller.name!r}.",
             )
         return caller, None
+
+
+def bearer_token(metadata: Iterable[tuple[str, Any]]) -> str:
+    """The credential a call carries (`authorization: Bearer <token>`), or ""."""
+    token = ""
+    for key, value in metadata:
+        if key == "authorization" and isinstance(value, str):
+            token = value.removeprefix("Bearer ").strip()
+    return token
 
 
 @dataclass

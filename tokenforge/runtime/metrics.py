@@ -1,10 +1,10 @@
-"""Prometheus metrics every service shares: gRPC calls by method, HTTP requests by
-route, and the gateway's upstream calls by channel. Each process serves them on
+"""Prometheus metrics every service shares: gRPC calls by method, and the calls our
+typed clients send (batch sizes, reused Resolve answers). Each process serves them on
 TOKENFORGE_METRICS_HOST:TOKENFORGE_METRICS_PORT (`tokenforge serve` starts the endpoint
 with `start_metrics_server`; the host is loopback unless configured).
 
-Service-specific metrics (holds, charges, orders, outbox, consumer lag, breakers) live
-in `services/<context>/metrics.py`, named `tokenforge_<context>_...`.
+Service-specific metrics (HTTP requests, upstream calls, charges and receipts; holds,
+orders, outbox, consumer lag, breakers) live in `services/<context>/metrics.py`.
 
 The server interceptor also carries the caller's `x-request-id` (gRPC metadata the
 gateway sends) into `request_id_var` for the call, so every log line a call writes,
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import trace
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Histogram, start_http_server
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -45,34 +45,6 @@ GRPC_LATENCY = Histogram(
     ["method"],
     buckets=LATENCY_BUCKETS,
 )
-HTTP_REQUESTS = Counter(
-    "tokenforge_http_requests_total",
-    "HTTP requests answered by the gateway, by route template and status.",
-    ["method", "route", "status"],
-)
-HTTP_LATENCY = Histogram(
-    "tokenforge_http_request_seconds",
-    "HTTP time to the response headers, by route template.",
-    ["method", "route"],
-    buckets=LATENCY_BUCKETS,
-)
-UPSTREAM_LATENCY = Histogram(
-    "tokenforge_upstream_seconds",
-    "Upstream call time (to the status line for streams), by channel and outcome.",
-    ["channel", "outcome"],
-    buckets=LATENCY_BUCKETS,
-)
-UPSTREAM_TTFT = Histogram(
-    "tokenforge_upstream_time_to_first_token_seconds",
-    "Time from a stream's status line to its first content chunk, by channel.",
-    ["channel"],
-    buckets=LATENCY_BUCKETS,
-)
-UPSTREAM_ERRORS = Counter(
-    "tokenforge_upstream_errors_total",
-    "Upstream attempts that failed, by channel and outcome.",
-    ["channel", "outcome"],
-)
 BATCH_ITEMS = Histogram(
     "tokenforge_client_batch_items",
     "Items per call our clients send (1: the unary call, alone; more: a batch call), "
@@ -85,56 +57,6 @@ RESOLVES = Counter(
     "Resolve answers the gateway used, by where they came from: routing (a call) or "
     "reused (a reusable answer of the last second).",
     ["answered"],
-)
-CHARGES = Counter(
-    "tokenforge_charges_micros_total",
-    "Micro-units charged to users, by bucket and route kind.",
-    ["bucket", "route"],
-)
-RECEIPTS = Counter(
-    "tokenforge_receipts_total",
-    "Receipts recorded by the gateway, by status and settlement rule.",
-    ["status", "rule"],
-)
-RECEIPTS_QUEUED = Counter(
-    "tokenforge_receipts_queued_total",
-    "Receipts of settled requests the gateway kept in its queue because the usage "
-    "service could not be reached.",
-)
-RECEIPTS_RELAYED = Counter(
-    "tokenforge_receipts_relayed_total",
-    "Queued receipts the gateway's relay handed to usage, by outcome (recorded, refused).",
-    ["outcome"],
-)
-RECEIPTS_WAITING = Gauge(
-    "tokenforge_receipts_waiting",
-    "Receipts in the gateway's queue (refused ones included), as the relay last counted.",
-)
-BUDGET_DRAWS = Counter(
-    "tokenforge_budget_draws_total",
-    "Requests the gateway held for, by how: from a budget in memory (budget) or with a "
-    "wallet hold of their own (hold).",
-    ["how"],
-)
-BUDGETS = Counter(
-    "tokenforge_budgets_total",
-    "Budgets (one wallet hold a gateway replica draws a busy account's requests from), "
-    "by event: opened, refused (the balance could not cover it), closed.",
-    ["event"],
-)
-UPSTREAM_OPEN = Gauge(
-    "tokenforge_upstream_open_connections",
-    "Upstream calls this gateway process holds open (streams included).",
-)
-GATEWAY_BUSY = Counter(
-    "tokenforge_gateway_busy_total",
-    "Requests refused at once (503 gateway_busy) because this gateway process held "
-    "TOKENFORGE_UPSTREAM_MAX_CONNECTIONS upstream calls open.",
-)
-CHARGES_NOT_COLLECTED = Counter(
-    "tokenforge_charges_not_collected_total",
-    "Queued finishes whose charge could not be captured because the budget's hold had "
-    "already ended (expired through a wallet outage): the receipt says charge 0.",
 )
 
 

@@ -77,9 +77,14 @@ class ServiceClient:
 
         return Batcher(one, several, name=f"{self.service}.{unary}", **options)
 
-    async def _once(self, method: str, request: Any, request_id: str = "") -> Any:
+    async def _once(
+        self, method: str, request: Any, request_id: str = "", timeout: float | None = None
+    ) -> Any:
         return await self.peer.call(
-            getattr(self.stub, method), request, timeout=self.deadline, request_id=request_id
+            getattr(self.stub, method),
+            request,
+            timeout=self.deadline if timeout is None else timeout,
+            request_id=request_id,
         )
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -95,6 +100,9 @@ class ServiceClient:
             delay *= 2
         raise AssertionError("unreachable")
 
-    async def _call(self, method: str, request: Any, request_id: str = "") -> Any:
-        """One unary call, retried on SERVICE_UNAVAILABLE."""
-        return await self._retrying(lambda: self._once(method, request, request_id))
+    async def _call(
+        self, method: str, request: Any, request_id: str = "", timeout: float | None = None
+    ) -> Any:
+        """One unary call, retried on SERVICE_UNAVAILABLE (`timeout`: the client's
+        deadline unless given)."""
+        return await self._retrying(lambda: self._once(method, request, request_id, timeout))

@@ -1,4 +1,5 @@
-"""The services the gateway calls, one reused gRPC channel each."""
+"""The services the gateway calls, one reused gRPC channel each, reached only through
+their typed clients (`services/<context>/client.py`)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from services.payments.client import PaymentsClient
 from services.routing.client import RoutingClient
 from services.usage.client import UsageClient
 from services.wallet.client import WalletClient
 from tokenforge.config import Settings
-from tokenforge.payments.v1 import payments_pb2_grpc
-from tokenforge.routing.v1 import routing_pb2_grpc
-from tokenforge.runtime.grpc_client import Peer
-from tokenforge.usage.v1 import usage_pb2_grpc
-from tokenforge.wallet.v1 import wallet_pb2_grpc
+from tokenforge.runtime.grpc_client import DEFAULT_DEADLINE_S, Peer
 
 if TYPE_CHECKING:
     from services.gateway.budgets import Budgets
@@ -39,22 +37,6 @@ class Peers:
     delivering: dict[str, asyncio.Future[bool]] = field(default_factory=dict)
 
     @cached_property
-    def routing_stub(self) -> routing_pb2_grpc.RoutingServiceStub:
-        return routing_pb2_grpc.RoutingServiceStub(self.routing.channel)
-
-    @cached_property
-    def wallet_stub(self) -> wallet_pb2_grpc.WalletServiceStub:
-        return wallet_pb2_grpc.WalletServiceStub(self.wallet.channel)
-
-    @cached_property
-    def payments_stub(self) -> payments_pb2_grpc.PaymentsServiceStub:
-        return payments_pb2_grpc.PaymentsServiceStub(self.payments.channel)
-
-    @cached_property
-    def usage_stub(self) -> usage_pb2_grpc.UsageServiceStub:
-        return usage_pb2_grpc.UsageServiceStub(self.usage.channel)
-
-    @cached_property
     def routing_client(self) -> RoutingClient:
         """Resolve (answers routing allows to reuse are reused for a moment) and the
         outcome reports (batched under load; those that change nothing routing decides
@@ -68,8 +50,14 @@ class Peers:
 
     @cached_property
     def usage_client(self) -> UsageClient:
-        """Receipts, batched under load (see tokenforge.runtime.batching)."""
+        """Receipts, batched under load (see tokenforge.runtime.batching), and runs."""
         return UsageClient(self.usage)
+
+    @cached_property
+    def payments_client(self) -> PaymentsClient:
+        """Top-up orders and provider webhooks (opening a card order calls the
+        provider: the longer deadline of a plain call)."""
+        return PaymentsClient(self.payments, deadline=DEFAULT_DEADLINE_S)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Peers:

@@ -29,9 +29,9 @@ import orjson
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from services.gateway import metrics
 from tokenforge.errors import DomainError, Reason
 from tokenforge.routing.v1 import routing_pb2
-from tokenforge.runtime import metrics
 
 # Upstream calls one gateway process keeps open at once unless configured
 # (TOKENFORGE_UPSTREAM_MAX_CONNECTIONS); a request past it is refused at once

@@ -192,3 +192,13 @@ def counted_usage(body: dict[str, Any], completion_chunks: int) -> Usage:
     chunk. The receipt says they were counted, not reported."""
     prompt_bytes = estimate_prompt_tokens(body)
     return Usage(-(-prompt_bytes // 4), completion_chunks, 0, False)
+
+
+def request_shape(body: dict[str, Any]) -> tuple[int, int]:
+    """(prompt estimate, client's output cap or 0); a malformed cap is left to the
+    planner to refuse with its own message."""
+    try:
+        cap = requested_output_cap(body) or 0
+    except DomainError:
+        cap = 0
+    return estimate_prompt_tokens(body), cap

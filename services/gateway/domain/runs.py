@@ -1,5 +1,5 @@
 """Runs as the gateway sees them: the budget asked for (an amount, or an estimate of
-N requests of so many tokens), and the aggregate receipt as JSON. No I/O."""
+N requests of so many tokens). No I/O (their JSON is in services/gateway/presenting.py)."""
 
 from __future__ import annotations
 
@@ -91,92 +91,3 @@ def parse_budget(raw: Any, bucket: Bucket | None = None) -> int:
             Reason.INVALID_ARGUMENT, "`budget` must be above zero.", {"param": "budget"}
         )
     return micros
-
-
-RUN_STATUS_NAMES = {1: "open", 2: "closing", 3: "closed", 4: "expired"}
-
-
-def _amount(micros: int, bucket: Bucket) -> dict[str, Any]:
-    from tokenforge.vocabulary import amount_json
-
-    return amount_json(micros, bucket)
-
-
-def run_json(run: Any) -> dict[str, Any]:
-    """A usage_pb2.Run as the user API shows it."""
-    from tokenforge.wire import bucket_from_proto
-
-    bucket = bucket_from_proto(run.bucket)
-    remaining = run.budget_micros - run.reserved_micros - run.spent_micros
-    return {
-        "id": run.run_id,
-        "object": "run",
-        "status": RUN_STATUS_NAMES.get(run.status, "unspecified"),
-        "model": run.model or None,
-        "bucket": bucket.value,
-        "bucket_label": bucket.label,
-        "budget": _amount(run.budget_micros, bucket),
-        "charged": _amount(run.spent_micros, bucket),
-        "held": _amount(run.reserved_micros, bucket),
-        "left": _amount(max(remaining, 0), bucket),
-        # Kept one release (docs/GLOSSARY.md, "Wire changes"): charged, held, left.
-        "spent": _amount(run.spent_micros, bucket),
-        "reserved": _amount(run.reserved_micros, bucket),
-        "remaining": _amount(max(remaining, 0), bucket),
-        "requests": run.requests,
-        "hold_id": run.hold_id,
-        "ledger_entry_id": run.entry_id or None,
-        "created_at": run.created_at.ToDatetime().isoformat() + "Z",
-        "expires_at": run.expires_at.ToDatetime().isoformat() + "Z",
-    }
-
-
-def run_receipt_json(receipt: Any) -> dict[str, Any]:
-    """A usage_pb2.RunReceipt: lines, totals per model, totals. Each charged line has
-    its own ledger row (its part of the run's hold); the lines sum to the total.
-    `ledger_entry_id` is only set for runs closed with one aggregate row (before
-    per-request rows)."""
-    from tokenforge.wire import bucket_from_proto
-
-    bucket = bucket_from_proto(receipt.run.bucket)
-    return {
-        "object": "run.receipt",
-        "run": run_json(receipt.run),
-        "lines": [
-            {
-                "request_id": line.request_id,
-                "model": line.selected_model,
-                "upstream_model": line.upstream_model,
-                "status": {1: "succeeded", 2: "partial", 3: "failed", 4: "rejected"}.get(
-                    line.status, "unspecified"
-                ),
-                "prompt_tokens": line.prompt_tokens,
-                "cached_tokens": line.cached_tokens,
-                "completion_tokens": line.completion_tokens,
-                "charge": _amount(line.charge_micros, bucket),
-                "ledger_entry_id": line.entry_id or None,
-                "receipt_url": f"/v1/usage/{line.request_id}",
-            }
-            for line in receipt.lines
-        ],
-        "models": [
-            {
-                "model": m.model,
-                "requests": m.requests,
-                "prompt_tokens": m.prompt_tokens,
-                "cached_tokens": m.cached_tokens,
-                "completion_tokens": m.completion_tokens,
-                "charge": _amount(m.charge_micros, bucket),
-            }
-            for m in receipt.models
-        ],
-        "totals": {
-            "requests": receipt.requests,
-            "prompt_tokens": receipt.prompt_tokens,
-            "cached_tokens": receipt.cached_tokens,
-            "completion_tokens": receipt.completion_tokens,
-            "charge": _amount(receipt.charge_micros, bucket),
-            "duration_ms": receipt.duration_ms,
-        },
-        "ledger_entry_id": receipt.run.entry_id or None,
-    }

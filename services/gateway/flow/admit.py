@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from services.gateway.adapters.health import request_shape
 from services.gateway.adapters.peers import Peers
-from services.gateway.domain.planning import Plan, plan_chat, plan_embeddings
+from services.gateway.domain.commands import ChatCommand
+from services.gateway.domain.planning import Plan, plan_chat, plan_embeddings, request_shape
 from services.gateway.domain.protocols import OPENAI_CHAT, refusal
 from services.gateway.domain.protocols.base import cannot_carry
 from services.gateway.domain.settlement import FINISH_MARGIN_S
@@ -31,20 +31,6 @@ CHAT = routing_pb2.ENDPOINT_CHAT_COMPLETIONS
 EMBEDDINGS = routing_pb2.ENDPOINT_EMBEDDINGS
 ENDPOINT_PATH = {CHAT: "/chat/completions", EMBEDDINGS: "/embeddings"}
 ENDPOINT_NAME = {CHAT: "chat.completions", EMBEDDINGS: "embeddings"}
-
-
-@dataclass
-class ChatCommand:
-    request_id: str
-    api_key: str
-    body: dict[str, Any]
-    trace_id: str
-    client_ip: str = ""
-    # `x-tokenforge-run`: draw a slice of that run's budget instead of holding.
-    run_id: str = ""
-    # The API format the client spoke, for the receipt ("" for OpenAI chat and
-    # embeddings; see flow/formats.py).
-    client_format: str = ""
 
 
 @dataclass

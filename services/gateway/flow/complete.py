@@ -10,13 +10,14 @@ from typing import Any
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Attempt, Upstream
+from services.gateway.domain.commands import ChatCommand
 from services.gateway.domain.planning import counted_usage, usage_from_response
-from services.gateway.domain.presenting import cost_fields, receipt_headers, receipt_json
 from services.gateway.domain.settlement import Rule
-from services.gateway.flow.admit import ChatCommand, ChatOutcome, admit
+from services.gateway.flow.admit import ChatOutcome, admit
 from services.gateway.flow.call import call_json, failure_rule, upstream_failed
 from services.gateway.flow.finish import abandon, answer_text_tokens, finish
 from services.gateway.flow.reserve import reserve
+from services.gateway.presenting import cost_fields, receipt_headers, receipt_json
 from tokenforge.routing.v1 import routing_pb2
 
 

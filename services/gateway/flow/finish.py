@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from opentelemetry import trace
 
-from services.gateway.adapters.health import report_outcome
+from services.gateway import metrics
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Attempt
 from services.gateway.domain.planning import Usage, counted_usage
@@ -27,11 +27,11 @@ from services.gateway.domain.settlement import Rule, Settlement, settle
 from services.gateway.flow.admit import ENDPOINT_NAME
 from services.gateway.flow.call import charge_policy_name, route_attempt
 from services.gateway.flow.ends import PeerEnds
+from services.gateway.flow.report import report_outcome
 from services.gateway.flow.reservation import Ended, State
 from services.gateway.flow.reserve import Prepared
 from tokenforge.errors import DomainError
 from tokenforge.money import Money
-from tokenforge.runtime import metrics
 from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wire import (
     bucket_from_proto,

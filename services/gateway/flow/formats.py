@@ -16,9 +16,10 @@ from dataclasses import replace
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
+from services.gateway.domain.commands import ChatCommand
 from services.gateway.domain.formats import ClientFormat
 from services.gateway.domain.formats.stream import translate
-from services.gateway.flow.admit import CHAT, ChatCommand, ChatOutcome
+from services.gateway.flow.admit import CHAT, ChatOutcome
 from services.gateway.flow.complete import complete
 from services.gateway.flow.stream import ReservedStreamingResponse, start_chat_stream
 

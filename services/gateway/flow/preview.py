@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.gateway.adapters.health import request_shape
 from services.gateway.adapters.peers import Peers
-from services.gateway.domain.planning import Plan
+from services.gateway.domain.planning import Plan, request_shape
 from services.gateway.domain.validation import validate_request
 from services.gateway.flow.admit import CHAT, EMBEDDINGS, plan_for, require_model, resolve
 from tokenforge.money import Money, Price

@@ -18,25 +18,24 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.gateway.adapters.health import report_outcome
+from services.gateway import metrics
 from services.gateway.adapters.peers import Peers
+from services.gateway.domain.commands import ChatCommand
 from services.gateway.domain.planning import Plan, shrink_to_budget
 from services.gateway.flow.admit import (
     Admitted,
-    ChatCommand,
     hold_ttl,
     insufficient,
     record_rejected,
     request_bound_s,
     upstream_body,
 )
+from services.gateway.flow.report import report_outcome
 from services.gateway.flow.reservation import BudgetDraw, OwnHold, Reservation, RunSlice
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Money, Price
 from tokenforge.routing.v1 import routing_pb2
-from tokenforge.runtime import metrics
 from tokenforge.usage.v1 import usage_pb2
-from tokenforge.wire import bucket_to_proto
 
 
 @dataclass
@@ -176,16 +175,12 @@ async def take_slice(peers: Peers, admitted: Admitted) -> tuple[RunSlice, Plan]:
     cmd, price, plan = admitted.cmd, admitted.price, admitted.plan
     for _ in range(2):
         try:
-            answer = await peers.usage.call(
-                peers.usage_stub.ReserveFromRun,
-                usage_pb2.ReserveFromRunRequest(
-                    account_id=admitted.account_id,
-                    run_id=cmd.run_id,
-                    request_id=cmd.request_id,
-                    amount_micros=plan.worst_case.micros,
-                    bucket=bucket_to_proto(price.bucket),
-                ),
-                request_id=cmd.request_id,
+            run = await peers.usage_client.reserve_from_run(
+                admitted.account_id,
+                cmd.run_id,
+                cmd.request_id,
+                plan.worst_case.micros,
+                price.bucket,
             )
         except DomainError as error:
             if error.reason is not Reason.INSUFFICIENT_BALANCE:
@@ -196,7 +191,6 @@ async def take_slice(peers: Peers, admitted: Admitted) -> tuple[RunSlice, Plan]:
                 raise
             plan = smaller
             continue
-        run = answer.run
         amount = Money(plan.worst_case.micros, price.bucket)
         return RunSlice(run.hold_id, admitted.account_id, run.run_id, amount), plan
     raise DomainError(Reason.INSUFFICIENT_BALANCE, f"Run {cmd.run_id} budget spent.")

@@ -23,17 +23,18 @@ from fastapi.responses import StreamingResponse
 from opentelemetry import trace
 from starlette.types import Receive, Scope, Send
 
+from services.gateway import metrics
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Attempt, Upstream
 from services.gateway.adapters.upstream_stream import STREAM_ERRORS, UpstreamStream
+from services.gateway.domain.commands import ChatCommand
 from services.gateway.domain.planning import Usage, counted_usage, usage_from_response
-from services.gateway.domain.presenting import cost_fields, receipt_headers, receipt_json
 from services.gateway.domain.settlement import Rule
-from services.gateway.flow.admit import CHAT, ChatCommand, admit
+from services.gateway.flow.admit import CHAT, admit
 from services.gateway.flow.call import call_stream, failure_rule, upstream_failed
 from services.gateway.flow.finish import abandon, annotate_span, finish, new_receipt
 from services.gateway.flow.reserve import Prepared, reserve
-from tokenforge.runtime import metrics
+from services.gateway.presenting import cost_fields, receipt_headers, receipt_json
 
 log = logging.getLogger("tokenforge.gateway.stream")
 

@@ -3,12 +3,12 @@ request's hold, then its receipt) that wait for the relay, in the gateway's own 
 
 Two kinds of rows, one relay (`services.gateway.relay`):
 
-- **A request's finish** (`finish`): see below.
-- **A receipt usage could not take.** A request's charge is settled before its receipt
-  is recorded. When the usage service cannot be reached then (after the client's
-  retries), the receipt is not lost and the client is not told that nothing was
-  charged: the gateway keeps the receipt here and answers the request (its receipt is
-  durably queued, as docs/ARCHITECTURE.md allows).
+- **A receipt usage could not take.** A request on a run (and a finish this queue
+  could not take) is settled on its path, then its receipt is recorded. When the usage
+  service cannot be reached then (after the client's retries), the receipt is not lost
+  and the client is not told that nothing was charged: the gateway keeps the receipt
+  here and answers the request (its receipt is durably queued, as docs/ARCHITECTURE.md
+  allows).
 - **A request's finish** (`finish`): every request (but a run's) ends by queueing its
   receipt here with what is still to be done with its hold: `part` for a request drawn
   from a budget (see services/gateway/domain/budgets.py: its charge is its own part of

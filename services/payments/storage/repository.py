@@ -17,11 +17,11 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.payments.domain.model import Order, TopUpStatus, Transition
-from services.payments.transport.messages import encode_event
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
 from tokenforge.runtime.nats import ORDER_TRACEPARENT_HEADER, topup_subject, trace_headers
 
+from .event_payload import encode_event
 from .tables import order_transitions, orders, outbox, provider_events
 
 # Where a page of ListTopUps ends: (created_at, order_id) of its last order.

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import grpc
 
 from services.payments import handlers
+from services.payments.domain import commands
 from services.payments.domain.checkout import CardCheckout
 from services.payments.domain.model import TopUpStatus
 from services.payments.domain.orders import OrderTtls
@@ -29,9 +30,9 @@ from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
 _BUCKETS = {common_pb2.BUCKET_CREDIT: Bucket.CREDIT, common_pb2.BUCKET_ROUTED: Bucket.ROUTED}
 
 _OUTCOMES = {
-    payments_pb2.SANDBOX_OUTCOME_PAY: handlers.SandboxOutcome.PAY,
-    payments_pb2.SANDBOX_OUTCOME_FAIL: handlers.SandboxOutcome.FAIL,
-    payments_pb2.SANDBOX_OUTCOME_EXPIRE: handlers.SandboxOutcome.EXPIRE,
+    payments_pb2.SANDBOX_OUTCOME_PAY: commands.SandboxOutcome.PAY,
+    payments_pb2.SANDBOX_OUTCOME_FAIL: commands.SandboxOutcome.FAIL,
+    payments_pb2.SANDBOX_OUTCOME_EXPIRE: commands.SandboxOutcome.EXPIRE,
 }
 
 
@@ -47,7 +48,7 @@ def _bucket(value: int) -> Bucket:
         ) from None
 
 
-def _outcome(value: int) -> handlers.SandboxOutcome:
+def _outcome(value: int) -> commands.SandboxOutcome:
     try:
         return _OUTCOMES[value]  # type: ignore[index]
     except KeyError:
@@ -59,8 +60,8 @@ def _outcome(value: int) -> handlers.SandboxOutcome:
 
 
 _DECISIONS = {
-    payments_pb2.REVIEW_DECISION_APPROVE: handlers.ReviewDecision.APPROVE,
-    payments_pb2.REVIEW_DECISION_REJECT: handlers.ReviewDecision.REJECT,
+    payments_pb2.REVIEW_DECISION_APPROVE: commands.ReviewDecision.APPROVE,
+    payments_pb2.REVIEW_DECISION_REJECT: commands.ReviewDecision.REJECT,
 }
 
 _OUTCOMES_TO_PROTO = {
@@ -74,7 +75,7 @@ def _status_filter(value: int) -> TopUpStatus | None:
     return None if value == payments_pb2.TOP_UP_STATUS_UNSPECIFIED else status_from_proto(value)
 
 
-def _decision(value: int) -> handlers.ReviewDecision:
+def _decision(value: int) -> commands.ReviewDecision:
     try:
         return _DECISIONS[value]  # type: ignore[index]
     except KeyError:
@@ -111,7 +112,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
         self, request: payments_pb2.CreateTopUpRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.CreateTopUpResponse:
         order, replayed = await handlers.open_top_up(
-            handlers.CreateTopUp(
+            commands.CreateTopUp(
                 account_id=_account(request.account_id),
                 bucket=_bucket(request.bucket),
                 provider=request.provider,
@@ -130,7 +131,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
         self, request: payments_pb2.GetTopUpRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.GetTopUpResponse:
         order = await handlers.get_top_up(
-            handlers.GetTopUp(_account(request.account_id), request.order_id), self._uow()
+            commands.GetTopUp(_account(request.account_id), request.order_id), self._uow()
         )
         return payments_pb2.GetTopUpResponse(top_up=order_to_proto(order))
 
@@ -138,7 +139,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
         self, request: payments_pb2.ListTopUpsRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.ListTopUpsResponse:
         page = await handlers.list_top_ups(
-            handlers.ListTopUps(
+            commands.ListTopUps(
                 _account(request.account_id),
                 request.page_size,
                 request.page_token,
@@ -157,7 +158,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
         context: grpc.aio.ServicerContext,
     ) -> payments_pb2.SimulateSandboxOutcomeResponse:
         order = await handlers.simulate_sandbox_outcome(
-            handlers.SimulateSandboxOutcome(
+            commands.SimulateSandboxOutcome(
                 _account(request.account_id), request.order_id, _outcome(request.outcome)
             ),
             self._uow(),
@@ -171,7 +172,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
         context: grpc.aio.ServicerContext,
     ) -> payments_pb2.HandleProviderEventResponse:
         result = await handlers.handle_provider_event(
-            handlers.HandleProviderEvent(
+            commands.HandleProviderEvent(
                 provider=request.provider,
                 body=request.body,
                 headers={k.lower(): v for k, v in request.headers.items()},
@@ -196,7 +197,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
         context: grpc.aio.ServicerContext,
     ) -> payments_pb2.SubmitTransferProofResponse:
         order = await handlers.submit_transfer_proof(
-            handlers.SubmitTransferProof(
+            commands.SubmitTransferProof(
                 _account(request.account_id), request.order_id, request.transfer_reference
             ),
             self._uow(),
@@ -207,7 +208,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
         self, request: payments_pb2.CancelTopUpRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.CancelTopUpResponse:
         order = await handlers.cancel_top_up(
-            handlers.CancelTopUp(_account(request.account_id), request.order_id),
+            commands.CancelTopUp(_account(request.account_id), request.order_id),
             self._uow(),
             checkout=self._checkout,
         )
@@ -217,7 +218,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
         self, request: payments_pb2.ReviewTopUpRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.ReviewTopUpResponse:
         order = await handlers.review_top_up(
-            handlers.ReviewTopUp(
+            commands.ReviewTopUp(
                 order_id=request.order_id,
                 decision=_decision(request.decision),
                 reason=request.reason,
@@ -231,7 +232,7 @@ class PaymentsServicer(payments_pb2_grpc.PaymentsServiceServicer):  # type: igno
         self, request: payments_pb2.ListAllTopUpsRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.ListAllTopUpsResponse:
         page = await handlers.list_all_top_ups(
-            handlers.ListAllTopUps(
+            commands.ListAllTopUps(
                 status=_status_filter(request.status),
                 account_id=request.account_id,
                 page_size=request.page_size,

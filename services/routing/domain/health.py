@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from tokenforge.attempts import is_channel_failure
+
 
 class BreakerState(enum.StrEnum):
     CLOSED = "closed"
@@ -54,15 +56,6 @@ class BreakerPolicy:
     max_error_rate: float = 0.5
     cool_down_s: float = 30.0
     probe_timeout_s: float = 30.0
-
-
-def is_channel_failure(outcome: str) -> bool:
-    if outcome == "ok":
-        return False
-    if outcome in ("timeout", "connect_error"):
-        return True
-    status = outcome.removeprefix("http_")
-    return status == "429" or status.startswith("5") or not status.isdigit()
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from services.routing import handlers
+from services.routing.domain import commands
 from services.routing.domain.access import ApiKey, Principal, Scope
 from services.routing.domain.catalog import (
     Catalog,
@@ -206,20 +207,20 @@ def version_to_wire(stored: StoredCatalog) -> routing_pb2.CatalogVersion:
     return wire
 
 
-def report_from_wire(request: routing_pb2.ReportOutcomeRequest) -> handlers.ReportOutcome:
-    return handlers.ReportOutcome(
+def report_from_wire(request: routing_pb2.ReportOutcomeRequest) -> commands.ReportOutcome:
+    return commands.ReportOutcome(
         request_id=request.request_id,
         key_id=request.key_id,
         lease_id=request.lease_id,
         attempts=tuple(
-            handlers.AttemptOutcome(a.channel_id, a.outcome, a.latency_ms) for a in request.attempts
+            commands.AttemptOutcome(a.channel_id, a.outcome, a.latency_ms) for a in request.attempts
         ),
         bucket=bucket_from_proto(request.bucket) if request.bucket else None,
         charge_micros=request.charge_micros,
     )
 
 
-def _read_report(request: routing_pb2.ReportOutcomeRequest) -> handlers.ReportOutcome | DomainError:
+def _read_report(request: routing_pb2.ReportOutcomeRequest) -> commands.ReportOutcome | DomainError:
     try:
         return report_from_wire(request)
     except DomainError as error:
@@ -261,7 +262,7 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
         self, request: routing_pb2.ResolveRequest, context: grpc.aio.ServicerContext
     ) -> routing_pb2.ResolveResponse:
         endpoint = ENDPOINTS_FROM_WIRE.get(request.endpoint)
-        command = handlers.ResolveRoute(
+        command = commands.ResolveRoute(
             request.api_key,
             request.model,
             endpoint,
@@ -291,7 +292,7 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
     ) -> routing_pb2.AuthenticateResponse:
         scope = None if request.scope == routing_pb2.SCOPE_UNSPECIFIED else _scope(request.scope)
         principal = await handlers.authenticate(
-            handlers.Authenticate(request.api_key, scope, request.client_ip),
+            commands.Authenticate(request.api_key, scope, request.client_ip),
             self._uow(),
             self._cache,
         )
@@ -310,7 +311,7 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
         self, request: routing_pb2.OpenAccountRequest, context: grpc.aio.ServicerContext
     ) -> routing_pb2.OpenAccountResponse:
         opened = await handlers.open_account(
-            handlers.OpenAccount(request.account_id, request.display_name), self._uow()
+            commands.OpenAccount(request.account_id, request.display_name), self._uow()
         )
         return routing_pb2.OpenAccountResponse(
             account_id=opened.account_id, project_id=opened.project_id
@@ -320,7 +321,7 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
         self, request: routing_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> routing_pb2.CreateApiKeyResponse:
         expires_at = from_timestamp(request.expires_at)
-        command = handlers.CreateApiKey(
+        command = commands.CreateApiKey(
             account_id=request.account_id,
             project_id=request.project_id,
             name=request.name,
@@ -341,14 +342,14 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
     async def ListApiKeys(  # noqa: N802
         self, request: routing_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> routing_pb2.ListApiKeysResponse:
-        found = await handlers.list_api_keys(handlers.ListApiKeys(request.account_id), self._uow())
+        found = await handlers.list_api_keys(commands.ListApiKeys(request.account_id), self._uow())
         return routing_pb2.ListApiKeysResponse(keys=[key_to_wire(k) for k in found])
 
     async def RevokeApiKey(  # noqa: N802
         self, request: routing_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> routing_pb2.RevokeApiKeyResponse:
         key = await handlers.revoke_api_key(
-            handlers.RevokeApiKey(request.account_id, request.key_id, request.acting_key_id),
+            commands.RevokeApiKey(request.account_id, request.key_id, request.acting_key_id),
             self._uow(),
             self._cache,
         )
@@ -358,7 +359,7 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
         self, request: routing_pb2.RotateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> routing_pb2.RotateApiKeyResponse:
         rotated = await handlers.rotate_api_key(
-            handlers.RotateApiKey(
+            commands.RotateApiKey(
                 request.account_id,
                 request.key_id,
                 timedelta(seconds=request.grace_seconds),
@@ -384,7 +385,7 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):  # type: ignore[
     ) -> routing_pb2.ReportOutcomesResponse:
         async def report(items: list[Any]) -> list[Any]:
             return await handlers.report_outcomes(
-                handlers.ReportOutcomes([_read_report(r) for r in items]),
+                commands.ReportOutcomes([_read_report(r) for r in items]),
                 self._uow,
                 self._health,
             )

@@ -1,5 +1,6 @@
 """Receipt <-> ledger reconciliation: pure comparison of what the wallet and the usage
-service each recorded. The CLI (`tokenforge usage reconcile`) fetches; this decides.
+service each recorded. The Reconcile call (`handlers.reconcile_with_wallet`, asked by
+`tokenforge usage reconcile`) fetches; this decides.
 
 The rules:
 

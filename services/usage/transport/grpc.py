@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import grpc
 
 from services.usage import handlers
+from services.usage.domain import commands
 from services.usage.domain.receipts import (
     AggregateBy,
     Attempt,
@@ -20,9 +21,11 @@ from services.usage.domain.receipts import (
 )
 from services.usage.domain.runs import ModelTotal, Run, RunReceipt, RunStatus
 from services.usage.storage.unit_of_work import UnitOfWork
+from services.usage.transport.wallet_records import WalletRecords
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
 from tokenforge.runtime.batch_items import check_batch_size, without_nul_items
+from tokenforge.runtime.grpc_server import bearer_token
 from tokenforge.usage.v1 import usage_pb2, usage_pb2_grpc
 from tokenforge.wire import (
     bucket_from_proto,
@@ -306,14 +309,22 @@ def _outcome(outcome: Receipt | DomainError) -> usage_pb2.RecordReceiptOutcome:
 
 
 class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
-    def __init__(self, uow_factory: Callable[[], UnitOfWork]) -> None:
+    def __init__(
+        self,
+        uow_factory: Callable[[], UnitOfWork],
+        wallet_for: Callable[[str], WalletRecords] | None = None,
+    ) -> None:
         self._uow = uow_factory
+        # The wallet's holds and ledger rows for Reconcile, read with the operator's own
+        # credential: listing every account is the wallet's operators' alone (None: no
+        # wallet address).
+        self._wallet_for = wallet_for
 
     async def RecordReceipt(  # noqa: N802
         self, request: usage_pb2.RecordReceiptRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.RecordReceiptResponse:
         receipt = await handlers.record_receipt(
-            handlers.RecordReceipt(receipt_from_wire(request.receipt)), self._uow()
+            commands.RecordReceipt(receipt_from_wire(request.receipt)), self._uow()
         )
         return usage_pb2.RecordReceiptResponse(receipt=receipt_to_wire(receipt))
 
@@ -322,7 +333,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
     ) -> usage_pb2.RecordReceiptsResponse:
         async def record(items: list[Any]) -> list[Any]:
             return await handlers.record_receipts(
-                handlers.RecordReceipts([_read_receipt(item.receipt) for item in items]),
+                commands.RecordReceipts([_read_receipt(item.receipt) for item in items]),
                 self._uow,
             )
 
@@ -334,7 +345,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
         self, request: usage_pb2.GetReceiptRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.GetReceiptResponse:
         receipt = await handlers.get_receipt(
-            handlers.GetReceipt(request.account_id, request.request_id), self._uow()
+            commands.GetReceipt(request.account_id, request.request_id), self._uow()
         )
         return usage_pb2.GetReceiptResponse(receipt=receipt_to_wire(receipt))
 
@@ -351,7 +362,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
                 status=STATUSES_FROM_WIRE.get(request.status),
             )
         page = await handlers.list_receipts(
-            handlers.ListReceipts(where, request.page_size, request.page_token), self._uow()
+            commands.ListReceipts(where, request.page_size, request.page_token), self._uow()
         )
         return usage_pb2.ListReceiptsResponse(
             receipts=[receipt_to_wire(r) for r in page.receipts],
@@ -369,7 +380,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
                 {"param": "by"},
             )
         rows = await handlers.aggregate_receipts(
-            handlers.AggregateReceipts(filter_from_wire(request.filter), by), self._uow()
+            commands.AggregateReceipts(filter_from_wire(request.filter), by), self._uow()
         )
         return usage_pb2.AggregateReceiptsResponse(
             rows=[
@@ -389,14 +400,14 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
     async def OpenRun(  # noqa: N802
         self, request: usage_pb2.OpenRunRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.OpenRunResponse:
-        run = await handlers.open_run(handlers.OpenRun(run_from_wire(request.run)), self._uow())
+        run = await handlers.open_run(commands.OpenRun(run_from_wire(request.run)), self._uow())
         return usage_pb2.OpenRunResponse(run=run_to_wire(run))
 
     async def GetRun(  # noqa: N802
         self, request: usage_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.GetRunResponse:
         run = await handlers.get_run(
-            handlers.GetRun(request.account_id, request.run_id), self._uow()
+            commands.GetRun(request.account_id, request.run_id), self._uow()
         )
         return usage_pb2.GetRunResponse(run=run_to_wire(run))
 
@@ -404,7 +415,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
         self, request: usage_pb2.ReserveFromRunRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.ReserveFromRunResponse:
         run = await handlers.reserve_from_run(
-            handlers.ReserveFromRun(
+            commands.ReserveFromRun(
                 request.account_id,
                 request.run_id,
                 request.request_id,
@@ -419,7 +430,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
         self, request: usage_pb2.CloseRunRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.CloseRunResponse:
         run = await handlers.close_run(
-            handlers.CloseRun(request.account_id, request.run_id), self._uow()
+            commands.CloseRun(request.account_id, request.run_id), self._uow()
         )
         return usage_pb2.CloseRunResponse(run=run_to_wire(run))
 
@@ -427,7 +438,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
         self, request: usage_pb2.FinishRunRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.FinishRunResponse:
         receipt = await handlers.finish_run(
-            handlers.FinishRun(request.run_id, request.entry_id, request.captured_micros),
+            commands.FinishRun(request.run_id, request.entry_id, request.captured_micros),
             self._uow(),
         )
         return usage_pb2.FinishRunResponse(receipt=run_receipt_to_wire(receipt))
@@ -435,13 +446,46 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
     async def ExpireRuns(  # noqa: N802
         self, request: usage_pb2.ExpireRunsRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.ExpireRunsResponse:
-        runs = await handlers.expire_runs(handlers.ExpireRuns(request.limit), self._uow())
+        runs = await handlers.expire_runs(commands.ExpireRuns(request.limit), self._uow())
         return usage_pb2.ExpireRunsResponse(runs=[run_to_wire(r) for r in runs])
 
     async def GetRunReceipt(  # noqa: N802
         self, request: usage_pb2.GetRunReceiptRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.GetRunReceiptResponse:
         receipt = await handlers.get_run_receipt(
-            handlers.GetRunReceipt(request.account_id, request.run_id), self._uow()
+            commands.GetRunReceipt(request.account_id, request.run_id), self._uow()
         )
         return usage_pb2.GetRunReceiptResponse(receipt=run_receipt_to_wire(receipt))
+
+    async def Reconcile(  # noqa: N802
+        self, request: usage_pb2.ReconcileRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.ReconcileResponse:
+        if self._wallet_for is None:
+            raise DomainError(
+                Reason.SERVICE_UNAVAILABLE,
+                "This usage service was started without the wallet's address, so it cannot "
+                "compare receipts with the ledger: set TOKENFORGE_WALLET_ADDR and restart it.",
+                {"service": "wallet"},
+            )
+        wallet = self._wallet_for(bearer_token(context.invocation_metadata() or ()))
+        try:
+            done = await handlers.reconcile_with_wallet(
+                commands.Reconcile(from_timestamp(request.since), tuple(request.account_ids)),
+                self._uow,
+                wallet,
+            )
+        finally:
+            await wallet.close()
+        report = done.report
+        return usage_pb2.ReconcileResponse(
+            holds_checked=report.holds_checked,
+            receipts_checked=report.receipts_checked,
+            entries_checked=report.entries_checked,
+            runs_checked=done.runs_checked,
+            mismatches=[
+                usage_pb2.ReconcileMismatch(
+                    problem=m.problem.value, subject=m.subject, detail=m.detail
+                )
+                for m in report.mismatches
+            ],
+        )

@@ -13,6 +13,7 @@ import pytest
 from opentelemetry import trace
 
 from services.payments import handlers
+from services.payments.domain import commands
 from services.payments.domain.providers import ProvidersOn
 from services.payments.storage.unit_of_work import UnitOfWork
 from tokenforge.common.v1 import common_pb2
@@ -45,7 +46,7 @@ async def outcome(
 async def due_order(uow: Callable[[], UnitOfWork], account_id: str) -> str:
     """A pending order whose 15 minutes ran out five minutes ago."""
     order = await handlers.create_top_up(
-        handlers.CreateTopUp(account_id, Bucket.CREDIT, "sandbox", 700, "USD", str(uuid.uuid4())),
+        commands.CreateTopUp(account_id, Bucket.CREDIT, "sandbox", 700, "USD", str(uuid.uuid4())),
         uow(),
         providers=ProvidersOn.configured(sandbox=True, card=False),
         now=handlers.utcnow() - timedelta(minutes=20),

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.routing import handlers
-from services.routing.domain import keys
+from services.routing.domain import commands, keys
 from services.routing.domain.catalog import RouteKind
 from services.routing.storage.unit_of_work import UnitOfWork
 from tokenforge.common.v1 import common_pb2
@@ -137,10 +137,10 @@ async def test_resolve_refuses_a_model_or_route_kind_the_key_does_not_allow(
 ) -> None:
     account, _ = await routing.open_account()
     embed_only = await handlers.create_api_key(
-        handlers.CreateApiKey(account_id=account, allowed_models=("demo-embed*",)), routing_uow()
+        commands.CreateApiKey(account_id=account, allowed_models=("demo-embed*",)), routing_uow()
     )
     official_only = await handlers.create_api_key(
-        handlers.CreateApiKey(account_id=account, allowed_route_kinds=(RouteKind.OFFICIAL,)),
+        commands.CreateApiKey(account_id=account, allowed_route_kinds=(RouteKind.OFFICIAL,)),
         routing_uow(),
     )
 
@@ -158,7 +158,7 @@ async def test_fallback_routes_are_offered_only_to_keys_that_allow_them(
 ) -> None:
     account, _ = await routing.open_account()
     may_fall_back = await handlers.create_api_key(
-        handlers.CreateApiKey(account_id=account, fallback_allowed=True), routing_uow()
+        commands.CreateApiKey(account_id=account, fallback_allowed=True), routing_uow()
     )
     plain = await routing.new_key(account)
 

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.usage import handlers
+from services.usage.domain import commands
 from services.usage.storage.unit_of_work import SqlAlchemyUnitOfWork
 from services.usage.transport.grpc import receipt_from_wire
 from tests.integration.round_trips import counting, spy_statements
@@ -37,22 +38,22 @@ async def test_a_receipt_is_one_round_trip_and_a_replay_reads_it_back_whole(
         return SqlAlchemyUnitOfWork(sessions)
 
     warm = receipt_from_wire(a_receipt("acct_rt"))
-    await handlers.record_receipt(handlers.RecordReceipt(warm), uow())  # pool set-up
+    await handlers.record_receipt(commands.RecordReceipt(warm), uow())  # pool set-up
     counting.set(True)
     for _ in range(3):
         receipt = receipt_from_wire(a_receipt("acct_rt"))
         sent.clear()
-        stored = await handlers.record_receipt(handlers.RecordReceipt(receipt), uow())
+        stored = await handlers.record_receipt(commands.RecordReceipt(receipt), uow())
         assert [s.split(" ")[0] for s in sent] == ["INSERT"], sent
         assert stored == replace(receipt, finished_at=stored.finished_at)
 
         sent.clear()
-        replayed = await handlers.record_receipt(handlers.RecordReceipt(receipt), uow())
+        replayed = await handlers.record_receipt(commands.RecordReceipt(receipt), uow())
         assert [s.split(" ")[0] for s in sent] == ["INSERT", "SELECT"], sent
         assert replayed == stored  # attempts and route attempts (JSON) read back whole
 
         with pytest.raises(DomainError) as refused:
             await handlers.record_receipt(
-                handlers.RecordReceipt(replace(receipt, charge_micros=1)), uow()
+                commands.RecordReceipt(replace(receipt, charge_micros=1)), uow()
             )
         assert refused.value.reason is Reason.IDEMPOTENCY_CONFLICT

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.gateway.domain.presenting import cost_fields, cost_number
+from services.gateway.presenting import cost_fields, cost_number
 from tokenforge.errors import DomainError, Reason, anthropic_error_body, openai_error_body
 from tokenforge.money import MAX_AMOUNT_MICROS, Bucket, Money
 

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from services.gateway import relay
+from services.gateway import metrics, relay
 from services.gateway.adapters.peers import Peers
 from services.gateway.flow.ends import PeerEnds
 from services.gateway.flow.finish import charged_anyway
@@ -17,7 +17,6 @@ from tests.unit.gateway.fakes import Queue, RecordingUsage, Usage, WaitingQueue,
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
 from tokenforge.holds import part_entry_id, settle_entry_id
-from tokenforge.runtime import metrics
 from tokenforge.usage.v1 import usage_pb2
 
 DOWN = DomainError(Reason.SERVICE_UNAVAILABLE, "The usage service is not answering right now.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.payments import handlers
+from services.payments.domain import commands
 from services.payments.domain.providers import ProvidersOn
 from tests.unit.payments.fakes import FakeUnitOfWork
 from tokenforge.errors import DomainError, Reason
@@ -52,20 +53,20 @@ def test_an_unknown_provider_is_still_named_as_unknown() -> None:
 async def test_where_the_sandbox_is_off_no_order_opens_and_none_is_paid() -> None:
     uow = FakeUnitOfWork()
     order = await handlers.create_top_up(
-        handlers.CreateTopUp("acct-1", Bucket.CREDIT, "sandbox", 500, "USD", "k1"),
+        commands.CreateTopUp("acct-1", Bucket.CREDIT, "sandbox", 500, "USD", "k1"),
         uow,
         providers=DEV,
     )
 
     with pytest.raises(DomainError) as opened:
         await handlers.create_top_up(
-            handlers.CreateTopUp("acct-1", Bucket.CREDIT, "sandbox", 500, "USD", "k2"),
+            commands.CreateTopUp("acct-1", Bucket.CREDIT, "sandbox", 500, "USD", "k2"),
             uow,
             providers=DEFAULT,
         )
     with pytest.raises(DomainError) as paid:
         await handlers.simulate_sandbox_outcome(
-            handlers.SimulateSandboxOutcome("acct-1", order.order_id, handlers.SandboxOutcome.PAY),
+            commands.SimulateSandboxOutcome("acct-1", order.order_id, commands.SandboxOutcome.PAY),
             uow,
             providers=DEFAULT,
         )

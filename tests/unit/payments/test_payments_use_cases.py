@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.payments import handlers
+from services.payments.domain import commands
 from services.payments.domain.model import TopUpStatus
 from services.payments.domain.providers import ProvidersOn
 from tests.unit.payments.fakes import FakeUnitOfWork
@@ -22,8 +23,8 @@ def uow() -> FakeUnitOfWork:
     return FakeUnitOfWork()
 
 
-def create(account: str = "acct-1", key: str = "k1", amount: int = 500) -> handlers.CreateTopUp:
-    return handlers.CreateTopUp(
+def create(account: str = "acct-1", key: str = "k1", amount: int = 500) -> commands.CreateTopUp:
+    return commands.CreateTopUp(
         account_id=account,
         bucket=Bucket.CREDIT,
         provider="sandbox",
@@ -72,11 +73,11 @@ async def test_another_accounts_order_is_not_found_for_reads_and_outcomes(
     )
 
     with pytest.raises(DomainError) as read:
-        await handlers.get_top_up(handlers.GetTopUp("intruder", order.order_id), uow)
+        await handlers.get_top_up(commands.GetTopUp("intruder", order.order_id), uow)
     with pytest.raises(DomainError) as pay:
         await handlers.simulate_sandbox_outcome(
-            handlers.SimulateSandboxOutcome(
-                "intruder", order.order_id, handlers.SandboxOutcome.PAY
+            commands.SimulateSandboxOutcome(
+                "intruder", order.order_id, commands.SandboxOutcome.PAY
             ),
             uow,
             providers=SANDBOX_ON,
@@ -92,7 +93,7 @@ async def test_replayed_pay_returns_the_order_unchanged_and_writes_no_second_eve
     uow: FakeUnitOfWork,
 ) -> None:
     order = await handlers.create_top_up(create(), uow, providers=SANDBOX_ON, now=NOW)
-    pay = handlers.SimulateSandboxOutcome("acct-1", order.order_id, handlers.SandboxOutcome.PAY)
+    pay = commands.SimulateSandboxOutcome("acct-1", order.order_id, commands.SandboxOutcome.PAY)
 
     first = await handlers.simulate_sandbox_outcome(pay, uow, providers=SANDBOX_ON, now=NOW)
     second = await handlers.simulate_sandbox_outcome(
@@ -134,7 +135,7 @@ async def test_list_pages_newest_first_until_the_token_is_empty(uow: FakeUnitOfW
     seen: list[str] = []
     token = ""
     for _ in range(5):
-        page = await handlers.list_top_ups(handlers.ListTopUps("acct-1", 2, token), uow)
+        page = await handlers.list_top_ups(commands.ListTopUps("acct-1", 2, token), uow)
         seen += [o.order_id for o in page.orders]
         token = page.next_page_token
         if not token:
@@ -145,6 +146,6 @@ async def test_list_pages_newest_first_until_the_token_is_empty(uow: FakeUnitOfW
 
 async def test_a_page_token_not_given_out_is_refused(uow: FakeUnitOfWork) -> None:
     with pytest.raises(DomainError) as caught:
-        await handlers.list_top_ups(handlers.ListTopUps("acct-1", 2, "garbage!"), uow)
+        await handlers.list_top_ups(commands.ListTopUps("acct-1", 2, "garbage!"), uow)
 
     assert caught.value.reason is Reason.INVALID_ARGUMENT

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.routing import handlers
+from services.routing.domain import commands
 from services.routing.domain.access import Account, ApiKey, Project, Scope
 from services.routing.domain.catalog import Catalog, Endpoint, RouteKind, parse_catalog
 from services.routing.domain.health import HealthBoard
@@ -170,8 +171,8 @@ def catalog() -> Catalog:
 
 
 async def test_opening_an_account_twice_keeps_its_first_default_project(world: World) -> None:
-    first = await handlers.open_account(handlers.OpenAccount("acct-1", "One"), world.uow())
-    again = await handlers.open_account(handlers.OpenAccount("acct-1", "One"), world.uow())
+    first = await handlers.open_account(commands.OpenAccount("acct-1", "One"), world.uow())
+    again = await handlers.open_account(commands.OpenAccount("acct-1", "One"), world.uow())
 
     assert first.created and not again.created
     assert first.project_id == again.project_id
@@ -179,9 +180,9 @@ async def test_opening_an_account_twice_keeps_its_first_default_project(world: W
 
 
 async def test_a_key_created_without_scopes_gets_all_four(world: World) -> None:
-    await handlers.open_account(handlers.OpenAccount("acct-1"), world.uow())
+    await handlers.open_account(commands.OpenAccount("acct-1"), world.uow())
 
-    created = await handlers.create_api_key(handlers.CreateApiKey("acct-1"), world.uow())
+    created = await handlers.create_api_key(commands.CreateApiKey("acct-1"), world.uow())
 
     stored = next(iter(world.repo.keys.values()))
     assert stored.scopes == frozenset(Scope)
@@ -190,12 +191,12 @@ async def test_a_key_created_without_scopes_gets_all_four(world: World) -> None:
 
 
 async def test_a_key_for_another_accounts_project_is_refused(world: World) -> None:
-    other = await handlers.open_account(handlers.OpenAccount("acct-2"), world.uow())
-    await handlers.open_account(handlers.OpenAccount("acct-1"), world.uow())
+    other = await handlers.open_account(commands.OpenAccount("acct-2"), world.uow())
+    await handlers.open_account(commands.OpenAccount("acct-1"), world.uow())
 
     with pytest.raises(DomainError) as caught:
         await handlers.create_api_key(
-            handlers.CreateApiKey("acct-1", project_id=other.project_id), world.uow()
+            commands.CreateApiKey("acct-1", project_id=other.project_id), world.uow()
         )
 
     assert caught.value.reason is Reason.NOT_FOUND
@@ -203,21 +204,21 @@ async def test_a_key_for_another_accounts_project_is_refused(world: World) -> No
 
 
 async def test_a_mistyped_key_is_refused_without_a_lookup(world: World, catalog: Catalog) -> None:
-    await handlers.open_account(handlers.OpenAccount("acct-1"), world.uow())
-    created = await handlers.create_api_key(handlers.CreateApiKey("acct-1"), world.uow())
+    await handlers.open_account(commands.OpenAccount("acct-1"), world.uow())
+    created = await handlers.create_api_key(commands.CreateApiKey("acct-1"), world.uow())
     typo = created.secret[:-1] + ("0" if created.secret[-1] != "0" else "1")
 
     with pytest.raises(DomainError) as caught:
-        await handlers.resolve(handlers.ResolveRoute(typo, "demo-chat"), world.uow(), catalog)
+        await handlers.resolve(commands.ResolveRoute(typo, "demo-chat"), world.uow(), catalog)
 
     assert caught.value.reason is Reason.UNKNOWN_API_KEY
     assert world.repo.lookups == 0
 
 
 async def test_last_used_is_written_at_most_once_a_minute(world: World, catalog: Catalog) -> None:
-    await handlers.open_account(handlers.OpenAccount("acct-1"), world.uow())
-    created = await handlers.create_api_key(handlers.CreateApiKey("acct-1"), world.uow())
-    command = handlers.ResolveRoute(created.secret, "demo-chat", Endpoint.CHAT)
+    await handlers.open_account(commands.OpenAccount("acct-1"), world.uow())
+    created = await handlers.create_api_key(commands.CreateApiKey("acct-1"), world.uow())
+    command = commands.ResolveRoute(created.secret, "demo-chat", Endpoint.CHAT)
 
     for seconds in (0, 10, 59, 61):
         world.clock[0] = START + timedelta(seconds=seconds)
@@ -227,29 +228,29 @@ async def test_last_used_is_written_at_most_once_a_minute(world: World, catalog:
 
 
 async def test_authenticate_answers_the_principal_of_an_active_key(world: World) -> None:
-    opened = await handlers.open_account(handlers.OpenAccount("acct-1"), world.uow())
+    opened = await handlers.open_account(commands.OpenAccount("acct-1"), world.uow())
     created = await handlers.create_api_key(
-        handlers.CreateApiKey("acct-1", scopes=(Scope.WALLET_READ,)), world.uow()
+        commands.CreateApiKey("acct-1", scopes=(Scope.WALLET_READ,)), world.uow()
     )
 
     principal = await handlers.authenticate(
-        handlers.Authenticate(created.secret, Scope.WALLET_READ), world.uow()
+        commands.Authenticate(created.secret, Scope.WALLET_READ), world.uow()
     )
 
     assert (principal.account_id, principal.project_id) == ("acct-1", opened.project_id)
     with pytest.raises(DomainError) as caught:
-        await handlers.authenticate(handlers.Authenticate(created.secret, Scope.KEYS), world.uow())
+        await handlers.authenticate(commands.Authenticate(created.secret, Scope.KEYS), world.uow())
     assert caught.value.reason is Reason.SCOPE_MISSING
 
 
 async def test_an_expired_key_stops_working_when_its_time_comes(
     world: World, catalog: Catalog
 ) -> None:
-    await handlers.open_account(handlers.OpenAccount("acct-1"), world.uow())
+    await handlers.open_account(commands.OpenAccount("acct-1"), world.uow())
     created = await handlers.create_api_key(
-        handlers.CreateApiKey("acct-1", expires_at=START + timedelta(hours=1)), world.uow()
+        commands.CreateApiKey("acct-1", expires_at=START + timedelta(hours=1)), world.uow()
     )
-    command = handlers.ResolveRoute(created.secret, "demo-chat")
+    command = commands.ResolveRoute(created.secret, "demo-chat")
 
     assert (await handlers.resolve(command, world.uow(), catalog)).route.model == "demo-chat"
     world.clock[0] = START + timedelta(hours=1)
@@ -262,9 +263,9 @@ async def test_an_expired_key_stops_working_when_its_time_comes(
 
 
 async def _key(world: World, account: str = "acct-1", **settings: object) -> str:
-    await handlers.open_account(handlers.OpenAccount(account), world.uow())
+    await handlers.open_account(commands.OpenAccount(account), world.uow())
     created = await handlers.create_api_key(
-        handlers.CreateApiKey(account, **settings),  # type: ignore[arg-type]
+        commands.CreateApiKey(account, **settings),  # type: ignore[arg-type]
         world.uow(),
     )
     return created.secret
@@ -274,7 +275,7 @@ async def test_requests_over_the_minute_limit_are_refused_and_refusals_consume_n
     world: World, catalog: Catalog
 ) -> None:
     secret = await _key(world, limits=KeyLimits(requests_per_minute=2))
-    command = handlers.ResolveRoute(secret, "demo-chat", Endpoint.CHAT)
+    command = commands.ResolveRoute(secret, "demo-chat", Endpoint.CHAT)
     await handlers.resolve(command, world.uow(), catalog)
     await handlers.resolve(command, world.uow(), catalog)
 
@@ -293,7 +294,7 @@ async def test_tokens_per_minute_count_the_prompt_estimate_plus_the_output_cap(
     world: World, catalog: Catalog
 ) -> None:
     secret = await _key(world, limits=KeyLimits(tokens_per_minute=1000))
-    command = handlers.ResolveRoute(
+    command = commands.ResolveRoute(
         secret, "demo-chat", Endpoint.CHAT, prompt_tokens=300, output_cap=200
     )
     await handlers.resolve(command, world.uow(), catalog)
@@ -309,7 +310,7 @@ async def test_in_flight_leases_cap_requests_until_the_gateway_reports_their_end
     world: World, catalog: Catalog
 ) -> None:
     secret = await _key(world, limits=KeyLimits(max_in_flight=1))
-    command = handlers.ResolveRoute(secret, "demo-chat", Endpoint.CHAT)
+    command = commands.ResolveRoute(secret, "demo-chat", Endpoint.CHAT)
     first = await handlers.resolve(command, world.uow(), catalog)
     assert first.lease_id
 
@@ -318,7 +319,7 @@ async def test_in_flight_leases_cap_requests_until_the_gateway_reports_their_end
     assert caught.value.reason is Reason.RATE_LIMITED
 
     await handlers.report_outcome(
-        handlers.ReportOutcome("req-1", first.principal.key_id, first.lease_id), world.uow()
+        commands.ReportOutcome("req-1", first.principal.key_id, first.lease_id), world.uow()
     )
     assert (await handlers.resolve(command, world.uow(), catalog)).lease_id
 
@@ -327,7 +328,7 @@ async def test_a_lease_of_a_crashed_gateway_expires_by_its_ttl(
     world: World, catalog: Catalog
 ) -> None:
     secret = await _key(world, limits=KeyLimits(max_in_flight=1))
-    command = handlers.ResolveRoute(secret, "demo-chat", Endpoint.CHAT)
+    command = commands.ResolveRoute(secret, "demo-chat", Endpoint.CHAT)
     first = await handlers.resolve(command, world.uow(), catalog)
 
     world.clock[0] = START + handlers.lease_ttl(first.route) + timedelta(seconds=1)
@@ -341,9 +342,9 @@ async def test_spend_cap_refuses_after_reported_charges_reach_it_and_counts_a_re
     secret = await _key(
         world, limits=KeyLimits(spend_caps=(cap,)), route_preference=(RouteKind.OFFICIAL,)
     )
-    command = handlers.ResolveRoute(secret, "demo-chat", Endpoint.CHAT)
+    command = commands.ResolveRoute(secret, "demo-chat", Endpoint.CHAT)
     resolved = await handlers.resolve(command, world.uow(), catalog)
-    report = handlers.ReportOutcome(
+    report = commands.ReportOutcome(
         "req-1", resolved.principal.key_id, bucket=Bucket.CREDIT, charge_micros=600
     )
     await handlers.report_outcome(report, world.uow())
@@ -367,11 +368,11 @@ async def test_a_key_used_from_an_address_off_its_allow_list_is_denied(
 ) -> None:
     secret = await _key(world, limits=KeyLimits(ip_allowlist=("10.0.0.0/8",)))
     await handlers.resolve(
-        handlers.ResolveRoute(secret, "demo-chat", client_ip="10.1.2.3"), world.uow(), catalog
+        commands.ResolveRoute(secret, "demo-chat", client_ip="10.1.2.3"), world.uow(), catalog
     )
     with pytest.raises(DomainError) as caught:
         await handlers.resolve(
-            handlers.ResolveRoute(secret, "demo-chat", client_ip="192.0.2.1"),
+            commands.ResolveRoute(secret, "demo-chat", client_ip="192.0.2.1"),
             world.uow(),
             catalog,
         )
@@ -384,11 +385,11 @@ async def test_a_revoked_key_stops_at_once_on_this_replica_and_within_the_cache_
     secret = await _key(world)
     here, elsewhere_clock = KeyCache(), [0.0]
     elsewhere = KeyCache(ttl_s=2.0, clock=lambda: elsewhere_clock[0])
-    command = handlers.ResolveRoute(secret, "demo-chat")
+    command = commands.ResolveRoute(secret, "demo-chat")
     key_id = (await handlers.resolve(command, world.uow(), catalog, here)).principal.key_id
     await handlers.resolve(command, world.uow(), catalog, elsewhere)
 
-    await handlers.revoke_api_key(handlers.RevokeApiKey("acct-1", key_id), world.uow(), here)
+    await handlers.revoke_api_key(commands.RevokeApiKey("acct-1", key_id), world.uow(), here)
 
     with pytest.raises(DomainError):
         await handlers.resolve(command, world.uow(), catalog, here)
@@ -407,16 +408,16 @@ async def test_rotation_keeps_the_settings_and_the_old_key_works_until_the_grace
     old = next(iter(world.repo.keys.values()))
 
     rotated = await handlers.rotate_api_key(
-        handlers.RotateApiKey("acct-1", old.key_id, timedelta(seconds=30)), world.uow()
+        commands.RotateApiKey("acct-1", old.key_id, timedelta(seconds=30)), world.uow()
     )
 
     assert rotated.key.limits.requests_per_minute == 7 and rotated.key.name == "ci"
     assert rotated.key.rotated_from == old.key_id and rotated.secret != old_secret
-    await handlers.resolve(handlers.ResolveRoute(old_secret, "demo-chat"), world.uow(), catalog)
-    await handlers.resolve(handlers.ResolveRoute(rotated.secret, "demo-chat"), world.uow(), catalog)
+    await handlers.resolve(commands.ResolveRoute(old_secret, "demo-chat"), world.uow(), catalog)
+    await handlers.resolve(commands.ResolveRoute(rotated.secret, "demo-chat"), world.uow(), catalog)
     world.clock[0] = START + timedelta(seconds=30)
     with pytest.raises(DomainError):
-        await handlers.resolve(handlers.ResolveRoute(old_secret, "demo-chat"), world.uow(), catalog)
+        await handlers.resolve(commands.ResolveRoute(old_secret, "demo-chat"), world.uow(), catalog)
 
 
 async def test_an_account_cannot_list_revoke_or_rotate_another_accounts_keys(
@@ -426,11 +427,11 @@ async def test_an_account_cannot_list_revoke_or_rotate_another_accounts_keys(
     victim = next(iter(world.repo.keys.values()))
     await _key(world, "acct-a")
 
-    listed = await handlers.list_api_keys(handlers.ListApiKeys("acct-a"), world.uow())
+    listed = await handlers.list_api_keys(commands.ListApiKeys("acct-a"), world.uow())
     assert victim.key_id not in [k.key_id for k in listed]
     for action in (
-        handlers.revoke_api_key(handlers.RevokeApiKey("acct-a", victim.key_id), world.uow()),
-        handlers.rotate_api_key(handlers.RotateApiKey("acct-a", victim.key_id), world.uow()),
+        handlers.revoke_api_key(commands.RevokeApiKey("acct-a", victim.key_id), world.uow()),
+        handlers.rotate_api_key(commands.RotateApiKey("acct-a", victim.key_id), world.uow()),
     ):
         with pytest.raises(DomainError) as caught:
             await action
@@ -442,14 +443,14 @@ async def test_authenticate_checks_the_ip_allow_list_as_resolve_does(world: Worl
     secret = await _key(world, limits=KeyLimits(ip_allowlist=("10.11.12.0/24",)))
 
     principal = await handlers.authenticate(
-        handlers.Authenticate(secret, Scope.WALLET_READ, "10.11.12.40"), world.uow()
+        commands.Authenticate(secret, Scope.WALLET_READ, "10.11.12.40"), world.uow()
     )
 
     assert principal.account_id == "acct-1"
     for ip in ("127.0.0.1", ""):
         with pytest.raises(DomainError) as caught:
             await handlers.authenticate(
-                handlers.Authenticate(secret, Scope.WALLET_READ, ip), world.uow()
+                commands.Authenticate(secret, Scope.WALLET_READ, ip), world.uow()
             )
         assert caught.value.reason is Reason.PERMISSION_DENIED
 
@@ -474,7 +475,7 @@ async def test_a_key_creates_only_keys_within_its_powers_and_nothing_is_stored_o
 
     with pytest.raises(DomainError) as caught:
         await handlers.create_api_key(
-            handlers.CreateApiKey(
+            commands.CreateApiKey(
                 "acct-1",
                 scopes=tuple(Scope),
                 allowed_models=("*",),
@@ -487,7 +488,7 @@ async def test_a_key_creates_only_keys_within_its_powers_and_nothing_is_stored_o
     assert caught.value.reason is Reason.PERMISSION_DENIED
     assert world.repo.keys == before
     child = await handlers.create_api_key(
-        handlers.CreateApiKey("acct-1", name="child", acting_key_id=parent.key_id), world.uow()
+        commands.CreateApiKey("acct-1", name="child", acting_key_id=parent.key_id), world.uow()
     )
     stored = _stored(world, child.secret)
     assert stored.scopes == parent.scopes
@@ -498,13 +499,13 @@ async def test_a_key_creates_only_keys_within_its_powers_and_nothing_is_stored_o
 async def test_a_key_of_another_account_or_a_revoked_one_creates_nothing(world: World) -> None:
     other = _stored(world, await _key(world, "acct-2"))
     revoked = _stored(world, await _key(world, "acct-1"))
-    await handlers.revoke_api_key(handlers.RevokeApiKey("acct-1", revoked.key_id), world.uow())
+    await handlers.revoke_api_key(commands.RevokeApiKey("acct-1", revoked.key_id), world.uow())
     before = dict(world.repo.keys)
 
     for actor in (other.key_id, revoked.key_id, "key_missing"):
         with pytest.raises(DomainError) as caught:
             await handlers.create_api_key(
-                handlers.CreateApiKey("acct-1", acting_key_id=actor), world.uow()
+                commands.CreateApiKey("acct-1", acting_key_id=actor), world.uow()
             )
         assert caught.value.reason is Reason.UNKNOWN_API_KEY
     assert world.repo.keys == before
@@ -518,11 +519,11 @@ async def test_a_restricted_key_can_neither_rotate_nor_revoke_a_broader_one(
 
     for action in (
         handlers.rotate_api_key(
-            handlers.RotateApiKey("acct-1", owner.key_id, acting_key_id=restricted.key_id),
+            commands.RotateApiKey("acct-1", owner.key_id, acting_key_id=restricted.key_id),
             world.uow(),
         ),
         handlers.revoke_api_key(
-            handlers.RevokeApiKey("acct-1", owner.key_id, restricted.key_id), world.uow()
+            commands.RevokeApiKey("acct-1", owner.key_id, restricted.key_id), world.uow()
         ),
     ):
         with pytest.raises(DomainError) as caught:
@@ -531,7 +532,7 @@ async def test_a_restricted_key_can_neither_rotate_nor_revoke_a_broader_one(
     assert len(world.repo.keys) == 2
     assert (await world.repo.get_key(owner.key_id)).revoked_at is None  # type: ignore[union-attr]
     rotated = await handlers.rotate_api_key(
-        handlers.RotateApiKey("acct-1", restricted.key_id, acting_key_id=owner.key_id),
+        commands.RotateApiKey("acct-1", restricted.key_id, acting_key_id=owner.key_id),
         world.uow(),
     )
     assert rotated.key.scopes == frozenset({Scope.KEYS})
@@ -539,7 +540,7 @@ async def test_a_restricted_key_can_neither_rotate_nor_revoke_a_broader_one(
 
 async def test_a_preview_counts_no_limit(world: World, catalog: Catalog) -> None:
     secret = await _key(world, limits=KeyLimits(requests_per_minute=1, max_in_flight=1))
-    preview = handlers.ResolveRoute(secret, "demo-chat", preview=True)
+    preview = commands.ResolveRoute(secret, "demo-chat", preview=True)
     for _ in range(3):
         assert (await handlers.resolve(preview, world.uow(), catalog)).lease_id == ""
     assert world.limits.windows == {} and world.limits.leases == {}
@@ -550,8 +551,8 @@ async def test_a_preview_counts_no_limit(world: World, catalog: Catalog) -> None
 
 def _report(
     request_id: str, key_id: str, micros: int, lease_id: str = ""
-) -> handlers.ReportOutcome:
-    return handlers.ReportOutcome(
+) -> commands.ReportOutcome:
+    return commands.ReportOutcome(
         request_id, key_id, lease_id, bucket=Bucket.CREDIT, charge_micros=micros
     )
 
@@ -564,7 +565,7 @@ async def test_a_batch_counts_each_request_id_once_within_it_across_batches_and_
     world: World,
 ) -> None:
     answers = await handlers.report_outcomes(
-        handlers.ReportOutcomes(
+        commands.ReportOutcomes(
             [
                 _report("req-1", "key-a", 100),
                 _report("req-1", "key-a", 100),
@@ -577,7 +578,7 @@ async def test_a_batch_counts_each_request_id_once_within_it_across_batches_and_
     assert _spent(world, "key-a") == 110
 
     await handlers.report_outcomes(
-        handlers.ReportOutcomes([_report("req-2", "key-a", 10), _report("req-3", "key-b", 7)]),
+        commands.ReportOutcomes([_report("req-2", "key-a", 10), _report("req-3", "key-b", 7)]),
         world.uow,
     )
     await handlers.report_outcome(_report("req-3", "key-b", 7), world.uow())
@@ -591,7 +592,7 @@ async def test_a_batch_ends_every_lease_and_answers_an_unreadable_report_with_it
     world: World, catalog: Catalog
 ) -> None:
     secret = await _key(world, limits=KeyLimits(max_in_flight=2))
-    command = handlers.ResolveRoute(secret, "demo-chat", Endpoint.CHAT)
+    command = commands.ResolveRoute(secret, "demo-chat", Endpoint.CHAT)
     first = await handlers.resolve(command, world.uow(), catalog)
     second = await handlers.resolve(command, world.uow(), catalog)
     with pytest.raises(DomainError):
@@ -599,11 +600,11 @@ async def test_a_batch_ends_every_lease_and_answers_an_unreadable_report_with_it
     unreadable = DomainError(Reason.INVALID_ARGUMENT, "bucket must be `credit` or `routed`.")
 
     answers = await handlers.report_outcomes(
-        handlers.ReportOutcomes(
+        commands.ReportOutcomes(
             [
-                handlers.ReportOutcome("req-1", first.principal.key_id, first.lease_id),
+                commands.ReportOutcome("req-1", first.principal.key_id, first.lease_id),
                 unreadable,
-                handlers.ReportOutcome("req-2", second.principal.key_id, second.lease_id),
+                commands.ReportOutcome("req-2", second.principal.key_id, second.lease_id),
             ]
         ),
         world.uow,
@@ -618,7 +619,7 @@ async def test_a_batch_of_more_than_256_reports_is_refused_whole(world: World) -
     reports = [_report(f"req-{i}", "key-a", 1) for i in range(257)]
 
     with pytest.raises(DomainError) as caught:
-        await handlers.report_outcomes(handlers.ReportOutcomes(reports), world.uow)
+        await handlers.report_outcomes(commands.ReportOutcomes(reports), world.uow)
 
     assert caught.value.reason is Reason.INVALID_ARGUMENT
     assert world.limits.spend == {} and world.limits.reports == set()
@@ -627,12 +628,12 @@ async def test_a_batch_of_more_than_256_reports_is_refused_whole(world: World) -
 async def test_health_learns_every_attempt_of_every_report_in_a_batch(world: World) -> None:
     health = HealthBoard()
     attempts = (
-        handlers.AttemptOutcome("ch-1", "ok", 10),
-        handlers.AttemptOutcome("ch-2", "timeout", 9),
+        commands.AttemptOutcome("ch-1", "ok", 10),
+        commands.AttemptOutcome("ch-2", "timeout", 9),
     )
 
     await handlers.report_outcomes(
-        handlers.ReportOutcomes([handlers.ReportOutcome("req-1", "key-a", attempts=attempts)] * 2),
+        commands.ReportOutcomes([commands.ReportOutcome("req-1", "key-a", attempts=attempts)] * 2),
         world.uow,
         health,
     )
@@ -654,7 +655,7 @@ async def test_when_the_batch_transaction_fails_only_the_faulty_report_fails(wor
     world.limits = FailingForKeyLimits()
 
     answers = await handlers.report_outcomes(
-        handlers.ReportOutcomes(
+        commands.ReportOutcomes(
             [
                 _report("req-1", "key-a", 5),
                 _report("req-2", "key-bad", 5),
@@ -687,7 +688,7 @@ async def _reuse_of(
     limit_ms: int = REUSE_MS,
     **command: object,
 ) -> int:
-    resolve = handlers.ResolveRoute(
+    resolve = commands.ResolveRoute(
         secret,
         str(command.pop("model", "demo-chat")),
         command.pop("endpoint", Endpoint.CHAT),  # type: ignore[arg-type]
@@ -758,7 +759,7 @@ async def test_reuse_never_outlives_the_keys_expiry_or_its_revocation_after_rota
     rotated = await _key(world, "acct-2")
     old = next(k for k in world.repo.keys.values() if k.account_id == "acct-2")
     await handlers.rotate_api_key(
-        handlers.RotateApiKey("acct-2", old.key_id, timedelta(milliseconds=400)), world.uow()
+        commands.RotateApiKey("acct-2", old.key_id, timedelta(milliseconds=400)), world.uow()
     )
     assert await _reuse_of(world, catalog, rotated) == 400
 
@@ -810,7 +811,7 @@ async def test_the_worst_case_of_an_embeddings_request_counts_no_output(
     world: World, catalog: Catalog
 ) -> None:
     secret = await _key(world)
-    command = handlers.ResolveRoute(
+    command = commands.ResolveRoute(
         secret, "demo-embed", Endpoint.EMBEDDINGS, prompt_tokens=1_000_000, output_cap=500
     )
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.usage import handlers
+from services.usage.domain import commands
 from services.usage.domain.receipts import (
     MAX_PAGE_SIZE,
     AggregateBy,
@@ -162,14 +163,14 @@ def test_a_rejected_request_needs_no_bucket() -> None:
 async def test_a_replay_answers_the_first_and_another_receipt_conflicts(
     repo: FakeReceiptRepository,
 ) -> None:
-    first = await handlers.record_receipt(handlers.RecordReceipt(a_receipt()), FakeUnitOfWork(repo))
+    first = await handlers.record_receipt(commands.RecordReceipt(a_receipt()), FakeUnitOfWork(repo))
     replay = await handlers.record_receipt(
-        handlers.RecordReceipt(a_receipt()), FakeUnitOfWork(repo)
+        commands.RecordReceipt(a_receipt()), FakeUnitOfWork(repo)
     )
 
     with pytest.raises(DomainError) as caught:
         await handlers.record_receipt(
-            handlers.RecordReceipt(a_receipt(charge_micros=1)), FakeUnitOfWork(repo)
+            commands.RecordReceipt(a_receipt(charge_micros=1)), FakeUnitOfWork(repo)
         )
 
     assert first == replay
@@ -182,20 +183,20 @@ async def test_a_receipt_without_finish_time_is_stamped_and_its_replay_still_mat
 ) -> None:
     unstamped = a_receipt(finished_at=None)
 
-    first = await handlers.record_receipt(handlers.RecordReceipt(unstamped), FakeUnitOfWork(repo))
-    replay = await handlers.record_receipt(handlers.RecordReceipt(unstamped), FakeUnitOfWork(repo))
+    first = await handlers.record_receipt(commands.RecordReceipt(unstamped), FakeUnitOfWork(repo))
+    replay = await handlers.record_receipt(commands.RecordReceipt(unstamped), FakeUnitOfWork(repo))
 
     assert first.finished_at == NOW
     assert replay == first
 
 
 async def test_another_accounts_receipt_reads_as_not_found(repo: FakeReceiptRepository) -> None:
-    await handlers.record_receipt(handlers.RecordReceipt(a_receipt()), FakeUnitOfWork(repo))
+    await handlers.record_receipt(commands.RecordReceipt(a_receipt()), FakeUnitOfWork(repo))
 
     with pytest.raises(DomainError) as caught:
-        await handlers.get_receipt(handlers.GetReceipt("acct-2", "req-1"), FakeUnitOfWork(repo))
+        await handlers.get_receipt(commands.GetReceipt("acct-2", "req-1"), FakeUnitOfWork(repo))
     with pytest.raises(DomainError) as missing:
-        await handlers.get_receipt(handlers.GetReceipt("acct-1", "req-404"), FakeUnitOfWork(repo))
+        await handlers.get_receipt(commands.GetReceipt("acct-1", "req-404"), FakeUnitOfWork(repo))
 
     assert caught.value.reason is missing.value.reason is Reason.NOT_FOUND
     assert caught.value.message.replace("req-1", "X") == missing.value.message.replace(
@@ -206,13 +207,13 @@ async def test_another_accounts_receipt_reads_as_not_found(repo: FakeReceiptRepo
 async def test_pages_follow_the_cursor_without_gaps_or_repeats(repo: FakeReceiptRepository) -> None:
     for n in range(7):
         receipt = a_receipt(f"req-{n}", finished_at=NOW + timedelta(seconds=n // 3))
-        await handlers.record_receipt(handlers.RecordReceipt(receipt), FakeUnitOfWork(repo))
+        await handlers.record_receipt(commands.RecordReceipt(receipt), FakeUnitOfWork(repo))
 
     seen: list[str] = []
     token = ""
     while True:
         page = await handlers.list_receipts(
-            handlers.ListReceipts(ReceiptFilter("acct-1"), 3, token), FakeUnitOfWork(repo)
+            commands.ListReceipts(ReceiptFilter("acct-1"), 3, token), FakeUnitOfWork(repo)
         )
         seen += [r.request_id for r in page.receipts]
         token = page.next_page_token
@@ -246,11 +247,11 @@ async def test_aggregates_never_add_money_of_two_buckets(repo: FakeReceiptReposi
         [(Bucket.CREDIT, 100), (Bucket.CREDIT, 50), (Bucket.ROUTED, 7)]
     ):
         await handlers.record_receipt(
-            handlers.RecordReceipt(a_receipt(f"req-{i}", bucket=bucket, charge_micros=charge)),
+            commands.RecordReceipt(a_receipt(f"req-{i}", bucket=bucket, charge_micros=charge)),
             uow,
         )
     rows = await handlers.aggregate_receipts(
-        handlers.AggregateReceipts(ReceiptFilter("acct-1"), AggregateBy.MODEL), uow
+        commands.AggregateReceipts(ReceiptFilter("acct-1"), AggregateBy.MODEL), uow
     )
     assert [(r.group, r.bucket, r.requests, r.charge_micros) for r in rows] == [
         ("demo-chat", Bucket.CREDIT, 2, 150),
@@ -261,7 +262,7 @@ async def test_aggregates_never_add_money_of_two_buckets(repo: FakeReceiptReposi
 async def test_an_empty_time_window_is_refused_before_reading(repo: FakeReceiptRepository) -> None:
     with pytest.raises(DomainError) as refused:
         await handlers.aggregate_receipts(
-            handlers.AggregateReceipts(
+            commands.AggregateReceipts(
                 ReceiptFilter("acct-1", from_time=NOW, to_time=NOW), AggregateBy.DAY
             ),
             FakeUnitOfWork(repo),
@@ -273,11 +274,11 @@ async def test_a_batch_answers_each_receipt_in_order_as_it_would_be_answered_alo
     repo: FakeReceiptRepository,
 ) -> None:
     old = a_receipt("req-old")
-    await handlers.record_receipt(handlers.RecordReceipt(old), FakeUnitOfWork(repo))
+    await handlers.record_receipt(commands.RecordReceipt(old), FakeUnitOfWork(repo))
     unreadable = DomainError(Reason.INVALID_ARGUMENT, "status is required")
 
     outcomes = await handlers.record_receipts(
-        handlers.RecordReceipts(
+        commands.RecordReceipts(
             [
                 a_receipt("req-new"),
                 a_receipt("req-bad", account_id=""),
@@ -307,7 +308,7 @@ async def test_a_request_id_twice_in_a_batch_is_stored_once_and_a_different_one_
     repo: FakeReceiptRepository,
 ) -> None:
     outcomes = await handlers.record_receipts(
-        handlers.RecordReceipts(
+        commands.RecordReceipts(
             [a_receipt("req-1"), a_receipt("req-1"), a_receipt("req-1", charge_micros=1)]
         ),
         lambda: FakeUnitOfWork(repo),
@@ -324,7 +325,7 @@ async def test_a_batch_above_256_receipts_is_refused_and_stores_nothing(
 ) -> None:
     with pytest.raises(DomainError) as refused:
         await handlers.record_receipts(
-            handlers.RecordReceipts([a_receipt(f"req-{n}") for n in range(257)]),
+            commands.RecordReceipts([a_receipt(f"req-{n}") for n in range(257)]),
             lambda: FakeUnitOfWork(repo),
         )
 

@@ -13,15 +13,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from opentelemetry import trace
 
-from services.gateway.adapters.health import request_shape
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
+from services.gateway.domain.commands import ChatCommand
 from services.gateway.domain.formats import ClientFormat
 from services.gateway.domain.formats.anthropic import AnthropicFormat
 from services.gateway.domain.formats.completions import CompletionsFormat
 from services.gateway.domain.formats.responses import ResponsesFormat
-from services.gateway.domain.planning import counted_usage
-from services.gateway.flow.admit import CHAT, ChatCommand, resolve
+from services.gateway.domain.planning import counted_usage, request_shape
+from services.gateway.flow.admit import CHAT, resolve
 from services.gateway.flow.finish import annotate_span
 from services.gateway.flow.formats import complete_in, stream_in
 from services.gateway.transport.http import replay

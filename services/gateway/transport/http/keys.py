@@ -200,8 +200,7 @@ def router(deps: Deps) -> APIRouter:
             raise _invalid(
                 "scopes", f"Unknown scope {unknown[0]!r}; one of: {', '.join(SCOPE_NAMES)}."
             )
-        created = await peers.routing.call(
-            peers.routing_stub.CreateApiKey,
+        created = await peers.routing_client.create_api_key(
             routing_pb2.CreateApiKeyRequest(
                 account_id=account_id,
                 project_id=_text(body, "project_id"),
@@ -230,15 +229,11 @@ def router(deps: Deps) -> APIRouter:
         """Stop a key (one within the caller's key's powers): at once here, within 2 s
         everywhere."""
         who = await caller(request)
-        answer = await peers.routing.call(
-            peers.routing_stub.RevokeApiKey,
-            routing_pb2.RevokeApiKeyRequest(
-                account_id=who.account_id, key_id=key_id, acting_key_id=who.key_id
-            ),
-            request_id=request.state.request_id,
+        # No reused answer outlives the revocation (the client forgets the key).
+        revoked = await peers.routing_client.revoke_api_key(
+            who.account_id, key_id, acting_key_id=who.key_id, request_id=request.state.request_id
         )
-        peers.routing_client.forget_key(key_id)  # no reused answer outlives the revocation
-        return json_response(key_json(answer.key))
+        return json_response(key_json(revoked))
 
     @r.post(
         "/v1/keys/{key_id}/rotate",
@@ -252,17 +247,13 @@ def router(deps: Deps) -> APIRouter:
         who = await caller(request)
         raw = await request.body()
         body = await json_body(request) if raw.strip() else {}
-        answer = await peers.routing.call(
-            peers.routing_stub.RotateApiKey,
-            routing_pb2.RotateApiKeyRequest(
-                account_id=who.account_id,
-                key_id=key_id,
-                grace_seconds=_count(body, "grace_seconds"),
-                acting_key_id=who.key_id,
-            ),
+        answer = await peers.routing_client.rotate_api_key(
+            who.account_id,
+            key_id,
+            grace_seconds=_count(body, "grace_seconds"),
+            acting_key_id=who.key_id,
             request_id=request.state.request_id,
         )
-        peers.routing_client.forget_key(key_id)
         return json_response(
             {**key_json(answer.key), "key": answer.api_key, "revoked_key_id": answer.revoked_key_id}
         )
@@ -271,9 +262,4 @@ def router(deps: Deps) -> APIRouter:
 
 
 async def _list(peers: Peers, account_id: str, request_id: str) -> list[routing_pb2.ApiKeyInfo]:
-    answer = await peers.routing.call(
-        peers.routing_stub.ListApiKeys,
-        routing_pb2.ListApiKeysRequest(account_id=account_id),
-        request_id=request_id,
-    )
-    return list(answer.keys)
+    return await peers.routing_client.list_api_keys(account_id, request_id=request_id)

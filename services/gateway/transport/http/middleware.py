@@ -25,11 +25,11 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.gateway import metrics
 from services.gateway.domain.planning import new_request_id
 from services.gateway.domain.validation import MAX_ID_CHARS, check_url_value, invalid
 from services.gateway.transport.http.common import error_response, internal_error
 from tokenforge.errors import DomainError
-from tokenforge.runtime import metrics
 from tokenforge.runtime.logging import request_id_var
 from tokenforge.runtime.telemetry import current_trace_id
 

@@ -13,13 +13,14 @@ from opentelemetry import trace
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
-from services.gateway.domain.presenting import (
-    model_json,
-)
-from services.gateway.flow.admit import CHAT, EMBEDDINGS, ChatCommand
+from services.gateway.domain.commands import ChatCommand
+from services.gateway.flow.admit import CHAT, EMBEDDINGS
 from services.gateway.flow.complete import complete
 from services.gateway.flow.finish import annotate_span
 from services.gateway.flow.stream import ReservedStreamingResponse, start_chat_stream
+from services.gateway.presenting import (
+    model_json,
+)
 from services.gateway.transport.http import replay
 from services.gateway.transport.http.answers import (
     CHAT_COMPLETION,
@@ -114,9 +115,7 @@ def router(deps: Deps) -> APIRouter:
     async def list_models(request: Request) -> Response:
         """Every model with its routes: kind, the bucket that pays, prices."""
         await deps.principal(request, routing_pb2.SCOPE_INFERENCE)
-        answer = await peers.routing.call(
-            peers.routing_stub.ListModels, routing_pb2.ListModelsRequest()
-        )
+        answer = await peers.routing_client.list_models()
         created = int(time.time())
         return json_response(
             {
@@ -129,9 +128,7 @@ def router(deps: Deps) -> APIRouter:
     @r.get("/v1/models/{model_id}", tags=["openai"], responses=answer(MODEL))
     async def get_model(model_id: str, request: Request) -> Response:
         await deps.principal(request, routing_pb2.SCOPE_INFERENCE)
-        answer = await peers.routing.call(
-            peers.routing_stub.ListModels, routing_pb2.ListModelsRequest()
-        )
+        answer = await peers.routing_client.list_models()
         for m in answer.models:
             if m.id == model_id:
                 return json_response(model_json(m, int(time.time())))

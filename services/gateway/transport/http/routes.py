@@ -8,11 +8,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
-from services.gateway.domain.presenting import (
-    amount,
-)
 from services.gateway.flow.call import charge_policy_name
 from services.gateway.flow.preview import preview
+from services.gateway.presenting import (
+    amount,
+)
 from services.gateway.transport.http.answers import PREVIEW, answer
 from services.gateway.transport.http.common import (
     Deps,

@@ -9,9 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
-from services.gateway.domain.presenting import amount
-from services.gateway.domain.runs import run_json, run_receipt_json
 from services.gateway.domain.validation import validate_run
+from services.gateway.presenting import amount, run_json, run_receipt_json
 from services.gateway.runs import bucket_of, close_run, open_run
 from services.gateway.transport.http.answers import OPENED_RUN, RUN, RUN_RECEIPT, answer
 from services.gateway.transport.http.common import (
@@ -24,7 +23,6 @@ from services.gateway.transport.http.common import (
 from services.gateway.transport.http.schemas import RunRequest, body_of
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.runtime.telemetry import current_trace_id
-from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wire import route_kind_from_proto
 
 log = logging.getLogger(__name__)
@@ -84,22 +82,14 @@ def router(deps: Deps) -> APIRouter:
     @r.get("/v1/runs/{run_id}", tags=["runs"], responses=answer(RUN))
     async def get_run(run_id: str, request: Request) -> Response:
         who = await deps.principal(request, routing_pb2.SCOPE_INFERENCE)
-        answer = await peers.usage.call(
-            peers.usage_stub.GetRun,
-            usage_pb2.GetRunRequest(account_id=who.account_id, run_id=run_id),
-            request_id=request.state.request_id,
-        )
-        return json_response(run_json(answer.run))
+        run = await peers.usage_client.get_run(run_id, account_id=who.account_id)
+        return json_response(run_json(run))
 
     @r.get("/v1/runs/{run_id}/receipt", tags=["runs"], responses=answer(RUN_RECEIPT))
     async def get_run_receipt(run_id: str, request: Request) -> Response:
         who = await deps.reader(request)
-        answer = await peers.usage.call(
-            peers.usage_stub.GetRunReceipt,
-            usage_pb2.GetRunReceiptRequest(account_id=who.account_id, run_id=run_id),
-            request_id=request.state.request_id,
-        )
-        return json_response(run_receipt_json(answer.receipt))
+        receipt = await peers.usage_client.get_run_receipt(who.account_id, run_id)
+        return json_response(run_receipt_json(receipt))
 
     @r.post("/v1/runs/{run_id}/close", tags=["runs"], responses=answer(RUN_RECEIPT))
     async def close(run_id: str, request: Request) -> Response:

@@ -16,8 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
-from services.gateway.domain.paid_for import credit_use_json
-from services.gateway.domain.presenting import TOPUP_STATUS, topup_json
+from services.gateway.presenting import TOPUP_STATUS, credit_use_json, topup_json
 from services.gateway.transport.http.answers import TOPUP, TOPUP_USES, answer, listing
 from services.gateway.transport.http.common import Deps, PageSize, json_body, json_response
 from services.gateway.transport.http.schemas import (
@@ -31,7 +30,7 @@ from tokenforge.money import MAX_AMOUNT_MICROS, MICROS_PER_UNIT, MoneyError, par
 from tokenforge.payments.v1 import payments_pb2
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.wallet.v1 import wallet_pb2
-from tokenforge.wire import bucket_from_name, bucket_to_proto
+from tokenforge.wire import bucket_from_name
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +117,8 @@ def router(deps: Deps) -> APIRouter:
         if top_up.status != payments_pb2.TOP_UP_STATUS_SUCCEEDED:
             return None
         try:
-            answer = await peers.wallet.call(
-                peers.wallet_stub.ListLedger,
-                wallet_pb2.ListLedgerRequest(
-                    account_id=account_id, order_id=top_up.order_id, page_size=1
-                ),
-                request_id=request_id,
+            answer = await peers.wallet_client.ledger(
+                account_id, order_id=top_up.order_id, page_size=1
             )
         except DomainError as error:
             log.warning("ledger lookup for top-up %s failed: %s", top_up.order_id, error)
@@ -139,14 +134,8 @@ def router(deps: Deps) -> APIRouter:
         found: dict[str, str] = {}
         if paid:
             try:
-                recent = await peers.wallet.call(
-                    peers.wallet_stub.ListLedger,
-                    wallet_pb2.ListLedgerRequest(
-                        account_id=account_id,
-                        kind=wallet_pb2.ENTRY_KIND_TOPUP_CREDIT,
-                        page_size=500,
-                    ),
-                    request_id=request.state.request_id,
+                recent = await peers.wallet_client.ledger(
+                    account_id, kind=wallet_pb2.ENTRY_KIND_TOPUP_CREDIT, page_size=500
                 )
                 found = {e.order_id: e.entry_id for e in recent.entries}
             except DomainError as error:
@@ -192,17 +181,8 @@ def router(deps: Deps) -> APIRouter:
         currency = _text(body, "currency", "USD", MAX_NAME_CHARS).upper()
         minor = _minor_units(body.get("amount", ""))
         key = request.headers.get("idempotency-key") or request.state.request_id
-        answer = await peers.payments.call(
-            peers.payments_stub.CreateTopUp,
-            payments_pb2.CreateTopUpRequest(
-                account_id=who.account_id,
-                bucket=bucket_to_proto(bucket),
-                provider=provider,
-                paid_amount_minor=minor,
-                currency=currency,
-                idempotency_key=key,
-            ),
-            request_id=request.state.request_id,
+        answer = await peers.payments_client.create_top_up(
+            who.account_id, bucket, provider, minor, currency, key
         )
         return await present(
             who.account_id, answer.top_up, request, 200 if answer.replayed else 201
@@ -222,12 +202,8 @@ def router(deps: Deps) -> APIRouter:
                     {"param": "status"},
                 )
             wanted = STATUS_FILTER[status]
-        answer = await peers.payments.call(
-            peers.payments_stub.ListTopUps,
-            payments_pb2.ListTopUpsRequest(
-                account_id=who.account_id, page_size=limit, page_token=cursor or "", status=wanted
-            ),
-            request_id=request.state.request_id,
+        answer = await peers.payments_client.list_top_ups(
+            who.account_id, status=wanted, page_size=limit, page_token=cursor or ""
         )
         entries = await ledger_entry_ids(who.account_id, list(answer.top_ups), request)
         return json_response(
@@ -241,12 +217,8 @@ def router(deps: Deps) -> APIRouter:
     @r.get("/v1/topups/{order_id}", tags=["topups"], responses=answer(TOPUP))
     async def get_topup(order_id: str, request: Request) -> Response:
         who = await deps.reader(request)
-        answer = await peers.payments.call(
-            peers.payments_stub.GetTopUp,
-            payments_pb2.GetTopUpRequest(account_id=who.account_id, order_id=order_id),
-            request_id=request.state.request_id,
-        )
-        return await present(who.account_id, answer.top_up, request)
+        top_up = await peers.payments_client.get_top_up(who.account_id, order_id)
+        return await present(who.account_id, top_up, request)
 
     @r.get("/v1/topups/{order_id}/uses", tags=["topups"], responses=answer(TOPUP_USES))
     async def topup_uses(
@@ -256,14 +228,11 @@ def router(deps: Deps) -> APIRouter:
         left, and the requests (with their receipts) it paid, oldest first. First in,
         first out over the bucket's ledger (docs/GLOSSARY.md, "What a top-up paid for")."""
         who = await deps.reader(request)
-        found = await peers.wallet.call(
-            peers.wallet_stub.GetCreditUse,
-            wallet_pb2.GetCreditUseRequest(
-                account_id=who.account_id,
-                order_id=order_id,
-                page_size=limit,
-                page_token=cursor or "",
-            ),
+        found = await peers.wallet_client.credit_use(
+            who.account_id,
+            order_id,
+            page_size=limit,
+            page_token=cursor or "",
             request_id=request.state.request_id,
         )
         return json_response(credit_use_json(found))
@@ -281,25 +250,17 @@ def router(deps: Deps) -> APIRouter:
         _refuse_server_fields(body, frozenset({"transfer_reference"}))
         name = "transfer_reference" if "transfer_reference" in body else "reference"
         reference = _text(body, name, "", MAX_REFERENCE_CHARS)
-        answer = await peers.payments.call(
-            peers.payments_stub.SubmitTransferProof,
-            payments_pb2.SubmitTransferProofRequest(
-                account_id=who.account_id, order_id=order_id, transfer_reference=str(reference)
-            ),
-            request_id=request.state.request_id,
+        top_up = await peers.payments_client.submit_transfer_proof(
+            who.account_id, order_id, str(reference)
         )
-        return await present(who.account_id, answer.top_up, request)
+        return await present(who.account_id, top_up, request)
 
     @r.post("/v1/topups/{order_id}/cancel", tags=["topups"], responses=answer(TOPUP))
     async def cancel_topup(order_id: str, request: Request) -> Response:
         """Cancel a pending order: nothing was paid, nothing is added."""
         who = await deps.principal(request, routing_pb2.SCOPE_TOPUP)
-        answer = await peers.payments.call(
-            peers.payments_stub.CancelTopUp,
-            payments_pb2.CancelTopUpRequest(account_id=who.account_id, order_id=order_id),
-            request_id=request.state.request_id,
-        )
-        return await present(who.account_id, answer.top_up, request)
+        top_up = await peers.payments_client.cancel_top_up(who.account_id, order_id)
+        return await present(who.account_id, top_up, request)
 
     @r.post(
         "/v1/topups/{order_id}/sandbox",
@@ -319,13 +280,9 @@ def router(deps: Deps) -> APIRouter:
                 f"outcome must be one of {', '.join(SANDBOX_OUTCOMES)}.",
                 {"param": "outcome"},
             )
-        answer = await peers.payments.call(
-            peers.payments_stub.SimulateSandboxOutcome,
-            payments_pb2.SimulateSandboxOutcomeRequest(
-                account_id=who.account_id, order_id=order_id, outcome=outcome
-            ),
-            request_id=request.state.request_id,
+        top_up = await peers.payments_client.simulate_sandbox_outcome(
+            who.account_id, order_id, outcome
         )
-        return await present(who.account_id, answer.top_up, request)
+        return await present(who.account_id, top_up, request)
 
     return r

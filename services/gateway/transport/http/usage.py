@@ -13,16 +13,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from services.gateway.adapters.peers import Peers
-from services.gateway.domain.paid_for import paid_from_json
-from services.gateway.domain.presenting import (
-    receipt_json,
-)
+from services.gateway.presenting import paid_from_json, receipt_json
 from services.gateway.transport.http.answers import AGGREGATES, RECEIPT, answer, listing
 from services.gateway.transport.http.common import Deps, PageSize, json_response
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import format_amount
 from tokenforge.usage.v1 import usage_pb2
-from tokenforge.wallet.v1 import wallet_pb2
 from tokenforge.wire import (
     bucket_from_name,
     bucket_from_proto,
@@ -185,16 +181,11 @@ def router(deps: Deps) -> APIRouter:
                 f"`by` is one of {', '.join(AGGREGATE_BY)}.",
                 {"param": "by"},
             )
-        answer = await peers.usage.call(
-            peers.usage_stub.AggregateReceipts,
-            usage_pb2.AggregateReceiptsRequest(
-                filter=receipt_filter(who.account_id, params_of(request)),
-                by=AGGREGATE_BY[by],
-            ),
-            request_id=request.state.request_id,
+        found = await peers.usage_client.aggregate_receipts(
+            receipt_filter(who.account_id, params_of(request)), AGGREGATE_BY[by]
         )
         rows = []
-        for row in answer.rows:
+        for row in found:
             bucket = bucket_from_proto(row.bucket) if row.bucket else None
             rows.append(
                 {
@@ -216,23 +207,13 @@ def router(deps: Deps) -> APIRouter:
     async def get_receipt(receipt_request_id: str, request: Request) -> Response:
         """The receipt of one request, with its ledger row and trace id."""
         who = await deps.reader(request)
-        answer = await peers.usage.call(
-            peers.usage_stub.GetReceipt,
-            usage_pb2.GetReceiptRequest(account_id=who.account_id, request_id=receipt_request_id),
-            request_id=request.state.request_id,
-        )
-        shown = receipt_json(answer.receipt)
+        receipt = await peers.usage_client.get_receipt(who.account_id, receipt_request_id)
+        shown = receipt_json(receipt)
         # The credits (top-ups) that paid it, first in, first out; none before its
         # ledger row exists.
         try:
-            paid = await peers.wallet.call(
-                peers.wallet_stub.GetPaidFrom,
-                wallet_pb2.GetPaidFromRequest(
-                    account_id=who.account_id, request_id=receipt_request_id
-                ),
-                request_id=request.state.request_id,
-            )
-            shown["paid_from"] = paid_from_json(paid, bucket_from_proto(answer.receipt.bucket))
+            paid = await peers.wallet_client.paid_from(who.account_id, receipt_request_id)
+            shown["paid_from"] = paid_from_json(paid, bucket_from_proto(receipt.bucket))
         except DomainError as error:  # the receipt still answers; `paid_from` unknown
             log.warning("paid-from lookup for %s failed: %s", receipt_request_id, error)
             shown["paid_from"] = None
@@ -264,12 +245,8 @@ def router(deps: Deps) -> APIRouter:
                 yield _csv_line(CSV_COLUMNS)
                 token = ""
                 while True:
-                    page = await peers.usage.call(
-                        peers.usage_stub.ListReceipts,
-                        usage_pb2.ListReceiptsRequest(
-                            filter=where, page_size=500, page_token=token
-                        ),
-                        request_id=request_id,
+                    page = await peers.usage_client.list_receipts(
+                        where, page_size=500, page_token=token, request_id=request_id
                     )
                     for receipt in page.receipts:
                         yield _csv_line(csv_row(receipt))
@@ -282,10 +259,8 @@ def router(deps: Deps) -> APIRouter:
                 media_type="text/csv",
                 headers={"content-disposition": 'attachment; filename="usage.csv"'},
             )
-        answer = await peers.usage.call(
-            peers.usage_stub.ListReceipts,
-            usage_pb2.ListReceiptsRequest(filter=where, page_size=limit, page_token=cursor or ""),
-            request_id=request.state.request_id,
+        answer = await peers.usage_client.list_receipts(
+            where, page_size=limit, page_token=cursor or ""
         )
         return json_response(
             {

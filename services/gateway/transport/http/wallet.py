@@ -8,16 +8,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.gateway.adapters.peers import Peers
-from services.gateway.domain.presenting import (
+from services.gateway.presenting import (
     balance_json,
     ledger_entry_json,
 )
 from services.gateway.transport.http.answers import LEDGER_ROW, WALLET, answer, listing
 from services.gateway.transport.http.common import Deps, PageSize, json_response
-from tokenforge.wallet.v1 import wallet_pb2
 from tokenforge.wire import (
     bucket_from_name,
-    bucket_to_proto,
 )
 
 log = logging.getLogger(__name__)
@@ -32,13 +30,11 @@ def router(deps: Deps) -> APIRouter:
         """Both balances side by side: posted, held (split into held for your requests
         and set aside for fast serving) and available to spend."""
         who = await deps.reader(request)
-        answer = await peers.wallet.call(
-            peers.wallet_stub.GetBalances,
-            wallet_pb2.GetBalancesRequest(account_id=who.account_id, split_held=True),
-            request_id=request.state.request_id,
+        balances = await peers.wallet_client.balances(
+            who.account_id, split_held=True, request_id=request.state.request_id
         )
         return json_response(
-            {"account_id": who.account_id, "balances": [balance_json(b) for b in answer.balances]}
+            {"account_id": who.account_id, "balances": [balance_json(b) for b in balances]}
         )
 
     @r.get("/v1/wallet/ledger", tags=["wallet"], responses=answer(listing(LEDGER_ROW)))
@@ -52,17 +48,13 @@ def router(deps: Deps) -> APIRouter:
     ) -> Response:
         """Ledger rows, newest first, each with the balance after it."""
         who = await deps.reader(request)
-        answer = await peers.wallet.call(
-            peers.wallet_stub.ListLedger,
-            wallet_pb2.ListLedgerRequest(
-                account_id=who.account_id,
-                bucket=bucket_to_proto(bucket_from_name(bucket)) if bucket else 0,  # type: ignore[arg-type]
-                request_id=request_id or "",
-                order_id=order_id or "",
-                page_size=limit,
-                page_token=cursor or "",
-            ),
-            request_id=request.state.request_id,
+        answer = await peers.wallet_client.ledger(
+            who.account_id,
+            bucket=bucket_from_name(bucket) if bucket else None,
+            request_id=request_id or "",
+            order_id=order_id or "",
+            page_size=limit,
+            page_token=cursor or "",
         )
         return json_response(
             {

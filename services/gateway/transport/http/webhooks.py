@@ -48,13 +48,10 @@ def router(deps: Deps) -> APIRouter:
     )
     async def provider_webhook(provider: str, request: Request) -> Response:
         body = await request.body()
-        answer = await peers.payments.call(
-            peers.payments_stub.HandleProviderEvent,
-            payments_pb2.HandleProviderEventRequest(
-                provider=provider,
-                body=body,
-                headers={k.lower(): v for k, v in request.headers.items()},
-            ),
+        answer = await peers.payments_client.handle_provider_event(
+            provider,
+            body,
+            {k.lower(): v for k, v in request.headers.items()},
             request_id=request.state.request_id,
         )
         return json_response(

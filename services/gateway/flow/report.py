@@ -1,7 +1,6 @@
-"""What the gateway tells routing around a request: the request's shape before it
-is resolved (for token limits and the worst case), and how it ended after (every
-channel attempt for channel health, the charge for spend caps, the end of the
-in-flight lease).
+"""What the gateway tells routing after a request: how it ended (every channel attempt
+for channel health, the charge for spend caps, the end of the in-flight lease). The
+request's shape before it is resolved is `domain.planning.request_shape`.
 
 The report is fire-and-forget off the request path (a background task of the
 RoutingClient, batched with other requests' reports under load, so the client never
@@ -13,25 +12,12 @@ the breaker learns from the next request.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Attempt
-from services.gateway.domain.planning import estimate_prompt_tokens, requested_output_cap
-from tokenforge.errors import DomainError
 from tokenforge.money import Money
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.wire import bucket_to_proto
-
-
-def request_shape(body: dict[str, Any]) -> tuple[int, int]:
-    """(prompt estimate, client's output cap or 0); a malformed cap is left to the
-    planner to refuse with its own message."""
-    try:
-        cap = requested_output_cap(body) or 0
-    except DomainError:
-        cap = 0
-    return estimate_prompt_tokens(body), cap
 
 
 def report_outcome(

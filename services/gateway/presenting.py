@@ -369,3 +369,123 @@ def model_json(m: routing_pb2.Model, created: int) -> dict[str, Any]:
         "max_output_tokens": m.max_output_tokens,
         "routes": routes,
     }
+
+
+RUN_STATUS_NAMES = {1: "open", 2: "closing", 3: "closed", 4: "expired"}
+
+
+def run_json(run: usage_pb2.Run) -> dict[str, Any]:
+    """A usage_pb2.Run as the user API shows it."""
+    bucket = bucket_from_proto(run.bucket)
+    remaining = run.budget_micros - run.reserved_micros - run.spent_micros
+    return {
+        "id": run.run_id,
+        "object": "run",
+        "status": RUN_STATUS_NAMES.get(run.status, "unspecified"),
+        "model": run.model or None,
+        "bucket": bucket.value,
+        "bucket_label": bucket.label,
+        "budget": amount(run.budget_micros, bucket),
+        "charged": amount(run.spent_micros, bucket),
+        "held": amount(run.reserved_micros, bucket),
+        "left": amount(max(remaining, 0), bucket),
+        # Kept one release (docs/GLOSSARY.md, "Wire changes"): charged, held, left.
+        "spent": amount(run.spent_micros, bucket),
+        "reserved": amount(run.reserved_micros, bucket),
+        "remaining": amount(max(remaining, 0), bucket),
+        "requests": run.requests,
+        "hold_id": run.hold_id,
+        "ledger_entry_id": run.entry_id or None,
+        "created_at": run.created_at.ToDatetime().isoformat() + "Z",
+        "expires_at": run.expires_at.ToDatetime().isoformat() + "Z",
+    }
+
+
+def run_receipt_json(receipt: usage_pb2.RunReceipt) -> dict[str, Any]:
+    """A usage_pb2.RunReceipt: lines, totals per model, totals. Each charged line has
+    its own ledger row (its part of the run's hold); the lines sum to the total.
+    `ledger_entry_id` is only set for runs closed with one aggregate row (before
+    per-request rows)."""
+    bucket = bucket_from_proto(receipt.run.bucket)
+    return {
+        "object": "run.receipt",
+        "run": run_json(receipt.run),
+        "lines": [
+            {
+                "request_id": line.request_id,
+                "model": line.selected_model,
+                "upstream_model": line.upstream_model,
+                "status": {1: "succeeded", 2: "partial", 3: "failed", 4: "rejected"}.get(
+                    line.status, "unspecified"
+                ),
+                "prompt_tokens": line.prompt_tokens,
+                "cached_tokens": line.cached_tokens,
+                "completion_tokens": line.completion_tokens,
+                "charge": amount(line.charge_micros, bucket),
+                "ledger_entry_id": line.entry_id or None,
+                "receipt_url": f"/v1/usage/{line.request_id}",
+            }
+            for line in receipt.lines
+        ],
+        "models": [
+            {
+                "model": m.model,
+                "requests": m.requests,
+                "prompt_tokens": m.prompt_tokens,
+                "cached_tokens": m.cached_tokens,
+                "completion_tokens": m.completion_tokens,
+                "charge": amount(m.charge_micros, bucket),
+            }
+            for m in receipt.models
+        ],
+        "totals": {
+            "requests": receipt.requests,
+            "prompt_tokens": receipt.prompt_tokens,
+            "cached_tokens": receipt.cached_tokens,
+            "completion_tokens": receipt.completion_tokens,
+            "charge": amount(receipt.charge_micros, bucket),
+            "duration_ms": receipt.duration_ms,
+        },
+        "ledger_entry_id": receipt.run.entry_id or None,
+    }
+
+
+# What a top-up paid for, and what paid for a request (the wallet's first-in-first-out
+# attribution, docs/GLOSSARY.md "What a top-up paid for").
+def slice_json(s: wallet_pb2.CreditSlice, bucket: Bucket) -> dict[str, Any]:
+    """One slice: the part `used` of one credit that paid one ledger row."""
+    row: dict[str, Any] = {
+        "entry_id": s.entry_id,
+        "kind": ENTRY_KIND.get(s.kind, "unspecified"),
+        "request_id": s.request_id or None,
+        "receipt_url": f"/v1/usage/{s.request_id}" if s.request_id else None,
+        "used": amount(s.used_micros, bucket),
+        "created_at": iso(s.created_at),
+        "credit_entry_id": s.credit_entry_id,
+        "order_id": s.credit_order_id or None,
+        "topup_url": f"/v1/topups/{s.credit_order_id}" if s.credit_order_id else None,
+    }
+    return row
+
+
+def credit_use_json(answer: wallet_pb2.GetCreditUseResponse) -> dict[str, Any]:
+    """A top-up's use: received, used, left, and one page of what it paid for."""
+    bucket = bucket_from_proto(answer.credit.bucket)
+    return {
+        "object": "list",
+        "order_id": answer.credit.order_id or None,
+        "ledger_entry_id": answer.credit.entry_id,
+        "bucket": bucket.value,
+        "bucket_label": bucket.label,
+        "received_balance": amount(answer.received_micros, bucket),
+        "used": amount(answer.used_micros, bucket),
+        "left": amount(answer.left_micros, bucket),
+        "total": answer.slices_total,
+        "data": [slice_json(s, bucket) for s in answer.slices],
+        "next_cursor": answer.next_page_token or None,
+    }
+
+
+def paid_from_json(slices: list[wallet_pb2.CreditSlice], bucket: Bucket) -> list[dict[str, Any]]:
+    """The credits (top-ups, mostly) that paid a request, with what each paid."""
+    return [slice_json(s, bucket) for s in slices]
