@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos -name '*.proto')
 PROTO_STAMP := tokenforge/.protos-generated
 
-.PHONY: install protos run test test-unit lint fmt clean bench soak browser
+.PHONY: install protos run test test-unit lint fmt clean bench bench-streams soak chaos browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: install browser
 # Benchmarks (not part of `make test`): figures go to bench-results/ and docs/PERFORMANCE.md.
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Streams at scale (not part of `make test`): N paced streams of about 30 s held open
+# together, direct / tokenforge / LiteLLM; STREAMS=100,1000 (docs/PERFORMANCE.md).
+bench-streams: install
+	$(BIN)/python -m bench.streams_bench --streams $${STREAMS:-100} $(BENCH_ARGS)
 
 # The conservation soak (not part of `make test`): money rule G1 on the whole system,
 # tests/e2e/test_conservation.py with 20,000 requests from 48 seeded clients; figures
