@@ -54,6 +54,15 @@ soak: install
 	TOKENFORGE_SOAK_RUNS=$${TOKENFORGE_SOAK_RUNS:-1} \
 	$(BIN)/pytest -q -s -p no:logging tests/e2e/test_conservation.py -k every_charge $(PYTEST_ARGS)
 
+# Faults on the real system (not part of `make test`, which runs a short one): every
+# process killed once under load, PostgreSQL restarted, money checked; one seed a run,
+# TOKENFORGE_CHAOS_SEED=<seed> replays it. Reports in bench-results/chaos-*.md (docs/CHAOS.md).
+chaos: install
+	TOKENFORGE_CHAOS_SECONDS=$${TOKENFORGE_CHAOS_SECONDS:-120} \
+	TOKENFORGE_CHAOS_CLIENTS=$${TOKENFORGE_CHAOS_CLIENTS:-24} \
+	TOKENFORGE_CHAOS_REPORT=$${TOKENFORGE_CHAOS_REPORT:-bench-results/chaos-$$(date +%s).md} \
+	$(BIN)/pytest -q -s -p no:logging tests/e2e/test_chaos.py -k killing $(PYTEST_ARGS)
+
 test-unit: install
 	$(BIN)/pytest -q tests/unit
 

@@ -205,7 +205,7 @@ def markdown(result: dict[str, Any]) -> str:
         if base is not None and p["target"] != "direct":
             add50 = (p["ttft_p50_ms"] or 0) - (base["ttft_p50_ms"] or 0)
             add99 = (p["ttft_p99_ms"] or 0) - (base["ttft_p99_ms"] or 0)
-            ttft += f" (+{fmt(add50)} / +{fmt(add99)})"
+            ttft += f" ({add50:+.1f} / {add99:+.1f})"
         errors = f"{p['error_count']}" + (f" {p['errors']}" if p["errors"] else "")
         lines.append(
             f"| {p['streams']} | {p['target']} | {p['ok']} | {errors} | {ttft} "
