@@ -212,6 +212,14 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {fmt(p['gap_p99_ms'])} | {fmt(p['rss_per_stream_kb'])} "
             f"| {p['load_before']:.1f} / {p['load_after']:.1f} |"
         )
+    marginal = marginal_rss(result["phases"])
+    if marginal:
+        lines += [
+            "",
+            "RSS each further open stream costs (between the smallest and the largest N, "
+            "so start-up and warm-up allocations cancel): "
+            + ", ".join(f"{name} {kb:.1f} KB" for name, kb in marginal.items()),
+        ]
     if result.get("litellm_unavailable"):
         lines += ["", f"LiteLLM: unavailable ({result['litellm_unavailable']})."]
     correctness = result["correctness"]
@@ -226,6 +234,18 @@ def markdown(result: dict[str, Any]) -> str:
         f"tokenforge, receipts {correctness['receipts_by_status']}"
     )
     return "\n".join(lines)
+
+
+def marginal_rss(phases: list[dict[str, Any]]) -> dict[str, float]:
+    """Per target with two stream counts or more: (peak RSS at the largest N - at the
+    smallest) / (largest - smallest N), in KB."""
+    out: dict[str, float] = {}
+    for name in dict.fromkeys(p["target"] for p in phases):
+        mine = sorted((p for p in phases if p["target"] == name), key=lambda p: p["streams"])
+        if len(mine) >= 2 and mine[-1]["streams"] > mine[0]["streams"]:
+            grown = mine[-1]["rss_peak_mb"] - mine[0]["rss_peak_mb"]
+            out[name] = grown * 1024 / (mine[-1]["streams"] - mine[0]["streams"])
+    return out
 
 
 def write_doc(result: dict[str, Any], table: str) -> None:
