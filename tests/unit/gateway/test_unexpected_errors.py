@@ -23,6 +23,15 @@ def test_the_database_restarting_answers_503_with_retry_after() -> None:
         chained(RuntimeError("enqueue failed"), shutting_down),
         sqlalchemy.exc.OperationalError("INSERT", {}, ConnectionRefusedError(111, "refused")),
         ConnectionRefusedError(111, "Connect call failed"),
+        chained(
+            sqlalchemy.exc.InternalError("DELETE", {}, Exception("wrapped")),
+            asyncpg.exceptions.InternalClientError(
+                "cannot switch to state 15; another operation (2) is in progress"
+            ),
+        ),
+        asyncpg.exceptions.AdminShutdownError(
+            "terminating connection due to administrator command"
+        ),
     ):
         answer = unexpected("req_1", error)
         assert answer.reason is Reason.SERVICE_UNAVAILABLE, error

@@ -50,9 +50,13 @@ def database_unreachable(error: BaseException) -> bool:
             (
                 sqlalchemy.exc.OperationalError,
                 sqlalchemy.exc.InterfaceError,
-                asyncpg.exceptions.CannotConnectNowError,
-                asyncpg.exceptions.ConnectionDoesNotExistError,
-                asyncpg.exceptions.AdminShutdownError,
+                # Shutting down, starting up, crashed; the connection gone or refused.
+                asyncpg.exceptions.OperatorInterventionError,
+                asyncpg.exceptions.PostgresConnectionError,
+                asyncpg.exceptions.InterfaceError,
+                # A pooled connection left mid-operation when the server went away
+                # ("cannot switch to state ...; another operation is in progress").
+                asyncpg.exceptions.InternalClientError,
                 ConnectionError,
             ),
         ):
