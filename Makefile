@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos -name '*.proto')
 PROTO_STAMP := tokenforge/.protos-generated
 
-.PHONY: install protos run test test-unit lint fmt clean bench soak browser
+.PHONY: install protos run test test-unit lint fmt clean bench bench-streams soak chaos browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test: install browser
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# Streams at scale (not part of `make test`): N paced streams of about 30 s held open
+# together, direct / tokenforge / LiteLLM; STREAMS=100,1000 (docs/PERFORMANCE.md).
+bench-streams: install
+	$(BIN)/python -m bench.streams_bench --streams $${STREAMS:-100} $(BENCH_ARGS)
+
 # The conservation soak (not part of `make test`): money rule G1 on the whole system,
 # tests/e2e/test_conservation.py with 20,000 requests from 48 seeded clients; figures
 # printed at the end (docs/PERFORMANCE.md). TOKENFORGE_SOAK_SEED=<seed> replays a run.
@@ -48,6 +53,15 @@ soak: install
 	TOKENFORGE_SOAK_CLIENTS=$${TOKENFORGE_SOAK_CLIENTS:-48} \
 	TOKENFORGE_SOAK_RUNS=$${TOKENFORGE_SOAK_RUNS:-1} \
 	$(BIN)/pytest -q -s -p no:logging tests/e2e/test_conservation.py -k every_charge $(PYTEST_ARGS)
+
+# Faults on the real system (not part of `make test`, which runs a short one): every
+# process killed once under load, PostgreSQL restarted, money checked; one seed a run,
+# TOKENFORGE_CHAOS_SEED=<seed> replays it. Reports in bench-results/chaos-*.md (docs/CHAOS.md).
+chaos: install
+	TOKENFORGE_CHAOS_SECONDS=$${TOKENFORGE_CHAOS_SECONDS:-120} \
+	TOKENFORGE_CHAOS_CLIENTS=$${TOKENFORGE_CHAOS_CLIENTS:-24} \
+	TOKENFORGE_CHAOS_REPORT=$${TOKENFORGE_CHAOS_REPORT:-bench-results/chaos-$$(date +%s).md} \
+	$(BIN)/pytest -q -s -p no:logging tests/e2e/test_chaos.py -k killing $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/pytest -q tests/unit

@@ -12,6 +12,10 @@ stdout: counts, errors by kind, the measured span, and the raw samples in
 milliseconds: `latency_ms` (whole request, the last byte of a stream included), and for
 streams `ttft_ms` (first content chunk) and `gap_ms` (between consecutive content
 chunks). The load generator's own CPU time goes to stderr.
+
+`--open N --arrival S` is the open-streams mode (bench/streams_bench.py): N streams,
+arriving evenly over S seconds, each read to its end, all held open together when they
+are long; no warm-up, one connection each.
 """
 
 from __future__ import annotations
@@ -228,6 +232,44 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def run_open(args: argparse.Namespace) -> dict[str, Any]:
+    """`args.open` streams arriving evenly over `args.arrival` seconds, each read to
+    its end on a connection of its own."""
+    keys: list[str] = args.key
+    auth: list[Headers] = [
+        {"content-type": "application/json", "authorization": f"Bearer {key}"} for key in keys
+    ] or [{"content-type": "application/json"}]
+    body = request_body(args.model, True, args.max_tokens)
+    samples = Samples()
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    timeout = aiohttp.ClientTimeout(connect=60.0, sock_read=60.0)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        started = time.perf_counter()
+
+        async def arriving(i: int) -> None:
+            await asyncio.sleep(i * args.arrival / max(args.open, 1))
+            await one_stream(session, args.url, body, auth[i % len(auth)], samples)
+
+        await asyncio.gather(*(arriving(i) for i in range(args.open)))
+        finished = time.perf_counter()
+    return {
+        "url": args.url,
+        "model": args.model,
+        "stream": True,
+        "open": args.open,
+        "arrival_s": args.arrival,
+        "seconds": finished - started,
+        "requests": samples.ok + sum(samples.errors.values()),
+        "ok": samples.ok,
+        "warmup_ok": 0,
+        "warmup_errors": 0,
+        "errors": dict(samples.errors),
+        "latency_ms": [round(v, 3) for v in samples.latency_ms],
+        "ttft_ms": [round(v, 3) for v in samples.ttft_ms],
+        "gap_ms": [round(v, 3) for v in samples.gap_ms],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True, help="the chat completions URL")
@@ -238,8 +280,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--open", type=int, default=0, help="open-streams mode: N streams")
+    parser.add_argument("--arrival", type=float, default=10.0, help="... arriving over S s")
     cpu_started = time.process_time()
-    result = asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    result = asyncio.run(run_open(args) if args.open else run(args))
     cpu = time.process_time() - cpu_started
     sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
     sent = result["requests"] + result["warmup_ok"] + result["warmup_errors"]

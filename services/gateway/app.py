@@ -127,6 +127,10 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
         # while the relay still delivers their finishes (docs/OPERATIONS.md, "Stopping").
         http.should_exit = True
         await http.task  # type: ignore[attr-defined]
+        # Past the grace uvicorn cancels the requests still running without waiting for
+        # them: let each end (its reservation handed to a background finish) first.
+        if running := list(http.server_state.tasks):
+            await asyncio.wait(running, timeout=5)
         sweeper.cancel()
         relay.cancel()
         await drain_abandoned()  # requests whose clients left end their reservations

@@ -211,9 +211,15 @@ async def close_due(peers: Peers, account_id: str = "") -> None:
     budgets = peers.budgets
     if budgets is None:
         return
-    for budget in budgets.due(account_id):
+    due = budgets.due(account_id)
+    for i, budget in enumerate(due):
         try:
             closed = await close_budget(peers, budget)
+        except asyncio.CancelledError:
+            # The relay stopping, or a read's caller gone: the rest are closed later
+            # (a release is idempotent), not left to their hold's TTL.
+            budgets.closing.extend(due[i:])
+            raise
         except Exception:  # noqa: BLE001 - logged; the hold's TTL ends it at worst
             log.exception("closing budget %s failed", budget.hold_id)
             closed = False

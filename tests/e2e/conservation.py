@@ -19,6 +19,7 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.gateway import metrics
 from services.wallet.client import WalletClient
-from tests.e2e.harness import ADMIN, System
+from tests.e2e.harness import System
 from tests.e2e.test_usage_reconcile import assert_reconciled
 from tokenforge.money import Bucket
 from tokenforge.wallet.v1 import wallet_pb2
+from tokenforge.wire import bucket_from_proto
 
 # The models the clients use (tests/e2e/catalog.yaml). The two test-soak-* models have
 # channels of their own, so the breakers this load opens change no other test's route.
@@ -275,6 +277,15 @@ class Run:
     resent: int = 0
     # The checks' reads at once.
     gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
+    # Paid top-ups credited to the run's accounts, account index -> bucket -> micros
+    # (tests/e2e/chaos.py): balance = grants + these - charges.
+    topups: dict[int, Counter[str]] = field(default_factory=dict)
+    # Open holds allowed at rest (a killed gateway's, which end by their TTL; chaos.py):
+    # a predicate on the wallet's Hold, and what it let through.
+    left_to_ttl: Callable[[Any], bool] | None = None
+    left_holds: list[Any] = field(default_factory=list)
+    # How long the checks wait for the account to be at rest.
+    rest_timeout_s: float = 30.0
 
     async def open_accounts(self) -> None:
         for plan in account_plans(self.requests):
@@ -306,6 +317,22 @@ class Run:
         plan = schedule(self.seed, self.requests, self.clients, len(self.gateway_urls))
         self.started = time.monotonic()
         await asyncio.gather(*(self._client(i, steps) for i, steps in enumerate(plan)))
+        self.ran_s = time.monotonic() - self.started
+
+    async def drive_until(self, stop: asyncio.Event) -> None:
+        """Rounds of `requests` steps until `stop` is set (tests/e2e/chaos.py: load for as
+        long as the faults last); round r's steps come from the seed and r alone, their
+        ids prefixed `r<r>.`, so idempotency keys never repeat across rounds."""
+        self.not_collected_before = not_collected()
+        self.started = time.monotonic()
+        round_no = 0
+        while not stop.is_set():
+            plan = schedule(
+                self.seed * 1000 + round_no, self.requests, self.clients, len(self.gateway_urls)
+            )
+            plan = [[replace(s, id=f"r{round_no}.{s.id}") for s in steps] for steps in plan]
+            await asyncio.gather(*(self._client(i, steps) for i, steps in enumerate(plan)))
+            round_no += 1
         self.ran_s = time.monotonic() - self.started
 
     async def _client(self, index: int, steps: list[Step]) -> None:
@@ -592,13 +619,15 @@ def expected_status(answer: Answer, plan: AccountPlan) -> bool:
     return False
 
 
-async def until_at_rest(run: Run, engine: AsyncEngine, timeout_s: float = 30) -> Report:
+async def until_at_rest(run: Run, engine: AsyncEngine) -> Report:
     """Nothing queued and nothing held for the run's accounts: reads through both
     replicas deliver an account's queued finishes and close that replica's idle
-    budgets. Whatever is still queued or held after `timeout_s` is a finding."""
+    budgets. Whatever is still queued or held after `run.rest_timeout_s` is a finding,
+    but for holds `run.left_to_ttl` lets through (kept in `run.left_holds`)."""
     report = Report(run.seed)
+    timeout_s = run.rest_timeout_s
     ids = [account for account, _, _ in run.accounts]
-    wallet = WalletClient.connect(run.system.services["wallet"], ADMIN)
+    wallet = WalletClient.connect(run.system.services["wallet"], run.system.admin_token)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -610,6 +639,9 @@ async def until_at_rest(run: Run, engine: AsyncEngine, timeout_s: float = 30) ->
                 for account in ids
                 for h in (await wallet.holds(account, status=wallet_pb2.HOLD_STATUS_OPEN)).holds
             ]
+            allowed = run.left_to_ttl
+            run.left_holds = [h for h in held if allowed is not None and allowed(h)]
+            held = [h for h in held if h not in run.left_holds]
             if not queued and not held:
                 return report
             if time.monotonic() > deadline:
@@ -834,7 +866,22 @@ async def check_balances(
     spent = {Bucket.CREDIT.value: 0, Bucket.ROUTED.value: 0}
     for r in receipts:
         spent[r["bucket"]] += r["charge"]["micros"]
-    granted = {Bucket.CREDIT.value: plan.credit, Bucket.ROUTED.value: plan.routed}
+    paid = run.topups.get(index, Counter())
+    granted = {
+        Bucket.CREDIT.value: plan.credit + paid[Bucket.CREDIT.value],
+        Bucket.ROUTED.value: plan.routed + paid[Bucket.ROUTED.value],
+    }
+    # What holds left to their TTL still hold (a killed gateway's), per bucket.
+    left = Counter(
+        {
+            bucket: sum(
+                h.amount_micros - h.captured_micros
+                for h in run.left_holds
+                if h.account_id == account and bucket_from_proto(h.bucket).value == bucket
+            )
+            for bucket in granted
+        }
+    )
     wallet = (await read(http, "/v1/wallet")).json()
     for b in wallet["balances"]:
         bucket = b["bucket"]
@@ -846,7 +893,11 @@ async def check_balances(
                 f"posted {posted}, but grants {granted[bucket]} - receipts {spent[bucket]} "
                 f"= {granted[bucket] - spent[bucket]} ({len(receipts)} receipts)",
             )
-        if held:
-            report.add("held_at_rest", f"{account} {bucket}", f"{held} micros still held")
+        if held != left[bucket]:
+            report.add(
+                "held_at_rest",
+                f"{account} {bucket}",
+                f"{held} micros still held ({left[bucket]} by holds left to their TTL)",
+            )
         if posted < 0:
             report.add("balance_below_zero", f"{account} {bucket}", f"posted {posted}")

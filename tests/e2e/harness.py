@@ -28,6 +28,8 @@ class System:
     operator: Operator
     spans: InMemorySpanExporter
     mock_url: str
+    # The operators' token (a `tokenforge dev` system has its own: tests/e2e/chaos.py).
+    admin_token: str = ADMIN
 
     async def new_account(
         self, credit: int = 10_000_000, routed: int = 10_000_000, fallback_allowed: bool = False

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from services.wallet.client import WalletClient
-from tests.e2e.harness import ADMIN, INTERNAL, System
+from tests.e2e.harness import INTERNAL, System
 from tokenforge.cli import main as cli_main
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
@@ -21,7 +21,9 @@ from tokenforge.wallet.v1 import wallet_pb2
 
 
 def state_dir(system: System, tmp: Path) -> str:
-    (tmp / "dev.json").write_text(json.dumps({"services": system.services, "admin_token": ADMIN}))
+    (tmp / "dev.json").write_text(
+        json.dumps({"services": system.services, "admin_token": system.admin_token})
+    )
     return str(tmp)
 
 

@@ -169,6 +169,12 @@ def _retrieve(future: asyncio.Future[Ended]) -> None:
         log.error("a reservation's end failed: %r", error)
 
 
+# A finish that can be neither queued nor done directly is tried again, about 30 s in all
+# (backoff 0.25 s doubling to 4 s), before it is left to the hold's TTL.
+FINISH_TRIES = 10
+FINISH_RETRY_MAX_S = 4.0
+
+
 class Queued(Reservation, ABC):
     """A reservation whose finish is durably queued for the relay (or, when the queue
     cannot take it, done now): an own hold or a budget draw."""
@@ -191,15 +197,27 @@ class Queued(Reservation, ABC):
         finish = self.finish_kind(settlement)
         receipt.entry_id = self.entry_id(receipt.request_id) if charge.micros > 0 else ""
         fill_receipt(receipt, settlement)
-        try:
-            await ends.enqueue(receipt, finish)
-        except Exception as failure:  # noqa: BLE001 - the finish goes the direct way
-            log.warning("finish of %s not queued (%r); finishing now", receipt.request_id, failure)
+        for attempt in range(FINISH_TRIES):
             try:
-                await ends.apply(receipt, finish)
-            finally:
-                self.spent(charge.micros)  # it may have been taken: counted as spent
-            return Ended(receipt, Money(receipt.charge_micros, charge.bucket))
+                await ends.enqueue(receipt, finish)
+            except Exception as failure:  # noqa: BLE001 - the finish goes the direct way
+                log.warning(
+                    "finish of %s not queued (%r); finishing now", receipt.request_id, failure
+                )
+                try:
+                    await ends.apply(receipt, finish)
+                except Exception:
+                    # Neither way now (the gateway's database and the wallet's both down:
+                    # a PostgreSQL restart): again in a moment, rather than leave the hold
+                    # to its TTL. Both ways are idempotent per request and hold.
+                    if attempt == FINISH_TRIES - 1:
+                        self.spent(charge.micros)  # it may have been taken: counted as spent
+                        raise
+                    await asyncio.sleep(min(FINISH_RETRY_MAX_S, 0.25 * 2**attempt))
+                    continue
+                self.spent(charge.micros)
+                return Ended(receipt, Money(receipt.charge_micros, charge.bucket))
+            break
         self.spent(charge.micros)
         return Ended(receipt, charge)
 

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from services.gateway.budgets import Budgets
 from services.gateway.domain.budgets import Budget, BudgetPolicy
 from services.gateway.domain.settlement import Rule, Settlement, Status, Usage
+from services.gateway.flow import reservation
 from services.gateway.flow.ends import PeerEnds
 from services.gateway.flow.reservation import BudgetDraw, OwnHold, RunSlice, State
 from tests.unit.gateway.fakes import Queue, RecordingUsage, Wallet, peers_with
@@ -107,7 +108,10 @@ async def test_a_draw_the_queue_cannot_take_is_captured_and_recorded_at_once() -
     assert (budget.draws, budget.reserved, budget.spent) == (0, 0, 120)
 
 
-async def test_when_neither_can_take_it_the_draw_still_gives_back_and_the_error_is_raised() -> None:
+async def test_when_neither_can_take_it_the_draw_still_gives_back_and_the_error_is_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reservation, "FINISH_RETRY_MAX_S", 0.0)  # its retries at once
     down = DomainError(Reason.SERVICE_UNAVAILABLE, "The wallet is not answering right now.")
     wallet = Wallet(down)
     draw, budget = a_draw(wallet)
@@ -118,6 +122,37 @@ async def test_when_neither_can_take_it_the_draw_still_gives_back_and_the_error_
     assert (budget.draws, budget.reserved, budget.spent) == (0, 0, 120)
     with pytest.raises(DomainError):  # a second end answers the first: the same failure
         await draw.finish(ends, a_receipt("hold-b"), settled(0, Rule.CLIENT_DISCONNECT))
+    assert (budget.draws, budget.reserved, budget.spent) == (0, 0, 120)
+
+
+class WalletBackAfter(Wallet):
+    """Down (as in a PostgreSQL restart) for its first `down_for` calls."""
+
+    def __init__(self, down_for: int) -> None:
+        super().__init__()
+        self.down_for = down_for
+
+    async def capture_part(self, *args: Any, **kwargs: Any) -> Any:
+        if self.down_for > 0:
+            self.down_for -= 1
+            raise DomainError(Reason.SERVICE_UNAVAILABLE, "The wallet is not answering.")
+        return await super().capture_part(*args, **kwargs)
+
+
+async def test_when_neither_can_take_it_for_a_moment_the_finish_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 21 (make chaos, PostgreSQL restarted): the queue and the wallet both down
+    for a moment; the finish is tried again rather than the hold left to its TTL."""
+    monkeypatch.setattr(reservation, "FINISH_RETRY_MAX_S", 0.0)
+    wallet, usage = WalletBackAfter(down_for=3), RecordingUsage()
+    draw, budget = a_draw(wallet)
+    ended = await draw.finish(
+        ends_with(Queue(broken=True), wallet, usage), a_receipt("hold-b"), settled(120)
+    )
+    assert ended.charge.micros == 120
+    assert wallet.parts == [("hold-b", 120, "req-1")]  # taken once, on the fourth try
+    assert [r.request_id for r in usage.receipts] == ["req-1"]
     assert (budget.draws, budget.reserved, budget.spent) == (0, 0, 120)
 
 
