@@ -448,3 +448,22 @@ async def test_count_tokens_on_an_anthropic_channel_model_holds_and_calls_nothin
     assert await balances(system, key) == before
     # The mock's last request is the same one: nothing was called upstream.
     assert await last_upstream_calls(system) == last_before
+
+
+async def test_the_usage_listing_and_its_sums_show_every_token_class(system: System) -> None:
+    _, key = await system.new_account()
+    client = gpt(system, key)
+    await client.chat.completions.create(model="proto-anthropic", messages=CHAT)
+    await client.chat.completions.create(model="proto-responses", messages=CHAT)
+    async with system.http(key) as http:
+        sums = (await http.get("/v1/usage/aggregates", params={"by": "model"})).json()
+        listed = await http.get("/v1/usage", headers={"accept": "text/csv"})
+    by_model = {row["model"]: row for row in sums["data"]}
+    anthropic_row, responses_row = by_model["proto-anthropic"], by_model["proto-responses"]
+    assert (anthropic_row["cached_tokens"], anthropic_row["cache_write_tokens"]) == (3, 2)
+    assert (responses_row["reasoning_tokens"], responses_row["completion_tokens"]) == (4, 20)
+    header, *rows = [line.split(",") for line in listed.text.strip().splitlines()]
+    for name in ("cache_write_tokens", "reasoning_tokens", "client_format", "channel_protocol"):
+        assert name in header
+    protocols = sorted(row[header.index("channel_protocol")] for row in rows)
+    assert protocols == ["anthropic_messages", "openai_responses"]
