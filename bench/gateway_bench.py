@@ -11,7 +11,11 @@ patch of the machine hits all three alike:
 
 - `c1`:     concurrency 1, plain completions: latency, added over direct;
 - `c32`:    concurrency 32, plain completions: requests/s, latency, errors;
-- `stream`: concurrency 1, 64-chunk streams: time to first token and between-chunk gaps.
+- `stream`: concurrency 1, 64-chunk streams: time to first token and between-chunk gaps;
+- `responses_c32`, `responses_stream`, `messages_c32`, `messages_stream`: the same
+  model asked in the OpenAI Responses and Anthropic Messages formats (tokenforge only:
+  requests/s at c=32, and the streamed first token added over the direct chat stream).
+  `--scenarios` runs only the ones named.
 
 CPU seconds per 1,000 requests and peak RSS are read with psutil for every process of
 every target. After the run: receipts of the bench accounts equal the gateway's
@@ -77,13 +81,26 @@ class Scenario:
     name: str
     concurrency: int
     stream: bool
+    # The API format asked ("chat", or "responses" / "messages": tokenforge only, on
+    # the same chat channel of the mock; the rows beside chat's in the table).
+    format: str = "chat"
 
 
 SCENARIOS = (
     Scenario("c1", 1, False),
     Scenario("c32", 32, False),
     Scenario("stream", 1, True),
+    Scenario("responses_c32", 32, False, "responses"),
+    Scenario("responses_stream", 1, True, "responses"),
+    Scenario("messages_c32", 32, False, "messages"),
+    Scenario("messages_stream", 1, True, "messages"),
 )
+# Where each format is served, from the gateway's URL.
+FORMAT_PATHS = {
+    "chat": "/v1/chat/completions",
+    "responses": "/v1/responses",
+    "messages": "/v1/messages",
+}
 
 
 @dataclass
@@ -94,6 +111,13 @@ class Target:
     model: str
     # process group name -> root pid (its children are counted with it)
     processes: dict[str, int]
+    # The URL of each other API format the target serves (none: chat only).
+    format_urls: dict[str, str] = field(default_factory=dict)
+
+    def url_for(self, scenario: Scenario) -> str | None:
+        if scenario.format == "chat":
+            return self.url
+        return self.format_urls.get(scenario.format)
 
 
 @dataclass
@@ -225,8 +249,10 @@ async def run_loadgen(
         sys.executable,
         "-m",
         "bench.loadgen",
+        "--format",
+        scenario.format,
         "--url",
-        target.url,
+        target.url_for(scenario) or target.url,
         "--model",
         target.model,
         "--concurrency",
@@ -318,6 +344,7 @@ async def measure(
     seconds: float,
     warmup: float,
     profilers: list[Profiler],
+    scenarios: tuple[Scenario, ...] = SCENARIOS,
 ) -> tuple[dict[str, dict[str, Tally]], dict[str, dict[str, float]], dict[str, int]]:
     tallies: dict[str, dict[str, Tally]] = {
         t.name: {s.name: Tally() for s in SCENARIOS} for t in targets
@@ -325,8 +352,10 @@ async def measure(
     cpu: dict[str, dict[str, float]] = {t.name: defaultdict(float) for t in targets}
     with RssSampler(groups) as sampler:
         for round_no in range(rounds):
-            for scenario in SCENARIOS:
+            for scenario in scenarios:
                 for target in targets:
+                    if target.url_for(scenario) is None:
+                        continue
                     before = {name: cpu_seconds(pid) for name, pid in groups.items()}
                     profiling = (
                         target.name == "tokenforge"
@@ -519,8 +548,11 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def added(summary: dict[str, Any], target: str, scenario: str, key: str) -> float | None:
+    """Over the direct upstream's figure (a format's stream: over the direct chat
+    stream, the same upstream answer)."""
     mine = summary.get(target, {}).get(scenario, {}).get(key)
-    base = summary.get("direct", {}).get(scenario, {}).get(key)
+    base_scenario = "stream" if scenario.endswith("_stream") else scenario
+    base = summary.get("direct", {}).get(base_scenario, {}).get(key)
     return None if mine is None or base is None else mine - base
 
 
@@ -536,6 +568,9 @@ def markdown(result: dict[str, Any]) -> str:
     def row(label: str, scenario: str, key: str, digits: int = 2, show_added: bool = False) -> None:
         cells = [label]
         for name in names:
+            if not summary[name][scenario]["requests"]:
+                cells.append("-")  # not measured (another format, or left out)
+                continue
             value = summary[name][scenario][key]
             text = fmt(value, digits)
             if show_added and name != "direct":
@@ -555,6 +590,15 @@ def markdown(result: dict[str, Any]) -> str:
     row("stream TTFT p99, ms (added)", "stream", "ttft_p99_ms", show_added=True)
     row("stream chunk gap p50, ms (added)", "stream", "gap_p50_ms", show_added=True)
     row("stream chunk gap p99, ms (added)", "stream", "gap_p99_ms", show_added=True)
+    for title, name in (("Responses", "responses"), ("Messages", "messages")):
+        row(f"{title} c=32 requests/s", f"{name}_c32", "rps", 0)
+        row(f"{title} c=32 errors", f"{name}_c32", "error_count", 0)
+        row(
+            f"{title} stream TTFT p50, ms (added)", f"{name}_stream", "ttft_p50_ms", show_added=True
+        )
+        row(
+            f"{title} stream TTFT p99, ms (added)", f"{name}_stream", "ttft_p99_ms", show_added=True
+        )
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += [
@@ -718,7 +762,9 @@ def write_doc(result: dict[str, Any], table: str) -> None:
         "budget, each request its own ledger row, and records its receipt moments later; "
         "the checks below wait for that queue to empty); "
         f"{result['accounts']} bench accounts, one API key each, shared by the "
-        "load's clients. LiteLLM runs without a database (no spend tracking).\n\n" + table
+        "load's clients. LiteLLM runs without a database (no spend tracking). The Responses "
+        "and Messages rows ask tokenforge the same model in those formats (translated to "
+        "and from chat, the same channel).\n\n" + table
     )
     # Only the part between the markers is the run's; the analysis around it is kept.
     generated = f"{START}\n{body.strip()}\n{END}"
@@ -755,10 +801,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ),
             Target(
                 "tokenforge",
-                info["gateway_url"] + "/v1/chat/completions",
+                info["gateway_url"] + FORMAT_PATHS["chat"],
                 keys,
                 MODEL,
                 dict(groups),
+                {name: info["gateway_url"] + path for name, path in FORMAT_PATHS.items()},
             ),
         ]
         shipped_accounts: list[str] = []
@@ -806,8 +853,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in args.profile.split(",")
             if name
         ]
+        chosen = tuple(s for s in SCENARIOS if not args.scenarios or s.name in args.scenarios)
         tallies, cpu, peak = await measure(
-            targets, groups, args.rounds, args.seconds, args.warmup, profilers
+            targets, groups, args.rounds, args.seconds, args.warmup, profilers, chosen
         )
         summary = summarize(tallies, cpu, peak, targets)
         correctness = await check_correctness(
@@ -865,7 +913,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-doc", action="store_true", help="leave docs/PERFORMANCE.md as it is")
     parser.add_argument("--state-dir", default="", help="keep the system's data here")
+    parser.add_argument(
+        "--scenarios",
+        default="",
+        help="run only these scenarios (comma-separated, e.g. responses_c32,messages_stream; "
+        f"all: {','.join(s.name for s in SCENARIOS)})",
+    )
     args = parser.parse_args(argv)
+    args.scenarios = [name for name in args.scenarios.split(",") if name]
     args.rounds = args.rounds or (1 if args.quick else 2)
     args.seconds = args.seconds or (2.0 if args.quick else 6.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)

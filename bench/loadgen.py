@@ -1,8 +1,10 @@
-"""A closed-loop HTTP load generator for OpenAI-compatible chat completions, run as its
-own process so the load it makes does not share an event loop with what it measures.
+"""A closed-loop HTTP load generator for OpenAI-compatible chat completions (or, with
+`--format`, OpenAI Responses or Anthropic Messages), run as its own process so the load
+it makes does not share an event loop with what it measures.
 
     python -m bench.loadgen --url http://127.0.0.1:8080/v1/chat/completions \
-        --model bench-chat --key sk-... --concurrency 32 --seconds 10 [--stream]
+        --model bench-chat --key sk-... --concurrency 32 --seconds 10 [--stream] \
+        [--format chat|responses|messages]
 
 N workers each send one request after the other until the time is up (after an
 unmeasured warm-up), over one aiohttp session whose keep-alive pool holds one
@@ -50,15 +52,43 @@ class Samples:
     gap_ms: list[float] = field(default_factory=list)
 
 
-def request_body(model: str, stream: bool, max_tokens: int) -> bytes:
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": max_tokens,
-    }
+@dataclass(frozen=True)
+class Format:
+    """How one API format asks, answers and streams."""
+
+    # A whole answer has this in its body.
+    answered: bytes
+    # The `type` of a stream event carrying generated text, and of the one that ends it
+    # (chat: the `[DONE]` line and content deltas, no types).
+    text_event: str = ""
+    end_event: str = ""
+
+
+FORMATS = {
+    "chat": Format(b'"choices"'),
+    "responses": Format(b'"output"', "response.output_text.delta", "response.completed"),
+    "messages": Format(b'"content"', "content_block_delta", "message_stop"),
+}
+ERROR_EVENTS = frozenset({"error", "response.failed"})
+
+
+def request_body(model: str, stream: bool, max_tokens: int, fmt: str = "chat") -> bytes:
+    body: dict[str, Any] = {"model": model}
+    if fmt == "responses":
+        body.update(input=PROMPT, max_output_tokens=max_tokens)
+    else:
+        body.update(messages=[{"role": "user", "content": PROMPT}], max_tokens=max_tokens)
     if stream:
         body["stream"] = True
     return orjson.dumps(body)
+
+
+def has_text(chunk: dict[str, Any], fmt: Format) -> bool:
+    """Does this stream event carry generated text?"""
+    if fmt.text_event:
+        return chunk.get("type") == fmt.text_event
+    choices = chunk.get("choices") or []
+    return bool(choices and (choices[0].get("delta") or {}).get("content"))
 
 
 def error_kind(error: BaseException) -> str:
@@ -91,7 +121,12 @@ Headers = dict[str, str]
 
 
 async def one_plain(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: Headers, into: Samples | None
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: Headers,
+    into: Samples | None,
+    fmt: Format = FORMATS["chat"],
 ) -> None:
     started = time.perf_counter()
     try:
@@ -105,7 +140,7 @@ async def one_plain(
     elapsed = (time.perf_counter() - started) * 1000
     if into is None:
         return
-    if status == 200 and b'"choices"' in content:
+    if status == 200 and fmt.answered in content:
         into.ok += 1
         into.latency_ms.append(elapsed)
     else:
@@ -113,7 +148,12 @@ async def one_plain(
 
 
 async def one_stream(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: Headers, into: Samples | None
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: Headers,
+    into: Samples | None,
+    fmt: Format = FORMATS["chat"],
 ) -> None:
     started = time.perf_counter()
     first: float | None = None
@@ -132,11 +172,13 @@ async def one_stream(
                 done = True
                 return
             chunk = orjson.loads(data)
-            if "error" in chunk:
+            if "error" in chunk or chunk.get("type") in ERROR_EVENTS:
                 failed = "stream_error"
                 continue
-            choices = chunk.get("choices") or []
-            if choices and (choices[0].get("delta") or {}).get("content"):
+            if fmt.end_event and chunk.get("type") == fmt.end_event:
+                done = True
+                return
+            if has_text(chunk, fmt):
                 now = time.perf_counter()
                 if first is None:
                     first = now
@@ -186,8 +228,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     auth: list[Headers] = [
         {"content-type": "application/json", "authorization": f"Bearer {key}"} for key in keys
     ] or [{"content-type": "application/json"}]
-    body = request_body(args.model, args.stream, args.max_tokens)
-    one = one_stream if args.stream else one_plain
+    body = request_body(args.model, args.stream, args.max_tokens, args.format)
+    fmt = FORMATS[args.format]
+    call = one_stream if args.stream else one_plain
+
+    async def one(
+        session: aiohttp.ClientSession, url: str, body: bytes, headers: Headers, into: Samples
+    ) -> None:
+        await call(session, url, body, headers, into, fmt)
+
     samples = Samples()
     # One keep-alive connection per worker; 60 s to get a connection, 60 s between reads.
     connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=args.concurrency)
@@ -282,6 +331,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--open", type=int, default=0, help="open-streams mode: N streams")
     parser.add_argument("--arrival", type=float, default=10.0, help="... arriving over S s")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="chat")
     cpu_started = time.process_time()
     args = parser.parse_args()
     result = asyncio.run(run_open(args) if args.open else run(args))

@@ -44,6 +44,9 @@ ROUTED = "demo-chat@routed"
 EMBED = "demo-embed"
 ROUTE_FALLBACK = "test-soak-route-fallback"  # official route down, routed route up
 DOWN = "test-soak-down"  # its only channel answers 503: the client gets a 502
+# Official on an Anthropic Messages channel, routed on an OpenAI Responses channel
+# (cache reads and writes, reasoning tokens): chat requests translated both ways.
+PROTOCOLS = "test-soak-protocols"
 
 # What a client does, with its weight in the mix.
 KINDS: dict[str, int] = {
@@ -149,7 +152,7 @@ def next_step(rng: random.Random, step_id: str, plans: list[AccountPlan], replic
         kind=kind,
         account=rng.randrange(len(plans)),
         replica=rng.randrange(replicas),
-        model=rng.choice((OFFICIAL, ROUTED)),
+        model=rng.choice((OFFICIAL, ROUTED, PROTOCOLS, PROTOCOLS + "@routed")),
         # No max_tokens half the time: the gateway then holds the largest output the
         # balance pays for (hold by hold near the end of a balance).
         max_tokens=rng.choice((None, None, 20, 64, 256)),

@@ -68,10 +68,16 @@ def charge(tokens: dict[str, int], prices: tuple[int, int, int, int]) -> int:
 
 
 async def last_upstream_call(system: System) -> dict[str, Any]:
+    [call] = await last_upstream_calls(system)
+    return call
+
+
+async def last_upstream_calls(system: System) -> list[dict[str, Any]]:
+    """The mock's last recorded request, if any (a list of at most one)."""
     async with httpx.AsyncClient() as http:
         recorded = (await http.get(f"{system.mock_url}/mock/requests", params={"limit": 1})).json()
-    call: dict[str, Any] = recorded["data"][-1]
-    return call
+    calls: list[dict[str, Any]] = recorded["data"]
+    return calls
 
 
 def assert_receipt_tokens(receipt: dict[str, Any], tokens: dict[str, int]) -> None:
@@ -374,3 +380,90 @@ async def test_a_route_down_falls_back_to_a_route_whose_channel_speaks_anthropic
     assert receipt["route"] == "routed" and receipt["channel_protocol"] == "anthropic_messages"
     assert [r["outcome"] for r in receipt["route_attempts"]] == ["fell_back", "final"]
     assert_receipt_tokens(receipt, ANTHROPIC_TOKENS)
+
+
+# --- legacy completions and count_tokens on channels of other protocols ------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "tokens", "prices", "protocol"),
+    [
+        ("proto-anthropic", ANTHROPIC_TOKENS, ANTHROPIC_PRICES, "anthropic_messages"),
+        ("proto-responses", RESPONSES_TOKENS, RESPONSES_PRICES, "openai_responses"),
+    ],
+)
+async def test_legacy_completions_on_other_protocols_are_charged_as_reported(
+    system: System,
+    model: str,
+    tokens: dict[str, int],
+    prices: dict[str, tuple[int, int, int, int]],
+    protocol: str,
+) -> None:
+    _, key = await system.new_account()
+    # One prompt message: 4 + 4 words at the mock; the channel's cache counts as before.
+    expected = {**tokens, "prompt": 8}
+    completion = await gpt(system, key).completions.create(
+        model=model, prompt="Once upon a time", max_tokens=50
+    )
+    assert completion.choices[0].text.startswith("This is the mock answer to: Once")
+    cost = (completion.usage.model_extra or {})["cost_micros"] if completion.usage else 0
+    assert cost == charge(expected, prices["official"])
+    receipt = await money_story(
+        system, key, (completion.model_extra or {})["receipt"]["request_id"], cost
+    )
+    assert_receipt_tokens(receipt, expected)
+    assert receipt["client_format"] == "openai_completions"
+    assert receipt["channel_protocol"] == protocol
+
+    stream = await gpt(system, key).completions.create(
+        model=model + "@routed",
+        prompt="Once upon a time",
+        max_tokens=50,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text.startswith("This is the mock answer to: Once")
+    last = chunks[-1]
+    assert last.usage is not None
+    cost = (last.usage.model_extra or {})["cost_micros"]
+    assert cost == charge(expected, prices["routed"])
+    receipt = await money_story(
+        system, key, (last.model_extra or {})["receipt"]["request_id"], cost
+    )
+    assert receipt["channel_protocol"] == protocol and receipt["route"] == "routed"
+
+
+async def test_count_tokens_on_an_anthropic_channel_model_holds_and_calls_nothing(
+    system: System,
+) -> None:
+    _, key = await system.new_account()
+    before = await balances(system, key)
+    last_before = await last_upstream_calls(system)
+    counted = await claude(system, key).messages.count_tokens(
+        model="proto-anthropic", messages=[{"role": "user", "content": USER_TEXT}]
+    )
+    assert counted.input_tokens > 0
+    assert await balances(system, key) == before
+    # The mock's last request is the same one: nothing was called upstream.
+    assert await last_upstream_calls(system) == last_before
+
+
+async def test_the_usage_listing_and_its_sums_show_every_token_class(system: System) -> None:
+    _, key = await system.new_account()
+    client = gpt(system, key)
+    await client.chat.completions.create(model="proto-anthropic", messages=CHAT)
+    await client.chat.completions.create(model="proto-responses", messages=CHAT)
+    async with system.http(key) as http:
+        sums = (await http.get("/v1/usage/aggregates", params={"by": "model"})).json()
+        listed = await http.get("/v1/usage", headers={"accept": "text/csv"})
+    by_model = {row["model"]: row for row in sums["data"]}
+    anthropic_row, responses_row = by_model["proto-anthropic"], by_model["proto-responses"]
+    assert (anthropic_row["cached_tokens"], anthropic_row["cache_write_tokens"]) == (3, 2)
+    assert (responses_row["reasoning_tokens"], responses_row["completion_tokens"]) == (4, 20)
+    header, *rows = [line.split(",") for line in listed.text.strip().splitlines()]
+    for name in ("cache_write_tokens", "reasoning_tokens", "client_format", "channel_protocol"):
+        assert name in header
+    protocols = sorted(row[header.index("channel_protocol")] for row in rows)
+    assert protocols == ["anthropic_messages", "openai_responses"]

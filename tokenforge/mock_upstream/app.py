@@ -142,8 +142,9 @@ class EventStreamResponse(Response):
             watcher.cancel()
 
 
-def error_response(status: int, body: Json) -> JsonResponse:
-    return JsonResponse(body, status)
+def error_response(status: int, body: Json, anthropic: bool = False) -> JsonResponse:
+    """The error in OpenAI's shape, or in Anthropic's for /v1/messages."""
+    return JsonResponse(protocols.anthropic_error(body) if anthropic else body, status)
 
 
 class MockUpstreamState:
@@ -192,6 +193,7 @@ class MockEndpoints:
 
     async def serve(self, request: Request, answer: Answer) -> Response:
         body = await _read_body(request)
+        anthropic = request.url.path.endswith("/v1/messages")
         prefix: str | None = request.path_params.get("knobs")
         self.state.record(request, prefix, body.text if isinstance(body, _Unreadable) else body)
         try:
@@ -200,7 +202,9 @@ class MockEndpoints:
             )
         except KnobError as exc:
             return error_response(
-                400, replies.error_body(str(exc), "invalid_request_error", "invalid_mock_knob")
+                400,
+                replies.error_body(str(exc), "invalid_request_error", "invalid_mock_knob"),
+                anthropic,
             )
         if knobs.latency_ms:
             await asyncio.sleep(knobs.latency_ms / 1000)
@@ -215,23 +219,29 @@ class MockEndpoints:
                     "authentication_error",
                     "invalid_api_key",
                 ),
+                anthropic,
             )
         if knobs.fail_first and self.state.take_failure(prefix or "", knobs.fail_first):
-            return error_response(503, replies.status_error(503, "fail-first"))
+            return error_response(503, replies.status_error(503, "fail-first"), anthropic)
         if knobs.status is not None and knobs.status >= 400:
-            return error_response(knobs.status, replies.status_error(knobs.status, "status knob"))
+            return error_response(
+                knobs.status, replies.status_error(knobs.status, "status knob"), anthropic
+            )
         if isinstance(body, _Unreadable):
             return error_response(
                 400,
                 replies.error_body(
                     "The request body is not valid JSON.", "invalid_request_error", None
                 ),
+                anthropic,
             )
         try:
             return await answer(request, body, knobs)
         except replies.InvalidRequest as exc:
             return error_response(
-                400, replies.error_body(str(exc), "invalid_request_error", None, exc.param)
+                400,
+                replies.error_body(str(exc), "invalid_request_error", None, exc.param),
+                anthropic,
             )
 
     async def chat(self, request: Request, body: object, knobs: Knobs) -> Response:

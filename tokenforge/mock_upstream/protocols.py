@@ -64,6 +64,23 @@ def _require_body(body: object) -> Json:
 
 # --- Anthropic Messages ----------------------------------------------------------------
 
+ANTHROPIC_ERROR_TYPES = {
+    "server_error": "api_error",
+    "rate_limit_error": "rate_limit_error",
+    "authentication_error": "authentication_error",
+    "permission_error": "permission_error",
+    "timeout_error": "api_error",
+}
+
+
+def anthropic_error(body: Json) -> Json:
+    """An OpenAI-style error body in Anthropic's shape."""
+    error = body.get("error") or {}
+    kind = ANTHROPIC_ERROR_TYPES.get(str(error.get("type")), "invalid_request_error")
+    if error.get("code") == "overloaded":
+        kind = "overloaded_error"
+    return {"type": "error", "error": {"type": kind, "message": error.get("message", "")}}
+
 
 def messages_request(value: object) -> ChatRequest:
     body = _require_body(value)

@@ -160,14 +160,19 @@ class ChatPlan:
 def plan_chat(
     request: ChatRequest, reply_tokens: int, classes: TokenClasses = TokenClasses()
 ) -> ChatPlan:
+    # Reasoning comes first and counts within the output cap, as the real APIs count it.
+    reasoning = classes.reasoning
+    if request.max_tokens is not None:
+        reasoning = min(reasoning, request.max_tokens - 1)
+        request = replace(request, max_tokens=request.max_tokens - reasoning)
     plan = _plan_answer(request, reply_tokens)
     cached = min(classes.cached, plan.prompt_tokens)
     return replace(
         plan,
-        completion_tokens_per_choice=plan.completion_tokens_per_choice + classes.reasoning,
+        completion_tokens_per_choice=plan.completion_tokens_per_choice + reasoning,
         cached_tokens=cached,
         cache_write_tokens=min(classes.cache_write, plan.prompt_tokens - cached),
-        reasoning_tokens=classes.reasoning,
+        reasoning_tokens=reasoning,
     )
 
 

@@ -111,17 +111,18 @@ def plan_chat(body: dict[str, Any], price: Price, model_max_output: int) -> Plan
     return Plan(prompt, cap, set_by_gateway, worst, n)
 
 
-def shrink_to_budget(plan: Plan, price: Price, available: Money) -> Plan | None:
+def shrink_to_budget(plan: Plan, price: Price, available: Money, least: int = 1) -> Plan | None:
     """The same plan with the largest output cap the available balance pays for.
 
     Only when the gateway chose the cap (the client gave none); None if not even
-    one output token fits.
+    `least` output tokens fit (the smallest cap the route's channels take: one, or
+    16 for an OpenAI Responses channel).
     """
     if not plan.output_cap_set_by_gateway:
         return None
     per_choice = price.max_output_for(available, plan.prompt_estimate) // plan.choices
     cap = min(per_choice, plan.max_output_tokens)
-    if cap < 1:
+    if cap < max(least, 1):
         return None
     worst = price.worst_case(plan.prompt_estimate, cap * plan.choices)
     return Plan(plan.prompt_estimate, cap, True, worst, plan.choices)

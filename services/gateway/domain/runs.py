@@ -30,7 +30,7 @@ class Estimate:
     max_tokens: int
 
     def per_request(self, price: Price) -> int:
-        return price.charge(self.prompt_tokens, self.max_tokens).micros
+        return price.worst_case(self.prompt_tokens, self.max_tokens).micros
 
     def budget(self, price: Price) -> int:
         return self.requests * self.per_request(price)

@@ -111,16 +111,21 @@ async def admit(peers: Peers, cmd: ChatCommand, endpoint: routing_pb2.Endpoint) 
     return Admitted(cmd, endpoint, resolved, price, plan, started)
 
 
+def route_protocols(resolved: routing_pb2.ResolveResponse) -> set[str]:
+    """The protocols of every channel the request may go to (fallback routes too)."""
+    return {
+        channel.protocol or OPENAI_CHAT
+        for route in (resolved.route, *resolved.fallback_routes)
+        for channel in route.channels
+    }
+
+
 def refuse_uncarried(
     body: dict[str, Any], endpoint: routing_pb2.Endpoint, resolved: routing_pb2.ResolveResponse
 ) -> None:
     """Refuse, before anything is held, what a channel the request may go to (its
     route's, and the routes it may fall back to) cannot carry in its protocol."""
-    protocols = {
-        channel.protocol or OPENAI_CHAT
-        for route in (resolved.route, *resolved.fallback_routes)
-        for channel in route.channels
-    }
+    protocols = route_protocols(resolved)
     if protocols == {OPENAI_CHAT}:
         return
     if endpoint != CHAT:

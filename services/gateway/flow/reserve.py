@@ -22,12 +22,14 @@ from services.gateway import metrics
 from services.gateway.adapters.peers import Peers
 from services.gateway.domain.commands import ChatCommand
 from services.gateway.domain.planning import Plan, shrink_to_budget
+from services.gateway.domain.protocols import least_output_cap
 from services.gateway.flow.admit import (
     Admitted,
     hold_ttl,
     insufficient,
     record_rejected,
     request_bound_s,
+    route_protocols,
     upstream_body,
 )
 from services.gateway.flow.report import report_outcome
@@ -136,7 +138,8 @@ async def take_hold(
             available = Money(
                 int((error.metadata or {}).get("available_micros", "0")), price.bucket
             )
-            smaller = shrink_to_budget(plan, price, available)
+            least = least_output_cap(route_protocols(admitted.resolved))
+            smaller = shrink_to_budget(plan, price, available, least)
             if smaller is None or smaller == plan:
                 raise insufficient(price.bucket, available, plan.worst_case) from None
             # A refused hold leaves no record, so the same request id may ask again.
@@ -186,7 +189,8 @@ async def take_slice(peers: Peers, admitted: Admitted) -> tuple[RunSlice, Plan]:
             if error.reason is not Reason.INSUFFICIENT_BALANCE:
                 raise
             left = Money(int((error.metadata or {}).get("available_micros", "0")), price.bucket)
-            smaller = shrink_to_budget(plan, price, left)
+            least = least_output_cap(route_protocols(admitted.resolved))
+            smaller = shrink_to_budget(plan, price, left, least)
             if smaller is None or smaller == plan:
                 raise
             plan = smaller

@@ -271,3 +271,5 @@ class AggregateRow:
     cached_tokens: int
     completion_tokens: int
     charge_micros: int
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0

@@ -347,6 +347,8 @@ class SqlAlchemyReceiptRepository(ReceiptRepository):
                 func.coalesce(func.sum(receipts.c.cached_tokens), 0).label("cached"),
                 func.coalesce(func.sum(receipts.c.completion_tokens), 0).label("completion"),
                 func.coalesce(func.sum(receipts.c.charge_micros), 0).label("charge"),
+                func.coalesce(func.sum(receipts.c.cache_write_tokens), 0).label("written"),
+                func.coalesce(func.sum(receipts.c.reasoning_tokens), 0).label("reasoning"),
             ),
             where,
         ).group_by(group, receipts.c.bucket)
@@ -360,6 +362,8 @@ class SqlAlchemyReceiptRepository(ReceiptRepository):
                 cached_tokens=int(r.cached),
                 completion_tokens=int(r.completion),
                 charge_micros=int(r.charge),
+                cache_write_tokens=int(r.written),
+                reasoning_tokens=int(r.reasoning),
             )
             for r in rows
         ]

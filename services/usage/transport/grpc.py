@@ -392,6 +392,8 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):  # type: ignore[misc]
                     cached_tokens=r.cached_tokens,
                     completion_tokens=r.completion_tokens,
                     charge_micros=r.charge_micros,
+                    cache_write_tokens=r.cache_write_tokens,
+                    reasoning_tokens=r.reasoning_tokens,
                 )
                 for r in rows
             ]

@@ -72,7 +72,7 @@ async def test_a_catalog_with_an_error_is_refused_whole_and_the_running_one_stay
 
     assert caught.value.reason is Reason.INVALID_ARGUMENT
     metadata = caught.value.metadata or {}
-    assert metadata["field"] == "models[2].max_output_tokens"
+    assert metadata["field"] == "models[3].max_output_tokens"
     assert int(metadata["line"]) == broken.splitlines().index("    max_output_tokens: lots") + 1
     after = await routing_operator.call("GetCatalog", routing_pb2.GetCatalogRequest())
     assert after.version.version == before.version.version and after.yaml == before.yaml

@@ -251,7 +251,7 @@ async def test_list_models_answers_every_route_of_the_demo_catalog(routing_opera
     answer = await routing_operator.call("ListModels", routing_pb2.ListModelsRequest())
 
     by_id = {m.id: m for m in answer.models}
-    assert set(by_id) == {"demo-chat", "demo-embed"}
+    assert set(by_id) == {"demo-chat", "demo-claude", "demo-embed"}
     assert [r.bucket for r in by_id["demo-chat"].routes] == [
         common_pb2.BUCKET_CREDIT,
         common_pb2.BUCKET_ROUTED,

@@ -63,6 +63,16 @@ def test_shrink_fits_the_available_balance_only_when_the_gateway_chose_the_cap()
     assert shrink_to_budget(plan, PRICE, Money(0, Bucket.CREDIT)) is None
 
 
+def test_shrink_never_goes_below_the_least_cap_the_channels_take() -> None:
+    plan = plan_chat(body(), PRICE, 1024)
+    # What pays for 10 output tokens (and the prompt) but not 16.
+    ten = Money(PRICE.worst_case(plan.prompt_estimate, 10).micros, Bucket.CREDIT)
+    smaller = shrink_to_budget(plan, PRICE, ten)
+    assert smaller is not None and smaller.max_output_tokens == 10
+    # An OpenAI Responses channel takes at least 16: the balance is too low instead.
+    assert shrink_to_budget(plan, PRICE, ten, least=16) is None
+
+
 def test_charge_never_exceeds_the_hold() -> None:
     hold = Money(100, Bucket.CREDIT)
     charge, capped = charge_for(PRICE, Usage(10**6, 0, 0, True), hold)

@@ -190,3 +190,14 @@ def _weather_tool() -> dict[str, object]:
             },
         },
     }
+
+
+def test_reasoning_tokens_count_within_the_output_cap() -> None:
+    classes = replies.TokenClasses(cached=3, cache_write=0, reasoning=4)
+    body = {**_chat_body(), "max_tokens": 10}
+    plan = replies.plan_chat(replies.ChatRequest.parse(body), 16, classes)
+    assert plan.completion_tokens_per_choice == 10 and plan.reasoning_tokens == 4
+    assert len(plan.words) == 6 and plan.finish_reason == "length"
+    usage = plan.usage()
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 4}
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 3}

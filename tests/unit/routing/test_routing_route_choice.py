@@ -111,7 +111,7 @@ def test_an_unknown_model_is_named_with_the_available_ones(catalog: Catalog) -> 
     error = refusal(catalog, a_key(), "gpt-9@routed")
 
     assert error.reason is Reason.MODEL_NOT_FOUND
-    assert "'gpt-9'" in error.message and "demo-chat, demo-embed" in error.message
+    assert "'gpt-9'" in error.message and "demo-chat, demo-claude, demo-embed" in error.message
 
 
 def test_a_kind_the_model_does_not_have_is_not_found(catalog: Catalog) -> None:

@@ -31,7 +31,7 @@ from services.gateway.domain.protocols.base import (
     ChatCall,
     Json,
 )
-from services.gateway.domain.protocols.responses import ResponsesCall
+from services.gateway.domain.protocols.responses import MIN_OUTPUT_TOKENS, ResponsesCall
 from tokenforge.errors import DomainError
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "OPENAI_CHAT",
     "OPENAI_RESPONSES",
     "ChannelCall",
+    "least_output_cap",
     "protocol_for",
     "refusal",
 ]
@@ -53,6 +54,11 @@ CALLS: dict[str, type[ChannelCall]] = {
 def protocol_for(name: str) -> ChannelCall:
     """A call on a channel of this protocol ("" is openai_chat)."""
     return CALLS.get(name or OPENAI_CHAT, ChatCall)()
+
+
+def least_output_cap(protocols: set[str]) -> int:
+    """The smallest output cap every one of these protocols takes."""
+    return MIN_OUTPUT_TOKENS if OPENAI_RESPONSES in protocols else 1
 
 
 def refusal(chat: Json, protocols: set[str]) -> DomainError | None:

@@ -143,7 +143,9 @@ AGGREGATES = obj(
             requests=INTEGER,
             prompt_tokens=INTEGER,
             cached_tokens=INTEGER,
+            cache_write_tokens=INTEGER,
             completion_tokens=INTEGER,
+            reasoning_tokens=INTEGER,
             charge=AMOUNT,
         )
     ),

@@ -62,6 +62,11 @@ CSV_COLUMNS = (
     "ledger_entry_id",
     "run_id",
     "trace_id",
+    # Added after the first columns, so readers by position keep working.
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "client_format",
+    "channel_protocol",
 )
 
 
@@ -142,6 +147,10 @@ def csv_row(r: usage_pb2.Receipt) -> list[Any]:
         r.entry_id,
         r.run_id,
         r.trace_id,
+        r.cache_write_tokens,
+        r.reasoning_tokens,
+        r.client_format or "openai",
+        r.channel_protocol,
     ]
 
 
@@ -194,7 +203,9 @@ def router(deps: Deps) -> APIRouter:
                     "requests": row.requests,
                     "prompt_tokens": row.prompt_tokens,
                     "cached_tokens": row.cached_tokens,
+                    "cache_write_tokens": row.cache_write_tokens,
                     "completion_tokens": row.completion_tokens,
+                    "reasoning_tokens": row.reasoning_tokens,
                     "charge": {
                         "micros": row.charge_micros,
                         "display": format_amount(row.charge_micros, bucket) if bucket else "0",
