@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -89,6 +89,12 @@ def price_to_proto(price: Price) -> common_pb2.Prices:
     )
 
 
+@overload
+def timestamp(dt: datetime) -> Timestamp: ...
+@overload
+def timestamp(dt: None) -> None: ...
+@overload
+def timestamp(dt: datetime | None) -> Timestamp | None: ...
 def timestamp(dt: datetime | None) -> Timestamp | None:
     if dt is None:
         return None
