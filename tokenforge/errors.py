@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from tokenforge.money import Bucket, format_amount
+
 
 class Reason(enum.StrEnum):
     INVALID_ARGUMENT = "INVALID_ARGUMENT"
@@ -58,6 +60,24 @@ class DomainError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def insufficient_balance(
+    bucket: Bucket, available_micros: int, requested_micros: int, what: str, next_step: str
+) -> DomainError:
+    """The one 402 text (the wallet refusing a hold, the gateway a request's worst case):
+    "<balance> too low: <available> available, <what> <requested>. <next step>", the
+    amounts in its details."""
+    return DomainError(
+        Reason.INSUFFICIENT_BALANCE,
+        f"{bucket.label} too low: {format_amount(available_micros, bucket)} available, "
+        f"{what} {format_amount(requested_micros, bucket)}. {next_step}",
+        {
+            "bucket": bucket.value,
+            "available_micros": str(available_micros),
+            "requested_micros": str(requested_micros),
+        },
+    )
 
 
 GRPC_STATUS: dict[Reason, grpc.StatusCode] = {

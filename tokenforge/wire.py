@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tokenforge.common.v1 import common_pb2
@@ -28,13 +29,18 @@ def bucket_to_proto(bucket: Bucket) -> common_pb2.Bucket:
     return _BUCKET_TO_PROTO[bucket]
 
 
+def bucket_or_none(value: int) -> Bucket | None:
+    """The bucket a wire value names; None when it is unset or unknown."""
+    return _BUCKET_FROM_PROTO.get(value)  # type: ignore[call-overload, no-any-return]
+
+
 def bucket_from_proto(value: int) -> Bucket:
-    try:
-        return _BUCKET_FROM_PROTO[value]  # type: ignore[index]
-    except KeyError:
+    bucket = bucket_or_none(value)
+    if bucket is None:
         raise DomainError(
             Reason.INVALID_ARGUMENT, "bucket must be `credit` or `routed`.", {"param": "bucket"}
-        ) from None
+        )
+    return bucket
 
 
 def bucket_from_name(name: str) -> Bucket:
@@ -46,6 +52,14 @@ def bucket_from_name(name: str) -> Bucket:
             f"Unknown balance {name!r}: use `credit` (Credit) or `routed` (Routed balance).",
             {"param": "bucket"},
         ) from None
+
+
+def enum_word(enum: EnumTypeWrapper, value: int) -> str:
+    """The word a wire enum's value stands for (RUN_STATUS_OPEN: "open"): its name
+    after the prefix the enum's values share; "unspecified" for a value it does not name."""
+    prefix = enum.Name(0).removesuffix("UNSPECIFIED")
+    found = enum.DESCRIPTOR.values_by_number.get(value)
+    return found.name.removeprefix(prefix).lower() if found is not None else "unspecified"
 
 
 def route_kind_to_proto(kind: str) -> common_pb2.RouteKind:
@@ -77,6 +91,12 @@ def price_to_proto(price: Price) -> common_pb2.Prices:
     )
 
 
+@overload
+def timestamp(dt: datetime) -> Timestamp: ...
+@overload
+def timestamp(dt: None) -> None: ...
+@overload
+def timestamp(dt: datetime | None) -> Timestamp | None: ...
 def timestamp(dt: datetime | None) -> Timestamp | None:
     if dt is None:
         return None

@@ -12,7 +12,7 @@ from tokenforge.routing.v1 import routing_pb2
 from tokenforge.usage.v1 import usage_pb2
 from tokenforge.vocabulary import ENTRY_KINDS, TOPUP_STATES, amount_json
 from tokenforge.wallet.v1 import wallet_pb2
-from tokenforge.wire import bucket_from_proto, iso, route_kind_from_proto
+from tokenforge.wire import bucket_from_proto, enum_word, iso, route_kind_from_proto
 
 RECEIPT_STATUS = {
     usage_pb2.RECEIPT_STATUS_SUCCEEDED: ("succeeded", "Succeeded"),
@@ -374,9 +374,6 @@ def model_json(m: routing_pb2.Model, created: int) -> dict[str, Any]:
     }
 
 
-RUN_STATUS_NAMES = {1: "open", 2: "closing", 3: "closed", 4: "expired"}
-
-
 def run_json(run: usage_pb2.Run) -> dict[str, Any]:
     """A usage_pb2.Run as the user API shows it."""
     bucket = bucket_from_proto(run.bucket)
@@ -384,7 +381,7 @@ def run_json(run: usage_pb2.Run) -> dict[str, Any]:
     return {
         "id": run.run_id,
         "object": "run",
-        "status": RUN_STATUS_NAMES.get(run.status, "unspecified"),
+        "status": enum_word(usage_pb2.RunStatus, run.status),
         "model": run.model or None,
         "bucket": bucket.value,
         "bucket_label": bucket.label,
@@ -418,9 +415,7 @@ def run_receipt_json(receipt: usage_pb2.RunReceipt) -> dict[str, Any]:
                 "request_id": line.request_id,
                 "model": line.selected_model,
                 "upstream_model": line.upstream_model,
-                "status": {1: "succeeded", 2: "partial", 3: "failed", 4: "rejected"}.get(
-                    line.status, "unspecified"
-                ),
+                "status": enum_word(usage_pb2.ReceiptStatus, line.status),
                 "prompt_tokens": line.prompt_tokens,
                 "cached_tokens": line.cached_tokens,
                 "completion_tokens": line.completion_tokens,

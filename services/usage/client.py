@@ -103,8 +103,9 @@ class UsageClient(ServiceClient):
         return answer
 
     async def aggregate_receipts(
-        self, where: usage_pb2.ReceiptFilter, by: usage_pb2.AggregateBy
+        self, where: usage_pb2.ReceiptFilter, by: usage_pb2.AggregateBy | str
     ) -> list[usage_pb2.AggregateRow]:
+        """Sums per group and bucket; `by` a value or its name (`AGGREGATE_BY_DAY`)."""
         answer = await self._call(
             "AggregateReceipts", usage_pb2.AggregateReceiptsRequest(filter=where, by=by)
         )

@@ -81,8 +81,7 @@ def cmd_usage_aggregates(args: argparse.Namespace) -> int:
             where = usage_pb2.ReceiptFilter(account_id=args.account_id)
             if since := _since(args.since):
                 where.from_time.FromDatetime(since)
-            by = usage_pb2.AggregateBy.Value(f"AGGREGATE_BY_{args.by.upper()}")
-            rows = await usage.aggregate_receipts(where, by)
+            rows = await usage.aggregate_receipts(where, f"AGGREGATE_BY_{args.by.upper()}")
         finally:
             await usage.close()
         if not rows:

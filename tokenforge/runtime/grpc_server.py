@@ -214,7 +214,7 @@ def nul_field(message: Message, prefix: str = "") -> str | None:
             if any("\x00" in v for v in values):
                 return name
         elif fd.type == FieldDescriptor.TYPE_MESSAGE:
-            if fd.message_type.GetOptions().map_entry:
+            if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
                 items = list(value.items())
                 if any(isinstance(k, str) and "\x00" in k for k, _ in items):
                     return name

@@ -18,8 +18,8 @@ from services.gateway.domain.protocols import OPENAI_CHAT, refusal
 from services.gateway.domain.protocols.base import cannot_carry
 from services.gateway.domain.settlement import FINISH_MARGIN_S
 from services.gateway.domain.validation import validate_chat, validate_embeddings
-from tokenforge.errors import DomainError, Reason
-from tokenforge.money import Bucket, Money, Price, format_amount
+from tokenforge.errors import DomainError, insufficient_balance
+from tokenforge.money import Bucket, Money, Price
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wire import bucket_from_proto, price_from_proto, timestamp
@@ -170,16 +170,12 @@ def upstream_body(
 
 def insufficient(bucket: Bucket, available: Money, worst: Money) -> DomainError:
     other = "official" if bucket is Bucket.ROUTED else "routed"
-    return DomainError(
-        Reason.INSUFFICIENT_BALANCE,
-        f"{bucket.label} too low: {format_amount(available.micros, bucket)} available, "
-        f"this request may cost up to {format_amount(worst.micros, bucket)}. "
+    return insufficient_balance(
+        bucket,
+        available.micros,
+        worst.micros,
+        "this request may cost up to",
         f"Top up the {bucket.label} or use `model@{other}`.",
-        {
-            "bucket": bucket.value,
-            "available_micros": str(available.micros),
-            "requested_micros": str(worst.micros),
-        },
     )
 
 

@@ -22,12 +22,10 @@ from services.payments.transport.messages import (
     status_from_proto,
     status_to_proto,
 )
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
 from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
-
-_BUCKETS = {common_pb2.BUCKET_CREDIT: Bucket.CREDIT, common_pb2.BUCKET_ROUTED: Bucket.ROUTED}
+from tokenforge.wire import bucket_or_none
 
 _OUTCOMES = {
     payments_pb2.SANDBOX_OUTCOME_PAY: commands.SandboxOutcome.PAY,
@@ -37,15 +35,15 @@ _OUTCOMES = {
 
 
 def _bucket(value: int) -> Bucket:
-    try:
-        return _BUCKETS[value]  # type: ignore[index]
-    except KeyError:
+    bucket = bucket_or_none(value)
+    if bucket is None:
         choices = "; ".join(f"`{b.value}` ({b.label}, pays for {b.pays_for})" for b in Bucket)
         raise DomainError(
             Reason.INVALID_ARGUMENT,
             f"Say which balance this top-up adds to: {choices}.",
             {"param": "bucket", "allowed": ",".join(b.value for b in Bucket)},
-        ) from None
+        )
+    return bucket
 
 
 def _outcome(value: int) -> commands.SandboxOutcome:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from tokenforge.errors import DomainError, Reason
-from tokenforge.money import Bucket
+from tokenforge.money import Bucket, Price
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -44,24 +44,14 @@ class Attempt:
 
 
 @dataclass(frozen=True)
-class Prices:
-    """The prices applied, in micro-units of the bucket per million tokens (fee per request)."""
-
-    input_per_million: int = 0
-    cached_input_per_million: int = 0
-    output_per_million: int = 0
-    request_fee: int = 0
-    cache_write_per_million: int = 0
-
-
-@dataclass(frozen=True)
 class RouteAttempt:
     """One route a request was tried on when it fell back to another route."""
 
     route_kind: RouteKind | None
     bucket: Bucket | None
     upstream_model: str = ""
-    prices: Prices = Prices()
+    # The route's prices (tokenforge.money.Price, in `bucket`); None without a bucket.
+    prices: Price | None = None
     # Empty when the route's bucket could not pay the worst case (not tried).
     hold_id: str = ""
     # "fell_back" (released), "insufficient_balance" (no hold), "final" (it paid).
@@ -86,7 +76,8 @@ class Receipt:
     cached_tokens: int = 0
     completion_tokens: int = 0
     tokens_reported: bool = False
-    prices: Prices = Prices()
+    # The prices applied (tokenforge.money.Price, in `bucket`); None without a bucket.
+    prices: Price | None = None
     charge_micros: int = 0
     hold_id: str = ""
     entry_id: str = ""
@@ -149,17 +140,19 @@ def validate(receipt: Receipt) -> None:
     ):
         problems.append("token counts are never negative")
     prices = receipt.prices
-    if (
+    if prices is not None and (
         min(
             prices.input_per_million,
             prices.cached_input_per_million,
             prices.output_per_million,
             prices.request_fee,
-            prices.cache_write_per_million,
+            prices.cache_write,
         )
         < 0
     ):
         problems.append("prices are never negative")
+    if prices is not None and prices.bucket is not receipt.bucket:
+        problems.append("the prices are in the receipt's bucket")
     if receipt.charge_micros > 0 and receipt.bucket is None:
         problems.append("a receipt with a charge names the bucket that paid it")
     if problems:

@@ -31,7 +31,6 @@ from services.usage.domain.receipts import (
     AggregateRow,
     Attempt,
     Cursor,
-    Prices,
     Receipt,
     ReceiptFilter,
     ReceiptStatus,
@@ -40,7 +39,7 @@ from services.usage.domain.receipts import (
 )
 from services.usage.domain.runs import Draw, Run, RunStatus
 from services.usage.storage.tables import receipts, run_draws, runs
-from tokenforge.money import Bucket
+from tokenforge.money import Bucket, Price
 
 
 class ReceiptRepository(abc.ABC):
@@ -72,14 +71,30 @@ class ReceiptRepository(abc.ABC):
         """Sums per (group, bucket), groups in ascending order."""
 
 
-def _prices_json(p: Prices) -> dict[str, int]:
+def _prices_json(p: Price | None) -> dict[str, int]:
     return {
-        "input": p.input_per_million,
-        "cached_input": p.cached_input_per_million,
-        "output": p.output_per_million,
-        "request_fee": p.request_fee,
-        "cache_write": p.cache_write_per_million,
+        "input": p.input_per_million if p else 0,
+        "cached_input": p.cached_input_per_million if p else 0,
+        "output": p.output_per_million if p else 0,
+        "request_fee": p.request_fee if p else 0,
+        "cache_write": p.cache_write if p else 0,
     }
+
+
+def _price(
+    bucket: Bucket | None, input: int, cached_input: int, output: int, fee: int, cache_write: int
+) -> Price | None:
+    """The stored prices in their bucket (None without one: nothing priced it)."""
+    if bucket is None:
+        return None
+    return Price(
+        bucket,
+        input,
+        output,
+        cached_input_per_million=cached_input,
+        request_fee=fee,
+        cache_write_per_million=cache_write,
+    )
 
 
 def _route_attempts_json(receipt: Receipt) -> list[dict[str, Any]]:
@@ -97,28 +112,34 @@ def _route_attempts_json(receipt: Receipt) -> list[dict[str, Any]]:
     ]
 
 
-def _route_attempts(rows: list[dict[str, Any]] | None) -> tuple[RouteAttempt, ...]:
-    return tuple(
-        RouteAttempt(
-            route_kind=RouteKind(a["route_kind"]) if a.get("route_kind") else None,
-            bucket=Bucket(a["bucket"]) if a.get("bucket") else None,
-            upstream_model=a.get("upstream_model", ""),
-            prices=Prices(
-                input_per_million=int(a["prices"]["input"]),
-                cached_input_per_million=int(a["prices"]["cached_input"]),
-                output_per_million=int(a["prices"]["output"]),
-                request_fee=int(a["prices"]["request_fee"]),
-                cache_write_per_million=int(a["prices"].get("cache_write", 0)),
-            ),
-            hold_id=a.get("hold_id", ""),
-            outcome=a.get("outcome", ""),
-            channel_attempts=int(a.get("channel_attempts", 0)),
-        )
-        for a in rows or []
+def _route_attempt(a: dict[str, Any]) -> RouteAttempt:
+    bucket = Bucket(a["bucket"]) if a.get("bucket") else None
+    p = a["prices"]
+    return RouteAttempt(
+        route_kind=RouteKind(a["route_kind"]) if a.get("route_kind") else None,
+        bucket=bucket,
+        upstream_model=a.get("upstream_model", ""),
+        prices=_price(
+            bucket,
+            int(p["input"]),
+            int(p["cached_input"]),
+            int(p["output"]),
+            int(p["request_fee"]),
+            # Stored before cache writes were priced apart: the input price.
+            int(p.get("cache_write", p["input"])),
+        ),
+        hold_id=a.get("hold_id", ""),
+        outcome=a.get("outcome", ""),
+        channel_attempts=int(a.get("channel_attempts", 0)),
     )
 
 
+def _route_attempts(rows: list[dict[str, Any]] | None) -> tuple[RouteAttempt, ...]:
+    return tuple(_route_attempt(a) for a in rows or [])
+
+
 def to_row(receipt: Receipt) -> dict[str, Any]:
+    prices = _prices_json(receipt.prices)
     return {
         "request_id": receipt.request_id,
         "account_id": receipt.account_id,
@@ -136,11 +157,11 @@ def to_row(receipt: Receipt) -> dict[str, Any]:
         "cached_tokens": receipt.cached_tokens,
         "completion_tokens": receipt.completion_tokens,
         "tokens_reported": receipt.tokens_reported,
-        "input_price_micros": receipt.prices.input_per_million,
-        "cached_input_price_micros": receipt.prices.cached_input_per_million,
-        "output_price_micros": receipt.prices.output_per_million,
-        "request_fee_micros": receipt.prices.request_fee,
-        "cache_write_price_micros": receipt.prices.cache_write_per_million,
+        "input_price_micros": prices["input"],
+        "cached_input_price_micros": prices["cached_input"],
+        "output_price_micros": prices["output"],
+        "request_fee_micros": prices["request_fee"],
+        "cache_write_price_micros": prices["cache_write"],
         "cache_write_tokens": receipt.cache_write_tokens,
         "reasoning_tokens": receipt.reasoning_tokens,
         "channel_protocol": receipt.channel_protocol,
@@ -163,6 +184,7 @@ def to_row(receipt: Receipt) -> dict[str, Any]:
 
 
 def from_row(row: Any) -> Receipt:
+    bucket = Bucket(row.bucket) if row.bucket else None
     return Receipt(
         request_id=row.request_id,
         account_id=row.account_id,
@@ -171,7 +193,7 @@ def from_row(row: Any) -> Receipt:
         selected_model=row.selected_model,
         upstream_model=row.upstream_model,
         route_kind=RouteKind(row.route_kind) if row.route_kind else None,
-        bucket=Bucket(row.bucket) if row.bucket else None,
+        bucket=bucket,
         attempts=tuple(
             Attempt(a["channel_id"], a["outcome"], int(a["latency_ms"])) for a in row.attempts
         ),
@@ -179,12 +201,13 @@ def from_row(row: Any) -> Receipt:
         cached_tokens=row.cached_tokens,
         completion_tokens=row.completion_tokens,
         tokens_reported=row.tokens_reported,
-        prices=Prices(
-            input_per_million=row.input_price_micros,
-            cached_input_per_million=row.cached_input_price_micros,
-            output_per_million=row.output_price_micros,
-            request_fee=row.request_fee_micros,
-            cache_write_per_million=row.cache_write_price_micros,
+        prices=_price(
+            bucket,
+            row.input_price_micros,
+            row.cached_input_price_micros,
+            row.output_price_micros,
+            row.request_fee_micros,
+            row.cache_write_price_micros,
         ),
         charge_micros=row.charge_micros,
         status=ReceiptStatus(row.status),

@@ -12,7 +12,6 @@ from services.usage.domain import commands
 from services.usage.domain.receipts import (
     AggregateBy,
     Attempt,
-    Prices,
     Receipt,
     ReceiptFilter,
     ReceiptStatus,
@@ -24,6 +23,7 @@ from services.usage.storage.unit_of_work import UnitOfWork
 from services.usage.transport.wallet_records import WalletRecords
 from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
+from tokenforge.money import Bucket, Price
 from tokenforge.runtime.batch_items import check_batch_size, without_nul_items
 from tokenforge.runtime.grpc_server import bearer_token
 from tokenforge.usage.v1 import usage_pb2, usage_pb2_grpc
@@ -32,6 +32,8 @@ from tokenforge.wire import (
     bucket_to_proto,
     from_timestamp,
     item_error_to_proto,
+    price_from_proto,
+    price_to_proto,
     route_kind_from_proto,
     route_kind_to_proto,
     timestamp,
@@ -61,32 +63,26 @@ def _optional_enum(value: int, convert: Callable[[int], T]) -> T | None:
     return convert(value) if value else None
 
 
-def _prices_from_wire(wire: common_pb2.Prices) -> Prices:
-    return Prices(
-        input_per_million=wire.input_per_million_micros,
-        cached_input_per_million=wire.cached_input_per_million_micros,
-        output_per_million=wire.output_per_million_micros,
-        request_fee=wire.request_fee_micros,
-        cache_write_per_million=wire.cache_write_per_million_micros,
-    )
-
-
-def _prices_to_wire(prices: Prices) -> common_pb2.Prices:
-    return common_pb2.Prices(
-        input_per_million_micros=prices.input_per_million,
-        cached_input_per_million_micros=prices.cached_input_per_million,
-        output_per_million_micros=prices.output_per_million,
-        request_fee_micros=prices.request_fee,
-        cache_write_per_million_micros=prices.cache_write_per_million,
-    )
+def _prices_from_wire(bucket: Bucket | None, wire: common_pb2.Prices) -> Price | None:
+    """The prices in the bucket they are in; without a bucket there are none to name."""
+    if bucket is not None:
+        return price_from_proto(bucket, wire)
+    if wire != common_pb2.Prices():
+        raise DomainError(
+            Reason.INVALID_ARGUMENT,
+            "The receipt cannot be recorded: prices are in a bucket, name the bucket.",
+            {"param": "bucket"},
+        )
+    return None
 
 
 def _route_attempt_from_wire(wire: usage_pb2.RouteAttempt) -> RouteAttempt:
+    bucket = _optional_enum(wire.bucket, bucket_from_proto)
     return RouteAttempt(
         route_kind=_optional_enum(wire.route_kind, _route_kind),
-        bucket=_optional_enum(wire.bucket, bucket_from_proto),
+        bucket=bucket,
         upstream_model=wire.upstream_model,
-        prices=_prices_from_wire(wire.prices),
+        prices=_prices_from_wire(bucket, wire.prices),
         hold_id=wire.hold_id,
         outcome=wire.outcome,
         channel_attempts=wire.channel_attempts,
@@ -98,7 +94,7 @@ def _route_attempt_to_wire(attempt: RouteAttempt) -> usage_pb2.RouteAttempt:
         route_kind=route_kind_to_proto(attempt.route_kind) if attempt.route_kind else None,
         bucket=bucket_to_proto(attempt.bucket) if attempt.bucket else None,
         upstream_model=attempt.upstream_model,
-        prices=_prices_to_wire(attempt.prices),
+        prices=price_to_proto(attempt.prices) if attempt.prices else None,
         hold_id=attempt.hold_id,
         outcome=attempt.outcome,
         channel_attempts=attempt.channel_attempts,
@@ -114,6 +110,7 @@ def receipt_from_wire(wire: usage_pb2.Receipt) -> Receipt:
             "(succeeded, partial, failed or rejected).",
             {"request_id": wire.request_id},
         )
+    bucket = _optional_enum(wire.bucket, bucket_from_proto)
     return Receipt(
         request_id=wire.request_id,
         account_id=wire.account_id,
@@ -123,13 +120,13 @@ def receipt_from_wire(wire: usage_pb2.Receipt) -> Receipt:
         selected_model=wire.selected_model,
         upstream_model=wire.upstream_model,
         route_kind=_optional_enum(wire.route_kind, _route_kind),
-        bucket=_optional_enum(wire.bucket, bucket_from_proto),
+        bucket=bucket,
         attempts=tuple(Attempt(a.channel_id, a.outcome, a.latency_ms) for a in wire.attempts),
         prompt_tokens=wire.prompt_tokens,
         cached_tokens=wire.cached_tokens,
         completion_tokens=wire.completion_tokens,
         tokens_reported=wire.tokens_reported,
-        prices=_prices_from_wire(wire.prices),
+        prices=_prices_from_wire(bucket, wire.prices),
         charge_micros=wire.charge_micros,
         hold_id=wire.hold_id,
         entry_id=wire.entry_id,
@@ -168,7 +165,7 @@ def receipt_to_wire(receipt: Receipt) -> usage_pb2.Receipt:
         cached_tokens=receipt.cached_tokens,
         completion_tokens=receipt.completion_tokens,
         tokens_reported=receipt.tokens_reported,
-        prices=_prices_to_wire(receipt.prices),
+        prices=price_to_proto(receipt.prices) if receipt.prices else None,
         charge_micros=receipt.charge_micros,
         status=STATUSES_TO_WIRE[receipt.status],
         hold_id=receipt.hold_id,

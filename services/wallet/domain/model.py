@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from tokenforge.errors import DomainError, Reason
+from tokenforge.errors import DomainError, Reason, insufficient_balance
 from tokenforge.holds import part_entry_id, settle_entry_id
 from tokenforge.money import MAX_AMOUNT_MICROS, Bucket, format_amount
 
@@ -102,17 +102,12 @@ class Balance:
         return self.posted - self.held
 
     def _refuse(self, requested: int, what: str) -> DomainError:
-        label = self.bucket.label
-        return DomainError(
-            Reason.INSUFFICIENT_BALANCE,
-            f"{label} too low: {format_amount(self.available, self.bucket)} available, "
-            f"{what} {format_amount(requested, self.bucket)}. "
-            f"Top up the {label} ({self.bucket.symbol}) to keep building.",
-            {
-                "bucket": self.bucket.value,
-                "available_micros": str(self.available),
-                "requested_micros": str(requested),
-            },
+        return insufficient_balance(
+            self.bucket,
+            self.available,
+            requested,
+            what,
+            f"Top up the {self.bucket.label} ({self.bucket.symbol}) to keep building.",
         )
 
     def reserve(self, amount: int) -> None:

@@ -21,23 +21,17 @@ from services.wallet.domain import commands
 from services.wallet.domain.attribution import Slice
 from services.wallet.domain.model import Balance, EntryKind, Hold, HoldStatus, JournalEntry
 from services.wallet.storage.unit_of_work import UnitOfWork
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
 from tokenforge.runtime.batch_items import check_batch_size
 from tokenforge.runtime.grpc_server import OPERATOR_NAME, Role, current_caller, nul_refusal
 from tokenforge.runtime.telemetry import current_trace_id
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from tokenforge.wire import item_error_to_proto
+from tokenforge.wire import bucket_or_none, bucket_to_proto, item_error_to_proto
 
 Cmd = TypeVar("Cmd")
 Result = TypeVar("Result")
 
-BUCKET_TO_PB: dict[Bucket, common_pb2.Bucket] = {
-    Bucket.CREDIT: common_pb2.BUCKET_CREDIT,
-    Bucket.ROUTED: common_pb2.BUCKET_ROUTED,
-}
-BUCKET_FROM_PB: dict[int, Bucket] = {v: k for k, v in BUCKET_TO_PB.items()}
 STATUS_FROM_PB: dict[int, HoldStatus] = {}
 
 KIND_TO_PB: dict[EntryKind, wallet_pb2.EntryKind] = {
@@ -58,7 +52,7 @@ STATUS_FROM_PB.update({v: k for k, v in STATUS_TO_PB.items()})
 
 
 def bucket_from_pb(value: int, *, required: bool = True) -> Bucket | None:
-    bucket = BUCKET_FROM_PB.get(value)
+    bucket = bucket_or_none(value)
     if bucket is None and required:
         raise DomainError(
             Reason.INVALID_ARGUMENT,
@@ -115,7 +109,7 @@ def _operator(requested: str) -> str:
 
 def balance_pb(balance: Balance) -> Any:
     return wallet_pb2.BucketBalance(
-        bucket=BUCKET_TO_PB[balance.bucket],
+        bucket=bucket_to_proto(balance.bucket),
         label=balance.bucket.label,
         symbol=balance.bucket.symbol,
         posted_micros=balance.posted,
@@ -128,7 +122,7 @@ def hold_pb(hold: Hold) -> Any:
     return wallet_pb2.Hold(
         hold_id=str(hold.hold_id),
         account_id=hold.account_id,
-        bucket=BUCKET_TO_PB[hold.bucket],
+        bucket=bucket_to_proto(hold.bucket),
         amount_micros=hold.amount,
         captured_micros=hold.captured,
         status=STATUS_TO_PB[hold.status],
@@ -144,7 +138,7 @@ def entry_pb(entry: JournalEntry) -> Any:
     return wallet_pb2.LedgerEntry(
         entry_id=str(entry.entry_id),
         account_id=entry.account_id,
-        bucket=BUCKET_TO_PB[entry.bucket],
+        bucket=bucket_to_proto(entry.bucket),
         kind=KIND_TO_PB[entry.kind],
         amount_micros=entry.amount,
         balance_after_micros=entry.balance_after,

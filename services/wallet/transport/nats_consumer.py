@@ -47,7 +47,6 @@ from services.wallet import handlers, metrics
 from services.wallet.domain import commands
 from services.wallet.domain.topups import ConfirmedOrder, refusal
 from services.wallet.storage.unit_of_work import UnitOfWork
-from services.wallet.transport.grpc import BUCKET_FROM_PB
 from tokenforge.errors import DomainError, Reason
 from tokenforge.payments.v1 import payments_pb2
 from tokenforge.runtime.nats import (
@@ -64,6 +63,7 @@ from tokenforge.runtime.nats import (
     while_cluster_settles,
 )
 from tokenforge.runtime.telemetry import current_trace_id
+from tokenforge.wire import bucket_or_none
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -136,7 +136,7 @@ def decode(msg: Msg) -> commands.CreditTopUp:
         event = payments_pb2.TopUpEvent.FromString(msg.data)
     except DecodeError as error:
         raise PoisonMessage(f"not a TopUpEvent: {error}") from error
-    bucket = BUCKET_FROM_PB.get(event.bucket)
+    bucket = bucket_or_none(event.bucket)
     event_id = event.event_id or (msg.headers or {}).get("Nats-Msg-Id", "")
     if (
         bucket is None
@@ -347,7 +347,7 @@ class TopUpConsumer:
             ConfirmedOrder(
                 order_id=order.order_id,
                 account_id=order.account_id,
-                bucket=BUCKET_FROM_PB.get(order.bucket),
+                bucket=bucket_or_none(order.bucket),
                 received_micros=order.received_micros,
                 status=_status_name(order.status),
             ),

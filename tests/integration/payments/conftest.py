@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.payments import app
 from services.payments.storage.tables import outbox
 from services.payments.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
+from tests.integration.services import INTERNAL, started
 from tokenforge.common.v1 import common_pb2
-from tokenforge.config import Settings
 from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
 from tokenforge.runtime import nats as tf_nats
 from tokenforge.runtime.db import create_engine, sessionmaker
@@ -39,23 +39,15 @@ async def payments_migrated(database_url: str) -> str:
 async def payments_service(
     payments_migrated: str, nats_urls: dict[str, str]
 ) -> AsyncIterator[RunningService]:
-    running = await app.start(
-        Settings(
-            database_url=payments_migrated,
-            nats_url=nats_urls["payments"],
-            internal_token="t-internal",
-            admin_token="t-admin",
-            sandbox_provider=True,
-        ),
-        port=0,
-    )
-    yield running
-    await running.stop()
+    async with started(
+        app, payments_migrated, nats_url=nats_urls["payments"], sandbox_provider=True
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
 async def payments_peer(payments_service: RunningService) -> AsyncIterator[Peer]:
-    peer = Peer("payments", payments_service.address, "t-internal")
+    peer = Peer("payments", payments_service.address, INTERNAL)
     yield peer
     await peer.close()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -12,25 +11,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.routing import app
 from services.routing.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
-from tokenforge.config import Settings
+from tests.integration.services import ADMIN, INTERNAL, Caller, calling, started
 from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
 from tokenforge.runtime.db import create_engine, sessionmaker
-from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import RunningService
 
-INTERNAL = "t-internal"
-ADMIN = "t-admin"
+__all__ = ["ADMIN", "INTERNAL", "Routing"]
 
 
-class Routing:
-    """The stub plus the peer that attaches a credential and maps errors."""
-
-    def __init__(self, peer: Peer) -> None:
-        self.peer = peer
-        self.stub = routing_pb2_grpc.RoutingServiceStub(peer.channel)
-
-    async def call(self, method: str, request: Any) -> Any:
-        return await self.peer.call(getattr(self.stub, method), request)
+class Routing(Caller):
+    stub_class = routing_pb2_grpc.RoutingServiceStub
 
     async def open_account(self) -> tuple[str, str]:
         account = f"acct-{uuid.uuid4()}"
@@ -63,26 +53,20 @@ class Routing:
 
 @pytest.fixture(scope="session")
 async def routing_app(database_url: str) -> AsyncIterator[RunningService]:
-    await asyncio.to_thread(app.migrate, database_url)
-    running = await app.start(
-        Settings(database_url=database_url, internal_token=INTERNAL, admin_token=ADMIN), port=0
-    )
-    yield running
-    await running.stop()
+    async with started(app, database_url) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
 async def routing(routing_app: RunningService) -> AsyncIterator[Routing]:
-    peer = Peer("routing", routing_app.address, INTERNAL)
-    yield Routing(peer)
-    await peer.close()
+    async with calling(Routing, routing_app, INTERNAL) as caller:
+        yield caller
 
 
 @pytest.fixture(scope="session")
 async def routing_operator(routing_app: RunningService) -> AsyncIterator[Routing]:
-    peer = Peer("routing", routing_app.address, ADMIN)
-    yield Routing(peer)
-    await peer.close()
+    async with calling(Routing, routing_app, ADMIN) as caller:
+        yield caller
 
 
 @pytest.fixture(scope="session")

@@ -241,6 +241,7 @@ async def test_every_field_reads_back_the_same_from_a_batch_and_from_a_single_ca
         error_code="insufficient_balance",
     )
     rejected.ClearField("started_at")
+    rejected.ClearField("prices")  # no bucket paid: no prices (refused otherwise)
     del rejected.attempts[:]
     twins = [fell_back, rejected]
     alone = [a_receipt(account) for _ in twins]
@@ -262,6 +263,24 @@ async def test_every_field_reads_back_the_same_from_a_batch_and_from_a_single_ca
 
     assert batched == twins == read
     assert singles == alone
+
+
+async def test_prices_without_the_bucket_they_are_in_are_refused(usage: Any) -> None:
+    """A receipt's prices are a tokenforge.money.Price: in its bucket, or none at all."""
+    account = f"acct-{uuid.uuid4()}"
+    loose = a_receipt(
+        account,
+        status=usage_pb2.RECEIPT_STATUS_REJECTED,
+        route_kind=common_pb2.ROUTE_KIND_UNSPECIFIED,
+        bucket=common_pb2.BUCKET_UNSPECIFIED,
+        charge_micros=0,
+    )
+    assert loose.prices.input_per_million_micros > 0
+    alone = await record_alone(usage, loose)
+    assert isinstance(alone, DomainError) and alone.reason is Reason.INVALID_ARGUMENT
+    assert "bucket" in alone.message
+    [batched] = await record_batch(usage, [loose])
+    assert same_outcome(batched, alone)
 
 
 async def test_a_receipt_with_a_nul_fails_alone_in_its_batch_as_its_own_call_would(

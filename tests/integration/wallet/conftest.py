@@ -4,7 +4,6 @@ own: the tests publish the events themselves, as payments' NATS user)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,8 +19,8 @@ from services.payments import app as payments_service
 from services.wallet import app
 from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork, utcnow
 from tests.conftest import embedded_nats, service_urls
+from tests.integration.services import ADMIN, INTERNAL, Caller, calling, started
 from tokenforge.common.v1 import common_pb2
-from tokenforge.config import Settings
 from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
 from tokenforge.runtime.db import async_url, create_engine, sessionmaker
 from tokenforge.runtime.embedded import EmbeddedNats
@@ -29,8 +28,7 @@ from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import RunningService
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
-INTERNAL = "t-internal"
-ADMIN = "t-admin"
+__all__ = ["ADMIN", "INTERNAL", "Payments", "Wallet"]
 
 
 @pytest.fixture(scope="session")
@@ -65,45 +63,24 @@ async def payments_app(database_url: str) -> AsyncIterator[RunningService]:
         await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     await admin.dispose()
     url = make_url(async_url(database_url)).set(database=name).render_as_string(hide_password=False)
-    await asyncio.to_thread(payments_service.migrate, url)
-    running = await payments_service.start(
-        Settings(
-            database_url=url,
-            internal_token=INTERNAL,
-            admin_token=ADMIN,
-            sandbox_provider=True,
-        ),
-        port=0,
-    )
-    yield running
-    await running.stop()
+    async with started(payments_service, url, sandbox_provider=True) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
 async def wallet_app(
     database_url: str, nats_urls: dict[str, str], payments_app: RunningService
 ) -> AsyncIterator[RunningService]:
-    await asyncio.to_thread(app.migrate, database_url)
-    running = await app.start(
-        Settings(
-            database_url=database_url,
-            nats_url=nats_urls["wallet"],
-            payments_addr=payments_app.address,
-            internal_token=INTERNAL,
-            admin_token=ADMIN,
-        ),
-        port=0,
-    )
-    yield running
-    await running.stop()
+    async with started(
+        app, database_url, nats_url=nats_urls["wallet"], payments_addr=payments_app.address
+    ) as running:
+        yield running
 
 
-class Payments:
+class Payments(Caller):
     """Real orders in the payments service, opened and paid (sandbox) over gRPC."""
 
-    def __init__(self, peer: Peer) -> None:
-        self.peer = peer
-        self.stub = payments_pb2_grpc.PaymentsServiceStub(peer.channel)
+    stub_class = payments_pb2_grpc.PaymentsServiceStub
 
     async def order(
         self, account: str, bucket: int, cents: int, *, pay: bool = True
@@ -135,9 +112,8 @@ class Payments:
 
 @pytest.fixture(scope="session")
 async def payments(payments_app: RunningService) -> AsyncIterator[Payments]:
-    peer = Peer("payments", payments_app.address, INTERNAL)
-    yield Payments(peer)
-    await peer.close()
+    async with calling(Payments, payments_app, INTERNAL) as caller:
+        yield caller
 
 
 @pytest.fixture(scope="session")
@@ -154,15 +130,8 @@ async def admin_peer(wallet_app: RunningService) -> AsyncIterator[Peer]:
     await peer.close()
 
 
-class Wallet:
-    """The stub plus the peer that attaches a credential and maps errors."""
-
-    def __init__(self, peer: Peer) -> None:
-        self.peer = peer
-        self.stub = wallet_pb2_grpc.WalletServiceStub(peer.channel)
-
-    async def call(self, method: str, request: Any) -> Any:
-        return await self.peer.call(getattr(self.stub, method), request)
+class Wallet(Caller):
+    stub_class = wallet_pb2_grpc.WalletServiceStub
 
     async def open_funded(self, credit: int = 0, routed: int = 0) -> str:
         account = f"acct-{uuid.uuid4()}"

@@ -17,7 +17,6 @@ from services.usage.domain.receipts import (
     AggregateRow,
     Attempt,
     Cursor,
-    Prices,
     Receipt,
     ReceiptFilter,
     ReceiptStatus,
@@ -28,7 +27,7 @@ from services.usage.domain.receipts import (
 from services.usage.storage.repository import ReceiptRepository
 from services.usage.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
-from tokenforge.money import Bucket
+from tokenforge.money import Bucket, Price
 
 NOW = datetime(2026, 2, 1, 9, 30, tzinfo=UTC)
 
@@ -45,11 +44,17 @@ def a_receipt(request_id: str = "req-1", **changes: object) -> Receipt:
         attempts=(Attempt("mock-primary", "ok", 40),),
         prompt_tokens=10,
         completion_tokens=20,
-        prices=Prices(2_500_000, 2_500_000, 10_000_000, 0),
+        prices=Price(Bucket.CREDIT, 2_500_000, 10_000_000, cached_input_per_million=2_500_000),
         charge_micros=225,
         finished_at=NOW,
     )
-    return replace(receipt, **changes)  # type: ignore[arg-type]
+    receipt = replace(receipt, **changes)  # type: ignore[arg-type]
+    # The prices are in the receipt's bucket (none without one).
+    if receipt.bucket is None:
+        return replace(receipt, prices=None)
+    if receipt.prices is not None and receipt.prices.bucket is not receipt.bucket:
+        return replace(receipt, prices=replace(receipt.prices, bucket=receipt.bucket))
+    return receipt
 
 
 class FakeReceiptRepository(ReceiptRepository):
