@@ -27,7 +27,7 @@ from tokenforge.runtime.batch_items import check_batch_size
 from tokenforge.runtime.grpc_server import OPERATOR_NAME, Role, current_caller, nul_refusal
 from tokenforge.runtime.telemetry import current_trace_id
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
-from tokenforge.wire import bucket_or_none, bucket_to_proto, item_error_to_proto
+from tokenforge.wire import bucket_from_proto, bucket_or_none, bucket_to_proto, item_error_to_proto
 
 Cmd = TypeVar("Cmd")
 Result = TypeVar("Result")
@@ -246,7 +246,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mis
         if request.split_held:
             aside = await handlers.set_aside(request.account_id, self._uow())
             for b in answer.balances:
-                b.set_aside_micros = aside[BUCKET_FROM_PB[b.bucket]]
+                b.set_aside_micros = aside[bucket_from_proto(b.bucket)]
                 b.held_for_requests_micros = b.held_micros - b.set_aside_micros
         return answer
 
