@@ -355,11 +355,14 @@ class WalletClient(ServiceClient):
         found: wallet_pb2.GetCreditUseResponse = answer
         return found
 
-    async def paid_from(self, account_id: str, request_id: str) -> list[wallet_pb2.CreditSlice]:
-        """The credits (top-ups) that paid one request's ledger rows."""
+    async def paid_from(
+        self, account_id: str, paid_request_id: str, *, request_id: str = ""
+    ) -> list[wallet_pb2.CreditSlice]:
+        """The credits (top-ups) that paid the ledger rows of request `paid_request_id`
+        (`request_id`: the asking request's, for the call's logs)."""
         answer = await self._call(
             "GetPaidFrom",
-            wallet_pb2.GetPaidFromRequest(account_id=account_id, request_id=request_id),
+            wallet_pb2.GetPaidFromRequest(account_id=account_id, request_id=paid_request_id),
             request_id,
         )
         return list(answer.slices)

@@ -223,7 +223,9 @@ def router(deps: Deps) -> APIRouter:
         # The credits (top-ups) that paid it, first in, first out; none before its
         # ledger row exists.
         try:
-            paid = await peers.wallet_client.paid_from(who.account_id, receipt_request_id)
+            paid = await peers.wallet_client.paid_from(
+                who.account_id, receipt_request_id, request_id=request.state.request_id
+            )
             shown["paid_from"] = paid_from_json(paid, bucket_from_proto(receipt.bucket))
         except DomainError as error:  # the receipt still answers; `paid_from` unknown
             log.warning("paid-from lookup for %s failed: %s", receipt_request_id, error)
