@@ -36,14 +36,18 @@ def no_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[list[warnings.Warn
         warnings.simplefilter("always")
         yield caught
     raised = [str(w.message) for w in caught if not issubclass(w.category, ResourceWarning)]
-    logged = [r for r in caplog.records if r.levelno >= logging.WARNING and not _ours(r)]
+    logged = [r for r in caplog.records if r.levelno >= logging.WARNING and _clients(r)]
     assert raised == []
     assert [r.getMessage() for r in logged] == []
 
 
-def _ours(record: logging.LogRecord) -> bool:
-    """The system under test logs in this process too; only the clients' logs count."""
-    return record.name.startswith(("tokenforge", "services", "uvicorn", "sqlalchemy", "alembic"))
+CLIENT_LOGGERS = ("LiteLLM", "litellm", "langchain", "langsmith", "openai", "httpx", "httpcore")
+
+
+def _clients(record: logging.LogRecord) -> bool:
+    """The system under test (and other tests' leftovers) log in this process too; only
+    the client libraries' logs count."""
+    return record.name.startswith(CLIENT_LOGGERS)
 
 
 CHAT_MESSAGES = [
