@@ -148,13 +148,19 @@ class ChatPlan:
 
     def usage(self) -> Json:
         completion = self.completion_tokens_per_choice * self.n
-        return {
+        usage: Json = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": self.prompt_tokens + completion,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
-            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens * self.n},
         }
+        # The details only when a token-class knob asked for them.
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.reasoning_tokens:
+            usage["completion_tokens_details"] = {
+                "reasoning_tokens": self.reasoning_tokens * self.n
+            }
+        return usage
 
 
 def plan_chat(

@@ -81,8 +81,8 @@ def new_receipt(p: Prepared, attempts: list[Attempt]) -> usage_pb2.Receipt:
 
 
 def answered_protocol(p: Prepared, attempts: list[Attempt]) -> str:
-    """The protocol of the channel of the last attempt ("" when none was made)."""
-    if not attempts:
+    """The protocol of the channel that answered ("" when none did)."""
+    if not attempts or attempts[-1].outcome != "ok":
         return ""
     channel = next((c for c in p.route.channels if c.channel_id == attempts[-1].channel_id), None)
     return (channel.protocol or OPENAI_CHAT) if channel is not None else ""
