@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def main() -> None:
         from tokenforge.runtime.metrics import start_metrics_server
 
-        start_metrics_server(settings)
+        start_metrics_server(settings, args.service)
         running = await app.start(settings, port=port)
         tune_gc()
         import logging
