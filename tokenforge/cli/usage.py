@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, connection, out
+from tokenforge.cli.common import (
+    add_json,
+    add_state_dir,
+    connection,
+    money_fields,
+    out,
+    out_json,
+)
 
 # Receipts are fetched from this much before --since, so a hold placed just before
 # the window still finds its receipt.
@@ -213,6 +220,21 @@ def cmd_usage_reconcile(args: argparse.Namespace) -> int:
     async def main() -> int:
         fetched = await fetch(services, token, since, list(args.account or []))
         report = compare(fetched)
+        if args.json:
+            out_json(
+                {
+                    "ok": report.ok,
+                    "holds_checked": report.holds_checked,
+                    "receipts_checked": report.receipts_checked,
+                    "entries_checked": report.entries_checked,
+                    "runs_checked": len(fetched.runs),
+                    "mismatches": [
+                        {"problem": m.problem.value, "subject": m.subject, "detail": m.detail}
+                        for m in report.mismatches
+                    ],
+                }
+            )
+            return 0 if report.ok else 1
         out(
             f"checked {report.holds_checked} ended holds, {report.receipts_checked} receipts, "
             f"{report.entries_checked} request-charge ledger rows, {len(fetched.runs)} runs"
@@ -257,6 +279,26 @@ def cmd_usage_aggregates(args: argparse.Namespace) -> int:
             )
         finally:
             await peer.close()
+        if args.json:
+            rows = []
+            for row in answer.rows:
+                bucket = bucket_from_proto(row.bucket) if row.bucket else None
+                rows.append(
+                    {
+                        "group": row.group,
+                        "bucket": bucket.value if bucket else None,
+                        "requests": row.requests,
+                        "prompt_tokens": row.prompt_tokens,
+                        "completion_tokens": row.completion_tokens,
+                        **(
+                            money_fields("charged", row.charge_micros, bucket)
+                            if bucket
+                            else {"charged_micros": row.charge_micros}
+                        ),
+                    }
+                )
+            out_json({"account_id": args.account_id, "by": args.by, "rows": rows})
+            return 0
         if not answer.rows:
             out("no receipts")
         for row in answer.rows:
@@ -288,6 +330,7 @@ def register(sub: Any) -> None:
     add_state_dir(rec)
     rec.add_argument("--since", default="", help="ISO 8601 time or an age (24h, 7d)")
     rec.add_argument("--account", action="append", help="only this account (repeat for more)")
+    add_json(rec)
     rec.set_defaults(func=cmd_usage_reconcile)
     agg = usage.add_parser("aggregates", help="requests, tokens and charge per group and bucket")
     add_state_dir(agg)
@@ -296,4 +339,5 @@ def register(sub: Any) -> None:
         "--by", choices=["day", "model", "key", "project", "bucket", "status"], default="day"
     )
     agg.add_argument("--since", default="")
+    add_json(agg)
     agg.set_defaults(func=cmd_usage_aggregates)

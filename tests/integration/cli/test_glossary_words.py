@@ -121,6 +121,13 @@ def test_the_api_the_cli_and_the_console_speak_the_glossary(cli: Cli) -> None:
     cli_json = {
         "wallet balances": json.loads(cli.ok("wallet", "balances", account, "--json")),
         "wallet ledger": json.loads(cli.ok("wallet", "ledger", account, "--json")),
+        "wallet holds": json.loads(cli.ok("wallet", "holds", account, "--json")),
+        "topups list": json.loads(cli.ok("topups", "list", "--account", account, "--json")),
+        "topups show": json.loads(cli.ok("topups", "show", order["order_id"], "--json")),
+        "keys list": json.loads(cli.ok("keys", "list", account, "--json")),
+        "usage aggregates": json.loads(cli.ok("usage", "aggregates", account, "--json")),
+        "catalog versions": json.loads(cli.ok("catalog", "versions", "--json")),
+        "health": json.loads(cli.ok("health", "--json")),
     }
     cli_text = cli.ok("wallet", "balances", account) + cli.ok("wallet", "ledger", account)
 
@@ -152,3 +159,32 @@ def test_the_api_the_cli_and_the_console_speak_the_glossary(cli: Cli) -> None:
     assert {b["label"] for b in cli_json["wallet balances"]["balances"]} == {
         b["label"] for b in balances
     }
+
+
+def test_the_cli_pages_with_the_token_it_prints_and_says_its_version(cli: Cli) -> None:
+    account, _ = cli.new_account()
+    for n in range(5):
+        cli.ok("wallet", "adjust", account, "credit", str(n + 1), "--reason", f"page {n}")
+    first = json.loads(cli.ok("wallet", "ledger", account, "--limit", "2", "--json"))
+    text = cli.ok("wallet", "ledger", account, "--limit", "2")
+    seen = [r["entry_id"] for r in first["data"]]
+    cursor = first["next_cursor"]
+    while cursor:
+        page = json.loads(
+            cli.ok("wallet", "ledger", account, "--limit", "2", "--cursor", cursor, "--json")
+        )
+        seen += [r["entry_id"] for r in page["data"]]
+        cursor = page["next_cursor"]
+    every = json.loads(cli.ok("wallet", "ledger", account, "--limit", "50", "--json"))
+    version = cli.ok("--version")
+
+    assert f"--cursor {first['next_cursor']}" in text
+    assert seen == [r["entry_id"] for r in every["data"]] and len(seen) == 5
+    assert [r["change_micros"] for r in every["data"]] == [
+        5_000_000,
+        4_000_000,
+        3_000_000,
+        2_000_000,
+        1_000_000,
+    ]
+    assert version.startswith("tokenforge ")
