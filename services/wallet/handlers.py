@@ -715,8 +715,11 @@ def _movement(e: JournalEntry) -> Movement:
     )
 
 
-async def _attribution(uow: UnitOfWork, account_id: str, bucket: Bucket) -> Attribution:
-    return attribute(_movement(e) for e in await uow.wallet.bucket_rows(account_id, bucket))
+async def _attribution(
+    uow: UnitOfWork, account_id: str, bucket: Bucket, through_seq: int | None = None
+) -> Attribution:
+    rows = await uow.wallet.bucket_rows(account_id, bucket, through_seq)
+    return attribute(_movement(e) for e in rows)
 
 
 @dataclass(frozen=True)
@@ -790,7 +793,11 @@ async def paid_from(cmd: commands.GetPaidFrom, uow: UnitOfWork) -> list[Slice]:
         )
         slices: list[Slice] = []
         for bucket in sorted({e.bucket for e in rows}):
-            slices += (await _attribution(uow, cmd.account_id, bucket)).paid_from(cmd.request_id)
+            # A row's slices depend only on the rows before it (and its own reversal,
+            # which carries the request id too): fold no further than its last row.
+            last = max(e.seq for e in rows if e.bucket is bucket)
+            found = await _attribution(uow, cmd.account_id, bucket, last)
+            slices += found.paid_from(cmd.request_id)
     return slices
 
 

@@ -249,10 +249,19 @@ class WalletRepository(abc.ABC):
     async def reconcile(self) -> ReconcileReport:
         """Check every money rule over the whole wallet, from one snapshot."""
 
-    async def bucket_rows(self, account_id: str, bucket: Bucket) -> list[JournalEntry]:
-        """Every ledger row of one bucket, oldest first (what attribution folds)."""
+    async def bucket_rows(
+        self, account_id: str, bucket: Bucket, through_seq: int | None = None
+    ) -> list[JournalEntry]:
+        """Every ledger row of one bucket, oldest first (what attribution folds); with
+        `through_seq`, only the rows up to that one."""
+        before = through_seq + 1 if through_seq is not None else None
         rows = await self.ledger(
-            LedgerQuery(account_id=account_id, limit=ATTRIBUTION_ROW_LIMIT, bucket=bucket)
+            LedgerQuery(
+                account_id=account_id,
+                limit=ATTRIBUTION_ROW_LIMIT,
+                bucket=bucket,
+                before_seq=before,
+            )
         )
         return rows[::-1]
 
