@@ -115,9 +115,25 @@ def test_the_api_the_cli_and_the_console_speak_the_glossary(cli: Cli) -> None:
         documents["402"] = refused.json()
         console_text = "\n".join(
             httpx.get(cli.info["gateway_url"] + p).text
-            for p in ("/console", "/console/assets/console.js")
+            for p in (
+                "/console",
+                "/console/assets/console.js",
+                "/console/operator",
+                "/console/assets/operator.js",
+            )
         )
         words = httpx.get(cli.info["gateway_url"] + "/console/vocabulary.json").json()
+    operator_headers = {
+        "authorization": f"Bearer {cli.info['admin_token']}",
+        "x-tokenforge-operator": "glossary test",
+    }
+    with httpx.Client(
+        base_url=cli.info["gateway_url"], headers=operator_headers, timeout=30
+    ) as operator:
+        for path in (f"/v1/operator/accounts/{account}", "/v1/operator/reviews"):
+            got = operator.get(path)
+            assert got.status_code == 200, (path, got.text)
+            documents[f"operator {path}"] = got.json()
     cli_json = {
         "wallet balances": json.loads(cli.ok("wallet", "balances", account, "--json")),
         "wallet ledger": json.loads(cli.ok("wallet", "ledger", account, "--json")),
