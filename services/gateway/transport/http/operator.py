@@ -35,12 +35,14 @@ from services.gateway.transport.http.common import json_response as answer_json
 from services.gateway.transport.http.keys import key_json
 from tokenforge.config import admin_token_sha256
 from tokenforge.errors import DomainError, Reason
+from tokenforge.holds import is_budget
 from tokenforge.money import MoneyError, format_amount, parse_amount
 from tokenforge.payments.v1 import payments_pb2
 from tokenforge.routing.v1 import routing_pb2
 from tokenforge.runtime import metrics
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.usage.v1 import usage_pb2
+from tokenforge.vocabulary import amount_json
 from tokenforge.wallet.v1 import wallet_pb2
 from tokenforge.wire import (
     bucket_from_name,
@@ -582,9 +584,6 @@ def router(deps: Deps) -> APIRouter:
 
 
 def hold_json(h: wallet_pb2.Hold) -> dict[str, Any]:
-    from tokenforge.holds import is_budget
-    from tokenforge.vocabulary import amount_json
-
     bucket = bucket_from_proto(h.bucket)
     return {
         "hold_id": h.hold_id,
