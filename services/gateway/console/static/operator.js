@@ -212,9 +212,10 @@ async function showAccounts([id]) {
       h("td", {}, k.name), h("td", {}, k.prefix || k.key_id), h("td", {}, (k.scopes || []).join(", ")),
       h("td", {}, k.revoked_at ? "Revoked" : "Active"))), "No keys."),
     h("h2", {}, "Latest receipts"),
-    table(["When", "Model", "Route", "Charge", "Status"], a.receipts.map((r) => h("tr", {},
+    table(["When", "Model", "Route", "Charge", "Status", "Note"], a.receipts.map((r) => h("tr", {},
       h("td", {}, when(r.finished_at)), h("td", {}, r.selected_model), h("td", {}, r.route),
-      h("td", {}, r.charge.display), h("td", { class: `state ${r.status}` }, r.status_text))), "No receipts."));
+      h("td", {}, r.charge.display), h("td", { class: `state ${r.status}` }, r.status_text),
+      h("td", {}, r.error === "charge_not_collected" ? "Charge not collected (its budget's hold had ended)" : (r.error || "")))), "No receipts."));
 }
 
 // ---------- catalog ----------
