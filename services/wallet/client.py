@@ -326,6 +326,29 @@ class WalletClient(ServiceClient):
         found: wallet_pb2.ListLedgerResponse = answer
         return found
 
+    async def credit_use(
+        self,
+        account_id: str,
+        *,
+        order_id: str = "",
+        entry_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> wallet_pb2.GetCreditUseResponse:
+        """What one credit (a top-up's, by order id, or any by entry id) paid for."""
+        answer = await self._call(
+            "GetCreditUse",
+            wallet_pb2.GetCreditUseRequest(
+                account_id=account_id,
+                order_id=order_id,
+                entry_id=entry_id,
+                page_size=page_size,
+                page_token=page_token,
+            ),
+        )
+        found: wallet_pb2.GetCreditUseResponse = answer
+        return found
+
     async def reconcile(self) -> wallet_pb2.ReconcileResponse:
         answer = await self._call("Reconcile", wallet_pb2.ReconcileRequest())
         found: wallet_pb2.ReconcileResponse = answer

@@ -144,6 +144,9 @@ def test_the_api_the_cli_and_the_console_speak_the_glossary(cli: Cli) -> None:
         "usage aggregates": json.loads(cli.ok("usage", "aggregates", account, "--json")),
         "catalog versions": json.loads(cli.ok("catalog", "versions", "--json")),
         "health": json.loads(cli.ok("health", "--json")),
+        "wallet paid-for": json.loads(
+            cli.ok("wallet", "paid-for", account, "--order", order["order_id"], "--json")
+        ),
     }
     cli_text = cli.ok("wallet", "balances", account) + cli.ok("wallet", "ledger", account)
 
@@ -165,6 +168,9 @@ def test_the_api_the_cli_and_the_console_speak_the_glossary(cli: Cli) -> None:
     topup = documents[f"/v1/topups/{order['order_id']}"]
     [credit] = [r for r in documents["/v1/wallet/ledger"]["data"] if r.get("order_id")]
     assert credit["received_balance"] == topup["received_balance"]
+    paid_for = cli_json["wallet paid-for"]
+    assert paid_for["received_balance_micros"] == topup["received_balance"]["micros"]
+    assert paid_for["left_micros"] + paid_for["used_micros"] == paid_for["received_balance_micros"]
     details = documents["402"]["error"]["details"]
     assert isinstance(details["available_micros"], int)
     balances = documents["/v1/wallet"]["balances"]
