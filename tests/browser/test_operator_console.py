@@ -183,10 +183,11 @@ def test_health_reconciliation_and_finishes_read_as_words(op: Any) -> None:
     shot(op, "operator-health")
 
     op.get_by_role("link", name="Reconciliation").click()
-    op.get_by_role("button", name="Run the wallet's reconciliation").click()
+    op.get_by_role("button", name="Run the reconciliations").click()
     expect(op.locator('[data-testid="reconcile-result"]')).to_have_text(
         "OK: every money rule holds"
     )
+    expect(op.locator('[data-testid="reconcile-usage"]')).to_contain_text("receipts")
     shot(op, "operator-reconcile")
 
     op.get_by_role("link", name="Finishes waiting").click()

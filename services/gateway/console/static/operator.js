@@ -265,12 +265,19 @@ async function showReconcile() {}
 
 async function runReconcile() {
   const report = await api("POST", "/v1/operator/reconcile", { reason: "run from the operator console" });
+  const w = report.wallet;
+  const u = report.usage;
   fill($("#reconcile"), h("div", { class: "card" },
     h("p", { class: `state ${report.ok ? "credited" : "failed"}`, "data-testid": "reconcile-result" },
-      report.ok ? "OK: every money rule holds" : `${report.violations.length} violations`),
-    h("p", { class: "hint" }, `Checked ${report.accounts_checked} accounts, ${report.entries_checked} ledger rows, ${report.holds_checked} holds.`),
-    table(["Rule", "Where", "What"], report.violations.map((v) => h("tr", {},
-      h("td", {}, v.rule), h("td", {}, v.subject), h("td", {}, v.detail))), "No violations.")));
+      report.ok ? "OK: every money rule holds" : `${w.violations.length} wallet violations, ${u.mismatches.length} usage mismatches`),
+    h("h2", {}, "Wallet"),
+    h("p", { class: "hint" }, `Checked ${w.accounts_checked} accounts, ${w.entries_checked} ledger rows, ${w.holds_checked} holds.`),
+    table(["Rule", "Where", "What"], w.violations.map((v) => h("tr", {},
+      h("td", {}, v.rule), h("td", {}, v.subject), h("td", {}, v.detail))), "No violations."),
+    h("h2", {}, `Receipts against holds and ledger rows (last ${u.since_hours} hours)`),
+    h("p", { class: "hint", "data-testid": "reconcile-usage" }, `Checked ${u.holds_checked} ended holds, ${u.receipts_checked} receipts, ${u.entries_checked} request-charge ledger rows.`),
+    table(["Problem", "Where", "What"], u.mismatches.map((m) => h("tr", {},
+      h("td", {}, m.problem), h("td", {}, m.subject), h("td", {}, m.detail))), "No mismatches.")));
 }
 
 async function showFinishes() {

@@ -18,6 +18,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -498,39 +499,75 @@ def router(deps: Deps) -> APIRouter:
 
     @r.post("/v1/operator/reconcile")
     async def reconcile(request: Request) -> Response:
-        """Run the wallet's reconciliation (W1, W2, W3, W7, W8) and show its result."""
+        """Run both reconciliations and show their results: the wallet's (W1, W2, W3,
+        W7, W8 over the whole journal) and usage's (every ended hold of the last
+        `since_hours` has one receipt with its charge, every charged receipt its ledger
+        row; the same code as `tokenforge usage reconcile`)."""
         who = operator(request)
         body = await json_body(request)
         reason = str(body.get("reason") or "daily check")[:MAX_REASON_CHARS]
+        hours = body.get("since_hours", 24)
+        if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= 24 * 90:
+            raise DomainError(
+                Reason.INVALID_ARGUMENT,
+                "since_hours is a whole number of hours from 1 to 2160 (90 days).",
+                {"param": "since_hours"},
+            )
 
-        async def run() -> Any:
-            return await call(
+        async def run() -> tuple[Any, Any]:
+            # The CLI's usage reconciliation, run here with the operator's token.
+            from tokenforge.cli.usage import compare, fetch
+
+            wallet_report = await call(
                 peers.wallet,
                 who,
                 peers.wallet_stub.Reconcile,
                 wallet_pb2.ReconcileRequest(),
                 request,
             )
+            since = datetime.now(UTC) - timedelta(hours=hours)
+            services = {"usage": peers.usage.address, "wallet": peers.wallet.address}
+            usage_report = compare(await fetch(services, who.token, since, []))
+            return wallet_report, usage_report
 
-        report = await act(
+        wallet_report, usage_report = await act(
             request,
             who,
-            "wallet.reconcile",
-            "wallet",
+            "reconcile",
+            "wallet and usage",
             reason,
             run,
-            lambda a: {"ok": a.ok, "violations": len(a.violations)},
+            lambda a: {
+                "wallet_ok": a[0].ok,
+                "wallet_violations": len(a[0].violations),
+                "usage_ok": a[1].ok,
+                "usage_mismatches": len(a[1].mismatches),
+            },
         )
         return answer_json(
             {
-                "ok": report.ok,
-                "accounts_checked": report.accounts_checked,
-                "entries_checked": report.entries_checked,
-                "holds_checked": report.holds_checked,
-                "violations": [
-                    {"rule": v.rule, "subject": v.subject, "detail": v.detail}
-                    for v in report.violations
-                ],
+                "ok": wallet_report.ok and usage_report.ok,
+                "wallet": {
+                    "ok": wallet_report.ok,
+                    "accounts_checked": wallet_report.accounts_checked,
+                    "entries_checked": wallet_report.entries_checked,
+                    "holds_checked": wallet_report.holds_checked,
+                    "violations": [
+                        {"rule": v.rule, "subject": v.subject, "detail": v.detail}
+                        for v in wallet_report.violations
+                    ],
+                },
+                "usage": {
+                    "ok": usage_report.ok,
+                    "since_hours": hours,
+                    "holds_checked": usage_report.holds_checked,
+                    "receipts_checked": usage_report.receipts_checked,
+                    "entries_checked": usage_report.entries_checked,
+                    "mismatches": [
+                        {"problem": m.problem.value, "subject": m.subject, "detail": m.detail}
+                        for m in usage_report.mismatches
+                    ],
+                },
             }
         )
 
