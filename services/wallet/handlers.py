@@ -60,7 +60,6 @@ from services.wallet.domain.reconcile import (
     attribution_problems,
 )
 from services.wallet.storage.repository import (
-    ATTRIBUTION_ROW_LIMIT,
     DuplicateKey,
     HoldQuery,
     LedgerQuery,
@@ -575,15 +574,13 @@ async def reconcile(cmd: commands.Reconcile, uow: UnitOfWork) -> ReconcileReport
     attribution of every bucket's charges to its credits (W8), from one snapshot."""
     async with uow:
         report = await uow.wallet.reconcile()
-        every = await uow.wallet.ledger(LedgerQuery(account_id="", limit=ATTRIBUTION_ROW_LIMIT))
-    by_bucket: dict[tuple[str, Bucket], list[JournalEntry]] = {}
-    for entry in reversed(every):
-        by_bucket.setdefault((entry.account_id, entry.bucket), []).append(entry)
-    for (account_id, bucket), rows in sorted(by_bucket.items()):
-        problems = attribution_problems(attribute(_movement(e) for e in rows), rows)
-        report.violations.extend(
-            Violation(RULE_ATTRIBUTED, f"{account_id}/{bucket.value}", p) for p in problems
-        )
+        # Bucket by bucket (one bucket's journal in memory at a time), same snapshot.
+        for account_id, bucket in await uow.wallet.buckets_with_rows():
+            rows = await uow.wallet.bucket_rows(account_id, bucket)
+            problems = attribution_problems(attribute(_movement(e) for e in rows), rows)
+            report.violations.extend(
+                Violation(RULE_ATTRIBUTED, f"{account_id}/{bucket.value}", p) for p in problems
+            )
     if report.violations:
         log.error("wallet reconciliation found %s violations", len(report.violations))
     return report

@@ -265,6 +265,11 @@ class WalletRepository(abc.ABC):
         )
         return rows[::-1]
 
+    async def buckets_with_rows(self) -> list[tuple[str, Bucket]]:
+        """Every (account, bucket) with at least one ledger row (reconciliation)."""
+        rows = await self.ledger(LedgerQuery(account_id="", limit=ATTRIBUTION_ROW_LIMIT))
+        return sorted({(e.account_id, e.bucket) for e in rows})
+
     async def open_holds(self, account_id: str) -> list[Hold]:
         """The account's open holds (few: requests in flight and budgets)."""
         return await self.holds(
@@ -968,6 +973,14 @@ class SqlAlchemyWalletRepository(WalletRepository):
             .limit(query.limit)
         )
         return [_hold(row._mapping) for row in rows]
+
+    async def buckets_with_rows(self) -> list[tuple[str, Bucket]]:
+        rows = await self.session.execute(
+            select(journal_entries.c.account_id, journal_entries.c.bucket)
+            .distinct()
+            .order_by(journal_entries.c.account_id, journal_entries.c.bucket)
+        )
+        return [(row.account_id, Bucket(row.bucket)) for row in rows]
 
     async def reconcile(self) -> ReconcileReport:
         # One snapshot for every check, so live traffic can not look like a violation.
