@@ -164,3 +164,19 @@ def test_the_research_page_says_how_a_report_is_charged_today(page: Any) -> None
     expect(page.locator("#page-research")).to_contain_text(
         "with a ledger row and a receipt of its own"
     )
+
+
+def test_a_receipt_names_what_paid_for_it(page: Any, dev: dict[str, Any]) -> None:
+    chat = httpx.post(
+        dev["gateway_url"] + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {dev['api_key']}"},
+        json={"model": "demo-chat", "messages": [{"role": "user", "content": "who paid?"}]},
+        timeout=10,
+    )
+    request_id = chat.headers["x-request-id"]
+    with user_api(dev) as http:
+        paid = http.get(f"/v1/usage/{request_id}/paid-from").json()
+    page.goto(dev["gateway_url"] + f"/console#/usage/{request_id}")
+    named = page.locator('[data-testid="receipt-paid-from"]')
+    expect(named).to_contain_text(paid["data"][0]["used"]["display"])
+    assert sum(p["used"]["micros"] for p in paid["data"]) == paid["charge"]["micros"] > 0

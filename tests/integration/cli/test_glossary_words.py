@@ -105,6 +105,7 @@ def test_the_api_the_cli_and_the_console_speak_the_glossary(cli: Cli) -> None:
             f"/v1/topups/{expired['order_id']}",
             "/v1/usage",
             f"/v1/usage/{request_id}",
+            f"/v1/usage/{request_id}/paid-from",
             "/v1/models",
         ]
         for path in paths:

@@ -597,7 +597,7 @@ const ROUTE_OUTCOME = {
   final: "paid",
 };
 
-function receiptView(r, summary) {
+function receiptView(r, summary, paidFrom) {
   const attempts = r.attempts.map((a) => `${a.channel}: ${a.outcome} (${a.latency_ms} ms)`).join("; ");
   return h("div", { "data-request": r.request_id },
     h("p", { class: "state" }, r.status_text),
@@ -618,8 +618,8 @@ function receiptView(r, summary) {
       ["Ledger row", r.ledger_entry_id
         ? h("a", { href: `#/wallet/entry/${encodeURIComponent(r.ledger_entry_id)}`, "data-testid": "receipt-ledger-link" }, `Ledger row ${r.ledger_entry_id}`)
         : "none (nothing charged)"],
-      (r.paid_from || []).length ? ["Paid from top-ups", h("span", { "data-testid": "receipt-paid-from" },
-        r.paid_from.map((p, i) => [i ? "; " : "", p.order_id
+      (paidFrom || []).length ? ["Paid from top-ups", h("span", { "data-testid": "receipt-paid-from" },
+        paidFrom.map((p, i) => [i ? "; " : "", p.order_id
           ? h("a", { href: `#/topup/uses/${encodeURIComponent(p.order_id)}` }, `top-up ${p.order_id}`)
           : `ledger row ${p.credit_entry_id}`, `: ${p.used.display}`]))] : null,
       ["Trace", r.trace_id || "n/a"],
@@ -631,9 +631,10 @@ function receiptView(r, summary) {
 async function showUsage([requestId]) {
   const detail = $("#receipt-detail");
   if (requestId) {
-    const r = await api("GET", `/v1/usage/${encodeURIComponent(requestId)}`);
+    const id = encodeURIComponent(requestId);
+    const [r, paid] = await Promise.all([api("GET", `/v1/usage/${id}`), api("GET", `/v1/usage/${id}/paid-from`)]);
     detail.hidden = false;
-    fill(detail, h("h2", {}, "Receipt"), receiptView(r, null));
+    fill(detail, h("h2", {}, "Receipt"), receiptView(r, null, paid.data));
   } else {
     detail.hidden = true;
   }

@@ -15,9 +15,16 @@ from fastapi.responses import Response, StreamingResponse
 from services.gateway.adapters.peers import Peers
 from services.gateway.domain.paid_for import paid_from_json
 from services.gateway.domain.presenting import (
+    amount,
     receipt_json,
 )
-from services.gateway.transport.http.answers import AGGREGATES, RECEIPT, answer, listing
+from services.gateway.transport.http.answers import (
+    AGGREGATES,
+    PAID_FROM,
+    RECEIPT,
+    answer,
+    listing,
+)
 from services.gateway.transport.http.common import Deps, PageSize, json_response
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import format_amount
@@ -221,22 +228,33 @@ def router(deps: Deps) -> APIRouter:
             usage_pb2.GetReceiptRequest(account_id=who.account_id, request_id=receipt_request_id),
             request_id=request.state.request_id,
         )
-        shown = receipt_json(answer.receipt)
-        # The credits (top-ups) that paid it, first in, first out; none before its
-        # ledger row exists.
-        try:
-            paid = await peers.wallet.call(
-                peers.wallet_stub.GetPaidFrom,
-                wallet_pb2.GetPaidFromRequest(
-                    account_id=who.account_id, request_id=receipt_request_id
-                ),
-                request_id=request.state.request_id,
-            )
-            shown["paid_from"] = paid_from_json(paid, bucket_from_proto(answer.receipt.bucket))
-        except DomainError as error:  # the receipt still answers; `paid_from` unknown
-            log.warning("paid-from lookup for %s failed: %s", receipt_request_id, error)
-            shown["paid_from"] = None
-        return json_response(shown)
+        return json_response(receipt_json(answer.receipt))
+
+    @r.get("/v1/usage/{receipt_request_id}/paid-from", tags=["usage"], responses=answer(PAID_FROM))
+    async def paid_from(receipt_request_id: str, request: Request) -> Response:
+        """The top-ups (credits) that paid this request, first in, first out, with what
+        each paid; empty until its ledger row exists (docs/GLOSSARY.md, "What a top-up
+        paid for")."""
+        who = await deps.reader(request)
+        found = await peers.usage.call(
+            peers.usage_stub.GetReceipt,
+            usage_pb2.GetReceiptRequest(account_id=who.account_id, request_id=receipt_request_id),
+            request_id=request.state.request_id,
+        )
+        paid = await peers.wallet.call(
+            peers.wallet_stub.GetPaidFrom,
+            wallet_pb2.GetPaidFromRequest(account_id=who.account_id, request_id=receipt_request_id),
+            request_id=request.state.request_id,
+        )
+        bucket = bucket_from_proto(found.receipt.bucket)
+        return json_response(
+            {
+                "object": "list",
+                "request_id": receipt_request_id,
+                "charge": amount(found.receipt.charge_micros, bucket),
+                "data": paid_from_json(paid, bucket),
+            }
+        )
 
     @r.get("/v1/usage", tags=["usage"], responses=answer(listing(RECEIPT)))
     async def list_receipts(
