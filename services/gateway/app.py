@@ -23,6 +23,7 @@ from services.gateway.domain.budgets import BudgetPolicy
 from services.gateway.flow.finish import drain_abandoned
 from services.gateway.relay import drain, run_relay
 from services.gateway.runs import run_sweeper
+from services.gateway.storage.audit import AuditLog
 from services.gateway.storage.finish_queue import FinishQueue
 from services.gateway.storage.idempotency import IdempotencyStore
 from services.gateway.transport.grpc import GatewayServicer
@@ -97,6 +98,8 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
         upstream,
         IdempotencyStore(engine) if engine else None,
         cors_origins=settings.cors_origins,
+        operator_digest=settings.admin_digest,
+        audit=AuditLog(engine) if engine else None,
     )
     # No span per ASGI `send`/`receive` message: a 64-chunk stream made 66 spans that
     # say nothing the request span does not (its duration, its status).

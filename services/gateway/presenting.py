@@ -133,9 +133,9 @@ def receipt_json(r: usage_pb2.Receipt) -> dict[str, Any]:
         "hold_id": r.hold_id,
         "ledger_entry_id": r.entry_id or None,
         "ledger_url": f"/v1/wallet/ledger?request_id={r.request_id}",
-        # The top-ups that paid it, first in, first out: derived from the ledger after
-        # the answer, so null in the answer; GET /v1/usage/{request_id} fills it.
-        "paid_from": None,
+        # The top-ups that paid it, first in, first out (derived from its ledger row,
+        # which may not exist yet when the answer is sent).
+        "paid_from_url": f"/v1/usage/{r.request_id}/paid-from",
         "receipt_url": f"/v1/usage/{r.request_id}",
         "trace_id": r.trace_id,
         "catalog_version": r.catalog_version,

@@ -63,6 +63,38 @@ class PaymentsClient(ServiceClient):
         )
         return answer
 
+    async def list_all_top_ups(
+        self,
+        *,
+        account_id: str = "",
+        status: payments_pb2.TopUpStatus = payments_pb2.TOP_UP_STATUS_UNSPECIFIED,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> payments_pb2.ListAllTopUpsResponse:
+        """Every account's orders (operator only), optionally one account's or one
+        status's: the review queue is `status=AWAITING_REVIEW`."""
+        answer: payments_pb2.ListAllTopUpsResponse = await self._call(
+            "ListAllTopUps",
+            payments_pb2.ListAllTopUpsRequest(
+                account_id=account_id, status=status, page_size=page_size, page_token=page_token
+            ),
+        )
+        return answer
+
+    async def review_top_up(
+        self, order_id: str, decision: payments_pb2.ReviewDecision, reason: str, operator: str
+    ) -> payments_pb2.TopUp:
+        """Approve or reject an order waiting for review (operator only). Sent once: a
+        decision is not asked again on its own."""
+        answer = await self._once(
+            "ReviewTopUp",
+            payments_pb2.ReviewTopUpRequest(
+                order_id=order_id, decision=decision, reason=reason, operator=operator
+            ),
+        )
+        top_up: payments_pb2.TopUp = answer.top_up
+        return top_up
+
     async def create_top_up(
         self,
         account_id: str,

@@ -382,6 +382,36 @@ class RoutingClient(ServiceClient):
         )
         return list(answer.keys)
 
+    # The catalog and channel health (operator only).
+
+    async def get_catalog(self) -> routing_pb2.GetCatalogResponse:
+        """The running catalog: its version and YAML."""
+        answer: routing_pb2.GetCatalogResponse = await self._call(
+            "GetCatalog", routing_pb2.GetCatalogRequest()
+        )
+        return answer
+
+    async def catalog_versions(self, limit: int = 50) -> list[routing_pb2.CatalogVersion]:
+        """The catalog's versions, newest first."""
+        answer = await self._call(
+            "ListCatalogVersions", routing_pb2.ListCatalogVersionsRequest(limit=limit)
+        )
+        return list(answer.versions)
+
+    async def put_catalog(self, yaml: str, author: str) -> routing_pb2.PutCatalogResponse:
+        """Validate and apply a catalog, refused whole on any error."""
+        answer: routing_pb2.PutCatalogResponse = await self._call(
+            "PutCatalog", routing_pb2.PutCatalogRequest(yaml=yaml, author=author)
+        )
+        return answer
+
+    async def health(self) -> routing_pb2.GetHealthResponse:
+        """Every route's channels: circuit state, error rate, latency, last failure."""
+        answer: routing_pb2.GetHealthResponse = await self._call(
+            "GetHealth", routing_pb2.GetHealthRequest()
+        )
+        return answer
+
     async def revoke_api_key(
         self, account_id: str, key_id: str, *, acting_key_id: str = "", request_id: str = ""
     ) -> routing_pb2.ApiKeyInfo:

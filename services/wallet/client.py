@@ -335,18 +335,21 @@ class WalletClient(ServiceClient):
     async def credit_use(
         self,
         account_id: str,
-        order_id: str,
         *,
+        order_id: str = "",
+        entry_id: str = "",
         page_size: int = 0,
         page_token: str = "",
         request_id: str = "",
     ) -> wallet_pb2.GetCreditUseResponse:
-        """What a top-up's credit paid for, first in, first out, one page at a time."""
+        """What one credit (a top-up's, by order id, or any by entry id) paid for, first
+        in, first out, one page at a time."""
         answer = await self._call(
             "GetCreditUse",
             wallet_pb2.GetCreditUseRequest(
                 account_id=account_id,
                 order_id=order_id,
+                entry_id=entry_id,
                 page_size=page_size,
                 page_token=page_token,
             ),

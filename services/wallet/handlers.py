@@ -60,7 +60,6 @@ from services.wallet.domain.reconcile import (
     attribution_problems,
 )
 from services.wallet.storage.repository import (
-    ATTRIBUTION_ROW_LIMIT,
     DuplicateKey,
     HoldQuery,
     LedgerQuery,
@@ -575,15 +574,13 @@ async def reconcile(cmd: commands.Reconcile, uow: UnitOfWork) -> ReconcileReport
     attribution of every bucket's charges to its credits (W8), from one snapshot."""
     async with uow:
         report = await uow.wallet.reconcile()
-        every = await uow.wallet.ledger(LedgerQuery(account_id="", limit=ATTRIBUTION_ROW_LIMIT))
-    by_bucket: dict[tuple[str, Bucket], list[JournalEntry]] = {}
-    for entry in reversed(every):
-        by_bucket.setdefault((entry.account_id, entry.bucket), []).append(entry)
-    for (account_id, bucket), rows in sorted(by_bucket.items()):
-        problems = attribution_problems(attribute(_movement(e) for e in rows), rows)
-        report.violations.extend(
-            Violation(RULE_ATTRIBUTED, f"{account_id}/{bucket.value}", p) for p in problems
-        )
+        # Bucket by bucket (one bucket's journal in memory at a time), same snapshot.
+        for account_id, bucket in await uow.wallet.buckets_with_rows():
+            rows = await uow.wallet.bucket_rows(account_id, bucket)
+            problems = attribution_problems(attribute(_movement(e) for e in rows), rows)
+            report.violations.extend(
+                Violation(RULE_ATTRIBUTED, f"{account_id}/{bucket.value}", p) for p in problems
+            )
     if report.violations:
         log.error("wallet reconciliation found %s violations", len(report.violations))
     return report
@@ -715,8 +712,11 @@ def _movement(e: JournalEntry) -> Movement:
     )
 
 
-async def _attribution(uow: UnitOfWork, account_id: str, bucket: Bucket) -> Attribution:
-    return attribute(_movement(e) for e in await uow.wallet.bucket_rows(account_id, bucket))
+async def _attribution(
+    uow: UnitOfWork, account_id: str, bucket: Bucket, through_seq: int | None = None
+) -> Attribution:
+    rows = await uow.wallet.bucket_rows(account_id, bucket, through_seq)
+    return attribute(_movement(e) for e in rows)
 
 
 @dataclass(frozen=True)
@@ -790,7 +790,11 @@ async def paid_from(cmd: commands.GetPaidFrom, uow: UnitOfWork) -> list[Slice]:
         )
         slices: list[Slice] = []
         for bucket in sorted({e.bucket for e in rows}):
-            slices += (await _attribution(uow, cmd.account_id, bucket)).paid_from(cmd.request_id)
+            # A row's slices depend only on the rows before it (and its own reversal,
+            # which carries the request id too): fold no further than its last row.
+            last = max(e.seq for e in rows if e.bucket is bucket)
+            found = await _attribution(uow, cmd.account_id, bucket, last)
+            slices += found.paid_from(cmd.request_id)
     return slices
 
 

@@ -17,6 +17,7 @@ from tests.e2e.harness import INTERNAL, System
 from tests.e2e.sockets import listening
 from tokenforge.config import Settings
 from tokenforge.runtime.embedded import free_port
+from tokenforge.runtime.metrics import owner
 
 
 def sample(name: str, labels: dict[str, str]) -> float:
@@ -82,6 +83,14 @@ async def test_a_service_started_with_default_settings_serves_metrics_on_loopbac
             answer = await client.get(f"http://127.0.0.1:{port}/metrics")
         assert answer.status_code == 200
         assert "tokenforge_grpc_server_handled_total" in answer.text
+        # Only the usage service's own metrics and the shared ones: no gateway's (HTTP,
+        # upstream, receipts queued), no wallet's, though the process imports them.
+        families = {
+            line.split()[2] for line in answer.text.splitlines() if line.startswith("# TYPE")
+        }
+        assert families, answer.text
+        assert not {f for f in families if owner(f) not in ("", "usage")}, families
+        assert "tokenforge_http_requests" not in families
     finally:
         proc.terminate()
         proc.wait(15)

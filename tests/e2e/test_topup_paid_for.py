@@ -1,6 +1,7 @@
 """What a top-up paid for, on the whole system: two top-ups pay for a series of
 requests, first in, first out; each lists exactly the requests it paid for (with their
-receipts), what is used and what is left; each receipt names the top-ups that paid it;
+receipts), what is used and what is left; each request names the top-ups that paid it
+(GET /v1/usage/{id}/paid-from);
 and the wallet's reconciliation checks the attribution."""
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ async def test_two_topups_each_list_exactly_the_requests_they_paid_for(system: S
         first_page, first_uses = await every_use(http, first["order_id"])
         second_page, second_uses = await every_use(http, second["order_id"])
         receipts = {r: (await http.get(f"/v1/usage/{r}")).json() for r in request_ids}
+        paid_from = {r: (await http.get(f"/v1/usage/{r}/paid-from")).json() for r in request_ids}
 
     assert sorted(c["request_id"] for c in charges) == sorted(request_ids)
     # First in, first out, computed here from the ledger rows alone.
@@ -102,7 +104,8 @@ async def test_two_topups_each_list_exactly_the_requests_they_paid_for(system: S
     assert all(u["receipt_url"] == f"/v1/usage/{u['request_id']}" for u in first_uses)
     # Each receipt names the top-ups that paid it, with the same parts.
     for request_id, receipt in receipts.items():
-        named = [(p["order_id"], p["used"]["micros"]) for p in receipt["paid_from"]]
+        assert paid_from[request_id]["charge"] == receipt["charge"]
+        named = [(p["order_id"], p["used"]["micros"]) for p in paid_from[request_id]["data"]]
         assert named == [
             (order_id, part)
             for order_id in (first["order_id"], second["order_id"])

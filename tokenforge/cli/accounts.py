@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, cap_arg, operator_call, out
+from tokenforge.cli.common import (
+    add_json,
+    add_state_dir,
+    cap_arg,
+    money_fields,
+    operator_call,
+    out,
+    out_json,
+)
 
 
 def cmd_accounts_open(args: argparse.Namespace) -> int:
@@ -85,6 +93,14 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             stub.ListApiKeys, routing_pb2.ListApiKeysRequest(account_id=args.account_id)
         )
         names = {v: k for k, v in SCOPES.items()}
+        if args.json:
+            out_json(
+                {
+                    "account_id": args.account_id,
+                    "keys": [_key_json(k, names) for k in answer.keys],
+                }
+            )
+            return 0
         for k in answer.keys:
             s = k.settings
             state = "revoked" if k.HasField("revoked_at") else "active"
@@ -97,6 +113,37 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         return 0
 
     return routing_action(args, action)
+
+
+def _key_json(k: Any, scope_names: dict[Any, str]) -> dict[str, Any]:
+    from tokenforge.wire import bucket_from_proto, route_kind_from_proto
+
+    s = k.settings
+    caps = []
+    for c in s.spend_caps:
+        bucket = bucket_from_proto(c.bucket)
+        cap: dict[str, Any] = {"bucket": bucket.value}
+        if c.daily_micros:
+            cap |= money_fields("daily", c.daily_micros, bucket)
+        if c.total_micros:
+            cap |= money_fields("total", c.total_micros, bucket)
+        caps.append(cap)
+    return {
+        "key_id": k.key_id,
+        "name": k.name,
+        "prefix": k.prefix,
+        "state": "revoked" if k.HasField("revoked_at") else "active",
+        "scopes": [scope_names[x] for x in k.scopes],
+        "allowed_models": list(s.allowed_models),
+        "allowed_route_kinds": [route_kind_from_proto(x) for x in s.allowed_route_kinds],
+        "ip_allowlist": list(s.ip_allowlist),
+        "requests_per_minute": s.requests_per_minute or None,
+        "tokens_per_minute": s.tokens_per_minute or None,
+        "max_in_flight": s.max_in_flight or None,
+        "spend_caps": caps,
+        "expires_at": k.expires_at.ToJsonString() if k.HasField("expires_at") else None,
+        "last_used_at": k.last_used_at.ToJsonString() if k.HasField("last_used_at") else None,
+    }
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
@@ -180,6 +227,7 @@ def register(sub: Any) -> None:
     key_list = keys.add_parser("list", help="an account's keys (never the secrets)")
     add_state_dir(key_list)
     key_list.add_argument("account_id")
+    add_json(key_list)
     key_list.set_defaults(func=cmd_keys_list)
     key_revoke = keys.add_parser("revoke", help="revoke a key")
     add_state_dir(key_revoke)

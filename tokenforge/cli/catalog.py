@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, connection, out
+from tokenforge.cli.common import add_json, add_state_dir, connection, out, out_json
 
 
 def routing_action(args: argparse.Namespace, action: Callable[[Any, Any], Awaitable[int]]) -> int:
@@ -37,12 +37,24 @@ def routing_action(args: argparse.Namespace, action: Callable[[Any, Any], Awaita
     return asyncio.run(main())
 
 
+def _version_json(v: Any) -> dict[str, Any]:
+    return {
+        "version": v.version,
+        "created_by": v.created_by,
+        "created_at": v.created_at.ToJsonString(),
+        "content_sha256": v.content_sha256,
+    }
+
+
 def cmd_catalog_show(args: argparse.Namespace) -> int:
     from tokenforge.routing.v1 import routing_pb2
 
     async def action(peer: Any, stub: Any) -> int:
         answer = await peer.call(stub.GetCatalog, routing_pb2.GetCatalogRequest())
         v = answer.version
+        if args.json:
+            out_json({"version": _version_json(v), "yaml": answer.yaml})
+            return 0
         out(f"# catalog {v.version} by {v.created_by} at {v.created_at.ToJsonString()}")
         out(answer.yaml.rstrip("\n"))
         return 0
@@ -79,6 +91,9 @@ def cmd_catalog_versions(args: argparse.Namespace) -> int:
         answer = await peer.call(
             stub.ListCatalogVersions, routing_pb2.ListCatalogVersionsRequest(limit=args.limit)
         )
+        if args.json:
+            out_json({"versions": [_version_json(v) for v in answer.versions]})
+            return 0
         for v in answer.versions:
             out(
                 f"{v.version}\t{v.created_at.ToJsonString()}\t{v.created_by}\t"
@@ -95,6 +110,7 @@ def register(sub: Any) -> None:
     )
     show = catalog.add_parser("show", help="print the running catalog and its version")
     add_state_dir(show)
+    add_json(show)
     show.set_defaults(func=cmd_catalog_show)
     apply = catalog.add_parser("apply", help="validate a catalog file and make it the new version")
     add_state_dir(apply)
@@ -104,4 +120,5 @@ def register(sub: Any) -> None:
     versions = catalog.add_parser("versions", help="list the catalog's versions, newest first")
     add_state_dir(versions)
     versions.add_argument("--limit", type=int, default=20)
+    add_json(versions)
     versions.set_defaults(func=cmd_catalog_versions)

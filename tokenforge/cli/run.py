@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, connection, out
+from tokenforge.cli.common import add_json, add_state_dir, connection, out, out_json
 from tokenforge.config import Settings
 from tokenforge.runtime.service import SERVICES
 
@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def main() -> None:
         from tokenforge.runtime.metrics import start_metrics_server
 
-        start_metrics_server(settings)
+        start_metrics_server(settings, args.service)
         running = await app.start(settings, port=port)
         tune_gc()
         import logging
@@ -132,10 +132,15 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         worst = 0
+        found = {}
         for name, address in services.items():
             status = await health_status(address) if address else "UNKNOWN ADDRESS"
-            out(f"{name:<9} {address:<22} {status}")
+            found[name] = {"address": address, "status": status}
+            if not args.json:
+                out(f"{name:<9} {address:<22} {status}")
             worst = worst or int(status != "SERVING")
+        if args.json:
+            out_json({"services": found, "ok": not worst})
         return worst
 
     return asyncio.run(main())
@@ -175,4 +180,5 @@ def register(sub: Any) -> None:
 
     health = sub.add_parser("health", help="grpc.health.v1 of every service")
     add_state_dir(health)
+    add_json(health)
     health.set_defaults(func=cmd_health)

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, connection, out
+from tokenforge.cli.common import add_json, add_state_dir, connection, money_fields, out, out_json
 
 STATUSES = (
     "pending",
@@ -46,6 +46,35 @@ def _line(t: Any) -> str:
         f"{bucket.label:<15} {t.provider:<15} {t.account_id}"
         + (f"  ref {t.transfer_reference}" if t.transfer_reference else "")
     )
+
+
+def _order_json(t: Any) -> dict[str, Any]:
+    from tokenforge.wire import bucket_from_proto
+
+    bucket = bucket_from_proto(t.bucket)
+    return {
+        "order_id": t.order_id,
+        "account_id": t.account_id,
+        "status": _status_name(t.status),
+        "bucket": bucket.value,
+        "provider": t.provider,
+        "topup_amount_minor": t.paid_amount_minor,
+        "currency": t.currency,
+        **money_fields("received_balance", t.received_micros, bucket),
+        "transfer_reference": t.transfer_reference or None,
+        "created_at": t.created_at.ToJsonString(),
+        "expires_at": t.expires_at.ToJsonString(),
+        "transitions": [
+            {
+                "at": x.at.ToJsonString(),
+                "from": _status_name(x.from_status),
+                "to": _status_name(x.to_status),
+                "actor": x.actor,
+                "reason": x.reason,
+            }
+            for x in t.transitions
+        ],
+    }
 
 
 def _payments_call(args: argparse.Namespace, action: Any) -> int:
@@ -87,6 +116,14 @@ def cmd_topups_list(args: argparse.Namespace) -> int:
                 page_token=args.cursor or "",
             ),
         )
+        if args.json:
+            out_json(
+                {
+                    "data": [_order_json(t) for t in answer.top_ups],
+                    "next_cursor": answer.next_page_token or None,
+                }
+            )
+            return 0
         if not answer.top_ups:
             out("no top-ups" + (f" {args.status}" if args.status else ""))
         for t in answer.top_ups:
@@ -106,6 +143,9 @@ def cmd_topups_show(args: argparse.Namespace) -> int:
             stub.InspectTopUp, payments_pb2.InspectTopUpRequest(order_id=args.order_id)
         )
         t = answer.top_up
+        if args.json:
+            out_json(_order_json(t))
+            return 0
         out(_line(t))
         out(f"  created {t.created_at.ToJsonString()}, expires {t.expires_at.ToJsonString()}")
         if t.provider_reference:
@@ -163,11 +203,13 @@ def register(sub: Any) -> None:
     ls.add_argument("--status", choices=STATUSES, help="only orders in this status")
     ls.add_argument("--account", default="", help="only this account's orders")
     ls.add_argument("--limit", type=int, default=50)
-    ls.add_argument("--cursor", default="")
+    ls.add_argument("--cursor", default="", help="the next-page token a listing printed")
+    add_json(ls)
     ls.set_defaults(func=cmd_topups_list)
     show = topups.add_parser("show", help="one order with its trail (who moved it, when, why)")
     add_state_dir(show)
     show.add_argument("order_id")
+    add_json(show)
     show.set_defaults(func=cmd_topups_show)
     for verb, func, what in (
         ("approve", cmd_topups_approve, "the money arrived: the order succeeds and is credited"),

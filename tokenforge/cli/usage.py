@@ -13,7 +13,14 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, connection, out
+from tokenforge.cli.common import (
+    add_json,
+    add_state_dir,
+    connection,
+    money_fields,
+    out,
+    out_json,
+)
 
 
 def _since(text: str) -> datetime | None:
@@ -44,6 +51,21 @@ def cmd_usage_reconcile(args: argparse.Namespace) -> int:
             report = await usage.reconcile(since, list(args.account or []))
         finally:
             await usage.close()
+        if args.json:
+            out_json(
+                {
+                    "ok": not report.mismatches,
+                    "holds_checked": report.holds_checked,
+                    "receipts_checked": report.receipts_checked,
+                    "entries_checked": report.entries_checked,
+                    "runs_checked": report.runs_checked,
+                    "mismatches": [
+                        {"problem": m.problem, "subject": m.subject, "detail": m.detail}
+                        for m in report.mismatches
+                    ],
+                }
+            )
+            return 0 if not report.mismatches else 1
         out(
             f"checked {report.holds_checked} ended holds, {report.receipts_checked} receipts, "
             f"{report.entries_checked} request-charge ledger rows, {report.runs_checked} runs"
@@ -84,6 +106,26 @@ def cmd_usage_aggregates(args: argparse.Namespace) -> int:
             rows = await usage.aggregate_receipts(where, f"AGGREGATE_BY_{args.by.upper()}")
         finally:
             await usage.close()
+        if args.json:
+            shown = []
+            for row in rows:
+                bucket = bucket_from_proto(row.bucket) if row.bucket else None
+                shown.append(
+                    {
+                        "group": row.group,
+                        "bucket": bucket.value if bucket else None,
+                        "requests": row.requests,
+                        "prompt_tokens": row.prompt_tokens,
+                        "completion_tokens": row.completion_tokens,
+                        **(
+                            money_fields("charged", row.charge_micros, bucket)
+                            if bucket
+                            else {"charged_micros": row.charge_micros}
+                        ),
+                    }
+                )
+            out_json({"account_id": args.account_id, "by": args.by, "rows": shown})
+            return 0
         if not rows:
             out("no receipts")
         for row in rows:
@@ -115,6 +157,7 @@ def register(sub: Any) -> None:
     add_state_dir(rec)
     rec.add_argument("--since", default="", help="ISO 8601 time or an age (24h, 7d)")
     rec.add_argument("--account", action="append", help="only this account (repeat for more)")
+    add_json(rec)
     rec.set_defaults(func=cmd_usage_reconcile)
     agg = usage.add_parser("aggregates", help="requests, tokens and charge per group and bucket")
     add_state_dir(agg)
@@ -123,4 +166,5 @@ def register(sub: Any) -> None:
         "--by", choices=["day", "model", "key", "project", "bucket", "status"], default="day"
     )
     agg.add_argument("--since", default="")
+    add_json(agg)
     agg.set_defaults(func=cmd_usage_aggregates)

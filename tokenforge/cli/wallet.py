@@ -220,6 +220,65 @@ def cmd_wallet_reverse(args: argparse.Namespace) -> int:
     return wallet_call(args, action)
 
 
+def cmd_wallet_paid_for(args: argparse.Namespace) -> int:
+    from tokenforge.money import format_amount
+    from tokenforge.wallet.v1 import wallet_pb2
+    from tokenforge.wire import bucket_from_proto
+
+    def kind_name(kind: Any) -> str:
+        return str(wallet_pb2.EntryKind.Name(kind).removeprefix("ENTRY_KIND_").lower())
+
+    async def action(client: Any) -> int:
+        use = await client.credit_use(
+            args.account_id,
+            order_id=args.order or "",
+            entry_id=args.entry or "",
+            page_size=args.limit,
+            page_token=args.cursor,
+        )
+        b = bucket_from_proto(use.credit.bucket)
+        if args.json:
+            out_json(
+                {
+                    "credit_entry_id": use.credit.entry_id,
+                    "order_id": use.credit.order_id or None,
+                    "bucket": b.value,
+                    **money_fields("received_balance", use.received_micros, b),
+                    **money_fields("used", use.used_micros, b),
+                    **money_fields("left", use.left_micros, b),
+                    "total": use.slices_total,
+                    "data": [
+                        {
+                            "entry_id": s.entry_id,
+                            "kind": kind_name(s.kind),
+                            "request_id": s.request_id or None,
+                            **money_fields("used", s.used_micros, b),
+                            "created_at": s.created_at.ToJsonString(),
+                        }
+                        for s in use.slices
+                    ],
+                    "next_cursor": use.next_page_token or None,
+                }
+            )
+            return 0
+        out(
+            f"credit {use.credit.entry_id} ({use.credit.order_id or kind_name(use.credit.kind)}): "
+            f"received {format_amount(use.received_micros, b)}, used "
+            f"{format_amount(use.used_micros, b)}, left {format_amount(use.left_micros, b)}; "
+            f"{use.slices_total} rows paid, first in, first out"
+        )
+        for s in use.slices:
+            out(
+                f"{_when(s.created_at)}  {s.entry_id}  {kind_name(s.kind):<14} "
+                f"{format_amount(s.used_micros, b):>14}  {s.request_id}".rstrip()
+            )
+        if use.next_page_token:
+            out(f"(more rows: --cursor {use.next_page_token})")
+        return 0
+
+    return wallet_call(args, action)
+
+
 def cmd_wallet_reconcile(args: argparse.Namespace) -> int:
     async def action(client: Any) -> int:
         report = await client.reconcile()
@@ -365,6 +424,20 @@ def register(sub: Any) -> None:
     rev.add_argument("entry_id")
     rev.add_argument("--reason", required=True)
     rev.set_defaults(func=cmd_wallet_reverse)
+    paid = wallet.add_parser(
+        "paid-for",
+        help="what a top-up (or any credit) paid for, first in, first out: received, used, "
+        "left and each row it paid",
+    )
+    add_state_dir(paid)
+    paid.add_argument("account_id")
+    which = paid.add_mutually_exclusive_group(required=True)
+    which.add_argument("--order", help="the top-up's order id")
+    which.add_argument("--entry", help="the credit's ledger entry id")
+    paid.add_argument("--limit", type=int, default=50)
+    paid.add_argument("--cursor", default="", help="the next-page token a listing printed")
+    add_json(paid)
+    paid.set_defaults(func=cmd_wallet_paid_for)
     rec = wallet.add_parser(
         "reconcile", help="prove every balance from the journal; exits 1 on any violation"
     )

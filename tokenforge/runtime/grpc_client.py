@@ -11,6 +11,7 @@ request (docs/PERFORMANCE.md); the span and the propagation are the same.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -102,6 +103,13 @@ class Peer:
                 span.set_attribute("rpc.grpc.status_code", err.code().value[0])
                 span.set_status(Status(StatusCode.ERROR, err.code().name))
                 raise to_domain_error(err, self.name) from err
+
+    def as_caller(self, token: str) -> Peer:
+        """The same peer and channel, called with another credential (the gateway's
+        operator console passes on the operator's own); closing it closes nothing."""
+        other = copy.copy(self)
+        other._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        return other
 
     async def close(self) -> None:
         await self.channel.close()

@@ -4,7 +4,10 @@ TOKENFORGE_METRICS_HOST:TOKENFORGE_METRICS_PORT (`tokenforge serve` starts the e
 with `start_metrics_server`; the host is loopback unless configured).
 
 Service-specific metrics (HTTP requests, upstream calls, charges and receipts; holds,
-orders, outbox, consumer lag, breakers) live in `services/<context>/metrics.py`.
+orders, outbox, consumer lag, breakers) live in `services/<context>/metrics.py`, named
+`tokenforge_<context>_...` except the gateway's older names (GATEWAY_METRICS). A
+service's endpoint exports only its own and the shared ones (`ServiceMetrics`),
+whatever modules its process imported.
 
 The server interceptor also carries the caller's `x-request-id` (gRPC metadata the
 gateway sends) into `request_id_var` for the call, so every log line a call writes,
@@ -15,12 +18,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import trace
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    start_http_server,
+)
+from prometheus_client.metrics_core import Metric
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -60,14 +70,70 @@ RESOLVES = Counter(
 )
 
 
-def start_metrics_server(settings: Settings) -> WSGIServer | None:
+# The gateway's metrics defined in this module (the request path, upstream calls,
+# receipts and budgets); the others here are every service's (gRPC served, clients'
+# batches). A service's own module names its metrics `tokenforge_<service>_...`.
+GATEWAY_METRICS = frozenset(
+    {
+        "tokenforge_http_requests",
+        "tokenforge_http_request_seconds",
+        "tokenforge_upstream_seconds",
+        "tokenforge_upstream_time_to_first_token_seconds",
+        "tokenforge_upstream_errors",
+        "tokenforge_routing_client_resolves",
+        "tokenforge_charges_micros",
+        "tokenforge_receipts",
+        "tokenforge_receipts_queued",
+        "tokenforge_receipts_relayed",
+        "tokenforge_receipts_waiting",
+        "tokenforge_budget_draws",
+        "tokenforge_budgets",
+        "tokenforge_charges_not_collected",
+        "tokenforge_upstream_open_connections",
+    }
+)
+SERVICES = ("gateway", "routing", "wallet", "payments", "usage")
+
+
+def owner(family: str) -> str:
+    """The service a metric family belongs to; "" for every service's own."""
+    if family in GATEWAY_METRICS:
+        return "gateway"
+    for service in SERVICES:
+        if family.startswith(f"tokenforge_{service}_"):
+            return service
+    return ""
+
+
+class ServiceMetrics:
+    """The process's metrics a service exports: its own and every service's (gRPC
+    served, process), never another service's (a process imports their modules)."""
+
+    def __init__(self, service: str, registry: CollectorRegistry = REGISTRY) -> None:
+        self.service = service
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            if owner(family.name) in ("", self.service):
+                yield family
+
+
+def start_metrics_server(settings: Settings, service: str = "") -> WSGIServer | None:
     """The `/metrics` endpoint on settings.metrics_host:metrics_port, in a thread of its
     own; None when no port is configured. Loopback unless TOKENFORGE_METRICS_HOST says
     otherwise: the counters name methods, routes and channels, and nobody outside the
-    host (or the pod, where Prometheus is let in on purpose) needs to read them."""
+    host (or the pod, where Prometheus is let in on purpose) needs to read them.
+    `service`: export only that service's metrics (ServiceMetrics); "" exports all."""
     if not settings.metrics_port:
         return None
-    server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    registry = REGISTRY
+    if service:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(ServiceMetrics(service))
+    server, _ = start_http_server(
+        settings.metrics_port, addr=settings.metrics_host, registry=registry
+    )
     return server
 
 

@@ -10,6 +10,7 @@ the typed methods; a call that has a batch RPC goes through `_batcher`.
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, Self, TypeVar
@@ -51,6 +52,15 @@ class ServiceClient:
 
     async def close(self) -> None:
         await self.peer.close()
+
+    def as_caller(self, token: str) -> Self:
+        """This client calling with another credential on the same channel (the
+        gateway's operator console passes on the operator's own, so each service
+        authorizes the operator as it does the CLI). For plain calls: batched calls
+        and caches stay the original client's. Closing it closes nothing."""
+        other = copy.copy(self)
+        other.peer = self.peer.as_caller(token)
+        return other
 
     def _batcher(
         self,

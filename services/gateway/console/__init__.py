@@ -1,5 +1,7 @@
 """The web console: one HTML page, one script and one stylesheet, served by the gateway
-at /console (services/gateway/transport/http/console.py).
+at /console (services/gateway/transport/http/console.py); and the operator console, a
+page and script of its own at /console/operator over /v1/operator
+(services/gateway/transport/http/operator.py), signed in with the operator credential.
 
 No build step and nothing fetched from the network: the browser signs in with an API
 key (kept in sessionStorage only) and calls the same user API as every other client, so
@@ -16,4 +18,5 @@ ASSETS = Path(__file__).parent / "static"
 MEDIA_TYPES = {
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
+    "operator.js": "text/javascript; charset=utf-8",
 }

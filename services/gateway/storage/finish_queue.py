@@ -30,6 +30,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -155,6 +156,32 @@ class FinishQueue:
                 .where(t.c.request_id == request_id)
                 .values(attempts=t.c.attempts + 1, last_error=error)
             )
+
+    async def overview(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest rows of every replica, refused ones included, for an operator."""
+        columns = (
+            t.c.request_id,
+            t.c.account_id,
+            t.c.finish,
+            t.c.attempts,
+            t.c.last_error,
+            t.c.queued_at,
+        )
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(*columns).order_by(t.c.queued_at, t.c.request_id).limit(limit)
+            )
+            return [
+                {
+                    "request_id": r.request_id,
+                    "account_id": r.account_id,
+                    "finish": r.finish or "receipt",
+                    "attempts": r.attempts,
+                    "refused": r.last_error,
+                    "queued_at": r.queued_at.isoformat(),
+                }
+                for r in rows
+            ]
 
     async def count(self) -> int:
         async with self.engine.connect() as conn:

@@ -3,7 +3,18 @@ and finishes waiting for the usage service and the wallet)."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData(schema="gateway")
@@ -47,4 +58,21 @@ finish_queue = Table(
     Column("owner", Text),
     # The request's span (W3C traceparent): its delivery joins the request's trace.
     Column("traceparent", Text),
+)
+
+# One row per operator action taken through the console: who (the name the operator
+# signed in with, holding the operator credential), what, on what, why, how it ended.
+operator_audit = Table(
+    "operator_audit",
+    metadata,
+    Column("audit_id", BigInteger, Identity(), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("operator", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("detail", JSONB, nullable=False, server_default="{}"),
+    Column("request_id", Text, nullable=False, server_default=""),
+    Index("operator_audit_at", "at"),
 )

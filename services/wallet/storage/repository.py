@@ -249,12 +249,26 @@ class WalletRepository(abc.ABC):
     async def reconcile(self) -> ReconcileReport:
         """Check every money rule over the whole wallet, from one snapshot."""
 
-    async def bucket_rows(self, account_id: str, bucket: Bucket) -> list[JournalEntry]:
-        """Every ledger row of one bucket, oldest first (what attribution folds)."""
+    async def bucket_rows(
+        self, account_id: str, bucket: Bucket, through_seq: int | None = None
+    ) -> list[JournalEntry]:
+        """Every ledger row of one bucket, oldest first (what attribution folds); with
+        `through_seq`, only the rows up to that one."""
+        before = through_seq + 1 if through_seq is not None else None
         rows = await self.ledger(
-            LedgerQuery(account_id=account_id, limit=ATTRIBUTION_ROW_LIMIT, bucket=bucket)
+            LedgerQuery(
+                account_id=account_id,
+                limit=ATTRIBUTION_ROW_LIMIT,
+                bucket=bucket,
+                before_seq=before,
+            )
         )
         return rows[::-1]
+
+    async def buckets_with_rows(self) -> list[tuple[str, Bucket]]:
+        """Every (account, bucket) with at least one ledger row (reconciliation)."""
+        rows = await self.ledger(LedgerQuery(account_id="", limit=ATTRIBUTION_ROW_LIMIT))
+        return sorted({(e.account_id, e.bucket) for e in rows})
 
     async def open_holds(self, account_id: str) -> list[Hold]:
         """The account's open holds (few: requests in flight and budgets)."""
@@ -959,6 +973,14 @@ class SqlAlchemyWalletRepository(WalletRepository):
             .limit(query.limit)
         )
         return [_hold(row._mapping) for row in rows]
+
+    async def buckets_with_rows(self) -> list[tuple[str, Bucket]]:
+        rows = await self.session.execute(
+            select(journal_entries.c.account_id, journal_entries.c.bucket)
+            .distinct()
+            .order_by(journal_entries.c.account_id, journal_entries.c.bucket)
+        )
+        return [(row.account_id, Bucket(row.bucket)) for row in rows]
 
     async def reconcile(self) -> ReconcileReport:
         # One snapshot for every check, so live traffic can not look like a violation.

@@ -105,6 +105,7 @@ def test_the_api_the_cli_and_the_console_speak_the_glossary(cli: Cli) -> None:
             f"/v1/topups/{expired['order_id']}",
             "/v1/usage",
             f"/v1/usage/{request_id}",
+            f"/v1/usage/{request_id}/paid-from",
             "/v1/models",
         ]
         for path in paths:
@@ -115,12 +116,38 @@ def test_the_api_the_cli_and_the_console_speak_the_glossary(cli: Cli) -> None:
         documents["402"] = refused.json()
         console_text = "\n".join(
             httpx.get(cli.info["gateway_url"] + p).text
-            for p in ("/console", "/console/assets/console.js")
+            for p in (
+                "/console",
+                "/console/assets/console.js",
+                "/console/operator",
+                "/console/assets/operator.js",
+            )
         )
         words = httpx.get(cli.info["gateway_url"] + "/console/vocabulary.json").json()
+    operator_headers = {
+        "authorization": f"Bearer {cli.info['admin_token']}",
+        "x-tokenforge-operator": "glossary test",
+    }
+    with httpx.Client(
+        base_url=cli.info["gateway_url"], headers=operator_headers, timeout=30
+    ) as operator:
+        for path in (f"/v1/operator/accounts/{account}", "/v1/operator/reviews"):
+            got = operator.get(path)
+            assert got.status_code == 200, (path, got.text)
+            documents[f"operator {path}"] = got.json()
     cli_json = {
         "wallet balances": json.loads(cli.ok("wallet", "balances", account, "--json")),
         "wallet ledger": json.loads(cli.ok("wallet", "ledger", account, "--json")),
+        "wallet holds": json.loads(cli.ok("wallet", "holds", account, "--json")),
+        "topups list": json.loads(cli.ok("topups", "list", "--account", account, "--json")),
+        "topups show": json.loads(cli.ok("topups", "show", order["order_id"], "--json")),
+        "keys list": json.loads(cli.ok("keys", "list", account, "--json")),
+        "usage aggregates": json.loads(cli.ok("usage", "aggregates", account, "--json")),
+        "catalog versions": json.loads(cli.ok("catalog", "versions", "--json")),
+        "health": json.loads(cli.ok("health", "--json")),
+        "wallet paid-for": json.loads(
+            cli.ok("wallet", "paid-for", account, "--order", order["order_id"], "--json")
+        ),
     }
     cli_text = cli.ok("wallet", "balances", account) + cli.ok("wallet", "ledger", account)
 
@@ -142,6 +169,9 @@ def test_the_api_the_cli_and_the_console_speak_the_glossary(cli: Cli) -> None:
     topup = documents[f"/v1/topups/{order['order_id']}"]
     [credit] = [r for r in documents["/v1/wallet/ledger"]["data"] if r.get("order_id")]
     assert credit["received_balance"] == topup["received_balance"]
+    paid_for = cli_json["wallet paid-for"]
+    assert paid_for["received_balance_micros"] == topup["received_balance"]["micros"]
+    assert paid_for["left_micros"] + paid_for["used_micros"] == paid_for["received_balance_micros"]
     details = documents["402"]["error"]["details"]
     assert isinstance(details["available_micros"], int)
     balances = documents["/v1/wallet"]["balances"]
@@ -152,3 +182,32 @@ def test_the_api_the_cli_and_the_console_speak_the_glossary(cli: Cli) -> None:
     assert {b["label"] for b in cli_json["wallet balances"]["balances"]} == {
         b["label"] for b in balances
     }
+
+
+def test_the_cli_pages_with_the_token_it_prints_and_says_its_version(cli: Cli) -> None:
+    account, _ = cli.new_account()
+    for n in range(5):
+        cli.ok("wallet", "adjust", account, "credit", str(n + 1), "--reason", f"page {n}")
+    first = json.loads(cli.ok("wallet", "ledger", account, "--limit", "2", "--json"))
+    text = cli.ok("wallet", "ledger", account, "--limit", "2")
+    seen = [r["entry_id"] for r in first["data"]]
+    cursor = first["next_cursor"]
+    while cursor:
+        page = json.loads(
+            cli.ok("wallet", "ledger", account, "--limit", "2", "--cursor", cursor, "--json")
+        )
+        seen += [r["entry_id"] for r in page["data"]]
+        cursor = page["next_cursor"]
+    every = json.loads(cli.ok("wallet", "ledger", account, "--limit", "50", "--json"))
+    version = cli.ok("--version")
+
+    assert f"--cursor {first['next_cursor']}" in text
+    assert seen == [r["entry_id"] for r in every["data"]] and len(seen) == 5
+    assert [r["change_micros"] for r in every["data"]] == [
+        5_000_000,
+        4_000_000,
+        3_000_000,
+        2_000_000,
+        1_000_000,
+    ]
+    assert version.startswith("tokenforge ")

@@ -139,3 +139,20 @@ def test_a_debit_takes_from_a_newer_credit_only_once_the_older_ones_are_used_up(
         credits = [s.credit.entry_id for s in slices]
         order = [c.movement.entry_id for c in result.credits]
         assert credits == sorted(credits, key=order.index)
+
+
+def test_reconciliation_names_a_charge_no_credit_paid_and_a_fold_that_does_not_match():
+    from services.wallet.domain.reconcile import attribution_problems
+
+    class Row:
+        def __init__(self, amount: int) -> None:
+            self.amount = amount
+
+    rows = [topup(1, 5), charge(2, 8)]
+    problems = attribution_problems(attribute(rows), [Row(5), Row(-8)])
+    assert problems == [
+        "row e2 has 3 micro-units no credit paid",
+        "credits have 0 left but the journal folds to -3",
+    ]
+    healthy = [topup(1, 5), charge(2, 4)]
+    assert attribution_problems(attribute(healthy), [Row(5), Row(-4)]) == []

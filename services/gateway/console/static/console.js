@@ -5,7 +5,7 @@
 "use strict";
 
 const KEY_SLOT = "tokenforge.apiKey";
-const state = { buckets: {}, models: [], features: { keys: false, csv: null }, poll: null };
+const state = { buckets: {}, models: [], features: { keys: false, csv: null }, poll: null, ledgerCursor: "" };
 
 // ---------- small helpers ----------
 
@@ -171,11 +171,15 @@ function bucketCard(b) {
 }
 
 function topupItem(t) {
-  return h("li", { "data-order": t.order_id },
+  const id = encodeURIComponent(t.order_id);
+  return h("li", { "data-order": t.order_id, class: `topup ${t.state}` },
     h("div", {}, h("strong", {}, t.bucket_label), ` · ${t.topup_amount.display} via ${t.provider}`),
     h("div", { class: `state ${t.state}`, "data-state": t.state }, t.state_text),
-    h("div", { class: "hint" }, `Received balance: ${t.received_balance.display} · ${when(t.created_at)}`),
-    t.state === "credited" ? h("a", { href: `#/wallet/order/${encodeURIComponent(t.order_id)}` }, "Ledger row") : null);
+    h("div", { class: "hint" }, `${word("amounts", "received_balance")}: ${t.received_balance.display} · ${when(t.created_at)}`),
+    h("div", { class: "links" },
+      t.state === "pending" ? h("a", { href: `#/topup/${id}`, "data-testid": "continue-order" }, "Continue paying") : null,
+      t.state === "credited" ? h("a", { href: `#/wallet/order/${id}` }, "Ledger row") : null,
+      t.state === "credited" ? [" · ", h("a", { href: `#/topup/uses/${id}`, "data-testid": "topup-uses-link" }, "What it paid for")] : null));
 }
 
 // The balance of every bucket after each row; rows come newest first, and a bucket
@@ -193,15 +197,42 @@ function runningBalances(rows) {
   return after;
 }
 
+// The ledger page that holds the row asked for: the newest 50, else the rows of its
+// request or order, else older pages until it shows up (a link opens any row).
+async function ledgerWith(focus, id, cursor) {
+  const newest = await api("GET", `/v1/wallet/ledger?limit=50${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+  const has = (page) => page.data.some((e) => (focus === "entry" && e.entry_id === id)
+    || (focus === "order" && e.order_id === id) || (focus === "request" && e.request_id === id));
+  if (!focus || has(newest)) return { page: newest, filtered: false };
+  if (focus === "order" || focus === "request") {
+    const param = focus === "order" ? "order_id" : "request_id";
+    return { page: await api("GET", `/v1/wallet/ledger?${param}=${encodeURIComponent(id)}`), filtered: true };
+  }
+  let page = newest;
+  for (let i = 0; i < 50 && page.next_cursor; i += 1) {
+    page = await api("GET", `/v1/wallet/ledger?limit=200&cursor=${encodeURIComponent(page.next_cursor)}`);
+    if (has(page)) return { page, filtered: true };
+  }
+  return { page: newest, filtered: false };
+}
+
 async function showWallet([focus, id]) {
-  const [wallet, topups, ledger] = await Promise.all([
-    loadBuckets(), api("GET", "/v1/topups?limit=5"), api("GET", "/v1/wallet/ledger?limit=50"),
+  if (focus) state.ledgerCursor = "";
+  const [wallet, topups, found] = await Promise.all([
+    loadBuckets(), api("GET", "/v1/topups?limit=5"), ledgerWith(focus, id, state.ledgerCursor),
   ]);
+  const ledger = found.page;
+  $("#ledger-more").hidden = !ledger.next_cursor || found.filtered;
+  $("#ledger-more").dataset.cursor = ledger.next_cursor || "";
+  $("#ledger-newest").hidden = !(found.filtered || state.ledgerCursor);
   fill($("#buckets"), wallet.balances.map(bucketCard));
   fill($("#latest-topups"), topups.data.length ? topups.data.map(topupItem) : h("li", { class: "hint" }, "No top-ups yet."));
   $("#ledger-after-credit").textContent = `${label("credit")} after`;
   $("#ledger-after-routed").textContent = `${label("routed")} after`;
-  const after = runningBalances(ledger.data);
+  // A page that is not the newest shows each row's own balance after it only.
+  const after = found.filtered || state.ledgerCursor
+    ? ledger.data.map((e) => ({ [e.bucket]: e.balance_after.micros }))
+    : runningBalances(ledger.data);
   const rows = ledger.data.map((e, i) => {
     const match = (focus === "entry" && e.entry_id === id) || (focus === "order" && e.order_id === id)
       || (focus === "request" && e.request_id === id);
@@ -216,8 +247,8 @@ async function showWallet([focus, id]) {
       h("td", {}, e.kind_text || word("entry_kinds", e.kind)),
       h("td", {}, label(e.bucket)),
       h("td", { class: `num ${e.change.micros < 0 ? "neg" : "pos"}` }, e.change.display),
-      h("td", { class: "num" }, fmt(after[i].credit ?? 0, "credit")),
-      h("td", { class: "num" }, fmt(after[i].routed ?? 0, "routed")),
+      h("td", { class: "num" }, after[i].credit === undefined ? "" : fmt(after[i].credit, "credit")),
+      h("td", { class: "num" }, after[i].routed === undefined ? "" : fmt(after[i].routed, "routed")),
       h("td", {}, detail));
   });
   fill($("#ledger tbody"), rows.length ? rows : h("tr", {}, h("td", { colspan: 7 }, "No ledger rows yet.")));
@@ -229,7 +260,51 @@ async function showWallet([focus, id]) {
 
 function stopPolling() { if (state.poll) { clearTimeout(state.poll); state.poll = null; } }
 
-async function showTopup() {
+async function showTopup([first, second]) {
+  showTopupForm();  // first: the form works before the lists below arrive
+  await loadTopups(false);
+  $("#topup-uses").hidden = first !== "uses";
+  if (first === "uses" && second) await showUses(second, "");
+  else if (first) await followOrder(first);
+}
+
+// Every top-up, newest first, ten at a time.
+async function loadTopups(more) {
+  const cursor = more ? $("#topups-more").dataset.cursor : "";
+  const page = await api("GET", `/v1/topups?limit=10${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+  const list = $("#all-topups");
+  if (!more) fill(list);
+  list.append(...(page.data.length || more ? page.data.map(topupItem) : [h("li", { class: "hint" }, "No top-ups yet.")]));
+  $("#topups-more").hidden = !page.next_cursor;
+  $("#topups-more").dataset.cursor = page.next_cursor || "";
+}
+
+// What a credited top-up paid for: received, used, left, and each request with its receipt.
+async function showUses(orderId, cursor) {
+  const page = await api("GET", `/v1/topups/${encodeURIComponent(orderId)}/uses?limit=20${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+  const panel = $("#topup-uses");
+  panel.hidden = false;
+  const rows = page.data.map((u) => h("tr", { "data-request": u.request_id || "" },
+    h("td", {}, when(u.created_at)),
+    h("td", {}, word("entry_kinds", u.kind)),
+    h("td", {}, u.request_id ? h("a", { href: `#/usage/${encodeURIComponent(u.request_id)}` }, u.request_id) : u.entry_id),
+    h("td", { class: "num" }, u.used.display)));
+  fill(panel,
+    h("h2", {}, `What top-up ${orderId} paid for`),
+    h("dl", { class: "facts" }, facts([
+      [word("amounts", "received_balance"), page.received_balance.display],
+      [word("amounts", "used"), h("span", { "data-testid": "uses-used" }, page.used.display)],
+      [word("amounts", "left"), h("span", { "data-testid": "uses-left" }, page.left.display)],
+      ["Requests and rows it paid", String(page.total)],
+    ])),
+    h("p", { class: "hint" }, "Charges are paid by top-ups first in, first out: the oldest top-up with something left pays first."),
+    rows.length ? h("table", { "data-testid": "uses-table" },
+      h("thead", {}, h("tr", {}, ["When", "What", "Request (receipt)", word("amounts", "used")].map((x) => h("th", { scope: "col" }, x)))),
+      h("tbody", {}, rows)) : h("p", { class: "hint" }, "Nothing paid from it yet."),
+    page.next_cursor ? h("button", { type: "button", class: "quiet", onclick: () => guarded(() => showUses(orderId, page.next_cursor)) }, "Next page") : null);
+}
+
+function showTopupForm() {
   if (!$("#topup-buckets").childElementCount) {
     fill($("#topup-buckets"), Object.values(state.buckets).map((b, i) =>
       h("label", { class: "choice" },
@@ -310,6 +385,7 @@ async function followOrder(orderId) {
   }
   renderOrder(order, credited);
   const done = !OPEN_STATES.has(order.state) && order.state !== "paid";
+  if (done && !$("#page-topup").hidden) await loadTopups(false);
   if (!done && !$("#page-topup").hidden) {
     // A bank transfer waits for a person: look again now and then, not every moment.
     const pause = order.status === "awaiting_review" ? 5000 : 700;
@@ -359,8 +435,23 @@ async function showModels() {
         ["Output", `${r.prices.output_per_million.display} / 1M tokens`],
         r.prices.request_fee.micros ? ["Per request", r.prices.request_fee.display] : null,
         ["Channels", `${r.channels.length} (primary ${r.channels[0] || "none"})`],
-        r.health ? ["Health", typeof r.health === "string" ? r.health : (r.health.status || JSON.stringify(r.health))] : null,
-      ])))))));
+      ])),
+      (r.health || []).length ? healthTable(r) : null)))));
+}
+
+// Each channel's circuit as a person reads it (routing's view, as /v1/models answers).
+const CIRCUIT_WORDS = { closed: "Healthy", half_open: "Trying again", open: "Failing: skipped for now" };
+
+function healthTable(route) {
+  return h("table", { class: "health", "data-testid": `health-${route.kind}` },
+    h("caption", { class: "sr-only" }, `Channel health of the ${route.kind} route`),
+    h("thead", {}, h("tr", {}, ["Channel", "State", "Recent errors", "Latency p50 / p95", "Last failure"].map((x) => h("th", { scope: "col" }, x)))),
+    h("tbody", {}, route.health.map((c) => h("tr", { "data-channel": c.channel },
+      h("td", {}, c.channel),
+      h("td", { class: `circuit ${c.state}` }, CIRCUIT_WORDS[c.state] || c.state),
+      h("td", {}, `${(c.error_rate * 100).toFixed(1)} %`),
+      h("td", {}, c.latency_p95_ms ? `${c.latency_p50_ms} / ${c.latency_p95_ms} ms` : "no calls yet"),
+      h("td", {}, c.last_failure || "none")))));
 }
 
 // ---------- Playground ----------
@@ -506,7 +597,7 @@ const ROUTE_OUTCOME = {
   final: "paid",
 };
 
-function receiptView(r, summary) {
+function receiptView(r, summary, paidFrom) {
   const attempts = r.attempts.map((a) => `${a.channel}: ${a.outcome} (${a.latency_ms} ms)`).join("; ");
   return h("div", { "data-request": r.request_id },
     h("p", { class: "state" }, r.status_text),
@@ -527,6 +618,10 @@ function receiptView(r, summary) {
       ["Ledger row", r.ledger_entry_id
         ? h("a", { href: `#/wallet/entry/${encodeURIComponent(r.ledger_entry_id)}`, "data-testid": "receipt-ledger-link" }, `Ledger row ${r.ledger_entry_id}`)
         : "none (nothing charged)"],
+      (paidFrom || []).length ? ["Paid from top-ups", h("span", { "data-testid": "receipt-paid-from" },
+        paidFrom.map((p, i) => [i ? "; " : "", p.order_id
+          ? h("a", { href: `#/topup/uses/${encodeURIComponent(p.order_id)}` }, `top-up ${p.order_id}`)
+          : `ledger row ${p.credit_entry_id}`, `: ${p.used.display}`]))] : null,
       ["Trace", r.trace_id || "n/a"],
     ])));
 }
@@ -536,9 +631,10 @@ function receiptView(r, summary) {
 async function showUsage([requestId]) {
   const detail = $("#receipt-detail");
   if (requestId) {
-    const r = await api("GET", `/v1/usage/${encodeURIComponent(requestId)}`);
+    const id = encodeURIComponent(requestId);
+    const [r, paid] = await Promise.all([api("GET", `/v1/usage/${id}`), api("GET", `/v1/usage/${id}/paid-from`)]);
     detail.hidden = false;
-    fill(detail, h("h2", {}, "Receipt"), receiptView(r, null));
+    fill(detail, h("h2", {}, "Receipt"), receiptView(r, null, paid.data));
   } else {
     detail.hidden = true;
   }
@@ -874,6 +970,7 @@ async function showKeys() {
     }
     if ((k.allowed_models || []).length) limits.push(`models: ${k.allowed_models.join(", ")}`);
     if ((k.allowed_route_kinds || []).length) limits.push(`routes: ${k.allowed_route_kinds.join(", ")}`);
+    if ((k.ip_allowlist || []).length) limits.push(`only from: ${k.ip_allowlist.join(", ")}`);
     if (k.expires_at) limits.push(`expires ${when(k.expires_at)}`);
     const limitText = limits.join("; ");
     return h("tr", { "data-key": id },
@@ -894,7 +991,24 @@ async function createKey(event) {
   event.preventDefault();
   const scopes = [...document.querySelectorAll('#key-form input[name="scope"]:checked')].map((c) => c.value);
   if (!scopes.length) throw new Error("Choose at least one thing the key may do.");
-  const created = await api("POST", "/v1/keys", { name: $("#key-name").value.trim(), scopes });
+  const form = $("#key-form");
+  const list = (text) => text.split(",").map((x) => x.trim()).filter(Boolean);
+  const body = { name: $("#key-name").value.trim(), scopes };
+  const models = list(form.models.value);
+  if (models.length) body.allowed_models = models;
+  const kinds = [...form.querySelectorAll('input[name="route_kind"]:checked')].map((c) => c.value);
+  if (kinds.length) body.allowed_route_kinds = kinds;
+  const ips = list(form.ips.value);
+  if (ips.length) body.ip_allowlist = ips;
+  const caps = [];
+  for (const bucket of ["credit", "routed"]) {
+    const daily = microsOf(form[`cap_${bucket}`].value);
+    const total = microsOf(form[`total_${bucket}`].value);
+    if (daily || total) caps.push({ bucket, ...(daily ? { daily_micros: daily } : {}), ...(total ? { total_micros: total } : {}) });
+  }
+  if (caps.length) body.spend_caps = caps;
+  if (form.expires.value) body.expires_at = new Date(form.expires.value).toISOString();
+  const created = await api("POST", "/v1/keys", body);
   const secret = created.key || "";
   const box = $("#key-created");
   box.hidden = false;
@@ -903,6 +1017,15 @@ async function createKey(event) {
     h("input", { id: "key-secret", readonly: true, value: secret, "data-testid": "new-key" }));
   await showKeys();
   $("#key-secret").select();
+}
+
+// "2.5" -> 2500000 micro-units, exactly (no float touches money); "" -> 0.
+function microsOf(text) {
+  const value = text.trim();
+  if (!value) return 0;
+  const match = /^(\d+)(?:\.(\d{1,6}))?$/.exec(value);
+  if (!match) throw new Error(`"${value}" is not an amount: write a decimal like 5 or 2.5 (at most 6 decimals).`);
+  return Number(match[1]) * 1e6 + Number((match[2] || "").padEnd(6, "0"));
 }
 
 async function revokeKey(id, name) {
@@ -931,6 +1054,15 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   });
   $("#sign-out").addEventListener("click", () => signOut(""));
+  $("#ledger-more").addEventListener("click", (event) => guarded(async () => {
+    state.ledgerCursor = event.target.dataset.cursor;
+    await showWallet([]);
+  }));
+  $("#ledger-newest").addEventListener("click", (event) => {
+    state.ledgerCursor = "";
+    if (location.hash === "#/wallet") { event.preventDefault(); guarded(() => showWallet([])); }
+  });
+  $("#topups-more").addEventListener("click", () => guarded(() => loadTopups(true)));
   $("#topup-form").addEventListener("submit", (event) => guarded(() => createTopup(event)));
   $("#chat-form").addEventListener("submit", sendChat);
   $("#chat-model").addEventListener("change", () => { fillRoutes(); schedulePreview(); });

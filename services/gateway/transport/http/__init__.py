@@ -19,12 +19,14 @@ from starlette.middleware.cors import CORSMiddleware
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
+from services.gateway.storage.audit import AuditLog
 from services.gateway.storage.idempotency import IdempotencyStore
 from services.gateway.transport.http import (
     console,
     formats,
     keys,
     openai,
+    operator,
     routes,
     runs,
     topups,
@@ -81,7 +83,19 @@ CORS_EXPOSE_HEADERS = (
     "x-tokenforge-charge-micros",
 )
 
-ROUTERS = (openai, formats, routes, wallet, usage, topups, webhooks, console, keys, runs)
+ROUTERS = (
+    openai,
+    formats,
+    routes,
+    wallet,
+    usage,
+    topups,
+    webhooks,
+    console,
+    keys,
+    runs,
+    operator,
+)
 
 
 def create_app(
@@ -89,6 +103,8 @@ def create_app(
     upstream: Upstream,
     idempotency: IdempotencyStore | None = None,
     cors_origins: tuple[str, ...] = (),
+    operator_digest: str = "",
+    audit: AuditLog | None = None,
 ) -> FastAPI:
     """The gateway's HTTP app. `cors_origins` (TOKENFORGE_CORS_ORIGINS): the web origins
     whose pages may call the API; none, no CORS headers at all."""
@@ -144,7 +160,7 @@ def create_app(
         )
         return json_response(openai_error_body(DomainError(reason, message)), error.status_code)
 
-    deps = Deps(peers, upstream, idempotency)
+    deps = Deps(peers, upstream, idempotency, operator_digest, audit)
     for module in ROUTERS:
         app.include_router(module.router(deps))
 

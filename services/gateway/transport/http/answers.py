@@ -173,6 +173,13 @@ TOPUP_USES = obj(
     total=INTEGER,
     data=array(obj(entry_id=STRING, kind=STRING, used=AMOUNT, created_at=STRING)),
 )
+PAID_FROM = obj(
+    "The top-ups (credits) that paid one request, first in, first out.",
+    object={"const": "list"},
+    request_id=STRING,
+    charge=AMOUNT,
+    data=array(obj(credit_entry_id=STRING, used=AMOUNT)),
+)
 WEBHOOK = obj(received=BOOLEAN, outcome=STRING)
 KEY = obj(
     "An API key as you read it: never the secret, only its first characters.",

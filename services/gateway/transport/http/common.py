@@ -16,6 +16,7 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
 from services.gateway.domain.validation import check_json
 from services.gateway.relay import settle_account
+from services.gateway.storage.audit import AuditLog
 from services.gateway.storage.idempotency import IdempotencyStore
 from tokenforge.errors import DomainError, Reason, http_status, openai_error_body
 from tokenforge.routing.v1 import routing_pb2
@@ -148,6 +149,10 @@ class Deps:
     peers: Peers
     upstream: Upstream
     idempotency: IdempotencyStore | None = None
+    # The operator console (transport/http/operator.py): the admin digest the operator
+    # credential is checked against, and the audit log its actions are written to.
+    operator_digest: str = ""
+    audit: AuditLog | None = None
 
     async def principal(self, request: Request, scope: int) -> routing_pb2.Principal:
         """Authenticate the request's API key for one scope, with every check routing

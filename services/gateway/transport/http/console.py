@@ -34,6 +34,14 @@ def router(deps: Deps) -> APIRouter:
             headers=SECURITY_HEADERS,
         )
 
+    @r.get("/console/operator")
+    async def operator_console() -> Response:
+        return Response(
+            (ASSETS / "operator.html").read_bytes(),
+            media_type="text/html; charset=utf-8",
+            headers=SECURITY_HEADERS,
+        )
+
     @r.get("/console/")
     async def console_slash() -> Response:
         return RedirectResponse("/console", status_code=308)

@@ -229,11 +229,7 @@ def router(deps: Deps) -> APIRouter:
         first out over the bucket's ledger (docs/GLOSSARY.md, "What a top-up paid for")."""
         who = await deps.reader(request)
         found = await peers.wallet_client.credit_use(
-            who.account_id,
-            order_id,
-            page_size=limit,
-            page_token=cursor or "",
-            request_id=request.state.request_id,
+            who.account_id, order_id=order_id, page_size=limit, page_token=cursor or ""
         )
         return json_response(credit_use_json(found))
 

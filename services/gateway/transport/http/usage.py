@@ -13,8 +13,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from services.gateway.adapters.peers import Peers
-from services.gateway.presenting import paid_from_json, receipt_json
-from services.gateway.transport.http.answers import AGGREGATES, RECEIPT, answer, listing
+from services.gateway.presenting import amount, paid_from_json, receipt_json
+from services.gateway.transport.http.answers import (
+    AGGREGATES,
+    PAID_FROM,
+    RECEIPT,
+    answer,
+    listing,
+)
 from services.gateway.transport.http.common import Deps, PageSize, json_response
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import format_amount
@@ -219,18 +225,27 @@ def router(deps: Deps) -> APIRouter:
         """The receipt of one request, with its ledger row and trace id."""
         who = await deps.reader(request)
         receipt = await peers.usage_client.get_receipt(who.account_id, receipt_request_id)
-        shown = receipt_json(receipt)
-        # The credits (top-ups) that paid it, first in, first out; none before its
-        # ledger row exists.
-        try:
-            paid = await peers.wallet_client.paid_from(
-                who.account_id, receipt_request_id, request_id=request.state.request_id
-            )
-            shown["paid_from"] = paid_from_json(paid, bucket_from_proto(receipt.bucket))
-        except DomainError as error:  # the receipt still answers; `paid_from` unknown
-            log.warning("paid-from lookup for %s failed: %s", receipt_request_id, error)
-            shown["paid_from"] = None
-        return json_response(shown)
+        return json_response(receipt_json(receipt))
+
+    @r.get("/v1/usage/{receipt_request_id}/paid-from", tags=["usage"], responses=answer(PAID_FROM))
+    async def paid_from(receipt_request_id: str, request: Request) -> Response:
+        """The top-ups (credits) that paid this request, first in, first out, with what
+        each paid; empty until its ledger row exists (docs/GLOSSARY.md, "What a top-up
+        paid for")."""
+        who = await deps.reader(request)
+        receipt = await peers.usage_client.get_receipt(who.account_id, receipt_request_id)
+        paid = await peers.wallet_client.paid_from(
+            who.account_id, receipt_request_id, request_id=request.state.request_id
+        )
+        bucket = bucket_from_proto(receipt.bucket)
+        return json_response(
+            {
+                "object": "list",
+                "request_id": receipt_request_id,
+                "charge": amount(receipt.charge_micros, bucket),
+                "data": paid_from_json(paid, bucket),
+            }
+        )
 
     @r.get("/v1/usage", tags=["usage"], responses=answer(listing(RECEIPT)))
     async def list_receipts(
