@@ -81,7 +81,7 @@ async def record_receipt(command: RecordReceipt, uow: UnitOfWork) -> Receipt:
             if receipt.run_id:
                 await _end_draw(uow, receipt)
             await uow.commit()
-            metrics.RECEIPTS_STORED.labels(stored.status.value).inc()
+            metrics.STORED[stored.status].inc()
             return stored
         existing = await uow.receipts.get(receipt.request_id)
     if existing is None or not receipt.same_as(existing):
@@ -164,7 +164,7 @@ async def _record_together(batch: list[Receipt], uow: UnitOfWork) -> list[Receip
     for receipt in batch:
         found = stored.get(receipt.request_id)
         if found is not None:
-            metrics.RECEIPTS_STORED.labels(found.status.value).inc()
+            metrics.STORED[found.status].inc()
         else:
             first = existing.get(receipt.request_id)
             found = first if first is not None and receipt.same_as(first) else None

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+from services.usage.domain.receipts import ReceiptStatus
+
 RECEIPTS_STORED = Counter(
     "tokenforge_usage_receipts_stored_total",
     "Receipts stored (replays of a stored receipt not counted), by status.",
     ["status"],
 )
+# One child per status, bound once: counting a stored receipt is one increment.
+STORED = {s: RECEIPTS_STORED.labels(s.value) for s in ReceiptStatus}
 RECEIPT_CONFLICTS = Counter(
     "tokenforge_usage_receipt_conflicts_total",
     "Receipts refused because their request id already has another receipt.",

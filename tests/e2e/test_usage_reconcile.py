@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from services.wallet.client import WalletClient
 from tests.e2e.harness import INTERNAL, System
@@ -176,3 +177,6 @@ async def test_reconcile_of_every_account_finds_a_charge_on_an_account_with_no_r
     found = [line for line in text.splitlines() if "req-orphan-" + account in line]
     assert any("ledger_entry_without_receipt" in line for line in found), text
     assert any("hold_without_receipt" in line for line in found), text
+    # Usage (in this process) reports the last reconciliation's mismatches as a metric.
+    mismatches = REGISTRY.get_sample_value("tokenforge_usage_reconcile_mismatches")
+    assert mismatches is not None and mismatches >= 2
