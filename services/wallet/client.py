@@ -25,7 +25,6 @@ of a process, batches best.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -33,7 +32,6 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from tokenforge.common.v1 import common_pb2
-from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
 from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
 from tokenforge.runtime.grpc_client import Peer
@@ -46,12 +44,6 @@ from tokenforge.runtime.service_client import (
 from tokenforge.runtime.telemetry import current_trace_id
 from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tokenforge.wire import bucket_to_proto
-
-# How long an unanswered hold call is tried again, to release what it placed.
-RECLAIM_WITHIN_S = 120.0
-# The reclaims running (kept so they are not collected mid-way).
-_reclaiming: set[asyncio.Task[None]] = set()
-log = logging.getLogger("tokenforge.wallet.client")
 
 
 def _stamp(when: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -161,49 +153,8 @@ class WalletClient(ServiceClient):
             trace_id=trace_id or current_trace_id(),
             idempotency_key=idempotency_key,
         )
-        try:
-            answer = await self._retrying(lambda: self.hold_batcher.submit(request))
-        except DomainError as error:
-            if error.reason is Reason.SERVICE_UNAVAILABLE:
-                self._reclaim_later(request)
-            raise
+        answer = await self._retrying(lambda: self.hold_batcher.submit(request))
         return answer.hold
-
-    def _reclaim_later(self, request: wallet_pb2.HoldRequest) -> None:
-        """A hold call without an answer may still have placed the hold (the wallet
-        committed it, then died before answering): once the wallet answers again, the
-        same call (idempotent per key) names that hold, or places one, and it is
-        released, rather than left held until its TTL (issue 21, `make chaos`)."""
-        task = asyncio.create_task(self._reclaim(request))
-        _reclaiming.add(task)
-        task.add_done_callback(_reclaiming.discard)
-
-    async def _reclaim(self, request: wallet_pb2.HoldRequest) -> None:
-        deadline = asyncio.get_running_loop().time() + RECLAIM_WITHIN_S
-        delay = 0.5
-        while asyncio.get_running_loop().time() < deadline:
-            await self._sleep(delay)
-            delay = min(delay * 2, 5.0)
-            try:
-                answer = await self._once("Hold", request, request.request_id)
-            except DomainError as error:
-                if error.reason is Reason.SERVICE_UNAVAILABLE:
-                    continue
-                return  # refused (e.g. insufficient balance): nothing was placed
-            try:
-                await self.release(
-                    answer.hold.hold_id,
-                    reason="hold_call_unanswered",
-                    account_id=request.account_id,
-                )
-            except DomainError:
-                log.warning("hold %s of an unanswered call not released", answer.hold.hold_id)
-            return
-        log.warning(
-            "hold call of %s unanswered for %s s: any hold ends by its TTL",
-            request.request_id,
-            RECLAIM_WITHIN_S,
-        )
 
     async def settle(
         self, hold_id: str, amount_micros: int, *, account_id: str = "", trace_id: str = ""

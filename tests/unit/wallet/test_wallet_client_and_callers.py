@@ -3,7 +3,6 @@ and the consumer's dead-lettering, without a network."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,35 +196,3 @@ async def test_a_message_that_can_not_be_dead_lettered_is_not_lost() -> None:
     msg = Msg()
     await consumer.handle(msg)  # type: ignore[arg-type]
     assert msg.outcome == ["nak"]
-
-
-class RecordingPeer(FlakyPeer):
-    def __init__(self, failures: int, answer: Any = None):
-        super().__init__(failures, answer)
-        self.requests: list[Any] = []
-
-    async def call(self, method: Any, request: Any, **kw: Any) -> Any:
-        self.requests.append(request)
-        return await super().call(method, request, **kw)
-
-
-async def test_a_hold_call_left_unanswered_is_asked_again_and_what_it_placed_released() -> None:
-    """Issue 21 (`make chaos`): the wallet may commit a hold and die before answering;
-    the caller is told the wallet is unavailable, and once it answers again the same call
-    (idempotent per key) names the hold, which is released, not left to its TTL."""
-    from services.wallet import client as wallet_client
-    from tokenforge.wallet.v1 import wallet_pb2
-
-    placed = wallet_pb2.HoldResponse(hold=wallet_pb2.Hold(hold_id="hold-9"))
-    peer = RecordingPeer(failures=4, answer=placed)
-    wallet, _ = client(peer, attempts=3)
-    with pytest.raises(DomainError) as caught:
-        await wallet.hold("acct-1", Bucket.CREDIT, 10, "req-9")
-    assert caught.value.reason is Reason.SERVICE_UNAVAILABLE
-    await asyncio.wait_for(asyncio.gather(*wallet_client._reclaiming), 5)
-    kinds = [type(r).__name__ for r in peer.requests]
-    assert kinds == ["HoldRequest"] * 5 + ["ReleaseRequest"]
-    assert peer.requests[4].idempotency_key == peer.requests[0].idempotency_key
-    assert peer.requests[4].request_id == "req-9"
-    release = peer.requests[-1]
-    assert (release.hold_id, release.reason) == ("hold-9", "hold_call_unanswered")
