@@ -21,8 +21,9 @@ a killed gateway replica (its budgets and its in-flight requests), and a hold th
 committed just before its SIGKILL without answering the call, end by their TTL, as
 documented (docs/OPERATIONS.md, "Stopping and restarting"; docs/ARCHITECTURE.md, "Faults
 and scale"): they are listed with their amounts, cause and expiry, and with
-TOKENFORGE_CHAOS_WAIT_TTL=1 the run waits them out and then requires nothing held. A charge not collected would mean a finish met its hold
-already ended: no outage here outlasts a hold's TTL, so none is allowed.
+TOKENFORGE_CHAOS_WAIT_TTL=1 the run waits them out and then requires nothing held. A
+charge not collected would mean a finish met its hold already ended: no outage here
+outlasts a hold's TTL, so none is allowed.
 
 `chaos_schedule(seed)` is the whole schedule; it is printed first, and
 TOKENFORGE_CHAOS_SEED=<seed> replays it (timings aside).
