@@ -17,11 +17,13 @@ paid top-ups less its receipts' charges, nothing held or queued, both reconciles
 every top-up is checked: each order paid is credited exactly once, none other is.
 What the faults do to answers (dropped connections, cut streams, 5xx saying nothing was
 charged) is counted, not a failure; only a money finding fails the run. Open holds of
-a killed gateway replica (its budgets and its in-flight requests) end by their TTL, as
-documented (docs/OPERATIONS.md, "Stopping and restarting"): they are listed with their
-amounts and expiry, and with TOKENFORGE_CHAOS_WAIT_TTL=1 the run waits them out and
-then requires nothing held. A charge not collected would mean a finish met its hold
-already ended: no outage here outlasts a hold's TTL, so none is allowed.
+a killed gateway replica (its budgets and its in-flight requests), and a hold the wallet
+committed just before its SIGKILL without answering the call, end by their TTL, as
+documented (docs/OPERATIONS.md, "Stopping and restarting"; docs/ARCHITECTURE.md, "Faults
+and scale"): they are listed with their amounts, cause and expiry, and with
+TOKENFORGE_CHAOS_WAIT_TTL=1 the run waits them out and then requires nothing held. A
+charge not collected would mean a finish met its hold already ended: no outage here
+outlasts a hold's TTL, so none is allowed.
 
 `chaos_schedule(seed)` is the whole schedule; it is printed first, and
 TOKENFORGE_CHAOS_SEED=<seed> replays it (timings aside).
@@ -290,6 +292,7 @@ class ChaosResult:
         weather = Counter(f.kind for f in self.report.findings if f.kind in WEATHER)
         statuses = Counter(str(a.status) if a.status else "gone" for a in self.run.answers)
         restarts = self.dev_output.count(" restarted (restart ")
+        left_why = Counter(why_left(self.struck, h) for h in self.run.left_holds)
         refusals = Counter(
             f"{a.status} {a.error_code or '-'}"
             for a in self.run.answers
@@ -323,9 +326,9 @@ class ChaosResult:
             "- receipts), both reconciles",
             f"- what the faults did to answers (allowed, counted): {dict(sorted(weather.items()))}"
             + (f"; the unexpected statuses: {dict(refusals.most_common())}" if refusals else ""),
-            f"- holds a killed gateway left to their TTL: {len(self.run.left_holds)} "
-            f"({self.left_micros} micros), the last expiring {self.left_expire_s:.0f} s after "
-            "the checks"
+            f"- holds left to their TTL: {len(self.run.left_holds)} ({self.left_micros} micros; "
+            + ", ".join(f"{n} by the {why}" for why, n in sorted(left_why.items()))
+            + f"), the last expiring {self.left_expire_s:.0f} s after the checks"
             + (
                 f"; waited out: {self.waited_ttl_s:.0f} s, then nothing held"
                 if self.waited_ttl_s
@@ -354,19 +357,22 @@ class ChaosResult:
 # A budget takes draws for 30 s (BudgetPolicy.max_age_s); a request of this load ends
 # well within 10 s: an open hold of the killed replica was placed this long before the kill.
 KILLED_HOLDS_WITHIN_S = 40.0
+# A hold the wallet committed and then died before answering (the caller heard
+# "unavailable"): placed this close before the wallet's SIGKILL.
+UNANSWERED_WITHIN_S = 2.0
 
 
-def left_by_killed_gateway(struck: list[Struck]) -> Any:
-    """Open holds placed in the moments before a gateway replica was killed: its
-    budgets and its requests in flight, which end by their TTL. (Any replica's holds
-    of that window pass; one placed earlier or later is a finding.)"""
-    killed = [s.at_wall for s in struck if s.fault.target in REPLICAS]
-
-    def allowed(hold: Any) -> bool:
-        placed = hold.created_at.ToDatetime(tzinfo=UTC).timestamp()
-        return any(at - KILLED_HOLDS_WITHIN_S <= placed <= at for at in killed)
-
-    return allowed
+def why_left(struck: list[Struck], hold: Any) -> str:
+    """Why an open hold at rest is left to its TTL ("" when it should not be open): a
+    killed gateway replica's (its budgets, its requests in flight), or a hold call the
+    killed wallet never answered (docs/ARCHITECTURE.md, "Faults and scale")."""
+    placed = hold.created_at.ToDatetime(tzinfo=UTC).timestamp()
+    for s in struck:
+        if s.fault.target in REPLICAS and s.at_wall - KILLED_HOLDS_WITHIN_S <= placed <= s.at_wall:
+            return "killed gateway replica"
+        if s.fault.target == "wallet" and s.at_wall - UNANSWERED_WITHIN_S <= placed <= s.at_wall:
+            return "hold call the killed wallet never answered"
+    return ""
 
 
 async def chaos_run(
@@ -425,7 +431,7 @@ async def chaos_run(
             await feeder
             print(run.figures(), flush=True)
             topup_findings = await check_topups(run, topups)
-            run.left_to_ttl = left_by_killed_gateway(struck)
+            run.left_to_ttl = lambda hold: bool(why_left(struck, hold))
             engine = create_engine(info["database_url"], pool_size=1)
             try:
                 report = await check(run, engine, tmp)

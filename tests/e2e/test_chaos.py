@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 from tests.e2e.chaos import REPLICAS, chaos_run, chaos_schedule
@@ -35,6 +36,9 @@ async def test_killing_every_process_once_under_load_loses_no_money(tmp_path: Pa
     if report := os.environ.get("TOKENFORGE_CHAOS_REPORT"):
         Path(report).parent.mkdir(parents=True, exist_ok=True)
         Path(report).write_text(text + "\n")
+        if result.money_findings:  # the processes' logs, to find out why
+            kept = Path(report).with_suffix(".logs")
+            shutil.copytree(tmp_path / "dev" / "logs", kept, dirs_exist_ok=True)
     assert len(result.struck) == len(result.schedule), text
     assert all(s.under_load for s in result.struck), text
     assert result.report.charges_checked > 0, text

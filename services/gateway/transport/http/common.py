@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import asyncpg
 import orjson
-import sqlalchemy.exc
 from fastapi import Query, Request
 from fastapi.responses import Response
 
@@ -37,47 +35,6 @@ def internal_error(request_id: str) -> DomainError:
         f"Something went wrong on our side. Quote request id {request_id} to support.",
         {"request_id": request_id},
     )
-
-
-def database_unreachable(error: BaseException) -> bool:
-    """Whether `error` (or what caused it) is the gateway's PostgreSQL not answering: a
-    restart, a failover, a refused connection."""
-    seen: BaseException | None = error
-    for _ in range(8):
-        if seen is None:
-            return False
-        if isinstance(
-            seen,
-            (
-                sqlalchemy.exc.OperationalError,
-                sqlalchemy.exc.InterfaceError,
-                # Shutting down, starting up, crashed; the connection gone or refused.
-                asyncpg.exceptions.OperatorInterventionError,
-                asyncpg.exceptions.PostgresConnectionError,
-                asyncpg.exceptions.InterfaceError,
-                # A pooled connection left mid-operation when the server went away
-                # ("cannot switch to state ...; another operation is in progress").
-                asyncpg.exceptions.InternalClientError,
-                ConnectionError,
-            ),
-        ):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def unexpected(request_id: str, error: BaseException) -> DomainError:
-    """What an error nobody planned for answers: 503 with Retry-After when it is the
-    gateway's database that did not answer (it clears with time), else 500."""
-    if database_unreachable(error):
-        return DomainError(
-            Reason.SERVICE_UNAVAILABLE,
-            "The gateway's database did not answer (it may be restarting). Try again in a "
-            "few seconds, with the same Idempotency-Key if you sent one; request id "
-            f"{request_id}.",
-            {"request_id": request_id, "retry_after_s": "2"},
-        )
-    return internal_error(request_id)
 
 
 def error_response(error: DomainError) -> Response:

@@ -10,8 +10,7 @@ query values carry a NUL, bytes that are not UTF-8 or too many characters (or an
 overlong `Idempotency-Key` or `x-tokenforge-run`) is refused 400 naming the parameter
 before any handler runs; and a failure nobody planned for
 is logged with its traceback here and answered `internal_error` with the request id
-alone (inside this middleware, so that answer carries `x-request-id` too), or 503
-`service_unavailable` with Retry-After when it was the gateway's database not answering.
+alone (inside this middleware, so that answer carries `x-request-id` too).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.gateway import metrics
 from services.gateway.domain.planning import new_request_id
 from services.gateway.domain.validation import MAX_ID_CHARS, check_url_value, invalid
-from services.gateway.transport.http.common import error_response, unexpected
+from services.gateway.transport.http.common import error_response, internal_error
 from tokenforge.errors import DomainError
 from tokenforge.runtime.logging import request_id_var
 from tokenforge.runtime.telemetry import current_trace_id
@@ -155,11 +154,11 @@ class RequestContextMiddleware:
         except ClientDisconnect:
             # The client left before its request was read: nothing ran, nobody to answer.
             log.info("request %s: the client went away before its body arrived", request_id)
-        except Exception as error:
+        except Exception:
             log.exception("unexpected error (request %s)", request_id)
             if "elapsed" in answer:  # the answer has begun: it can only be cut short
                 raise
-            fallback = error_response(unexpected(request_id, error))
+            fallback = error_response(internal_error(request_id))
             await fallback(scope, receive, send_with_context)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
