@@ -16,6 +16,7 @@ ASSETS = Path(__file__).parent / "static"
 
 # The files the console serves, with their media types; nothing else is reachable.
 MEDIA_TYPES = {
+    "dom.js": "text/javascript; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
     "operator.js": "text/javascript; charset=utf-8",

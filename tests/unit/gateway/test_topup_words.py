@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
 
-from services.gateway.domain.presenting import topup_json
+from services.gateway.presenting import topup_json
 from tokenforge.common.v1 import common_pb2
 from tokenforge.payments.v1 import payments_pb2 as pb
 

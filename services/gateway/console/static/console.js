@@ -9,25 +9,6 @@ const state = { buckets: {}, models: [], features: { keys: false, csv: null }, p
 
 // ---------- small helpers ----------
 
-function $(selector) { return document.querySelector(selector); }
-
-function h(tag, attrs, ...children) {
-  const el = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs || {})) {
-    if (value === null || value === undefined || value === false) continue;
-    if (name === "class") el.className = value;
-    else if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
-    else el.setAttribute(name, value === true ? "" : String(value));
-  }
-  for (const child of children.flat()) {
-    if (child === null || child === undefined || child === false) continue;
-    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return el;
-}
-
-function fill(el, ...children) { el.replaceChildren(); el.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false)); }
-
 // Same rule as tokenforge.money.format_amount: up to 6 decimals, trailing zeros trimmed.
 function fmt(micros, bucket) {
   const symbol = (state.buckets[bucket] || {}).symbol || "";
@@ -39,12 +20,6 @@ function fmt(micros, bucket) {
 }
 
 function label(bucket) { return (state.buckets[bucket] || {}).label || bucket; }
-
-function when(iso) {
-  if (!iso) return "";
-  const d = new Date(iso);
-  return isNaN(d) ? iso : d.toLocaleString();
-}
 
 function facts(pairs) {
   return pairs.filter((p) => p).map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]).flat();
