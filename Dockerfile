@@ -17,6 +17,7 @@ RUN pip install -c constraints.txt grpcio-tools==1.85.1 \
 COPY protos ./protos
 COPY tokenforge ./tokenforge
 COPY services ./services
+COPY apps ./apps
 RUN python -m tokenforge.tools.genprotos \
     && PIP_CONSTRAINT=/src/constraints.txt /opt/tokenforge/bin/pip install --no-compile . \
     && /opt/tokenforge/bin/python -c "import tokenforge.wallet.v1.wallet_pb2_grpc, services.gateway.app" \

@@ -55,7 +55,7 @@ test-unit: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy tokenforge services
+	$(BIN)/mypy tokenforge services apps
 	$(BIN)/lint-imports
 	cd protos && ../$(BIN)/buf lint
 

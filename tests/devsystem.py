@@ -23,7 +23,7 @@ def start_dev(state_dir: Path, port: int) -> subprocess.Popen[bytes]:
     """Start `tokenforge dev`; an old dev.json is removed so the new one can be awaited."""
     (state_dir / "dev.json").unlink(missing_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "tokenforge.cli", "dev", "--port", str(port)]
+        [sys.executable, "-m", "apps.cli", "dev", "--port", str(port)]
         + ["--state-dir", str(state_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

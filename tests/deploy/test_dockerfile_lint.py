@@ -63,5 +63,12 @@ def test_the_build_context_leaves_out_generated_code_and_local_state() -> None:
     ignore = (REPO / ".dockerignore").read_text().splitlines()
     assert "*" in ignore, "deny everything, then allow what the build needs"
     assert "tokenforge/*/v1/*_pb2*.py" in ignore
-    for needed in ("pyproject.toml", "constraints.txt", "protos/", "tokenforge/", "services/"):
+    for needed in (
+        "pyproject.toml",
+        "constraints.txt",
+        "protos/",
+        "tokenforge/",
+        "services/",
+        "apps/",
+    ):
         assert f"!{needed}" in ignore

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from apps.cli import main as cli_main
 from services.wallet.client import WalletClient
 from tests.e2e.harness import ADMIN, INTERNAL, System
-from tokenforge.cli import main as cli_main
 from tokenforge.errors import DomainError, Reason
 from tokenforge.money import Bucket
 from tokenforge.wallet.v1 import wallet_pb2

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, amount_arg, connection, operator_call, out
+from apps.cli.common import add_state_dir, amount_arg, connection, operator_call, out
 
 
 def wallet_call(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]) -> int:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tokenforge.admin import Operator, health_status
+from apps.admin import Operator, health_status
 from tokenforge.config import admin_token_sha256
 from tokenforge.money import Bucket
 from tokenforge.prod_mode import NATS_USERS
@@ -82,7 +82,7 @@ class DevSystem:
         # (this process's, or one in the user's shell) stays out of their environment.
         inherited = {k: v for k, v in os.environ.items() if k not in CHILD_UNSET}
         self.children[name] = subprocess.Popen(
-            [sys.executable, "-m", "tokenforge.cli", *args],
+            [sys.executable, "-m", "apps.cli", *args],
             env={**inherited, **env},
             stdout=logfile,
             stderr=subprocess.STDOUT,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, cap_arg, operator_call, out
+from apps.cli.common import add_state_dir, cap_arg, operator_call, out
 
 
 def cmd_accounts_open(args: argparse.Namespace) -> int:
@@ -46,7 +46,7 @@ def _settings(args: argparse.Namespace) -> Any:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from tokenforge.cli.catalog import routing_action
+    from apps.cli.catalog import routing_action
     from tokenforge.routing.v1 import routing_pb2
     from tokenforge.wire import timestamp
 
@@ -77,7 +77,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    from tokenforge.cli.catalog import routing_action
+    from apps.cli.catalog import routing_action
     from tokenforge.routing.v1 import routing_pb2
 
     async def action(peer: Any, stub: Any) -> int:
@@ -100,7 +100,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from tokenforge.cli.catalog import routing_action
+    from apps.cli.catalog import routing_action
     from tokenforge.routing.v1 import routing_pb2
 
     async def action(peer: Any, stub: Any) -> int:
@@ -115,7 +115,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from tokenforge.cli.catalog import routing_action
+    from apps.cli.catalog import routing_action
     from tokenforge.routing.v1 import routing_pb2
 
     async def action(peer: Any, stub: Any) -> int:

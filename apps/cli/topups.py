@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, connection, out
+from apps.cli.common import add_state_dir, connection, out
 
 STATUSES = (
     "pending",

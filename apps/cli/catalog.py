@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, connection, out
+from apps.cli.common import add_state_dir, connection, out
 
 
 def routing_action(args: argparse.Namespace, action: Callable[[Any, Any], Awaitable[int]]) -> int:

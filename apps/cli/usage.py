@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, connection, out
+from apps.cli.common import add_state_dir, connection, out
 
 
 def _since(text: str) -> datetime | None:
