@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos -name '*.proto')
-PROTO_STAMP := tokenforge/.protos-generated
+PROTO_STAMP := tokenforge/generated/.protos-generated
 
 .PHONY: install protos run test test-unit lint fmt clean bench soak browser
 

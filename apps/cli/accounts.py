@@ -18,8 +18,8 @@ def cmd_accounts_open(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Any:
+    from tokenforge.generated.routing.v1 import routing_pb2
     from tokenforge.money import parse_amount
-    from tokenforge.routing.v1 import routing_pb2
     from tokenforge.wire import bucket_from_name, bucket_to_proto, route_kind_to_proto
 
     caps: dict[str, dict[str, int]] = {}
@@ -47,7 +47,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from apps.cli.catalog import routing_action
-    from tokenforge.routing.v1 import routing_pb2
+    from tokenforge.generated.routing.v1 import routing_pb2
     from tokenforge.wire import timestamp
 
     scopes: list[str] = args.scope or list(DEFAULT_KEY_SCOPES)
@@ -78,7 +78,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from apps.cli.catalog import routing_action
-    from tokenforge.routing.v1 import routing_pb2
+    from tokenforge.generated.routing.v1 import routing_pb2
 
     async def action(peer: Any, stub: Any) -> int:
         answer = await peer.call(
@@ -101,7 +101,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from apps.cli.catalog import routing_action
-    from tokenforge.routing.v1 import routing_pb2
+    from tokenforge.generated.routing.v1 import routing_pb2
 
     async def action(peer: Any, stub: Any) -> int:
         await peer.call(
@@ -116,7 +116,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from apps.cli.catalog import routing_action
-    from tokenforge.routing.v1 import routing_pb2
+    from tokenforge.generated.routing.v1 import routing_pb2
 
     async def action(peer: Any, stub: Any) -> int:
         answer = await peer.call(

@@ -19,7 +19,7 @@ from apps.cli.common import add_state_dir, connection, out
 def routing_action(args: argparse.Namespace, action: Callable[[Any, Any], Awaitable[int]]) -> int:
     """Run `action(peer, stub)` against routing with the operator's credential."""
     from tokenforge.errors import DomainError
-    from tokenforge.routing.v1 import routing_pb2_grpc
+    from tokenforge.generated.routing.v1 import routing_pb2_grpc
     from tokenforge.runtime.grpc_client import Peer
 
     services, token = connection(args)
@@ -38,7 +38,7 @@ def routing_action(args: argparse.Namespace, action: Callable[[Any, Any], Awaita
 
 
 def cmd_catalog_show(args: argparse.Namespace) -> int:
-    from tokenforge.routing.v1 import routing_pb2
+    from tokenforge.generated.routing.v1 import routing_pb2
 
     async def action(peer: Any, stub: Any) -> int:
         answer = await peer.call(stub.GetCatalog, routing_pb2.GetCatalogRequest())
@@ -51,7 +51,7 @@ def cmd_catalog_show(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_apply(args: argparse.Namespace) -> int:
-    from tokenforge.routing.v1 import routing_pb2
+    from tokenforge.generated.routing.v1 import routing_pb2
 
     try:
         text = Path(args.file).read_text("utf-8")
@@ -73,7 +73,7 @@ def cmd_catalog_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_versions(args: argparse.Namespace) -> int:
-    from tokenforge.routing.v1 import routing_pb2
+    from tokenforge.generated.routing.v1 import routing_pb2
 
     async def action(peer: Any, stub: Any) -> int:
         answer = await peer.call(

@@ -45,8 +45,8 @@ def _when(stamp: Any) -> str:
 
 
 def cmd_wallet_ledger(args: argparse.Namespace) -> int:
+    from tokenforge.generated.wallet.v1 import wallet_pb2
     from tokenforge.money import format_amount
-    from tokenforge.wallet.v1 import wallet_pb2
     from tokenforge.wire import bucket_from_name, bucket_from_proto
 
     bucket = bucket_from_name(args.bucket) if args.bucket else None
@@ -90,8 +90,8 @@ def cmd_wallet_ledger(args: argparse.Namespace) -> int:
 
 
 def cmd_wallet_holds(args: argparse.Namespace) -> int:
+    from tokenforge.generated.wallet.v1 import wallet_pb2
     from tokenforge.money import format_amount
-    from tokenforge.wallet.v1 import wallet_pb2
     from tokenforge.wire import bucket_from_proto
 
     status = wallet_pb2.HoldStatus.Value(f"HOLD_STATUS_{args.status.upper()}") if args.status else 0

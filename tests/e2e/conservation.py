@@ -32,8 +32,8 @@ from services.gateway import metrics
 from services.wallet.client import WalletClient
 from tests.e2e.harness import ADMIN, System
 from tests.e2e.test_usage_reconcile import assert_reconciled
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.money import Bucket
-from tokenforge.wallet.v1 import wallet_pb2
 
 # The models the clients use (tests/e2e/catalog.yaml). The two test-soak-* models have
 # channels of their own, so the breakers this load opens change no other test's route.

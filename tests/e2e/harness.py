@@ -11,8 +11,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from apps.admin import Operator
 from tokenforge.config import Settings
+from tokenforge.generated.routing.v1 import routing_pb2
 from tokenforge.money import Bucket
-from tokenforge.routing.v1 import routing_pb2
 from tokenforge.runtime.service import RunningService
 
 INTERNAL = "e2e-internal-token"

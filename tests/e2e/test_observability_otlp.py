@@ -18,7 +18,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from apps.admin import health_status
-from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
+from tokenforge.generated.routing.v1 import routing_pb2, routing_pb2_grpc
 from tokenforge.runtime.embedded import free_port
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import load

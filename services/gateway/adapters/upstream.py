@@ -30,7 +30,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from services.gateway import metrics
-from tokenforge.routing.v1 import routing_pb2
+from tokenforge.generated.routing.v1 import routing_pb2
 
 MAX_CONNECTIONS = 512
 # A network failure, a refused connection or a broken body, after the request left.
