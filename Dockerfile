@@ -11,15 +11,16 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml constraints.txt ./
-# grpcio-tools (a dev extra) lives in the build stage only: it makes tokenforge/*/v1/*_pb2*.py.
+# grpcio-tools (a dev extra) lives in the build stage only: it makes tokenforge/generated/*/v1/*_pb2*.py.
 RUN pip install -c constraints.txt grpcio-tools==1.85.1 \
     && python -m venv /opt/tokenforge
 COPY protos ./protos
 COPY tokenforge ./tokenforge
 COPY services ./services
+COPY apps ./apps
 RUN python -m tokenforge.tools.genprotos \
     && PIP_CONSTRAINT=/src/constraints.txt /opt/tokenforge/bin/pip install --no-compile . \
-    && /opt/tokenforge/bin/python -c "import tokenforge.wallet.v1.wallet_pb2_grpc, services.gateway.app" \
+    && /opt/tokenforge/bin/python -c "import tokenforge.generated.wallet.v1.wallet_pb2_grpc, services.gateway.app" \
     && /opt/tokenforge/bin/python -m pip uninstall --yes pip setuptools
 
 # ---- runtime: the venv only, no compiler, no pip caches, a non-root user

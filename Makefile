@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(shell find protos -name '*.proto')
-PROTO_STAMP := tokenforge/.protos-generated
+PROTO_STAMP := tokenforge/generated/.protos-generated
 
 .PHONY: install protos run test test-unit lint fmt clean bench bench-streams soak chaos browser
 
@@ -69,7 +69,7 @@ test-unit: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy tokenforge services
+	$(BIN)/mypy tokenforge services apps
 	$(BIN)/lint-imports
 	cd protos && ../$(BIN)/buf lint
 

@@ -47,9 +47,9 @@ from typing import Any
 
 import psutil
 
+from apps.admin import Operator
+from apps.dev import DevSystem
 from bench import litellm_proxy
-from tokenforge.admin import Operator
-from tokenforge.dev import DevSystem
 from tokenforge.money import Bucket
 from tokenforge.runtime.embedded import free_port
 
@@ -466,7 +466,7 @@ async def check_correctness(
             [
                 sys.executable,
                 "-m",
-                "tokenforge.cli",
+                "apps.cli",
                 verb,
                 "reconcile",
                 "--state-dir",

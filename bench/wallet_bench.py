@@ -37,9 +37,9 @@ from pathlib import Path
 
 import psutil
 
+from apps.admin import health_status
 from services.wallet import app as wallet_app
 from services.wallet.client import WalletClient
-from tokenforge.admin import health_status
 from tokenforge.money import Bucket
 from tokenforge.runtime.embedded import EmbeddedPostgres, free_port
 
@@ -179,7 +179,7 @@ def start_wallet(database_url: str, port: int, logfile: Path) -> subprocess.Pope
     }
     env.pop("TOKENFORGE_NATS_URL", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "tokenforge.cli", "serve", "wallet", "--port", str(port)],
+        [sys.executable, "-m", "apps.cli", "serve", "wallet", "--port", str(port)],
         env=env,
         stdout=logfile.open("ab"),
         stderr=subprocess.STDOUT,

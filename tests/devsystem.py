@@ -30,7 +30,7 @@ def start_dev(
     old dev.json is removed so the new one can be awaited."""
     (state_dir / "dev.json").unlink(missing_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "tokenforge.cli", "dev", "--port", str(port)]
+        [sys.executable, "-m", "apps.cli", "dev", "--port", str(port)]
         + ["--state-dir", str(state_dir), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -9,8 +9,8 @@ from typing import Any, overload
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.common.v1 import common_pb2
 from tokenforge.money import Bucket, Price
 
 _BUCKET_TO_PROTO = {

@@ -29,7 +29,7 @@ from services.gateway.storage.idempotency import IdempotencyStore
 from services.gateway.transport.grpc import GatewayServicer
 from services.gateway.transport.http import create_app
 from tokenforge.config import Settings
-from tokenforge.gateway.v1 import gateway_pb2_grpc
+from tokenforge.generated.gateway.v1 import gateway_pb2_grpc
 from tokenforge.prod_mode import refuse_unsafe_prod
 from tokenforge.runtime.db import create_engine, upgrade
 from tokenforge.runtime.grpc_server import Credentials, create_server

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenforge.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from tokenforge.generated.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service_client import ServiceClient
 

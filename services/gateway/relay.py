@@ -31,8 +31,8 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.domain.budgets import Budget
 from services.gateway.storage.finish_queue import PART, RELEASE, SETTLE, Waiting
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.runtime.telemetry import context_of
-from tokenforge.usage.v1 import usage_pb2
 
 log = logging.getLogger("tokenforge.gateway.relay")
 _tracer = trace.get_tracer(__name__)

@@ -23,11 +23,11 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.domain.runs import Estimate, parse_budget, parse_estimate
 from services.gateway.flow.admit import CHAT, insufficient, resolve
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.routing.v1 import routing_pb2
+from tokenforge.generated.usage.v1 import usage_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.holds import RUN_PREFIX
 from tokenforge.money import Bucket, Money, Price
-from tokenforge.routing.v1 import routing_pb2
-from tokenforge.usage.v1 import usage_pb2
-from tokenforge.wallet.v1 import wallet_pb2
 from tokenforge.wire import bucket_from_name, bucket_from_proto, bucket_to_proto, price_from_proto
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from services.payments.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfW
 from services.payments.transport.grpc import PaymentsServicer
 from services.payments.transport.outbox_relay import start_relay
 from tokenforge.config import Settings
-from tokenforge.payments.v1 import payments_pb2_grpc
+from tokenforge.generated.payments.v1 import payments_pb2_grpc
 from tokenforge.prod_mode import refuse_unsafe_prod
 from tokenforge.runtime import nats as tf_nats
 from tokenforge.runtime.db import create_engine, sessionmaker, upgrade

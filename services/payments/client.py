@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenforge.generated.payments.v1 import payments_pb2, payments_pb2_grpc
 from tokenforge.money import Bucket
-from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service_client import ServiceClient
 from tokenforge.wire import bucket_to_proto

@@ -17,8 +17,8 @@ from services.routing.storage.key_cache import KeyCache
 from services.routing.storage.unit_of_work import SqlAlchemyUnitOfWork
 from services.routing.transport.grpc import RoutingServicer
 from tokenforge.config import Settings
+from tokenforge.generated.routing.v1 import routing_pb2_grpc
 from tokenforge.prod_mode import refuse_unsafe_prod
-from tokenforge.routing.v1 import routing_pb2_grpc
 from tokenforge.runtime.db import create_engine, sessionmaker, upgrade
 from tokenforge.runtime.grpc_server import AccessPolicy, Credentials, Role, create_server
 from tokenforge.runtime.service import RunningService

@@ -47,7 +47,7 @@ from typing import Any
 
 from tokenforge.attempts import is_channel_failure
 from tokenforge.errors import DomainError
-from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
+from tokenforge.generated.routing.v1 import routing_pb2, routing_pb2_grpc
 from tokenforge.runtime import metrics
 from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
 from tokenforge.runtime.grpc_client import DEFAULT_DEADLINE_S, Peer

@@ -9,11 +9,11 @@ from services.usage.storage.unit_of_work import SqlAlchemyUnitOfWork
 from services.usage.transport.grpc import UsageServicer
 from services.usage.transport.wallet_records import WalletRecords
 from tokenforge.config import Settings
+from tokenforge.generated.usage.v1 import usage_pb2_grpc
 from tokenforge.prod_mode import refuse_unsafe_prod
 from tokenforge.runtime.db import create_engine, sessionmaker, upgrade
 from tokenforge.runtime.grpc_server import AccessPolicy, Credentials, Role, create_server
 from tokenforge.runtime.service import RunningService
-from tokenforge.usage.v1 import usage_pb2_grpc
 
 SCHEMA = "usage"
 MIGRATIONS = Path(__file__).parent / "storage" / "migrations"

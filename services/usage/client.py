@@ -22,6 +22,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
+from tokenforge.generated.usage.v1 import usage_pb2, usage_pb2_grpc
 from tokenforge.money import Bucket
 from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
 from tokenforge.runtime.grpc_client import Peer
@@ -31,7 +32,6 @@ from tokenforge.runtime.service_client import (
     DEFAULT_DEADLINE_S,
     ServiceClient,
 )
-from tokenforge.usage.v1 import usage_pb2, usage_pb2_grpc
 from tokenforge.wire import bucket_to_proto, timestamp
 
 # A reconciliation reads every receipt, hold and row in its window: far more than a

@@ -15,6 +15,7 @@ from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWor
 from services.wallet.transport.grpc import WalletServicer
 from services.wallet.transport.nats_consumer import DURABLE, TopUpConsumer
 from tokenforge.config import Settings
+from tokenforge.generated.wallet.v1 import wallet_pb2_grpc
 from tokenforge.money import configure_labels
 from tokenforge.prod_mode import refuse_unsafe_prod
 from tokenforge.runtime import nats as tf_nats
@@ -22,7 +23,6 @@ from tokenforge.runtime.db import create_engine, sessionmaker, upgrade
 from tokenforge.runtime.grpc_server import AccessPolicy, Credentials, Role, create_server
 from tokenforge.runtime.nats import PAYMENTS_STREAM
 from tokenforge.runtime.service import RunningService
-from tokenforge.wallet.v1 import wallet_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
-from tokenforge.common.v1 import common_pb2
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tokenforge.money import Bucket
 from tokenforge.runtime.batching import DEFAULT_MAX_SIZE, Batcher
 from tokenforge.runtime.grpc_client import Peer
@@ -42,7 +43,6 @@ from tokenforge.runtime.service_client import (
     ServiceClient,
 )
 from tokenforge.runtime.telemetry import current_trace_id
-from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tokenforge.wire import bucket_to_proto
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 from playwright.sync_api import expect
 
+from apps.research.plan import DISCLAIMER, SECTION_TITLES, plan_report
 from tests.browser.conftest import shot
-from tokenforge.research.plan import DISCLAIMER, SECTION_TITLES, plan_report
 
 
 def api(dev: dict[str, Any]) -> httpx.Client:

@@ -62,6 +62,13 @@ def test_the_image_runs_tokenforge_as_a_non_root_user() -> None:
 def test_the_build_context_leaves_out_generated_code_and_local_state() -> None:
     ignore = (REPO / ".dockerignore").read_text().splitlines()
     assert "*" in ignore, "deny everything, then allow what the build needs"
-    assert "tokenforge/*/v1/*_pb2*.py" in ignore
-    for needed in ("pyproject.toml", "constraints.txt", "protos/", "tokenforge/", "services/"):
+    assert "tokenforge/generated/*/v1/*_pb2*.py" in ignore
+    for needed in (
+        "pyproject.toml",
+        "constraints.txt",
+        "protos/",
+        "tokenforge/",
+        "services/",
+        "apps/",
+    ):
         assert f"!{needed}" in ignore

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from apps.admin import Operator
 from tests.e2e.harness import ADMIN, INTERNAL, SPANS, System
-from tokenforge.admin import Operator
 from tokenforge.config import Settings
 from tokenforge.runtime.service import SERVICES, RunningService, load
 from tokenforge.runtime.telemetry import add_span_processor, setup_telemetry
@@ -23,7 +23,7 @@ from tokenforge.runtime.telemetry import add_span_processor, setup_telemetry
 async def system(database_url: str, nats_urls: dict[str, str]) -> AsyncIterator[System]:
     setup_telemetry("tokenforge-e2e")
     add_span_processor(SimpleSpanProcessor(SPANS))
-    from tokenforge.mock_upstream.server import start as start_mock
+    from apps.mock_upstream.server import start as start_mock
 
     for name in SERVICES:
         await asyncio.to_thread(load(name).migrate, database_url)

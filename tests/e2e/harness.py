@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tokenforge.admin import Operator
+from apps.admin import Operator
 from tokenforge.config import Settings
+from tokenforge.generated.routing.v1 import routing_pb2
 from tokenforge.money import Bucket
-from tokenforge.routing.v1 import routing_pb2
 from tokenforge.runtime.service import RunningService
 
 INTERNAL = "e2e-internal-token"

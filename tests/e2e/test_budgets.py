@@ -20,13 +20,13 @@ from services.wallet.client import WalletClient
 from tests.e2e.harness import ADMIN, INTERNAL, System
 from tests.e2e.test_usage_reconcile import assert_reconciled, balances
 from tokenforge.config import Settings
+from tokenforge.generated.usage.v1 import usage_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.holds import is_budget, new_budget_request_id, part_entry_id
 from tokenforge.money import Bucket
 from tokenforge.runtime.db import create_engine
 from tokenforge.runtime.embedded import free_port
 from tokenforge.runtime.service import load
-from tokenforge.usage.v1 import usage_pb2
-from tokenforge.wallet.v1 import wallet_pb2
 
 
 def chat(model: str = "demo-chat", stream: bool = False) -> dict[str, Any]:

@@ -26,7 +26,7 @@ WEATHER = {
     "properties": {"city": {"type": "string"}},
     "required": ["city"],
 }
-# Mock upstream counting (tokenforge/mock_upstream/tokens.py): words + 4 per message.
+# Mock upstream counting (apps/mock_upstream/tokens.py): words + 4 per message.
 SYSTEM_TEXT = "Answer briefly"  # 2 + 4
 USER_TEXT = "Say hello to the ledger"  # 5 + 4
 PROMPT_TOKENS = 15

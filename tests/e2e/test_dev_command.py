@@ -30,7 +30,7 @@ def health(address: str) -> str:
         [
             sys.executable,
             "-c",
-            "import asyncio,sys; from tokenforge.admin import health_status; "
+            "import asyncio,sys; from apps.admin import health_status; "
             "print(asyncio.run(health_status(sys.argv[1])))",
             address,
         ],

@@ -18,8 +18,8 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from services.wallet.transport.nats_consumer import DEADLETTER_STREAM, REASON_HEADER, SUBJECT
 from tests.e2e.harness import System
-from tokenforge.common.v1 import common_pb2
-from tokenforge.payments.v1 import payments_pb2
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.payments.v1 import payments_pb2
 from tokenforge.runtime import nats as tf_nats
 
 

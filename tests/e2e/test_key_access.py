@@ -22,7 +22,7 @@ import pytest
 
 from tests.e2e.harness import ADMIN, INTERNAL, System
 from tokenforge.config import Settings
-from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
+from tokenforge.generated.routing.v1 import routing_pb2, routing_pb2_grpc
 from tokenforge.runtime.service import RunningService, load
 from tokenforge.wire import route_kind_to_proto
 

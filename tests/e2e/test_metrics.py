@@ -67,7 +67,7 @@ async def test_a_service_started_with_default_settings_serves_metrics_on_loopbac
         "TOKENFORGE_METRICS_PORT": str(port),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenforge.cli", "serve", "usage", "--port", "0"],
+        [sys.executable, "-m", "apps.cli", "serve", "usage", "--port", "0"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -17,8 +17,8 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from tokenforge.admin import health_status
-from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
+from apps.admin import health_status
+from tokenforge.generated.routing.v1 import routing_pb2, routing_pb2_grpc
 from tokenforge.runtime.embedded import free_port
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import load
@@ -85,7 +85,7 @@ async def test_serve_exports_its_spans_to_the_otlp_endpoint_it_is_given(
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenforge.cli", "serve", "routing", "--port", str(port)],
+        [sys.executable, "-m", "apps.cli", "serve", "routing", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from apps.research.plan import DISCLAIMER, plan_report
+from apps.research.run import write_report
 from tests.e2e.harness import System
 from tests.e2e.test_usage_reconcile import assert_reconciled, balances, run_cli
-from tokenforge.research.plan import DISCLAIMER, plan_report
-from tokenforge.research.run import write_report
 
 
 async def test_research_report_completes_on_a_run_and_its_receipt_matches_the_ledger(

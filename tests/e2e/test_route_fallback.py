@@ -12,7 +12,7 @@ import httpx
 
 from tests.e2e.harness import System
 from tests.e2e.test_usage_reconcile import assert_reconciled, balances
-from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from tokenforge.generated.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 MODEL = "test-route-fallback"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Fall back"}], "max_tokens": 20}

@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.harness import ADMIN, INTERNAL, System
 from tokenforge.config import Settings
-from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
+from tokenforge.generated.routing.v1 import routing_pb2, routing_pb2_grpc
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import RunningService, load
 

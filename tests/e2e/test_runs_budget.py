@@ -11,10 +11,10 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.runs import sweep_runs
 from tests.e2e.harness import INTERNAL, System
 from tests.e2e.test_usage_reconcile import assert_reconciled, balances
-from tokenforge.common.v1 import common_pb2
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.money import Bucket
 from tokenforge.runtime.grpc_client import Peer
-from tokenforge.usage.v1 import usage_pb2
 
 BODY = {
     "model": "test-slow",

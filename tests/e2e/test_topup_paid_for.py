@@ -13,7 +13,7 @@ import httpx
 import openai
 
 from tests.e2e.harness import System
-from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from tokenforge.generated.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 
 async def paid_topup(http: httpx.AsyncClient, amount: str) -> dict[str, Any]:

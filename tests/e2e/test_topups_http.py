@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.harness import ADMIN, System
-from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
+from tokenforge.generated.payments.v1 import payments_pb2, payments_pb2_grpc
 from tokenforge.runtime.grpc_client import Peer
 
 

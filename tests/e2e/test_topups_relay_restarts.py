@@ -29,12 +29,12 @@ from services.payments.transport.outbox_relay import OutboxRelay
 from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork as WalletUnitOfWork
 from services.wallet.transport.nats_consumer import TopUpConsumer
 from tests.e2e.harness import ADMIN, INTERNAL, System
-from tokenforge.common.v1 import common_pb2
 from tokenforge.config import Settings
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tokenforge.money import Bucket
 from tokenforge.runtime import nats as tf_nats
 from tokenforge.runtime.db import async_url, create_engine, sessionmaker
-from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 SANDBOX_ON = ProvidersOn.configured(sandbox=True, card=False)
 

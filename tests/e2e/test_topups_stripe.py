@@ -24,8 +24,8 @@ from services.payments.domain.orders import OrderTtls
 from tests.e2e.harness import ADMIN, INTERNAL, System
 from tests.integration.payments.fake_stripe import FakeStripe, sign
 from tokenforge.config import Settings
+from tokenforge.generated.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tokenforge.runtime.service import RunningService, load
-from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 SECRET = "whsec_e2e_current"
 ORDER_TTL = timedelta(seconds=5)

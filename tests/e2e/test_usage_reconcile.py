@@ -13,12 +13,13 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from apps.cli import main as cli_main
 from services.wallet.client import WalletClient
 from tests.e2e.harness import INTERNAL, System
-from tokenforge.cli import main as cli_main
+from apps.cli import main as cli_main
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.money import Bucket
-from tokenforge.wallet.v1 import wallet_pb2
 
 
 def state_dir(system: System, tmp: Path) -> str:

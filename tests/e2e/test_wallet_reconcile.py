@@ -54,7 +54,7 @@ async def test_paid_requests_leave_a_wallet_that_reconciles(system: System, tmp_
         [
             sys.executable,
             "-m",
-            "tokenforge.cli",
+            "apps.cli",
             "wallet",
             "reconcile",
             "--state-dir",

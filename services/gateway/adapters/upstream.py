@@ -31,7 +31,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from services.gateway import metrics
 from tokenforge.errors import DomainError, Reason
-from tokenforge.routing.v1 import routing_pb2
+from tokenforge.generated.routing.v1 import routing_pb2
 
 # Upstream calls one gateway process keeps open at once unless configured
 # (TOKENFORGE_UPSTREAM_MAX_CONNECTIONS); a request past it is refused at once

@@ -21,7 +21,7 @@ from services.gateway.adapters.upstream import (
     failed,
     upstream_span,
 )
-from tokenforge.routing.v1 import routing_pb2
+from tokenforge.generated.routing.v1 import routing_pb2
 
 # One server-sent-events line longer than this is a broken stream, not a chunk.
 MAX_LINE_BYTES = 8 * 1024 * 1024

@@ -19,9 +19,9 @@ from services.gateway.domain.protocols.base import cannot_carry
 from services.gateway.domain.settlement import FINISH_MARGIN_S
 from services.gateway.domain.validation import validate_chat, validate_embeddings
 from tokenforge.errors import DomainError, insufficient_balance
+from tokenforge.generated.routing.v1 import routing_pb2
+from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.money import Bucket, Money, Price
-from tokenforge.routing.v1 import routing_pb2
-from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wire import bucket_from_proto, price_from_proto, timestamp
 
 log = logging.getLogger("tokenforge.gateway.admit")

@@ -22,9 +22,9 @@ from services.gateway.flow.admit import CHAT, ENDPOINT_PATH, hold_ttl, plan_for,
 from services.gateway.flow.ends import PeerEnds
 from services.gateway.flow.reserve import Prepared, take_hold
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.routing.v1 import routing_pb2
+from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.money import Money, format_amount
-from tokenforge.routing.v1 import routing_pb2
-from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wire import bucket_from_proto, price_from_proto, route_kind_from_proto
 
 log = logging.getLogger("tokenforge.gateway.call")

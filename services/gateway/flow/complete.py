@@ -18,7 +18,7 @@ from services.gateway.flow.call import call_json, failure_rule, upstream_failed
 from services.gateway.flow.finish import abandon, answer_text_tokens, finish
 from services.gateway.flow.reserve import reserve
 from services.gateway.presenting import cost_fields, receipt_headers, receipt_json
-from tokenforge.routing.v1 import routing_pb2
+from tokenforge.generated.routing.v1 import routing_pb2
 
 
 async def complete(

@@ -15,9 +15,9 @@ from services.gateway import metrics
 from services.gateway.adapters.peers import Peers
 from services.gateway.relay import finish_hold
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.money import format_amount
 from tokenforge.runtime.telemetry import current_traceparent
-from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wire import bucket_from_proto
 
 log = logging.getLogger("tokenforge.gateway.finish")

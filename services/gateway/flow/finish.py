@@ -31,8 +31,8 @@ from services.gateway.flow.report import report_outcome
 from services.gateway.flow.reservation import Ended, State
 from services.gateway.flow.reserve import Prepared
 from tokenforge.errors import DomainError
+from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.money import Money
-from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wire import (
     bucket_from_proto,
     price_to_proto,

@@ -10,8 +10,8 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.domain.planning import Plan, request_shape
 from services.gateway.domain.validation import validate_request
 from services.gateway.flow.admit import CHAT, EMBEDDINGS, plan_for, require_model, resolve
+from tokenforge.generated.routing.v1 import routing_pb2
 from tokenforge.money import Money, Price
-from tokenforge.routing.v1 import routing_pb2
 from tokenforge.wire import bucket_from_proto, price_from_proto
 
 

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Attempt
+from tokenforge.generated.routing.v1 import routing_pb2
 from tokenforge.money import Money
-from tokenforge.routing.v1 import routing_pb2
 from tokenforge.wire import bucket_to_proto
 
 

@@ -46,9 +46,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from services.gateway.domain.settlement import Settlement, Status
 from services.gateway.storage.finish_queue import PART, RELEASE, SETTLE
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.holds import part_entry_id, settle_entry_id
 from tokenforge.money import Money
-from tokenforge.usage.v1 import usage_pb2
 
 if TYPE_CHECKING:
     from services.gateway.domain.budgets import Budget

@@ -35,9 +35,9 @@ from services.gateway.flow.admit import (
 from services.gateway.flow.report import report_outcome
 from services.gateway.flow.reservation import BudgetDraw, OwnHold, Reservation, RunSlice
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.routing.v1 import routing_pb2
+from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.money import Money, Price
-from tokenforge.routing.v1 import routing_pb2
-from tokenforge.usage.v1 import usage_pb2
 
 
 @dataclass

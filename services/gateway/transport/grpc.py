@@ -8,7 +8,7 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.domain.planning import new_request_id
 from services.gateway.flow.call import charge_policy_name
 from services.gateway.flow.preview import preview
-from tokenforge.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from tokenforge.generated.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):  # type: ignore[misc]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from services.payments.domain.model import OrderEvent, TopUpStatus
 from tokenforge.errors import DomainError, Reason
-from tokenforge.payments.v1 import payments_pb2
+from tokenforge.generated.payments.v1 import payments_pb2
 from tokenforge.wire import bucket_to_proto, timestamp
 
 _STATUS_TO_PROTO: dict[TopUpStatus, payments_pb2.TopUpStatus] = {

@@ -23,8 +23,8 @@ from services.payments.transport.messages import (
     status_to_proto,
 )
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.payments.v1 import payments_pb2, payments_pb2_grpc
 from tokenforge.money import Bucket
-from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
 from tokenforge.wire import bucket_or_none
 
 _OUTCOMES = {

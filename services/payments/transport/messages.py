@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from services.payments.domain.model import Order, Transition
 from services.payments.storage.event_payload import status_from_proto, status_to_proto
-from tokenforge.payments.v1 import payments_pb2
+from tokenforge.generated.payments.v1 import payments_pb2
 from tokenforge.wire import bucket_to_proto, timestamp
 
 __all__ = [

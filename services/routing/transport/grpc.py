@@ -26,7 +26,7 @@ from services.routing.storage.key_cache import KeyCache
 from services.routing.storage.repository import StoredCatalog
 from services.routing.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
-from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
+from tokenforge.generated.routing.v1 import routing_pb2, routing_pb2_grpc
 from tokenforge.runtime.batch_items import check_batch_size, without_nul_items
 from tokenforge.wire import (
     bucket_from_proto,

@@ -21,12 +21,12 @@ from services.usage.domain.receipts import (
 from services.usage.domain.runs import ModelTotal, Run, RunReceipt, RunStatus
 from services.usage.storage.unit_of_work import UnitOfWork
 from services.usage.transport.wallet_records import WalletRecords
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.usage.v1 import usage_pb2, usage_pb2_grpc
 from tokenforge.money import Bucket, Price
 from tokenforge.runtime.batch_items import check_batch_size, without_nul_items
 from tokenforge.runtime.grpc_server import bearer_token
-from tokenforge.usage.v1 import usage_pb2, usage_pb2_grpc
 from tokenforge.wire import (
     bucket_from_proto,
     bucket_to_proto,

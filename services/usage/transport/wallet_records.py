@@ -11,7 +11,7 @@ from typing import Any
 
 from services.usage.domain.reconcile import EntryView, HoldState, HoldView
 from services.wallet.client import WalletClient
-from tokenforge.wallet.v1 import wallet_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.wire import bucket_from_proto
 
 PAGE = 500

@@ -22,11 +22,12 @@ from services.wallet.domain.attribution import Slice
 from services.wallet.domain.model import Balance, EntryKind, Hold, HoldStatus, JournalEntry
 from services.wallet.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tokenforge.money import Bucket
 from tokenforge.runtime.batch_items import check_batch_size
 from tokenforge.runtime.grpc_server import OPERATOR_NAME, Role, current_caller, nul_refusal
 from tokenforge.runtime.telemetry import current_trace_id
-from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
+from tokenforge.generated.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tokenforge.wire import bucket_from_proto, bucket_or_none, bucket_to_proto, item_error_to_proto
 
 Cmd = TypeVar("Cmd")

@@ -48,7 +48,7 @@ from services.wallet.domain import commands
 from services.wallet.domain.topups import ConfirmedOrder, refusal
 from services.wallet.storage.unit_of_work import UnitOfWork
 from tokenforge.errors import DomainError, Reason
-from tokenforge.payments.v1 import payments_pb2
+from tokenforge.generated.payments.v1 import payments_pb2
 from tokenforge.runtime.nats import (
     DEADLETTER_STREAM as NATS_DEADLETTER_STREAM,
 )

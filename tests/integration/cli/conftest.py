@@ -29,7 +29,7 @@ class Cli:
 
     def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "tokenforge.cli", *args, "--state-dir", str(self.state_dir)],
+            [sys.executable, "-m", "apps.cli", *args, "--state-dir", str(self.state_dir)],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -1,4 +1,4 @@
-"""The operator CLI as an operator runs it: `python -m tokenforge.cli ...` subprocesses
+"""The operator CLI as an operator runs it: `python -m apps.cli ...` subprocesses
 against a running `tokenforge dev` (fixture `cli` in this folder's conftest), each
 verb checked by its effect on the system, not only by its output."""
 
@@ -209,7 +209,7 @@ def test_bad_commands_exit_non_zero_with_a_clear_message(cli: Cli, tmp_path: Pat
     # No dev.json and no TOKENFORGE_* addresses: say how to connect.
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENFORGE_")}
     lost = subprocess.run(
-        [sys.executable, "-m", "tokenforge.cli", "wallet", "balances", account]
+        [sys.executable, "-m", "apps.cli", "wallet", "balances", account]
         + ["--state-dir", str(tmp_path / "nowhere")],
         capture_output=True,
         text=True,

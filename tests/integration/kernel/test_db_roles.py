@@ -142,7 +142,7 @@ async def test_the_db_roles_command_reads_each_service_url(fresh_database: str) 
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tokenforge.cli",
+        "apps.cli",
         "db-roles",
         "payments",
         env=env,
@@ -156,7 +156,7 @@ async def test_the_db_roles_command_reads_each_service_url(fresh_database: str) 
     migrate = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tokenforge.cli",
+        "apps.cli",
         "migrate",
         "payments",
         env={**env, "TOKENFORGE_DATABASE_URL": ""},
@@ -178,7 +178,7 @@ async def test_the_db_roles_command_reads_each_service_url(fresh_database: str) 
     missing = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tokenforge.cli",
+        "apps.cli",
         "db-roles",
         "usage",
         env=env,

@@ -12,11 +12,11 @@ import grpc
 import pytest
 
 from tokenforge.errors import DomainError, Reason
-from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
+from tokenforge.generated.payments.v1 import payments_pb2, payments_pb2_grpc
+from tokenforge.generated.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tokenforge.runtime.batch_items import without_nul_items
 from tokenforge.runtime.grpc_client import Peer, to_domain_error
 from tokenforge.runtime.grpc_server import create_server
-from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 LEAK = (
     "(sqlalchemy.dialects.postgresql.asyncpg.Error) invalid byte sequence [SQL: SELECT "

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tokenforge.runtime.batching import batch_call_unknown
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.grpc_server import create_server
-from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 
 async def test_a_method_the_server_does_not_offer_is_recognised_as_unknown() -> None:

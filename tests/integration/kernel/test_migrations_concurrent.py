@@ -23,7 +23,7 @@ async def test_concurrent_migrations_of_a_fresh_database_all_succeed(database_ur
         await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "tokenforge.cli",
+            "apps.cli",
             "migrate",
             "usage",
             env={**os.environ, "TOKENFORGE_DATABASE_URL": url},

@@ -114,7 +114,7 @@ def test_tokenforge_serve_in_prod_with_test_money_exits_and_says_why() -> None:
         "TOKENFORGE_DATABASE_URL": "postgresql://db.invalid/tokenforge",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "tokenforge.cli", "serve", "payments", "--port", "0"],
+        [sys.executable, "-m", "apps.cli", "serve", "payments", "--port", "0"],
         env=env,
         capture_output=True,
         text=True,

@@ -14,8 +14,8 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-from tokenforge.mock_upstream import replies, tokens
-from tokenforge.mock_upstream.server import MockUpstream, start
+from apps.mock_upstream import replies, tokens
+from apps.mock_upstream.server import MockUpstream, start
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello to the world"}]
 HELLO_PROMPT_TOKENS = 5 + tokens.MESSAGE_OVERHEAD_TOKENS

@@ -21,8 +21,8 @@ from services.payments import app
 from services.payments.storage.tables import outbox
 from services.payments.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
 from tests.integration.services import INTERNAL, started
-from tokenforge.common.v1 import common_pb2
-from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.payments.v1 import payments_pb2, payments_pb2_grpc
 from tokenforge.runtime import nats as tf_nats
 from tokenforge.runtime.db import create_engine, sessionmaker
 from tokenforge.runtime.grpc_client import Peer

@@ -16,11 +16,11 @@ from services.payments import handlers
 from services.payments.domain import commands
 from services.payments.domain.providers import ProvidersOn
 from services.payments.storage.unit_of_work import UnitOfWork
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.payments.v1 import payments_pb2
+from tokenforge.generated.payments.v1.payments_pb2_grpc import PaymentsServiceStub
 from tokenforge.money import Bucket
-from tokenforge.payments.v1 import payments_pb2
-from tokenforge.payments.v1.payments_pb2_grpc import PaymentsServiceStub
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.telemetry import setup_telemetry
 

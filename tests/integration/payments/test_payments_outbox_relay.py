@@ -21,9 +21,9 @@ from services.payments.storage.tables import outbox
 from services.payments.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
 from services.payments.transport.outbox_relay import OutboxRelay
 from tokenforge.config import Settings
+from tokenforge.generated.payments.v1 import payments_pb2
+from tokenforge.generated.payments.v1.payments_pb2_grpc import PaymentsServiceStub
 from tokenforge.money import Bucket
-from tokenforge.payments.v1 import payments_pb2
-from tokenforge.payments.v1.payments_pb2_grpc import PaymentsServiceStub
 from tokenforge.runtime.db import async_url, create_engine, sessionmaker
 from tokenforge.runtime.grpc_client import Peer
 

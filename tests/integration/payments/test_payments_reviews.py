@@ -10,7 +10,7 @@ import pytest
 
 from services.payments.domain.providers import ManualTransferProvider
 from tokenforge.errors import DomainError, Reason
-from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
+from tokenforge.generated.payments.v1 import payments_pb2, payments_pb2_grpc
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import RunningService
 

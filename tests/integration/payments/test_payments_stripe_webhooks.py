@@ -20,7 +20,7 @@ from services.payments.storage.unit_of_work import UnitOfWork
 from tests.integration.payments.fake_stripe import FakeStripe, sign
 from tokenforge.config import Settings
 from tokenforge.errors import DomainError, Reason
-from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
+from tokenforge.generated.payments.v1 import payments_pb2, payments_pb2_grpc
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import RunningService
 

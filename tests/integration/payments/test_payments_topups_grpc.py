@@ -9,10 +9,10 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
-from tokenforge.payments.v1 import payments_pb2
-from tokenforge.payments.v1.payments_pb2_grpc import PaymentsServiceStub
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.payments.v1 import payments_pb2
+from tokenforge.generated.payments.v1.payments_pb2_grpc import PaymentsServiceStub
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import RunningService
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.routing import app
 from services.routing.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
 from tests.integration.services import ADMIN, INTERNAL, Caller, calling, started
-from tokenforge.routing.v1 import routing_pb2, routing_pb2_grpc
+from tokenforge.generated.routing.v1 import routing_pb2, routing_pb2_grpc
 from tokenforge.runtime.db import create_engine, sessionmaker
 from tokenforge.runtime.service import RunningService
 

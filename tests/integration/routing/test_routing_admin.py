@@ -15,7 +15,7 @@ from services.routing.storage.catalog_file import DEMO_CATALOG
 from tests.integration.routing.conftest import ADMIN, INTERNAL, Routing
 from tokenforge.config import Settings
 from tokenforge.errors import DomainError, Reason
-from tokenforge.routing.v1 import routing_pb2
+from tokenforge.generated.routing.v1 import routing_pb2
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import RunningService
 

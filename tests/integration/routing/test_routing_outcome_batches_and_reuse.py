@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.routing.client import RoutingClient
 from services.routing.storage.tables import key_spend
 from tests.integration.routing.conftest import INTERNAL, Routing
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
-from tokenforge.routing.v1 import routing_pb2
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.routing.v1 import routing_pb2
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import RunningService
 

@@ -16,9 +16,9 @@ from services.routing import handlers
 from services.routing.domain import commands, keys
 from services.routing.domain.catalog import RouteKind
 from services.routing.storage.unit_of_work import UnitOfWork
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
-from tokenforge.routing.v1 import routing_pb2
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.routing.v1 import routing_pb2
 
 CHAT = routing_pb2.ENDPOINT_CHAT_COMPLETIONS
 EMBEDDINGS = routing_pb2.ENDPOINT_EMBEDDINGS

@@ -8,8 +8,8 @@ import pytest
 
 from services.usage import app
 from tests.integration.services import ADMIN, INTERNAL, Caller, calling, started
+from tokenforge.generated.usage.v1 import usage_pb2_grpc
 from tokenforge.runtime.service import RunningService
-from tokenforge.usage.v1 import usage_pb2_grpc
 
 __all__ = ["ADMIN", "INTERNAL", "Usage"]
 

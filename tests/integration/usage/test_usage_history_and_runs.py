@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
-from tokenforge.usage.v1 import usage_pb2
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.usage.v1 import usage_pb2
 
 BASE = datetime(2026, 2, 1, 12, tzinfo=UTC)
 

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from tests.integration.usage.test_usage_receipts_service import a_receipt
 from tokenforge.errors import DomainError, Reason
-from tokenforge.usage.v1 import usage_pb2
+from tokenforge.generated.usage.v1 import usage_pb2
 
 
 def sample(name: str, **labels: str) -> float:

@@ -15,10 +15,10 @@ import pytest
 from services.usage.client import UsageClient
 from tests.integration.usage.conftest import INTERNAL
 from tests.integration.usage.test_usage_receipts_service import a_receipt
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.runtime.service import RunningService
-from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wire import item_error_from_proto
 
 Outcome = usage_pb2.Receipt | DomainError

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
-from tokenforge.usage.v1 import usage_pb2
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.usage.v1 import usage_pb2
 
 BASE_TIME = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 

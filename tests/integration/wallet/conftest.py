@@ -20,13 +20,13 @@ from services.wallet import app
 from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork, utcnow
 from tests.conftest import embedded_nats, service_urls
 from tests.integration.services import ADMIN, INTERNAL, Caller, calling, started
-from tokenforge.common.v1 import common_pb2
-from tokenforge.payments.v1 import payments_pb2, payments_pb2_grpc
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.payments.v1 import payments_pb2, payments_pb2_grpc
+from tokenforge.generated.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tokenforge.runtime.db import async_url, create_engine, sessionmaker
 from tokenforge.runtime.embedded import EmbeddedNats
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import RunningService
-from tokenforge.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 __all__ = ["ADMIN", "INTERNAL", "Payments", "Wallet"]
 

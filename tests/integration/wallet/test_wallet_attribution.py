@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from tokenforge.common.v1 import common_pb2
+from tokenforge.generated.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
-from tokenforge.wallet.v1 import wallet_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 
 CREDIT = common_pb2.BUCKET_CREDIT
 

@@ -20,15 +20,15 @@ from tests.integration.wallet.conftest import (
     Wallet,
     assert_one_of_settle_or_release_won,
 )
-from tokenforge.common.v1 import common_pb2
 from tokenforge.config import Settings
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.holds import part_entry_id
 from tokenforge.money import Bucket
 from tokenforge.runtime.batch_items import MAX_BATCH_ITEMS
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import RunningService
-from tokenforge.wallet.v1 import wallet_pb2
 from tokenforge.wire import item_error_from_proto
 
 CREDIT = common_pb2.BUCKET_CREDIT

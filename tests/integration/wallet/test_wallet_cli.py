@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from apps.cli import main
 from tests.integration.wallet.conftest import ADMIN, Wallet
-from tokenforge.cli import main
-from tokenforge.common.v1 import common_pb2
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.runtime.service import RunningService
-from tokenforge.wallet.v1 import wallet_pb2
 
 
 @pytest.fixture

@@ -22,11 +22,11 @@ from services.wallet.domain import commands
 from services.wallet.storage.unit_of_work import SqlAlchemyUnitOfWork
 from services.wallet.transport.nats_consumer import DURABLE, SUBJECT, TopUpConsumer
 from tests.integration.wallet.conftest import INTERNAL
-from tokenforge.common.v1 import common_pb2
-from tokenforge.payments.v1 import payments_pb2
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.payments.v1 import payments_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.runtime import nats as tf_nats
 from tokenforge.runtime.db import sessionmaker
-from tokenforge.wallet.v1 import wallet_pb2
 
 BUCKETS = {"credit": common_pb2.BUCKET_CREDIT, "routed": common_pb2.BUCKET_ROUTED}
 

@@ -32,12 +32,12 @@ from services.wallet.transport.nats_consumer import (
     TopUpConsumer,
 )
 from tests.integration.wallet.conftest import INTERNAL
-from tokenforge.common.v1 import common_pb2
-from tokenforge.payments.v1 import payments_pb2
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.payments.v1 import payments_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.runtime import nats as tf_nats
 from tokenforge.runtime.db import sessionmaker
 from tokenforge.runtime.embedded import free_port
-from tokenforge.wallet.v1 import wallet_pb2
 
 
 def event(account: str, order: str, micros: int, bucket: int = common_pb2.BUCKET_CREDIT) -> bytes:

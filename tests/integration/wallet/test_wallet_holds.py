@@ -13,9 +13,9 @@ import pytest
 from services.wallet import app, handlers
 from services.wallet.domain import commands
 from services.wallet.storage.unit_of_work import UnitOfWork
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
-from tokenforge.wallet.v1 import wallet_pb2
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 
 CREDIT = common_pb2.BUCKET_CREDIT
 ROUTED = common_pb2.BUCKET_ROUTED

@@ -18,13 +18,13 @@ from services.wallet.client import WalletClient
 from services.wallet.domain import commands
 from services.wallet.storage.unit_of_work import UnitOfWork
 from tests.integration.wallet.conftest import ADMIN, INTERNAL, Wallet
-from tokenforge.common.v1 import common_pb2
 from tokenforge.config import Settings
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.money import Bucket
 from tokenforge.runtime.grpc_client import Peer
 from tokenforge.runtime.service import RunningService
-from tokenforge.wallet.v1 import wallet_pb2
 
 CREDIT = common_pb2.BUCKET_CREDIT
 

@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.wallet import app
 from tests.integration.wallet.conftest import Wallet
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.holds import part_entry_id, settle_entry_id
-from tokenforge.wallet.v1 import wallet_pb2
 
 CREDIT = common_pb2.BUCKET_CREDIT
 

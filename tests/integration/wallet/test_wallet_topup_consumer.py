@@ -20,11 +20,11 @@ from services.payments.client import PaymentsClient
 from services.wallet.storage.unit_of_work import UnitOfWork
 from services.wallet.transport.nats_consumer import DURABLE, SUBJECT, TopUpConsumer
 from tests.integration.wallet.conftest import INTERNAL
-from tokenforge.common.v1 import common_pb2
-from tokenforge.payments.v1 import payments_pb2
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.payments.v1 import payments_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.runtime import nats as tf_nats
 from tokenforge.runtime.telemetry import add_span_processor
-from tokenforge.wallet.v1 import wallet_pb2
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ from typing import Any
 from services.gateway.adapters.peers import Peers
 from services.gateway.storage.finish_queue import Waiting
 from tokenforge.errors import DomainError
+from tokenforge.generated.usage.v1 import usage_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.holds import part_entry_id, settle_entry_id
 from tokenforge.runtime.grpc_client import Peer
-from tokenforge.usage.v1 import usage_pb2
-from tokenforge.wallet.v1 import wallet_pb2
 
 
 class Usage:

@@ -20,8 +20,8 @@ from services.gateway.domain.protocols import (
     refusal,
 )
 from tokenforge.errors import DomainError
-from tokenforge.mock_upstream import protocols as native
-from tokenforge.mock_upstream import replies
+from apps.mock_upstream import protocols as native
+from apps.mock_upstream import replies
 from tokenforge.money import Bucket, Money, Price
 
 CLASSES = replies.TokenClasses(cached=3, cache_write=2, reasoning=4)

@@ -14,10 +14,10 @@ from services.gateway.flow.ends import PeerEnds
 from services.gateway.flow.finish import charged_anyway
 from services.gateway.storage.finish_queue import PART, RELEASE, SETTLE
 from tests.unit.gateway.fakes import Queue, RecordingUsage, Usage, WaitingQueue, Wallet, peers_with
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.holds import part_entry_id, settle_entry_id
-from tokenforge.usage.v1 import usage_pb2
 
 DOWN = DomainError(Reason.SERVICE_UNAVAILABLE, "The usage service is not answering right now.")
 

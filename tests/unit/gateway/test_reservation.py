@@ -20,11 +20,11 @@ from services.gateway.flow import reservation
 from services.gateway.flow.ends import PeerEnds
 from services.gateway.flow.reservation import BudgetDraw, OwnHold, RunSlice, State
 from tests.unit.gateway.fakes import Queue, RecordingUsage, Wallet, peers_with
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.holds import part_entry_id, settle_entry_id
 from tokenforge.money import Bucket, Money
-from tokenforge.usage.v1 import usage_pb2
 
 WORST = Money(500, Bucket.CREDIT)
 

@@ -18,9 +18,9 @@ from services.gateway.domain.settlement import Rule, Settlement, Status, Usage
 from services.gateway.flow.ends import PeerEnds
 from services.gateway.flow.reservation import BudgetDraw, OwnHold, Reservation, State
 from tests.unit.gateway.fakes import Queue, RecordingUsage, Wallet, peers_with
-from tokenforge.common.v1 import common_pb2
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.money import Bucket, Money
-from tokenforge.usage.v1 import usage_pb2
 
 BUDGET = 100_000
 

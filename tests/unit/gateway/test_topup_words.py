@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import timestamp_pb2
 
 from services.gateway.presenting import topup_json
-from tokenforge.common.v1 import common_pb2
-from tokenforge.payments.v1 import payments_pb2 as pb
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.payments.v1 import payments_pb2 as pb
 
 CREATED = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.money import Bucket
-from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wire import bucket_from_proto, bucket_or_none, bucket_to_proto, enum_word
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 
-from tokenforge.mock_upstream.app import create_app
+from apps.mock_upstream.app import create_app
 
 MESSAGE = {
     "model": "m",

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from tokenforge.mock_upstream import replies, tokens
-from tokenforge.mock_upstream.knobs import KnobError, Knobs, header_knobs, parse_path_knobs
+from apps.mock_upstream import replies, tokens
+from apps.mock_upstream.knobs import KnobError, Knobs, header_knobs, parse_path_knobs
 
 
 def user(text: str) -> dict[str, object]:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from tokenforge.research.render import progress
+from apps.research.render import progress
 
 
 def test_progress_shows_the_exact_decimal_of_the_micros() -> None:

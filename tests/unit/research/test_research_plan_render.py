@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from apps.research import render
+from apps.research.plan import DISCLAIMER, plan_report
 from services.gateway.domain.runs import Estimate, parse_budget, parse_estimate
 from tokenforge.errors import DomainError
 from tokenforge.money import Bucket, Price
-from tokenforge.research import render
-from tokenforge.research.plan import DISCLAIMER, plan_report
 
 
 def test_a_plan_has_the_sections_asked_for_each_a_capped_chat_request() -> None:

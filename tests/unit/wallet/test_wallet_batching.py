@@ -16,9 +16,9 @@ from services.wallet.domain import commands
 from services.wallet.storage.unit_of_work import UnitOfWork
 from tests.unit.wallet.fakes import FakeUnitOfWork
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.money import Bucket
 from tokenforge.runtime.batch_items import MAX_BATCH_ITEMS
-from tokenforge.wallet.v1 import wallet_pb2
 from tokenforge.wire import item_error_to_proto
 
 # The batch use cases.

@@ -13,11 +13,11 @@ from services.wallet.domain import commands
 from services.wallet.domain.model import EntryKind, HoldStatus
 from services.wallet.transport.nats_consumer import TopUpConsumer
 from tests.unit.wallet.fakes import NOW, FakeUnitOfWork
-from tokenforge.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.payments.v1 import payments_pb2
 from tokenforge.holds import part_entry_id
 from tokenforge.money import Bucket
-from tokenforge.payments.v1 import payments_pb2
 
 
 @pytest.fixture

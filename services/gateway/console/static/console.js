@@ -730,7 +730,7 @@ async function exportCsv() {
 // ---------- Research ----------
 
 // The research assistant of `tokenforge research`, in the browser: the plan comes from
-// the gateway (tokenforge/research/plan.py, so both write the same sections with the
+// the gateway (apps/research/plan.py, so both write the same sections with the
 // same requests); the page opens the run, writes each section on it, closes it.
 const research = { plan: null, preview: null, budget: 0, busy: false };
 

@@ -17,7 +17,7 @@ from services.gateway.relay import settle_account
 from services.gateway.storage.audit import AuditLog
 from services.gateway.storage.idempotency import IdempotencyStore
 from tokenforge.errors import DomainError, Reason, http_status, openai_error_body
-from tokenforge.routing.v1 import routing_pb2
+from tokenforge.generated.routing.v1 import routing_pb2
 from tokenforge.runtime.logging import request_id_var
 
 

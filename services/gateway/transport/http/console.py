@@ -65,7 +65,7 @@ def router(deps: Deps) -> APIRouter:
 
     @r.get("/console/research/plan")
     async def research_plan(request: Request) -> Response:
-        """The research assistant's plan for a topic (tokenforge.research.plan), as
+        """The research assistant's plan for a topic (apps.research.plan), as
         data: the console writes the same sections with the same requests as
         `tokenforge research`. Pure (no account, no money); the browser runs it."""
         return json_response(research_plan_json(dict(request.query_params)))
@@ -74,7 +74,7 @@ def router(deps: Deps) -> APIRouter:
 
 
 def research_plan_json(query: dict[str, str]) -> dict[str, object]:
-    from tokenforge.research.plan import DEFAULT_MAX_TOKENS, plan_report
+    from apps.research.plan import DEFAULT_MAX_TOKENS, plan_report
 
     def whole(name: str, default: int) -> int:
         raw = query.get(name, "").strip() or str(default)

@@ -27,7 +27,7 @@ from services.gateway.transport.http.schemas import (
     optional_body_of,
 )
 from tokenforge.errors import DomainError, Reason
-from tokenforge.routing.v1 import routing_pb2
+from tokenforge.generated.routing.v1 import routing_pb2
 from tokenforge.wire import (
     bucket_from_name,
     bucket_from_proto,

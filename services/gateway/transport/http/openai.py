@@ -42,7 +42,7 @@ from services.gateway.transport.http.schemas import (
     body_of,
 )
 from tokenforge.errors import DomainError, Reason
-from tokenforge.routing.v1 import routing_pb2
+from tokenforge.generated.routing.v1 import routing_pb2
 from tokenforge.runtime.telemetry import current_trace_id
 
 log = logging.getLogger(__name__)

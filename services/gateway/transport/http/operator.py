@@ -43,11 +43,11 @@ from tokenforge.config import admin_token_sha256
 from tokenforge.errors import DomainError, Reason
 from tokenforge.holds import is_budget
 from tokenforge.money import MoneyError, format_amount, parse_amount
-from tokenforge.payments.v1 import payments_pb2
-from tokenforge.routing.v1 import routing_pb2
-from tokenforge.usage.v1 import usage_pb2
+from tokenforge.generated.payments.v1 import payments_pb2
+from tokenforge.generated.routing.v1 import routing_pb2
+from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.vocabulary import amount_json
-from tokenforge.wallet.v1 import wallet_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.wire import (
     bucket_from_name,
     bucket_from_proto,

@@ -21,7 +21,7 @@ from services.gateway.transport.http.common import (
     json_response,
 )
 from services.gateway.transport.http.schemas import RunRequest, body_of
-from tokenforge.routing.v1 import routing_pb2
+from tokenforge.generated.routing.v1 import routing_pb2
 from tokenforge.runtime.telemetry import current_trace_id
 from tokenforge.wire import route_kind_from_proto
 

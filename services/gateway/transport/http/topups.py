@@ -26,10 +26,10 @@ from services.gateway.transport.http.schemas import (
     body_of,
 )
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.payments.v1 import payments_pb2
+from tokenforge.generated.routing.v1 import routing_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.money import MAX_AMOUNT_MICROS, MICROS_PER_UNIT, MoneyError, parse_amount
-from tokenforge.payments.v1 import payments_pb2
-from tokenforge.routing.v1 import routing_pb2
-from tokenforge.wallet.v1 import wallet_pb2
 from tokenforge.wire import bucket_from_name
 
 log = logging.getLogger(__name__)

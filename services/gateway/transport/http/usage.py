@@ -23,8 +23,8 @@ from services.gateway.transport.http.answers import (
 )
 from services.gateway.transport.http.common import Deps, PageSize, json_response
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.money import format_amount
-from tokenforge.usage.v1 import usage_pb2
 from tokenforge.wire import (
     bucket_from_name,
     bucket_from_proto,

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from services.gateway.adapters.peers import Peers
 from services.gateway.transport.http.answers import WEBHOOK, answer
 from services.gateway.transport.http.common import Deps, json_response
-from tokenforge.payments.v1 import payments_pb2
+from tokenforge.generated.payments.v1 import payments_pb2
 
 OUTCOMES = {
     payments_pb2.PROVIDER_EVENT_OUTCOME_ACCEPTED: "accepted",

@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tokenforge.cli.common import (
+from apps.cli.common import (
     add_json,
     add_state_dir,
     connection,
@@ -91,8 +91,8 @@ def cmd_usage_reconcile(args: argparse.Namespace) -> int:
 def cmd_usage_aggregates(args: argparse.Namespace) -> int:
     from services.usage.client import UsageClient
     from tokenforge.errors import DomainError
+    from tokenforge.generated.usage.v1 import usage_pb2
     from tokenforge.money import format_amount
-    from tokenforge.usage.v1 import usage_pb2
     from tokenforge.wire import bucket_from_proto
 
     services, token = connection(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tokenforge.cli.common import (
+from apps.cli.common import (
     add_json,
     add_state_dir,
     cap_arg,
@@ -26,8 +26,8 @@ def cmd_accounts_open(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Any:
+    from tokenforge.generated.routing.v1 import routing_pb2
     from tokenforge.money import parse_amount
-    from tokenforge.routing.v1 import routing_pb2
     from tokenforge.wire import bucket_from_name, bucket_to_proto, route_kind_to_proto
 
     caps: dict[str, dict[str, int]] = {}
@@ -54,8 +54,8 @@ def _settings(args: argparse.Namespace) -> Any:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from tokenforge.cli.catalog import routing_action
-    from tokenforge.routing.v1 import routing_pb2
+    from apps.cli.catalog import routing_action
+    from tokenforge.generated.routing.v1 import routing_pb2
     from tokenforge.wire import timestamp
 
     scopes: list[str] = args.scope or list(DEFAULT_KEY_SCOPES)
@@ -85,8 +85,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    from tokenforge.cli.catalog import routing_action
-    from tokenforge.routing.v1 import routing_pb2
+    from apps.cli.catalog import routing_action
+    from tokenforge.generated.routing.v1 import routing_pb2
 
     async def action(peer: Any, stub: Any) -> int:
         answer = await peer.call(
@@ -147,8 +147,8 @@ def _key_json(k: Any, scope_names: dict[Any, str]) -> dict[str, Any]:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from tokenforge.cli.catalog import routing_action
-    from tokenforge.routing.v1 import routing_pb2
+    from apps.cli.catalog import routing_action
+    from tokenforge.generated.routing.v1 import routing_pb2
 
     async def action(peer: Any, stub: Any) -> int:
         await peer.call(
@@ -162,8 +162,8 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from tokenforge.cli.catalog import routing_action
-    from tokenforge.routing.v1 import routing_pb2
+    from apps.cli.catalog import routing_action
+    from tokenforge.generated.routing.v1 import routing_pb2
 
     async def action(peer: Any, stub: Any) -> int:
         answer = await peer.call(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from apps.research.plan import DISCLAIMER, Plan
 from tokenforge.money import decimal_text
-from tokenforge.research.plan import DISCLAIMER, Plan
 
 
 def before(plan: Plan, preview: dict[str, Any], run: dict[str, Any] | None = None) -> str:

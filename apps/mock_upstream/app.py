@@ -37,8 +37,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from tokenforge.mock_upstream import protocols, replies
-from tokenforge.mock_upstream.knobs import KnobError, Knobs, header_knobs, parse_path_knobs
+from apps.mock_upstream import protocols, replies
+from apps.mock_upstream.knobs import KnobError, Knobs, header_knobs, parse_path_knobs
 
 # The first three are the upstream models of the demo catalog (services/routing/catalog/demo.yaml).
 DEFAULT_MODELS: tuple[str, ...] = (

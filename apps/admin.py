@@ -14,10 +14,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.routing.client import RoutingClient
 from services.wallet.client import WalletClient
+from tokenforge.generated.routing.v1 import routing_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.money import Bucket
-from tokenforge.routing.v1 import routing_pb2
 from tokenforge.runtime.grpc_client import Peer
-from tokenforge.wallet.v1 import wallet_pb2
 
 
 @dataclass

@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
-from tokenforge.mock_upstream import tokens
-from tokenforge.mock_upstream.replies import (
+from apps.mock_upstream import tokens
+from apps.mock_upstream.replies import (
     ChatPlan,
     ChatRequest,
     Frame,

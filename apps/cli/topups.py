@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from tokenforge.cli.common import add_json, add_state_dir, connection, money_fields, out, out_json
+from apps.cli.common import add_json, add_state_dir, connection, money_fields, out, out_json
 
 STATUSES = (
     "pending",
@@ -22,13 +22,13 @@ STATUSES = (
 
 
 def _status_value(name: str) -> Any:
-    from tokenforge.payments.v1 import payments_pb2
+    from tokenforge.generated.payments.v1 import payments_pb2
 
     return payments_pb2.TopUpStatus.Value(f"TOP_UP_STATUS_{name.upper()}")
 
 
 def _status_name(value: int) -> str:
-    from tokenforge.payments.v1 import payments_pb2
+    from tokenforge.generated.payments.v1 import payments_pb2
 
     name: str = payments_pb2.TopUpStatus.Name(value)
     return name.removeprefix("TOP_UP_STATUS_").lower()
@@ -80,7 +80,7 @@ def _order_json(t: Any) -> dict[str, Any]:
 def _payments_call(args: argparse.Namespace, action: Any) -> int:
     """Run `action(peer, stub)` against payments with the operator's credential."""
     from tokenforge.errors import DomainError
-    from tokenforge.payments.v1 import payments_pb2_grpc
+    from tokenforge.generated.payments.v1 import payments_pb2_grpc
     from tokenforge.runtime.grpc_client import Peer
 
     services, token = connection(args)
@@ -104,7 +104,7 @@ def _payments_call(args: argparse.Namespace, action: Any) -> int:
 
 
 def cmd_topups_list(args: argparse.Namespace) -> int:
-    from tokenforge.payments.v1 import payments_pb2
+    from tokenforge.generated.payments.v1 import payments_pb2
 
     async def action(peer: Any, stub: Any) -> int:
         answer = await peer.call(
@@ -136,7 +136,7 @@ def cmd_topups_list(args: argparse.Namespace) -> int:
 
 
 def cmd_topups_show(args: argparse.Namespace) -> int:
-    from tokenforge.payments.v1 import payments_pb2
+    from tokenforge.generated.payments.v1 import payments_pb2
 
     async def action(peer: Any, stub: Any) -> int:
         answer = await peer.call(
@@ -164,7 +164,7 @@ def cmd_topups_show(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace, approve: bool) -> int:
-    from tokenforge.payments.v1 import payments_pb2
+    from tokenforge.generated.payments.v1 import payments_pb2
 
     decision = (
         payments_pb2.REVIEW_DECISION_APPROVE if approve else payments_pb2.REVIEW_DECISION_REJECT

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import uvicorn
 from starlette.applications import Starlette
 
-from tokenforge.mock_upstream.app import (
+from apps.mock_upstream.app import (
     DEFAULT_MODELS,
     MockUpstreamState,
     create_app,

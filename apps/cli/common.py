@@ -71,7 +71,7 @@ def connection(args: argparse.Namespace) -> tuple[dict[str, str], str]:
 
 def operator_call(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]) -> int:
     """Run `action(operator)` with the operator's credential; refusals exit 1."""
-    from tokenforge.admin import Operator
+    from apps.admin import Operator
     from tokenforge.errors import DomainError
 
     services, token = connection(args)

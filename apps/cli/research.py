@@ -10,14 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tokenforge.cli.common import add_state_dir, out
+from apps.cli.common import add_state_dir, out
 
 
 def cmd_research(args: argparse.Namespace) -> int:
     import httpx
 
-    from tokenforge.research.plan import plan_report
-    from tokenforge.research.run import ResearchError, write_report
+    from apps.research.plan import plan_report
+    from apps.research.run import ResearchError, write_report
 
     gateway_url, api_key = args.gateway_url, args.api_key
     dev_json = Path(args.state_dir) / "dev.json"

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tokenforge.mock_upstream.tokens import DEFAULT_REPLY_TOKENS
+from apps.mock_upstream.tokens import DEFAULT_REPLY_TOKENS
 
 HEADER_PREFIX = "x-mock-"
 _INT_KNOBS = (

@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from tokenforge.research import render
-from tokenforge.research.plan import Plan
+from apps.research import render
+from apps.research.plan import Plan
 
 MICROS = 1_000_000
 

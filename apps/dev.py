@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tokenforge.admin import Operator, health_status
+from apps.admin import Operator, health_status
 from tokenforge.config import admin_token_sha256
 from tokenforge.money import Bucket
 from tokenforge.prod_mode import NATS_USERS
@@ -39,7 +39,7 @@ from tokenforge.runtime.db_roles import ServiceRole, provision, role_for, with_u
 from tokenforge.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port, wait_for_port
 from tokenforge.runtime.service import SERVICES, load
 
-log = logging.getLogger("tokenforge.dev")
+log = logging.getLogger("apps.dev")
 
 DEMO_ACCOUNT = "acct_demo"
 # Never inherited by the children: what only operators (and this process) hold. A
@@ -148,7 +148,7 @@ class DevSystem:
         # (this process's, or one in the user's shell) stays out of their environment.
         inherited = {k: v for k, v in os.environ.items() if k not in CHILD_UNSET}
         self.children[name] = subprocess.Popen(
-            [sys.executable, "-m", "tokenforge.cli", *args],
+            [sys.executable, "-m", "apps.cli", *args],
             env={**inherited, **env},
             stdout=logfile,
             stderr=subprocess.STDOUT,

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import orjson
 
-from tokenforge.mock_upstream import tokens
+from apps.mock_upstream import tokens
 
 EMBEDDING_DIMENSIONS = 8
 MAX_CHOICES = 128

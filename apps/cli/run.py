@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tokenforge.cli.common import add_json, add_state_dir, connection, out, out_json
+from apps.cli.common import add_json, add_state_dir, connection, out, out_json
 from tokenforge.config import Settings
 from tokenforge.runtime.service import SERVICES
 
@@ -113,20 +113,20 @@ def cmd_db_roles(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from tokenforge.dev import run
+    from apps.dev import run
 
     return asyncio.run(run(args.port, Path(args.state_dir), args.gateways))
 
 
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
-    from tokenforge.mock_upstream.server import main
+    from apps.mock_upstream.server import main
 
     main(args.port, args.host)
     return 0
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from tokenforge.admin import health_status
+    from apps.admin import health_status
 
     services, _ = connection(args)
 

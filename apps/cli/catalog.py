@@ -13,13 +13,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tokenforge.cli.common import add_json, add_state_dir, connection, out, out_json
+from apps.cli.common import add_json, add_state_dir, connection, out, out_json
 
 
 def routing_action(args: argparse.Namespace, action: Callable[[Any, Any], Awaitable[int]]) -> int:
     """Run `action(peer, stub)` against routing with the operator's credential."""
     from tokenforge.errors import DomainError
-    from tokenforge.routing.v1 import routing_pb2_grpc
+    from tokenforge.generated.routing.v1 import routing_pb2_grpc
     from tokenforge.runtime.grpc_client import Peer
 
     services, token = connection(args)
@@ -47,7 +47,7 @@ def _version_json(v: Any) -> dict[str, Any]:
 
 
 def cmd_catalog_show(args: argparse.Namespace) -> int:
-    from tokenforge.routing.v1 import routing_pb2
+    from tokenforge.generated.routing.v1 import routing_pb2
 
     async def action(peer: Any, stub: Any) -> int:
         answer = await peer.call(stub.GetCatalog, routing_pb2.GetCatalogRequest())
@@ -63,7 +63,7 @@ def cmd_catalog_show(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_apply(args: argparse.Namespace) -> int:
-    from tokenforge.routing.v1 import routing_pb2
+    from tokenforge.generated.routing.v1 import routing_pb2
 
     try:
         text = Path(args.file).read_text("utf-8")
@@ -85,7 +85,7 @@ def cmd_catalog_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_versions(args: argparse.Namespace) -> int:
-    from tokenforge.routing.v1 import routing_pb2
+    from tokenforge.generated.routing.v1 import routing_pb2
 
     async def action(peer: Any, stub: Any) -> int:
         answer = await peer.call(

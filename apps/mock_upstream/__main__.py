@@ -1,10 +1,10 @@
-"""`python -m tokenforge.mock_upstream --port 9000`: the mock upstream on its own."""
+"""`python -m apps.mock_upstream --port 9000`: the mock upstream on its own."""
 
 from __future__ import annotations
 
 import argparse
 
-from tokenforge.mock_upstream.server import main
+from apps.mock_upstream.server import main
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

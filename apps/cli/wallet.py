@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tokenforge.cli.common import (
+from apps.cli.common import (
     add_json,
     add_state_dir,
     amount_arg,
@@ -54,8 +54,8 @@ def _when(stamp: Any) -> str:
 
 
 def cmd_wallet_ledger(args: argparse.Namespace) -> int:
+    from tokenforge.generated.wallet.v1 import wallet_pb2
     from tokenforge.money import format_amount
-    from tokenforge.wallet.v1 import wallet_pb2
     from tokenforge.wire import bucket_from_name, bucket_from_proto
 
     bucket = bucket_from_name(args.bucket) if args.bucket else None
@@ -109,7 +109,7 @@ def cmd_wallet_ledger(args: argparse.Namespace) -> int:
 
 def _entry_json(e: Any) -> dict[str, Any]:
     from tokenforge.vocabulary import ENTRY_KINDS
-    from tokenforge.wallet.v1 import wallet_pb2
+    from tokenforge.generated.wallet.v1 import wallet_pb2
     from tokenforge.wire import bucket_from_proto
 
     b = bucket_from_proto(e.bucket)
@@ -131,7 +131,7 @@ def _entry_json(e: Any) -> dict[str, Any]:
 
 
 def _hold_json(h: Any) -> dict[str, Any]:
-    from tokenforge.wallet.v1 import wallet_pb2
+    from tokenforge.generated.wallet.v1 import wallet_pb2
     from tokenforge.wire import bucket_from_proto
 
     b = bucket_from_proto(h.bucket)
@@ -148,8 +148,8 @@ def _hold_json(h: Any) -> dict[str, Any]:
 
 
 def cmd_wallet_holds(args: argparse.Namespace) -> int:
+    from tokenforge.generated.wallet.v1 import wallet_pb2
     from tokenforge.money import format_amount
-    from tokenforge.wallet.v1 import wallet_pb2
     from tokenforge.wire import bucket_from_proto
 
     status = wallet_pb2.HoldStatus.Value(f"HOLD_STATUS_{args.status.upper()}") if args.status else 0
@@ -222,7 +222,7 @@ def cmd_wallet_reverse(args: argparse.Namespace) -> int:
 
 def cmd_wallet_paid_for(args: argparse.Namespace) -> int:
     from tokenforge.money import format_amount
-    from tokenforge.wallet.v1 import wallet_pb2
+    from tokenforge.generated.wallet.v1 import wallet_pb2
     from tokenforge.wire import bucket_from_proto
 
     def kind_name(kind: Any) -> str:
