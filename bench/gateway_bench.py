@@ -17,6 +17,10 @@ patch of the machine hits all three alike:
   requests/s at c=32, and the streamed first token added over the direct chat stream).
   `--scenarios` runs only the ones named.
 
+Beside the tuned set-up, a second system as `make run` ships it (ShippedSystem: INFO logs
+with a line per request, the demo catalog's retry policy) is measured in the same rounds
+(`shipped`; `--no-shipped` leaves it out), and the table says what its settings cost.
+
 CPU seconds per 1,000 requests and peak RSS are read with psutil for every process of
 every target. After the run: receipts of the bench accounts equal the gateway's
 successful responses, `tokenforge wallet reconcile` and `tokenforge usage reconcile`
