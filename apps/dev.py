@@ -39,7 +39,7 @@ from tokenforge.runtime.db_roles import ServiceRole, provision, role_for, with_u
 from tokenforge.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port, wait_for_port
 from tokenforge.runtime.service import SERVICES, load
 
-log = logging.getLogger("apps.dev")
+log = logging.getLogger("tokenforge.dev")
 
 DEMO_ACCOUNT = "acct_demo"
 # Never inherited by the children: what only operators (and this process) hold. A

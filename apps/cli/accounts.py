@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apps.cli.common import (
     add_json,
@@ -14,6 +14,9 @@ from apps.cli.common import (
     out,
     out_json,
 )
+
+if TYPE_CHECKING:
+    from services.routing.client import RoutingClient
 
 
 def cmd_accounts_open(args: argparse.Namespace) -> int:
@@ -60,15 +63,12 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
     scopes: list[str] = args.scope or list(DEFAULT_KEY_SCOPES)
 
-    async def action(peer: Any, stub: Any) -> int:
-        opened = await peer.call(
-            stub.OpenAccount, routing_pb2.OpenAccountRequest(account_id=args.account_id)
-        )
-        created = await peer.call(
-            stub.CreateApiKey,
+    async def action(routing: RoutingClient) -> int:
+        project_id = await routing.open_account(args.account_id)
+        created = await routing.create_api_key(
             routing_pb2.CreateApiKeyRequest(
                 account_id=args.account_id,
-                project_id=args.project or opened.project_id,
+                project_id=args.project or project_id,
                 name=args.name,
                 scopes=[SCOPES[s] for s in scopes],  # type: ignore[misc]
                 expires_at=timestamp(datetime.fromisoformat(args.expires))
@@ -86,22 +86,14 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from apps.cli.catalog import routing_action
-    from tokenforge.generated.routing.v1 import routing_pb2
 
-    async def action(peer: Any, stub: Any) -> int:
-        answer = await peer.call(
-            stub.ListApiKeys, routing_pb2.ListApiKeysRequest(account_id=args.account_id)
-        )
+    async def action(routing: RoutingClient) -> int:
+        keys = await routing.list_api_keys(args.account_id)
         names = {v: k for k, v in SCOPES.items()}
         if args.json:
-            out_json(
-                {
-                    "account_id": args.account_id,
-                    "keys": [_key_json(k, names) for k in answer.keys],
-                }
-            )
+            out_json({"account_id": args.account_id, "keys": [_key_json(k, names) for k in keys]})
             return 0
-        for k in answer.keys:
+        for k in keys:
             s = k.settings
             state = "revoked" if k.HasField("revoked_at") else "active"
             last = k.last_used_at.ToJsonString() if k.HasField("last_used_at") else "never"
@@ -148,13 +140,9 @@ def _key_json(k: Any, scope_names: dict[Any, str]) -> dict[str, Any]:
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from apps.cli.catalog import routing_action
-    from tokenforge.generated.routing.v1 import routing_pb2
 
-    async def action(peer: Any, stub: Any) -> int:
-        await peer.call(
-            stub.RevokeApiKey,
-            routing_pb2.RevokeApiKeyRequest(account_id=args.account_id, key_id=args.key_id),
-        )
+    async def action(routing: RoutingClient) -> int:
+        await routing.revoke_api_key(args.account_id, args.key_id)
         out(f"key {args.key_id} revoked (everywhere within 2 s)")
         return 0
 
@@ -163,14 +151,10 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from apps.cli.catalog import routing_action
-    from tokenforge.generated.routing.v1 import routing_pb2
 
-    async def action(peer: Any, stub: Any) -> int:
-        answer = await peer.call(
-            stub.RotateApiKey,
-            routing_pb2.RotateApiKeyRequest(
-                account_id=args.account_id, key_id=args.key_id, grace_seconds=args.grace
-            ),
+    async def action(routing: RoutingClient) -> int:
+        answer = await routing.rotate_api_key(
+            args.account_id, args.key_id, grace_seconds=args.grace
         )
         out(f"new key id {answer.key.key_id}; {args.key_id} stops in {args.grace} s")
         out(f"API key (shown once, keep it safe): {answer.api_key}")

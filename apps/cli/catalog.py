@@ -11,28 +11,32 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apps.cli.common import add_json, add_state_dir, connection, out, out_json
 
+if TYPE_CHECKING:
+    from services.routing.client import RoutingClient
 
-def routing_action(args: argparse.Namespace, action: Callable[[Any, Any], Awaitable[int]]) -> int:
-    """Run `action(peer, stub)` against routing with the operator's credential."""
+
+def routing_action(
+    args: argparse.Namespace, action: Callable[[RoutingClient], Awaitable[int]]
+) -> int:
+    """Run `action(routing)` with routing's client and the operator's credential."""
+    from services.routing.client import RoutingClient
     from tokenforge.errors import DomainError
-    from tokenforge.generated.routing.v1 import routing_pb2_grpc
-    from tokenforge.runtime.grpc_client import Peer
 
     services, token = connection(args)
 
     async def main() -> int:
-        peer = Peer("routing", services["routing"], token)
+        routing = RoutingClient.connect(services["routing"], token, batching=False)
         try:
-            return await action(peer, routing_pb2_grpc.RoutingServiceStub(peer.channel))
+            return await action(routing)
         except DomainError as error:
             sys.stderr.write(f"refused ({error.reason.value}): {error.message}\n")
             return 1
         finally:
-            await peer.close()
+            await routing.close()
 
     return asyncio.run(main())
 
@@ -47,10 +51,8 @@ def _version_json(v: Any) -> dict[str, Any]:
 
 
 def cmd_catalog_show(args: argparse.Namespace) -> int:
-    from tokenforge.generated.routing.v1 import routing_pb2
-
-    async def action(peer: Any, stub: Any) -> int:
-        answer = await peer.call(stub.GetCatalog, routing_pb2.GetCatalogRequest())
+    async def action(routing: RoutingClient) -> int:
+        answer = await routing.get_catalog()
         v = answer.version
         if args.json:
             out_json({"version": _version_json(v), "yaml": answer.yaml})
@@ -63,18 +65,14 @@ def cmd_catalog_show(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_apply(args: argparse.Namespace) -> int:
-    from tokenforge.generated.routing.v1 import routing_pb2
-
     try:
         text = Path(args.file).read_text("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         sys.stderr.write(f"cannot read the catalog file {args.file}: {error}\n")
         return 2
 
-    async def action(peer: Any, stub: Any) -> int:
-        answer = await peer.call(
-            stub.PutCatalog, routing_pb2.PutCatalogRequest(yaml=text, author=args.author)
-        )
+    async def action(routing: RoutingClient) -> int:
+        answer = await routing.put_catalog(text, args.author)
         if answer.changed:
             out(f"catalog {answer.version.version} applied (every replica within ~2 s)")
         else:
@@ -85,16 +83,12 @@ def cmd_catalog_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_versions(args: argparse.Namespace) -> int:
-    from tokenforge.generated.routing.v1 import routing_pb2
-
-    async def action(peer: Any, stub: Any) -> int:
-        answer = await peer.call(
-            stub.ListCatalogVersions, routing_pb2.ListCatalogVersionsRequest(limit=args.limit)
-        )
+    async def action(routing: RoutingClient) -> int:
+        versions = await routing.catalog_versions(limit=args.limit)
         if args.json:
-            out_json({"versions": [_version_json(v) for v in answer.versions]})
+            out_json({"versions": [_version_json(v) for v in versions]})
             return 0
-        for v in answer.versions:
+        for v in versions:
             out(
                 f"{v.version}\t{v.created_at.ToJsonString()}\t{v.created_by}\t"
                 f"{v.content_sha256[:12]}"

@@ -6,9 +6,13 @@ import argparse
 import asyncio
 import os
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from apps.cli.common import add_json, add_state_dir, connection, money_fields, out, out_json
+
+if TYPE_CHECKING:
+    from services.payments.client import PaymentsClient
 
 STATUSES = (
     "pending",
@@ -77,11 +81,12 @@ def _order_json(t: Any) -> dict[str, Any]:
     }
 
 
-def _payments_call(args: argparse.Namespace, action: Any) -> int:
-    """Run `action(peer, stub)` against payments with the operator's credential."""
+def _payments_call(
+    args: argparse.Namespace, action: Callable[[PaymentsClient], Awaitable[int]]
+) -> int:
+    """Run `action(payments)` with payments' client and the operator's credential."""
+    from services.payments.client import PaymentsClient
     from tokenforge.errors import DomainError
-    from tokenforge.generated.payments.v1 import payments_pb2_grpc
-    from tokenforge.runtime.grpc_client import Peer
 
     services, token = connection(args)
     if not services.get("payments"):
@@ -91,30 +96,25 @@ def _payments_call(args: argparse.Namespace, action: Any) -> int:
         return 2
 
     async def main() -> int:
-        peer = Peer("payments", services["payments"], token)
+        payments = PaymentsClient.connect(services["payments"], token)
         try:
-            return int(await action(peer, payments_pb2_grpc.PaymentsServiceStub(peer.channel)))
+            return await action(payments)
         except DomainError as error:
             sys.stderr.write(f"refused ({error.reason.value}): {error.message}\n")
             return 1
         finally:
-            await peer.close()
+            await payments.close()
 
     return asyncio.run(main())
 
 
 def cmd_topups_list(args: argparse.Namespace) -> int:
-    from tokenforge.generated.payments.v1 import payments_pb2
-
-    async def action(peer: Any, stub: Any) -> int:
-        answer = await peer.call(
-            stub.ListAllTopUps,
-            payments_pb2.ListAllTopUpsRequest(
-                status=_status_value(args.status or "unspecified"),
-                account_id=args.account or "",
-                page_size=args.limit,
-                page_token=args.cursor or "",
-            ),
+    async def action(payments: PaymentsClient) -> int:
+        answer = await payments.list_all_top_ups(
+            status=_status_value(args.status or "unspecified"),
+            account_id=args.account or "",
+            page_size=args.limit,
+            page_token=args.cursor or "",
         )
         if args.json:
             out_json(
@@ -136,13 +136,8 @@ def cmd_topups_list(args: argparse.Namespace) -> int:
 
 
 def cmd_topups_show(args: argparse.Namespace) -> int:
-    from tokenforge.generated.payments.v1 import payments_pb2
-
-    async def action(peer: Any, stub: Any) -> int:
-        answer = await peer.call(
-            stub.InspectTopUp, payments_pb2.InspectTopUpRequest(order_id=args.order_id)
-        )
-        t = answer.top_up
+    async def action(payments: PaymentsClient) -> int:
+        t = await payments.inspect_top_up(args.order_id)
         if args.json:
             out_json(_order_json(t))
             return 0
@@ -170,17 +165,11 @@ def _review(args: argparse.Namespace, approve: bool) -> int:
         payments_pb2.REVIEW_DECISION_APPROVE if approve else payments_pb2.REVIEW_DECISION_REJECT
     )
 
-    async def action(peer: Any, stub: Any) -> int:
-        answer = await peer.call(
-            stub.ReviewTopUp,
-            payments_pb2.ReviewTopUpRequest(
-                order_id=args.order_id,
-                decision=decision,
-                reason=args.reason,
-                operator=os.environ.get("USER", "operator"),
-            ),
+    async def action(payments: PaymentsClient) -> int:
+        top_up = await payments.review_top_up(
+            args.order_id, decision, args.reason, os.environ.get("USER", "operator")
         )
-        out(_line(answer.top_up))
+        out(_line(top_up))
         return 0
 
     return _payments_call(args, action)

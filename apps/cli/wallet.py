@@ -108,8 +108,8 @@ def cmd_wallet_ledger(args: argparse.Namespace) -> int:
 
 
 def _entry_json(e: Any) -> dict[str, Any]:
-    from tokenforge.vocabulary import ENTRY_KINDS
     from tokenforge.generated.wallet.v1 import wallet_pb2
+    from tokenforge.vocabulary import ENTRY_KINDS
     from tokenforge.wire import bucket_from_proto
 
     b = bucket_from_proto(e.bucket)
@@ -221,8 +221,8 @@ def cmd_wallet_reverse(args: argparse.Namespace) -> int:
 
 
 def cmd_wallet_paid_for(args: argparse.Namespace) -> int:
-    from tokenforge.money import format_amount
     from tokenforge.generated.wallet.v1 import wallet_pb2
+    from tokenforge.money import format_amount
     from tokenforge.wire import bucket_from_proto
 
     def kind_name(kind: Any) -> str:

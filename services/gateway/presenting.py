@@ -11,11 +11,7 @@ from tokenforge.generated.routing.v1 import routing_pb2
 from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.money import MAX_AMOUNT_MICROS, Bucket, Money, decimal_text, format_amount
-from tokenforge.generated.payments.v1 import payments_pb2
-from tokenforge.generated.routing.v1 import routing_pb2
-from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.vocabulary import ENTRY_KINDS, TOPUP_STATES, amount_json
-from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.wire import bucket_from_proto, enum_word, iso, route_kind_from_proto
 
 RECEIPT_STATUS = {

@@ -81,6 +81,14 @@ class PaymentsClient(ServiceClient):
         )
         return answer
 
+    async def inspect_top_up(self, order_id: str) -> payments_pb2.TopUp:
+        """Any account's order with its whole trail (operator only)."""
+        answer = await self._call(
+            "InspectTopUp", payments_pb2.InspectTopUpRequest(order_id=order_id)
+        )
+        top_up: payments_pb2.TopUp = answer.top_up
+        return top_up
+
     async def review_top_up(
         self, order_id: str, decision: payments_pb2.ReviewDecision, reason: str, operator: str
     ) -> payments_pb2.TopUp:

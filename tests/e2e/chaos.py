@@ -47,10 +47,10 @@ import httpx
 import psutil
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from apps.admin import Operator, health_status
 from tests.devsystem import start_dev, stop_dev, wait_for_dev_json
 from tests.e2e.conservation import NOTHING_CHARGED, Finding, Report, Run, check, read
 from tests.e2e.harness import System
-from apps.admin import Operator, health_status
 from tokenforge.runtime.db import create_engine
 from tokenforge.runtime.embedded import free_port
 

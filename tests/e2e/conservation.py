@@ -35,7 +35,6 @@ from tests.e2e.harness import System
 from tests.e2e.test_usage_reconcile import assert_reconciled
 from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.money import Bucket
-from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.wire import bucket_from_proto
 
 # The models the clients use (tests/e2e/catalog.yaml). The two test-soak-* models have

@@ -16,7 +16,6 @@ from prometheus_client import REGISTRY
 from apps.cli import main as cli_main
 from services.wallet.client import WalletClient
 from tests.e2e.harness import INTERNAL, System
-from apps.cli import main as cli_main
 from tokenforge.errors import DomainError, Reason
 from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.money import Bucket

@@ -27,7 +27,6 @@ from tokenforge.money import Bucket
 from tokenforge.runtime.batch_items import check_batch_size
 from tokenforge.runtime.grpc_server import OPERATOR_NAME, Role, current_caller, nul_refusal
 from tokenforge.runtime.telemetry import current_trace_id
-from tokenforge.generated.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tokenforge.wire import bucket_from_proto, bucket_or_none, bucket_to_proto, item_error_to_proto
 
 Cmd = TypeVar("Cmd")

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from tokenforge.generated.common.v1 import common_pb2
 from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.common.v1 import common_pb2
 from tokenforge.generated.wallet.v1 import wallet_pb2
 
 CREDIT = common_pb2.BUCKET_CREDIT

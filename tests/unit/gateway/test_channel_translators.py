@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
+from apps.mock_upstream import protocols as native
+from apps.mock_upstream import replies
 from services.gateway.domain.planning import charge_for, usage_from_response
 from services.gateway.domain.protocols import (
     ANTHROPIC_MESSAGES,
@@ -20,8 +22,6 @@ from services.gateway.domain.protocols import (
     refusal,
 )
 from tokenforge.errors import DomainError
-from apps.mock_upstream import protocols as native
-from apps.mock_upstream import replies
 from tokenforge.money import Bucket, Money, Price
 
 CLASSES = replies.TokenClasses(cached=3, cache_write=2, reasoning=4)

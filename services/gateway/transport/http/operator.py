@@ -41,13 +41,13 @@ from services.usage.client import UsageClient
 from services.wallet.client import WalletClient
 from tokenforge.config import admin_token_sha256
 from tokenforge.errors import DomainError, Reason
-from tokenforge.holds import is_budget
-from tokenforge.money import MoneyError, format_amount, parse_amount
 from tokenforge.generated.payments.v1 import payments_pb2
 from tokenforge.generated.routing.v1 import routing_pb2
 from tokenforge.generated.usage.v1 import usage_pb2
-from tokenforge.vocabulary import amount_json
 from tokenforge.generated.wallet.v1 import wallet_pb2
+from tokenforge.holds import is_budget
+from tokenforge.money import MoneyError, format_amount, parse_amount
+from tokenforge.vocabulary import amount_json
 from tokenforge.wire import (
     bucket_from_name,
     bucket_from_proto,
