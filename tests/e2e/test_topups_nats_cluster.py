@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,15 +63,20 @@ async def stream_state(js: tf_nats.JetStreamContext) -> tuple[int, str, int]:
 
 
 async def wait_for_leader(js: tf_nats.JetStreamContext, besides: str = "") -> str:
-    for _ in range(300):
+    # An election and a restarted node catching up take seconds on a quiet machine and
+    # much longer on a busy one: wait by the clock, generously.
+    seen: object = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
         try:
-            _, leader, current = await stream_state(js)
-        except Exception:  # noqa: BLE001 - no leader elected yet: the API call times out
+            _, leader, current = seen = await stream_state(js)
+        except Exception as error:  # noqa: BLE001 - no leader elected yet: the API call times out
             leader, current = "", 0
+            seen = error
         if leader and leader != besides and current == 2:
             return leader
         await asyncio.sleep(0.1)
-    pytest.fail("the PAYMENTS stream has no leader with two current replicas")
+    pytest.fail(f"the PAYMENTS stream has no leader with two current replicas: {seen!r}")
 
 
 async def test_killing_the_stream_leader_loses_no_topup_and_credits_none_twice(
@@ -126,7 +132,8 @@ async def test_killing_the_stream_leader_loses_no_topup_and_credits_none_twice(
             order_ids.append(order.order_id)
             await asyncio.sleep(0.05)
         credits: dict[str, int] = {}
-        for _ in range(600):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
             credits = await credits_of(system, accounts)
             if len(credits) >= ORDERS:
                 break
