@@ -780,6 +780,20 @@ def write_doc(result: dict[str, Any], table: str) -> None:
     DOC.write_text(text)
 
 
+async def start_bench_system(
+    system: BenchSystem, accounts: int
+) -> tuple[str, dict[str, Any], list[str], list[str]]:
+    """Start the bench system (servers, processes), bootstrap the demo into dev.json and
+    open `accounts` bench accounts: (database URL, dev info, account ids, their keys)."""
+    database_url, nats_urls = await asyncio.to_thread(system.start_servers)
+    system.start_processes(database_url, nats_urls)
+    await system.wait_serving()
+    info = await system.bootstrap_demo()
+    (system.state / "dev.json").write_text(json.dumps(info, indent=2) + "\n")
+    opened, keys = await open_bench_accounts(system, accounts)
+    return database_url, info, opened, keys
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     state = Path(args.state_dir or tempfile.mkdtemp(prefix="tokenforge-bench-"))
     system = BenchSystem(free_port(), state)
@@ -787,12 +801,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     proxy: litellm_proxy.LiteLLMProxy | None = None
     litellm_unavailable = ""
     try:
-        database_url, nats_urls = await asyncio.to_thread(system.start_servers)
-        system.start_processes(database_url, nats_urls)
-        await system.wait_serving()
-        info = await system.bootstrap_demo()
-        (system.state / "dev.json").write_text(json.dumps(info, indent=2) + "\n")
-        accounts, keys = await open_bench_accounts(system, args.accounts)
+        database_url, info, accounts, keys = await start_bench_system(system, args.accounts)
         groups = system.process_groups()
         mock_base = system.mock_url + MOCK_KNOBS + "/v1"
         targets = [

@@ -40,10 +40,10 @@ from bench.gateway_bench import (
     RssSampler,
     check_correctness,
     machine,
-    open_bench_accounts,
     percentile,
     replace_section,
     rss_bytes,
+    start_bench_system,
 )
 from tokenforge.runtime.embedded import free_port
 
@@ -119,12 +119,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     proxy: litellm_proxy.LiteLLMProxy | None = None
     litellm_unavailable = ""
     try:
-        database_url, nats_urls = await asyncio.to_thread(system.start_servers)
-        system.start_processes(database_url, nats_urls)
-        await system.wait_serving()
-        info = await system.bootstrap_demo()
-        (system.state / "dev.json").write_text(json.dumps(info, indent=2) + "\n")
-        accounts, keys = await open_bench_accounts(system, args.accounts)
+        database_url, info, accounts, keys = await start_bench_system(system, args.accounts)
         groups = system.process_groups()
         mock_base = system.mock_url + PACED_KNOBS + "/v1"
         targets: list[tuple[str, str, str, list[str], int]] = [
