@@ -39,6 +39,7 @@ class Reason(enum.StrEnum):
     UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT"
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     GATEWAY_BUSY = "GATEWAY_BUSY"
+    RECEIPT_PENDING = "RECEIPT_PENDING"
     INTERNAL = "INTERNAL"
 
 
@@ -105,6 +106,8 @@ GRPC_STATUS: dict[Reason, grpc.StatusCode] = {
     Reason.UPSTREAM_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
     Reason.SERVICE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Reason.GATEWAY_BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    # Not UNAVAILABLE: a caller reads that as "nothing was charged" without the details.
+    Reason.RECEIPT_PENDING: grpc.StatusCode.ABORTED,
     Reason.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -138,6 +141,10 @@ HTTP_ERROR: dict[Reason, tuple[int, str, str]] = {
     # This gateway process holds as many upstream calls as it may (a setting): nothing
     # was reserved or charged; `Retry-After` says when to try again (SDKs retry 503).
     Reason.GATEWAY_BUSY: (503, "api_error", "gateway_busy"),
+    # The request ran and its charge (`details.charge_micros`) is taken or being taken,
+    # but its receipt could not be recorded yet (a database restarting): it must not be
+    # sent again (`x-should-retry: false`); GET /v1/usage/{request id} shows the receipt.
+    Reason.RECEIPT_PENDING: (503, "api_error", "receipt_pending"),
     Reason.INTERNAL: (500, "api_error", "internal_error"),
 }
 

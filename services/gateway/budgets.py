@@ -23,6 +23,10 @@ from tokenforge.money import Bucket
 
 log = logging.getLogger("tokenforge.gateway.budgets")
 
+# A Hold in doubt is asked again after this long, doubling up to the max.
+DOUBT_RETRY_S = 0.5
+DOUBT_RETRY_MAX_S = 8.0
+
 # The next budget is opened in the background once the open ones have less room than
 # this share of a new one.
 PRE_OPEN_SHARE = 4
@@ -44,6 +48,8 @@ class Budgets:
         # down): closed on a later round.
         self.closing: list[Budget] = []
         self._opening: dict[Key, asyncio.Task[bool]] = {}
+        # Budgets' Holds the wallet never answered, being ended (`_end_in_doubt`).
+        self._in_doubt: set[asyncio.Task[None]] = set()
 
     async def draw(
         self, account_id: str, bucket: Bucket, worst: int, request_ttl_s: int, trace_id: str
@@ -98,9 +104,14 @@ class Budgets:
                 metrics.BUDGETS.labels("refused").inc()
                 self.book.refused(key, self.clock())
                 return False
-            hold = await self.wallet.hold(
-                account_id, bucket, size, request_id, ttl_seconds=ttl_s, trace_id=trace_id
-            )
+            try:
+                hold = await self.wallet.hold(
+                    account_id, bucket, size, request_id, ttl_seconds=ttl_s, trace_id=trace_id
+                )
+            except DomainError as error:
+                if error.reason is Reason.SERVICE_UNAVAILABLE:  # placed or not: find out
+                    self._end_in_doubt(account_id, bucket, size, request_id, ttl_s, trace_id)
+                raise
         except DomainError as error:
             if error.reason is Reason.INSUFFICIENT_BALANCE:
                 metrics.BUDGETS.labels("refused").inc()
@@ -115,6 +126,41 @@ class Budgets:
         self.book.opened(key, hold.hold_id, request_id, hold.amount_micros, placed_at, ttl_s)
         metrics.BUDGETS.labels("opened").inc()
         return True
+
+    def _end_in_doubt(
+        self, account_id: str, bucket: Bucket, size: int, request_id: str, ttl_s: int, trace: str
+    ) -> None:
+        """A budget's Hold the wallet did not answer may have been placed: once the
+        wallet answers, ask the same Hold again (its request id is its idempotency key)
+        and release what it names, which no request drew from (the budget was never
+        opened). Given up at the hold's TTL, or when the wallet places none."""
+
+        async def end() -> None:
+            loop = asyncio.get_running_loop()
+            give_up_at, delay = loop.time() + ttl_s, DOUBT_RETRY_S
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    hold = await self.wallet.hold(
+                        account_id, bucket, size, request_id, ttl_seconds=ttl_s, trace_id=trace
+                    )
+                    await self.wallet.release(
+                        hold.hold_id, reason="budget_not_opened", account_id=account_id
+                    )
+                    log.info("budget hold in doubt %s released", hold.hold_id)
+                    return
+                except DomainError as error:
+                    if error.reason is not Reason.SERVICE_UNAVAILABLE:
+                        log.info("budget %s: no hold in doubt (%s)", request_id, error.reason)
+                        return
+                if loop.time() + delay > give_up_at:
+                    log.warning("budget %s: its hold in doubt is left to its TTL", request_id)
+                    return
+                delay = min(DOUBT_RETRY_MAX_S, delay * 2)
+
+        task = asyncio.create_task(end())
+        self._in_doubt.add(task)
+        task.add_done_callback(self._in_doubt.discard)
 
     def due(self, account_id: str = "") -> list[Budget]:
         """The budgets to close now (all of an account's idle ones when given), with

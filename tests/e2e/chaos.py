@@ -17,8 +17,7 @@ paid top-ups less its receipts' charges, nothing held or queued, both reconciles
 every top-up is checked: each order paid is credited exactly once, none other is.
 What the faults do to answers (dropped connections, cut streams, 5xx saying nothing was
 charged) is counted, not a failure; only a money finding fails the run. Open holds of
-a killed gateway replica (its budgets and its in-flight requests), and a hold the wallet
-committed just before its SIGKILL without answering the call, end by their TTL, as
+a killed gateway replica (its budgets and its in-flight requests) end by their TTL, as
 documented (docs/OPERATIONS.md, "Stopping and restarting"; docs/ARCHITECTURE.md, "Faults
 and scale"): they are listed with their amounts, cause and expiry, and with
 TOKENFORGE_CHAOS_WAIT_TTL=1 the run waits them out and then requires nothing held. A
@@ -357,21 +356,16 @@ class ChaosResult:
 # A budget takes draws for 30 s (BudgetPolicy.max_age_s); a request of this load ends
 # well within 10 s: an open hold of the killed replica was placed this long before the kill.
 KILLED_HOLDS_WITHIN_S = 40.0
-# A hold the wallet committed and then died before answering (the caller heard
-# "unavailable"): placed this close before the wallet's SIGKILL.
-UNANSWERED_WITHIN_S = 2.0
-
 
 def why_left(struck: list[Struck], hold: Any) -> str:
     """Why an open hold at rest is left to its TTL ("" when it should not be open): a
-    killed gateway replica's (its budgets, its requests in flight), or a hold call the
-    killed wallet never answered (docs/ARCHITECTURE.md, "Faults and scale")."""
+    killed gateway replica's (its budgets, its requests in flight; docs/ARCHITECTURE.md,
+    "Faults and scale"). A Hold the killed wallet placed but never answered is no
+    reason: the gateway releases it once the wallet is back (a hold in doubt)."""
     placed = hold.created_at.ToDatetime(tzinfo=UTC).timestamp()
     for s in struck:
         if s.fault.target in REPLICAS and s.at_wall - KILLED_HOLDS_WITHIN_S <= placed <= s.at_wall:
             return "killed gateway replica"
-        if s.fault.target == "wallet" and s.at_wall - UNANSWERED_WITHIN_S <= placed <= s.at_wall:
-            return "hold call the killed wallet never answered"
     return ""
 
 

@@ -73,6 +73,10 @@ ABANDON_AT = ("headers", "mid_stream", "finish_reason", "finish_queued", "after_
 # upstream_timeout); it is allowed, counted, and checked to be true against its receipt.
 NEAR_EMPTY = {402}
 FAILED_UPSTREAM = {502, 503}
+# A failure after the request ran (its receipt not recorded yet, a database restarting):
+# it names the charge taken or being taken (details.charge_micros, ledger_entry_id),
+# which is checked like any answer's.
+RECEIPT_PENDING = "receipt_pending"
 NOTHING_CHARGED = {
     503: "service_unavailable",
     502: "upstream_failed",
@@ -206,6 +210,9 @@ class Answer:
     cost_micros: int | None = None  # usage.cost_micros
     header_micros: int | None = None  # x-tokenforge-charge-micros
     receipt_micros: int | None = None  # named_charge(receipt)
+    # A 503 receipt_pending: the request ran; its charge taken or being taken is named
+    # in the error's details (with its ledger entry), its receipt recorded later.
+    pending_micros: int | None = None
     receipt_request_id: str = ""
     entry_id: str = ""  # receipt.ledger_entry_id
     bucket: str = ""  # usage.cost_bucket, else receipt.bucket
@@ -214,14 +221,16 @@ class Answer:
 
     @property
     def names_a_charge(self) -> bool:
-        return any(
-            v is not None for v in (self.cost_micros, self.header_micros, self.receipt_micros)
-        )
+        return any(v is not None for v in self.named)
+
+    @property
+    def named(self) -> tuple[int | None, ...]:
+        return (self.cost_micros, self.header_micros, self.receipt_micros, self.pending_micros)
 
     @property
     def charge(self) -> int:
         """The charge the answer named (usage.cost first, then the header, the receipt)."""
-        for v in (self.cost_micros, self.header_micros, self.receipt_micros):
+        for v in self.named:
             if v is not None:
                 return v
         return 0
@@ -514,6 +523,11 @@ def read_error(answer: Answer, content: bytes) -> None:
         return
     answer.error_code = str(error.get("code") or "")
     answer.error_message = str(error.get("message") or "")
+    details = error.get("details") or {}
+    if answer.error_code == RECEIPT_PENDING and isinstance(details, dict):
+        answer.pending_micros = int(details.get("charge_micros", 0))
+        answer.entry_id = str(details.get("ledger_entry_id") or "")
+        answer.bucket = str(details.get("bucket") or "")
 
 
 def read_json_answer(answer: Answer, response: httpx.Response) -> Answer:
@@ -610,6 +624,8 @@ def said_nothing_charged(answer: Answer) -> bool:
 
 def expected_status(answer: Answer, plan: AccountPlan) -> bool:
     if answer.status is None or answer.status == 200 or said_nothing_charged(answer):
+        return True
+    if answer.error_code == RECEIPT_PENDING:  # names its charge: checked like an answer
         return True
     if answer.status in NEAR_EMPTY and plan.small:
         return answer.error_code == "insufficient_balance"

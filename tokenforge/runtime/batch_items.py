@@ -14,6 +14,7 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from tokenforge.errors import DomainError, Reason
+from tokenforge.runtime.db import database_unreachable
 from tokenforge.runtime.grpc_server import nul_refusal
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,20 @@ def check_batch_size(size: int, items: str = "items") -> None:
 
 async def item_outcome(call: Awaitable[T], item: str) -> T | DomainError:
     """One item's outcome: its answer, its refusal, or, for an unexpected failure
-    (logged), an INTERNAL refusal naming the item, as its own call would fail."""
+    (logged), an INTERNAL refusal naming the item, as its own call would fail (and
+    SERVICE_UNAVAILABLE when the database could not be reached)."""
     try:
         return await call
     except DomainError as error:
         return error
-    except Exception:  # noqa: BLE001 - this item failed, not the batch
+    except Exception as error:  # noqa: BLE001 - this item failed, not the batch
+        if database_unreachable(error):  # unavailable: the caller tries it again
+            log.warning("batch item %s: the database is not answering (%r)", item, error)
+            return DomainError(
+                Reason.SERVICE_UNAVAILABLE,
+                f"{item} could not reach the database right now; try it again in a moment.",
+                {"item": item},
+            )
         log.exception("batch item %s failed", item)
         return DomainError(
             Reason.INTERNAL, f"{item} could not be done; try it again.", {"item": item}

@@ -46,6 +46,34 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
+# What a lost or refused database connection raises (a restart, a failover, the server
+# going away): the statement's outcome is unknown or it never ran; the caller may try
+# again. asyncpg's own `InterfaceError` only when it says the connection is closed.
+_UNREACHABLE = (
+    ConnectionError,  # refused, reset, lost mid-operation (the OS's and asyncpg's)
+    asyncpg.PostgresConnectionError,  # 08xxx: the connection does not exist, failed
+    asyncpg.exceptions.OperatorInterventionError,  # 57xxx: shutting down, starting up
+)
+
+
+def database_unreachable(error: BaseException) -> bool:
+    """Whether `error` (or what caused it: SQLAlchemy wraps the driver's) says the
+    database could not be reached or went away mid-statement, rather than refused the
+    statement. Such a failure is answered "unavailable, try again", never as a bug."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _UNREACHABLE):
+            return True
+        if isinstance(current, asyncpg.InterfaceError) and "closed" in str(current):
+            return True
+        if getattr(current, "connection_invalidated", False):  # SQLAlchemy's DBAPIError
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 async def give_back(
     pooled: Any, exc: BaseException | None, sound: tuple[type[BaseException], ...] = ()
 ) -> None:

@@ -8,7 +8,9 @@ Callers are users too (DESIGN S2): a request with a NUL character in any string
 field is refused INVALID_ARGUMENT naming the field before a handler runs
 (PostgreSQL text cannot hold one), and a failure nobody planned for is logged here
 with its traceback and the request id, and answered INTERNAL with a message that
-says nothing of the internals (no exception text, SQL or parameters).
+says nothing of the internals (no exception text, SQL or parameters). A call that
+could not reach its database (a restart, a failover: `db.database_unreachable`) is
+answered UNAVAILABLE instead, which callers retry when the call is idempotent.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from grpc_status import rpc_status
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from tokenforge.errors import ERROR_DOMAIN, GRPC_STATUS, DomainError, Reason
+from tokenforge.runtime.db import database_unreachable
 from tokenforge.runtime.logging import request_id_var
 from tokenforge.runtime.metrics import MetricsInterceptor
 
@@ -188,6 +191,18 @@ def unexpected_error(method: str) -> DomainError:
     )
 
 
+def database_unavailable(method: str) -> DomainError:
+    """A call that met its database restarting or gone: unavailable (callers retry an
+    idempotent call), not a failure nobody planned for."""
+    request_id = request_id_var.get()
+    return DomainError(
+        Reason.SERVICE_UNAVAILABLE,
+        f"{method.rsplit('/', 1)[-1]} could not reach its database right now; "
+        "try again in a moment.",
+        {"request_id": request_id} if request_id else {},
+    )
+
+
 def nul_refusal(message: Any) -> DomainError | None:
     """The refusal of a request (or a batch's item) with a NUL in a string field.
 
@@ -275,9 +290,13 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 await context.abort_with_status(rpc_status.to_status(rich_status(error)))
             except grpc.aio.AbortError:
                 raise  # a handler's own abort: its status is already set
-            except Exception:
-                log.exception("%s failed unexpectedly", method)
-                status = rich_status(unexpected_error(method))
+            except Exception as error:
+                if database_unreachable(error):  # a restart or failover: try again
+                    log.warning("%s: the database is not answering (%r)", method, error)
+                    status = rich_status(database_unavailable(method))
+                else:
+                    log.exception("%s failed unexpectedly", method)
+                    status = rich_status(unexpected_error(method))
                 await context.abort_with_status(rpc_status.to_status(status))
             finally:
                 current_caller.reset(reset)

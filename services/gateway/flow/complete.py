@@ -15,8 +15,8 @@ from services.gateway.domain.planning import counted_usage, usage_from_response
 from services.gateway.domain.settlement import Rule
 from services.gateway.flow.admit import ChatOutcome, admit
 from services.gateway.flow.call import call_json, failure_rule, upstream_failed
-from services.gateway.flow.finish import abandon, answer_text_tokens, finish
-from services.gateway.flow.reserve import reserve
+from services.gateway.flow.finish import abandon, answer_text_tokens, end_in_doubt, finish
+from services.gateway.flow.reserve import HoldInDoubt, reserve
 from services.gateway.presenting import cost_fields, receipt_headers, receipt_json
 from tokenforge.generated.routing.v1 import routing_pb2
 
@@ -26,7 +26,11 @@ async def complete(
 ) -> ChatOutcome:
     upstream.check_capacity()  # refused at once, before anything is reserved
     admitted = await admit(peers, cmd, endpoint)
-    p = await reserve(peers, admitted)
+    try:
+        p = await reserve(peers, admitted)
+    except HoldInDoubt as doubt:
+        end_in_doubt(peers, doubt)  # made true in the background: nothing charged
+        raise
     attempts: list[Attempt] = []
     try:
         answer = await call_json(peers, upstream, p, attempts)

@@ -16,7 +16,7 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.relay import finish_hold
 from tokenforge.errors import DomainError, Reason
 from tokenforge.generated.usage.v1 import usage_pb2
-from tokenforge.money import format_amount
+from tokenforge.money import Bucket, format_amount
 from tokenforge.runtime.telemetry import current_traceparent
 from tokenforge.wire import bucket_from_proto
 
@@ -88,20 +88,42 @@ class PeerEnds:
 
 
 def receipt_not_recorded(receipt: usage_pb2.Receipt) -> DomainError:
-    bucket = bucket_from_proto(receipt.bucket)
+    """The request ran, its wallet side is done, and its receipt cannot be recorded nor
+    queued: a charge taken is named (RECEIPT_PENDING: not to be sent again); a release
+    says nothing was charged (SERVICE_UNAVAILABLE: it may be sent again)."""
     if receipt.charge_micros:
-        story = (
+        bucket = bucket_from_proto(receipt.bucket)
+        return receipt_pending(
+            receipt.request_id,
+            receipt.charge_micros,
+            bucket,
+            receipt.entry_id,
             f"{format_amount(receipt.charge_micros, bucket)} was taken from {bucket.label} "
             f"(ledger entry {receipt.entry_id}), but its receipt could not be recorded "
-            "right now. Do not send it again; the ledger shows the charge."
-        )
-    else:
-        story = (
-            "nothing was charged, but its receipt could not be recorded right now. "
-            "You may send it again."
+            "right now.",
         )
     return DomainError(
         Reason.SERVICE_UNAVAILABLE,
-        f"Request {receipt.request_id} ran and {story}",
-        {"request_id": receipt.request_id, "charge_micros": str(receipt.charge_micros)},
+        f"Request {receipt.request_id} ran and nothing was charged, but its receipt could "
+        "not be recorded right now. You may send it again.",
+        {"request_id": receipt.request_id, "charge_micros": "0"},
+    )
+
+
+def receipt_pending(
+    request_id: str, charge_micros: int, bucket: Bucket, entry_id: str, story: str
+) -> DomainError:
+    """A request that ran and whose charge is taken, or being taken, while its receipt
+    is not recorded yet: the answer names the charge and its ledger entry, says where
+    the receipt will be, and that the request must not be sent again."""
+    return DomainError(
+        Reason.RECEIPT_PENDING,
+        f"Request {request_id} ran: {story} Do not send it again; its receipt will be at "
+        f"/v1/usage/{request_id} and the ledger shows the charge.",
+        {
+            "request_id": request_id,
+            "charge_micros": str(charge_micros),
+            "bucket": bucket.value,
+            "ledger_entry_id": entry_id,
+        },
     )

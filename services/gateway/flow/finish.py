@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -26,13 +27,13 @@ from services.gateway.domain.protocols import OPENAI_CHAT
 from services.gateway.domain.settlement import Rule, Settlement, settle
 from services.gateway.flow.admit import ENDPOINT_NAME
 from services.gateway.flow.call import charge_policy_name, route_attempt
-from services.gateway.flow.ends import PeerEnds
+from services.gateway.flow.ends import PeerEnds, receipt_pending
 from services.gateway.flow.report import report_outcome
-from services.gateway.flow.reservation import Ended, State
-from services.gateway.flow.reserve import Prepared
-from tokenforge.errors import DomainError
+from services.gateway.flow.reservation import Ended, OwnHold, Queued, State
+from services.gateway.flow.reserve import HoldInDoubt, Prepared
+from tokenforge.errors import DomainError, Reason
 from tokenforge.generated.usage.v1 import usage_pb2
-from tokenforge.money import Money
+from tokenforge.money import Money, format_amount
 from tokenforge.wire import (
     bucket_from_proto,
     price_to_proto,
@@ -41,6 +42,15 @@ from tokenforge.wire import (
 )
 
 log = logging.getLogger("tokenforge.gateway.finish")
+
+# How long a request's answer waits for its finish: longer only when the finish queue and
+# the wallet are both unreachable (a PostgreSQL restart), and the finish is tried again
+# (flow/reservation.py); the answer then names the charge being settled.
+FINISH_WAIT_S = 20.0
+
+# A Hold in doubt is asked again after this long, doubling up to the max.
+DOUBT_RETRY_S = 0.5
+DOUBT_RETRY_MAX_S = 8.0
 
 # Finishes started for a request whose client went away: kept referenced until done.
 _background: set[asyncio.Task[Any]] = set()
@@ -118,7 +128,37 @@ async def finish(
             _first_finish(peers, p, attempts, settlement, error_code)
         )
         p.finishing.add_done_callback(_logged)
-    return await asyncio.shield(p.finishing)
+        p.settled_charge = settlement.charge
+    try:
+        return await asyncio.wait_for(asyncio.shield(p.finishing), FINISH_WAIT_S)
+    except TimeoutError:
+        # The finish goes on (tried again until the hold's margin runs out); the client
+        # hears now what it will be charged and where the receipt will be.
+        raise not_finished_yet(p) from None
+
+
+def not_finished_yet(p: Prepared) -> DomainError:
+    """The answer of a request whose finish is still being tried (its database
+    restarting): the charge it is being settled for and where its receipt will be, or
+    that nothing is charged."""
+    charge, request_id = p.settled_charge, p.cmd.request_id
+    if charge is None or charge.micros == 0:
+        return DomainError(
+            Reason.SERVICE_UNAVAILABLE,
+            f"Request {request_id} ended and nothing is charged, but its receipt could not "
+            "be recorded yet. You may send it again.",
+            {"request_id": request_id, "charge_micros": "0"},
+        )
+    entry_id = p.reservation.entry_id(request_id) if isinstance(p.reservation, Queued) else ""
+    return receipt_pending(
+        request_id,
+        charge.micros,
+        charge.bucket,
+        entry_id,
+        f"its charge of {format_amount(charge.micros, charge.bucket)} from "
+        f"{charge.bucket.label} is being settled (our database is not answering right "
+        "now), within minutes.",
+    )
 
 
 async def _first_finish(
@@ -167,7 +207,7 @@ def abandon(
     (`client_disconnect`), nothing for a request never answered (`not_answered`)."""
     if p.finishing is not None or p.reservation.state is not State.TAKEN:
         return
-    task = asyncio.create_task(
+    _in_background(
         finish(
             peers,
             p,
@@ -178,6 +218,53 @@ def abandon(
             error_code,
         )
     )
+
+
+def end_in_doubt(peers: Peers, doubt: HoldInDoubt) -> None:
+    """A request answered "the wallet is unavailable, nothing was charged" while its
+    Hold may have been placed: in the background, once the wallet answers, ask the same
+    Hold again (same idempotency key: the wallet answers the hold it placed, or places
+    it now) and release it with a receipt that charges nothing (`not_answered`,
+    `service_unavailable`). Given up when the hold's TTL has passed (the wallet ended
+    it) or the wallet places none (a refusal: it had placed none)."""
+    _in_background(_end_in_doubt(peers, doubt))
+
+
+async def _end_in_doubt(peers: Peers, doubt: HoldInDoubt) -> None:
+    admitted, price, plan = doubt.admitted, doubt.price, doubt.plan
+    cmd = admitted.cmd
+    loop = asyncio.get_running_loop()
+    give_up_at, delay = loop.time() + doubt.ttl_s, DOUBT_RETRY_S
+    while True:
+        try:
+            hold = await peers.wallet_client.hold(
+                admitted.account_id,
+                price.bucket,
+                plan.worst_case.micros,
+                cmd.request_id,
+                ttl_seconds=doubt.ttl_s,
+                trace_id=cmd.trace_id,
+            )
+            break
+        except DomainError as error:
+            if error.reason is not Reason.SERVICE_UNAVAILABLE:
+                log.info("request %s: no hold in doubt (%s)", cmd.request_id, error.reason.value)
+                return
+        if loop.time() + delay > give_up_at:
+            log.warning("request %s: its hold in doubt is left to its TTL", cmd.request_id)
+            return
+        await asyncio.sleep(delay)
+        delay = min(DOUBT_RETRY_MAX_S, delay * 2)
+    held = Money(hold.amount_micros, price.bucket)
+    p = Prepared(admitted, OwnHold(hold.hold_id, admitted.account_id, held), price, plan, {})
+    await finish(
+        peers, p, [], Rule.NOT_ANSWERED, None, counted_usage(cmd.body, 0), "service_unavailable"
+    )
+    log.info("request %s: its hold in doubt %s is released", cmd.request_id, hold.hold_id)
+
+
+def _in_background(work: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.create_task(work)
     _background.add(task)
     task.add_done_callback(_done)
 
@@ -185,7 +272,7 @@ def abandon(
 def _done(task: asyncio.Task[Any]) -> None:
     _background.discard(task)
     if not task.cancelled() and (error := task.exception()) is not None:
-        log.error("finish of an abandoned request failed: %r", error)
+        log.error("finish of an abandoned request (or a hold in doubt) failed: %r", error)
 
 
 async def drain_abandoned(timeout_s: float = 5.0) -> None:

@@ -169,9 +169,11 @@ def _retrieve(future: asyncio.Future[Ended]) -> None:
         log.error("a reservation's end failed: %r", error)
 
 
-# A finish that can be neither queued nor done directly is tried again, about 30 s in all
-# (backoff 0.25 s doubling to 4 s), before it is left to the hold's TTL.
-FINISH_TRIES = 10
+# A finish that can be neither queued nor done directly is tried again for this long
+# (backoff 0.25 s doubling to 4 s), within the hold's margin after its request
+# (settlement.FINISH_MARGIN_S), before it is left to the hold's TTL; the request's
+# answer does not wait for all of it (flow/finish.py, FINISH_WAIT_S).
+FINISH_RETRY_S = 90.0
 FINISH_RETRY_MAX_S = 4.0
 
 
@@ -197,7 +199,9 @@ class Queued(Reservation, ABC):
         finish = self.finish_kind(settlement)
         receipt.entry_id = self.entry_id(receipt.request_id) if charge.micros > 0 else ""
         fill_receipt(receipt, settlement)
-        for attempt in range(FINISH_TRIES):
+        give_up_at = asyncio.get_running_loop().time() + FINISH_RETRY_S
+        attempt = 0
+        while True:
             try:
                 await ends.enqueue(receipt, finish)
             except Exception as failure:  # noqa: BLE001 - the finish goes the direct way
@@ -210,10 +214,11 @@ class Queued(Reservation, ABC):
                     # Neither way now (the gateway's database and the wallet's both down:
                     # a PostgreSQL restart): again in a moment, rather than leave the hold
                     # to its TTL. Both ways are idempotent per request and hold.
-                    if attempt == FINISH_TRIES - 1:
+                    if asyncio.get_running_loop().time() >= give_up_at:
                         self.spent(charge.micros)  # it may have been taken: counted as spent
                         raise
                     await asyncio.sleep(min(FINISH_RETRY_MAX_S, 0.25 * 2**attempt))
+                    attempt += 1
                     continue
                 self.spent(charge.micros)
                 return Ended(receipt, Money(receipt.charge_micros, charge.bucket))

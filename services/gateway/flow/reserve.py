@@ -9,7 +9,8 @@ Which `Reservation` (services/gateway/flow/reservation.py) a request takes:
 
 When the gateway chose the output cap, a hold or a slice the balance cannot pay is
 lowered to what it can pay rather than refused. A refusal for money records a
-`rejected` receipt and ends the routing lease.
+`rejected` receipt and ends the routing lease. A Hold the wallet never answered is a
+`HoldInDoubt`: ended in the background once the wallet is back (flow/finish.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,21 @@ from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.money import Money, Price
 
 
+class HoldInDoubt(DomainError):
+    """The wallet did not answer a request's own Hold (it went down, or its database
+    did, mid-call): the hold may have been placed or not. The request is answered that
+    the wallet is unavailable and nothing was charged, and made true in the background
+    (flow/finish.py `end_in_doubt`): the same Hold is asked again, with the same
+    idempotency key, once the wallet answers, and the hold it names is released with a
+    receipt that charges nothing."""
+
+    def __init__(
+        self, error: DomainError, admitted: Admitted, price: Price, plan: Plan, ttl_s: int
+    ) -> None:
+        super().__init__(error.reason, error.message, error.metadata)
+        self.admitted, self.price, self.plan, self.ttl_s = admitted, price, plan, ttl_s
+
+
 @dataclass
 class Prepared:
     """A request admitted and reserved for, ready to call upstream; the route it is on
@@ -60,6 +76,8 @@ class Prepared:
     earlier_attempts: int = 0
     # The request's finish once started (flow/finish.py): a second finish answers it.
     finishing: asyncio.Future[tuple[usage_pb2.Receipt, Money]] | None = None
+    # The charge its finish settles for, once the settlement table decided it.
+    settled_charge: Money | None = None
 
     @property
     def cmd(self) -> ChatCommand:
@@ -133,6 +151,8 @@ async def take_hold(
             amount = Money(hold.amount_micros, price.bucket)
             return OwnHold(hold.hold_id, admitted.account_id, amount), plan
         except DomainError as error:
+            if error.reason is Reason.SERVICE_UNAVAILABLE and not idempotency_key:
+                raise HoldInDoubt(error, admitted, price, plan, ttl_s) from error
             if error.reason is not Reason.INSUFFICIENT_BALANCE:
                 raise
             available = Money(

@@ -32,8 +32,14 @@ from services.gateway.domain.planning import Usage, counted_usage, usage_from_re
 from services.gateway.domain.settlement import Rule
 from services.gateway.flow.admit import CHAT, admit
 from services.gateway.flow.call import call_stream, failure_rule, upstream_failed
-from services.gateway.flow.finish import abandon, annotate_span, finish, new_receipt
-from services.gateway.flow.reserve import Prepared, reserve
+from services.gateway.flow.finish import (
+    abandon,
+    annotate_span,
+    end_in_doubt,
+    finish,
+    new_receipt,
+)
+from services.gateway.flow.reserve import HoldInDoubt, Prepared, reserve
 from services.gateway.presenting import cost_fields, receipt_headers, receipt_json
 
 log = logging.getLogger("tokenforge.gateway.stream")
@@ -181,7 +187,11 @@ async def start_chat_stream(peers: Peers, upstream: Upstream, cmd: ChatCommand) 
     routes) on retryable failures while nothing has reached the client yet."""
     upstream.check_capacity()  # refused at once, before anything is reserved
     admitted = await admit(peers, cmd, CHAT)
-    p = await reserve(peers, admitted)
+    try:
+        p = await reserve(peers, admitted)
+    except HoldInDoubt as doubt:
+        end_in_doubt(peers, doubt)  # made true in the background: nothing charged
+        raise
     options = p.upstream_body.get("stream_options")
     client_wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
     attempts: list[Attempt] = []

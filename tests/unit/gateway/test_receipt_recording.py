@@ -59,7 +59,14 @@ async def test_when_it_cannot_wait_anywhere_the_refusal_names_the_charge_taken(
     with pytest.raises(DomainError) as raised:
         await PeerEnds(peers_with(Usage(DOWN), queue)).record(charged())
     error = raised.value
-    assert error.reason is Reason.SERVICE_UNAVAILABLE
+    # 503 receipt_pending, not service_unavailable (which says nothing was charged).
+    assert error.reason is Reason.RECEIPT_PENDING
+    assert error.metadata == {
+        "request_id": "req-1",
+        "charge_micros": "1234",
+        "bucket": "credit",
+        "ledger_entry_id": "entry-1",
+    }
     assert "0.001234 CR was taken from Credit (ledger entry entry-1)" in error.message
     assert "Do not send it again" in error.message
     assert charged_anyway(error)  # the Idempotency-Key is not given back

@@ -112,6 +112,7 @@ async def test_when_neither_can_take_it_the_draw_still_gives_back_and_the_error_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(reservation, "FINISH_RETRY_MAX_S", 0.0)  # its retries at once
+    monkeypatch.setattr(reservation, "FINISH_RETRY_S", 0.05)  # and given up soon
     down = DomainError(Reason.SERVICE_UNAVAILABLE, "The wallet is not answering right now.")
     wallet = Wallet(down)
     draw, budget = a_draw(wallet)

@@ -81,21 +81,30 @@ async def test_capture_parts_answers_each_item_in_order_as_capture_part_would(
     assert uow.committed.balances_[("acct-1", Bucket.CREDIT)].held == 20
 
 
-async def test_an_item_that_fails_unexpectedly_is_internal_and_the_others_stand(
-    uow: FakeUnitOfWork,
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (RuntimeError("a bug"), Reason.INTERNAL),
+        # The database gone mid-batch (a restart): unavailable, which callers retry.
+        (ConnectionError("the database went away"), Reason.SERVICE_UNAVAILABLE),
+    ],
+    ids=["unexpected", "database gone"],
+)
+async def test_an_item_that_fails_is_refused_alone_and_the_others_stand(
+    uow: FakeUnitOfWork, failure: Exception, reason: Reason
 ) -> None:
     def factory() -> UnitOfWork:
         # Call 1 asks for a shared transaction (the fake has none); 2 to 4 are the items.
         factory.calls += 1  # type: ignore[attr-defined]
         if factory.calls == 3:  # type: ignore[attr-defined]
-            raise ConnectionError("the database went away")
+            raise failure
         return uow
 
     factory.calls = 0  # type: ignore[attr-defined]
     first, second, third = await handlers.place_holds(
         [commands.PlaceHold("acct-1", Bucket.CREDIT, 10, f"req-{n}") for n in range(3)], factory
     )
-    assert isinstance(second, DomainError) and second.reason is Reason.INTERNAL
+    assert isinstance(second, DomainError) and second.reason is reason
     assert not isinstance(first, DomainError) and not isinstance(third, DomainError)
     assert uow.committed.balances_[("acct-1", Bucket.CREDIT)].held == 20
 

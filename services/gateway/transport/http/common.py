@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
 from services.gateway.domain.validation import check_json
+from services.gateway.flow.finish import charged_anyway
 from services.gateway.relay import settle_account
 from services.gateway.storage.audit import AuditLog
 from services.gateway.storage.idempotency import IdempotencyStore
@@ -38,16 +39,26 @@ def internal_error(request_id: str) -> DomainError:
 
 
 def error_response(error: DomainError) -> Response:
-    """The OpenAI error object; `Retry-After` when the refusal clears with time.
+    """The OpenAI error object; `Retry-After` when the refusal clears with time, and
+    `x-should-retry: false` when the request was charged all the same.
 
     An INTERNAL error (ours, or a peer's) answers with the request id alone."""
     if error.reason is Reason.INTERNAL:
         error = internal_error(request_id_var.get())
     metadata = error.metadata or {}
-    headers = {"retry-after": metadata["retry_after_s"]} if "retry_after_s" in metadata else None
     return json_response(
-        openai_error_body(error, metadata.get("param")), http_status(error), headers
+        openai_error_body(error, metadata.get("param")), http_status(error), error_headers(error)
     )
+
+
+def error_headers(error: DomainError) -> dict[str, str]:
+    """`Retry-After` when the refusal clears with time; `x-should-retry: false` after a
+    charge (the official SDKs retry a 5xx unless told not to)."""
+    metadata = error.metadata or {}
+    headers = {"retry-after": metadata["retry_after_s"]} if "retry_after_s" in metadata else {}
+    if charged_anyway(error):
+        headers["x-should-retry"] = "false"
+    return headers
 
 
 def client_ip_of(request: Request) -> str:

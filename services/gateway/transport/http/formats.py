@@ -36,6 +36,7 @@ from services.gateway.transport.http.common import (
     Deps,
     api_key_of,
     client_ip_of,
+    error_headers,
     error_response,
     json_body,
     json_response,
@@ -70,10 +71,10 @@ def anthropic_key_of(request: Request) -> str:
 
 
 def anthropic_error(request: Request, error: DomainError) -> Response:
-    metadata = error.metadata or {}
-    headers = {"retry-after": metadata["retry_after_s"]} if "retry_after_s" in metadata else None
     request_id = getattr(request.state, "request_id", "")
-    return json_response(anthropic_error_body(error, request_id), http_status(error), headers)
+    return json_response(
+        anthropic_error_body(error, request_id), http_status(error), error_headers(error)
+    )
 
 
 def router(deps: Deps) -> APIRouter:

@@ -5,11 +5,19 @@ the first answer, under the first request's `x-request-id` (with
 A key whose request failed with nothing charged is given back (a retry may run); a
 failure after a charge keeps the key (the request must not run twice). A stream is
 delivered once: a repeat is told where its receipt is.
+
+The gateway's database restarting never turns an answer into a failure: a key that
+cannot be claimed is refused before anything runs (503, nothing charged, try again);
+an answer whose record cannot be written yet is still given, and its record (or the
+key's give-back) is written in the background once the database answers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
@@ -18,8 +26,16 @@ from services.gateway.flow.finish import charged_anyway
 from services.gateway.storage.idempotency import IdempotencyStore, digest
 from services.gateway.transport.http.common import api_key_of, error_response
 from tokenforge.errors import DomainError, Reason, http_status
+from tokenforge.runtime.db import database_unreachable
+
+log = logging.getLogger("tokenforge.gateway.replay")
 
 MAX_KEY_LENGTH = 255
+# A record the database could not take is written again this often, this many times.
+RECORD_TRIES = 8
+RECORD_RETRY_MAX_S = 8.0
+# Records being written in the background: kept referenced until done.
+_writing: set[asyncio.Task[None]] = set()
 
 
 async def idempotent(
@@ -43,7 +59,17 @@ async def idempotent(
         )
     api_key = api_key or api_key_of(request)
     raw = await request.body()
-    stored = await store.claim(api_key, key, raw, request.state.request_id)
+    try:
+        stored = await store.claim(api_key, key, raw, request.state.request_id)
+    except Exception as error:
+        if not database_unreachable(error):
+            raise
+        raise DomainError(
+            Reason.SERVICE_UNAVAILABLE,
+            "Requests with an Idempotency-Key cannot be taken right now (our database "
+            "is restarting); nothing was run or charged. Try again in a moment.",
+            {"retry_after_s": "1"},
+        ) from error
     if stored is not None:
         if stored.body_digest != digest(raw):
             raise DomainError(
@@ -74,13 +100,13 @@ async def idempotent(
         response = await run()
     except DomainError as error:
         if http_status(error) >= 500 and not charged_anyway(error):
-            await store.give_back(api_key, key)  # nothing charged: a retry may run
+            await eventually(store.give_back, api_key, key)  # nothing charged: a retry may run
         else:
             answer = render(error)
-            await store.complete(api_key, key, answer.status_code, bytes(answer.body), {})
+            await eventually(store.complete, api_key, key, answer.status_code, answer.body, {})
         raise
     except BaseException:
-        await store.give_back(api_key, key)
+        await eventually(store.give_back, api_key, key)
         raise
     if isinstance(response, StreamingResponse):
         # A stream cannot be replayed: a repeat is told where its receipt is.
@@ -92,8 +118,37 @@ async def idempotent(
                 f"its receipt is at {receipt_url}.",
             )
         )
-        await store.complete(api_key, key, replay.status_code, bytes(replay.body), {})
+        await eventually(store.complete, api_key, key, replay.status_code, replay.body, {})
         return response
     kept = {k: v for k, v in response.headers.items() if k.startswith("x-tokenforge-")}
-    await store.complete(api_key, key, response.status_code, bytes(response.body), kept)
+    await eventually(store.complete, api_key, key, response.status_code, response.body, kept)
     return response
+
+
+async def eventually(write: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """Write a key's record (its answer, or its give-back) now; if the database cannot be
+    reached, again in the background (the answer is not held back for it): until then
+    a repeat of the key hears that the request is still running."""
+    try:
+        await write(*args)
+        return
+    except Exception as error:
+        if not database_unreachable(error):
+            raise
+        log.warning("idempotency record not written (%r); writing it in the background", error)
+    task = asyncio.create_task(_write_later(write, args))
+    _writing.add(task)
+    task.add_done_callback(_writing.discard)
+
+
+async def _write_later(write: Callable[..., Awaitable[None]], args: tuple[Any, ...]) -> None:
+    for attempt in range(RECORD_TRIES):
+        await asyncio.sleep(min(RECORD_RETRY_MAX_S, 0.25 * 2**attempt))
+        try:
+            await write(*args)
+            return
+        except Exception as error:  # noqa: BLE001 - logged; tried again
+            if not database_unreachable(error):
+                log.error("idempotency record not written: %r", error)
+                return
+    log.error("idempotency record not written after %d tries; its key lapses", RECORD_TRIES)
