@@ -15,8 +15,10 @@ After the load, at rest, the conservation checks run unchanged (every answer tha
 a charge has that receipt and ledger row, each bucket's balance is its grants plus its
 paid top-ups less its receipts' charges, nothing held or queued, both reconciles) and
 every top-up is checked: each order paid is credited exactly once, none other is.
-What the faults do to answers (dropped connections, cut streams, 5xx saying nothing was
-charged) is counted, not a failure; only a money finding fails the run. Open holds of
+What the faults do to answers (dropped connections, cut streams, 503s saying nothing was
+charged, or naming the charge whose receipt is pending) is counted, not a failure; a
+money finding fails the run, and so does an answer that does not say whether it charged
+(a 500). Open holds of
 a killed gateway replica (its budgets and its in-flight requests) end by their TTL, as
 documented (docs/OPERATIONS.md, "Stopping and restarting"; docs/ARCHITECTURE.md, "Faults
 and scale"): they are listed with their amounts, cause and expiry, and with
@@ -286,6 +288,12 @@ class ChaosResult:
     def money_findings(self) -> list[Finding]:
         return [f for f in self.report.findings if f.kind not in WEATHER]
 
+    @property
+    def silent(self) -> list[str]:
+        """Answers that did not say whether they charged: a 500 (every other failure
+        says it, and is checked against its receipt)."""
+        return [a.label() for a in self.run.answers if a.status == 500]
+
     def text(self) -> str:
         answered = len(self.run.answers)
         weather = Counter(f.kind for f in self.report.findings if f.kind in WEATHER)
@@ -341,6 +349,8 @@ class ChaosResult:
                 )
             )
             + " (none allowed: no outage outlasted a hold's TTL)",
+            f"- answers that did not say whether they charged (500): {len(self.silent)}"
+            + (f" {self.silent[:5]}" if self.silent else ""),
             f"- money findings: {len(money)}" + (" (passed)" if not money else " (FAILED)"),
         ]
         if money:
@@ -356,6 +366,7 @@ class ChaosResult:
 # A budget takes draws for 30 s (BudgetPolicy.max_age_s); a request of this load ends
 # well within 10 s: an open hold of the killed replica was placed this long before the kill.
 KILLED_HOLDS_WITHIN_S = 40.0
+
 
 def why_left(struck: list[Struck], hold: Any) -> str:
     """Why an open hold at rest is left to its TTL ("" when it should not be open): a

@@ -44,6 +44,7 @@ async def test_killing_every_process_once_under_load_loses_no_money(tmp_path: Pa
     assert result.report.charges_checked > 0, text
     assert result.topups.paid > 0, text
     assert not result.money_findings, text
+    assert not result.silent, text  # every answer says whether it charged
 
 
 def test_a_chaos_seed_replays_its_schedule() -> None:

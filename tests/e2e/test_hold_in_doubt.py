@@ -79,7 +79,7 @@ async def test_a_hold_placed_but_never_answered_is_released_with_a_receipt(
             balances = (await http.get("/v1/wallet")).json()["balances"]
             credit = next(b for b in balances if b["bucket"] == "credit")
             assert credit["posted"]["micros"] == CREDIT and credit["held"]["micros"] == 0
-            ledger = (await http.get("/v1/wallet/ledger", params={"request_id": request_id}))
+            ledger = await http.get("/v1/wallet/ledger", params={"request_id": request_id})
             assert ledger.json()["data"] == []  # nothing was charged
     finally:
         await wallet.close()

@@ -32,6 +32,8 @@ class Wallet(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc]
         self.calls += 1
         if request.account_id == "boom":
             raise RuntimeError(LEAK)
+        if request.account_id == "restarting":  # its database restarting (issue 21)
+            raise RuntimeError(LEAK) from ConnectionRefusedError(111, "Connection refused")
         if request.account_id.startswith("long"):
             raise DomainError(
                 Reason.ACCOUNT_NOT_FOUND,
@@ -106,6 +108,24 @@ async def test_an_unexpected_failure_answers_internal_without_its_text(
     for leaked in ("SELECT", "wallet.", "sqlalchemy", "asyncpg", "acct_1", "RuntimeError"):
         assert leaked not in failed.value.message
         assert leaked not in str(failed.value.metadata)
+
+
+async def test_a_database_restarting_answers_unavailable_without_internals(
+    served: tuple[Peer, Wallet],
+) -> None:
+    """Not INTERNAL (a bug, a 500 at the gateway that says nothing of a charge):
+    UNAVAILABLE, which callers retry when the call is idempotent."""
+    peer, _ = served
+    stub = wallet_pb2_grpc.WalletServiceStub(peer.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await stub.GetBalances(wallet_pb2.GetBalancesRequest(account_id="restarting"))
+    assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "could not reach its database" in str(failed.value.details())
+    for leaked in ("SELECT", "sqlalchemy", "asyncpg", "acct_1", "Connection refused"):
+        assert leaked not in str(failed.value.details())
+    with pytest.raises(DomainError) as heard:
+        await peer.call(stub.GetBalances, wallet_pb2.GetBalancesRequest(account_id="restarting"))
+    assert heard.value.reason is Reason.SERVICE_UNAVAILABLE
 
 
 async def test_a_refusal_echoing_a_huge_input_still_arrives(

@@ -1,0 +1,115 @@
+"""A request's answer waits for its finish at most FINISH_WAIT_S (issue 21: the finish
+queue and the wallet both unreachable while PostgreSQL restarts). Past it the client
+hears the charge being settled, its ledger entry and where the receipt will be (503
+receipt_pending, not to be sent again), or that nothing is charged; the finish itself
+goes on and lands."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from services.gateway.domain.commands import ChatCommand
+from services.gateway.domain.planning import Plan, counted_usage
+from services.gateway.domain.settlement import Rule
+from services.gateway.flow import finish as finish_stage
+from services.gateway.flow.admit import Admitted
+from services.gateway.flow.finish import finish
+from services.gateway.flow.reservation import OwnHold
+from services.gateway.flow.reserve import Prepared
+from services.gateway.transport.http.common import error_response
+from tests.unit.gateway.fakes import RecordingUsage, peers_with
+from tokenforge.errors import DomainError, Reason
+from tokenforge.generated.common.v1 import common_pb2
+from tokenforge.generated.routing.v1 import routing_pb2
+from tokenforge.holds import settle_entry_id
+from tokenforge.money import Bucket, Money, Price
+
+HOLD = "7b0c1f1e-0000-4000-8000-000000000001"
+PRICE = Price(Bucket.CREDIT, input_per_million=1_000_000, output_per_million=2_000_000)
+WORST = Money(50_000, Bucket.CREDIT)
+
+
+class SlowQueue:
+    """The finish queue while the gateway's database restarts: a put waits until let go."""
+
+    def __init__(self) -> None:
+        self.back = asyncio.Event()
+        self.kept: dict[str, dict[str, Any]] = {}
+
+    async def put(self, request_id: str, receipt: bytes, **where: Any) -> None:
+        await self.back.wait()
+        self.kept[request_id] = where
+
+
+class Routing:
+    def report_outcome(self, *_: Any, **__: Any) -> None:
+        pass
+
+
+def prepared() -> Prepared:
+    resolved = routing_pb2.ResolveResponse(selected_model="demo-chat")
+    resolved.principal.account_id = "acct-1"
+    resolved.route.upstream_model = "mock-gpt"
+    resolved.route.bucket = common_pb2.BUCKET_CREDIT
+    body = {"model": "demo-chat", "messages": [{"role": "user", "content": "hi"}]}
+    cmd = ChatCommand("req-1", "tf_key", body, trace_id="")
+    plan = Plan(10, 20, True, WORST, 1)
+    admitted = Admitted(
+        cmd, routing_pb2.ENDPOINT_CHAT_COMPLETIONS, resolved, PRICE, plan, datetime.now(UTC)
+    )
+    return Prepared(admitted, OwnHold(HOLD, "acct-1", WORST), PRICE, plan, {})
+
+
+async def test_past_its_wait_the_answer_names_the_charge_being_settled_and_it_lands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(finish_stage, "FINISH_WAIT_S", 0.05)
+    queue = SlowQueue()
+    peers = peers_with(RecordingUsage(), queue)
+    peers.__dict__["routing_client"] = Routing()
+    p = prepared()
+    usage = counted_usage(p.cmd.body, 7)
+    with pytest.raises(DomainError) as raised:
+        await finish(peers, p, [], Rule.FINISHED_WITHOUT_USAGE, None, usage)
+    error = raised.value
+    charge = p.settled_charge
+    assert charge is not None and charge.micros > 0
+    assert error.reason is Reason.RECEIPT_PENDING
+    assert error.metadata == {
+        "request_id": "req-1",
+        "charge_micros": str(charge.micros),
+        "bucket": "credit",
+        "ledger_entry_id": str(settle_entry_id(HOLD)),
+    }
+    assert "Do not send it again" in error.message and "/v1/usage/req-1" in error.message
+    answer = error_response(error)
+    assert answer.status_code == 503 and answer.headers["x-should-retry"] == "false"
+
+    queue.back.set()  # the database is back: the finish that went on lands
+    assert p.finishing is not None
+    receipt, charged = await asyncio.wait_for(asyncio.shield(p.finishing), 5)
+    assert charged == charge and receipt.charge_micros == charge.micros
+    assert queue.kept["req-1"]["finish"] == "settle"
+
+
+async def test_past_its_wait_a_request_that_charges_nothing_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(finish_stage, "FINISH_WAIT_S", 0.05)
+    queue = SlowQueue()
+    peers = peers_with(RecordingUsage(), queue)
+    peers.__dict__["routing_client"] = Routing()
+    p = prepared()
+    with pytest.raises(DomainError) as raised:
+        await finish(peers, p, [], Rule.NOT_ANSWERED, None, counted_usage(p.cmd.body, 0))
+    assert raised.value.reason is Reason.SERVICE_UNAVAILABLE
+    assert "nothing is charged" in raised.value.message
+    assert "x-should-retry" not in error_response(raised.value).headers  # SDKs may retry
+    queue.back.set()
+    assert p.finishing is not None
+    _, charged = await asyncio.wait_for(asyncio.shield(p.finishing), 5)
+    assert charged.micros == 0 and queue.kept["req-1"]["finish"] == "release"
