@@ -41,6 +41,7 @@ from services.gateway.flow.finish import (
 )
 from services.gateway.flow.reserve import HoldInDoubt, Prepared, reserve
 from services.gateway.presenting import cost_fields, receipt_headers, receipt_json
+from tokenforge.errors import DomainError, openai_error_body
 
 log = logging.getLogger("tokenforge.gateway.stream")
 
@@ -112,15 +113,22 @@ class ChatStream:
                 rule = Rule.FINISHED_WITH_USAGE if self.usage else Rule.FINISHED_WITHOUT_USAGE
             else:
                 rule = Rule.ERROR_MID_STREAM
-            receipt, charge = await finish(
-                self.peers,
-                p,
-                self.attempts,
-                rule,
-                self.usage,
-                counted,
-                "" if done and not cut else "upstream_cut",
-            )
+            try:
+                receipt, charge = await finish(
+                    self.peers,
+                    p,
+                    self.attempts,
+                    rule,
+                    self.usage,
+                    counted,
+                    "" if done and not cut else "upstream_cut",
+                )
+            except DomainError as pending:
+                # Its finish is still being tried (a database restarting): the stream
+                # ends with what it will be charged and where the receipt will be.
+                yield b"data: " + orjson.dumps(openai_error_body(pending)) + b"\n\n"
+                yield b"data: [DONE]\n\n"
+                return
             annotate_span(self.span, receipt, "chat")
             if self.client_wants_usage:
                 charged = receipt.prompt_tokens, receipt.completion_tokens
