@@ -283,6 +283,8 @@ class ChaosResult:
     left_expire_s: float  # the latest expiry of the holds left, seconds after the checks
     waited_ttl_s: float
     dev_output: str = ""
+    # The holds found open at rest and let through as left to their TTL (before any wait).
+    left: list[Any] = field(default_factory=list)
 
     @property
     def money_findings(self) -> list[Finding]:
@@ -299,7 +301,7 @@ class ChaosResult:
         weather = Counter(f.kind for f in self.report.findings if f.kind in WEATHER)
         statuses = Counter(str(a.status) if a.status else "gone" for a in self.run.answers)
         restarts = self.dev_output.count(" restarted (restart ")
-        left_why = Counter(why_left(self.struck, h) for h in self.run.left_holds)
+        left_why = Counter(why_left(self.struck, h) for h in self.left)
         refusals = Counter(
             f"{a.status} {a.error_code or '-'}"
             for a in self.run.answers
@@ -333,7 +335,7 @@ class ChaosResult:
             "- receipts), both reconciles",
             f"- what the faults did to answers (allowed, counted): {dict(sorted(weather.items()))}"
             + (f"; the unexpected statuses: {dict(refusals.most_common())}" if refusals else ""),
-            f"- holds left to their TTL: {len(self.run.left_holds)} ({self.left_micros} micros; "
+            f"- holds left to their TTL: {len(self.left)} ({self.left_micros} micros; "
             + ", ".join(f"{n} by the {why}" for why, n in sorted(left_why.items()))
             + f"), the last expiring {self.left_expire_s:.0f} s after the checks"
             + (
@@ -445,6 +447,7 @@ async def chaos_run(
                 expiries = [h.expires_at.ToDatetime(tzinfo=UTC).timestamp() for h in run.left_holds]
                 left_expire_s = max(expiries, default=now) - now
                 left_micros = sum(h.amount_micros - h.captured_micros for h in run.left_holds)
+                left = list(run.left_holds)  # as found at rest, before any wait
                 if wait_ttl and run.left_holds:
                     # Wait the holds out (the wallet's sweeper ends them), then nothing
                     # may be held: run the checks again without an allowance.
@@ -462,5 +465,15 @@ async def chaos_run(
     finally:
         output = stop_dev(proc)
     return ChaosResult(
-        seed, schedule, struck, run, topups, report, left_micros, left_expire_s, waited, output
+        seed,
+        schedule,
+        struck,
+        run,
+        topups,
+        report,
+        left_micros,
+        left_expire_s,
+        waited,
+        output,
+        left,
     )
