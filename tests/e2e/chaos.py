@@ -50,7 +50,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from apps.admin import Operator, health_status
 from tests.devsystem import start_dev, stop_dev, wait_for_dev_json
-from tests.e2e.conservation import NOTHING_CHARGED, Finding, Report, Run, check, read
+from tests.e2e.conservation import Finding, Report, Run, check, read
 from tests.e2e.harness import System
 from tokenforge.runtime.db import create_engine
 from tokenforge.runtime.embedded import free_port
@@ -302,10 +302,11 @@ class ChaosResult:
         statuses = Counter(str(a.status) if a.status else "gone" for a in self.run.answers)
         restarts = self.dev_output.count(" restarted (restart ")
         left_why = Counter(why_left(self.struck, h) for h in self.left)
+        # "HTTP 409 request_in_progress: ..." -> "409 request_in_progress"
         refusals = Counter(
-            f"{a.status} {a.error_code or '-'}"
-            for a in self.run.answers
-            if a.status and a.status >= 500 and a.error_code not in NOTHING_CHARGED.values()
+            f.detail.split(":", 1)[0].removeprefix("HTTP ")
+            for f in self.report.findings
+            if f.kind == "unexpected_status"
         )
         lines = [
             f"## Seed {self.seed}",
