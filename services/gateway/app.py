@@ -93,10 +93,11 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
         )
         if policy.enabled:
             peers.budgets = Budgets(peers.wallet_client, policy)
+    idempotency = IdempotencyStore(engine) if engine else None
     app = create_app(
         peers,
         upstream,
-        IdempotencyStore(engine) if engine else None,
+        idempotency,
         cors_origins=settings.cors_origins,
         operator_digest=settings.admin_digest,
         audit=AuditLog(engine) if engine else None,
@@ -124,6 +125,8 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
     sweeper = asyncio.create_task(run_sweeper(peers))  # forgotten runs release their hold
     # Queued finishes and receipts go to the wallet and usage; done budgets close.
     relay = asyncio.create_task(run_relay(peers))
+    # The running requests' Idempotency-Key claims, renewed while this process lives.
+    leases = asyncio.create_task(idempotency.keep_leases()) if idempotency else None
 
     async def stop_http() -> None:
         # No new connections; open requests and streams run on within the grace period
@@ -136,6 +139,8 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
             await asyncio.wait(running, timeout=5)
         sweeper.cancel()
         relay.cancel()
+        if leases is not None:
+            leases.cancel()
         await drain_abandoned()  # requests whose clients left end their reservations
         await drain(peers)  # what waits is delivered, the budgets closed
         await upstream.close()

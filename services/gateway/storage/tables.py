@@ -32,6 +32,8 @@ idempotency_records = Table(
     Column("body", LargeBinary),
     Column("headers", JSONB),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # While `running`: the claim holds the key until then, renewed by its gateway.
+    Column("lease_until", DateTime(timezone=True)),
 )
 
 # Requests' finishes waiting for the relay, kept durably: what is left to do with each

@@ -4,7 +4,9 @@ the first answer, under the first request's `x-request-id` (with
 
 A key whose request failed with nothing charged is given back (a retry may run); a
 failure after a charge keeps the key (the request must not run twice). A stream is
-delivered once: a repeat is told where its receipt is.
+delivered once: a repeat is told where its receipt is. A key whose request was cut off
+by its gateway stopping (its claim's lease lapsed) is answered 409 with where its
+receipt would be; it is never run twice under one key.
 
 The gateway's database restarting never turns an answer into a failure: a key that
 cannot be claimed is refused before anything runs (503, nothing charged, try again);
@@ -77,6 +79,20 @@ async def idempotent(
                 "This Idempotency-Key was used with another request body; "
                 "use a new key for a new request.",
             )
+        if stored.state == "abandoned":
+            # Its gateway stopped mid-request: the answer was never kept, and running
+            # it again could charge twice. Say where its charge would show; keep that.
+            abandoned = DomainError(
+                Reason.IDEMPOTENCY_CONFLICT,
+                f"The request with this Idempotency-Key ({stored.request_id}) was cut off "
+                "when the gateway serving it stopped, and its answer was not kept. If it "
+                f"was charged, its receipt is at /v1/usage/{stored.request_id} (within "
+                "minutes). To run it again, send it with a new Idempotency-Key.",
+                {"request_id": stored.request_id},
+            )
+            answer = render(abandoned)
+            await eventually(store.complete, api_key, key, answer.status_code, answer.body, {})
+            raise abandoned
         if stored.state == "running":
             raise DomainError(
                 Reason.REQUEST_IN_PROGRESS,
@@ -96,6 +112,20 @@ async def idempotent(
             headers=headers,
             media_type="application/json",
         )
+    try:
+        return await _run_claimed(store, api_key, key, run, render)
+    finally:
+        store.let_go(request.state.request_id)
+
+
+async def _run_claimed(
+    store: IdempotencyStore,
+    api_key: str,
+    key: str,
+    run: Callable[[], Awaitable[Response]],
+    render: Callable[[DomainError], Response],
+) -> Response:
+    """Run the request whose key this one claimed, and keep its answer for repeats."""
     try:
         response = await run()
     except DomainError as error:

@@ -1,0 +1,90 @@
+"""An `Idempotency-Key` whose request was cut off by its gateway stopping (issue 21:
+chaos kills a gateway replica mid-request). Its claim is renewed only by the process
+that runs it; once the lease lapses a repeat is told the request was cut off and where
+its receipt would be (409, kept for later repeats), instead of "still running" for the
+whole 24 h window, and the request is never run twice under one key."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from sqlalchemy import text
+
+from services.gateway.storage.idempotency import LEASE, IdempotencyStore, digest
+from tests.e2e.harness import System
+from tokenforge.runtime.db import create_engine
+
+BODY = orjson.dumps({"model": "demo-chat", "messages": [{"role": "user", "content": "once"}]})
+
+
+async def test_a_claim_whose_gateway_stopped_lapses_and_is_never_run_twice(
+    system: System, database_url: str
+) -> None:
+    _, key = await system.new_account(credit=5_000_000, routed=0)
+    engine = create_engine(database_url, pool_size=1)
+    stopped = IdempotencyStore(engine)  # the gateway that stops mid-request
+    try:
+        assert await stopped.claim(key, "k-cut", BODY, "req_cutoff0000000000000") is None
+        assert await stopped.claim(key, "k-live", BODY, "req_running000000000000") is None
+        async with system.http(key) as http:
+            headers = {"content-type": "application/json"}
+            # Its lease is current: still running, try again in a moment.
+            live = await http.post(
+                "/v1/chat/completions",
+                content=BODY,
+                headers={**headers, "idempotency-key": "k-live"},
+            )
+            assert live.status_code == 409 and live.json()["error"]["code"] == "request_in_progress"
+
+            # The process is gone: nobody renews the claim, and its lease lapses.
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "UPDATE gateway.idempotency_records SET lease_until = :past "
+                        "WHERE idempotency_key = 'k-cut' AND key_digest = :d"
+                    ),
+                    {"past": datetime.now(UTC) - timedelta(seconds=1), "d": digest(key)},
+                )
+            cut = await http.post(
+                "/v1/chat/completions",
+                content=BODY,
+                headers={**headers, "idempotency-key": "k-cut"},
+            )
+            assert cut.status_code == 409, cut.text
+            error = cut.json()["error"]
+            assert error["code"] == "idempotency_conflict"
+            assert "req_cutoff0000000000000" in error["message"] and "cut off" in error["message"]
+            assert "/v1/usage/req_cutoff0000000000000" in error["message"]
+            assert "new Idempotency-Key" in error["message"]
+            # Kept: a later repeat gets the same answer, and nothing ran under the key.
+            again = await http.post(
+                "/v1/chat/completions",
+                content=BODY,
+                headers={**headers, "idempotency-key": "k-cut"},
+            )
+            assert again.status_code == 409 and again.json() == cut.json()
+            assert again.headers["idempotent-replayed"] == "true"
+            assert (await http.get("/v1/usage", params={"limit": 10})).json()["data"] == []
+    finally:
+        await engine.dispose()
+
+
+async def test_the_process_running_a_request_renews_its_claim(database_url: str) -> None:
+    engine = create_engine(database_url, pool_size=1)
+    store = IdempotencyStore(engine)
+    try:
+        assert await store.claim("tf_renew", "k-renew", BODY, "req_renew00000000000000") is None
+        lease = "SELECT lease_until FROM gateway.idempotency_records WHERE request_id = :r"
+        async with engine.connect() as conn:
+            first = (await conn.execute(text(lease), {"r": "req_renew00000000000000"})).scalar_one()
+        await store.renew()
+        async with engine.connect() as conn:
+            renewed = (
+                await conn.execute(text(lease), {"r": "req_renew00000000000000"})
+            ).scalar_one()
+        assert renewed > first and renewed - datetime.now(UTC) > LEASE - timedelta(seconds=5)
+        store.let_go("req_renew00000000000000")  # its request ended: not renewed any more
+        assert store.held == set()
+    finally:
+        await engine.dispose()
