@@ -285,7 +285,8 @@ def markdown(result: dict[str, Any]) -> str:
             "so start-up and warm-up allocations cancel): "
             + ", ".join(f"{name} {kb:.1f} KB" for name, kb in marginal.items()),
         ]
-    if result.get("litellm_max"):
+    largest = max((p["streams"] for p in result["phases"]), default=0)
+    if result.get("litellm_max") and largest > result["litellm_max"]:
         lines += [
             "",
             f"LiteLLM ran up to {result['litellm_max']} streams (`--litellm-max`); "
