@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import sys
 import time
 from collections import Counter
@@ -334,6 +335,10 @@ def main() -> None:
     parser.add_argument("--format", choices=sorted(FORMATS), default="chat")
     cpu_started = time.process_time()
     args = parser.parse_args()
+    # One socket per open stream: thousands of them need more than a default 1,024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     result = asyncio.run(run_open(args) if args.open else run(args))
     cpu = time.process_time() - cpu_started
     sys.stdout.buffer.write(orjson.dumps(result) + b"\n")

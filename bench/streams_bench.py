@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -39,6 +40,7 @@ from bench.gateway_bench import (
     BenchSystem,
     RssSampler,
     check_correctness,
+    cpu_seconds,
     machine,
     percentile,
     replace_section,
@@ -52,6 +54,23 @@ log = logging.getLogger("bench.streams")
 MODEL = "bench-paced"
 PACED_KNOBS = "/knobs/reply-tokens=60,chunk-gap-ms=500"
 TITLE = "Streams at scale"
+# The gateway's limit of upstream calls held open at once during the run
+# (TOKENFORGE_UPSTREAM_MAX_CONNECTIONS; shipped default 4,096): above the largest N, so
+# the knee found is the machine's, not the setting's (`--max-connections`).
+MAX_CONNECTIONS = 10_000
+
+
+def raise_open_files() -> None:
+    """Soft limit of open files up to the hard one: 5,000 streams are 5,000 sockets in
+    the load generator and 10,000 in the gateway (client and upstream sides). The
+    processes this one starts (the system's, the load generator) inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as error:
+            log.warning("open files stay at %d (%s): large N may fail to connect", soft, error)
 
 
 async def open_streams(
@@ -68,17 +87,37 @@ async def open_streams(
     if process.returncode != 0:
         raise RuntimeError(f"loadgen failed ({process.returncode}): {stderr.decode()[-2000:]}")
     result: dict[str, Any] = json.loads(stdout)
+    # "loadgen CPU 1.234 s for ..." on stderr: the load generator's own CPU.
+    words = stderr.decode().split()
+    if "CPU" in words:
+        result["loadgen_cpu_s"] = float(words[words.index("CPU") + 1])
     return result
 
 
 async def phase(
-    name: str, url: str, model: str, keys: list[str], streams: int, arrival: float, pid: int
+    name: str,
+    url: str,
+    model: str,
+    keys: list[str],
+    streams: int,
+    arrival: float,
+    pid: int,
+    mock_pid: int,
+    others: dict[str, int],
 ) -> dict[str, Any]:
-    """One target at N streams: the load's figures and the watched process's memory."""
+    """One target at N streams: the load's figures, the watched process's memory, and
+    the CPU each process took (to tell which one saturates the machine; `others`: the
+    rest of the target's processes, for tokenforge its other services and servers)."""
     load_before = os.getloadavg()[0]
     baseline = rss_bytes(pid)
+    watched = {"target": pid, "mock": mock_pid, **others}
+    cpu_before = {who: cpu_seconds(p) for who, p in watched.items()}
+    started = time.monotonic()
     with RssSampler({name: pid}) as sampler:
         result = await open_streams(url, model, keys, streams, arrival)
+    wall = time.monotonic() - started
+    cpu = {who: cpu_seconds(p) - cpu_before[who] for who, p in watched.items()}
+    cpu["loadgen"] = result.get("loadgen_cpu_s", 0.0)
     peak = sampler.peak[name]
     figures = {
         "target": name,
@@ -96,10 +135,14 @@ async def phase(
         "rss_per_stream_kb": max(0, peak - baseline) / streams / 1024,
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
+        # CPU cores each process used on average over the phase (wall `seconds`).
+        "wall_s": wall,
+        "cores": {who: seconds / wall for who, seconds in cpu.items()},
+        "others_cores": sum(cpu[who] for who in others) / wall if others else None,
     }
     log.info(
         "%-10s %5d streams: %d ok, %d errors, TTFT p50 %.1f ms p99 %.1f ms, gap p99 %.1f ms, "
-        "%.1f KB/stream, load %.1f",
+        "%.1f KB/stream, load %.1f, cores %s",
         name,
         streams,
         figures["ok"],
@@ -109,6 +152,7 @@ async def phase(
         figures["gap_p99_ms"] or 0,
         figures["rss_per_stream_kb"],
         figures["load_after"],
+        {who: round(c, 2) for who, c in figures["cores"].items()},
     )
     return figures
 
@@ -118,6 +162,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     system = BenchSystem(free_port(), state)
     proxy: litellm_proxy.LiteLLMProxy | None = None
     litellm_unavailable = ""
+    raise_open_files()
+    os.environ["TOKENFORGE_UPSTREAM_MAX_CONNECTIONS"] = str(args.max_connections)
     try:
         database_url, info, accounts, keys = await start_bench_system(system, args.accounts)
         groups = system.process_groups()
@@ -158,10 +204,30 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 litellm_unavailable = str(error)[:300]
                 log.warning("LiteLLM unavailable: %s", litellm_unavailable)
         phases = []
+        mock_pid = groups["mock-upstream"]
+        # tokenforge's other processes (services, PostgreSQL, NATS): their CPU too.
+        rest = {n: p for n, p in groups.items() if n not in ("gateway", "mock-upstream")}
+        first = True
         for streams in args.streams:
             for name, url, model, target_keys, pid in targets:
+                if name == "litellm" and args.litellm_max and streams > args.litellm_max:
+                    log.info("litellm %d streams: skipped (--litellm-max)", streams)
+                    continue
+                if not first:
+                    await asyncio.sleep(args.pause)  # the last phase's sockets close
+                first = False
                 phases.append(
-                    await phase(name, url, model, target_keys, streams, args.arrival, pid)
+                    await phase(
+                        name,
+                        url,
+                        model,
+                        target_keys,
+                        streams,
+                        args.arrival,
+                        pid,
+                        mock_pid,
+                        rest if name == "tokenforge" else {},
+                    )
                 )
         ours_ok = sum(p["ok"] for p in phases if p["target"] == "tokenforge")
         correctness = await check_correctness(system, database_url, accounts, ours_ok)
@@ -169,6 +235,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "finished_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": args.command_line,
             "arrival_s": args.arrival,
+            "max_connections": args.max_connections,
+            "pause_s": args.pause,
+            "litellm_max": args.litellm_max,
             "machine": machine(),
             "litellm_version": litellm_proxy.LITELLM_VERSION if proxy else None,
             "litellm_unavailable": litellm_unavailable or None,
@@ -191,8 +260,9 @@ def markdown(result: dict[str, Any]) -> str:
     direct = {p["streams"]: p for p in result["phases"] if p["target"] == "direct"}
     lines = [
         "| streams | target | ok | errors | first token p50 / p99, ms (added over direct) "
-        "| chunk gap p99, ms | RSS per open stream, KB | load before / after |",
-        "| ---: | --- | ---: | ---: | --- | ---: | ---: | --- |",
+        "| chunk gap p99, ms | RSS per open stream, KB | CPU cores: target / mock / load "
+        "generator / tokenforge's other processes | load before / after |",
+        "| ---: | --- | ---: | ---: | --- | ---: | ---: | --- | --- |",
     ]
     for p in result["phases"]:
         base = direct.get(p["streams"])
@@ -204,7 +274,7 @@ def markdown(result: dict[str, Any]) -> str:
         errors = f"{p['error_count']}" + (f" {p['errors']}" if p["errors"] else "")
         lines.append(
             f"| {p['streams']} | {p['target']} | {p['ok']} | {errors} | {ttft} "
-            f"| {fmt(p['gap_p99_ms'])} | {fmt(p['rss_per_stream_kb'])} "
+            f"| {fmt(p['gap_p99_ms'])} | {fmt(p['rss_per_stream_kb'])} | {cores(p)} "
             f"| {p['load_before']:.1f} / {p['load_after']:.1f} |"
         )
     marginal = marginal_rss(result["phases"])
@@ -214,6 +284,13 @@ def markdown(result: dict[str, Any]) -> str:
             "RSS each further open stream costs (between the smallest and the largest N, "
             "so start-up and warm-up allocations cancel): "
             + ", ".join(f"{name} {kb:.1f} KB" for name, kb in marginal.items()),
+        ]
+    largest = max((p["streams"] for p in result["phases"]), default=0)
+    if result.get("litellm_max") and largest > result["litellm_max"]:
+        lines += [
+            "",
+            f"LiteLLM ran up to {result['litellm_max']} streams (`--litellm-max`); "
+            "larger N were not asked of it.",
         ]
     if result.get("litellm_unavailable"):
         lines += ["", f"LiteLLM: unavailable ({result['litellm_unavailable']})."]
@@ -229,6 +306,18 @@ def markdown(result: dict[str, Any]) -> str:
         f"tokenforge, receipts {correctness['receipts_by_status']}"
     )
     return "\n".join(lines)
+
+
+def cores(p: dict[str, Any]) -> str:
+    """Cores each process used over the phase: the target (for direct, the mock
+    itself), the mock upstream, the load generator, tokenforge's other processes."""
+    used = p.get("cores")
+    if not used:
+        return "-"
+    rest = p.get("others_cores")
+    return f"{used['target']:.2f} / {used['mock']:.2f} / {used['loadgen']:.2f} / " + (
+        "-" if rest is None else f"{rest:.2f}"
+    )
 
 
 def marginal_rss(phases: list[dict[str, Any]]) -> dict[str, float]:
@@ -251,7 +340,13 @@ def write_doc(result: dict[str, Any], table: str) -> None:
         f"(arriving evenly over {result['arrival_s']:.0f} s; the mock upstream paces each "
         "answer: 60 chunks 500 ms apart, about 30 s); the direct row is the mock itself. "
         "RSS per open stream is the process's peak while the streams are open less its RSS "
-        "just before, over N (the gateway for tokenforge; all of LiteLLM's workers).\n\n" + table
+        "just before, over N (the gateway for tokenforge; all of LiteLLM's workers). CPU "
+        "cores: each process's CPU seconds over the phase's wall time (the direct row's "
+        "target is the mock; tokenforge's other processes: routing, wallet, usage, payments, "
+        f"PostgreSQL, NATS); {result.get('pause_s', 0):.0f} s of rest between phases. The "
+        "gateway's limit of open upstream calls "
+        f"(TOKENFORGE_UPSTREAM_MAX_CONNECTIONS) was {result.get('max_connections', 4096):,} "
+        "for the run.\n\n" + table
     )
     DOC.write_text(replace_section(text, TITLE, body))
 
@@ -262,6 +357,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arrival", type=float, default=10.0, help="seconds to arrive (10)")
     parser.add_argument("--accounts", type=int, default=8, help="bench accounts/keys (8)")
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument(
+        "--pause", type=float, default=10.0, help="seconds of rest between phases (10)"
+    )
+    parser.add_argument(
+        "--litellm-max", type=int, default=0, help="ask LiteLLM only up to this N (0: all)"
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=MAX_CONNECTIONS,
+        help=f"the gateway's TOKENFORGE_UPSTREAM_MAX_CONNECTIONS ({MAX_CONNECTIONS})",
+    )
     parser.add_argument("--no-doc", action="store_true", help="leave docs/PERFORMANCE.md as it is")
     parser.add_argument("--state-dir", default="", help="keep the system's data here")
     args = parser.parse_args(argv)

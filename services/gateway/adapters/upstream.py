@@ -149,7 +149,11 @@ class Upstream:
 
 @contextmanager
 def upstream_span(url: str, headers: dict[str, str]) -> Iterator[Span]:
-    """The call's CLIENT span; its context goes upstream in `headers` (traceparent)."""
+    """The call's CLIENT span, a child of the current one; its context goes upstream in
+    `headers` (traceparent). It is never made current: a connection opened during the
+    call runs its callbacks in the context current at its opening for as long as it
+    lives, so a current CLIENT span, ended at the status line, stayed in memory for the
+    whole of a stream (about 3 KB per open stream, docs/PERFORMANCE.md)."""
     parts = urlsplit(url)
     attributes: dict[str, str | int] = {
         "http.request.method": "POST",
@@ -158,11 +162,15 @@ def upstream_span(url: str, headers: dict[str, str]) -> Iterator[Span]:
     }
     if parts.port:
         attributes["server.port"] = parts.port
-    with tracer.start_as_current_span(
-        "POST", kind=SpanKind.CLIENT, attributes=attributes, record_exception=False
-    ) as span:
-        propagate.inject(headers)
+    span = tracer.start_span("POST", kind=SpanKind.CLIENT, attributes=attributes)
+    try:
+        propagate.inject(headers, context=trace.set_span_in_context(span))
         yield span
+    except Exception as error:
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        raise
+    finally:
+        span.end()
 
 
 def answered(span: Span, status: int) -> None:

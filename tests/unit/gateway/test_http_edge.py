@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import Response
 
 from services.gateway.transport.http import create_app
 
@@ -125,3 +126,29 @@ async def test_a_client_gone_before_its_body_arrived_is_no_unexpected_error(
     assert sent == []
     assert "went away before its body arrived" in caplog.text
     assert "unexpected error" not in caplog.text
+
+
+async def test_the_request_log_line_names_the_answers_bucket_and_charge(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The one line per request names the bucket and charge the answer's headers carry
+    (the middleware keeps just those two of the answer's headers while it runs)."""
+    app: FastAPI = create_app(None, None)  # type: ignore[arg-type]
+
+    async def charged() -> Response:
+        headers = {"X-Tokenforge-Bucket": "credit", "x-tokenforge-charge": "0.000420"}
+        return Response(b"{}", media_type="application/json", headers=headers)
+
+    app.add_api_route("/charged", charged)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+        with caplog.at_level("INFO", logger="services.gateway.transport.http"):
+            answer = await http.get("/charged")
+            unnamed = await http.get("/boom-less")
+    assert answer.status_code == 200
+    assert unnamed.status_code == 404
+    lines = [r.getMessage() for r in caplog.records if "/charged" in r.getMessage()]
+    assert lines == [lines[0]]
+    assert "-> 200" in lines[0]
+    assert "(bucket credit, charge 0.000420)" in lines[0]
+    assert any("-> 404" in m and "(bucket -, charge -)" in m for m in caplog.messages)

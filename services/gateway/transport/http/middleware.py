@@ -39,6 +39,8 @@ log = logging.getLogger("services.gateway.transport.http")
 MAX_QUERY_VALUE_CHARS = 512
 # Headers whose value becomes an id in our services (ids are bounded like any other).
 BOUNDED_HEADERS = {b"idempotency-key": 255, b"x-tokenforge-run": MAX_ID_CHARS}
+# The answer's headers the request's log line names.
+LOGGED_HEADERS = frozenset({b"x-tokenforge-bucket", b"x-tokenforge-charge"})
 # A path no longer than this cannot hold a path parameter above MAX_ID_CHARS.
 _SHORT_PATH = MAX_ID_CHARS + 8
 
@@ -141,7 +143,10 @@ class RequestContextMiddleware:
                     headers.append((b"x-trace-id", trace_id.encode()))
                 message = {**message, "headers": headers}
                 answer["status"] = message["status"]
-                answer["headers"] = {k.decode().lower(): v.decode() for k, v in headers}
+                # Only what the log line names: the answer is kept while a stream is open.
+                answer["headers"] = {
+                    name: v.decode() for k, v in headers if (name := k.lower()) in LOGGED_HEADERS
+                }
                 answer["elapsed"] = time.perf_counter() - started
             await send(message)
 
@@ -172,7 +177,7 @@ class RequestContextMiddleware:
                 route,
                 answer["status"],
                 elapsed * 1000,
-                answer["headers"].get("x-tokenforge-bucket", "-"),
-                answer["headers"].get("x-tokenforge-charge", "-"),
+                answer["headers"].get(b"x-tokenforge-bucket", "-"),
+                answer["headers"].get(b"x-tokenforge-charge", "-"),
             )
             request_id_var.reset(token)
