@@ -217,7 +217,7 @@ class Queued(Reservation, ABC):
                     if asyncio.get_running_loop().time() >= give_up_at:
                         self.spent(charge.micros)  # it may have been taken: counted as spent
                         raise
-                    await asyncio.sleep(min(FINISH_RETRY_MAX_S, 0.25 * 2**attempt))
+                    await asyncio.sleep(min(FINISH_RETRY_MAX_S, 0.25 * 2 ** min(attempt, 8)))
                     attempt += 1
                     continue
                 self.spent(charge.micros)
