@@ -168,9 +168,22 @@ async def pg_counters(database_url: str) -> dict[str, int]:
                     )
                 )
             ).one()
+            schemas = (
+                await conn.execute(
+                    text(
+                        "SELECT n.nspname, sum(pg_total_relation_size(c.oid)) FROM pg_class c "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE c.relkind = 'r' AND n.nspname = ANY(:schemas) GROUP BY 1"
+                    ),
+                    {"schemas": list(SERVICE_ORDER)},
+                )
+            ).all()
     finally:
         await engine.dispose()
-    return {"wal_bytes": lsn(row[0]), "commits": int(row[1]), "db_bytes": int(row[2])}
+    counters = {"wal_bytes": lsn(row[0]), "commits": int(row[1]), "db_bytes": int(row[2])}
+    # Tables with their indexes and TOAST, by the schema (the service) they belong to.
+    counters |= {f"db_bytes:{name}": int(size) for name, size in schemas}
+    return counters
 
 
 @dataclass
@@ -251,7 +264,7 @@ async def load_window(
     for label in set(cpu_before) | set(cpu_after):
         window.cpu_s[label] += cpu_after.get(label, 0.0) - cpu_before.get(label, 0.0)
     for key, value in pg_after.items():
-        window.pg[key] += value - pg_before[key]
+        window.pg[key] += value - pg_before.get(key, 0)
 
 
 def per_request(window: Window) -> dict[str, Any]:
@@ -287,6 +300,11 @@ def per_request(window: Window) -> dict[str, Any]:
         "wal_bytes": window.pg["wal_bytes"] / n,
         "commits": window.pg["commits"] / n,
         "db_bytes": window.pg["db_bytes"] / n,
+        "db_bytes_by_service": {
+            key.split(":", 1)[1]: value / n
+            for key, value in sorted(window.pg.items())
+            if key.startswith("db_bytes:")
+        },
     }
 
 
@@ -573,6 +591,11 @@ def markdown(result: dict[str, Any], plans: dict[str, Any], surcharge: dict[str,
     row("WAL bytes / request", [fmt(measured[n]["wal_bytes"], 0) for n in names])
     row("commits / request", [fmt(measured[n]["commits"]) for n in names])
     row("database growth, bytes / request", [fmt(measured[n]["db_bytes"], 0) for n in names])
+    for service in SERVICE_ORDER:
+        row(
+            f"... of which {service}'s tables and indexes",
+            [fmt(measured[n].get("db_bytes_by_service", {}).get(service), 0) for n in names],
+        )
     lines += [
         "",
         "The same processes without load (each system idle for "
