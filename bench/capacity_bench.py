@@ -382,14 +382,43 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 # The model ------------------------------------------------------------------------
 
 
-def tracing_surcharge() -> dict[str, float]:
-    """CPU ms per request that exported traces add, per process (settings bench, c=32:
-    the tracing row less the shipped row), or nothing without its results."""
+def settings_results() -> dict[str, Any]:
+    """bench/settings_bench.py's last results, or nothing."""
     path = RESULTS / "settings.json"
     if not path.exists():
         return {}
-    settings = json.loads(path.read_text())
-    targets = settings.get("targets", {})
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
+
+
+def saturation_line(measured: dict[str, Any]) -> list[str]:
+    """The shipped system's CPU per request at c=32 (settings bench: saturated, one
+    gateway) beside this run's 1-gateway figures at the fixed load."""
+    shipped = settings_results().get("targets", {}).get("shipped", {}).get("c32")
+    one = measured.get("1 gateway")
+    if not shipped or not one:
+        return []
+    at_c32 = shipped["cpu_ms_per_request"]
+    pairs = ", ".join(
+        f"{name} {at_c32.get(name) or 0.0:.2f} against {one['marginal_ms'].get(name, 0.0):.2f}"
+        for name in SERVICE_ORDER[:4]
+    )
+    pg = sum(v for k, v in one["marginal_ms"].items() if k.startswith("postgres:"))
+    return [
+        f"At saturation (settings bench, shipped, c=32, {shipped['rps']:.0f} requests/s on one "
+        f"gateway) CPU ms per request was {pairs}, PostgreSQL {at_c32.get('postgres') or 0.0:.2f}"
+        f" against {pg:.2f} (this run's 1 gateway at {measured['1 gateway']['rate_reached']:.0f}"
+        " requests/s): a busier process spends less per request (its wake-ups, system calls "
+        "and batches are shared by more requests), so plans made with the fixed-load figures "
+        "are on the safe side for replicas run near their target.",
+        "",
+    ]
+
+
+def tracing_surcharge() -> dict[str, float]:
+    """CPU ms per request that exported traces add, per process (settings bench, c=32:
+    the tracing row less the shipped row), or nothing without its results."""
+    targets = settings_results().get("targets", {})
     if "tracing" not in targets or "shipped" not in targets:
         return {}
     on = targets["tracing"]["c32"]["cpu_ms_per_request"]
@@ -648,6 +677,7 @@ def markdown(result: dict[str, Any], plans: dict[str, Any], surcharge: dict[str,
             + "."
         )
         lines.append("")
+    lines += saturation_line(measured)
     lines += primary_rows(result)
     for key, plan in plans.items():
         cpu = plan["cpu_ms"]
