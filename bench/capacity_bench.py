@@ -110,7 +110,8 @@ CONFIGS = (
 def pg_label(process: psutil.Process) -> str:
     """`postgres:<service>` for a backend logged in as a service's role, else
     `postgres:other` (the owner: the bench's own queries) or `postgres:background`
-    (checkpointer, WAL writer, autovacuum, the postmaster...)."""
+    (checkpointer, WAL writer, autovacuum, the postmaster...). A backend that ends is
+    counted as `postgres:ended` (cpu_between)."""
     try:
         title = " ".join(process.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -122,11 +123,16 @@ def pg_label(process: psutil.Process) -> str:
     return "postgres:background"
 
 
-def cpu_snapshot(groups: dict[str, int]) -> dict[str, float]:
-    """CPU seconds (user + system) so far of every process of each group, by label:
-    the group's name, PostgreSQL's by pg_label, and `postgres:exited` for its
-    processes that already ended (counted in the postmaster's children times)."""
-    out: dict[str, float] = defaultdict(float)
+# A process's CPU seconds so far: (group, pid) -> (label, seconds); a group's reaped
+# children under (group, 0).
+Snapshot = dict[tuple[str, int], tuple[str, float]]
+
+
+def cpu_snapshot(groups: dict[str, int]) -> Snapshot:
+    """CPU seconds (user + system) so far of every process of each group, labelled by
+    the group's name (PostgreSQL's by pg_label), and of the children each group's root
+    has reaped (PostgreSQL's ended backends)."""
+    out: Snapshot = {}
     for name, pid in groups.items():
         try:
             root = psutil.Process(pid)
@@ -139,10 +145,30 @@ def cpu_snapshot(groups: dict[str, int]) -> dict[str, float]:
             except psutil.NoSuchProcess:
                 continue
             label = pg_label(process) if name == "postgres" else name
-            out[label] += times.user + times.system
-            if name == "postgres" and process.pid == pid:
-                out["postgres:exited"] += times.children_user + times.children_system
-    return dict(out)
+            out[(name, process.pid)] = (label, times.user + times.system)
+            if process.pid == pid:
+                out[(name, 0)] = ("", times.children_user + times.children_system)
+    return out
+
+
+def cpu_between(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """CPU seconds each label used between two snapshots. A process that ended in
+    between is counted by its parent's reaped-children times, less what it had used
+    before: under `<group>:ended` (`postgres:ended` for PostgreSQL's)."""
+    used: dict[str, float] = defaultdict(float)
+    for key, (label, seconds) in after.items():
+        if key[1]:
+            used[label] += seconds - before.get(key, (label, 0.0))[1]
+    for key, (_, seconds) in after.items():
+        if key[1] == 0:
+            group = key[0]
+            reaped = seconds - before.get(key, ("", seconds))[1]
+            gone = sum(
+                s for k, (_, s) in before.items() if k[0] == group and k[1] and k not in after
+            )
+            if reaped or gone:
+                used[f"{group}:ended"] += reaped - gone
+    return dict(used)
 
 
 def lsn(text_lsn: str) -> int:
@@ -213,9 +239,7 @@ async def idle_window(system: VariantSystem, seconds: float, window: Window) -> 
     await asyncio.sleep(seconds)
     after = cpu_snapshot(groups)
     window.idle_seconds = time.monotonic() - started
-    window.idle_cpu_s = {
-        label: after.get(label, 0.0) - before.get(label, 0.0) for label in set(before) | set(after)
-    }
+    window.idle_cpu_s = cpu_between(before, after)
 
 
 async def load_window(
@@ -261,8 +285,8 @@ async def load_window(
     for kind, count in result["errors"].items():
         window.errors[kind] += count
     window.latency_ms += result["latency_ms"]
-    for label in set(cpu_before) | set(cpu_after):
-        window.cpu_s[label] += cpu_after.get(label, 0.0) - cpu_before.get(label, 0.0)
+    for label, seconds in cpu_between(cpu_before, cpu_after).items():
+        window.cpu_s[label] += seconds
     for key, value in pg_after.items():
         window.pg[key] += value - pg_before.get(key, 0)
 

@@ -112,3 +112,31 @@ def test_each_step_names_the_limits_it_passes() -> None:
     assert not any("max_connections" in limit for limit in steps[1_000]["limits"])
     assert any("WAL 400 MB/s" in limit for limit in steps[100_000]["limits"])
     assert any("primary vCPUs" in limit for limit in steps[100_000]["limits"])
+
+
+def test_a_backend_that_ends_in_the_window_counts_once_and_not_against_its_role() -> None:
+    before = {
+        ("postgres", 10): ("postgres:background", 1.0),
+        ("postgres", 0): ("", 5.0),  # reaped children so far
+        ("postgres", 11): ("postgres:wallet", 3.0),  # ends in the window, at 3.5 s
+        ("postgres", 12): ("postgres:wallet", 2.0),
+        ("gateway", 20): ("gateway", 7.0),
+        ("gateway", 0): ("", 0.0),
+    }
+    after = {
+        ("postgres", 10): ("postgres:background", 1.25),
+        ("postgres", 0): ("", 8.5),  # + 3.5 (backend 11)
+        ("postgres", 12): ("postgres:wallet", 2.5),
+        ("postgres", 13): ("postgres:wallet", 0.75),  # started in the window
+        ("gateway", 20): ("gateway", 9.0),
+        ("gateway", 0): ("", 0.0),
+    }
+    used = capacity_bench.cpu_between(before, after)
+    assert used == pytest.approx(
+        {
+            "postgres:background": 0.25,
+            "postgres:wallet": 1.25,
+            "postgres:ended": 0.5,
+            "gateway": 2.0,
+        }
+    )
