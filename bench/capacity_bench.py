@@ -2,7 +2,7 @@
 4 gateway processes under one fixed load, and from it the replicas and database size
 for 1k, 10k and 100k requests per second.
 
-    python -m bench.capacity_bench [--rate 120] [--seconds 20] [--rounds 2] [--no-doc]
+    python -m bench.capacity_bench [--rate 100] [--seconds 20] [--rounds 2] [--no-doc]
 
 Four systems as `make run` ships them (bench/settings_bench.py's VariantSystem: INFO
 logs, the model `bench-chat-shipped`, budgets and reusable resolutions on), all up
@@ -796,7 +796,7 @@ def write_doc(result: dict[str, Any], table: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rate", type=float, default=120.0, help="requests/s offered")
+    parser.add_argument("--rate", type=float, default=100.0, help="requests/s offered")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured, per round")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--idle", type=float, default=10.0, help="idle span per system, s")
