@@ -45,6 +45,14 @@ bench: install
 bench-streams: install
 	$(BIN)/python -m bench.streams_bench --streams $${STREAMS:-100} $(BENCH_ARGS)
 
+# What each setting costs, then the capacity model (not part of `make test`): the shipped
+# configuration beside one setting changed at a time, then 1, 2 and 4 gateway replicas
+# under one fixed load; docs/PERFORMANCE.md ("What each setting costs", "Capacity model").
+.PHONY: bench-capacity
+bench-capacity: install
+	$(BIN)/python -m bench.settings_bench $(SETTINGS_ARGS)
+	$(BIN)/python -m bench.capacity_bench $(CAPACITY_ARGS)
+
 # The conservation soak (not part of `make test`): money rule G1 on the whole system,
 # tests/e2e/test_conservation.py with 20,000 requests from 48 seeded clients; figures
 # printed at the end (docs/PERFORMANCE.md). TOKENFORGE_SOAK_SEED=<seed> replays a run.
