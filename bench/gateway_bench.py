@@ -45,6 +45,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -741,6 +742,26 @@ def machine() -> str:
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
         f"load average {os.getloadavg()[0]:.1f} at the end (other jobs share the machine)"
     )
+
+
+def run_and_report(
+    name: str,
+    run: Callable[[argparse.Namespace], Awaitable[dict[str, Any]]],
+    args: argparse.Namespace,
+    markdown: Callable[[dict[str, Any]], str],
+    write_doc: Callable[[dict[str, Any], str], None],
+) -> int:
+    """A bench's run, kept in bench-results/<name>.json, its table printed and (unless
+    --no-doc) put in docs/PERFORMANCE.md; 1 when its correctness checks failed."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    result = asyncio.run(run(args))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    sys.stdout.write(table + "\n")
+    if not args.no_doc:
+        write_doc(result, table)
+    return 0 if result["correctness"]["ok"] else 1
 
 
 def write_doc(result: dict[str, Any], table: str) -> None:

@@ -49,7 +49,6 @@ from typing import Any
 from bench.gateway_bench import (
     DOC,
     MOCK_KNOBS,
-    RESULTS,
     ROOT,
     SCENARIOS,
     SHIPPED_MODEL,
@@ -62,6 +61,7 @@ from bench.gateway_bench import (
     machine,
     percentile,
     replace_section,
+    run_and_report,
     run_loadgen,
     start_bench_system,
 )
@@ -447,16 +447,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    args = parse_args(argv)
-    result = asyncio.run(run(args))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "settings.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
-    sys.stdout.write(table + "\n")
-    if not args.no_doc:
-        write_doc(result, table)
-    return 0 if result["correctness"]["ok"] else 1
+    return run_and_report("settings", run, parse_args(argv), markdown, write_doc)
 
 
 if __name__ == "__main__":

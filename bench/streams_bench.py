@@ -35,7 +35,6 @@ from typing import Any
 from bench import litellm_proxy
 from bench.gateway_bench import (
     DOC,
-    RESULTS,
     ROOT,
     BenchSystem,
     RssSampler,
@@ -45,6 +44,7 @@ from bench.gateway_bench import (
     percentile,
     replace_section,
     rss_bytes,
+    run_and_report,
     start_bench_system,
 )
 from tokenforge.runtime.embedded import free_port
@@ -380,16 +380,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    args = parse_args(argv)
-    result = asyncio.run(run(args))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "streams.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
-    sys.stdout.write(table + "\n")
-    if not args.no_doc:
-        write_doc(result, table)
-    return 0 if result["correctness"]["ok"] else 1
+    return run_and_report("streams", run, parse_args(argv), markdown, write_doc)
 
 
 if __name__ == "__main__":

@@ -64,14 +64,19 @@ def prepared() -> Prepared:
     return Prepared(admitted, OwnHold(HOLD, "acct-1", WORST), PRICE, plan, {})
 
 
-async def test_past_its_wait_the_answer_names_the_charge_being_settled_and_it_lands(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def slow_finish(monkeypatch: pytest.MonkeyPatch) -> tuple[SlowQueue, Any, Prepared]:
+    """A request whose finish waits on the queue, and an answer that waits 50 ms for it."""
     monkeypatch.setattr(finish_stage, "FINISH_WAIT_S", 0.05)
     queue = SlowQueue()
     peers = peers_with(RecordingUsage(), queue)
     peers.__dict__["routing_client"] = Routing()
-    p = prepared()
+    return queue, peers, prepared()
+
+
+async def test_past_its_wait_the_answer_names_the_charge_being_settled_and_it_lands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queue, peers, p = slow_finish(monkeypatch)
     usage = counted_usage(p.cmd.body, 7)
     with pytest.raises(DomainError) as raised:
         await finish(peers, p, [], Rule.FINISHED_WITHOUT_USAGE, None, usage)
@@ -99,11 +104,7 @@ async def test_past_its_wait_the_answer_names_the_charge_being_settled_and_it_la
 async def test_past_its_wait_a_request_that_charges_nothing_says_so(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(finish_stage, "FINISH_WAIT_S", 0.05)
-    queue = SlowQueue()
-    peers = peers_with(RecordingUsage(), queue)
-    peers.__dict__["routing_client"] = Routing()
-    p = prepared()
+    queue, peers, p = slow_finish(monkeypatch)
     with pytest.raises(DomainError) as raised:
         await finish(peers, p, [], Rule.NOT_ANSWERED, None, counted_usage(p.cmd.body, 0))
     assert raised.value.reason is Reason.SERVICE_UNAVAILABLE
