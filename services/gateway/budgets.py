@@ -23,10 +23,6 @@ from tokenforge.money import Bucket
 
 log = logging.getLogger("tokenforge.gateway.budgets")
 
-# A Hold in doubt is asked again after this long, doubling up to the max.
-DOUBT_RETRY_S = 0.5
-DOUBT_RETRY_MAX_S = 8.0
-
 # The next budget is opened in the background once the open ones have less room than
 # this share of a new one.
 PRE_OPEN_SHARE = 4
@@ -136,27 +132,16 @@ class Budgets:
         opened). Given up at the hold's TTL, or when the wallet places none."""
 
         async def end() -> None:
-            loop = asyncio.get_running_loop()
-            give_up_at, delay = loop.time() + ttl_s, DOUBT_RETRY_S
-            while True:
-                await asyncio.sleep(delay)
-                try:
-                    hold = await self.wallet.hold(
-                        account_id, bucket, size, request_id, ttl_seconds=ttl_s, trace_id=trace
-                    )
-                    await self.wallet.release(
-                        hold.hold_id, reason="budget_not_opened", account_id=account_id
-                    )
-                    log.info("budget hold in doubt %s released", hold.hold_id)
-                    return
-                except DomainError as error:
-                    if error.reason is not Reason.SERVICE_UNAVAILABLE:
-                        log.info("budget %s: no hold in doubt (%s)", request_id, error.reason)
-                        return
-                if loop.time() + delay > give_up_at:
-                    log.warning("budget %s: its hold in doubt is left to its TTL", request_id)
-                    return
-                delay = min(DOUBT_RETRY_MAX_S, delay * 2)
+            hold = await self.wallet.hold_in_doubt(
+                account_id, bucket, size, request_id, ttl_seconds=ttl_s, trace_id=trace
+            )
+            if hold is None:
+                log.info("budget %s: no hold in doubt placed, or left to its TTL", request_id)
+                return
+            await self.wallet.release(
+                hold.hold_id, reason="budget_not_opened", account_id=account_id
+            )
+            log.info("budget hold in doubt %s released", hold.hold_id)
 
         task = asyncio.create_task(end())
         self._in_doubt.add(task)

@@ -31,6 +31,7 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
+from tokenforge.errors import DomainError, Reason
 from tokenforge.generated.common.v1 import common_pb2
 from tokenforge.generated.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 from tokenforge.money import Bucket
@@ -52,6 +53,12 @@ def _stamp(when: datetime | None) -> timestamp_pb2.Timestamp | None:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(when)
     return stamp
+
+
+# A Hold in doubt (`WalletClient.hold_in_doubt`) is asked again after this long,
+# doubling up to the max.
+DOUBT_RETRY_S = 0.5
+DOUBT_RETRY_MAX_S = 8.0
 
 
 class WalletClient(ServiceClient):
@@ -161,6 +168,41 @@ class WalletClient(ServiceClient):
         )
         answer = await self._retrying(lambda: self.hold_batcher.submit(request))
         return answer.hold
+
+    async def hold_in_doubt(
+        self,
+        account_id: str,
+        bucket: Bucket,
+        amount_micros: int,
+        request_id: str,
+        *,
+        ttl_seconds: int,
+        trace_id: str = "",
+    ) -> wallet_pb2.Hold | None:
+        """A Hold that went unanswered (the wallet down mid-call) may have been placed:
+        ask the same Hold again (same request id, so the same idempotency key) until the
+        wallet answers, backing off from 0.5 s to 8 s, for at most `ttl_seconds` (then
+        the wallet has ended any such hold). The hold it names (placed then, or now),
+        or None when the wallet refuses (it had placed none) or never answered."""
+        loop = asyncio.get_running_loop()
+        give_up_at, delay = loop.time() + ttl_seconds, DOUBT_RETRY_S
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                return await self.hold(
+                    account_id,
+                    bucket,
+                    amount_micros,
+                    request_id,
+                    ttl_seconds=ttl_seconds,
+                    trace_id=trace_id,
+                )
+            except DomainError as error:
+                if error.reason is not Reason.SERVICE_UNAVAILABLE:
+                    return None
+            if loop.time() + delay > give_up_at:
+                return None
+            delay = min(DOUBT_RETRY_MAX_S, delay * 2)
 
     async def settle(
         self, hold_id: str, amount_micros: int, *, account_id: str = "", trace_id: str = ""

@@ -48,10 +48,6 @@ log = logging.getLogger("tokenforge.gateway.finish")
 # (flow/reservation.py); the answer then names the charge being settled.
 FINISH_WAIT_S = 20.0
 
-# A Hold in doubt is asked again after this long, doubling up to the max.
-DOUBT_RETRY_S = 0.5
-DOUBT_RETRY_MAX_S = 8.0
-
 # Finishes started for a request whose client went away: kept referenced until done.
 _background: set[asyncio.Task[Any]] = set()
 
@@ -233,28 +229,17 @@ def end_in_doubt(peers: Peers, doubt: HoldInDoubt) -> None:
 async def _end_in_doubt(peers: Peers, doubt: HoldInDoubt) -> None:
     admitted, price, plan = doubt.admitted, doubt.price, doubt.plan
     cmd = admitted.cmd
-    loop = asyncio.get_running_loop()
-    give_up_at, delay = loop.time() + doubt.ttl_s, DOUBT_RETRY_S
-    while True:
-        try:
-            hold = await peers.wallet_client.hold(
-                admitted.account_id,
-                price.bucket,
-                plan.worst_case.micros,
-                cmd.request_id,
-                ttl_seconds=doubt.ttl_s,
-                trace_id=cmd.trace_id,
-            )
-            break
-        except DomainError as error:
-            if error.reason is not Reason.SERVICE_UNAVAILABLE:
-                log.info("request %s: no hold in doubt (%s)", cmd.request_id, error.reason.value)
-                return
-        if loop.time() + delay > give_up_at:
-            log.warning("request %s: its hold in doubt is left to its TTL", cmd.request_id)
-            return
-        await asyncio.sleep(delay)
-        delay = min(DOUBT_RETRY_MAX_S, delay * 2)
+    hold = await peers.wallet_client.hold_in_doubt(
+        admitted.account_id,
+        price.bucket,
+        plan.worst_case.micros,
+        cmd.request_id,
+        ttl_seconds=doubt.ttl_s,
+        trace_id=cmd.trace_id,
+    )
+    if hold is None:
+        log.info("request %s: no hold in doubt placed, or left to its TTL", cmd.request_id)
+        return
     held = Money(hold.amount_micros, price.bucket)
     p = Prepared(admitted, OwnHold(hold.hold_id, admitted.account_id, held), price, plan, {})
     await finish(
