@@ -67,6 +67,9 @@ class UsageClient(ServiceClient):
             alone=lambda receipt: usage_pb2.RecordReceiptRequest(receipt=receipt),
             max_size=max_batch,
             batching=batching,
+            # Mostly the gateway relay's round (a task per receipt, started together):
+            # one call per round (Batcher `same_turn`).
+            same_turn=True,
         )
 
     async def record_receipt(self, receipt: usage_pb2.Receipt) -> usage_pb2.RecordReceiptResponse:

@@ -81,7 +81,10 @@ class WalletClient(ServiceClient):
         self.stub = wallet_pb2_grpc.WalletServiceStub(peer.channel)
         # Without batching, every call goes alone on its unary RPC. A batch call is not
         # retried here: each item's caller retries its own call, which may then leave
-        # in another batch.
+        # in another batch. The ends of holds (settle, part, release) are mostly made
+        # by the gateway relay's rounds, a task per finish started together: they
+        # leave together at the end of the turn (Batcher `same_turn`), one call per
+        # round; a Hold is on the request's path and goes at once.
         self.hold_batcher: Batcher[wallet_pb2.HoldRequest, wallet_pb2.HoldResponse] = self._batcher(
             "Hold",
             "HoldMany",
@@ -96,6 +99,7 @@ class WalletClient(ServiceClient):
                 lambda settles: wallet_pb2.SettleManyRequest(settles=settles),
                 max_size=max_batch,
                 batching=batching,
+                same_turn=True,
             )
         )
         self.part_batcher: Batcher[
@@ -106,6 +110,7 @@ class WalletClient(ServiceClient):
             lambda parts: wallet_pb2.CapturePartManyRequest(parts=parts),
             max_size=max_batch,
             batching=batching,
+            same_turn=True,
         )
         self.release_batcher: Batcher[wallet_pb2.ReleaseRequest, wallet_pb2.ReleaseResponse] = (
             self._batcher(
@@ -114,6 +119,7 @@ class WalletClient(ServiceClient):
                 lambda releases: wallet_pb2.ReleaseManyRequest(releases=releases),
                 max_size=max_batch,
                 batching=batching,
+                same_turn=True,
             )
         )
 

@@ -371,3 +371,46 @@ async def test_any_other_failure_of_a_batch_call_is_every_items_error() -> None:
     assert answers[0] == 10
     assert all(isinstance(a, DomainError) and a.message == "the wallet failed" for a in answers[1:])
     assert service.ones == [1]  # nothing retried alone
+
+
+async def test_same_turn_items_submitted_together_leave_in_one_call() -> None:
+    service = Service()
+    batcher = Batcher(service.one, service.many, max_size=64, same_turn=True)
+    # Tasks started together, as the relay's round starts one per queued finish.
+    tasks = [asyncio.ensure_future(batcher.submit(n)) for n in range(1, 6)]
+    assert await asyncio.gather(*tasks) == [10, 20, 30, 40, 50]
+    assert service.batches == [[1, 2, 3, 4, 5]] and service.ones == []
+    assert batcher.calls == 1
+
+
+async def test_same_turn_a_lone_item_goes_on_the_unary_call_a_turn_later() -> None:
+    service = Service()
+    batcher = Batcher(service.one, service.many, max_size=64, same_turn=True)
+    first = asyncio.ensure_future(batcher.submit(7))
+    await asyncio.sleep(0)  # the submitting task's turn
+    assert service.ones == [] and service.batches == []  # not at once
+    assert await first == 70
+    assert service.ones == [7] and service.batches == []
+
+
+async def test_same_turn_items_of_a_later_turn_wait_for_the_call_out() -> None:
+    service = Service()
+    service.gate.clear()
+    batcher = Batcher(service.one, service.many, max_size=64, same_turn=True)
+    first = [asyncio.ensure_future(batcher.submit(n)) for n in (1, 2)]
+    while not service.batches:
+        await asyncio.sleep(0)
+    later = [asyncio.ensure_future(batcher.submit(n)) for n in (3, 4, 5)]
+    await asyncio.sleep(0.01)
+    assert service.batches == [[1, 2]]  # one call in flight: the later turn waits
+    service.gate.set()
+    assert [await f for f in first + later] == [10, 20, 30, 40, 50]
+    assert service.batches == [[1, 2], [3, 4, 5]] and service.ones == []
+
+
+async def test_same_turn_a_full_batch_leaves_without_waiting_for_the_turn() -> None:
+    service = Service()
+    batcher = Batcher(service.one, service.many, max_size=3, same_turn=True)
+    answers = await asyncio.gather(*(batcher.submit(n) for n in range(7)))
+    assert answers == [n * 10 for n in range(7)]
+    assert service.batches == [[0, 1, 2], [3, 4, 5]] and service.ones == [6]

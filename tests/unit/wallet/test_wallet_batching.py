@@ -289,9 +289,9 @@ async def test_concurrent_parts_leave_in_one_capture_part_many_each_with_its_own
             return error
 
     outcomes = await asyncio.gather(*(one(n) for n in range(12)))
-    # One alone (nothing in flight), the eleven that arrived meanwhile in one batch.
-    assert stub.calls == [("CapturePart", 1), ("CapturePartMany", 11)]
-    assert client.part_batcher.batched_items == 11
+    # Submitted in one turn (as a relay round's are): all twelve in one batch call.
+    assert stub.calls == [("CapturePartMany", 12)]
+    assert client.part_batcher.batched_items == 12
     refused = outcomes.pop(11)
     assert isinstance(refused, DomainError) and refused.reason is Reason.SETTLE_ABOVE_HOLD
     assert [(o.entry.request_id, o.entry.amount_micros, o.entry.trace_id) for o in outcomes] == [
