@@ -161,7 +161,7 @@ class Settings:
             bucket_labels=labels,
             log_level=_env("LOG_LEVEL", "INFO"),
             resolve_reuse_ms=int(_env("RESOLVE_REUSE_MS", "1000")),
-            report_linger_ms=_non_negative("REPORT_LINGER_MS", "50"),
+            report_linger_ms=_non_negative("REPORT_LINGER_MS", "250"),
             budget_requests=_non_negative("BUDGET_REQUESTS", "64", "requests"),
             budget_idle_ms=_non_negative("BUDGET_IDLE_MS", "1000"),
             shutdown_grace_ms=_non_negative("SHUTDOWN_GRACE_MS", "25000"),

@@ -39,7 +39,7 @@ _tracer = trace.get_tracer(__name__)
 
 RELAY_BATCH = 256
 # A queued finish waits this long for others to travel with it.
-LINGER_S = 0.05
+LINGER_S = 0.2
 # Rounds run at least this often (other replicas' rows, budgets to close).
 EVERY_S = 0.25
 COUNT_EVERY_S = 5.0

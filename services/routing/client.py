@@ -24,7 +24,7 @@ waits for its report, and a lost report is logged with the request id, not
 raised). They go through a `Batcher`: one alone on ReportOutcome while routing keeps
 up, several together on ReportOutcomes when reports pile up behind calls in flight,
 each taken exactly as alone. A report that can change nothing routing decides
-lingers up to `report_linger_s` (TOKENFORGE_REPORT_LINGER_MS, default 50 ms) so
+lingers up to `report_linger_s` (TOKENFORGE_REPORT_LINGER_MS, default 250 ms) so
 that reports travel together even at low load: the request's answer was reusable
 (routing saw every breaker closed and a key that counts nothing per request: no
 lease to end, no cap its spend feeds) and no channel failed. Every other report
