@@ -7,11 +7,13 @@ goes on and lands."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from services.gateway.adapters.upstream import Attempt
 from services.gateway.domain.commands import ChatCommand
 from services.gateway.domain.planning import Plan, counted_usage
 from services.gateway.domain.settlement import Rule
@@ -20,6 +22,7 @@ from services.gateway.flow.admit import Admitted
 from services.gateway.flow.finish import finish
 from services.gateway.flow.reservation import OwnHold
 from services.gateway.flow.reserve import Prepared
+from services.gateway.flow.stream import ChatStream
 from services.gateway.transport.http.common import error_response
 from tests.unit.gateway.fakes import RecordingUsage, peers_with
 from tokenforge.errors import DomainError, Reason
@@ -114,3 +117,49 @@ async def test_past_its_wait_a_request_that_charges_nothing_says_so(
     assert p.finishing is not None
     _, charged = await asyncio.wait_for(asyncio.shield(p.finishing), 5)
     assert charged.micros == 0 and queue.kept["req-1"]["finish"] == "release"
+
+
+class FakeUpstreamStream:
+    """An upstream stream that answers two content chunks and [DONE]."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def lines(self) -> Any:
+        for word in ("Hello", " there"):
+            chunk = {"id": "c1", "choices": [{"index": 0, "delta": {"content": word}}]}
+            yield "data: " + json.dumps(chunk)
+        yield "data: [DONE]"
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_stream_whose_finish_waits_past_its_wait_ends_with_the_charge_being_settled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queue, peers, p = slow_finish(monkeypatch)
+    upstream = FakeUpstreamStream()
+    attempts = [Attempt("ch-1", "ok", 3)]
+    stream = ChatStream(peers, p, upstream, attempts, {}, client_wants_usage=True)  # type: ignore[arg-type]
+    events = [event async for event in stream.events()]
+    assert [json.loads(e[6:])["choices"][0]["delta"]["content"] for e in events[:2]] == [
+        "Hello",
+        " there",
+    ]
+    # No usage chunk (its receipt is not recorded yet): the charge being settled instead.
+    pending = json.loads(events[2][6:])["error"]
+    charge = p.settled_charge
+    assert charge is not None and charge.micros > 0
+    assert pending["code"] == "receipt_pending"
+    assert pending["details"]["charge_micros"] == charge.micros
+    assert pending["details"]["ledger_entry_id"] == str(settle_entry_id(HOLD))
+    assert "/v1/usage/req-1" in pending["message"]
+    assert events[3:] == [b"data: [DONE]\n\n"]
+    assert upstream.closed
+
+    queue.back.set()  # the database is back: the finish that went on lands, once
+    assert p.finishing is not None
+    receipt, charged = await asyncio.wait_for(asyncio.shield(p.finishing), 5)
+    assert charged == charge and receipt.charge_micros == charge.micros
+    assert queue.kept["req-1"]["finish"] == "settle"
