@@ -18,12 +18,14 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import Row, and_, delete, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.gateway.storage.tables import idempotency_records as t
+from tokenforge.errors import DomainError, Reason
 
 log = logging.getLogger("tokenforge.gateway.idempotency")
 
@@ -33,6 +35,9 @@ LEASE = timedelta(seconds=30)
 # A running claim written before leases existed (no lease_until) lapses this long after
 # it was made.
 LEGACY_LEASE = timedelta(minutes=10)
+# A claim that meets a record given back between its insert and its read claims again
+# this many times in all.
+CLAIM_TRIES = 3
 
 
 def digest(data: bytes | str) -> str:
@@ -57,47 +62,57 @@ class IdempotencyStore:
         self.held: set[str] = set()
 
     async def claim(self, api_key: str, key: str, body: bytes, request_id: str) -> Stored | None:
-        """Claim the key for this request (None), or answer the record that holds it."""
-        now = datetime.now(UTC)
+        """Claim the key for this request (None), or answer the record that holds it.
+
+        The record that held the key may be given back (deleted) between this claim's
+        insert, which found it, and its read: the key is then free, and the claim is
+        made again (up to CLAIM_TRIES times, then the client is asked to retry)."""
         key_digest = digest(api_key)
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                delete(t).where(
-                    and_(
-                        t.c.key_digest == key_digest,
-                        t.c.idempotency_key == key,
-                        t.c.created_at < now - WINDOW,
+        for _ in range(CLAIM_TRIES):
+            now = datetime.now(UTC)
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    delete(t).where(
+                        and_(
+                            t.c.key_digest == key_digest,
+                            t.c.idempotency_key == key,
+                            t.c.created_at < now - WINDOW,
+                        )
                     )
                 )
-            )
-            inserted = await conn.execute(
-                insert(t)
-                .values(
-                    key_digest=key_digest,
-                    idempotency_key=key,
-                    body_digest=digest(body),
-                    request_id=request_id,
-                    state="running",
-                    created_at=now,
-                    lease_until=now + LEASE,
+                inserted = await conn.execute(
+                    insert(t)
+                    .values(
+                        key_digest=key_digest,
+                        idempotency_key=key,
+                        body_digest=digest(body),
+                        request_id=request_id,
+                        state="running",
+                        created_at=now,
+                        lease_until=now + LEASE,
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(t.c.request_id)
                 )
-                .on_conflict_do_nothing()
-                .returning(t.c.request_id)
-            )
-            if inserted.first() is not None:
-                self.held.add(request_id)
-                return None
-            row = (
-                await conn.execute(
-                    select(t).where(and_(t.c.key_digest == key_digest, t.c.idempotency_key == key))
-                )
-            ).one()
-        state = row.state
-        if state == "running" and (row.lease_until or row.created_at + LEGACY_LEASE) < now:
-            state = "abandoned"  # its gateway stopped mid-request: nobody renews it
-        return Stored(
-            state, row.body_digest, row.request_id, row.status_code, row.body, row.headers
+                if inserted.first() is not None:
+                    self.held.add(request_id)
+                    return None
+                row = await self._holder(conn, key_digest, key)
+            if row is not None:
+                return _stored(row, now)
+        raise DomainError(
+            Reason.REQUEST_IN_PROGRESS,
+            "Another request with this Idempotency-Key is being taken and given back right "
+            "now; nothing was run or charged. Retry in a moment.",
+            {"retry_after_s": "1"},
         )
+
+    async def _holder(self, conn: AsyncConnection, key_digest: str, key: str) -> Row[Any] | None:
+        """The record holding the key (None once it was given back)."""
+        found = await conn.execute(
+            select(t).where(and_(t.c.key_digest == key_digest, t.c.idempotency_key == key))
+        )
+        return found.first()
 
     def let_go(self, request_id: str) -> None:
         """The request ended (its answer stored or its key given back): no more renewals."""
@@ -138,3 +153,10 @@ class IdempotencyStore:
             await conn.execute(
                 delete(t).where(and_(t.c.key_digest == digest(api_key), t.c.idempotency_key == key))
             )
+
+
+def _stored(row: Row[Any], now: datetime) -> Stored:
+    state = row.state
+    if state == "running" and (row.lease_until or row.created_at + LEGACY_LEASE) < now:
+        state = "abandoned"  # its gateway stopped mid-request: nobody renews it
+    return Stored(state, row.body_digest, row.request_id, row.status_code, row.body, row.headers)
