@@ -12,6 +12,7 @@ to iterate the stream.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -165,7 +166,16 @@ class ChatStream:
 
 class ReservedStreamingResponse(StreamingResponse):
     """A streamed answer whose request's reservation ends however the response ends,
-    even when the client left before the stream was first iterated."""
+    even when the client left before the stream was first iterated.
+
+    The body is sent from the request's own task while one plain task waits for the
+    client's `http.disconnect` and, when the client leaves before the last byte was
+    handed to the server, cancels the sending: the stream's `finally` then abandons it
+    (charged for what was delivered). Starlette's own way (an anyio task group with a
+    task for the body and one for the listener) does the same with more objects kept
+    for every open stream; its other way (ASGI spec 2.4: no listener) is not safe
+    with uvicorn, which drops what is sent to a gone client without a word, so a
+    stream would run on to its end."""
 
     def __init__(
         self,
@@ -180,14 +190,60 @@ class ReservedStreamingResponse(StreamingResponse):
             headers={**stream.headers, "cache-control": "no-cache"},
         )
         self.stream = stream
+        # The last byte was handed to the server: a disconnect from then on changes nothing.
+        self.sent_all = False
+        # The client left while the body was being sent (its sending was cancelled).
+        self.client_left = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await self.send_until_disconnect(receive, send)
         finally:
             self.stream.abandon()
             if self.stream.response is not None:
                 await self.stream.response.close()
+
+    async def send_until_disconnect(self, receive: Receive, send: Send) -> None:
+        sending = asyncio.current_task()
+        assert sending is not None  # an ASGI app runs in a task
+        watcher = asyncio.create_task(self.watch_disconnect(receive, sending))
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            # Ours (the client left) is taken back; any other cancellation goes on.
+            if not self.client_left or sending.uncancel() > 0:
+                raise
+        finally:
+            self.sent_all = True
+            watcher.cancel()
+            await asyncio.wait((watcher,))
+        failed = None if watcher.cancelled() else watcher.exception()
+        if failed is not None:  # `receive` failed: the stream was cut short by it
+            raise failed
+        if self.background is not None:
+            await self.background()
+
+    async def stream_response(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        async for chunk in self.body_iterator:
+            if not isinstance(chunk, bytes | memoryview):
+                chunk = chunk.encode(self.charset)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        self.sent_all = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def watch_disconnect(self, receive: Receive, sending: asyncio.Task[Any]) -> None:
+        """Wait for the client's disconnect (or `receive` failing) and cut the sending
+        short, unless everything was sent already."""
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        finally:
+            if not self.sent_all:
+                self.client_left = True
+                sending.cancel()
 
 
 async def start_chat_stream(peers: Peers, upstream: Upstream, cmd: ChatCommand) -> ChatStream:

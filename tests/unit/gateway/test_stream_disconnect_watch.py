@@ -1,0 +1,206 @@
+"""A streamed answer is sent from the request's own task while one plain task waits
+for the client's disconnect (flow/stream.py, ReservedStreamingResponse). A client that
+leaves mid-stream cuts the sending short: the upstream answer is closed and the
+request is finished once, for what was delivered (`client_disconnect`). A stream that
+ends leaves no task behind, and a disconnect after its last byte changes nothing.
+Exceptions of the body, and a cancellation that is not the client's, go on as before.
+
+The stream is the real ChatStream (its events, its finish and abandon); the peers and
+the finish queue are the unit fakes, the upstream answer a paced list of SSE lines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from starlette.types import Message
+
+from services.gateway.adapters.upstream import Attempt
+from services.gateway.flow.stream import ChatStream, ReservedStreamingResponse
+from tests.unit.gateway.fakes import Queue, RecordingUsage, peers_with
+from tests.unit.gateway.test_finish_waits import Routing, prepared
+from tokenforge.generated.usage.v1 import usage_pb2
+
+SCOPE: dict[str, Any] = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}}
+
+
+def chunk(text: str) -> str:
+    return "data: " + orjson.dumps({"choices": [{"index": 0, "delta": {"content": text}}]}).decode()
+
+
+class PacedUpstream:
+    """An upstream answer read as SSE lines: `words` chunks, then [DONE]; the reading
+    waits at `stall` (a chunk index) until let go, like a slow model."""
+
+    def __init__(self, words: int, stall: int | None = None, fail: Exception | None = None):
+        self.words, self.stall, self.fail = words, stall, fail
+        self.go = asyncio.Event()
+        self.closed = 0
+        self.cancelled_while_reading = False
+
+    async def lines(self) -> AsyncIterator[str]:
+        for n in range(self.words):
+            if n == self.stall:
+                try:
+                    await self.go.wait()
+                except asyncio.CancelledError:
+                    self.cancelled_while_reading = True
+                    raise
+            if self.fail is not None and n == self.words - 1:
+                raise self.fail
+            yield chunk(f"w{n} ")
+            yield ""
+        yield "data: [DONE]"
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+class Client:
+    """The server side of one HTTP exchange as uvicorn gives it to the app: `receive`
+    waits until the client leaves (or answers `http.disconnect` at once once the
+    response is complete); `send` keeps what was sent."""
+
+    def __init__(self, leave_after_chunks: int | None = None, leave_at_end: bool = False):
+        self.sent: list[Message] = []
+        self.left = asyncio.Event()
+        self.complete = False
+        self.leave_after_chunks = leave_after_chunks
+        self.leave_at_end = leave_at_end
+        self.receives = 0
+        # How many disconnect watchers ran at each message sent.
+        self.watching: list[int] = []
+
+    async def receive(self) -> Message:
+        self.receives += 1
+        if not self.complete:
+            await self.left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+        self.watching.append(len(watchers()))
+        bodies = [m for m in self.sent if m["type"] == "http.response.body" and m["body"]]
+        if self.leave_after_chunks is not None and len(bodies) == self.leave_after_chunks:
+            self.left.set()
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            if self.leave_at_end:
+                # The client leaves while the last message is still being written.
+                self.left.set()
+                for _ in range(5):
+                    await asyncio.sleep(0)
+            self.complete = True
+
+    def body(self) -> bytes:
+        return b"".join(m["body"] for m in self.sent if m["type"] == "http.response.body")
+
+    def finished(self) -> bool:
+        last = self.sent[-1]
+        return last["type"] == "http.response.body" and last["more_body"] is False
+
+
+def a_stream(upstream: PacedUpstream) -> tuple[ChatStream, Queue]:
+    queue = Queue()
+    peers = peers_with(RecordingUsage(), queue)
+    peers.__dict__["routing_client"] = Routing()
+    attempts = [Attempt("ch-1", "ok", 3)]
+    stream = ChatStream(peers, prepared(), upstream, attempts, {}, False)  # type: ignore[arg-type]
+    return stream, queue
+
+
+async def finished_receipt(stream: ChatStream, queue: Queue) -> usage_pb2.Receipt:
+    """The request's finish (started by the stream or in the background), once landed."""
+    finishing = stream.prepared.finishing
+    assert finishing is not None, "the request was never finished"
+    await asyncio.wait_for(asyncio.shield(finishing), 5)
+    return usage_pb2.Receipt.FromString(queue.kept["req-1"])
+
+
+def watchers() -> list[asyncio.Task[Any]]:
+    """The disconnect watchers still running."""
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if not t.done() and t.get_coro().__qualname__.endswith("watch_disconnect")  # type: ignore[union-attr]
+    ]
+
+
+async def test_a_client_that_leaves_mid_stream_cuts_it_short_and_is_charged_for_what_it_got() -> (
+    None
+):
+    upstream = PacedUpstream(words=10, stall=3)
+    stream, queue = a_stream(upstream)
+    client = Client(leave_after_chunks=3)
+    await asyncio.wait_for(
+        ReservedStreamingResponse(stream)(SCOPE, client.receive, client.send), 5
+    )  # the client's leaving ends the answer: no error
+    assert upstream.cancelled_while_reading  # the sending was cut, not run to its end
+    assert upstream.closed >= 1  # the upstream answer is closed
+    assert client.body().count(b"data: ") == 3 and not client.finished()
+    receipt = await finished_receipt(stream, queue)
+    assert receipt.settlement_rule == "client_disconnect"
+    assert receipt.error_code == "client_disconnected"
+    assert receipt.completion_tokens > 0  # charged for the three chunks it got
+    assert list(queue.kept) == ["req-1"]  # finished once
+    assert watchers() == [] and set(client.watching) == {1}  # one, then gone
+
+
+async def test_a_stream_that_ends_leaves_no_task_behind() -> None:
+    upstream = PacedUpstream(words=4)
+    stream, queue = a_stream(upstream)
+    client = Client()
+    await ReservedStreamingResponse(stream)(SCOPE, client.receive, client.send)
+    assert watchers() == [] and set(client.watching) == {1}  # cancelled and awaited
+    assert client.receives == 1 and client.finished()
+    assert client.sent[0]["type"] == "http.response.start"
+    assert client.body().endswith(b"data: [DONE]\n\n")
+    receipt = await finished_receipt(stream, queue)
+    assert receipt.settlement_rule == "finished_without_usage" and receipt.error_code == ""
+    assert upstream.closed >= 1
+
+
+async def test_a_disconnect_while_the_last_byte_is_written_changes_nothing() -> None:
+    upstream = PacedUpstream(words=4)
+    stream, queue = a_stream(upstream)
+    client = Client(leave_at_end=True)
+    task = asyncio.current_task()
+    assert task is not None
+    await ReservedStreamingResponse(stream)(SCOPE, client.receive, client.send)
+    assert client.finished() and client.body().endswith(b"data: [DONE]\n\n")
+    assert task.cancelling() == 0  # nothing cancelled the request's task
+    receipt = await finished_receipt(stream, queue)
+    assert receipt.settlement_rule == "finished_without_usage" and receipt.error_code == ""
+    await asyncio.sleep(0)  # a cancellation left pending would be raised here
+
+
+async def test_an_error_of_the_body_goes_on_out_and_the_stream_is_abandoned() -> None:
+    upstream = PacedUpstream(words=3, fail=RuntimeError("a bug in a translator"))
+    stream, queue = a_stream(upstream)
+    client = Client()
+    with pytest.raises(RuntimeError, match="a bug in a translator"):
+        await ReservedStreamingResponse(stream)(SCOPE, client.receive, client.send)
+    assert watchers() == [] and upstream.closed >= 1
+    receipt = await finished_receipt(stream, queue)
+    assert receipt.settlement_rule == "client_disconnect"  # abandoned: what was generated
+
+
+async def test_a_cancellation_that_is_not_the_clients_goes_on_out() -> None:
+    """A server stopping cancels the request's task: the answer does not swallow it."""
+    upstream = PacedUpstream(words=10, stall=2)
+    stream, queue = a_stream(upstream)
+    client = Client()
+    answer = asyncio.create_task(
+        ReservedStreamingResponse(stream)(SCOPE, client.receive, client.send)
+    )
+    while client.body().count(b"data: ") < 2:
+        await asyncio.sleep(0)
+    answer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await answer
+    assert upstream.cancelled_while_reading and upstream.closed >= 1
+    assert watchers() == []
+    receipt = await finished_receipt(stream, queue)
+    assert receipt.settlement_rule == "client_disconnect"
