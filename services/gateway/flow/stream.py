@@ -46,6 +46,10 @@ from tokenforge.errors import DomainError, openai_error_body
 
 log = logging.getLogger("tokenforge.gateway.stream")
 
+# The request scope's list in which the request middleware (transport/http/middleware.py)
+# takes a streamed answer to send itself, after the route returned.
+SEND_LATER = "tokenforge.send_later"
+
 
 @dataclass
 class ChatStream:
@@ -62,6 +66,8 @@ class ChatStream:
     span: trace.Span = field(default_factory=trace.get_current_span)
     # What was generated so far (for a client that goes away).
     usage: Usage | None = None
+    # The upstream's usage-only chunk, passed on (with the charge) at the end.
+    usage_chunk: dict[str, Any] | None = None
     content_chunks: int = 0
 
     def abandon(self) -> None:
@@ -77,9 +83,28 @@ class ChatStream:
             "client_disconnected",
         )
 
+    def passed(self, data: str) -> bytes | None:
+        """One upstream chunk (an SSE `data:` payload): counted, renamed to the model
+        the client asked for, and the event that passes it on (None for a usage-only
+        chunk, kept for the end)."""
+        chunk = orjson.loads(data)
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = usage_from_response(chunk)
+            if not chunk.get("choices"):
+                self.usage_chunk = chunk
+                return None
+        for choice in chunk.get("choices") or []:
+            if (choice.get("delta") or {}).get("content"):
+                if self.content_chunks == 0:
+                    metrics.UPSTREAM_TTFT.labels(self.attempts[-1].channel_id).observe(
+                        time.monotonic() - self.opened_at
+                    )
+                self.content_chunks += 1
+        chunk["model"] = self.prepared.resolved.selected_model
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
     async def events(self) -> AsyncIterator[bytes]:
         p = self.prepared
-        usage_chunk: dict[str, Any] | None = None
         done = False
         cut = False
         try:
@@ -91,21 +116,13 @@ class ChatStream:
                     if data == "[DONE]":
                         done = True
                         break
-                    chunk = orjson.loads(data)
-                    if isinstance(chunk.get("usage"), dict):
-                        self.usage = usage_from_response(chunk)
-                        if not chunk.get("choices"):
-                            usage_chunk = chunk
-                            continue
-                    for choice in chunk.get("choices") or []:
-                        if (choice.get("delta") or {}).get("content"):
-                            if self.content_chunks == 0:
-                                metrics.UPSTREAM_TTFT.labels(self.attempts[-1].channel_id).observe(
-                                    time.monotonic() - self.opened_at
-                                )
-                            self.content_chunks += 1
-                    chunk["model"] = p.resolved.selected_model
-                    yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                    event = self.passed(data)
+                    # Nothing of this chunk is kept while the next is awaited (memory
+                    # per open stream).
+                    del line, data
+                    if event is not None:
+                        yield event
+                        del event
             except (*STREAM_ERRORS, orjson.JSONDecodeError) as error:
                 log.warning("upstream stream broke: %s", type(error).__name__)
                 cut = True
@@ -133,7 +150,7 @@ class ChatStream:
             annotate_span(self.span, receipt, "chat")
             if self.client_wants_usage:
                 charged = receipt.prompt_tokens, receipt.completion_tokens
-                final = usage_chunk or {
+                final = self.usage_chunk or {
                     "id": f"chatcmpl-{p.cmd.request_id}",
                     "object": "chat.completion.chunk",
                     "choices": [],
@@ -143,7 +160,7 @@ class ChatStream:
                     "prompt_tokens": charged[0],
                     "completion_tokens": charged[1],
                     "total_tokens": charged[0] + charged[1],
-                    **(usage_chunk or {}).get("usage", {}),
+                    **(self.usage_chunk or {}).get("usage", {}),
                     **cost_fields(charge),
                 }
                 final["receipt"] = receipt_json(receipt)
@@ -190,18 +207,34 @@ class ReservedStreamingResponse(StreamingResponse):
             headers={**stream.headers, "cache-control": "no-cache"},
         )
         self.stream = stream
+        stream.headers = {}  # they are the answer's now: not kept twice for the stream's life
         # The last byte was handed to the server: a disconnect from then on changes nothing.
         self.sent_all = False
         # The client left while the body was being sent (its sending was cancelled).
         self.client_left = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        later = scope.get(SEND_LATER)
+        if isinstance(later, list):
+            # Sent by the request middleware once the route has returned, so that what
+            # only the route needed (FastAPI's exit stacks and exception wrappers, the
+            # request object and its body) is not kept for the stream's life.
+            later.append(self)
+            return
+        await self.send_now(receive, send)
+
+    async def send_now(self, receive: Receive, send: Send) -> None:
         try:
             await self.send_until_disconnect(receive, send)
         finally:
-            self.stream.abandon()
-            if self.stream.response is not None:
-                await self.stream.response.close()
+            await self.drop()
+
+    async def drop(self) -> None:
+        """The answer ends (or is never sent): the request's reservation ends (nothing
+        when its finish started) and the upstream answer is closed."""
+        self.stream.abandon()
+        if self.stream.response is not None:
+            await self.stream.response.close()
 
     async def send_until_disconnect(self, receive: Receive, send: Send) -> None:
         sending = asyncio.current_task()
@@ -224,13 +257,14 @@ class ReservedStreamingResponse(StreamingResponse):
             await self.background()
 
     async def stream_response(self, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
+        headers, self.raw_headers = self.raw_headers, []  # sent: not kept for the stream
+        await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
+        del headers
         async for chunk in self.body_iterator:
             if not isinstance(chunk, bytes | memoryview):
                 chunk = chunk.encode(self.charset)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            del chunk  # not kept while the next is awaited
         self.sent_all = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -4,6 +4,8 @@ leaves mid-stream cuts the sending short: the upstream answer is closed and the
 request is finished once, for what was delivered (`client_disconnect`). A stream that
 ends leaves no task behind, and a disconnect after its last byte changes nothing.
 Exceptions of the body, and a cancellation that is not the client's, go on as before.
+Through the app, the route hands the answer back to the request middleware, which
+sends it once the route's own frames (the request object among them) have ended.
 
 The stream is the real ChatStream (its events, its finish and abandon); the peers and
 the finish queue are the unit fakes, the upstream answer a paced list of SSE lines."""
@@ -11,15 +13,19 @@ the finish queue are the unit fakes, the upstream answer a paced list of SSE lin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import gc
+import weakref
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 import pytest
+from fastapi import FastAPI, Request
 from starlette.types import Message
 
 from services.gateway.adapters.upstream import Attempt
 from services.gateway.flow.stream import ChatStream, ReservedStreamingResponse
+from services.gateway.transport.http import create_app
 from tests.unit.gateway.fakes import Queue, RecordingUsage, peers_with
 from tests.unit.gateway.test_finish_waits import Routing, prepared
 from tokenforge.generated.usage.v1 import usage_pb2
@@ -64,7 +70,13 @@ class Client:
     waits until the client leaves (or answers `http.disconnect` at once once the
     response is complete); `send` keeps what was sent."""
 
-    def __init__(self, leave_after_chunks: int | None = None, leave_at_end: bool = False):
+    def __init__(
+        self,
+        leave_after_chunks: int | None = None,
+        leave_at_end: bool = False,
+        on_body: Callable[[], None] = lambda: None,
+    ):
+        self.on_body = on_body
         self.sent: list[Message] = []
         self.left = asyncio.Event()
         self.complete = False
@@ -83,6 +95,8 @@ class Client:
     async def send(self, message: Message) -> None:
         self.sent.append(message)
         self.watching.append(len(watchers()))
+        if message["type"] == "http.response.body":
+            self.on_body()
         bodies = [m for m in self.sent if m["type"] == "http.response.body" and m["body"]]
         if self.leave_after_chunks is not None and len(bodies) == self.leave_after_chunks:
             self.left.set()
@@ -202,5 +216,97 @@ async def test_a_cancellation_that_is_not_the_clients_goes_on_out() -> None:
         await answer
     assert upstream.cancelled_while_reading and upstream.closed >= 1
     assert watchers() == []
+    receipt = await finished_receipt(stream, queue)
+    assert receipt.settlement_rule == "client_disconnect"
+
+
+class Streamed:
+    """The gateway's app with one more route that answers `stream`, keeping a weak
+    reference to its request and noting, at each body message sent, whether the
+    request object still lives."""
+
+    def __init__(self, stream: ChatStream) -> None:
+        self.app: FastAPI = create_app(None, None)  # type: ignore[arg-type]
+        self.request: weakref.ref[Request] | None = None
+        self.request_alive: list[bool] = []
+
+        async def streamed(request: Request) -> ReservedStreamingResponse:
+            self.request = weakref.ref(request)
+            return ReservedStreamingResponse(stream)
+
+        self.app.add_api_route("/streamed", streamed, methods=["POST"])
+
+    def note(self) -> None:
+        gc.collect()
+        self.request_alive.append(self.request is not None and self.request() is not None)
+
+    async def answer(self, client: Client) -> None:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/streamed",
+            "raw_path": b"/streamed",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 5000),
+            "server": ("gateway", 80),
+        }
+        await asyncio.wait_for(self.app(scope, client.receive, client.send), 5)  # type: ignore[arg-type]
+
+
+async def test_through_the_app_the_stream_is_sent_after_the_route_returned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream = PacedUpstream(words=4)
+    stream, queue = a_stream(upstream)
+    streamed = Streamed(stream)
+    client = Client(on_body=streamed.note)
+    with caplog.at_level("INFO", logger="services.gateway.transport.http"):
+        await streamed.answer(client)
+    assert streamed.request_alive and not any(streamed.request_alive)  # gone while sending
+    start = client.sent[0]
+    assert start["type"] == "http.response.start" and start["status"] == 200
+    assert any(name == b"x-request-id" for name, _ in start["headers"])  # the middleware's
+    assert client.finished() and client.body().endswith(b"data: [DONE]\n\n")
+    assert watchers() == [] and set(client.watching) == {1}
+    receipt = await finished_receipt(stream, queue)
+    assert receipt.settlement_rule == "finished_without_usage"
+    assert any("/streamed -> 200" in m for m in caplog.messages)
+
+
+async def test_through_the_app_a_client_that_leaves_mid_stream_is_settled_for_what_it_got(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream = PacedUpstream(words=10, stall=3)
+    stream, queue = a_stream(upstream)
+    streamed = Streamed(stream)
+    client = Client(leave_after_chunks=3)
+    with caplog.at_level("INFO"):
+        await streamed.answer(client)
+    assert upstream.cancelled_while_reading and upstream.closed >= 1
+    assert client.body().count(b"data: ") == 3 and not client.finished()
+    receipt = await finished_receipt(stream, queue)
+    assert receipt.settlement_rule == "client_disconnect"
+    assert receipt.error_code == "client_disconnected"
+    assert "unexpected error" not in caplog.text and "Traceback" not in caplog.text
+    assert watchers() == []
+
+
+async def test_through_the_app_an_error_of_the_body_is_logged_and_cuts_the_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As before the answer was sent by the middleware: the error is logged with its
+    request id and goes on out (the server closes the connection)."""
+    upstream = PacedUpstream(words=3, fail=RuntimeError("a bug in a translator"))
+    stream, queue = a_stream(upstream)
+    client = Client()
+    with caplog.at_level("INFO"), pytest.raises(RuntimeError, match="a bug in a translator"):
+        await Streamed(stream).answer(client)
+    assert "unexpected error (request " in caplog.text
+    assert not client.finished() and upstream.closed >= 1
     receipt = await finished_receipt(stream, queue)
     assert receipt.settlement_rule == "client_disconnect"

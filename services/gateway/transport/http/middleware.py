@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.gateway import metrics
 from services.gateway.domain.planning import new_request_id
 from services.gateway.domain.validation import MAX_ID_CHARS, check_url_value, invalid
+from services.gateway.flow.stream import SEND_LATER, ReservedStreamingResponse
 from services.gateway.transport.http.common import error_response, internal_error
 from tokenforge.errors import DomainError
 from tokenforge.runtime.logging import request_id_var
@@ -150,12 +151,18 @@ class RequestContextMiddleware:
                 answer["elapsed"] = time.perf_counter() - started
             await send(message)
 
+        # A streamed answer is handed back here by the route and sent once the route's
+        # own frames have ended (memory per open stream; flow/stream.py).
+        later: list[ReservedStreamingResponse] = []
+        scope[SEND_LATER] = later
         try:
             refused = url_problem(scope)
             if refused is not None:
                 await error_response(refused)(scope, receive, send_with_context)
                 return
             await self.app(scope, receive, send_with_context)
+            while later:
+                await later.pop().send_now(receive, send_with_context)
         except ClientDisconnect:
             # The client left before its request was read: nothing ran, nobody to answer.
             log.info("request %s: the client went away before its body arrived", request_id)
@@ -166,6 +173,8 @@ class RequestContextMiddleware:
             fallback = error_response(internal_error(request_id))
             await fallback(scope, receive, send_with_context)
         finally:
+            for unsent in later:  # the route failed after handing it back
+                await unsent.drop()
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope.get("method", "-")
             elapsed = answer.get("elapsed", time.perf_counter() - started)
