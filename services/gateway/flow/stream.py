@@ -224,8 +224,39 @@ class ReservedStreamingResponse(StreamingResponse):
         await self.send_now(receive, send)
 
     async def send_now(self, receive: Receive, send: Send) -> None:
+        """Send the answer from this task (one coroutine: each frame is kept for the
+        stream's life) while `watch_disconnect` waits for the client to leave; however
+        it ends, `drop`."""
+        sending = asyncio.current_task()
+        assert sending is not None  # an ASGI app runs in a task
+        watcher = asyncio.create_task(self.watch_disconnect(receive, sending))
         try:
-            await self.send_until_disconnect(receive, send)
+            try:
+                headers, self.raw_headers = self.raw_headers, []  # sent: not kept
+                await send(
+                    {"type": "http.response.start", "status": self.status_code, "headers": headers}
+                )
+                del headers
+                async for chunk in self.body_iterator:
+                    if not isinstance(chunk, bytes | memoryview):
+                        chunk = chunk.encode(self.charset)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    del chunk  # not kept while the next is awaited
+                self.sent_all = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except asyncio.CancelledError:
+                # Ours (the client left) is taken back; any other cancellation goes on.
+                if not self.client_left or sending.uncancel() > 0:
+                    raise
+            finally:
+                self.sent_all = True
+                watcher.cancel()
+                await asyncio.wait((watcher,))
+            failed = None if watcher.cancelled() else watcher.exception()
+            if failed is not None:  # `receive` failed: the stream was cut short by it
+                raise failed
+            if self.background is not None:
+                await self.background()
         finally:
             await self.drop()
 
@@ -235,38 +266,6 @@ class ReservedStreamingResponse(StreamingResponse):
         self.stream.abandon()
         if self.stream.response is not None:
             await self.stream.response.close()
-
-    async def send_until_disconnect(self, receive: Receive, send: Send) -> None:
-        sending = asyncio.current_task()
-        assert sending is not None  # an ASGI app runs in a task
-        watcher = asyncio.create_task(self.watch_disconnect(receive, sending))
-        try:
-            await self.stream_response(send)
-        except asyncio.CancelledError:
-            # Ours (the client left) is taken back; any other cancellation goes on.
-            if not self.client_left or sending.uncancel() > 0:
-                raise
-        finally:
-            self.sent_all = True
-            watcher.cancel()
-            await asyncio.wait((watcher,))
-        failed = None if watcher.cancelled() else watcher.exception()
-        if failed is not None:  # `receive` failed: the stream was cut short by it
-            raise failed
-        if self.background is not None:
-            await self.background()
-
-    async def stream_response(self, send: Send) -> None:
-        headers, self.raw_headers = self.raw_headers, []  # sent: not kept for the stream
-        await send({"type": "http.response.start", "status": self.status_code, "headers": headers})
-        del headers
-        async for chunk in self.body_iterator:
-            if not isinstance(chunk, bytes | memoryview):
-                chunk = chunk.encode(self.charset)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            del chunk  # not kept while the next is awaited
-        self.sent_all = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def watch_disconnect(self, receive: Receive, sending: asyncio.Task[Any]) -> None:
         """Wait for the client's disconnect (or `receive` failing) and cut the sending

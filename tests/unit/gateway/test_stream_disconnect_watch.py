@@ -229,6 +229,8 @@ class Streamed:
         self.app: FastAPI = create_app(None, None)  # type: ignore[arg-type]
         self.request: weakref.ref[Request] | None = None
         self.request_alive: list[bool] = []
+        self.scope: dict[str, Any] = {}
+        self.scope_keys: list[set[str]] = []
 
         async def streamed(request: Request) -> ReservedStreamingResponse:
             self.request = weakref.ref(request)
@@ -239,9 +241,10 @@ class Streamed:
     def note(self) -> None:
         gc.collect()
         self.request_alive.append(self.request is not None and self.request() is not None)
+        self.scope_keys.append(set(self.scope))
 
     async def answer(self, client: Client) -> None:
-        scope = {
+        self.scope = scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": "1.1",
@@ -268,6 +271,8 @@ async def test_through_the_app_the_stream_is_sent_after_the_route_returned(
     with caplog.at_level("INFO", logger="services.gateway.transport.http"):
         await streamed.answer(client)
     assert streamed.request_alive and not any(streamed.request_alive)  # gone while sending
+    stacks = {"fastapi_middleware_astack", "fastapi_inner_astack", "fastapi_function_astack"}
+    assert all("route" in keys and not keys & stacks for keys in streamed.scope_keys)
     start = client.sent[0]
     assert start["type"] == "http.response.start" and start["status"] == 200
     assert any(name == b"x-request-id" for name, _ in start["headers"])  # the middleware's

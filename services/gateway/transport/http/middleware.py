@@ -42,6 +42,12 @@ MAX_QUERY_VALUE_CHARS = 512
 BOUNDED_HEADERS = {b"idempotency-key": 255, b"x-tokenforge-run": MAX_ID_CHARS}
 # The answer's headers the request's log line names.
 LOGGED_HEADERS = frozenset({b"x-tokenforge-bucket", b"x-tokenforge-charge"})
+# FastAPI's exit stacks of a request, which it leaves in the request's scope.
+FASTAPI_EXIT_STACKS = (
+    "fastapi_middleware_astack",
+    "fastapi_inner_astack",
+    "fastapi_function_astack",
+)
 # A path no longer than this cannot hold a path parameter above MAX_ID_CHARS.
 _SHORT_PATH = MAX_ID_CHARS + 8
 
@@ -161,6 +167,10 @@ class RequestContextMiddleware:
                 await error_response(refused)(scope, receive, send_with_context)
                 return
             await self.app(scope, receive, send_with_context)
+            if later:
+                # Closed by now; the scope would keep them for the stream's life.
+                for key in FASTAPI_EXIT_STACKS:
+                    scope.pop(key, None)
             while later:
                 await later.pop().send_now(receive, send_with_context)
         except ClientDisconnect:
