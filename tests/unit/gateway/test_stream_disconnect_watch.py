@@ -271,7 +271,7 @@ class Streamed:
             "client": ("127.0.0.1", 5000),
             "server": ("gateway", 80),
         }
-        await asyncio.wait_for(self.app(scope, client.receive, client.send), 5)  # type: ignore[arg-type]
+        await asyncio.wait_for(self.app(scope, client.receive, client.send), 5)
 
 
 async def test_through_the_app_the_stream_is_sent_after_the_route_returned(
