@@ -40,12 +40,13 @@ class UpstreamStream:
         """Each line of the body, without its line break (raises STREAM_ERRORS)."""
         pending = b""
         async for data in self._response.content.iter_any():
-            pending += data
-            *complete, pending = pending.split(b"\n")
+            *complete, pending = (pending + data).split(b"\n")
+            del data  # nothing of a read is kept while the next is awaited
             if len(pending) > MAX_LINE_BYTES:
                 raise ValueError("an upstream stream line is longer than 8 MiB")
-            for line in complete:
-                yield line.rstrip(b"\r").decode()
+            complete.reverse()
+            while complete:
+                yield complete.pop().rstrip(b"\r").decode()
         if pending:
             yield pending.rstrip(b"\r").decode()
 

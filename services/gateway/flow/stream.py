@@ -12,6 +12,7 @@ to iterate the stream.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -45,6 +46,10 @@ from tokenforge.errors import DomainError, openai_error_body
 
 log = logging.getLogger("tokenforge.gateway.stream")
 
+# The request scope's list in which the request middleware (transport/http/middleware.py)
+# takes a streamed answer to send itself, after the route returned.
+SEND_LATER = "tokenforge.send_later"
+
 
 @dataclass
 class ChatStream:
@@ -61,6 +66,8 @@ class ChatStream:
     span: trace.Span = field(default_factory=trace.get_current_span)
     # What was generated so far (for a client that goes away).
     usage: Usage | None = None
+    # The upstream's usage-only chunk, passed on (with the charge) at the end.
+    usage_chunk: dict[str, Any] | None = None
     content_chunks: int = 0
 
     def abandon(self) -> None:
@@ -76,9 +83,28 @@ class ChatStream:
             "client_disconnected",
         )
 
+    def passed(self, data: str) -> bytes | None:
+        """One upstream chunk (an SSE `data:` payload): counted, renamed to the model
+        the client asked for, and the event that passes it on (None for a usage-only
+        chunk, kept for the end)."""
+        chunk = orjson.loads(data)
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = usage_from_response(chunk)
+            if not chunk.get("choices"):
+                self.usage_chunk = chunk
+                return None
+        for choice in chunk.get("choices") or []:
+            if (choice.get("delta") or {}).get("content"):
+                if self.content_chunks == 0:
+                    metrics.UPSTREAM_TTFT.labels(self.attempts[-1].channel_id).observe(
+                        time.monotonic() - self.opened_at
+                    )
+                self.content_chunks += 1
+        chunk["model"] = self.prepared.resolved.selected_model
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
     async def events(self) -> AsyncIterator[bytes]:
         p = self.prepared
-        usage_chunk: dict[str, Any] | None = None
         done = False
         cut = False
         try:
@@ -90,21 +116,13 @@ class ChatStream:
                     if data == "[DONE]":
                         done = True
                         break
-                    chunk = orjson.loads(data)
-                    if isinstance(chunk.get("usage"), dict):
-                        self.usage = usage_from_response(chunk)
-                        if not chunk.get("choices"):
-                            usage_chunk = chunk
-                            continue
-                    for choice in chunk.get("choices") or []:
-                        if (choice.get("delta") or {}).get("content"):
-                            if self.content_chunks == 0:
-                                metrics.UPSTREAM_TTFT.labels(self.attempts[-1].channel_id).observe(
-                                    time.monotonic() - self.opened_at
-                                )
-                            self.content_chunks += 1
-                    chunk["model"] = p.resolved.selected_model
-                    yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                    event = self.passed(data)
+                    # Nothing of this chunk is kept while the next is awaited (memory
+                    # per open stream).
+                    del line, data
+                    if event is not None:
+                        yield event
+                        del event
             except (*STREAM_ERRORS, orjson.JSONDecodeError) as error:
                 log.warning("upstream stream broke: %s", type(error).__name__)
                 cut = True
@@ -132,7 +150,7 @@ class ChatStream:
             annotate_span(self.span, receipt, "chat")
             if self.client_wants_usage:
                 charged = receipt.prompt_tokens, receipt.completion_tokens
-                final = usage_chunk or {
+                final = self.usage_chunk or {
                     "id": f"chatcmpl-{p.cmd.request_id}",
                     "object": "chat.completion.chunk",
                     "choices": [],
@@ -142,7 +160,7 @@ class ChatStream:
                     "prompt_tokens": charged[0],
                     "completion_tokens": charged[1],
                     "total_tokens": charged[0] + charged[1],
-                    **(usage_chunk or {}).get("usage", {}),
+                    **(self.usage_chunk or {}).get("usage", {}),
                     **cost_fields(charge),
                 }
                 final["receipt"] = receipt_json(receipt)
@@ -165,7 +183,16 @@ class ChatStream:
 
 class ReservedStreamingResponse(StreamingResponse):
     """A streamed answer whose request's reservation ends however the response ends,
-    even when the client left before the stream was first iterated."""
+    even when the client left before the stream was first iterated.
+
+    The body is sent from the request's own task while one plain task waits for the
+    client's `http.disconnect` and, when the client leaves before the last byte was
+    handed to the server, cancels the sending: the stream's `finally` then abandons it
+    (charged for what was delivered). Starlette's own way (an anyio task group with a
+    task for the body and one for the listener) does the same with more objects kept
+    for every open stream; its other way (ASGI spec 2.4: no listener) is not safe
+    with uvicorn, which drops what is sent to a gone client without a word, so a
+    stream would run on to its end."""
 
     def __init__(
         self,
@@ -180,14 +207,76 @@ class ReservedStreamingResponse(StreamingResponse):
             headers={**stream.headers, "cache-control": "no-cache"},
         )
         self.stream = stream
+        stream.headers = {}  # they are the answer's now: not kept twice for the stream's life
+        # The last byte was handed to the server: a disconnect from then on changes nothing.
+        self.sent_all = False
+        # The client left while the body was being sent (its sending was cancelled).
+        self.client_left = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        later = scope.get(SEND_LATER)
+        if isinstance(later, list):
+            # Sent by the request middleware once the route has returned, so that what
+            # only the route needed (FastAPI's exit stacks and exception wrappers, the
+            # request object and its body) is not kept for the stream's life.
+            later.append(self)
+            return
+        await self.send_now(receive, send)
+
+    async def send_now(self, receive: Receive, send: Send) -> None:
+        """Send the answer from this task (one coroutine: each frame is kept for the
+        stream's life) while `watch_disconnect` waits for the client to leave; however
+        it ends, `drop`."""
+        sending = asyncio.current_task()
+        assert sending is not None  # an ASGI app runs in a task
+        watcher = asyncio.create_task(self.watch_disconnect(receive, sending))
         try:
-            await super().__call__(scope, receive, send)
+            try:
+                headers, self.raw_headers = self.raw_headers, []  # sent: not kept
+                await send(
+                    {"type": "http.response.start", "status": self.status_code, "headers": headers}
+                )
+                del headers
+                async for chunk in self.body_iterator:
+                    if not isinstance(chunk, bytes | memoryview):
+                        chunk = chunk.encode(self.charset)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    del chunk  # not kept while the next is awaited
+                self.sent_all = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except asyncio.CancelledError:
+                # Ours (the client left) is taken back; any other cancellation goes on.
+                if not self.client_left or sending.uncancel() > 0:
+                    raise
+            finally:
+                self.sent_all = True
+                watcher.cancel()
+                await asyncio.wait((watcher,))
+            failed = None if watcher.cancelled() else watcher.exception()
+            if failed is not None:  # `receive` failed: the stream was cut short by it
+                raise failed
+            if self.background is not None:
+                await self.background()
         finally:
-            self.stream.abandon()
-            if self.stream.response is not None:
-                await self.stream.response.close()
+            await self.drop()
+
+    async def drop(self) -> None:
+        """The answer ends (or is never sent): the request's reservation ends (nothing
+        when its finish started) and the upstream answer is closed."""
+        self.stream.abandon()
+        if self.stream.response is not None:
+            await self.stream.response.close()
+
+    async def watch_disconnect(self, receive: Receive, sending: asyncio.Task[Any]) -> None:
+        """Wait for the client's disconnect (or `receive` failing) and cut the sending
+        short, unless everything was sent already."""
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        finally:
+            if not self.sent_all:
+                self.client_left = True
+                sending.cancel()
 
 
 async def start_chat_stream(peers: Peers, upstream: Upstream, cmd: ChatCommand) -> ChatStream:

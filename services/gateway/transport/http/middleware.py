@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.gateway import metrics
 from services.gateway.domain.planning import new_request_id
 from services.gateway.domain.validation import MAX_ID_CHARS, check_url_value, invalid
+from services.gateway.flow.stream import SEND_LATER, ReservedStreamingResponse
 from services.gateway.transport.http.common import error_response, internal_error
 from tokenforge.errors import DomainError
 from tokenforge.runtime.logging import request_id_var
@@ -41,6 +42,12 @@ MAX_QUERY_VALUE_CHARS = 512
 BOUNDED_HEADERS = {b"idempotency-key": 255, b"x-tokenforge-run": MAX_ID_CHARS}
 # The answer's headers the request's log line names.
 LOGGED_HEADERS = frozenset({b"x-tokenforge-bucket", b"x-tokenforge-charge"})
+# FastAPI's exit stacks of a request, which it leaves in the request's scope.
+FASTAPI_EXIT_STACKS = (
+    "fastapi_middleware_astack",
+    "fastapi_inner_astack",
+    "fastapi_function_astack",
+)
 # A path no longer than this cannot hold a path parameter above MAX_ID_CHARS.
 _SHORT_PATH = MAX_ID_CHARS + 8
 
@@ -150,12 +157,22 @@ class RequestContextMiddleware:
                 answer["elapsed"] = time.perf_counter() - started
             await send(message)
 
+        # A streamed answer is handed back here by the route and sent once the route's
+        # own frames have ended (memory per open stream; flow/stream.py).
+        later: list[ReservedStreamingResponse] = []
+        scope[SEND_LATER] = later
         try:
             refused = url_problem(scope)
             if refused is not None:
                 await error_response(refused)(scope, receive, send_with_context)
                 return
             await self.app(scope, receive, send_with_context)
+            if later:
+                # Closed by now; the scope would keep them for the stream's life.
+                for key in FASTAPI_EXIT_STACKS:
+                    scope.pop(key, None)
+            while later:
+                await later.pop().send_now(receive, send_with_context)
         except ClientDisconnect:
             # The client left before its request was read: nothing ran, nobody to answer.
             log.info("request %s: the client went away before its body arrived", request_id)
@@ -166,6 +183,8 @@ class RequestContextMiddleware:
             fallback = error_response(internal_error(request_id))
             await fallback(scope, receive, send_with_context)
         finally:
+            for unsent in later:  # the route failed after handing it back
+                await unsent.drop()
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope.get("method", "-")
             elapsed = answer.get("elapsed", time.perf_counter() - started)
