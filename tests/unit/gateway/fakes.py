@@ -3,7 +3,11 @@ against the real services in tests/e2e)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
+
+import orjson
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.storage.finish_queue import Waiting
@@ -110,3 +114,35 @@ def peers_with(usage: Usage, queue: Any) -> Peers:
     peers.__dict__["usage_client"] = usage  # the cached client, replaced
     peers.finish_queue = queue
     return peers
+
+
+def chunk(text: str) -> str:
+    return "data: " + orjson.dumps({"choices": [{"index": 0, "delta": {"content": text}}]}).decode()
+
+
+class PacedUpstream:
+    """An upstream answer read as SSE lines: `words` chunks, then [DONE]; the reading
+    waits at `stall` (a chunk index) until let go, like a slow model."""
+
+    def __init__(self, words: int, stall: int | None = None, fail: Exception | None = None):
+        self.words, self.stall, self.fail = words, stall, fail
+        self.go = asyncio.Event()
+        self.closed = 0
+        self.cancelled_while_reading = False
+
+    async def lines(self) -> AsyncIterator[str]:
+        for n in range(self.words):
+            if n == self.stall:
+                try:
+                    await self.go.wait()
+                except asyncio.CancelledError:
+                    self.cancelled_while_reading = True
+                    raise
+            if self.fail is not None and n == self.words - 1:
+                raise self.fail
+            yield chunk(f"w{n} ")
+            yield ""
+        yield "data: [DONE]"
+
+    async def close(self) -> None:
+        self.closed += 1

@@ -24,7 +24,7 @@ from services.gateway.flow.reservation import OwnHold
 from services.gateway.flow.reserve import Prepared
 from services.gateway.flow.stream import ChatStream
 from services.gateway.transport.http.common import error_response
-from tests.unit.gateway.fakes import RecordingUsage, peers_with
+from tests.unit.gateway.fakes import PacedUpstream, RecordingUsage, peers_with
 from tokenforge.errors import DomainError, Reason
 from tokenforge.generated.common.v1 import common_pb2
 from tokenforge.generated.routing.v1 import routing_pb2
@@ -119,33 +119,17 @@ async def test_past_its_wait_a_request_that_charges_nothing_says_so(
     assert charged.micros == 0 and queue.kept["req-1"]["finish"] == "release"
 
 
-class FakeUpstreamStream:
-    """An upstream stream that answers two content chunks and [DONE]."""
-
-    def __init__(self) -> None:
-        self.closed = False
-
-    async def lines(self) -> Any:
-        for word in ("Hello", " there"):
-            chunk = {"id": "c1", "choices": [{"index": 0, "delta": {"content": word}}]}
-            yield "data: " + json.dumps(chunk)
-        yield "data: [DONE]"
-
-    async def close(self) -> None:
-        self.closed = True
-
-
 async def test_a_stream_whose_finish_waits_past_its_wait_ends_with_the_charge_being_settled(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     queue, peers, p = slow_finish(monkeypatch)
-    upstream = FakeUpstreamStream()
+    upstream = PacedUpstream(words=2)
     attempts = [Attempt("ch-1", "ok", 3)]
     stream = ChatStream(peers, p, upstream, attempts, {}, client_wants_usage=True)  # type: ignore[arg-type]
     events = [event async for event in stream.events()]
     assert [json.loads(e[6:])["choices"][0]["delta"]["content"] for e in events[:2]] == [
-        "Hello",
-        " there",
+        "w0 ",
+        "w1 ",
     ]
     # No usage chunk (its receipt is not recorded yet): the charge being settled instead.
     pending = json.loads(events[2][6:])["error"]
@@ -156,7 +140,7 @@ async def test_a_stream_whose_finish_waits_past_its_wait_ends_with_the_charge_be
     assert pending["details"]["ledger_entry_id"] == str(settle_entry_id(HOLD))
     assert "/v1/usage/req-1" in pending["message"]
     assert events[3:] == [b"data: [DONE]\n\n"]
-    assert upstream.closed
+    assert upstream.closed == 1
 
     queue.back.set()  # the database is back: the finish that went on lands, once
     assert p.finishing is not None

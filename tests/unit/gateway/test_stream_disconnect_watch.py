@@ -15,10 +15,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import orjson
 import pytest
 from fastapi import FastAPI, Request
 from starlette.types import Message
@@ -26,43 +25,11 @@ from starlette.types import Message
 from services.gateway.adapters.upstream import Attempt
 from services.gateway.flow.stream import ChatStream, ReservedStreamingResponse
 from services.gateway.transport.http import create_app
-from tests.unit.gateway.fakes import Queue, RecordingUsage, peers_with
+from tests.unit.gateway.fakes import PacedUpstream, Queue, RecordingUsage, peers_with
 from tests.unit.gateway.test_finish_waits import Routing, prepared
 from tokenforge.generated.usage.v1 import usage_pb2
 
 SCOPE: dict[str, Any] = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}}
-
-
-def chunk(text: str) -> str:
-    return "data: " + orjson.dumps({"choices": [{"index": 0, "delta": {"content": text}}]}).decode()
-
-
-class PacedUpstream:
-    """An upstream answer read as SSE lines: `words` chunks, then [DONE]; the reading
-    waits at `stall` (a chunk index) until let go, like a slow model."""
-
-    def __init__(self, words: int, stall: int | None = None, fail: Exception | None = None):
-        self.words, self.stall, self.fail = words, stall, fail
-        self.go = asyncio.Event()
-        self.closed = 0
-        self.cancelled_while_reading = False
-
-    async def lines(self) -> AsyncIterator[str]:
-        for n in range(self.words):
-            if n == self.stall:
-                try:
-                    await self.go.wait()
-                except asyncio.CancelledError:
-                    self.cancelled_while_reading = True
-                    raise
-            if self.fail is not None and n == self.words - 1:
-                raise self.fail
-            yield chunk(f"w{n} ")
-            yield ""
-        yield "data: [DONE]"
-
-    async def close(self) -> None:
-        self.closed += 1
 
 
 class Client:
