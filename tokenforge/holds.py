@@ -8,6 +8,9 @@
   and the part's request id, and a hold's **settle** one derived from the hold, so the
   gateway can name the entry in its answer before the wallet writes it (a finish
   durably queued, DESIGN "One request").
+- A fallback route's Hold the wallet never answered is listed on the request's receipt
+  as a route attempt `HOLD_IN_DOUBT` (no hold id); the hold, if placed, is released
+  later, and reconciliation matches it by request id and bucket.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import uuid
 BUDGET_PREFIX = "budget-"
 # A run's id, which is also the request id of its hold.
 RUN_PREFIX = "run_"
+# A receipt's route attempt whose Hold the wallet never answered.
+HOLD_IN_DOUBT = "hold_in_doubt"
 
 # Fixed forever: changing them changes every part's and settle's entry id.
 _PART_NAMESPACE = uuid.UUID("5b0c53a4-54c4-4f0e-9a51-0c1f8f7c2d6e")

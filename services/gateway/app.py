@@ -20,7 +20,7 @@ from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
 from services.gateway.budgets import Budgets
 from services.gateway.domain.budgets import BudgetPolicy
-from services.gateway.flow.finish import drain_abandoned
+from services.gateway.flow import background
 from services.gateway.relay import drain, run_relay
 from services.gateway.runs import run_sweeper
 from services.gateway.storage.audit import AuditLog
@@ -141,7 +141,7 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
         relay.cancel()
         if leases is not None:
             leases.cancel()
-        await drain_abandoned()  # requests whose clients left end their reservations
+        await background.drain()  # requests whose clients left end their reservations
         await drain(peers)  # what waits is delivered, the budgets closed
         await upstream.close()
         await peers.close()

@@ -184,12 +184,14 @@ class WalletClient(ServiceClient):
         *,
         ttl_seconds: int,
         trace_id: str = "",
+        idempotency_key: str = "",
     ) -> wallet_pb2.Hold | None:
         """A Hold that went unanswered (the wallet down mid-call) may have been placed:
-        ask the same Hold again (same request id, so the same idempotency key) until the
-        wallet answers, backing off from 0.5 s to 8 s, for at most `ttl_seconds` (then
-        the wallet has ended any such hold). The hold it names (placed then, or now),
-        or None when the wallet refuses (it had placed none) or never answered."""
+        ask the same Hold again (the same idempotency key: `idempotency_key`, or else
+        the request id) until the wallet answers, backing off from 0.5 s to 8 s, for at
+        most `ttl_seconds` (then the wallet has ended any such hold). The hold it names
+        (placed then, or now), or None when the wallet refuses (it had placed none) or
+        never answered."""
         loop = asyncio.get_running_loop()
         give_up_at, delay = loop.time() + ttl_seconds, DOUBT_RETRY_S
         while True:
@@ -202,6 +204,7 @@ class WalletClient(ServiceClient):
                     request_id,
                     ttl_seconds=ttl_seconds,
                     trace_id=trace_id,
+                    idempotency_key=idempotency_key,
                 )
             except DomainError as error:
                 if error.reason is not Reason.SERVICE_UNAVAILABLE:

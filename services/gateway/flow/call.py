@@ -9,6 +9,7 @@ No retry after the first byte has gone to the client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 from typing import Any
@@ -20,14 +21,18 @@ from services.gateway.domain.protocols import OPENAI_CHAT, protocol_for
 from services.gateway.domain.settlement import Rule
 from services.gateway.flow.admit import CHAT, ENDPOINT_PATH, hold_ttl, plan_for, upstream_body
 from services.gateway.flow.ends import PeerEnds
-from services.gateway.flow.reserve import Prepared, take_hold
+from services.gateway.flow.reserve import HoldInDoubt, Prepared, give_back_in_doubt, take_hold
 from tokenforge.errors import DomainError, Reason
 from tokenforge.generated.routing.v1 import routing_pb2
 from tokenforge.generated.usage.v1 import usage_pb2
+from tokenforge.holds import HOLD_IN_DOUBT
 from tokenforge.money import Money, format_amount
 from tokenforge.wire import bucket_from_proto, price_from_proto, route_kind_from_proto
 
 log = logging.getLogger("tokenforge.gateway.call")
+
+# How long a fallback waits for the release of the hold it leaves behind before going on.
+GIVE_BACK_WAIT_S = 1.0
 
 
 async def call_json(
@@ -137,6 +142,12 @@ async def fall_back(peers: Peers, p: Prepared, attempts: list[Attempt]) -> bool:
         key = f"{p.cmd.request_id}/route-{p.next_fallback + 1}"
         try:
             hold, plan = await take_hold(peers, admitted, price, plan, hold_ttl(route), key)
+        except HoldInDoubt as doubt:
+            # The request ends on the route it is on; its receipt lists this one as
+            # asked for and not answered, and the hold, if placed, is released.
+            p.route_attempts.append(route_attempt(route, "", HOLD_IN_DOUBT, 0))
+            give_back_in_doubt(peers, doubt)
+            raise
         except DomainError as error:
             if error.reason is not Reason.INSUFFICIENT_BALANCE:
                 raise
@@ -150,9 +161,16 @@ async def fall_back(peers: Peers, p: Prepared, attempts: list[Attempt]) -> bool:
         on_left = len(attempts) - p.earlier_attempts
         p.route_attempts.append(route_attempt(left, given_back.hold_id, "fell_back", on_left))
         p.earlier_attempts = len(attempts)
+        reason = f"fallback_to_{route_kind_from_proto(route.kind)}"
         try:
-            await given_back.give_back(
-                PeerEnds(peers), f"fallback_to_{route_kind_from_proto(route.kind)}"
+            # Waited for a moment only: with the wallet away, the release goes on in its
+            # own task until the wallet answers (flow/reservation.py OwnHold).
+            await asyncio.wait_for(given_back.give_back(PeerEnds(peers), reason), GIVE_BACK_WAIT_S)
+        except TimeoutError:
+            log.warning(
+                "hold %s left behind by %s: released once the wallet answers",
+                given_back.hold_id,
+                p.cmd.request_id,
             )
         except Exception as error:  # noqa: BLE001 - the request goes on; the hold expires
             log.warning(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -26,10 +25,11 @@ from services.gateway.domain.planning import Usage, counted_usage
 from services.gateway.domain.protocols import OPENAI_CHAT
 from services.gateway.domain.settlement import Rule, Settlement, settle
 from services.gateway.flow.admit import ENDPOINT_NAME
+from services.gateway.flow.background import in_background
 from services.gateway.flow.call import charge_policy_name, route_attempt
 from services.gateway.flow.ends import PeerEnds, receipt_pending
 from services.gateway.flow.report import report_outcome
-from services.gateway.flow.reservation import Ended, OwnHold, Queued, State
+from services.gateway.flow.reservation import Ended, Queued, State
 from services.gateway.flow.reserve import HoldInDoubt, Prepared
 from tokenforge.errors import DomainError, Reason
 from tokenforge.generated.usage.v1 import usage_pb2
@@ -47,9 +47,6 @@ log = logging.getLogger("tokenforge.gateway.finish")
 # the wallet are both unreachable (a PostgreSQL restart), and the finish is tried again
 # (flow/reservation.py); the answer then names the charge being settled.
 FINISH_WAIT_S = 20.0
-
-# Finishes started for a request whose client went away: kept referenced until done.
-_background: set[asyncio.Task[Any]] = set()
 
 
 def new_receipt(p: Prepared, attempts: list[Attempt]) -> usage_pb2.Receipt:
@@ -203,7 +200,7 @@ def abandon(
     (`client_disconnect`), nothing for a request never answered (`not_answered`)."""
     if p.finishing is not None or p.reservation.state is not State.TAKEN:
         return
-    _in_background(
+    in_background(
         finish(
             peers,
             p,
@@ -222,48 +219,20 @@ def end_in_doubt(peers: Peers, doubt: HoldInDoubt) -> None:
     Hold again (same idempotency key: the wallet answers the hold it placed, or places
     it now) and release it with a receipt that charges nothing (`not_answered`,
     `service_unavailable`). Given up when the hold's TTL has passed (the wallet ended
-    it) or the wallet places none (a refusal: it had placed none)."""
-    _in_background(_end_in_doubt(peers, doubt))
+    it) or the wallet places none (a refusal: it had placed none). (A fallback route's
+    hold in doubt: flow/reserve.py `give_back_in_doubt`.)"""
+    in_background(_end_in_doubt(peers, doubt))
 
 
 async def _end_in_doubt(peers: Peers, doubt: HoldInDoubt) -> None:
-    admitted, price, plan = doubt.admitted, doubt.price, doubt.plan
-    cmd = admitted.cmd
-    hold = await peers.wallet_client.hold_in_doubt(
-        admitted.account_id,
-        price.bucket,
-        plan.worst_case.micros,
-        cmd.request_id,
-        ttl_seconds=doubt.ttl_s,
-        trace_id=cmd.trace_id,
-    )
-    if hold is None:
-        log.info("request %s: no hold in doubt placed, or left to its TTL", cmd.request_id)
+    if (held := await doubt.placed(peers)) is None:
         return
-    held = Money(hold.amount_micros, price.bucket)
-    p = Prepared(admitted, OwnHold(hold.hold_id, admitted.account_id, held), price, plan, {})
+    cmd = doubt.admitted.cmd
+    p = Prepared(doubt.admitted, held, doubt.price, doubt.plan, {})
     await finish(
         peers, p, [], Rule.NOT_ANSWERED, None, counted_usage(cmd.body, 0), "service_unavailable"
     )
-    log.info("request %s: its hold in doubt %s is released", cmd.request_id, hold.hold_id)
-
-
-def _in_background(work: Coroutine[Any, Any, Any]) -> None:
-    task = asyncio.create_task(work)
-    _background.add(task)
-    task.add_done_callback(_done)
-
-
-def _done(task: asyncio.Task[Any]) -> None:
-    _background.discard(task)
-    if not task.cancelled() and (error := task.exception()) is not None:
-        log.error("finish of an abandoned request (or a hold in doubt) failed: %r", error)
-
-
-async def drain_abandoned(timeout_s: float = 5.0) -> None:
-    """On the way out: wait for the background finishes (within `timeout_s`)."""
-    if _background:
-        await asyncio.wait(list(_background), timeout=timeout_s)
+    log.info("request %s: its hold in doubt %s is released", cmd.request_id, held.hold_id)
 
 
 def count_finish(p: Prepared, ended: Ended) -> None:

@@ -150,6 +150,7 @@ class Reservation(ABC):
     async def _once(self, start: Callable[[], Coroutine[Any, Any, Ended]]) -> Ended:
         if self._end is None:
             self._end = asyncio.ensure_future(start())
+            _ENDS.add(self._end)  # kept until done, though every caller went away
             self._end.add_done_callback(_retrieve)
         # Shielded: a caller that goes away stops waiting; the end itself goes on.
         return await asyncio.shield(self._end)
@@ -163,8 +164,13 @@ class Reservation(ABC):
     async def _give_back(self, ends: Ends, reason: str) -> None: ...
 
 
+# The ends under way (asyncio keeps only weak references to tasks).
+_ENDS: set[asyncio.Future[Ended]] = set()
+
+
 def _retrieve(future: asyncio.Future[Ended]) -> None:
     """An end nobody waits for any more still has its failure logged."""
+    _ENDS.discard(future)
     if not future.cancelled() and (error := future.exception()) is not None:
         log.error("a reservation's end failed: %r", error)
 
@@ -175,6 +181,15 @@ def _retrieve(future: asyncio.Future[Ended]) -> None:
 # answer does not wait for all of it (flow/finish.py, FINISH_WAIT_S).
 FINISH_RETRY_S = 90.0
 FINISH_RETRY_MAX_S = 4.0
+
+
+async def try_again(attempt: int, give_up_at: float) -> bool:
+    """Wait before the next try (0.25 s doubling to FINISH_RETRY_MAX_S); False, without
+    waiting, once `give_up_at` has passed."""
+    if asyncio.get_running_loop().time() >= give_up_at:
+        return False
+    await asyncio.sleep(min(FINISH_RETRY_MAX_S, 0.25 * 2 ** min(attempt, 8)))
+    return True
 
 
 class Queued(Reservation, ABC):
@@ -214,10 +229,9 @@ class Queued(Reservation, ABC):
                     # Neither way now (the gateway's database and the wallet's both down:
                     # a PostgreSQL restart): again in a moment, rather than leave the hold
                     # to its TTL. Both ways are idempotent per request and hold.
-                    if asyncio.get_running_loop().time() >= give_up_at:
+                    if not await try_again(attempt, give_up_at):
                         self.spent(charge.micros)  # it may have been taken: counted as spent
                         raise
-                    await asyncio.sleep(min(FINISH_RETRY_MAX_S, 0.25 * 2 ** min(attempt, 8)))
                     attempt += 1
                     continue
                 self.spent(charge.micros)
@@ -239,7 +253,21 @@ class OwnHold(Queued):
         return str(settle_entry_id(self.hold_id))
 
     async def _give_back(self, ends: Ends, reason: str) -> None:
-        await ends.release(self.hold_id, reason, self.account_id)
+        """Released; while the wallet does not answer (the request moved to another
+        route as the wallet went away), tried again for FINISH_RETRY_S rather than left
+        held until its TTL. Release is idempotent per hold."""
+        give_up_at = asyncio.get_running_loop().time() + FINISH_RETRY_S
+        attempt = 0
+        while True:
+            try:
+                await ends.release(self.hold_id, reason, self.account_id)
+                return
+            except DomainError as error:
+                if error.reason is not Reason.SERVICE_UNAVAILABLE:
+                    raise
+                if not await try_again(attempt, give_up_at):
+                    raise
+            attempt += 1
 
 
 class BudgetDraw(Queued):

@@ -16,6 +16,7 @@ lowered to what it can pay rather than refused. A refusal for money records a
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +34,16 @@ from services.gateway.flow.admit import (
     route_protocols,
     upstream_body,
 )
+from services.gateway.flow.background import in_background
+from services.gateway.flow.ends import PeerEnds
 from services.gateway.flow.report import report_outcome
 from services.gateway.flow.reservation import BudgetDraw, OwnHold, Reservation, RunSlice
 from tokenforge.errors import DomainError, Reason
 from tokenforge.generated.routing.v1 import routing_pb2
 from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.money import Money, Price
+
+log = logging.getLogger("tokenforge.gateway.reserve")
 
 
 class HoldInDoubt(DomainError):
@@ -47,13 +52,60 @@ class HoldInDoubt(DomainError):
     the wallet is unavailable and nothing was charged, and made true in the background
     (flow/finish.py `end_in_doubt`): the same Hold is asked again, with the same
     idempotency key, once the wallet answers, and the hold it names is released with a
-    receipt that charges nothing."""
+    receipt that charges nothing. A request's second hold, on a fallback route
+    (`idempotency_key` set), is released without a receipt of its own: the request's
+    first reservation ends with the request's receipt."""
 
     def __init__(
-        self, error: DomainError, admitted: Admitted, price: Price, plan: Plan, ttl_s: int
+        self,
+        error: DomainError,
+        admitted: Admitted,
+        price: Price,
+        plan: Plan,
+        ttl_s: int,
+        idempotency_key: str = "",
     ) -> None:
         super().__init__(error.reason, error.message, error.metadata)
         self.admitted, self.price, self.plan, self.ttl_s = admitted, price, plan, ttl_s
+        self.idempotency_key = idempotency_key
+
+    async def placed(self, peers: Peers) -> OwnHold | None:
+        """Once the wallet answers: the hold it placed for this Hold (placed then, or
+        now), or None when it places none or never answered within the hold's TTL."""
+        admitted, bucket = self.admitted, self.price.bucket
+        hold = await peers.wallet_client.hold_in_doubt(
+            admitted.account_id,
+            bucket,
+            self.plan.worst_case.micros,
+            admitted.cmd.request_id,
+            ttl_seconds=self.ttl_s,
+            trace_id=admitted.cmd.trace_id,
+            idempotency_key=self.idempotency_key,
+        )
+        if hold is None:
+            log.info(
+                "request %s: no hold in doubt placed, or left to its TTL", admitted.cmd.request_id
+            )
+            return None
+        return OwnHold(hold.hold_id, admitted.account_id, Money(hold.amount_micros, bucket))
+
+
+def give_back_in_doubt(peers: Peers, doubt: HoldInDoubt) -> None:
+    """A fallback route's Hold the wallet did not answer (the request is answered that
+    the wallet is unavailable; its first reservation ends with its receipt, nothing
+    charged): in the background, once the wallet answers, the hold it names is released,
+    rather than held until its TTL."""
+
+    async def give_back() -> None:
+        if (held := await doubt.placed(peers)) is not None:
+            await held.give_back(PeerEnds(peers), "fallback_hold_in_doubt")
+            log.info(
+                "request %s: its fallback hold in doubt %s is released",
+                doubt.admitted.cmd.request_id,
+                held.hold_id,
+            )
+
+    in_background(give_back())
 
 
 @dataclass
@@ -151,8 +203,8 @@ async def take_hold(
             amount = Money(hold.amount_micros, price.bucket)
             return OwnHold(hold.hold_id, admitted.account_id, amount), plan
         except DomainError as error:
-            if error.reason is Reason.SERVICE_UNAVAILABLE and not idempotency_key:
-                raise HoldInDoubt(error, admitted, price, plan, ttl_s) from error
+            if error.reason is Reason.SERVICE_UNAVAILABLE:
+                raise HoldInDoubt(error, admitted, price, plan, ttl_s, idempotency_key) from error
             if error.reason is not Reason.INSUFFICIENT_BALANCE:
                 raise
             available = Money(

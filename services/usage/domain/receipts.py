@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from tokenforge.errors import DomainError, Reason
+from tokenforge.holds import HOLD_IN_DOUBT
 from tokenforge.money import Bucket, Price
 
 DEFAULT_PAGE_SIZE = 50
@@ -54,7 +55,8 @@ class RouteAttempt:
     prices: Price | None = None
     # Empty when the route's bucket could not pay the worst case (not tried).
     hold_id: str = ""
-    # "fell_back" (released), "insufficient_balance" (no hold), "final" (it paid).
+    # "fell_back" (released), "insufficient_balance" (no hold), "hold_in_doubt" (the
+    # wallet never answered its Hold: released if placed, hold_id empty), "final" (it paid).
     outcome: str = ""
     channel_attempts: int = 0
 
@@ -108,6 +110,16 @@ class Receipt:
         """Holds placed for this request on routes it left (fell back from)."""
         return tuple(
             a.hold_id for a in self.route_attempts if a.hold_id and a.hold_id != self.hold_id
+        )
+
+    @property
+    def buckets_in_doubt(self) -> tuple[Bucket, ...]:
+        """Buckets of the routes whose Hold the wallet never answered (the hold, if
+        placed, is released later, named by no hold id here)."""
+        return tuple(
+            a.bucket
+            for a in self.route_attempts
+            if a.outcome == HOLD_IN_DOUBT and a.bucket is not None
         )
 
     def same_as(self, stored: Receipt) -> bool:

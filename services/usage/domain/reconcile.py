@@ -8,7 +8,9 @@ The rules:
   receipt's charge equals what the hold captured; a hold released when the request
   fell back to another route is named by that request's receipt (its route attempts)
   and captured nothing, so one request id may have several holds, at most one of
-  which took money;
+  which took money; a fallback route's hold whose Hold the wallet never answered is
+  released later, named by no hold id: the request's receipt lists a route attempt
+  `hold_in_doubt` on the hold's bucket, and the hold captured nothing;
 - a run's hold paid for the lines of its run: they sum to what the hold captured
   and to what the run recorded;
 - a gateway budget's hold (its request id starts with `tokenforge.holds.BUDGET_PREFIX`)
@@ -124,11 +126,14 @@ def reconcile(
     paid_by: dict[str, list[Receipt]] = defaultdict(list)
     released_for: dict[str, list[Receipt]] = defaultdict(list)
     named_by: dict[str, list[Receipt]] = defaultdict(list)
+    in_doubt_for: dict[tuple[str, Bucket], list[Receipt]] = defaultdict(list)
     for receipt in all_receipts:
         if receipt.hold_id:
             paid_by[receipt.hold_id].append(receipt)
         for hold_id in receipt.released_hold_ids:
             released_for[hold_id].append(receipt)
+        for bucket in receipt.buckets_in_doubt:
+            in_doubt_for[(receipt.request_id, bucket)].append(receipt)
         if receipt.entry_id:
             named_by[receipt.entry_id].append(receipt)
     entry_list = list(entries)
@@ -145,13 +150,10 @@ def reconcile(
         if hold.status is HoldState.OPEN:
             continue
         report.holds_checked += 1
-        _check_hold(
-            hold,
-            paid_by[hold.hold_id],
-            released_for[hold.hold_id],
-            runs_by_hold.get(hold.hold_id),
-            add,
-        )
+        released = released_for[hold.hold_id]
+        if not paid_by[hold.hold_id] and not released:  # a fallback's Hold never answered?
+            released = in_doubt_for[(hold.request_id, hold.bucket)]
+        _check_hold(hold, paid_by[hold.hold_id], released, runs_by_hold.get(hold.hold_id), add)
         _check_hold_ledger(hold, entries_by_hold[hold.hold_id], entries_by_id, add)
 
     for receipt in scoped:

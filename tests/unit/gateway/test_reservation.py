@@ -225,6 +225,54 @@ async def test_an_own_hold_given_back_is_released_once() -> None:
     assert wallet.releases == [("hold-own", "fallback")]
 
 
+class AwayWallet(Wallet):
+    """Not answering for its first `away` releases (the wallet went away)."""
+
+    def __init__(self, away: int) -> None:
+        super().__init__()
+        self.away, self.tried = away, 0
+
+    async def release(self, hold_id: str, *, reason: str = "", **_: str) -> Any:
+        self.tried += 1
+        if self.tried <= self.away:
+            raise DomainError(Reason.SERVICE_UNAVAILABLE, "The wallet is not answering.")
+        return await super().release(hold_id, reason=reason)
+
+
+async def test_an_own_hold_given_back_while_the_wallet_is_away_is_released_once_it_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reservation, "FINISH_RETRY_MAX_S", 0.05)  # its retries soon
+    wallet = AwayWallet(away=3)
+    hold = OwnHold("hold-left", "acct-1", WORST)
+    ends = ends_with(KeepingQueue(), wallet, RecordingUsage())
+    # The request waits only a moment (flow/call.py); the release goes on without it.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(hold.give_back(ends, "fallback_to_routed"), 0.01)
+    assert hold.state is State.FINISHING
+    ended = await hold.wait()
+    assert ended is not None and ended.receipt is None and ended.charge.micros == 0
+    assert wallet.tried == 4 and wallet.releases == [("hold-left", "fallback_to_routed")]
+
+
+async def test_an_own_hold_whose_release_is_refused_or_never_answered_ends_by_its_ttl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reservation, "FINISH_RETRY_MAX_S", 0.0)
+    monkeypatch.setattr(reservation, "FINISH_RETRY_S", 0.05)  # given up soon
+    away = AwayWallet(away=10**9)
+    with pytest.raises(DomainError, match="not answering"):
+        await OwnHold("hold-a", "acct-1", WORST).give_back(
+            ends_with(KeepingQueue(), away, RecordingUsage()), "fallback"
+        )
+    assert away.tried > 1 and away.releases == []
+    refused = Wallet(DomainError(Reason.HOLD_NOT_OPEN, "The hold expired."))
+    with pytest.raises(DomainError, match="expired"):  # tried once: nothing to release
+        await OwnHold("hold-b", "acct-1", WORST).give_back(
+            ends_with(KeepingQueue(), refused, RecordingUsage()), "fallback"
+        )
+
+
 async def test_a_slice_captures_its_part_then_records_and_cannot_be_given_back() -> None:
     wallet, usage = Wallet(), RecordingUsage()
     piece = RunSlice("hold-run", "acct-1", "run-1", WORST)

@@ -13,6 +13,7 @@ from services.usage.domain.reconcile import (
     reconcile,
 )
 from services.usage.domain.runs import Run, RunStatus
+from tokenforge.holds import HOLD_IN_DOUBT
 from tokenforge.money import Bucket
 
 NOW = datetime(2026, 1, 5, 12, tzinfo=UTC)
@@ -295,6 +296,55 @@ def test_a_hold_of_a_route_left_behind_that_took_money_is_reported() -> None:
     )
     assert (Problem.CHARGE_DIFFERS_FROM_HOLD, "h-left") in problems(report)
     assert (Problem.LEDGER_ENTRY_WITHOUT_RECEIPT, "e-h-left") in problems(report)
+
+
+def in_doubt(ended_on: str) -> Receipt:
+    """A request whose fallback Hold, on the routed bucket, the wallet never answered:
+    it ended, failed and charging nothing, on the route of hold `ended_on`."""
+    return receipt(
+        ended_on,
+        0,
+        request_id="req-fb",
+        status=ReceiptStatus.FAILED,
+        route_attempts=(
+            RouteAttempt(None, Bucket.ROUTED, outcome=HOLD_IN_DOUBT),
+            RouteAttempt(None, CR, hold_id=ended_on, outcome="final", channel_attempts=1),
+        ),
+    )
+
+
+def test_a_released_fallback_hold_the_wallet_never_answered_reconciles() -> None:
+    report = reconcile(
+        [
+            hold("h-first", 0, HoldState.RELEASED, request_id="req-fb"),
+            hold("h-doubt", 0, HoldState.RELEASED, request_id="req-fb", bucket=Bucket.ROUTED),
+        ],
+        [in_doubt("h-first")],
+        [],
+    )
+    assert report.ok, report.mismatches
+    assert report.holds_checked == 2
+
+
+def test_a_hold_in_doubt_on_another_bucket_or_that_took_money_is_reported() -> None:
+    other_bucket = reconcile(
+        [
+            hold("h-first", 0, HoldState.RELEASED, request_id="req-fb"),
+            hold("h-doubt", 0, HoldState.RELEASED, request_id="req-fb"),  # credit, not routed
+        ],
+        [in_doubt("h-first")],
+        [],
+    )
+    assert (Problem.HOLD_WITHOUT_RECEIPT, "h-doubt") in problems(other_bucket)
+    took_money = reconcile(
+        [
+            hold("h-first", 0, HoldState.RELEASED, request_id="req-fb"),
+            hold("h-doubt", 100, request_id="req-fb", bucket=Bucket.ROUTED),
+        ],
+        [in_doubt("h-first")],
+        [entry("h-doubt", 100, request_id="req-fb", bucket=Bucket.ROUTED)],
+    )
+    assert (Problem.CHARGE_DIFFERS_FROM_HOLD, "h-doubt") in problems(took_money)
 
 
 def budget_lines(charges: list[int]) -> tuple[list[Receipt], list[EntryView]]:

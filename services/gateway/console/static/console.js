@@ -569,6 +569,7 @@ async function showChatReceipt(summary) {
 const ROUTE_OUTCOME = {
   fell_back: "every channel failed before the first byte, its hold returned",
   insufficient_balance: "balance too low for its worst case, not tried",
+  hold_in_doubt: "the wallet did not answer its hold, not tried; the hold, if placed, returned",
   final: "paid",
 };
 
