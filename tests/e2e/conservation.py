@@ -670,11 +670,16 @@ async def until_at_rest(run: Run, engine: AsyncEngine) -> Report:
         await wallet.close()
     for request_id, error in queued:
         report.add("finish_still_queued", request_id, f"after {timeout_s:.0f} s: {error}")
+    # Which answer it was (the step, its kind, its status), to find out why.
+    answered = {a.request_id: a for a in run.answers if a.request_id}
     for h in held:
+        answer = answered.get(h.request_id)
+        said = f"; {answer.label()} answered {answer.status}" if answer else ""
         report.add(
             "hold_open_at_rest",
             h.request_id,
-            f"hold {h.hold_id} still holds {h.amount_micros} micros after {timeout_s:.0f} s",
+            f"hold {h.hold_id} ({bucket_from_proto(h.bucket).value}) "
+            f"still holds {h.amount_micros} micros after {timeout_s:.0f} s{said}",
         )
     return report
 
