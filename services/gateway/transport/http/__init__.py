@@ -14,6 +14,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
@@ -39,7 +40,10 @@ from services.gateway.transport.http.common import (
     error_response,
     json_response,
 )
-from services.gateway.transport.http.middleware import RequestContextMiddleware
+from services.gateway.transport.http.middleware import (
+    RequestContextMiddleware,
+    direct_routes,
+)
 from services.gateway.transport.http.schemas import ERROR_RESPONSES
 from tokenforge.errors import DomainError, Reason, openai_error_body
 
@@ -118,7 +122,8 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
 
-    app.add_middleware(RequestContextMiddleware)
+    direct: dict[str, APIRoute] = {}  # the hot endpoints, called past the router
+    app.add_middleware(RequestContextMiddleware, direct=direct)
     if cors_origins:
         # Outermost: a preflight is answered before anything else runs, and every answer
         # (errors included) carries the allow-origin header. No credentials: the API is
@@ -167,5 +172,7 @@ def create_app(
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         return json_response({"status": "ok"})
+
+    direct.update(direct_routes(app.router))
 
     return app

@@ -5,6 +5,12 @@ It makes the request id, puts it in the log context and `request.state`, adds
 `x-request-id` and `x-trace-id` to the answer, counts and times the request by route
 template, and writes one log line per request.
 
+The hot endpoints (`DIRECT_PATHS`: chat, embeddings, responses, messages) are called
+from here directly, past FastAPI's router, exception middleware, exit stacks and
+dependency solving, which took about a fifth of the gateway's CPU per request
+(docs/PERFORMANCE.md). Their handlers take the request alone (checked when the app is
+made, `direct_routes`); their DomainError is answered as the app's handler answers it.
+
 It is also the edge of the HTTP front (DESIGN S2): a URL whose path parameters or
 query values carry a NUL, bytes that are not UTF-8 or too many characters (or an
 overlong `Idempotency-Key` or `x-tokenforge-run`) is refused 400 naming the parameter
@@ -21,7 +27,8 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from starlette.requests import ClientDisconnect
+from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -48,6 +55,8 @@ FASTAPI_EXIT_STACKS = (
     "fastapi_inner_astack",
     "fastapi_function_astack",
 )
+# The endpoints called directly (see above), all POST.
+DIRECT_PATHS = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")
 # A path no longer than this cannot hold a path parameter above MAX_ID_CHARS.
 _SHORT_PATH = MAX_ID_CHARS + 8
 
@@ -126,9 +135,48 @@ def _query_problem(query: bytes) -> DomainError | None:
     return None
 
 
+def direct_routes(router: Any, paths: tuple[str, ...] = DIRECT_PATHS) -> dict[str, APIRoute]:
+    """The POST routes of `paths` in `router` (and the routers it includes), each
+    checked to take the request alone (no parameters, no dependencies: nothing FastAPI
+    would solve is skipped)."""
+    found: dict[str, APIRoute] = {}
+    for route in _routes(router):
+        if isinstance(route, APIRoute) and route.path in paths and "POST" in (route.methods or ()):
+            d = route.dependant
+            extra = (
+                d.path_params,
+                d.query_params,
+                d.header_params,
+                d.cookie_params,
+                d.body_params,
+                d.dependencies,
+            )
+            if any(extra) or not d.request_param_name:
+                raise RuntimeError(
+                    f"{route.path} cannot be called directly: it takes more than the request"
+                )
+            found[route.path] = route
+    if missing := set(paths) - set(found):
+        raise RuntimeError(f"no POST route for {sorted(missing)}")
+    return found
+
+
+async def call_direct(route: APIRoute, scope: Scope, receive: Receive, send: Send) -> None:
+    """One hot endpoint, as FastAPI would call it: the request in, its response (or its
+    DomainError's answer) out; anything else goes on up (answered `internal_error`)."""
+    scope["route"], scope["endpoint"] = route, route.endpoint
+    try:
+        response = await route.endpoint(Request(scope, receive, send))
+    except DomainError as error:
+        response = error_response(error)
+    await response(scope, receive, send)
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, direct: dict[str, APIRoute] | None = None) -> None:
         self.app = app
+        # Filled once the app's routes exist (transport/http/__init__.py).
+        self.direct = direct if direct is not None else {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -166,7 +214,11 @@ class RequestContextMiddleware:
             if refused is not None:
                 await error_response(refused)(scope, receive, send_with_context)
                 return
-            await self.app(scope, receive, send_with_context)
+            direct = self.direct.get(scope["path"]) if scope["method"] == "POST" else None
+            if direct is not None:
+                await call_direct(direct, scope, receive, send_with_context)
+            else:
+                await self.app(scope, receive, send_with_context)
             if later:
                 # Closed by now; the scope would keep them for the stream's life.
                 for key in FASTAPI_EXIT_STACKS:
