@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from services.gateway import metrics
 from services.gateway.domain.budgets import Budget, BudgetBook, BudgetPolicy, Key
+from services.gateway.flow.reservation import until_answered
 from services.wallet.client import WalletClient
 from tokenforge.errors import DomainError, Reason
 from tokenforge.holds import new_budget_request_id
@@ -138,8 +139,10 @@ class Budgets:
             if hold is None:
                 log.info("budget %s: no hold in doubt placed, or left to its TTL", request_id)
                 return
-            await self.wallet.release(
-                hold.hold_id, reason="budget_not_opened", account_id=account_id
+            await until_answered(  # the wallet may go away again meanwhile
+                lambda: self.wallet.release(
+                    hold.hold_id, reason="budget_not_opened", account_id=account_id
+                )
             )
             log.info("budget hold in doubt %s released", hold.hold_id)
 

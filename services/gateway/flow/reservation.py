@@ -39,9 +39,9 @@ import asyncio
 import enum
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from services.gateway.domain.settlement import Settlement, Status
 from services.gateway.storage.finish_queue import PART, RELEASE, SETTLE
@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from services.gateway.domain.budgets import Budget
 
 log = logging.getLogger("tokenforge.gateway.reservation")
+
+T = TypeVar("T")
 
 
 class State(enum.StrEnum):
@@ -192,6 +194,24 @@ async def try_again(attempt: int, give_up_at: float) -> bool:
     return True
 
 
+async def until_answered(call: Callable[[], Awaitable[T]], give_up_s: float | None = None) -> T:
+    """`call` (idempotent), tried again while its peer does not answer
+    (SERVICE_UNAVAILABLE: the wallet went away) for `give_up_s` (FINISH_RETRY_S),
+    rather than leave a hold held until its TTL; any other error at once."""
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + (FINISH_RETRY_S if give_up_s is None else give_up_s)
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except DomainError as error:
+            if error.reason is not Reason.SERVICE_UNAVAILABLE:
+                raise
+            if not await try_again(attempt, give_up_at):
+                raise
+        attempt += 1
+
+
 class Queued(Reservation, ABC):
     """A reservation whose finish is durably queued for the relay (or, when the queue
     cannot take it, done now): an own hold or a budget draw."""
@@ -253,21 +273,9 @@ class OwnHold(Queued):
         return str(settle_entry_id(self.hold_id))
 
     async def _give_back(self, ends: Ends, reason: str) -> None:
-        """Released; while the wallet does not answer (the request moved to another
-        route as the wallet went away), tried again for FINISH_RETRY_S rather than left
-        held until its TTL. Release is idempotent per hold."""
-        give_up_at = asyncio.get_running_loop().time() + FINISH_RETRY_S
-        attempt = 0
-        while True:
-            try:
-                await ends.release(self.hold_id, reason, self.account_id)
-                return
-            except DomainError as error:
-                if error.reason is not Reason.SERVICE_UNAVAILABLE:
-                    raise
-                if not await try_again(attempt, give_up_at):
-                    raise
-            attempt += 1
+        """Released, also when the wallet went away meanwhile (the request moved to
+        another route as it did): release is idempotent per hold."""
+        await until_answered(lambda: ends.release(self.hold_id, reason, self.account_id))
 
 
 class BudgetDraw(Queued):

@@ -23,6 +23,7 @@ from tests.unit.gateway.fakes import Queue, RecordingUsage, Wallet, peers_with
 from tokenforge.errors import DomainError, Reason
 from tokenforge.generated.common.v1 import common_pb2
 from tokenforge.generated.usage.v1 import usage_pb2
+from tokenforge.generated.wallet.v1 import wallet_pb2
 from tokenforge.holds import part_entry_id, settle_entry_id
 from tokenforge.money import Bucket, Money
 
@@ -271,6 +272,24 @@ async def test_an_own_hold_whose_release_is_refused_or_never_answered_ends_by_it
         await OwnHold("hold-b", "acct-1", WORST).give_back(
             ends_with(KeepingQueue(), refused, RecordingUsage()), "fallback"
         )
+
+
+class DoubtWallet(AwayWallet):
+    """Names the hold it placed for a Hold in doubt, then is away for `away` releases."""
+
+    async def hold_in_doubt(self, *_: Any, **__: Any) -> wallet_pb2.Hold:
+        return wallet_pb2.Hold(hold_id="hold-budget", amount_micros=10_000)
+
+
+async def test_a_budget_hold_in_doubt_is_released_though_the_wallet_goes_away_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reservation, "FINISH_RETRY_MAX_S", 0.0)
+    wallet = DoubtWallet(away=2)
+    budgets = Budgets(wallet, BudgetPolicy())  # type: ignore[arg-type]
+    budgets._end_in_doubt("acct-1", Bucket.CREDIT, 10_000, "budget-1", 600, "trace-1")
+    await asyncio.gather(*budgets._in_doubt)
+    assert wallet.tried == 3 and wallet.releases == [("hold-budget", "budget_not_opened")]
 
 
 async def test_a_slice_captures_its_part_then_records_and_cannot_be_given_back() -> None:
