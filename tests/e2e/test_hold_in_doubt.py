@@ -16,6 +16,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import httpx
 from sqlalchemy import text
 
 from services.wallet.client import WalletClient
@@ -27,6 +28,26 @@ from tokenforge.runtime.db import create_engine
 
 CREDIT = 5_000_000
 ASK = {"model": "demo-chat", "messages": [{"role": "user", "content": "is it held?"}]}
+
+
+async def until_ended(
+    http: httpx.AsyncClient, wallet: WalletClient, account: str, request_id: str, holds: int
+) -> tuple[httpx.Response, list[wallet_pb2.Hold]]:
+    """The request's receipt and its holds, once it has a receipt and `holds` holds,
+    none open (or as they are after 60 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        found = await http.get(f"/v1/usage/{request_id}")
+        await http.get("/v1/wallet")  # delivers the account's queued finishes
+        ours = [h for h in (await wallet.holds(account)).holds if h.request_id == request_id]
+        ended = (
+            found.status_code == 200
+            and len(ours) >= holds
+            and all(h.status != wallet_pb2.HOLD_STATUS_OPEN for h in ours)
+        )
+        if ended or time.monotonic() > deadline:
+            return found, ours
+        await asyncio.sleep(0.5)
 
 
 async def test_a_hold_placed_but_never_answered_is_released_with_a_receipt(
@@ -56,18 +77,7 @@ async def test_a_hold_placed_but_never_answered_is_released_with_a_receipt(
     wallet = WalletClient.connect(system.services["wallet"], system.admin_token)
     try:
         async with system.http(key) as http:
-            deadline = time.monotonic() + 60
-            while True:
-                found = await http.get(f"/v1/usage/{request_id}")
-                await http.get("/v1/wallet")  # delivers the account's queued finishes
-                holds = (await wallet.holds(account)).holds
-                ours = [h for h in holds if h.request_id == request_id]
-                settled = found.status_code == 200 and all(
-                    h.status != wallet_pb2.HOLD_STATUS_OPEN for h in ours
-                )
-                if settled or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.5)
+            found, ours = await until_ended(http, wallet, account, request_id, holds=1)
             assert found.status_code == 200, found.text
             receipt = found.json()
             assert receipt["status"] == "failed" and receipt["charge"]["micros"] == 0, receipt
@@ -127,21 +137,7 @@ async def test_a_fallback_hold_placed_but_never_answered_is_released(
     wallet = WalletClient.connect(system.services["wallet"], system.admin_token)
     try:
         async with system.http(key) as http:
-            deadline = time.monotonic() + 60
-            while True:
-                found = await http.get(f"/v1/usage/{request_id}")
-                await http.get("/v1/wallet")  # delivers the account's queued finishes
-                ours = [
-                    h for h in (await wallet.holds(account)).holds if h.request_id == request_id
-                ]
-                done = (
-                    found.status_code == 200
-                    and len(ours) == 2
-                    and all(h.status != wallet_pb2.HOLD_STATUS_OPEN for h in ours)
-                )
-                if done or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.5)
+            found, ours = await until_ended(http, wallet, account, request_id, holds=2)
             assert found.status_code == 200, found.text
             receipt = found.json()
             assert receipt["status"] == "failed" and receipt["charge"]["micros"] == 0, receipt
