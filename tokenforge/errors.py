@@ -168,6 +168,11 @@ def _is_integer(text: str) -> bool:
     return digits.isascii() and digits.isdigit()
 
 
+def error_code(error: DomainError) -> str:
+    """The `code` the answer to `error` carries (what a receipt of it names too)."""
+    return HTTP_ERROR[error.reason][2]
+
+
 def openai_error_body(error: DomainError, param: str | None = None) -> dict[str, object]:
     """The OpenAI error object for a domain error (plus our details under `details`)."""
     _, err_type, code = HTTP_ERROR[error.reason]

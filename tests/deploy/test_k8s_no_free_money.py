@@ -111,7 +111,10 @@ def test_the_dev_nats_config_is_one_nats_server_accepts(
 ) -> None:
     conf = tmp_path / "nats.conf"
     conf.write_text(config_map(rendered["dev"], "nats-config")["nats.conf"])
-    env = {f"{u.upper()}_PASSWORD": secrets.token_urlsafe(16) for u in NATS_PERMISSIONS}
+    # Passwords as docs/DEPLOY.md makes them (`openssl rand -hex 32`). NATS reads a
+    # `$VAR` as a config value: a password like `64k`, `1234` or `true` would be a
+    # number or a boolean and refused (token_urlsafe made one in about 2% of runs).
+    env = {f"{u.upper()}_PASSWORD": secrets.token_hex(32) for u in NATS_PERMISSIONS}
     checked = subprocess.run(
         [tool("nats-server"), "-t", "-c", str(conf)],
         env={**env, "POD_NAME": "nats-0", "PATH": "/usr/bin:/bin"},

@@ -198,3 +198,23 @@ def test_prod_runs_two_or_more_replicas_cloudnativepg_three_nats_and_tls_ingress
     assert named(objects, "Deployment")["gateway"]["spec"]["template"]["spec"]["containers"][0][
         "image"
     ].startswith("registry.example.com/tokenforge:")
+
+
+def test_the_capacity_model_plans_with_what_the_prod_overlay_sets(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The model's replicas and HPA figures (docs/PERFORMANCE.md) come from these: the
+    gateway's HPA bounds and the CPU request its 70% target is a share of (one core:
+    one replica is one Python process, planned at 70% of a core busy)."""
+    from bench import capacity_bench as model
+
+    objects = rendered["prod"]
+    hpa = named(objects, "HorizontalPodAutoscaler")["gateway"]["spec"]
+    assert hpa["maxReplicas"] == model.PROD_GATEWAY_MAX
+    assert hpa["minReplicas"] == model.PROD_MIN_REPLICAS
+    assert hpa["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+    assert model.REPLICA_TARGET == 0.7
+    gateway = named(objects, "Deployment")["gateway"]["spec"]["template"]["spec"]
+    cpu = gateway["containers"][0]["resources"]["requests"]["cpu"]
+    cores = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    assert cores == model.PROD_GATEWAY_CPU_REQUEST == model.REPLICA_CORES

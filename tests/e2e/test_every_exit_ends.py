@@ -147,4 +147,5 @@ async def test_a_failure_inside_the_gateway_ends_the_hold_and_answers_with_the_r
         after = await balances(http)
     assert receipt["status"] == "failed" and receipt["charge"]["micros"] == 0
     assert receipt["settlement_rule"] == "not_answered"
+    assert receipt["error"] == "internal_error"  # the code the answer carried
     assert after["routed"] == {"posted": 10_000_000, "held": 0, "available": 10_000_000}

@@ -141,6 +141,8 @@ async def test_a_fallback_hold_placed_but_never_answered_is_released(
             assert found.status_code == 200, found.text
             receipt = found.json()
             assert receipt["status"] == "failed" and receipt["charge"]["micros"] == 0, receipt
+            # The receipt names the error the answer carried.
+            assert receipt["error"] == answer.json()["error"]["code"] == "service_unavailable"
             # It ended on the official route; the routed one is listed as not answered.
             assert [
                 (a["route"], a["outcome"], a["hold_id"]) for a in receipt["route_attempts"]

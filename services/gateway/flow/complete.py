@@ -5,7 +5,6 @@ raises (flow/finish.py `abandon` for the ways that bring no answer)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from services.gateway.adapters.peers import Peers
@@ -15,7 +14,13 @@ from services.gateway.domain.planning import counted_usage, usage_from_response
 from services.gateway.domain.settlement import Rule
 from services.gateway.flow.admit import ChatOutcome, admit
 from services.gateway.flow.call import call_json, failure_rule, upstream_failed
-from services.gateway.flow.finish import abandon, answer_text_tokens, end_in_doubt, finish
+from services.gateway.flow.finish import (
+    abandon,
+    answer_text_tokens,
+    end_in_doubt,
+    ended_by,
+    finish,
+)
 from services.gateway.flow.reserve import HoldInDoubt, reserve
 from services.gateway.presenting import cost_fields, receipt_headers, receipt_json
 from tokenforge.generated.routing.v1 import routing_pb2
@@ -45,11 +50,9 @@ async def complete(
         rule = Rule.FINISHED_WITH_USAGE if reported else Rule.FINISHED_WITHOUT_USAGE
         counted = counted_usage(cmd.body, answer_text_tokens(answer.payload or {}))
         receipt, charge = await finish(peers, p, attempts, rule, reported, counted)
-    except asyncio.CancelledError:
-        abandon(peers, p, attempts, Rule.NOT_ANSWERED, error_code="cancelled")
-        raise
-    except BaseException:
-        abandon(peers, p, attempts, Rule.NOT_ANSWERED, error_code="internal_error")
+    except BaseException as failure:
+        # Unless finished already: nothing charged, the receipt naming the answer's code.
+        abandon(peers, p, attempts, Rule.NOT_ANSWERED, error_code=ended_by(failure))
         raise
     payload: dict[str, Any] = dict(answer.payload or {})
     payload["model"] = receipt.selected_model

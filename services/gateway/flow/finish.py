@@ -31,7 +31,7 @@ from services.gateway.flow.ends import PeerEnds, receipt_pending
 from services.gateway.flow.report import report_outcome
 from services.gateway.flow.reservation import Ended, Queued, State
 from services.gateway.flow.reserve import HoldInDoubt, Prepared
-from tokenforge.errors import DomainError, Reason
+from tokenforge.errors import DomainError, Reason, error_code
 from tokenforge.generated.usage.v1 import usage_pb2
 from tokenforge.money import Money, format_amount
 from tokenforge.wire import (
@@ -183,6 +183,17 @@ def _answer(p: Prepared, ended: Ended) -> tuple[usage_pb2.Receipt, Money]:
     if ended.receipt is None:  # never expected: the request's reservation was given back
         raise RuntimeError(f"request {p.cmd.request_id} finished a given-back reservation")
     return ended.receipt, ended.charge
+
+
+def ended_by(failure: BaseException) -> str:
+    """The error code the receipt of a request that `failure` ended names: the code of
+    the answer the client was given (a refusal's own; `internal_error` for a failure
+    nobody planned for), or `cancelled` when the request was cancelled first."""
+    if isinstance(failure, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(failure, DomainError):
+        return error_code(failure)
+    return "internal_error"
 
 
 def abandon(

@@ -37,6 +37,7 @@ from services.gateway.flow.finish import (
     abandon,
     annotate_span,
     end_in_doubt,
+    ended_by,
     finish,
     new_receipt,
 )
@@ -301,8 +302,8 @@ async def start_chat_stream(peers: Peers, upstream: Upstream, cmd: ChatCommand) 
                 peers, p, attempts, failure_rule(attempts), None, counted, code
             )
             raise upstream_failed(p, attempts, charged)
-    except BaseException:
-        abandon(peers, p, attempts, Rule.NOT_ANSWERED, error_code="not_answered")
+    except BaseException as failure:
+        abandon(peers, p, attempts, Rule.NOT_ANSWERED, error_code=ended_by(failure))
         raise
     headers = receipt_headers(new_receipt(p, attempts), final=False)
     return ChatStream(peers, p, response, attempts, headers, client_wants_usage)

@@ -147,3 +147,23 @@ async def test_a_stream_whose_finish_waits_past_its_wait_ends_with_the_charge_be
     receipt, charged = await asyncio.wait_for(asyncio.shield(p.finishing), 5)
     assert charged == charge and receipt.charge_micros == charge.micros
     assert queue.kept["req-1"]["finish"] == "settle"
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [
+        (DomainError(Reason.SERVICE_UNAVAILABLE, "wallet away"), "service_unavailable"),
+        (DomainError(Reason.INVALID_ARGUMENT, "bad"), "invalid_request"),
+        (DomainError(Reason.INTERNAL, "ours"), "internal_error"),
+        (RuntimeError("SELECT secret"), "internal_error"),
+        (asyncio.CancelledError(), "cancelled"),
+    ],
+)
+def test_a_receipt_names_the_code_of_the_answer_that_ended_its_request(
+    failure: BaseException, code: str
+) -> None:
+    """What the client was told and what its receipt says are the same word."""
+    assert finish_stage.ended_by(failure) == code
+    if isinstance(failure, DomainError):
+        body: Any = json.loads(bytes(error_response(failure).body))
+        assert body["error"]["code"] == code
