@@ -112,6 +112,33 @@ def test_each_step_names_the_limits_it_passes() -> None:
     assert not any("max_connections" in limit for limit in steps[1_000]["limits"])
     assert any("WAL 400 MB/s" in limit for limit in steps[100_000]["limits"])
     assert any("primary vCPUs" in limit for limit in steps[100_000]["limits"])
+    # The prod overlay's gateway requests the core a replica is planned on: its HPA asks
+    # for the model's replicas, and only maxReplicas limits them.
+    assert not any("HPA (70%" in limit for step in steps.values() for limit in step["limits"])
+    assert any(
+        "gateway replicas 44 > HPA maxReplicas 20" in limit for limit in steps[10_000]["limits"]
+    )
+
+
+def test_a_cpu_request_below_a_core_makes_the_hpa_ask_for_more_pods(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(capacity_bench, "PROD_GATEWAY_CPU_REQUEST", 0.2)
+    measured = {
+        "1 gateway": {
+            "marginal_ms": {"gateway": 3.0, "postgres:wallet": 0.4},
+            "idle_ms_per_s": {"gateway": 10.0},
+            "wal_bytes": 4000.0,
+            "commits": 0.5,
+            "db_bytes": 2000.0,
+        }
+    }
+    steps = {s["rate"]: s for s in capacity_bench.model(measured, {})["budgets on"]["steps"]}
+    # 3 cores at 70% of 200m: 22 pods where 5 replicas do.
+    assert (
+        "the gateway HPA (70% of a 200m request) asks 22 pods > maxReplicas 20"
+        in (steps[1_000]["limits"])
+    )
 
 
 def test_a_backend_that_ends_in_the_window_counts_once_and_not_against_its_role() -> None:
