@@ -6,11 +6,19 @@ exporter is configured at all. OTEL_TRACES_EXPORTER picks another: `console` pri
 spans as JSON on stdout (handy with `tokenforge dev`, whose logs are in the state dir),
 `none` exports nothing; `otlp` (the default) needs the endpoint. Tests add an in-memory
 exporter with `add_span_processor`.
+
+While nothing exports, nothing is recorded (`WhileExported`): every span still gets its
+trace and span ids, so receipts, `x-trace-id`, logs and the calls between services name
+the request's trace as before, but no span object, attribute or event is built for
+nobody to read (measured: docs/PERFORMANCE.md). Once an exporter or a processor is in
+place, the sampler the OTEL_TRACES_SAMPLER variables configure decides (by default every
+span, following its parent's decision).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -22,8 +30,41 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
 
 _provider: TracerProvider | None = None
+
+
+class WhileExported(Sampler):
+    """The configured sampler while spans go somewhere (`exporting`); until then every
+    span is dropped: not recorded, its ids kept and passed on (unsampled)."""
+
+    def __init__(self, configured: Sampler) -> None:
+        self.configured = configured
+        self.exporting = False
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if self.exporting:
+            return self.configured.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
+        parent = trace.get_current_span(parent_context).get_span_context()
+        return SamplingResult(Decision.DROP, None, parent.trace_state if parent.is_valid else None)
+
+    def get_description(self) -> str:
+        return f"WhileExported{{{self.configured.get_description()}}}"
 
 
 def span_exporter() -> SpanExporter | None:
@@ -47,8 +88,11 @@ def setup_telemetry(service_name: str) -> TracerProvider:
     if _provider is not None:
         return _provider
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
-    provider = TracerProvider(resource=resource)
+    # The sampler the OTEL_TRACES_SAMPLER variables configure, as the SDK reads them.
+    sampler = WhileExported(TracerProvider(shutdown_on_exit=False).sampler)
+    provider = TracerProvider(resource=resource, sampler=sampler)
     exporter = span_exporter()
+    sampler.exporting = exporter is not None
     if isinstance(exporter, ConsoleSpanExporter):
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     elif exporter is not None:
@@ -59,7 +103,10 @@ def setup_telemetry(service_name: str) -> TracerProvider:
 
 
 def add_span_processor(processor: SpanProcessor) -> None:
-    setup_telemetry("tokenforge").add_span_processor(processor)
+    provider = setup_telemetry("tokenforge")
+    provider.add_span_processor(processor)
+    if isinstance(provider.sampler, WhileExported):
+        provider.sampler.exporting = True
 
 
 def current_trace_id() -> str:
