@@ -144,6 +144,7 @@ class FinishQueue:
         replica's, and other replicas' that waited `ORPHAN_AFTER_S`; with `account_id`
         or `hold_id`, every replica's rows of that account or hold (a read that must see
         them, a budget about to close)."""
+        args: tuple[Any, ...]
         if hold_id:
             sql, args = _WAITING_OF_HOLD_SQL, (hold_id, limit)
         elif account_id:
