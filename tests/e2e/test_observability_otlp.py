@@ -9,15 +9,14 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 
-import asyncpg
 import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from apps.admin import health_status
+from tests.databases import new_database
 from tokenforge.generated.routing.v1 import routing_pb2, routing_pb2_grpc
 from tokenforge.runtime.embedded import free_port
 from tokenforge.runtime.grpc_client import Peer
@@ -68,13 +67,7 @@ async def test_serve_exports_its_spans_to_the_otlp_endpoint_it_is_given(
     received, collector_port = collector
     # Its own database: a routing process applies its catalog, which the in-process
     # e2e system (same database) would otherwise pick up.
-    name = "otlp_" + uuid.uuid4().hex[:10]
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    database_url = database_url.rsplit("/", 1)[0] + f"/{name}"
+    database_url = await new_database(database_url, "otlp")
     await asyncio.to_thread(load("routing").migrate, database_url)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TOKENFORGE_"))} | {

@@ -6,28 +6,21 @@ runs these as fixed statements on the driver)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.gateway import app
 from services.gateway.storage.finish_queue import ORPHAN_AFTER_S, PART, RELEASE, FinishQueue
+from tests.databases import new_database
 from tokenforge.runtime.db import borrowed_driver, create_engine
 
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    name = "gw_queue_" + uuid.uuid4().hex[:10]
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = database_url.rsplit("/", 1)[0] + f"/{name}"
+    url = await new_database(database_url, "gw_queue")
     await asyncio.to_thread(app.migrate, url)
     engine = create_engine(url, pool_size=2)
     yield engine

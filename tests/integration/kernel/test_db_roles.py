@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from tests.databases import new_database
 from tokenforge.runtime.db_roles import ServiceRole, provision, role_for, with_user
 from tokenforge.runtime.service import load
 
@@ -20,14 +21,10 @@ from tokenforge.runtime.service import load
 @pytest.fixture
 async def fresh_database(database_url: str) -> AsyncIterator[str]:
     """A database of its own; dropped afterwards, with the roles the test made."""
-    name = "roles_" + uuid.uuid4().hex[:10]
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    url = await new_database(database_url, "roles")
+    name = url.rsplit("/", 1)[1]
     MADE.clear()
-    yield database_url.rsplit("/", 1)[0] + f"/{name}"
+    yield url
     admin = await asyncpg.connect(database_url)
     try:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -5,19 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import uuid
 
 import asyncpg
 
+from tests.databases import new_database
+
 
 async def test_concurrent_migrations_of_a_fresh_database_all_succeed(database_url: str) -> None:
-    name = "mig_" + uuid.uuid4().hex[:10]
-    admin = await asyncpg.connect(database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = database_url.rsplit("/", 1)[0] + f"/{name}"
+    url = await new_database(database_url, "mig")
     # Four "replicas": separate processes, as pods would be.
     procs = [
         await asyncio.create_subprocess_exec(
