@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import uvicorn
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from services.gateway.adapters.peers import Peers
 from services.gateway.adapters.upstream import Upstream
@@ -28,6 +27,7 @@ from services.gateway.storage.finish_queue import FinishQueue
 from services.gateway.storage.idempotency import IdempotencyStore
 from services.gateway.transport.grpc import GatewayServicer
 from services.gateway.transport.http import create_app
+from services.gateway.transport.http.tracing import instrument
 from tokenforge.config import Settings
 from tokenforge.generated.gateway.v1 import gateway_pb2_grpc
 from tokenforge.prod_mode import refuse_unsafe_prod
@@ -102,11 +102,7 @@ async def start(settings: Settings, port: int = 0) -> RunningService:
         operator_digest=settings.admin_digest,
         audit=AuditLog(engine) if engine else None,
     )
-    # No span per ASGI `send`/`receive` message: a 64-chunk stream made 66 spans that
-    # say nothing the request span does not (its duration, its status).
-    FastAPIInstrumentor.instrument_app(
-        app, excluded_urls="healthz", exclude_spans=["receive", "send"]
-    )
+    instrument(app)  # the request's span: transport/http/tracing.py
     grpc_server = create_server(
         [
             (

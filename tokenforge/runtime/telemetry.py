@@ -109,6 +109,13 @@ def add_span_processor(processor: SpanProcessor) -> None:
         provider.sampler.exporting = True
 
 
+def exporting() -> bool:
+    """Whether spans go anywhere: an exporter or a processor is in place, or the tracer
+    provider is not ours (a test's, or none set up: then as the provider decides)."""
+    sampler = _provider.sampler if _provider is not None else None
+    return not isinstance(sampler, WhileExported) or sampler.exporting
+
+
 def current_trace_id() -> str:
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
