@@ -121,12 +121,17 @@ def current_trace_id() -> str:
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
+def traceparent_of(ids: trace.SpanContext) -> str:
+    """`ids` as a W3C `traceparent`, as the propagator writes it ("" when not valid)."""
+    if not ids.is_valid:
+        return ""
+    return f"00-{ids.trace_id:032x}-{ids.span_id:016x}-{ids.trace_flags:02x}"
+
+
 def current_traceparent() -> str:
     """The current span as a W3C `traceparent` ("" outside any span), to be stored
-    with work done later on the request's behalf (a queued finish)."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier.get("traceparent", "")
+    with work done later on the request's behalf (a queued finish), or sent on."""
+    return traceparent_of(trace.get_current_span().get_span_context())
 
 
 def context_of(traceparent: str) -> otel_context.Context:

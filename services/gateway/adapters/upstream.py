@@ -32,6 +32,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from services.gateway import metrics
 from tokenforge.errors import DomainError, Reason
 from tokenforge.generated.routing.v1 import routing_pb2
+from tokenforge.runtime.telemetry import current_traceparent, exporting
 
 # Upstream calls one gateway process keeps open at once unless configured
 # (TOKENFORGE_UPSTREAM_MAX_CONNECTIONS); a request past it is refused at once
@@ -153,7 +154,16 @@ def upstream_span(url: str, headers: dict[str, str]) -> Iterator[Span]:
     `headers` (traceparent). It is never made current: a connection opened during the
     call runs its callbacks in the context current at its opening for as long as it
     lives, so a current CLIENT span, ended at the status line, stayed in memory for the
-    whole of a stream (about 3 KB per open stream, docs/PERFORMANCE.md)."""
+    whole of a stream (about 3 KB per open stream, docs/PERFORMANCE.md).
+
+    While nothing exports spans (`telemetry.exporting`), no CLIENT span is made: the
+    upstream is named the request's own span in `traceparent`, and what the call would
+    write on its span goes nowhere."""
+    if not exporting():
+        if parent := current_traceparent():
+            headers["traceparent"] = parent
+        yield trace.INVALID_SPAN
+        return
     parts = urlsplit(url)
     attributes: dict[str, str | int] = {
         "http.request.method": "POST",

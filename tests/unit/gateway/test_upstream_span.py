@@ -49,3 +49,22 @@ def test_a_failure_inside_the_call_ends_the_span_in_error(spans: InMemorySpanExp
     [ended] = [s for s in spans.get_finished_spans() if s.context.span_id == client.context.span_id]
     assert ended.status.status_code is trace.StatusCode.ERROR
     assert ended.status.description == "RuntimeError: broken"
+
+
+def test_while_nothing_exports_the_upstream_is_named_the_requests_own_span(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("services.gateway.adapters.upstream.exporting", lambda: False)
+    before = len(spans.get_finished_spans())
+    headers: dict[str, str] = {}
+    with trace.get_tracer(__name__).start_as_current_span("request") as request:
+        with upstream_span("http://127.0.0.1:9/v1/chat/completions", headers) as client:
+            answered(client, 503)  # goes nowhere
+            assert not client.is_recording()
+    ids = request.get_span_context()
+    assert headers["traceparent"] == f"00-{ids.trace_id:032x}-{ids.span_id:016x}-{ids.trace_flags:02x}"
+    assert [s.name for s in spans.get_finished_spans()[before:]] == ["request"]
+    outside: dict[str, str] = {}
+    with upstream_span("http://127.0.0.1:9/v1/chat/completions", outside):
+        pass
+    assert outside == {}  # no span, no header

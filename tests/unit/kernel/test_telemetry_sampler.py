@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
-from tokenforge.runtime.telemetry import WhileExported, context_of
+from tokenforge.runtime.telemetry import WhileExported, context_of, current_traceparent
 
 
 def provider_with(sampler: WhileExported) -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -33,6 +33,7 @@ def test_nothing_is_recorded_until_spans_are_exported_and_the_ids_are_kept() -> 
             assert call.get_span_context().trace_id == ids.trace_id
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
+            assert current_traceparent() == carrier["traceparent"]  # written alike
     # What the next service (or a queued finish) receives names the same trace.
     assert carrier["traceparent"].split("-")[1] == format(ids.trace_id, "032x")
     assert int(carrier["traceparent"].split("-")[3], 16) & 1 == 0  # not sampled
