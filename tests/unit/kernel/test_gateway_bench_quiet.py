@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.gateway_bench import probe_ms, quietest_c1
+from bench.gateway_bench import fewer_or_more, probe_ms, quietest_c1
 
 
 def c1(*rounds: tuple[float, float]) -> dict[str, Any]:
@@ -31,3 +31,9 @@ def test_the_quietest_round_decides_and_every_round_is_shown() -> None:
 
 def test_the_probe_measures_time() -> None:
     assert 0 < probe_ms() < 10_000
+
+
+def test_the_shipped_throughput_is_said_fewer_or_more() -> None:
+    assert fewer_or_more(404, 384) == "5% more"
+    assert fewer_or_more(450, 471) == "4% fewer"
+    assert fewer_or_more(1, 0) == "-"
