@@ -30,7 +30,7 @@ class Switch:
 
 
 def echo_app(exported: Switch) -> tuple[FastAPI, list[str]]:
-    setup_telemetry("gateway")  # the SDK's provider, as a service has (once per process)
+    setup_telemetry("tokenforge")  # the SDK's provider, as a service has (once per process)
     app = FastAPI()
 
     @app.get("/echo")
