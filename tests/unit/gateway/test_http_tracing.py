@@ -29,7 +29,7 @@ class Switch:
         return self.on
 
 
-def echo_app(exported: Switch) -> tuple[FastAPI, list[str]]:
+def echo_app(exported: Switch) -> FastAPI:
     setup_telemetry("tokenforge")  # the SDK's provider, as a service has (once per process)
     app = FastAPI()
 
@@ -43,12 +43,12 @@ def echo_app(exported: Switch) -> tuple[FastAPI, list[str]]:
         }
 
     instrument(app, exported)
-    traced_calls: list[str] = []
-    return app, traced_calls
+    return app
 
 
-def count_traced(app: FastAPI, calls: list[str]) -> None:
-    """Count the requests that go through OpenTelemetry's middleware."""
+def count_traced(app: FastAPI) -> list[str]:
+    """The paths of the requests that go through OpenTelemetry's middleware from now on."""
+    calls: list[str] = []
     switch = app.middleware_stack.app  # type: ignore[union-attr]
     assert isinstance(switch, SpanWhileExported)
     traced = switch.traced
@@ -58,14 +58,15 @@ def count_traced(app: FastAPI, calls: list[str]) -> None:
         await traced(scope, receive, send)
 
     switch.traced = counted
+    return calls
 
 
 def test_while_nothing_exports_the_request_has_ids_alone_in_the_clients_trace() -> None:
     exported = Switch()
-    app, calls = echo_app(exported)
+    app = echo_app(exported)
     with TestClient(app) as client:
         client.get("/echo")  # builds the stack
-        count_traced(app, calls)
+        calls = count_traced(app)
         body = client.get("/echo", headers={"traceparent": TRACEPARENT}).json()
         assert body["trace"] == CLIENT_TRACE and body["span"] != CLIENT_SPAN
         fresh = [client.get("/echo").json() for _ in range(2)]
